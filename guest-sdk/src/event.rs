@@ -1,0 +1,50 @@
+//! Conveniences on the contract's [`Event`] type.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::path::JsonPath;
+use crate::{Event, EventKind, Violation};
+
+impl Event {
+    /// Parses the payload into `T`. On failure the violation names the JSON
+    /// path of the field that did not fit, so the source data can be fixed.
+    pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, Violation> {
+        let mut de = serde_json::Deserializer::from_str(&self.payload);
+        serde_path_to_error::deserialize(&mut de).map_err(|err| {
+            let path = JsonPath::from_serde(err.path());
+            Violation {
+                path: path.to_string(),
+                code: "invalid-payload".into(),
+                message: err.into_inner().to_string(),
+            }
+        })
+    }
+
+    /// A new event with this event's identity (id, kind, tenant, channel,
+    /// source, correlation id) and `payload` as its body.
+    pub fn with_payload<T: Serialize + ?Sized>(&self, payload: &T) -> Event {
+        Event {
+            id: self.id.clone(),
+            kind: self.kind.clone(),
+            tenant: self.tenant.clone(),
+            channel: self.channel.clone(),
+            source: self.source.clone(),
+            correlation_id: self.correlation_id.clone(),
+            payload: serde_json::to_string(payload)
+                .unwrap_or_else(|err| format!("{{\"serialize-error\":{:?}}}", err.to_string())),
+        }
+    }
+}
+
+impl EventKind {
+    /// The kind's name as it appears in JSON (`product`, `inventory`, …).
+    pub fn as_str(&self) -> &str {
+        match self {
+            EventKind::Product => "product",
+            EventKind::Inventory => "inventory",
+            EventKind::Price => "price",
+            EventKind::Other(name) => name,
+        }
+    }
+}

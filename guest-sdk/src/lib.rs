@@ -1,0 +1,114 @@
+//! Write Sluice transforms in Rust.
+//!
+//! A transform is one step of a channel's pipeline: it receives events
+//! (products, stock levels, prices) and answers, for each, with an
+//! [`Outcome`]: emit the reshaped event(s), drop it with a reason, or reject
+//! it with [`Violation`]s that carry the JSON path of the bad field.
+//!
+//! ```ignore
+//! use sluice_guest::prelude::*;
+//!
+//! #[derive(Deserialize)]
+//! struct Config { max_title: usize }
+//!
+//! struct ShortTitles { cfg: Config }
+//!
+//! impl Transform for ShortTitles {
+//!     type Config = Config;
+//!     fn init(cfg: Config) -> Result<Self, InitError> { Ok(Self { cfg }) }
+//!     fn product(&mut self, mut p: Product, event: &Event) -> Outcome {
+//!         p.title = p.title.map(|t| text::truncate(&t, self.cfg.max_title));
+//!         Outcome::emit(event, &p)
+//!     }
+//! }
+//!
+//! export_transform!(ShortTitles);
+//! ```
+//!
+//! The crate hides the WebAssembly plumbing: a tenant's `Cargo.toml` names
+//! only `sluice-guest` and `serde`, and builds with
+//! `cargo build --target wasm32-wasip2`.
+
+extern crate self as sluice_guest;
+
+mod event;
+mod log;
+mod outcome;
+pub mod path;
+mod product;
+pub mod text;
+mod transform;
+pub mod units;
+
+#[doc(hidden)]
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "transform",
+        pub_export_macro: true,
+        export_macro_name: "__export_sluice_world",
+        default_bindings_module: "::sluice_guest::bindings",
+        runtime_path: "::sluice_guest::__rt::wit_bindgen::rt",
+        additional_derives: [PartialEq, Eq],
+    });
+}
+
+pub use bindings::sluice::transform::types::{Event, EventKind, Outcome, Violation};
+pub use log::{LogLevel, log};
+pub use path::JsonPath;
+pub use product::{Dimensions, InventoryEvent, Measure, Money, Product};
+pub use rust_decimal::{self, Decimal};
+pub use outcome::Violations;
+pub use transform::{InitError, Transform};
+
+/// Everything a transform usually needs, in one import.
+pub mod prelude {
+    pub use crate::path::JsonPath;
+    pub use crate::{
+        Decimal, Event, EventKind, InitError, InventoryEvent, Measure, Money, Outcome, Product,
+        Transform, Violation, export_transform, text, units,
+    };
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// Re-exports used by the code that [`export_transform!`] expands to.
+#[doc(hidden)]
+pub mod __rt {
+    pub use crate::transform::{run_apply, run_init};
+    pub use wit_bindgen;
+}
+
+/// Runs a transform natively, without WebAssembly: for unit tests and for
+/// benchmarks that compare the component against plain Rust.
+pub mod native {
+    pub use crate::transform::NativeRunner;
+}
+
+/// Makes a type implementing [`Transform`] the exported transform of this
+/// component. Use it exactly once per crate.
+#[macro_export]
+macro_rules! export_transform {
+    ($transform:ty) => {
+        const _: () = {
+            ::std::thread_local! {
+                static SLUICE_STATE: ::std::cell::RefCell<::std::option::Option<$transform>> =
+                    const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            struct SluiceExport;
+
+            impl $crate::bindings::Guest for SluiceExport {
+                fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
+                    SLUICE_STATE.with(|state| $crate::__rt::run_init::<$transform>(state, &config))
+                }
+
+                fn apply(batch: ::std::vec::Vec<$crate::Event>) -> ::std::vec::Vec<$crate::Outcome> {
+                    SLUICE_STATE.with(|state| $crate::__rt::run_apply::<$transform>(state, batch))
+                }
+            }
+
+            $crate::bindings::__export_sluice_world!(SluiceExport with_types_in $crate::bindings);
+        };
+    };
+}
