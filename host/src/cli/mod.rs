@@ -1,0 +1,96 @@
+//! Command-line interface: argument definitions and dispatch.
+
+mod check;
+mod locate;
+mod run;
+mod test;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use sluice_host::engine::{Engine, EngineOptions, Limits};
+
+/// Sluice: WebAssembly transforms that reshape product and inventory data
+/// for every channel.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a transform against golden fixtures; exits non-zero on any difference.
+    ///
+    /// Each case is a folder with `input.json` (one event) or `input.jsonl`
+    /// (many), an optional `config.json`, and `expected.json`.
+    Test(test::TestArgs),
+    /// Transform events from JSONL (stdin or a file) and print outcomes as JSONL.
+    Run(run::RunArgs),
+    /// Check that a file is a component implementing the Sluice world, and
+    /// show its imports, exports and size.
+    Check(check::CheckArgs),
+}
+
+/// Engine and limit settings shared by the commands that run modules.
+#[derive(Debug, Args)]
+struct EngineArgs {
+    /// Directory for compiled modules, so each is compiled only once.
+    #[arg(long, env = "SLUICE_CACHE_DIR", default_value_os_t = default_cache_dir())]
+    cache_dir: PathBuf,
+    /// Compile on every run; do not read or write the cache.
+    #[arg(long, env = "SLUICE_NO_CACHE")]
+    no_cache: bool,
+    /// Meter fuel as well as wall-clock time.
+    #[arg(long, env = "SLUICE_FUEL")]
+    fuel: bool,
+    /// Wall-clock budget per event, in milliseconds.
+    #[arg(long, env = "SLUICE_TIMEOUT_MS", default_value_t = 200)]
+    timeout_ms: u64,
+    /// Memory cap per instance, in MiB.
+    #[arg(long, env = "SLUICE_MEMORY_MIB", default_value_t = 128)]
+    memory_mib: usize,
+    /// Output cap per event, in KiB.
+    #[arg(long, env = "SLUICE_OUTPUT_KIB", default_value_t = 4096)]
+    output_kib: usize,
+}
+
+impl EngineArgs {
+    fn engine(&self) -> anyhow::Result<Engine> {
+        let options = EngineOptions {
+            fuel: self.fuel,
+            cache_dir: (!self.no_cache).then(|| self.cache_dir.clone()),
+            ..EngineOptions::default()
+        };
+        Ok(Engine::new(&options)?)
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            timeout: Duration::from_millis(self.timeout_ms),
+            memory_bytes: self.memory_mib << 20,
+            output_bytes_per_event: self.output_kib << 10,
+            ..Limits::default()
+        }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("sluice")
+}
+
+/// Runs the parsed command; the exit code says whether it succeeded.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Test(args) => test::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Check(args) => check::run(args),
+    }
+}

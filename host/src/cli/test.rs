@@ -1,0 +1,89 @@
+//! `sluice test`: golden fixtures, readable diffs, `--bless`, JUnit output.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use sluice_host::fixtures::{CaseStatus, Subject, SuiteReport, junit_xml, run_suite};
+
+use super::EngineArgs;
+use super::locate::transform_crate;
+
+/// Arguments of `sluice test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Transform crate folders (for example `transforms/b2b-portal`), whose
+    /// built component and `fixtures/` are found automatically; or, with
+    /// `--module`, one fixtures folder.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Test this component against the fixtures folder given as the path.
+    #[arg(long)]
+    module: Option<PathBuf>,
+    /// Rewrite every `expected.json` from the actual output instead of comparing.
+    #[arg(long, env = "BLESS", value_parser = clap::builder::FalseyValueParser::new())]
+    bless: bool,
+    /// Also write the results as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let engine = args.engine.engine()?;
+    let mut targets = Vec::new();
+    match &args.module {
+        Some(module) => {
+            let [fixtures] = args.paths.as_slice() else {
+                bail!("with `--module`, give exactly one fixtures folder");
+            };
+            targets.push((module.clone(), fixtures.clone()));
+        }
+        None => {
+            for dir in &args.paths {
+                let found = transform_crate(dir)?;
+                targets.push((found.component, found.fixtures));
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let mut suites: Vec<SuiteReport> = Vec::new();
+    for (component, fixtures) in targets {
+        let module = engine
+            .load_file(&component, args.engine.limits())
+            .with_context(|| format!("cannot load `{}`", component.display()))?;
+        let name = module.name().to_string();
+        println!("\nrunning fixtures of `{name}` ({}, version {})", component.display(), module.version());
+        let report = run_suite(&name, &Subject::Module(Arc::new(module)), &fixtures, args.bless)?;
+        for case in &report.cases {
+            match &case.status {
+                CaseStatus::Passed => println!("case {name}/{} ... ok", case.name),
+                CaseStatus::Blessed => println!("case {name}/{} ... blessed", case.name),
+                CaseStatus::Failed(message) => {
+                    println!("case {name}/{} ... FAILED", case.name);
+                    for line in message.lines() {
+                        println!("    {line}");
+                    }
+                }
+            }
+        }
+        suites.push(report);
+    }
+
+    if let Some(path) = &args.junit {
+        std::fs::write(path, junit_xml(&suites)).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let passed: usize = suites.iter().map(SuiteReport::passed).sum();
+    let failed: usize = suites.iter().map(SuiteReport::failed).sum();
+    println!(
+        "\nfixture result: {}. {passed} passed; {failed} failed; finished in {:.2}s",
+        if failed == 0 { "ok" } else { "FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,423 @@
+//! Loading a component (checks, compile, cache) and running batches on it.
+
+use std::path::{Path, PathBuf};
+use std::slice;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Store;
+use wasmtime::component::Component;
+
+use super::{CacheOutcome, EPOCH_TICK, Engine, Fault, FaultKind, Limits, Sandbox};
+use crate::bindings::{Event, Outcome, Transform, TransformPre};
+
+/// Import namespaces the host provides. WASI is linked with no
+/// capabilities, so these give a transform nothing of the outside world.
+const PROVIDED_IMPORTS: &[&str] = &[
+    "sluice:transform/",
+    "wasi:cli/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:io/",
+    "wasi:random/",
+    "wasi:sockets/",
+];
+
+/// Why a file cannot be used as a transform.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read module file `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not WebAssembly at all.
+    #[error("module `{name}` is not WebAssembly: it does not start with the `\\0asm` magic bytes")]
+    NotWasm {
+        /// The module's name.
+        name: String,
+    },
+    /// A core module where a component is needed.
+    #[error(
+        "module `{name}` is a core WebAssembly module, not a component: build it with \
+         `--target wasm32-wasip2`, or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule {
+        /// The module's name.
+        name: String,
+    },
+    /// wasmtime could not compile it.
+    #[error("module `{name}` does not compile: {detail}")]
+    Compile {
+        /// The module's name.
+        name: String,
+        /// What the compiler said.
+        detail: String,
+    },
+    /// It is a component, but of another world.
+    #[error("module `{name}` does not implement the `sluice:transform@0.1.0` world: {detail}")]
+    WrongWorld {
+        /// The module's name.
+        name: String,
+        /// What is missing or mistyped.
+        detail: String,
+    },
+    /// It needs something the host does not give transforms.
+    #[error("module `{name}` imports `{import}`, which Sluice does not provide to transforms{hint}")]
+    UnsupportedImport {
+        /// The module's name.
+        name: String,
+        /// The import.
+        import: String,
+        /// A hint on why, when there is one.
+        hint: String,
+    },
+}
+
+/// What `sluice check` reports about a component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ComponentReport {
+    /// Size of the file, in bytes.
+    pub size: usize,
+    /// Full sha256 of the bytes.
+    pub sha256: String,
+    /// Names of everything the component imports.
+    pub imports: Vec<String>,
+    /// Names of everything the component exports.
+    pub exports: Vec<String>,
+}
+
+/// What one event became in one step: an outcome, or a fault.
+pub type StepResult = Result<Outcome, Fault>;
+
+/// A loaded, type-checked transform component with its limits.
+pub struct Module {
+    name: String,
+    sha256: String,
+    size: usize,
+    pre: TransformPre<Sandbox>,
+    limits: Limits,
+    engine: Engine,
+    cache: CacheOutcome,
+}
+
+impl Engine {
+    /// Reads and loads a component file; the name is the file stem.
+    pub fn load_file(&self, path: &Path, limits: Limits) -> Result<Module, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let name = path
+            .file_stem()
+            .map(|stem| stem.to_string_lossy().replace('_', "-"))
+            .unwrap_or_else(|| "module".into());
+        self.load(&name, &bytes, limits)
+    }
+
+    /// Checks, compiles (or loads from cache) and type-checks a component.
+    pub fn load(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Module, LoadError> {
+        let (component, sha256, cache) = self.compile(name, bytes)?;
+        let report = self.report(&component, bytes.len(), sha256.clone());
+        for import in &report.imports {
+            if !PROVIDED_IMPORTS.iter().any(|prefix| import.starts_with(prefix)) {
+                let hint = if import.starts_with("wasi:http/") {
+                    ": transforms may not make HTTP requests"
+                } else {
+                    ""
+                };
+                return Err(LoadError::UnsupportedImport {
+                    name: name.into(),
+                    import: import.clone(),
+                    hint: hint.into(),
+                });
+            }
+        }
+        let missing: Vec<&str> = ["init", "apply"]
+            .into_iter()
+            .filter(|export| !report.exports.iter().any(|e| e == export))
+            .collect();
+        if !missing.is_empty() {
+            return Err(LoadError::WrongWorld {
+                name: name.into(),
+                detail: format!(
+                    "it does not export {}; it exports [{}]",
+                    missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(" and "),
+                    report.exports.join(", ")
+                ),
+            });
+        }
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|err| LoadError::UnsupportedImport {
+                name: name.into(),
+                import: format!("{err:#}"),
+                hint: String::new(),
+            })?;
+        let pre = TransformPre::new(instance_pre).map_err(|err| LoadError::WrongWorld {
+            name: name.into(),
+            detail: format!("{err:#}"),
+        })?;
+        Ok(Module {
+            name: name.into(),
+            sha256,
+            size: bytes.len(),
+            pre,
+            limits,
+            engine: self.clone(),
+            cache,
+        })
+    }
+
+    /// Compiles a component and lists its imports and exports, without
+    /// checking that it fits the world (for `sluice check`).
+    pub fn inspect(&self, name: &str, bytes: &[u8]) -> Result<ComponentReport, LoadError> {
+        let (component, sha256, _) = self.compile(name, bytes)?;
+        Ok(self.report(&component, bytes.len(), sha256))
+    }
+
+    fn compile(&self, name: &str, bytes: &[u8]) -> Result<(Component, String, CacheOutcome), LoadError> {
+        match bytes.get(..8) {
+            // The header's last two bytes are the layer: 1 for a component, 0 for a core module.
+            Some([0, b'a', b's', b'm', _, _, 0x01, 0x00]) => {}
+            Some([0, b'a', b's', b'm', _, _, 0x00, 0x00]) => {
+                return Err(LoadError::CoreModule { name: name.into() });
+            }
+            _ => return Err(LoadError::NotWasm { name: name.into() }),
+        }
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let compiled = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.wasmtime, &sha256, bytes),
+            None => Component::new(&self.wasmtime, bytes).map(|c| (c, CacheOutcome::Uncached)),
+        };
+        let (component, cache) = compiled.map_err(|err| LoadError::Compile {
+            name: name.into(),
+            detail: format!("{err:#}"),
+        })?;
+        Ok((component, sha256, cache))
+    }
+
+    fn report(&self, component: &Component, size: usize, sha256: String) -> ComponentReport {
+        let ty = component.component_type();
+        ComponentReport {
+            size,
+            sha256,
+            imports: ty.imports(&self.wasmtime).map(|(name, _)| name.to_string()).collect(),
+            exports: ty.exports(&self.wasmtime).map(|(name, _)| name.to_string()).collect(),
+        }
+    }
+}
+
+/// A live instance, initialised with one step's configuration.
+struct Instance {
+    store: Store<Sandbox>,
+    bindings: Transform,
+}
+
+/// A failed call, before it is attributed to an event.
+#[derive(Debug, Clone)]
+struct CallFailure {
+    kind: FaultKind,
+    log: String,
+}
+
+impl Module {
+    /// The module's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The module's version: the first 12 hex digits of its sha256.
+    pub fn version(&self) -> &str {
+        &self.sha256[..12]
+    }
+
+    /// The full sha256 of the component bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// Size of the component, in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The limits every call runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether loading hit the artifact cache.
+    pub fn cache_outcome(&self) -> CacheOutcome {
+        self.cache
+    }
+
+    /// Runs one batch: one result per event, in order. The batch shares a
+    /// fresh instance; if that instance traps, the batch is re-run one event
+    /// at a time so that only the events that really fail get a fault.
+    pub fn run(&self, config: &str, batch: &[Event]) -> Vec<StepResult> {
+        if batch.is_empty() {
+            return Vec::new();
+        }
+        let whole = self
+            .instantiate(config)
+            .and_then(|mut instance| instance.apply(self, batch));
+        match whole {
+            Ok(outcomes) => outcomes
+                .into_iter()
+                .zip(batch)
+                .map(|(outcome, event)| self.check_output(outcome, event))
+                .collect(),
+            Err(failure) if batch.len() == 1 || matches!(failure.kind, FaultKind::Init { .. } | FaultKind::Instantiate { .. }) => {
+                batch.iter().map(|event| Err(self.fault(event, failure.clone()))).collect()
+            }
+            Err(_) => self.run_one_by_one(config, batch),
+        }
+    }
+
+    /// Re-runs a batch event by event, reusing an instance until it traps.
+    fn run_one_by_one(&self, config: &str, batch: &[Event]) -> Vec<StepResult> {
+        let mut instance: Option<Instance> = None;
+        let mut results = Vec::with_capacity(batch.len());
+        for event in batch {
+            let live = match instance.take() {
+                Some(live) => Ok(live),
+                None => self.instantiate(config),
+            };
+            let result = live.and_then(|mut live| {
+                let outcome = live.apply(self, slice::from_ref(event))?;
+                instance = Some(live);
+                Ok(outcome)
+            });
+            results.push(match result {
+                Ok(mut outcomes) => self.check_output(outcomes.remove(0), event),
+                Err(failure) => Err(self.fault(event, failure)),
+            });
+        }
+        results
+    }
+
+    fn instantiate(&self, config: &str) -> Result<Instance, CallFailure> {
+        let mut store = Store::new(&self.engine.wasmtime, Sandbox::new(&self.limits));
+        store.limiter(|sandbox| &mut sandbox.limits);
+        self.arm(&mut store, 1);
+        let bindings = self.pre.instantiate(&mut store).map_err(|err| {
+            let log = store.data().log.text();
+            let kind = match self.classify(&err, 1, &log) {
+                FaultKind::Trap { detail } => FaultKind::Instantiate { detail },
+                other => other,
+            };
+            CallFailure { kind, log }
+        })?;
+        match bindings.call_init(&mut store, config) {
+            Ok(Ok(())) => Ok(Instance { store, bindings }),
+            Ok(Err(message)) => Err(CallFailure {
+                kind: FaultKind::Init { message },
+                log: store.data().log.text(),
+            }),
+            Err(err) => {
+                let log = store.data().log.text();
+                Err(CallFailure {
+                    kind: self.classify(&err, 1, &log),
+                    log,
+                })
+            }
+        }
+    }
+
+    /// Sets the deadline and fuel for a call covering `events` events.
+    fn arm(&self, store: &mut Store<Sandbox>, events: usize) {
+        let ticks = self.timeout_ms(events).div_ceil(EPOCH_TICK.as_millis() as u64);
+        store.set_epoch_deadline(ticks.max(1));
+        if self.engine.fuel {
+            // Cannot fail: fuel metering is on.
+            let _ = store.set_fuel(self.fuel(events));
+        }
+    }
+
+    fn timeout_ms(&self, events: usize) -> u64 {
+        (self.limits.timeout.as_millis() as u64).saturating_mul(events as u64)
+    }
+
+    fn fuel(&self, events: usize) -> u64 {
+        self.limits.fuel_per_event.saturating_mul(events as u64)
+    }
+
+    fn classify(&self, err: &wasmtime::Error, events: usize, log: &str) -> FaultKind {
+        FaultKind::from_call_error(err, self.timeout_ms(events), self.fuel(events), self.limits.memory_bytes, log)
+    }
+
+    fn fault(&self, event: &Event, failure: CallFailure) -> Fault {
+        Fault {
+            module: self.name.clone(),
+            version: self.version().to_string(),
+            event: event.id.clone(),
+            kind: failure.kind,
+            log: failure.log,
+        }
+    }
+
+    /// Enforces the output cap and checks emitted payloads are JSON.
+    fn check_output(&self, outcome: Outcome, event: &Event) -> StepResult {
+        let bytes = match &outcome {
+            Outcome::Emit(events) => events.iter().map(|e| e.payload.len() + e.id.len()).sum(),
+            Outcome::Drop(reason) => reason.len(),
+            Outcome::Reject(violations) => violations
+                .iter()
+                .map(|v| v.path.len() + v.code.len() + v.message.len())
+                .sum(),
+        };
+        let fail = |kind| {
+            Err(self.fault(
+                event,
+                CallFailure {
+                    kind,
+                    log: String::new(),
+                },
+            ))
+        };
+        if bytes > self.limits.output_bytes_per_event {
+            return fail(FaultKind::OutputTooLarge {
+                bytes,
+                limit_bytes: self.limits.output_bytes_per_event,
+            });
+        }
+        if let Outcome::Emit(events) = &outcome {
+            for emitted in events {
+                if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&emitted.payload) {
+                    return fail(FaultKind::InvalidPayload {
+                        detail: format!("event `{}`: {err}", emitted.id),
+                    });
+                }
+            }
+        }
+        Ok(outcome)
+    }
+}
+
+impl Instance {
+    fn apply(&mut self, module: &Module, batch: &[Event]) -> Result<Vec<Outcome>, CallFailure> {
+        self.store.data().log.clear();
+        module.arm(&mut self.store, batch.len());
+        match self.bindings.call_apply(&mut self.store, batch) {
+            Ok(outcomes) if outcomes.len() == batch.len() => Ok(outcomes),
+            Ok(outcomes) => Err(CallFailure {
+                kind: FaultKind::OutcomeCount {
+                    got: outcomes.len(),
+                    expected: batch.len(),
+                },
+                log: self.store.data().log.text(),
+            }),
+            Err(err) => {
+                let log = self.store.data().log.text();
+                Err(CallFailure {
+                    kind: module.classify(&err, batch.len(), &log),
+                    log,
+                })
+            }
+        }
+    }
+}

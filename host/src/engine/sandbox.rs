@@ -1,0 +1,228 @@
+//! The per-call store state: WASI with no capabilities, a bounded log, a
+//! frozen clock and a fixed random seed.
+//!
+//! A transform gets no preopened directories, no environment, no arguments,
+//! no network (TCP, UDP and name lookup are off and every address is
+//! refused) and no outgoing HTTP (`wasi:http` is not linked at all). Its
+//! stdout, stderr and `host.log` lines go to one bounded buffer. Clocks
+//! always read the same instant and randomness repeats, so the same input
+//! always gives the same output.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{
+    Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView,
+    WasiView,
+};
+
+use crate::bindings::{LogLevel, sluice};
+use crate::engine::Limits;
+
+/// The instant every transform sees as "now": 2025-01-01T00:00:00Z.
+const FROZEN_NOW: Duration = Duration::from_secs(1_735_689_600);
+
+/// The bytes the deterministic random generator repeats.
+const RANDOM_SEED: &[u8] = b"sluice: same input, same output.";
+
+/// Store data for one instance of one module.
+pub struct Sandbox {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Memory and instance caps, consulted by wasmtime on every grow.
+    pub limits: StoreLimits,
+    /// Everything the guest wrote during this call.
+    pub log: LogBuffer,
+}
+
+impl Sandbox {
+    /// A sandbox with no capabilities, capped by `limits`.
+    pub fn new(limits: &Limits) -> Self {
+        let log = LogBuffer::new(limits.log_bytes);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(LogPipe(log.clone()))
+            .stderr(LogPipe(log.clone()))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .wall_clock(FrozenClock)
+            .monotonic_clock(FrozenClock)
+            .secure_random(Deterministic::new(RANDOM_SEED.to_vec()))
+            .insecure_random(Deterministic::new(RANDOM_SEED.to_vec()))
+            .insecure_random_seed(0x511ce_u128)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            log,
+        }
+    }
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl sluice::transform::host::Host for Sandbox {
+    fn log(&mut self, level: LogLevel, message: String) {
+        let level = match level {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        };
+        self.log.write(format!("[{level}] {message}\n").as_bytes());
+    }
+}
+
+/// A clock stuck at [`FROZEN_NOW`].
+struct FrozenClock;
+
+impl HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        FROZEN_NOW
+    }
+}
+
+impl HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+/// A log that keeps the first `capacity` bytes and counts the rest.
+/// Writing never fails, so a chatty guest is truncated, not killed.
+#[derive(Debug, Clone)]
+pub struct LogBuffer {
+    inner: Arc<Mutex<LogState>>,
+}
+
+#[derive(Debug)]
+struct LogState {
+    kept: Vec<u8>,
+    capacity: usize,
+    dropped: usize,
+}
+
+impl LogBuffer {
+    /// An empty log that keeps up to `capacity` bytes.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(LogState {
+                kept: Vec::new(),
+                capacity,
+                dropped: 0,
+            })),
+        }
+    }
+
+    /// Appends what fits and counts what does not.
+    pub fn write(&self, bytes: &[u8]) {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let room = state.capacity.saturating_sub(state.kept.len());
+        let take = room.min(bytes.len());
+        state.kept.extend_from_slice(&bytes[..take]);
+        state.dropped += bytes.len() - take;
+    }
+
+    /// Forgets everything written so far (between calls on one instance).
+    pub fn clear(&self) {
+        let mut state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        state.kept.clear();
+        state.dropped = 0;
+    }
+
+    /// The kept text (lossily decoded), with a note of how much was dropped.
+    pub fn text(&self) -> String {
+        let state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut text = String::from_utf8_lossy(&state.kept).into_owned();
+        if state.dropped > 0 {
+            text.push_str(&format!("\n[log truncated: {} more bytes dropped]", state.dropped));
+        }
+        text
+    }
+}
+
+/// Guest stdout or stderr, feeding a [`LogBuffer`].
+#[derive(Clone)]
+struct LogPipe(LogBuffer);
+
+impl IsTerminal for LogPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogPipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for LogPipe {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.0.write(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogPipe {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for LogPipe {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.0.write(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_keeps_the_start_and_counts_the_rest() {
+        let log = LogBuffer::new(5);
+        log.write(b"hello world");
+        assert_eq!(log.text(), "hello\n[log truncated: 6 more bytes dropped]");
+    }
+}

@@ -1,0 +1,14 @@
+//! Sluice: an embeddable WebAssembly transformation engine for retail
+//! product and inventory data.
+//!
+//! - [`engine`]: the sandboxed runtime that loads and runs transform components.
+//! - [`pipeline`]: a channel's ordered steps, composing their outcomes.
+//! - [`fixtures`]: golden-fixture testing behind `sluice test`.
+//! - [`event`]: the JSON forms of events and outcomes.
+
+pub mod bindings;
+pub mod diff;
+pub mod engine;
+pub mod event;
+pub mod fixtures;
+pub mod pipeline;
