@@ -16,7 +16,7 @@ impl Event {
             Violation {
                 path: path.to_string(),
                 code: "invalid-payload".into(),
-                message: err.into_inner().to_string(),
+                message: without_position(&err.into_inner().to_string()),
             }
         })
     }
@@ -34,6 +34,15 @@ impl Event {
             payload: serde_json::to_string(payload)
                 .unwrap_or_else(|err| format!("{{\"serialize-error\":{:?}}}", err.to_string())),
         }
+    }
+}
+
+/// serde_json's message without its " at line 1 column 101" suffix: the
+/// path already says where, and positions in a payload text mean little.
+fn without_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_string(),
+        None => message.to_string(),
     }
 }
 

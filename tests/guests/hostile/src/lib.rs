@@ -1,0 +1,101 @@
+//! A transform that attacks its host, selected by the payload's `attack`
+//! field. Events without an attack pass through, so tests can check that
+//! the next event after an attack is processed normally.
+
+use std::hint::black_box;
+
+use sluice_guest::prelude::*;
+
+/// What to do, from the event payload.
+#[derive(Deserialize)]
+struct Order {
+    #[serde(default)]
+    attack: String,
+}
+
+/// The transform; it has no configuration.
+struct Hostile;
+
+impl Transform for Hostile {
+    type Config = serde_json::Value;
+
+    fn init(_: Self::Config) -> Result<Self, InitError> {
+        Ok(Hostile)
+    }
+
+    fn event(&mut self, event: Event) -> Outcome {
+        let order: Order = match event.payload_as() {
+            Ok(order) => order,
+            Err(violation) => return Outcome::Reject(vec![violation]),
+        };
+        match order.attack.as_str() {
+            "" | "none" => Outcome::pass(&event),
+            "loop" => loop {
+                black_box(&event);
+            },
+            "alloc-1gib" => {
+                let block = vec![1u8; 1 << 30];
+                Outcome::emit(&event, &black_box(block).len())
+            }
+            "panic" => panic!("hostile module panics on purpose for `{}`", event.id),
+            "stack-overflow" => Outcome::emit(&event, &recurse(black_box(1))),
+            "giant-output" => {
+                // Built in place: one 50 MB JSON string, no intermediate copies.
+                let mut payload = String::with_capacity(50_000_002);
+                payload.push('"');
+                payload.extend(std::iter::repeat_n('x', 50_000_000));
+                payload.push('"');
+                Outcome::Emit(vec![Event { payload, ..event }])
+            }
+            "read-file" => match std::fs::read_to_string("/etc/passwd") {
+                Ok(text) => Outcome::emit(&event, &text),
+                Err(err) => panic!("reading /etc/passwd failed: {err}"),
+            },
+            "open-socket" => match std::net::TcpStream::connect("127.0.0.1:80") {
+                Ok(_) => Outcome::emit(&event, "connected"),
+                Err(err) => panic!("connecting to 127.0.0.1:80 failed: {err}"),
+            },
+            "probe" => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default();
+                let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
+                let dirs = std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.to_string());
+                let hash = std::collections::hash_map::RandomState::new();
+                let random = std::hash::BuildHasher::hash_one(&hash, "seed");
+                sluice_guest::log(sluice_guest::LogLevel::Info, "probe ran");
+                println!("stdout line from the probe");
+                Outcome::emit(
+                    &event,
+                    &serde_json::json!({
+                        "now": now,
+                        "env": env,
+                        "root_dir": format!("{dirs:?}"),
+                        "random": random.to_string(),
+                    }),
+                )
+            }
+            "chatty" => {
+                for i in 0..5_000 {
+                    eprintln!("line {i} of a very chatty module");
+                }
+                Outcome::pass(&event)
+            }
+            "not-json" => Outcome::Emit(vec![Event {
+                payload: "{not json".into(),
+                ..event
+            }]),
+            other => Outcome::skip(format!("unknown attack `{other}`")),
+        }
+    }
+}
+
+/// Recurses without end; the frame is kept alive by `black_box`.
+#[allow(unconditional_recursion)]
+fn recurse(depth: u64) -> u64 {
+    let frame = black_box([depth; 64]);
+    recurse(depth + 1) + frame[3]
+}
+
+export_transform!(Hostile);

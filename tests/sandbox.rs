@@ -1,0 +1,254 @@
+//! Hostile modules: each attack fails only its own event with a clear
+//! fault naming the module and the event; the next event on the same
+//! pipeline, and another module in the same process, carry on.
+
+mod support;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sluice_host::engine::{CacheOutcome, Engine, EngineOptions, FaultKind, Limits, LoadError, Module};
+use sluice_host::event::{EventJson, OutcomeJson};
+use sluice_host::pipeline::{Pipeline, Step};
+use support::{engine, event, guest, magento_product};
+
+fn load(name: &str) -> Arc<Module> {
+    Arc::new(engine().load_file(&guest(name), Limits::default()).expect("loads"))
+}
+
+fn run(module: &Arc<Module>, events: &[EventJson]) -> Vec<OutcomeJson> {
+    Pipeline::new(vec![Step {
+        module: module.clone(),
+        config: "{}".into(),
+    }])
+    .run(events)
+}
+
+fn attack(id: &str, attack: &str) -> EventJson {
+    event(id, "product", json!({ "attack": attack }))
+}
+
+/// The b2b-portal module still turns a real Magento product into a listing.
+fn assert_other_module_unaffected() {
+    let portal = load("b2b-portal");
+    let outcomes = run(&portal, &[event("evt-portal", "product", magento_product())]);
+    let OutcomeJson::Emit { events } = &outcomes[0] else {
+        panic!("b2b-portal should emit, got {outcomes:?}");
+    };
+    let listing: Value = serde_json::from_str(events[0].payload.get()).unwrap();
+    assert_eq!(listing["sku"], "MS-Champ-S");
+    assert_eq!(listing["weight_kg"], "0.227");
+}
+
+/// Runs `[attack, normal]` as one batch and checks both outcomes.
+fn assert_contained(attack_name: &str, check: impl Fn(&FaultKind) -> bool) {
+    let hostile = load("hostile");
+    let event_id = format!("evt-{attack_name}");
+    let outcomes = run(&hostile, &[attack(&event_id, attack_name), attack("evt-next", "none")]);
+    let OutcomeJson::Error { error } = &outcomes[0] else {
+        panic!("{attack_name}: expected a fault, got {:?}", outcomes[0]);
+    };
+    assert_eq!(error.module, "hostile");
+    assert_eq!(error.event, event_id);
+    assert_eq!(error.version, hostile.version());
+    assert!(check(&error.kind), "{attack_name}: unexpected fault {error}");
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("module `hostile` (version {}) failed on event `{event_id}`", hostile.version())),
+        "{message}"
+    );
+    assert!(
+        matches!(&outcomes[1], OutcomeJson::Emit { events } if events[0].id == "evt-next"),
+        "{attack_name}: the next event must pass, got {:?}",
+        outcomes[1]
+    );
+    assert_other_module_unaffected();
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline() {
+    assert_contained("loop", |kind| matches!(kind, FaultKind::Timeout { limit_ms: 200 }));
+}
+
+#[test]
+fn one_gib_allocation_hits_the_memory_cap() {
+    assert_contained("alloc-1gib", |kind| {
+        matches!(kind, FaultKind::MemoryLimit { limit_bytes } if *limit_bytes == 128 << 20)
+    });
+}
+
+#[test]
+fn panic_is_a_trap_with_the_panic_message() {
+    assert_contained("panic", |kind| {
+        matches!(kind, FaultKind::Trap { detail } if detail.contains("hostile module panics on purpose for `evt-panic`"))
+    });
+}
+
+#[test]
+fn stack_overflow_is_contained() {
+    assert_contained("stack-overflow", |kind| matches!(kind, FaultKind::StackOverflow));
+}
+
+#[test]
+fn fifty_megabyte_output_hits_the_output_cap() {
+    assert_contained("giant-output", |kind| {
+        matches!(kind, FaultKind::OutputTooLarge { bytes, limit_bytes } if *bytes > 50_000_000 && *limit_bytes == 4 << 20)
+    });
+}
+
+#[test]
+fn reading_a_file_finds_no_filesystem() {
+    assert_contained("read-file", |kind| {
+        matches!(kind, FaultKind::Trap { detail } if detail.contains("reading /etc/passwd failed: No such file or directory"))
+    });
+}
+
+#[test]
+fn opening_a_socket_is_denied() {
+    assert_contained("open-socket", |kind| {
+        matches!(kind, FaultKind::Trap { detail } if detail.contains("connecting to 127.0.0.1:80 failed: Permission denied"))
+    });
+}
+
+#[test]
+fn emitting_invalid_json_is_a_fault_not_a_delivery() {
+    assert_contained("not-json", |kind| matches!(kind, FaultKind::InvalidPayload { .. }));
+}
+
+#[test]
+fn sandbox_has_no_environment_a_frozen_clock_and_repeatable_randomness() {
+    let hostile = load("hostile");
+    let probe = || {
+        let outcomes = run(&hostile, &[attack("evt-probe", "probe")]);
+        let OutcomeJson::Emit { events } = &outcomes[0] else {
+            panic!("probe should emit, got {outcomes:?}");
+        };
+        serde_json::from_str::<Value>(events[0].payload.get()).unwrap()
+    };
+    let first = probe();
+    assert_eq!(first["env"], json!([]));
+    assert_eq!(first["now"], 1_735_689_600);
+    assert!(first["root_dir"].as_str().unwrap().starts_with("Err("), "{first}");
+    assert_eq!(probe(), first, "same input must give the same output");
+}
+
+#[test]
+fn a_chatty_module_is_truncated_not_killed() {
+    let hostile = load("hostile");
+    let outcomes = run(&hostile, &[attack("evt-chatty", "chatty")]);
+    assert!(matches!(&outcomes[0], OutcomeJson::Emit { .. }), "{outcomes:?}");
+}
+
+#[test]
+fn a_trap_mid_batch_fails_only_that_event() {
+    let hostile = load("hostile");
+    let batch = [
+        attack("a", "none"),
+        attack("b", "panic"),
+        attack("c", "none"),
+        attack("d", "stack-overflow"),
+        attack("e", "none"),
+    ];
+    let tags: Vec<&str> = run(&hostile, &batch).iter().map(OutcomeJson::tag).collect();
+    assert_eq!(tags, ["emit", "error", "emit", "error", "emit"]);
+}
+
+#[test]
+fn other_modules_run_while_one_loops() {
+    let looping = std::thread::spawn(|| {
+        let hostile = load("hostile");
+        run(&hostile, &[attack("evt-loop", "loop")])
+    });
+    for _ in 0..20 {
+        assert_other_module_unaffected();
+    }
+    let outcomes = looping.join().unwrap();
+    assert!(matches!(&outcomes[0], OutcomeJson::Error { error } if matches!(error.kind, FaultKind::Timeout { .. })));
+}
+
+#[test]
+fn fuel_metering_stops_an_infinite_loop() {
+    let engine = Engine::new(&EngineOptions {
+        fuel: true,
+        ..EngineOptions::default()
+    })
+    .unwrap();
+    let limits = Limits {
+        fuel_per_event: 5_000_000,
+        timeout: std::time::Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let hostile = Arc::new(engine.load_file(&guest("hostile"), limits).unwrap());
+    let outcomes = run(&hostile, &[attack("evt-fuel", "loop"), attack("evt-ok", "none")]);
+    assert!(
+        matches!(&outcomes[0], OutcomeJson::Error { error } if error.kind == FaultKind::OutOfFuel { fuel: 5_000_000 }),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1].tag(), "emit");
+}
+
+#[test]
+fn a_component_of_another_world_is_refused_with_what_it_exports() {
+    let err = engine().load_file(&guest("other-world"), Limits::default()).err().unwrap();
+    assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "module `other-world` does not implement the `sluice:transform@0.1.0` world: \
+         it does not export `init` and `apply`; it exports [greet]"
+    );
+}
+
+#[test]
+fn random_bytes_are_refused() {
+    let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let err = engine().load("random", &bytes, Limits::default()).err().unwrap();
+    assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
+    let mut truncated = std::fs::read(guest("b2b-portal")).unwrap();
+    truncated.truncate(truncated.len() / 2);
+    let err = engine().load("truncated", &truncated, Limits::default()).err().unwrap();
+    assert!(matches!(err, LoadError::Compile { .. }), "{err}");
+}
+
+#[test]
+fn a_core_module_is_refused_with_a_hint() {
+    let empty_core_module = b"\0asm\x01\0\0\0";
+    let err = engine().load("core", empty_core_module, Limits::default()).err().unwrap();
+    assert!(matches!(err, LoadError::CoreModule { .. }), "{err}");
+    assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
+}
+
+#[test]
+fn init_errors_name_the_bad_config_field() {
+    let portal = load("b2b-portal");
+    let outcomes = Pipeline::new(vec![Step {
+        module: portal,
+        config: r#"{"weight-unit": "stone"}"#.into(),
+    }])
+    .run(&[event("evt-cfg", "product", magento_product())]);
+    let OutcomeJson::Error { error } = &outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    assert_eq!(error.kind, FaultKind::Init { message: "config `weight-unit`: unknown unit `stone`".into() });
+}
+
+#[test]
+fn compiled_components_are_cached_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = EngineOptions {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..EngineOptions::default()
+    };
+    let first = Engine::new(&options).unwrap();
+    let module = first.load_file(&guest("b2b-portal"), Limits::default()).unwrap();
+    assert_eq!(module.cache_outcome(), CacheOutcome::Compiled);
+    let second = Engine::new(&options).unwrap();
+    let cached = second.load_file(&guest("b2b-portal"), Limits::default()).unwrap();
+    assert_eq!(cached.cache_outcome(), CacheOutcome::Hit);
+    // The cached module really works.
+    let outcomes = run(&Arc::new(cached), &[event("evt-c", "product", magento_product())]);
+    assert_eq!(outcomes[0].tag(), "emit");
+    // An engine with other settings (fuel) does not reuse the artifact.
+    let fuel = Engine::new(&EngineOptions { fuel: true, ..options }).unwrap();
+    let recompiled = fuel.load_file(&guest("b2b-portal"), Limits::default()).unwrap();
+    assert_eq!(recompiled.cache_outcome(), CacheOutcome::Compiled);
+}

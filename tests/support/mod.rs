@@ -1,0 +1,68 @@
+//! Shared helpers for the end-to-end tests: where the built guest
+//! components are, and a shared engine.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use sluice_host::engine::{Engine, EngineOptions};
+use sluice_host::event::EventJson;
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"))
+}
+
+/// The built component of a guest crate (`hostile`, `b2b-portal`, …).
+/// Guests are built by `scripts/dev build-guests` before the tests run.
+pub fn guest(name: &str) -> PathBuf {
+    let path = target_dir()
+        .join("wasm32-wasip2/guest")
+        .join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(
+        path.is_file(),
+        "{} is missing: build the guest components first with `scripts/dev build-guests`",
+        path.display()
+    );
+    path
+}
+
+/// One engine per test binary, as in production (one per process).
+pub fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let options = EngineOptions {
+            cache_dir: Some(target_dir().join("sluice-test-cache")),
+            ..EngineOptions::default()
+        };
+        Engine::new(&options).expect("engine")
+    })
+}
+
+/// An event with this id, kind and JSON payload.
+pub fn event(id: &str, kind: &str, payload: serde_json::Value) -> EventJson {
+    serde_json::from_value(serde_json::json!({
+        "id": id,
+        "kind": kind,
+        "tenant": "acme",
+        "channel": "test",
+        "source": "test",
+        "payload": payload,
+    }))
+    .expect("valid event")
+}
+
+/// A real Magento product from the shared real-world fixtures.
+pub fn magento_product() -> serde_json::Value {
+    let path = workspace().join("transforms/b2b-portal/fixtures/magento-simple-child/input.json");
+    let event: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    event["payload"].clone()
+}
