@@ -114,12 +114,12 @@ mod tests {
         assert_eq!(
             paths,
             [
-                "$[0]['events'][0]['payload']['title']",
                 "$[0]['events'][0]['payload']['gone']",
+                "$[0]['events'][0]['payload']['title']",
                 "$[0]['events'][0]['payload']['new']",
             ]
         );
-        assert_eq!(found[1].actual, None);
+        assert_eq!(found[0].actual, None);
         assert_eq!(found[2].expected, None);
     }
 

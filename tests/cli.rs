@@ -1,0 +1,198 @@
+//! The real `sluice` binary: `test`, `run` and `check` on real components.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::{guest, target_dir, workspace};
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env("SLUICE_CACHE_DIR", target_dir().join("sluice-test-cache"))
+        .current_dir(workspace())
+        .output()
+        .expect("sluice runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn portal_fixtures() -> PathBuf {
+    workspace().join("transforms/b2b-portal/fixtures")
+}
+
+/// Copies the b2b-portal fixtures to a scratch folder tests may edit.
+fn scratch_fixtures() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for case in std::fs::read_dir(portal_fixtures()).unwrap() {
+        let case = case.unwrap().path();
+        let to = dir.path().join(case.file_name().unwrap());
+        std::fs::create_dir(&to).unwrap();
+        for file in std::fs::read_dir(&case).unwrap() {
+            let file = file.unwrap().path();
+            std::fs::copy(&file, to.join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
+    let mut value: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut value);
+    std::fs::write(path, serde_json::to_string_pretty(&value).unwrap()).unwrap();
+}
+
+#[test]
+fn sluice_test_passes_the_b2b_portal_fixtures_and_writes_junit() {
+    let junit = tempfile::NamedTempFile::new().unwrap();
+    let output = sluice(&["test", "transforms/b2b-portal", "--junit", junit.path().to_str().unwrap()]);
+    assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
+    let cases = std::fs::read_dir(portal_fixtures()).unwrap().count();
+    assert!(cases >= 6);
+    assert!(stdout(&output).contains(&format!("fixture result: ok. {cases} passed; 0 failed")), "{}", stdout(&output));
+    let xml = std::fs::read_to_string(junit.path()).unwrap();
+    assert!(xml.contains(&format!("tests=\"{cases}\"")), "{xml}");
+    assert!(xml.contains("failures=\"0\""), "{xml}");
+    assert!(xml.contains("<testcase name=\"missing-sku-and-weight-are-rejected\""), "{xml}");
+}
+
+#[test]
+fn sluice_test_fails_with_the_json_path_when_an_expected_value_is_edited() {
+    let dir = scratch_fixtures();
+    let expected = dir.path().join("magento-simple-child/expected.json");
+    edit_json(&expected, |v| v["events"][0]["payload"]["title"] = "Champ Tee Large".into());
+    let junit = dir.path().join("junit.xml");
+    let module = guest("b2b-portal");
+    let output = sluice(&[
+        "test",
+        "--module",
+        module.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("case b2b-portal/magento-simple-child ... FAILED"), "{out}");
+    assert!(out.contains("$['events'][0]['payload']['title']"), "{out}");
+    assert!(out.contains("expected: \"Champ Tee Large\""), "{out}");
+    assert!(out.contains("actual:   \"Champ Tee Small\""), "{out}");
+    assert!(out.contains("1 failed"), "{out}");
+    let xml = std::fs::read_to_string(junit).unwrap();
+    assert!(xml.contains("failures=\"1\""), "{xml}");
+    assert!(xml.contains("$[&apos;events&apos;][0]") || xml.contains("$['events'][0]"), "{xml}");
+
+    // Blessing rewrites the expected file, and then the suite passes.
+    let blessed = sluice(&["test", "--module", module.to_str().unwrap(), dir.path().to_str().unwrap(), "--bless"]);
+    assert!(blessed.status.success(), "{}", stdout(&blessed));
+    let rewritten: Value = serde_json::from_str(&std::fs::read_to_string(&expected).unwrap()).unwrap();
+    assert_eq!(rewritten["events"][0]["payload"]["title"], "Champ Tee Small");
+    let again = sluice(&["test", "--module", module.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stdout(&again));
+}
+
+#[test]
+fn sluice_test_reports_a_case_without_expected_output() {
+    let dir = scratch_fixtures();
+    std::fs::remove_file(dir.path().join("disabled-product-is-dropped/expected.json")).unwrap();
+    let module = guest("b2b-portal");
+    let output = sluice(&["test", "--module", module.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("no `expected.json`"), "{}", stdout(&output));
+    assert!(stdout(&output).contains("--bless"), "{}", stdout(&output));
+}
+
+#[test]
+fn sluice_test_names_the_file_line_and_field_of_a_bad_input() {
+    let dir = scratch_fixtures();
+    edit_json(&dir.path().join("magento-simple-child/input.json"), |v| {
+        v.as_object_mut().unwrap().remove("kind");
+    });
+    let module = guest("b2b-portal");
+    let output = sluice(&["test", "--module", module.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("magento-simple-child/input.json: line 1: at $: missing field `kind`"), "{out}");
+}
+
+#[test]
+fn sluice_run_turns_jsonl_into_one_outcome_per_line() {
+    let input = tempfile::NamedTempFile::new().unwrap();
+    let product = support::magento_product();
+    let mut missing_sku = product.clone();
+    missing_sku.as_object_mut().unwrap().remove("sku");
+    let lines = [
+        serde_json::json!({"id": "e1", "kind": "product", "payload": product}).to_string(),
+        "{\"id\": \"e2\", \"kind\": 7, \"payload\": {}}".to_string(),
+        serde_json::json!({"id": "e3", "kind": "product", "payload": missing_sku}).to_string(),
+    ];
+    std::fs::write(input.path(), lines.join("\n") + "\n").unwrap();
+    let module = guest("b2b-portal");
+    let output = sluice(&["run", "--module", module.to_str().unwrap(), input.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "a bad line makes the run fail: {}", stderr(&output));
+    let outcomes: Vec<Value> = stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(outcomes.len(), 3);
+    assert_eq!(outcomes[0]["outcome"], "emit");
+    assert_eq!(outcomes[0]["events"][0]["payload"]["weight_kg"], "0.227");
+    assert_eq!(outcomes[1]["outcome"], "invalid-input");
+    assert_eq!(outcomes[1]["line"], 2);
+    assert!(outcomes[1]["error"].as_str().unwrap().contains("at $['kind']"), "{}", outcomes[1]);
+    assert_eq!(outcomes[2]["outcome"], "reject");
+    assert_eq!(outcomes[2]["violations"][0]["path"], "$['sku']");
+    assert!(stderr(&output).contains("input line 2"), "{}", stderr(&output));
+}
+
+#[test]
+fn sluice_run_reads_stdin_and_applies_a_config_file() {
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), r#"{"max-title": 5, "currency": "EUR"}"#).unwrap();
+    let event = serde_json::json!({"id": "e1", "kind": "product", "payload": support::magento_product()});
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["run", "--module", guest("b2b-portal").to_str().unwrap(), "--config", config.path().to_str().unwrap()])
+        .env("SLUICE_CACHE_DIR", target_dir().join("sluice-test-cache"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{event}").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    let outcome: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    // Five characters in all, the ellipsis included.
+    assert_eq!(outcome["events"][0]["payload"]["title"], "Cham…");
+    assert_eq!(outcome["events"][0]["payload"]["currency"], "EUR");
+}
+
+#[test]
+fn sluice_check_accepts_a_transform_and_lists_its_imports() {
+    let output = sluice(&["check", guest("b2b-portal").to_str().unwrap()]);
+    let out = stdout(&output);
+    assert!(output.status.success(), "{out}");
+    assert!(out.contains("ok, implements sluice:transform@0.1.0"), "{out}");
+    assert!(out.contains("- wasi:cli/stderr@"), "{out}");
+    assert!(out.contains("- apply"), "{out}");
+}
+
+#[test]
+fn sluice_check_explains_what_is_wrong() {
+    let output = sluice(&["check", guest("other-world").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("it does not export `init` and `apply`; it exports [greet]"), "{}", stdout(&output));
+
+    let junk = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(junk.path(), b"not wasm at all").unwrap();
+    let output = sluice(&["check", junk.path().to_str().unwrap(), "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
+    assert_eq!(report["ok"], false);
+    assert!(report["error"].as_str().unwrap().contains("is not WebAssembly"), "{report}");
+}
