@@ -44,6 +44,19 @@ fn scratch_fixtures() -> tempfile::TempDir {
     dir
 }
 
+/// `sluice test --module <b2b-portal> <dir> <extra…>`.
+fn test_fixtures(dir: &Path, extra: &[&str]) -> Output {
+    let module = guest("b2b-portal");
+    let mut args = vec![
+        "test",
+        "--module",
+        module.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    sluice(&args)
+}
+
 fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
     let mut value: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     edit(&mut value);
@@ -53,49 +66,61 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut Value)) {
 #[test]
 fn sluice_test_passes_the_b2b_portal_fixtures_and_writes_junit() {
     let junit = tempfile::NamedTempFile::new().unwrap();
-    let output = sluice(&["test", "transforms/b2b-portal", "--junit", junit.path().to_str().unwrap()]);
+    let output = sluice(&[
+        "test",
+        "transforms/b2b-portal",
+        "--junit",
+        junit.path().to_str().unwrap(),
+    ]);
     assert!(output.status.success(), "{}{}", stdout(&output), stderr(&output));
     let cases = std::fs::read_dir(portal_fixtures()).unwrap().count();
     assert!(cases >= 6);
-    assert!(stdout(&output).contains(&format!("fixture result: ok. {cases} passed; 0 failed")), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains(&format!("fixture result: ok. {cases} passed; 0 failed")),
+        "{}",
+        stdout(&output)
+    );
     let xml = std::fs::read_to_string(junit.path()).unwrap();
     assert!(xml.contains(&format!("tests=\"{cases}\"")), "{xml}");
     assert!(xml.contains("failures=\"0\""), "{xml}");
-    assert!(xml.contains("<testcase name=\"missing-sku-and-weight-are-rejected\""), "{xml}");
+    assert!(
+        xml.contains("<testcase name=\"missing-sku-and-weight-are-rejected\""),
+        "{xml}"
+    );
 }
 
 #[test]
 fn sluice_test_fails_with_the_json_path_when_an_expected_value_is_edited() {
     let dir = scratch_fixtures();
     let expected = dir.path().join("magento-simple-child/expected.json");
-    edit_json(&expected, |v| v["events"][0]["payload"]["title"] = "Champ Tee Large".into());
+    edit_json(&expected, |v| {
+        v["events"][0]["payload"]["title"] = "Champ Tee Large".into()
+    });
     let junit = dir.path().join("junit.xml");
-    let module = guest("b2b-portal");
-    let output = sluice(&[
-        "test",
-        "--module",
-        module.to_str().unwrap(),
-        dir.path().to_str().unwrap(),
-        "--junit",
-        junit.to_str().unwrap(),
-    ]);
+    let output = test_fixtures(dir.path(), &["--junit", junit.to_str().unwrap()]);
     let out = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    assert!(out.contains("case b2b-portal/magento-simple-child ... FAILED"), "{out}");
+    assert!(
+        out.contains("case b2b-portal/magento-simple-child ... FAILED"),
+        "{out}"
+    );
     assert!(out.contains("$['events'][0]['payload']['title']"), "{out}");
     assert!(out.contains("expected: \"Champ Tee Large\""), "{out}");
     assert!(out.contains("actual:   \"Champ Tee Small\""), "{out}");
     assert!(out.contains("1 failed"), "{out}");
     let xml = std::fs::read_to_string(junit).unwrap();
     assert!(xml.contains("failures=\"1\""), "{xml}");
-    assert!(xml.contains("$[&apos;events&apos;][0]") || xml.contains("$['events'][0]"), "{xml}");
+    assert!(
+        xml.contains("$[&apos;events&apos;][0]") || xml.contains("$['events'][0]"),
+        "{xml}"
+    );
 
     // Blessing rewrites the expected file, and then the suite passes.
-    let blessed = sluice(&["test", "--module", module.to_str().unwrap(), dir.path().to_str().unwrap(), "--bless"]);
+    let blessed = test_fixtures(dir.path(), &["--bless"]);
     assert!(blessed.status.success(), "{}", stdout(&blessed));
     let rewritten: Value = serde_json::from_str(&std::fs::read_to_string(&expected).unwrap()).unwrap();
     assert_eq!(rewritten["events"][0]["payload"]["title"], "Champ Tee Small");
-    let again = sluice(&["test", "--module", module.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    let again = test_fixtures(dir.path(), &[]);
     assert!(again.status.success(), "{}", stdout(&again));
 }
 
@@ -103,10 +128,13 @@ fn sluice_test_fails_with_the_json_path_when_an_expected_value_is_edited() {
 fn sluice_test_reports_a_case_without_expected_output() {
     let dir = scratch_fixtures();
     std::fs::remove_file(dir.path().join("disabled-product-is-dropped/expected.json")).unwrap();
-    let module = guest("b2b-portal");
-    let output = sluice(&["test", "--module", module.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    let output = test_fixtures(dir.path(), &[]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stdout(&output).contains("no `expected.json`"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("no `expected.json`"),
+        "{}",
+        stdout(&output)
+    );
     assert!(stdout(&output).contains("--bless"), "{}", stdout(&output));
 }
 
@@ -116,11 +144,13 @@ fn sluice_test_names_the_file_line_and_field_of_a_bad_input() {
     edit_json(&dir.path().join("magento-simple-child/input.json"), |v| {
         v.as_object_mut().unwrap().remove("kind");
     });
-    let module = guest("b2b-portal");
-    let output = sluice(&["test", "--module", module.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    let output = test_fixtures(dir.path(), &[]);
     let out = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
-    assert!(out.contains("magento-simple-child/input.json: line 1: at $: missing field `kind`"), "{out}");
+    assert!(
+        out.contains("magento-simple-child/input.json: line 1: at $: missing field `kind`"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -136,15 +166,32 @@ fn sluice_run_turns_jsonl_into_one_outcome_per_line() {
     ];
     std::fs::write(input.path(), lines.join("\n") + "\n").unwrap();
     let module = guest("b2b-portal");
-    let output = sluice(&["run", "--module", module.to_str().unwrap(), input.path().to_str().unwrap()]);
-    assert_eq!(output.status.code(), Some(1), "a bad line makes the run fail: {}", stderr(&output));
-    let outcomes: Vec<Value> = stdout(&output).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let output = sluice(&[
+        "run",
+        "--module",
+        module.to_str().unwrap(),
+        input.path().to_str().unwrap(),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a bad line makes the run fail: {}",
+        stderr(&output)
+    );
+    let outcomes: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(outcomes.len(), 3);
     assert_eq!(outcomes[0]["outcome"], "emit");
     assert_eq!(outcomes[0]["events"][0]["payload"]["weight_kg"], "0.227");
     assert_eq!(outcomes[1]["outcome"], "invalid-input");
     assert_eq!(outcomes[1]["line"], 2);
-    assert!(outcomes[1]["error"].as_str().unwrap().contains("at $['kind']"), "{}", outcomes[1]);
+    assert!(
+        outcomes[1]["error"].as_str().unwrap().contains("at $['kind']"),
+        "{}",
+        outcomes[1]
+    );
     assert_eq!(outcomes[2]["outcome"], "reject");
     assert_eq!(outcomes[2]["violations"][0]["path"], "$['sku']");
     assert!(stderr(&output).contains("input line 2"), "{}", stderr(&output));
@@ -156,7 +203,13 @@ fn sluice_run_reads_stdin_and_applies_a_config_file() {
     std::fs::write(config.path(), r#"{"max-title": 5, "currency": "EUR"}"#).unwrap();
     let event = serde_json::json!({"id": "e1", "kind": "product", "payload": support::magento_product()});
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["run", "--module", guest("b2b-portal").to_str().unwrap(), "--config", config.path().to_str().unwrap()])
+        .args([
+            "run",
+            "--module",
+            guest("b2b-portal").to_str().unwrap(),
+            "--config",
+            config.path().to_str().unwrap(),
+        ])
         .env("SLUICE_CACHE_DIR", target_dir().join("sluice-test-cache"))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -186,7 +239,11 @@ fn sluice_check_accepts_a_transform_and_lists_its_imports() {
 fn sluice_check_explains_what_is_wrong() {
     let output = sluice(&["check", guest("other-world").to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
-    assert!(stdout(&output).contains("it does not export `init` and `apply`; it exports [greet]"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("it does not export `init` and `apply`; it exports [greet]"),
+        "{}",
+        stdout(&output)
+    );
 
     let junk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(junk.path(), b"not wasm at all").unwrap();
@@ -194,5 +251,8 @@ fn sluice_check_explains_what_is_wrong() {
     assert_eq!(output.status.code(), Some(1));
     let report: Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(report["ok"], false);
-    assert!(report["error"].as_str().unwrap().contains("is not WebAssembly"), "{report}");
+    assert!(
+        report["error"].as_str().unwrap().contains("is not WebAssembly"),
+        "{report}"
+    );
 }

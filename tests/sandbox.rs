@@ -13,7 +13,11 @@ use sluice_host::pipeline::{Pipeline, Step};
 use support::{engine, event, guest, magento_product};
 
 fn load(name: &str) -> Arc<Module> {
-    Arc::new(engine().load_file(&guest(name), Limits::default()).expect("loads"))
+    Arc::new(
+        engine()
+            .load_file(&guest(name), Limits::default())
+            .expect("loads"),
+    )
 }
 
 fn run(module: &Arc<Module>, events: &[EventJson]) -> Vec<OutcomeJson> {
@@ -44,7 +48,10 @@ fn assert_other_module_unaffected() {
 fn assert_contained(attack_name: &str, check: impl Fn(&FaultKind) -> bool) {
     let hostile = load("hostile");
     let event_id = format!("evt-{attack_name}");
-    let outcomes = run(&hostile, &[attack(&event_id, attack_name), attack("evt-next", "none")]);
+    let outcomes = run(
+        &hostile,
+        &[attack(&event_id, attack_name), attack("evt-next", "none")],
+    );
     let OutcomeJson::Error { error } = &outcomes[0] else {
         panic!("{attack_name}: expected a fault, got {:?}", outcomes[0]);
     };
@@ -54,7 +61,10 @@ fn assert_contained(attack_name: &str, check: impl Fn(&FaultKind) -> bool) {
     assert!(check(&error.kind), "{attack_name}: unexpected fault {error}");
     let message = error.to_string();
     assert!(
-        message.starts_with(&format!("module `hostile` (version {}) failed on event `{event_id}`", hostile.version())),
+        message.starts_with(&format!(
+            "module `hostile` (version {}) failed on event `{event_id}`",
+            hostile.version()
+        )),
         "{message}"
     );
     assert!(
@@ -67,21 +77,25 @@ fn assert_contained(attack_name: &str, check: impl Fn(&FaultKind) -> bool) {
 
 #[test]
 fn infinite_loop_hits_the_deadline() {
-    assert_contained("loop", |kind| matches!(kind, FaultKind::Timeout { limit_ms: 200 }));
+    assert_contained("loop", |kind| {
+        matches!(kind, FaultKind::Timeout { limit_ms: 200 })
+    });
 }
 
 #[test]
 fn one_gib_allocation_hits_the_memory_cap() {
-    assert_contained("alloc-1gib", |kind| {
-        matches!(kind, FaultKind::MemoryLimit { limit_bytes } if *limit_bytes == 128 << 20)
-    });
+    assert_contained(
+        "alloc-1gib",
+        |kind| matches!(kind, FaultKind::MemoryLimit { limit_bytes } if *limit_bytes == 128 << 20),
+    );
 }
 
 #[test]
 fn panic_is_a_trap_with_the_panic_message() {
-    assert_contained("panic", |kind| {
-        matches!(kind, FaultKind::Trap { detail } if detail.contains("hostile module panics on purpose for `evt-panic`"))
-    });
+    assert_contained(
+        "panic",
+        |kind| matches!(kind, FaultKind::Trap { detail } if detail.contains("hostile module panics on purpose for `evt-panic`")),
+    );
 }
 
 #[test]
@@ -91,28 +105,33 @@ fn stack_overflow_is_contained() {
 
 #[test]
 fn fifty_megabyte_output_hits_the_output_cap() {
-    assert_contained("giant-output", |kind| {
-        matches!(kind, FaultKind::OutputTooLarge { bytes, limit_bytes } if *bytes > 50_000_000 && *limit_bytes == 4 << 20)
-    });
+    assert_contained(
+        "giant-output",
+        |kind| matches!(kind, FaultKind::OutputTooLarge { bytes, limit_bytes } if *bytes > 50_000_000 && *limit_bytes == 4 << 20),
+    );
 }
 
 #[test]
 fn reading_a_file_finds_no_filesystem() {
-    assert_contained("read-file", |kind| {
-        matches!(kind, FaultKind::Trap { detail } if detail.contains("reading /etc/passwd failed: No such file or directory"))
-    });
+    assert_contained(
+        "read-file",
+        |kind| matches!(kind, FaultKind::Trap { detail } if detail.contains("reading /etc/passwd failed: No such file or directory")),
+    );
 }
 
 #[test]
 fn opening_a_socket_is_denied() {
-    assert_contained("open-socket", |kind| {
-        matches!(kind, FaultKind::Trap { detail } if detail.contains("connecting to 127.0.0.1:80 failed: Permission denied"))
-    });
+    assert_contained(
+        "open-socket",
+        |kind| matches!(kind, FaultKind::Trap { detail } if detail.contains("connecting to 127.0.0.1:80 failed: Permission denied")),
+    );
 }
 
 #[test]
 fn emitting_invalid_json_is_a_fault_not_a_delivery() {
-    assert_contained("not-json", |kind| matches!(kind, FaultKind::InvalidPayload { .. }));
+    assert_contained("not-json", |kind| {
+        matches!(kind, FaultKind::InvalidPayload { .. })
+    });
 }
 
 #[test]
@@ -163,7 +182,9 @@ fn other_modules_run_while_one_loops() {
         assert_other_module_unaffected();
     }
     let outcomes = looping.join().unwrap();
-    assert!(matches!(&outcomes[0], OutcomeJson::Error { error } if matches!(error.kind, FaultKind::Timeout { .. })));
+    assert!(
+        matches!(&outcomes[0], OutcomeJson::Error { error } if matches!(error.kind, FaultKind::Timeout { .. }))
+    );
 }
 
 #[test]
@@ -189,7 +210,10 @@ fn fuel_metering_stops_an_infinite_loop() {
 
 #[test]
 fn a_component_of_another_world_is_refused_with_what_it_exports() {
-    let err = engine().load_file(&guest("other-world"), Limits::default()).err().unwrap();
+    let err = engine()
+        .load_file(&guest("other-world"), Limits::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
     assert_eq!(
         err.to_string(),
@@ -200,19 +224,27 @@ fn a_component_of_another_world_is_refused_with_what_it_exports() {
 
 #[test]
 fn random_bytes_are_refused() {
-    let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let err = engine().load("random", &bytes, Limits::default()).err().unwrap();
     assert!(matches!(err, LoadError::NotWasm { .. }), "{err}");
     let mut truncated = std::fs::read(guest("b2b-portal")).unwrap();
     truncated.truncate(truncated.len() / 2);
-    let err = engine().load("truncated", &truncated, Limits::default()).err().unwrap();
+    let err = engine()
+        .load("truncated", &truncated, Limits::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, LoadError::Compile { .. }), "{err}");
 }
 
 #[test]
 fn a_core_module_is_refused_with_a_hint() {
     let empty_core_module = b"\0asm\x01\0\0\0";
-    let err = engine().load("core", empty_core_module, Limits::default()).err().unwrap();
+    let err = engine()
+        .load("core", empty_core_module, Limits::default())
+        .err()
+        .unwrap();
     assert!(matches!(err, LoadError::CoreModule { .. }), "{err}");
     assert!(err.to_string().contains("wasm32-wasip2"), "{err}");
 }
@@ -228,7 +260,12 @@ fn init_errors_name_the_bad_config_field() {
     let OutcomeJson::Error { error } = &outcomes[0] else {
         panic!("{outcomes:?}");
     };
-    assert_eq!(error.kind, FaultKind::Init { message: "config `weight-unit`: unknown unit `stone`".into() });
+    assert_eq!(
+        error.kind,
+        FaultKind::Init {
+            message: "config `weight-unit`: unknown unit `stone`".into()
+        }
+    );
 }
 
 #[test]
@@ -248,7 +285,11 @@ fn compiled_components_are_cached_on_disk() {
     let outcomes = run(&Arc::new(cached), &[event("evt-c", "product", magento_product())]);
     assert_eq!(outcomes[0].tag(), "emit");
     // An engine with other settings (fuel) does not reuse the artifact.
-    let fuel = Engine::new(&EngineOptions { fuel: true, ..options }).unwrap();
+    let fuel = Engine::new(&EngineOptions {
+        fuel: true,
+        ..options
+    })
+    .unwrap();
     let recompiled = fuel.load_file(&guest("b2b-portal"), Limits::default()).unwrap();
     assert_eq!(recompiled.cache_outcome(), CacheOutcome::Compiled);
 }

@@ -56,18 +56,18 @@ pub mod bindings {
 
 pub use bindings::sluice::transform::types::{Event, EventKind, Outcome, Violation};
 pub use log::{LogLevel, log};
+pub use outcome::Violations;
 pub use path::JsonPath;
 pub use product::{Dimensions, InventoryEvent, Measure, Money, Product};
 pub use rust_decimal::{self, Decimal};
-pub use outcome::Violations;
 pub use transform::{InitError, Transform};
 
 /// Everything a transform usually needs, in one import.
 pub mod prelude {
     pub use crate::path::JsonPath;
     pub use crate::{
-        Decimal, Event, EventKind, InitError, InventoryEvent, Measure, Money, Outcome, Product,
-        Transform, Violation, export_transform, text, units,
+        Decimal, Event, EventKind, InitError, InventoryEvent, Measure, Money, Outcome, Product, Transform,
+        Violation, export_transform, text, units,
     };
     pub use serde::{Deserialize, Serialize};
 }
@@ -108,7 +108,7 @@ macro_rules! export_transform {
                 }
             }
 
-            $crate::bindings::__export_sluice_world!(SluiceExport with_types_in $crate::bindings);
+    $crate::bindings::__export_sluice_world!(SluiceExport with_types_in $crate::bindings);
         };
     };
 }

@@ -5,9 +5,34 @@ use unicode_segmentation::UnicodeSegmentation;
 
 /// Tags after which a line break belongs in the plain text.
 const BLOCK_TAGS: &[&str] = &[
-    "address", "article", "blockquote", "br", "dd", "div", "dl", "dt", "figcaption", "footer",
-    "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "ol", "p", "pre", "section",
-    "table", "td", "th", "tr", "ul",
+    "address",
+    "article",
+    "blockquote",
+    "br",
+    "dd",
+    "div",
+    "dl",
+    "dt",
+    "figcaption",
+    "footer",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "header",
+    "hr",
+    "li",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "table",
+    "td",
+    "th",
+    "tr",
+    "ul",
 ];
 
 /// Tags whose content is not text at all.
@@ -114,10 +139,7 @@ pub fn truncate(text: &str, max: usize) -> String {
         None => text.to_string(),
         Some(_) if max == 0 => String::new(),
         Some(_) => {
-            let keep = text
-                .grapheme_indices(true)
-                .nth(max - 1)
-                .map_or(0, |(i, _)| i);
+            let keep = text.grapheme_indices(true).nth(max - 1).map_or(0, |(i, _)| i);
             let mut cut = text[..keep].trim_end().to_string();
             cut.push('…');
             cut
@@ -131,13 +153,17 @@ mod tests {
 
     #[test]
     fn strips_tags_and_decodes_entities() {
-        let html = "<div class=\"x\"><h2>Title</h2><p>A &lt;b&gt; &quot;quoted&quot; &#39;x&#39;<br/>line</p></div>";
+        let html =
+            "<div class=\"x\"><h2>Title</h2><p>A &lt;b&gt; &quot;quoted&quot; &#39;x&#39;<br/>line</p></div>";
         assert_eq!(strip_html(html), "Title\nA <b> \"quoted\" 'x'\nline");
     }
 
     #[test]
     fn drops_script_and_style_content() {
-        assert_eq!(strip_html("a<script>alert('<p>')</script>b<style>p{}</style>c"), "abc");
+        assert_eq!(
+            strip_html("a<script>alert('<p>')</script>b<style>p{}</style>c"),
+            "abc"
+        );
     }
 
     #[test]
@@ -155,7 +181,10 @@ mod tests {
         let flag = "🇩🇪";
         let text = format!("{flag}{flag}{flag}");
         assert_eq!(truncate(&text, 2), format!("{flag}…"));
-        assert_eq!(truncate("e\u{301}e\u{301}e\u{301}", 3), "e\u{301}e\u{301}e\u{301}");
+        assert_eq!(
+            truncate("e\u{301}e\u{301}e\u{301}", 3),
+            "e\u{301}e\u{301}e\u{301}"
+        );
         assert_eq!(truncate("e\u{301}e\u{301}e\u{301}", 2), "e\u{301}…");
     }
 

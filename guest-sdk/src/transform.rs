@@ -118,6 +118,9 @@ impl<T: Transform> NativeRunner<T> {
 
     /// Transforms a batch, one outcome per event.
     pub fn apply(&mut self, batch: Vec<Event>) -> Vec<Outcome> {
-        batch.into_iter().map(|event| self.transform.event(event)).collect()
+        batch
+            .into_iter()
+            .map(|event| self.transform.event(event))
+            .collect()
     }
 }

@@ -50,24 +50,77 @@ pub struct Unit {
 
 /// Every unit with the spellings real feeds use for it (compared case-insensitively).
 const UNITS: &[(Unit, &[&str])] = &[
-    (unit("mg", Dimension::Mass, "0.001"), &["mg", "milligram", "milligrams"]),
-    (unit("g", Dimension::Mass, "1"), &["g", "gr", "gram", "grams", "gramme", "grammes"]),
-    (unit("kg", Dimension::Mass, "1000"), &["kg", "kgs", "kilo", "kilos", "kilogram", "kilograms"]),
-    (unit("oz", Dimension::Mass, "28.349523125"), &["oz", "ozs", "ounce", "ounces"]),
-    (unit("lb", Dimension::Mass, "453.59237"), &["lb", "lbs", "lb.", "lbs.", "pound", "pounds", "#"]),
-    (unit("mm", Dimension::Length, "1"), &["mm", "millimeter", "millimeters", "millimetre", "millimetres"]),
-    (unit("cm", Dimension::Length, "10"), &["cm", "cms", "centimeter", "centimeters", "centimetre", "centimetres"]),
-    (unit("m", Dimension::Length, "1000"), &["m", "meter", "meters", "metre", "metres"]),
-    (unit("in", Dimension::Length, "25.4"), &["in", "in.", "inch", "inches", "\"", "″"]),
-    (unit("ft", Dimension::Length, "304.8"), &["ft", "ft.", "foot", "feet", "'", "′"]),
-    (unit("ml", Dimension::Volume, "1"), &["ml", "millilitre", "milliliter", "millilitres", "milliliters"]),
-    (unit("l", Dimension::Volume, "1000"), &["l", "lt", "ltr", "litre", "liter", "litres", "liters"]),
-    (unit("fl oz", Dimension::Volume, "29.5735295625"), &["fl oz", "floz", "fl. oz.", "fl.oz", "fluid ounce", "fluid ounces"]),
-    (unit("gal", Dimension::Volume, "3785.411784"), &["gal", "gallon", "gallons"]),
+    (
+        unit("mg", Dimension::Mass, "0.001"),
+        &["mg", "milligram", "milligrams"],
+    ),
+    (
+        unit("g", Dimension::Mass, "1"),
+        &["g", "gr", "gram", "grams", "gramme", "grammes"],
+    ),
+    (
+        unit("kg", Dimension::Mass, "1000"),
+        &["kg", "kgs", "kilo", "kilos", "kilogram", "kilograms"],
+    ),
+    (
+        unit("oz", Dimension::Mass, "28.349523125"),
+        &["oz", "ozs", "ounce", "ounces"],
+    ),
+    (
+        unit("lb", Dimension::Mass, "453.59237"),
+        &["lb", "lbs", "lb.", "lbs.", "pound", "pounds", "#"],
+    ),
+    (
+        unit("mm", Dimension::Length, "1"),
+        &["mm", "millimeter", "millimeters", "millimetre", "millimetres"],
+    ),
+    (
+        unit("cm", Dimension::Length, "10"),
+        &[
+            "cm",
+            "cms",
+            "centimeter",
+            "centimeters",
+            "centimetre",
+            "centimetres",
+        ],
+    ),
+    (
+        unit("m", Dimension::Length, "1000"),
+        &["m", "meter", "meters", "metre", "metres"],
+    ),
+    (
+        unit("in", Dimension::Length, "25.4"),
+        &["in", "in.", "inch", "inches", "\"", "″"],
+    ),
+    (
+        unit("ft", Dimension::Length, "304.8"),
+        &["ft", "ft.", "foot", "feet", "'", "′"],
+    ),
+    (
+        unit("ml", Dimension::Volume, "1"),
+        &["ml", "millilitre", "milliliter", "millilitres", "milliliters"],
+    ),
+    (
+        unit("l", Dimension::Volume, "1000"),
+        &["l", "lt", "ltr", "litre", "liter", "litres", "liters"],
+    ),
+    (
+        unit("fl oz", Dimension::Volume, "29.5735295625"),
+        &["fl oz", "floz", "fl. oz.", "fl.oz", "fluid ounce", "fluid ounces"],
+    ),
+    (
+        unit("gal", Dimension::Volume, "3785.411784"),
+        &["gal", "gallon", "gallons"],
+    ),
 ];
 
 const fn unit(symbol: &'static str, dimension: Dimension, base: &'static str) -> Unit {
-    Unit { symbol, dimension, base }
+    Unit {
+        symbol,
+        dimension,
+        base,
+    }
 }
 
 /// Why a conversion could not be done.
@@ -115,7 +168,10 @@ impl Unit {
 pub fn convert(value: Decimal, from: &str, to: &str) -> Result<Decimal, UnitError> {
     let (from, to) = (Unit::parse(from)?, Unit::parse(to)?);
     if from.dimension != to.dimension {
-        return Err(UnitError::Mismatch { from: from.symbol, to: to.symbol });
+        return Err(UnitError::Mismatch {
+            from: from.symbol,
+            to: to.symbol,
+        });
     }
     if from == to {
         return Ok(value);

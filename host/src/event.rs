@@ -181,10 +181,7 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset].matches('\n').count() + 1
 }
 
-fn parse_one<T: serde::de::DeserializeOwned>(
-    text: &str,
-    line: Option<usize>,
-) -> Result<T, EventParseError> {
+fn parse_one<T: serde::de::DeserializeOwned>(text: &str, line: Option<usize>) -> Result<T, EventParseError> {
     let mut de = serde_json::Deserializer::from_str(text);
     serde_path_to_error::deserialize(&mut de).map_err(|err| EventParseError {
         line,

@@ -38,7 +38,9 @@ pub enum FixtureError {
         source: std::io::Error,
     },
     /// The directory has no case folders.
-    #[error("fixtures directory `{0}` has no cases: add a folder with an `input.json` and an `expected.json`")]
+    #[error(
+        "fixtures directory `{0}` has no cases: add a folder with an `input.json` and an `expected.json`"
+    )]
     Empty(PathBuf),
 }
 
@@ -109,8 +111,16 @@ impl Subject {
 }
 
 /// Runs every case in `dir`; with `bless`, rewrites expected files instead of comparing.
-pub fn run_suite(name: &str, subject: &Subject, dir: &Path, bless: bool) -> Result<SuiteReport, FixtureError> {
-    let read_err = |source| FixtureError::Read { path: dir.to_path_buf(), source };
+pub fn run_suite(
+    name: &str,
+    subject: &Subject,
+    dir: &Path,
+    bless: bool,
+) -> Result<SuiteReport, FixtureError> {
+    let read_err = |source| FixtureError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut case_dirs: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(read_err)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
@@ -126,13 +136,20 @@ pub fn run_suite(name: &str, subject: &Subject, dir: &Path, bless: bool) -> Resu
             let started = Instant::now();
             let status = run_case(subject, case_dir, bless).unwrap_or_else(CaseStatus::Failed);
             CaseResult {
-                name: case_dir.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                name: case_dir
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
                 status,
                 duration: started.elapsed(),
             }
         })
         .collect();
-    Ok(SuiteReport { name: name.to_string(), cases })
+    Ok(SuiteReport {
+        name: name.to_string(),
+        cases,
+    })
 }
 
 fn run_case(subject: &Subject, dir: &Path, bless: bool) -> Result<CaseStatus, String> {
@@ -169,11 +186,15 @@ fn run_case(subject: &Subject, dir: &Path, bless: bool) -> Result<CaseStatus, St
     if bless {
         let mut text = serde_json::to_string_pretty(&actual).map_err(|err| err.to_string())?;
         text.push('\n');
-        fs::write(&expected_path, text).map_err(|err| format!("cannot write {}: {err}", expected_path.display()))?;
+        fs::write(&expected_path, text)
+            .map_err(|err| format!("cannot write {}: {err}", expected_path.display()))?;
         return Ok(CaseStatus::Blessed);
     }
     if !expected_path.is_file() {
-        return Err(format!("no `expected.json` in `{}`: run with `--bless` to create it from the actual output", dir.display()));
+        return Err(format!(
+            "no `expected.json` in `{}`: run with `--bless` to create it from the actual output",
+            dir.display()
+        ));
     }
     let expected_text = read(&expected_path)?;
     let expected: Value =
@@ -182,7 +203,11 @@ fn run_case(subject: &Subject, dir: &Path, bless: bool) -> Result<CaseStatus, St
     if differences.is_empty() {
         return Ok(CaseStatus::Passed);
     }
-    let mut message = format!("{} difference(s) from {}:\n", differences.len(), expected_path.display());
+    let mut message = format!(
+        "{} difference(s) from {}:\n",
+        differences.len(),
+        expected_path.display()
+    );
     for difference in &differences {
         message.push_str(&difference.to_string());
         message.push('\n');

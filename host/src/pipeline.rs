@@ -48,7 +48,7 @@ struct Progress {
     live: Vec<Event>,
     dropped: Vec<String>,
     violations: Vec<ViolationJson>,
-    fault: Option<Fault>,
+    fault: Option<Box<Fault>>,
 }
 
 impl Pipeline {
@@ -89,7 +89,9 @@ impl Pipeline {
                 match result {
                     Ok(Outcome::Emit(events)) => state.live.extend(events),
                     Ok(Outcome::Drop(reason)) => state.dropped.push(reason),
-                    Ok(Outcome::Reject(found)) => state.violations.extend(found.into_iter().map(ViolationJson::from)),
+                    Ok(Outcome::Reject(found)) => state
+                        .violations
+                        .extend(found.into_iter().map(ViolationJson::from)),
                     Err(fault) => {
                         state.fault.get_or_insert(fault);
                     }
@@ -108,7 +110,7 @@ impl Pipeline {
 /// The final outcome for one input event.
 fn finish(state: Progress) -> OutcomeJson {
     if let Some(error) = state.fault {
-        return OutcomeJson::Error { error };
+        return OutcomeJson::Error { error: *error };
     }
     if !state.violations.is_empty() {
         return OutcomeJson::Reject {
@@ -132,7 +134,9 @@ fn finish(state: Progress) -> OutcomeJson {
                         module: "pipeline".into(),
                         version: String::new(),
                         event: id,
-                        kind: FaultKind::InvalidPayload { detail: err.to_string() },
+                        kind: FaultKind::InvalidPayload {
+                            detail: err.to_string(),
+                        },
                         log: String::new(),
                     },
                 };

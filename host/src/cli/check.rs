@@ -23,7 +23,8 @@ pub struct CheckArgs {
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let engine = args.engine.engine()?;
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
     let name = args.file.display().to_string();
     let report = engine.inspect(&name, &bytes);
     let verdict = engine.load(&name, &bytes, Limits::default()).map(|_| ());
@@ -45,13 +46,24 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             print_report(report);
         }
     }
-    Ok(if verdict.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if verdict.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn print_report(report: &ComponentReport) {
     println!("  size:    {} bytes", report.size);
     println!("  sha256:  {}", report.sha256);
-    println!("  imports: {}", if report.imports.is_empty() { "(none)".into() } else { report.imports.len().to_string() });
+    println!(
+        "  imports: {}",
+        if report.imports.is_empty() {
+            "(none)".into()
+        } else {
+            report.imports.len().to_string()
+        }
+    );
     for import in &report.imports {
         println!("    - {import}");
     }

@@ -38,7 +38,11 @@ pub fn transform_crate(dir: &Path) -> anyhow::Result<TransformCrate> {
     let Some(component) = candidates.iter().find(|path| path.is_file()).cloned() else {
         bail!(
             "no built component for `{name}`; looked for:\n  {}\nbuild it with `cargo build -p {name} --target wasm32-wasip2 --profile guest`",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n  ")
+            candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join("\n  ")
         );
     };
     Ok(TransformCrate {

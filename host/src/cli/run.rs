@@ -48,14 +48,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot load `{}`", args.module.display()))?;
     let config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config `{}`", path.display()))?;
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config `{}`", path.display()))?;
             serde_json::from_str::<serde_json::Value>(&text)
                 .with_context(|| format!("config `{}` is not JSON", path.display()))?;
             text
         }
         None => "{}".into(),
     };
-    let pipeline = Pipeline::new(vec![Step { module: Arc::new(module), config }]);
+    let pipeline = Pipeline::new(vec![Step {
+        module: Arc::new(module),
+        config,
+    }]);
 
     let (reader, total): (Box<dyn BufRead>, Option<u64>) = match &args.input {
         Some(path) => {
@@ -121,7 +125,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn write_invalid(out: &mut impl Write, line: usize, error: &str) -> anyhow::Result<()> {
-    serde_json::to_writer(&mut *out, &InvalidLine { outcome: "invalid-input", line, error })?;
+    serde_json::to_writer(
+        &mut *out,
+        &InvalidLine {
+            outcome: "invalid-input",
+            line,
+            error,
+        },
+    )?;
     out.write_all(b"\n")?;
     Ok(())
 }

@@ -58,7 +58,11 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             .load_file(&component, args.engine.limits())
             .with_context(|| format!("cannot load `{}`", component.display()))?;
         let name = module.name().to_string();
-        println!("\nrunning fixtures of `{name}` ({}, version {})", component.display(), module.version());
+        println!(
+            "\nrunning fixtures of `{name}` ({}, version {})",
+            component.display(),
+            module.version()
+        );
         let report = run_suite(&name, &Subject::Module(Arc::new(module)), &fixtures, args.bless)?;
         for case in &report.cases {
             match &case.status {
@@ -76,7 +80,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     }
 
     if let Some(path) = &args.junit {
-        std::fs::write(path, junit_xml(&suites)).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, junit_xml(&suites))
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     let passed: usize = suites.iter().map(SuiteReport::passed).sum();
     let failed: usize = suites.iter().map(SuiteReport::failed).sum();
@@ -85,5 +90,9 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         if failed == 0 { "ok" } else { "FAILED" },
         started.elapsed().as_secs_f64()
     );
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

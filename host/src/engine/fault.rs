@@ -105,7 +105,9 @@ impl FaultKind {
     ) -> FaultKind {
         let chain = format!("{err:?}");
         if chain.contains("forcing trap when growing memory") {
-            return FaultKind::MemoryLimit { limit_bytes: memory_bytes };
+            return FaultKind::MemoryLimit {
+                limit_bytes: memory_bytes,
+            };
         }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => FaultKind::Timeout { limit_ms: timeout_ms },
@@ -117,7 +119,9 @@ impl FaultKind {
                     None => "the guest executed `unreachable` (a Rust guest does this when it panics)".into(),
                 },
             },
-            Some(trap) => FaultKind::Trap { detail: trap.to_string() },
+            Some(trap) => FaultKind::Trap {
+                detail: trap.to_string(),
+            },
             None => FaultKind::Trap {
                 detail: err.to_string(),
             },

@@ -104,8 +104,7 @@ impl Engine {
         let wasmtime = wasmtime::Engine::new(&config).map_err(|e| EngineError::Config(e.to_string()))?;
 
         let mut linker = Linker::<Sandbox>::new(&wasmtime);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| EngineError::Config(e.to_string()))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| EngineError::Config(e.to_string()))?;
         crate::bindings::sluice::transform::host::add_to_linker::<Sandbox, HasSelf<Sandbox>>(
             &mut linker,
             |sandbox| sandbox,

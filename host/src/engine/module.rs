@@ -90,7 +90,7 @@ pub struct ComponentReport {
 }
 
 /// What one event became in one step: an outcome, or a fault.
-pub type StepResult = Result<Outcome, Fault>;
+pub type StepResult = Result<Outcome, Box<Fault>>;
 
 /// A loaded, type-checked transform component with its limits.
 pub struct Module {
@@ -144,19 +144,23 @@ impl Engine {
                 name: name.into(),
                 detail: format!(
                     "it does not export {}; it exports [{}]",
-                    missing.iter().map(|m| format!("`{m}`")).collect::<Vec<_>>().join(" and "),
+                    missing
+                        .iter()
+                        .map(|m| format!("`{m}`"))
+                        .collect::<Vec<_>>()
+                        .join(" and "),
                     report.exports.join(", ")
                 ),
             });
         }
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|err| LoadError::UnsupportedImport {
-                name: name.into(),
-                import: format!("{err:#}"),
-                hint: String::new(),
-            })?;
+        let instance_pre =
+            self.linker
+                .instantiate_pre(&component)
+                .map_err(|err| LoadError::UnsupportedImport {
+                    name: name.into(),
+                    import: format!("{err:#}"),
+                    hint: String::new(),
+                })?;
         let pre = TransformPre::new(instance_pre).map_err(|err| LoadError::WrongWorld {
             name: name.into(),
             detail: format!("{err:#}"),
@@ -205,8 +209,14 @@ impl Engine {
         ComponentReport {
             size,
             sha256,
-            imports: ty.imports(&self.wasmtime).map(|(name, _)| name.to_string()).collect(),
-            exports: ty.exports(&self.wasmtime).map(|(name, _)| name.to_string()).collect(),
+            imports: ty
+                .imports(&self.wasmtime)
+                .map(|(name, _)| name.to_string())
+                .collect(),
+            exports: ty
+                .exports(&self.wasmtime)
+                .map(|(name, _)| name.to_string())
+                .collect(),
         }
     }
 }
@@ -271,8 +281,17 @@ impl Module {
                 .zip(batch)
                 .map(|(outcome, event)| self.check_output(outcome, event))
                 .collect(),
-            Err(failure) if batch.len() == 1 || matches!(failure.kind, FaultKind::Init { .. } | FaultKind::Instantiate { .. }) => {
-                batch.iter().map(|event| Err(self.fault(event, failure.clone()))).collect()
+            Err(failure)
+                if batch.len() == 1
+                    || matches!(
+                        failure.kind,
+                        FaultKind::Init { .. } | FaultKind::Instantiate { .. }
+                    ) =>
+            {
+                batch
+                    .iter()
+                    .map(|event| Err(self.fault(event, failure.clone())))
+                    .collect()
             }
             Err(_) => self.run_one_by_one(config, batch),
         }
@@ -347,17 +366,23 @@ impl Module {
     }
 
     fn classify(&self, err: &wasmtime::Error, events: usize, log: &str) -> FaultKind {
-        FaultKind::from_call_error(err, self.timeout_ms(events), self.fuel(events), self.limits.memory_bytes, log)
+        FaultKind::from_call_error(
+            err,
+            self.timeout_ms(events),
+            self.fuel(events),
+            self.limits.memory_bytes,
+            log,
+        )
     }
 
-    fn fault(&self, event: &Event, failure: CallFailure) -> Fault {
-        Fault {
+    fn fault(&self, event: &Event, failure: CallFailure) -> Box<Fault> {
+        Box::new(Fault {
             module: self.name.clone(),
             version: self.version().to_string(),
             event: event.id.clone(),
             kind: failure.kind,
             log: failure.log,
-        }
+        })
     }
 
     /// Enforces the output cap and checks emitted payloads are JSON.

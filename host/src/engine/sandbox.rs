@@ -18,8 +18,7 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{
-    Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView,
-    WasiView,
+    Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
 };
 
 use crate::bindings::{LogLevel, sluice};
@@ -159,7 +158,10 @@ impl LogBuffer {
         let state = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut text = String::from_utf8_lossy(&state.kept).into_owned();
         if state.dropped > 0 {
-            text.push_str(&format!("\n[log truncated: {} more bytes dropped]", state.dropped));
+            text.push_str(&format!(
+                "\n[log truncated: {} more bytes dropped]",
+                state.dropped
+            ));
         }
         text
     }

@@ -8,8 +8,8 @@
 //! instead) are dropped.
 
 use serde_json::{Map, Value};
-use sluice_guest::prelude::*;
 use sluice_guest::Violations;
+use sluice_guest::prelude::*;
 use sluice_guest::rust_decimal::RoundingStrategy;
 
 /// The channel step's configuration.
@@ -113,7 +113,10 @@ impl Transform for B2bPortal {
     type Config = Config;
 
     fn init(cfg: Config) -> Result<Self, InitError> {
-        for (field, unit) in [("weight-unit", &cfg.weight_unit), ("dimension-unit", &cfg.dimension_unit)] {
+        for (field, unit) in [
+            ("weight-unit", &cfg.weight_unit),
+            ("dimension-unit", &cfg.dimension_unit),
+        ] {
             units::Unit::parse(unit).map_err(|err| format!("config `{field}`: {err}"))?;
         }
         if cfg.max_title == 0 {
@@ -169,7 +172,11 @@ impl B2bPortal {
             };
             match decimal(&attribute.value) {
                 Some(value) => dimensions[slot] = Some(value),
-                None => violations.push(&path, "invalid-number", format!("`{}` must be a number", attribute.attribute_code)),
+                None => violations.push(
+                    &path,
+                    "invalid-number",
+                    format!("`{}` must be a number", attribute.attribute_code),
+                ),
             }
         }
         if let Err(rejection) = violations.into_result() {

@@ -61,7 +61,9 @@ impl Transform for Hostile {
                     .map(|d| d.as_secs())
                     .unwrap_or_default();
                 let env: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
-                let dirs = std::fs::read_dir("/").map(|d| d.count()).map_err(|e| e.to_string());
+                let dirs = std::fs::read_dir("/")
+                    .map(|d| d.count())
+                    .map_err(|e| e.to_string());
                 let hash = std::collections::hash_map::RandomState::new();
                 let random = std::hash::BuildHasher::hash_one(&hash, "seed");
                 sluice_guest::log(sluice_guest::LogLevel::Info, "probe ran");
@@ -86,6 +88,25 @@ impl Transform for Hostile {
                 payload: "{not json".into(),
                 ..event
             }]),
+            "drop" => Outcome::skip("dropped on request"),
+            "reject" => {
+                Outcome::reject_one(&JsonPath::root().key("attack"), "rejected", "rejected on request")
+            }
+            // Fan-out: three children; with `fan-out-panic` the second one panics in the next step.
+            "fan-out" | "fan-out-panic" => Outcome::Emit(
+                (0..3)
+                    .map(|n| {
+                        let next = if n == 1 && order.attack == "fan-out-panic" {
+                            "panic"
+                        } else {
+                            "none"
+                        };
+                        let mut child = event.with_payload(&serde_json::json!({"attack": next, "copy": n}));
+                        child.id = format!("{}#{n}", event.id);
+                        child
+                    })
+                    .collect(),
+            ),
             other => Outcome::skip(format!("unknown attack `{other}`")),
         }
     }

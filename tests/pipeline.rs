@@ -1,0 +1,92 @@
+//! Pipelines: the output of one step feeds the next, and emit, drop,
+//! reject and faults compose as documented in `host/src/pipeline.rs`.
+
+mod support;
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sluice_host::engine::{FaultKind, Limits, Module};
+use sluice_host::event::OutcomeJson;
+use sluice_host::pipeline::{Pipeline, Step};
+use support::{engine, event, guest, magento_product};
+
+fn step(name: &str, config: &str) -> Step {
+    let module: Arc<Module> = Arc::new(engine().load_file(&guest(name), Limits::default()).unwrap());
+    Step {
+        module,
+        config: config.into(),
+    }
+}
+
+fn attack(id: &str, attack: &str) -> sluice_host::event::EventJson {
+    event(id, "product", json!({ "attack": attack }))
+}
+
+#[test]
+fn the_output_of_one_step_feeds_the_next() {
+    let pipeline = Pipeline::new(vec![
+        step("hostile", "{}"),
+        step("b2b-portal", r#"{"max-title": 10}"#),
+    ]);
+    let outcomes = pipeline.run(&[event("evt-1", "product", magento_product())]);
+    let OutcomeJson::Emit { events } = &outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    let listing: Value = serde_json::from_str(events[0].payload.get()).unwrap();
+    assert_eq!(listing["title"], "Champ Tee…");
+    assert_eq!(events[0].id, "evt-1");
+    assert_eq!(events[0].tenant, "acme");
+}
+
+#[test]
+fn a_fan_out_multiplies_events_through_later_steps() {
+    let pipeline = Pipeline::new(vec![step("hostile", "{}"), step("hostile", "{}")]);
+    let outcomes = pipeline.run(&[attack("evt-fan", "fan-out"), attack("evt-plain", "none")]);
+    let OutcomeJson::Emit { events } = &outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["evt-fan#0", "evt-fan#1", "evt-fan#2"]);
+    assert!(matches!(&outcomes[1], OutcomeJson::Emit { events } if events.len() == 1));
+}
+
+#[test]
+fn a_fault_on_one_child_fails_the_input_event_and_names_the_child() {
+    let pipeline = Pipeline::new(vec![step("hostile", "{}"), step("hostile", "{}")]);
+    let outcomes = pipeline.run(&[attack("evt-fan", "fan-out-panic"), attack("evt-ok", "none")]);
+    let OutcomeJson::Error { error } = &outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    assert_eq!(error.event, "evt-fan#1");
+    assert!(matches!(&error.kind, FaultKind::Trap { detail } if detail.contains("panics on purpose")));
+    assert_eq!(outcomes[1].tag(), "emit");
+}
+
+#[test]
+fn drops_and_rejections_stop_the_pipeline() {
+    let pipeline = Pipeline::new(vec![step("hostile", "{}"), step("b2b-portal", "{}")]);
+    let outcomes = pipeline.run(&[attack("evt-drop", "drop"), attack("evt-reject", "reject")]);
+    assert!(
+        matches!(&outcomes[0], OutcomeJson::Drop { reason } if reason == "dropped on request"),
+        "{outcomes:?}"
+    );
+    let OutcomeJson::Reject { violations } = &outcomes[1] else {
+        panic!("{outcomes:?}");
+    };
+    assert_eq!(violations[0].path, "$['attack']");
+    assert_eq!(violations[0].code, "rejected");
+}
+
+#[test]
+fn a_rejection_in_a_later_step_carries_that_steps_path() {
+    let mut product = magento_product();
+    product.as_object_mut().unwrap().remove("weight");
+    let pipeline = Pipeline::new(vec![step("hostile", "{}"), step("b2b-portal", "{}")]);
+    let outcomes = pipeline.run(&[event("evt-noweight", "product", product)]);
+    let OutcomeJson::Reject { violations } = &outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    assert_eq!(violations[0].path, "$['weight']");
+    assert_eq!(violations[0].code, "required");
+}
