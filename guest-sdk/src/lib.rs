@@ -32,7 +32,11 @@
 extern crate self as sluice_guest;
 
 mod event;
+pub mod gtin;
 mod log;
+#[cfg(feature = "mapping")]
+pub mod mapping;
+pub mod money;
 mod outcome;
 pub mod path;
 mod product;
