@@ -92,7 +92,7 @@ fn sluice_test_passes_the_b2b_portal_fixtures_and_writes_junit() {
 #[test]
 fn sluice_test_fails_with_the_json_path_when_an_expected_value_is_edited() {
     let dir = scratch_fixtures();
-    let expected = dir.path().join("magento-simple-child/expected.json");
+    let expected = dir.path().join("magento-simple-child-canonical/expected.json");
     edit_json(&expected, |v| {
         v["events"][0]["payload"]["title"] = "Champ Tee Large".into()
     });
@@ -101,7 +101,7 @@ fn sluice_test_fails_with_the_json_path_when_an_expected_value_is_edited() {
     let out = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(
-        out.contains("case b2b-portal/magento-simple-child ... FAILED"),
+        out.contains("case b2b-portal/magento-simple-child-canonical ... FAILED"),
         "{out}"
     );
     assert!(out.contains("$['events'][0]['payload']['title']"), "{out}");
@@ -127,7 +127,7 @@ fn sluice_test_fails_with_the_json_path_when_an_expected_value_is_edited() {
 #[test]
 fn sluice_test_reports_a_case_without_expected_output() {
     let dir = scratch_fixtures();
-    std::fs::remove_file(dir.path().join("disabled-product-is-dropped/expected.json")).unwrap();
+    std::fs::remove_file(dir.path().join("inactive-product-is-dropped/expected.json")).unwrap();
     let output = test_fixtures(dir.path(), &[]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
@@ -141,14 +141,17 @@ fn sluice_test_reports_a_case_without_expected_output() {
 #[test]
 fn sluice_test_names_the_file_line_and_field_of_a_bad_input() {
     let dir = scratch_fixtures();
-    edit_json(&dir.path().join("magento-simple-child/input.json"), |v| {
-        v.as_object_mut().unwrap().remove("kind");
-    });
+    edit_json(
+        &dir.path().join("magento-simple-child-canonical/input.json"),
+        |v| {
+            v.as_object_mut().unwrap().remove("kind");
+        },
+    );
     let output = test_fixtures(dir.path(), &[]);
     let out = stdout(&output);
     assert_eq!(output.status.code(), Some(1), "{out}");
     assert!(
-        out.contains("magento-simple-child/input.json: line 1: at $: missing field `kind`"),
+        out.contains("magento-simple-child-canonical/input.json: line 1: at $: missing field `kind`"),
         "{out}"
     );
 }
@@ -222,7 +225,8 @@ fn sluice_run_reads_stdin_and_applies_a_config_file() {
     let outcome: Value = serde_json::from_str(stdout(&output).trim()).unwrap();
     // Five characters in all, the ellipsis included.
     assert_eq!(outcome["events"][0]["payload"]["title"], "Cham…");
-    assert_eq!(outcome["events"][0]["payload"]["currency"], "EUR");
+    // The price carries its own currency, which wins over the config default.
+    assert_eq!(outcome["events"][0]["payload"]["currency"], "USD");
 }
 
 #[test]

@@ -254,7 +254,7 @@ fn init_errors_name_the_bad_config_field() {
     let portal = load("b2b-portal");
     let outcomes = Pipeline::new(vec![Step {
         module: portal,
-        config: r#"{"weight-unit": "stone"}"#.into(),
+        config: r#"{"max-title": 0}"#.into(),
     }])
     .run(&[event("evt-cfg", "product", magento_product())]);
     let OutcomeJson::Error { error } = &outcomes[0] else {
@@ -263,7 +263,7 @@ fn init_errors_name_the_bad_config_field() {
     assert_eq!(
         error.kind,
         FaultKind::Init {
-            message: "config `weight-unit`: unknown unit `stone`".into()
+            message: "config `max-title` must be at least 1".into()
         }
     );
 }

@@ -40,6 +40,7 @@ pub mod money;
 mod outcome;
 pub mod path;
 mod product;
+pub mod source;
 pub mod text;
 mod transform;
 pub mod units;
@@ -70,8 +71,8 @@ pub use transform::{InitError, Transform};
 pub mod prelude {
     pub use crate::path::JsonPath;
     pub use crate::{
-        Decimal, Event, EventKind, InitError, InventoryEvent, Measure, Money, Outcome, Product, Transform,
-        Violation, export_transform, text, units,
+        Decimal, Dimensions, Event, EventKind, InitError, InventoryEvent, Measure, Money, Outcome, Product,
+        Transform, Violation, Violations, export_transform, gtin, money, source, text, units,
     };
     pub use serde::{Deserialize, Serialize};
 }

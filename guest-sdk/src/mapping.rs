@@ -40,8 +40,21 @@ pub struct MappingSpec {
     /// Lookup tables by name, for the `lookup` conversion.
     #[serde(default)]
     pub tables: BTreeMap<String, Map<String, Value>>,
+    /// Conditions under which an event is dropped instead of mapped.
+    #[serde(default)]
+    pub drop: Vec<DropSpec>,
     /// The rules, applied in order.
     pub rules: Vec<RuleSpec>,
+}
+
+/// Drop the event when `when` holds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DropSpec {
+    /// An RFC 9535 filter expression on the input (`@.status != 'publish'`).
+    pub when: String,
+    /// Why, for the operator.
+    pub reason: String,
 }
 
 /// One rule as written.
@@ -193,6 +206,7 @@ struct Rule {
 #[derive(Debug, Clone)]
 pub struct Mapping {
     tables: BTreeMap<String, Map<String, Value>>,
+    drops: Vec<(CompiledPath, String)>,
     rules: Vec<Rule>,
 }
 
@@ -269,10 +283,29 @@ impl Mapping {
                 when,
             });
         }
+        let mut drops = Vec::with_capacity(spec.drop.len());
+        for (index, drop) in spec.drop.into_iter().enumerate() {
+            let filter = CompiledPath::compile(&format!("$[?{}]", drop.when))
+                .map_err(|e| MappingError(format!("drop {index}, field `when`: {e}")))?;
+            drops.push((filter, drop.reason));
+        }
         Ok(Self {
             tables: spec.tables,
+            drops,
             rules,
         })
+    }
+
+    /// The reason to drop `document`, when a `drop` condition holds.
+    pub fn drop_reason(&self, document: &Value) -> Option<&str> {
+        if self.drops.is_empty() {
+            return None;
+        }
+        let wrapper = Value::Array(vec![document.clone()]);
+        self.drops
+            .iter()
+            .find(|(filter, _)| !filter.select(&wrapper).is_empty())
+            .map(|(_, reason)| reason.as_str())
     }
 
     /// Maps `document`. Returns the new document, or every violation found
@@ -389,24 +422,14 @@ impl Mapping {
 
 /// A number or numeric string as an exact decimal.
 fn decimal(value: &Value) -> Result<Decimal, String> {
-    let parsed = match value {
-        Value::Number(n) => n
-            .to_string()
-            .parse::<Decimal>()
-            .or_else(|_| Decimal::from_scientific(&n.to_string())),
-        Value::String(s) => s.trim().parse::<Decimal>(),
-        other => return Err(format!("expected a number, found {other}")),
-    };
-    parsed.map_err(|_| format!("expected a number, found {value}"))
+    crate::money::decimal_from_json(value).ok_or_else(|| format!("expected a number, found {value}"))
 }
 
 /// A decimal as a JSON number: an integer when whole, else the shortest float.
 fn number(n: Decimal) -> Value {
     let n = n.normalize();
-    if n.fract().is_zero() {
-        if let Some(i) = n.to_i64() {
-            return Value::from(i);
-        }
+    if let Some(i) = n.fract().is_zero().then(|| n.to_i64()).flatten() {
+        return Value::from(i);
     }
     serde_json::from_str(&n.to_string()).unwrap_or(Value::Null)
 }

@@ -60,9 +60,26 @@ pub fn round_to(amount: Decimal, places: u32) -> Decimal {
     rounded
 }
 
-/// An amount given in minor units (Square's `{"amount": 1999}` cents) as a decimal.
-pub fn from_minor_units(minor: i64, currency: &str) -> Decimal {
-    Decimal::new(minor, minor_units(currency))
+/// An amount given in minor units (Square's `{"amount": 1999}` cents) as a
+/// decimal in major units, exactly.
+pub fn from_minor_units(minor: Decimal, currency: &str) -> Decimal {
+    let mut amount = minor;
+    // Cannot fail for amounts of money: scales stay far below the maximum of 28.
+    let _ = amount.set_scale(amount.scale() + minor_units(currency));
+    amount
+}
+
+/// A JSON number or numeric string as an exact decimal (`21.99`, `"21.99"`,
+/// `"1e-3"`); `None` for anything else, including `""`.
+pub fn decimal_from_json(value: &serde_json::Value) -> Option<Decimal> {
+    let text = match value {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.trim().to_string(),
+        _ => return None,
+    };
+    text.parse::<Decimal>()
+        .or_else(|_| Decimal::from_scientific(&text))
+        .ok()
 }
 
 #[cfg(test)]
@@ -91,8 +108,19 @@ mod tests {
     }
 
     #[test]
+    fn json_numbers_and_strings_parse_exactly() {
+        use serde_json::json;
+        assert_eq!(decimal_from_json(&json!(21.99)).unwrap().to_string(), "21.99");
+        assert_eq!(decimal_from_json(&json!(" 21.99 ")).unwrap().to_string(), "21.99");
+        assert_eq!(decimal_from_json(&json!(1e-3)).unwrap().to_string(), "0.001");
+        assert_eq!(decimal_from_json(&json!("")), None);
+        assert_eq!(decimal_from_json(&json!(true)), None);
+    }
+
+    #[test]
     fn minor_units_convert_exactly() {
-        assert_eq!(from_minor_units(1999, "USD").to_string(), "19.99");
-        assert_eq!(from_minor_units(500, "JPY").to_string(), "500");
+        assert_eq!(from_minor_units(d("1999"), "USD").to_string(), "19.99");
+        assert_eq!(from_minor_units(d("150"), "usd").to_string(), "1.50");
+        assert_eq!(from_minor_units(d("500"), "JPY").to_string(), "500");
     }
 }

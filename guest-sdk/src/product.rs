@@ -15,6 +15,9 @@ pub struct Product {
     /// The source system's id for the product, as a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The source's id of the product this one is a variant of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
     /// Stock keeping unit: the key destinations use to match listings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sku: Option<String>,
@@ -30,6 +33,9 @@ pub struct Product {
     /// A GTIN (UPC, EAN, ISBN) as digits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gtin: Option<String>,
+    /// Whether the source sells it now (`false` for drafts, disabled or deleted products).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<bool>,
     /// The selling price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Money>,

@@ -97,14 +97,19 @@ pub struct ViolationJson {
     pub code: String,
     /// Human explanation.
     pub message: String,
+    /// The fan-out child the path points into, when it is not the input event itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<String>,
 }
 
-impl From<bindings::Violation> for ViolationJson {
-    fn from(v: bindings::Violation) -> Self {
+impl ViolationJson {
+    /// A violation found in the step's event `event_id`, for input event `input_id`.
+    pub fn new(v: bindings::Violation, event_id: &str, input_id: &str) -> Self {
         Self {
             path: v.path,
             code: v.code,
             message: v.message,
+            event: (event_id != input_id).then(|| event_id.to_string()),
         }
     }
 }

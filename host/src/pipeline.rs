@@ -25,12 +25,20 @@ pub struct Step {
     pub config: String,
 }
 
-/// How a pipeline file names its steps (for `sluice test --pipeline`).
+/// A channel's pipeline as data (`pipeline.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// The steps, in order.
+    pub steps: Vec<StepSpec>,
+}
+
+/// One step as data.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct StepSpec {
-    /// Path to the component, relative to the pipeline file.
-    pub module: std::path::PathBuf,
+    /// A transform's name (`magento-source`), or a `.wasm` file relative to the pipeline file.
+    pub module: String,
     /// The step's configuration.
     #[serde(default)]
     pub config: serde_json::Value,
@@ -45,6 +53,7 @@ pub struct Pipeline {
 /// Where one input event stands while it moves through the steps.
 #[derive(Default)]
 struct Progress {
+    input_id: String,
     live: Vec<Event>,
     dropped: Vec<String>,
     violations: Vec<ViolationJson>,
@@ -67,6 +76,7 @@ impl Pipeline {
         let mut progress: Vec<Progress> = inputs
             .iter()
             .map(|input| Progress {
+                input_id: input.id.clone(),
                 live: vec![input.to_wit()],
                 ..Progress::default()
             })
@@ -84,14 +94,16 @@ impl Pipeline {
                 break;
             }
             let results = step.module.run(&step.config, &batch);
-            for (owner, result) in owners.into_iter().zip(results) {
+            for ((owner, event), result) in owners.into_iter().zip(&batch).zip(results) {
                 let state = &mut progress[owner];
                 match result {
                     Ok(Outcome::Emit(events)) => state.live.extend(events),
                     Ok(Outcome::Drop(reason)) => state.dropped.push(reason),
-                    Ok(Outcome::Reject(found)) => state
-                        .violations
-                        .extend(found.into_iter().map(ViolationJson::from)),
+                    Ok(Outcome::Reject(found)) => state.violations.extend(
+                        found
+                            .into_iter()
+                            .map(|v| ViolationJson::new(v, &event.id, &state.input_id)),
+                    ),
                     Err(fault) => {
                         state.fault.get_or_insert(fault);
                     }

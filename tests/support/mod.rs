@@ -60,9 +60,9 @@ pub fn event(id: &str, kind: &str, payload: serde_json::Value) -> EventJson {
     .expect("valid event")
 }
 
-/// A real Magento product from the shared real-world fixtures.
+/// A canonical product (the real Magento "Champ Tee" after magento-source).
 pub fn magento_product() -> serde_json::Value {
-    let path = workspace().join("transforms/b2b-portal/fixtures/magento-simple-child/input.json");
+    let path = workspace().join("transforms/b2b-portal/fixtures/magento-simple-child-canonical/input.json");
     let event: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     event["payload"].clone()
 }

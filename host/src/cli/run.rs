@@ -13,16 +13,20 @@ use sluice_host::event::{EventJson, parse_events};
 use sluice_host::pipeline::{Pipeline, Step};
 
 use super::EngineArgs;
+use super::locate::load_pipeline;
 
 /// Arguments of `sluice run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The transform component.
-    #[arg(long)]
-    module: PathBuf,
-    /// The step's configuration (a JSON file); `{}` when left out.
-    #[arg(long)]
+    #[arg(long, required_unless_present = "pipeline", conflicts_with = "pipeline")]
+    module: Option<PathBuf>,
+    /// The step's configuration (a JSON file) for `--module`; `{}` when left out.
+    #[arg(long, requires = "module")]
     config: Option<PathBuf>,
+    /// A channel's `pipeline.json` (steps naming built transforms or `.wasm` files).
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
     /// Events to read, one JSON object per line; stdin when left out.
     input: Option<PathBuf>,
     /// Events per call into the module.
@@ -43,23 +47,29 @@ struct InvalidLine<'a> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let engine = args.engine.engine()?;
-    let module = engine
-        .load_file(&args.module, args.engine.limits())
-        .with_context(|| format!("cannot load `{}`", args.module.display()))?;
-    let config = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read config `{}`", path.display()))?;
-            serde_json::from_str::<serde_json::Value>(&text)
-                .with_context(|| format!("config `{}` is not JSON", path.display()))?;
-            text
+    let pipeline = match (&args.module, &args.pipeline) {
+        (Some(module), _) => {
+            let module = engine
+                .load_file(module, args.engine.limits())
+                .with_context(|| format!("cannot load `{}`", module.display()))?;
+            let config = match &args.config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read config `{}`", path.display()))?;
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .with_context(|| format!("config `{}` is not JSON", path.display()))?;
+                    text
+                }
+                None => "{}".into(),
+            };
+            Pipeline::new(vec![Step {
+                module: Arc::new(module),
+                config,
+            }])
         }
-        None => "{}".into(),
+        (None, Some(path)) => load_pipeline(path, &engine, &args.engine.limits())?,
+        (None, None) => unreachable!("clap requires --module or --pipeline"),
     };
-    let pipeline = Pipeline::new(vec![Step {
-        module: Arc::new(module),
-        config,
-    }]);
 
     let (reader, total): (Box<dyn BufRead>, Option<u64>) = match &args.input {
         Some(path) => {

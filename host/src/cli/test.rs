@@ -10,13 +10,14 @@ use clap::Args;
 use sluice_host::fixtures::{CaseStatus, Subject, SuiteReport, junit_xml, run_suite};
 
 use super::EngineArgs;
-use super::locate::transform_crate;
+use super::locate::{TestTarget, test_target};
 
 /// Arguments of `sluice test`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Transform crate folders (for example `transforms/b2b-portal`), whose
-    /// built component and `fixtures/` are found automatically; or, with
+    /// Transform crate folders (`transforms/b2b-portal`) or channel folders
+    /// with a `pipeline.json` (`transforms/channels/b2b-from-magento`), whose
+    /// built components and `fixtures/` are found automatically; or, with
     /// `--module`, one fixtures folder.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -35,35 +36,55 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let engine = args.engine.engine()?;
-    let mut targets = Vec::new();
+    let limits = args.engine.limits();
+    let mut targets: Vec<(String, Subject, PathBuf)> = Vec::new();
     match &args.module {
         Some(module) => {
             let [fixtures] = args.paths.as_slice() else {
                 bail!("with `--module`, give exactly one fixtures folder");
             };
-            targets.push((module.clone(), fixtures.clone()));
+            let module = engine
+                .load_file(module, limits)
+                .with_context(|| format!("cannot load `{}`", module.display()))?;
+            targets.push((
+                module.name().to_string(),
+                Subject::Module(Arc::new(module)),
+                fixtures.clone(),
+            ));
         }
         None => {
             for dir in &args.paths {
-                let found = transform_crate(dir)?;
-                targets.push((found.component, found.fixtures));
+                let (name, target, fixtures) = test_target(dir, &engine, &limits)?;
+                let subject = match target {
+                    TestTarget::Module(component) => Subject::Module(Arc::new(
+                        engine
+                            .load_file(&component, limits.clone())
+                            .with_context(|| format!("cannot load `{}`", component.display()))?,
+                    )),
+                    TestTarget::Pipeline(pipeline) => Subject::Pipeline(pipeline),
+                };
+                targets.push((name, subject, fixtures));
             }
         }
     }
 
     let started = Instant::now();
     let mut suites: Vec<SuiteReport> = Vec::new();
-    for (component, fixtures) in targets {
-        let module = engine
-            .load_file(&component, args.engine.limits())
-            .with_context(|| format!("cannot load `{}`", component.display()))?;
-        let name = module.name().to_string();
-        println!(
-            "\nrunning fixtures of `{name}` ({}, version {})",
-            component.display(),
-            module.version()
-        );
-        let report = run_suite(&name, &Subject::Module(Arc::new(module)), &fixtures, args.bless)?;
+    for (name, subject, fixtures) in targets {
+        match &subject {
+            Subject::Module(module) => {
+                println!("\nrunning fixtures of `{name}` (version {})", module.version())
+            }
+            Subject::Pipeline(pipeline) => {
+                let steps: Vec<String> = pipeline
+                    .steps()
+                    .iter()
+                    .map(|s| format!("{}@{}", s.module.name(), s.module.version()))
+                    .collect();
+                println!("\nrunning fixtures of channel `{name}` ({})", steps.join(" → "));
+            }
+        }
+        let report = run_suite(&name, &subject, &fixtures, args.bless)?;
         for case in &report.cases {
             match &case.status {
                 CaseStatus::Passed => println!("case {name}/{} ... ok", case.name),
