@@ -260,3 +260,60 @@ fn sluice_check_explains_what_is_wrong() {
         "{report}"
     );
 }
+
+#[test]
+fn a_scaffolded_transform_builds_and_passes_its_fixture_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let sdk = workspace().join("guest-sdk");
+    let created = sluice(&[
+        "new",
+        "acme-marketplace",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--sdk-path",
+        sdk.to_str().unwrap(),
+    ]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    let crate_dir = dir.path().join("acme-marketplace");
+    // The workspace's lock file keeps dependency versions equal to the
+    // workspace's, so the build reuses what is already downloaded.
+    std::fs::copy(workspace().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
+    let scaffold_target = target_dir().join("scaffold");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let build = Command::new(cargo)
+        .args([
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--release",
+            "--manifest-path",
+        ])
+        .arg(crate_dir.join("Cargo.toml"))
+        .env("CARGO_TARGET_DIR", &scaffold_target)
+        .output()
+        .unwrap();
+    assert!(build.status.success(), "{}", stderr(&build));
+    let tested = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["test", crate_dir.to_str().unwrap()])
+        .env("CARGO_TARGET_DIR", &scaffold_target)
+        .env("SLUICE_CACHE_DIR", target_dir().join("sluice-test-cache"))
+        .output()
+        .unwrap();
+    assert!(tested.status.success(), "{}{}", stdout(&tested), stderr(&tested));
+    assert!(
+        stdout(&tested).contains("case acme-marketplace/example ... ok"),
+        "{}",
+        stdout(&tested)
+    );
+
+    // Names are checked, and nothing is overwritten.
+    let again = sluice(&["new", "acme-marketplace", "--dir", dir.path().to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("already exists"), "{}", stderr(&again));
+    let bad = sluice(&["new", "Acme_Market", "--dir", dir.path().to_str().unwrap()]);
+    assert!(
+        stderr(&bad).contains("is not a valid transform name"),
+        "{}",
+        stderr(&bad)
+    );
+}

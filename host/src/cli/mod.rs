@@ -2,6 +2,7 @@
 
 mod check;
 mod locate;
+mod new;
 mod run;
 mod test;
 
@@ -33,6 +34,8 @@ enum Command {
     /// Check that a file is a component implementing the Sluice world, and
     /// show its imports, exports and size.
     Check(check::CheckArgs),
+    /// Scaffold a new transform crate with one fixture case.
+    New(new::NewArgs),
 }
 
 /// Engine and limit settings shared by the commands that run modules.
@@ -92,5 +95,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Test(args) => test::run(args),
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
+        Command::New(args) => new::run(args),
     }
 }
