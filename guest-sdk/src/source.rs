@@ -19,7 +19,80 @@ use serde_json::{Map, Value};
 
 use crate::money::decimal_from_json;
 use crate::path::JsonPath;
-use crate::{Event, EventKind, Outcome, Violation};
+use crate::{Event, EventKind, InitError, InventoryEvent, Outcome, Product, Transform, Violation};
+
+/// What a source adapter made of one payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Adapted<T> {
+    /// One canonical record; the event keeps its id.
+    One(T),
+    /// Several records (variants, source items), each with a stable id
+    /// suffix: the events get ids `<input id>#<suffix>`.
+    Many(Vec<(String, T)>),
+    /// Nothing to send, for this reason.
+    Skip(String),
+}
+
+/// A platform adapter: turns the platform's own payloads into the canonical
+/// model. Wrap it in [`Source`] to make it a transform; the wrapper parses
+/// payloads, routes by event kind and turns errors into rejections.
+pub trait SourceAdapter: Sized + 'static {
+    /// Builds the adapter from the validated store settings.
+    fn new(cfg: SourceConfig) -> Self;
+
+    /// Maps a `product` event's payload.
+    fn products(&self, payload: Value) -> Result<Adapted<Product>, Violation>;
+
+    /// Maps an `inventory` event's payload; by default such events are
+    /// dropped, for platforms whose adapter has no inventory support.
+    fn inventory(&self, payload: Value) -> Result<Adapted<InventoryEvent>, Violation> {
+        let _ = payload;
+        Ok(Adapted::Skip(
+            "this source adapter does not map inventory events".into(),
+        ))
+    }
+}
+
+/// The transform made from a [`SourceAdapter`]: `export_transform!(Source<MyAdapter>)`.
+pub struct Source<A>(A);
+
+impl<A: SourceAdapter> Transform for Source<A> {
+    type Config = SourceConfig;
+
+    fn init(cfg: SourceConfig) -> Result<Self, InitError> {
+        cfg.validate()?;
+        Ok(Source(A::new(cfg)))
+    }
+
+    fn event(&mut self, event: Event) -> Outcome {
+        let payload = match event.payload_as::<Value>() {
+            Ok(payload) => payload,
+            Err(violation) => return Outcome::Reject(vec![violation]),
+        };
+        let result = match event.kind {
+            EventKind::Product => self
+                .0
+                .products(payload)
+                .map(|adapted| adapted.into_outcome(&event, EventKind::Product)),
+            EventKind::Inventory => self
+                .0
+                .inventory(payload)
+                .map(|adapted| adapted.into_outcome(&event, EventKind::Inventory)),
+            _ => Ok(Outcome::pass(&event)),
+        };
+        result.unwrap_or_else(|violation| Outcome::Reject(vec![violation]))
+    }
+}
+
+impl<T: Serialize> Adapted<T> {
+    fn into_outcome(self, event: &Event, kind: EventKind) -> Outcome {
+        match self {
+            Adapted::One(record) => Outcome::emit(event, &record),
+            Adapted::Many(records) => Outcome::emit_each(event, kind, records),
+            Adapted::Skip(reason) => Outcome::skip(reason),
+        }
+    }
+}
 
 /// Store settings every source adapter accepts: what the platform's bare
 /// numbers mean.

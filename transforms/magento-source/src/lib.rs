@@ -13,37 +13,29 @@
 
 use serde_json::Value;
 use sluice_guest::prelude::*;
-use sluice_guest::source::{Fields, SourceConfig};
+use sluice_guest::source::{Adapted, Fields, Source, SourceAdapter, SourceConfig};
 
-/// The transform: its configuration is all its state.
+/// The adapter: the store settings are all its state.
 pub struct MagentoSource {
     cfg: SourceConfig,
 }
 
-impl Transform for MagentoSource {
-    type Config = SourceConfig;
-
-    fn init(cfg: SourceConfig) -> Result<Self, InitError> {
-        cfg.validate()?;
-        Ok(Self { cfg })
+impl SourceAdapter for MagentoSource {
+    fn new(cfg: SourceConfig) -> Self {
+        Self { cfg }
     }
 
-    fn event(&mut self, event: Event) -> Outcome {
-        let payload = match event.payload_as::<Value>() {
-            Ok(payload) => payload,
-            Err(violation) => return Outcome::Reject(vec![violation]),
-        };
-        let result = match event.kind {
-            EventKind::Product => self.canonical(payload).map(|product| match product {
-                Some(product) => Outcome::emit(&event, &product),
-                None => Outcome::skip("configurable parent: its simple products arrive as their own events"),
-            }),
-            EventKind::Inventory => {
-                source_items(payload).map(|items| Outcome::emit_each(&event, EventKind::Inventory, items))
+    fn products(&self, payload: Value) -> Result<Adapted<Product>, Violation> {
+        Ok(match self.canonical(payload)? {
+            Some(product) => Adapted::One(product),
+            None => {
+                Adapted::Skip("configurable parent: its simple products arrive as their own events".into())
             }
-            _ => Ok(Outcome::pass(&event)),
-        };
-        result.unwrap_or_else(|violation| Outcome::Reject(vec![violation]))
+        })
+    }
+
+    fn inventory(&self, payload: Value) -> Result<Adapted<InventoryEvent>, Violation> {
+        source_items(payload).map(Adapted::Many)
     }
 }
 
@@ -161,4 +153,4 @@ fn source_items(payload: Value) -> Result<Vec<(String, InventoryEvent)>, Violati
         .collect()
 }
 
-export_transform!(MagentoSource);
+export_transform!(Source<MagentoSource>);

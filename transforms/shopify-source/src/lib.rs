@@ -12,43 +12,35 @@
 
 use serde_json::Value;
 use sluice_guest::prelude::*;
-use sluice_guest::source::{Fields, SourceConfig};
+use sluice_guest::source::{Adapted, Fields, Source, SourceAdapter, SourceConfig};
 
-/// The transform: its configuration is all its state.
+/// The adapter: the store settings are all its state.
 pub struct ShopifySource {
     cfg: SourceConfig,
 }
 
-impl Transform for ShopifySource {
-    type Config = SourceConfig;
-
-    fn init(cfg: SourceConfig) -> Result<Self, InitError> {
-        cfg.validate()?;
-        Ok(Self { cfg })
+impl SourceAdapter for ShopifySource {
+    fn new(cfg: SourceConfig) -> Self {
+        Self { cfg }
     }
 
-    fn event(&mut self, event: Event) -> Outcome {
-        let payload = match event.payload_as::<Value>() {
-            Ok(payload) => payload,
-            Err(violation) => return Outcome::Reject(vec![violation]),
-        };
-        let result = match event.kind {
-            EventKind::Product => self
-                .products(payload)
-                .map(|products| Outcome::emit_each(&event, EventKind::Product, products)),
-            EventKind::Inventory => inventory(payload).map(|update| match update {
-                Some(update) => Outcome::emit(&event, &update),
-                None => Outcome::skip("inventory item update without a stock level (inventory_items/update)"),
-            }),
-            _ => Ok(Outcome::pass(&event)),
-        };
-        result.unwrap_or_else(|violation| Outcome::Reject(vec![violation]))
+    fn products(&self, payload: Value) -> Result<Adapted<Product>, Violation> {
+        self.variants(payload).map(Adapted::Many)
+    }
+
+    fn inventory(&self, payload: Value) -> Result<Adapted<InventoryEvent>, Violation> {
+        Ok(match inventory(payload)? {
+            Some(update) => Adapted::One(update),
+            None => {
+                Adapted::Skip("inventory item update without a stock level (inventory_items/update)".into())
+            }
+        })
     }
 }
 
 impl ShopifySource {
     /// One canonical product per variant, keyed by variant id.
-    fn products(&self, payload: Value) -> Result<Vec<(String, Product)>, Violation> {
+    fn variants(&self, payload: Value) -> Result<Vec<(String, Product)>, Violation> {
         let mut product = Fields::new(payload, JsonPath::root())?;
         let group_id = product.take_id("id")?;
         let title = product.take_str("title")?;
@@ -135,4 +127,4 @@ fn inventory(payload: Value) -> Result<Option<InventoryEvent>, Violation> {
     }))
 }
 
-export_transform!(ShopifySource);
+export_transform!(Source<ShopifySource>);

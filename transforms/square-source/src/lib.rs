@@ -15,43 +15,38 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 use sluice_guest::prelude::*;
-use sluice_guest::source::{Fields, SourceConfig};
+use sluice_guest::source::{Adapted, Fields, Source, SourceAdapter, SourceConfig};
 
-/// The transform: its configuration is all its state.
+/// The adapter: the store settings are all its state.
 pub struct SquareSource {
     cfg: SourceConfig,
 }
 
-impl Transform for SquareSource {
-    type Config = SourceConfig;
-
-    fn init(cfg: SourceConfig) -> Result<Self, InitError> {
-        cfg.validate()?;
-        Ok(Self { cfg })
+impl SourceAdapter for SquareSource {
+    fn new(cfg: SourceConfig) -> Self {
+        Self { cfg }
     }
 
-    fn event(&mut self, event: Event) -> Outcome {
-        let payload = match event.payload_as::<Value>() {
-            Ok(payload) => payload,
-            Err(violation) => return Outcome::Reject(vec![violation]),
-        };
-        let result = match event.kind {
-            EventKind::Product => self.products(payload).map(|products| match products.is_empty() {
-                true => Outcome::skip("no ITEM objects in the payload"),
-                false => Outcome::emit_each(&event, EventKind::Product, products),
-            }),
-            EventKind::Inventory => counts(payload).map(|counts| match counts.is_empty() {
-                true => Outcome::skip("no inventory counts in the payload (only adjustments)"),
-                false => Outcome::emit_each(&event, EventKind::Inventory, counts),
-            }),
-            _ => Ok(Outcome::pass(&event)),
-        };
-        result.unwrap_or_else(|violation| Outcome::Reject(vec![violation]))
+    fn products(&self, payload: Value) -> Result<Adapted<Product>, Violation> {
+        let products = self.items(payload)?;
+        Ok(match products.is_empty() {
+            true => Adapted::Skip("no ITEM objects in the payload".into()),
+            false => Adapted::Many(products),
+        })
+    }
+
+    fn inventory(&self, payload: Value) -> Result<Adapted<InventoryEvent>, Violation> {
+        let counts = counts(payload)?;
+        Ok(match counts.is_empty() {
+            true => Adapted::Skip("no inventory counts in the payload (only adjustments)".into()),
+            false => Adapted::Many(counts),
+        })
     }
 }
 
 impl SquareSource {
-    fn products(&self, payload: Value) -> Result<Vec<(String, Product)>, Violation> {
+    /// One canonical product per item variation, from every ITEM object.
+    fn items(&self, payload: Value) -> Result<Vec<(String, Product)>, Violation> {
         let mut body = Fields::new(payload, JsonPath::root())?;
         let mut objects = Vec::new();
         if let Some(object) = body.take("object") {
@@ -203,4 +198,4 @@ fn counts(payload: Value) -> Result<Vec<(String, InventoryEvent)>, Violation> {
         .collect()
 }
 
-export_transform!(SquareSource);
+export_transform!(Source<SquareSource>);

@@ -11,33 +11,23 @@
 
 use serde_json::Value;
 use sluice_guest::prelude::*;
-use sluice_guest::source::{Fields, SourceConfig};
+use sluice_guest::source::{Adapted, Fields, Source, SourceAdapter, SourceConfig};
 
-/// The transform: its configuration is all its state.
+/// The adapter: the store settings are all its state.
 pub struct WooCommerceSource {
     cfg: SourceConfig,
 }
 
-impl Transform for WooCommerceSource {
-    type Config = SourceConfig;
-
-    fn init(cfg: SourceConfig) -> Result<Self, InitError> {
-        cfg.validate()?;
-        Ok(Self { cfg })
+impl SourceAdapter for WooCommerceSource {
+    fn new(cfg: SourceConfig) -> Self {
+        Self { cfg }
     }
 
-    fn event(&mut self, event: Event) -> Outcome {
-        if event.kind != EventKind::Product {
-            return Outcome::pass(&event);
-        }
-        let product = event
-            .payload_as::<Value>()
-            .and_then(|payload| self.canonical(payload));
-        match product {
-            Ok(Some(product)) => Outcome::emit(&event, &product),
-            Ok(None) => Outcome::skip("variable parent: its variations arrive as their own events"),
-            Err(violation) => Outcome::Reject(vec![violation]),
-        }
+    fn products(&self, payload: Value) -> Result<Adapted<Product>, Violation> {
+        Ok(match self.canonical(payload)? {
+            Some(product) => Adapted::One(product),
+            None => Adapted::Skip("variable parent: its variations arrive as their own events".into()),
+        })
     }
 }
 
@@ -116,4 +106,4 @@ fn variation_title(attributes: Option<&Value>) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
-export_transform!(WooCommerceSource);
+export_transform!(Source<WooCommerceSource>);
