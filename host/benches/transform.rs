@@ -4,6 +4,7 @@
 //! the groups' throughput as ratios (the machines are shared and noisy).
 
 use std::path::PathBuf;
+
 use std::time::Duration;
 
 use b2b_portal::B2bPortal;
@@ -13,27 +14,43 @@ use sluice_host::engine::{Engine, EngineOptions, Limits};
 use sluice_host::event::EventJson;
 use sluice_host::pipeline::{Pipeline, Step};
 
-const CONFIG: &str = r#"{"max-title": 80, "weight-unit": "lbs", "currency": "USD"}"#;
+const CONFIG: &str = r#"{"max-title": 80, "currency": "USD"}"#;
 
-/// `count` distinct ~1 kB Magento products as JSON events.
+/// `count` distinct ~1.1 kB canonical products (the real Magento "Champ
+/// Tee" after magento-source, with a realistic HTML description) as events.
 fn products(count: usize) -> Vec<EventJson> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let text =
-        std::fs::read_to_string(root.join("transforms/b2b-portal/fixtures/magento-simple-child/input.json"))
-            .unwrap();
-    let template: serde_json::Value = serde_json::from_str(&text).unwrap();
     (0..count)
         .map(|i| {
-            let mut event = template.clone();
-            event["id"] = format!("evt-{i}").into();
-            event["payload"]["sku"] = format!("SKU-{i:06}").into();
-            event["payload"]["price"] = serde_json::json!(19.99 + i as f64);
-            // Trim Magento's stock flags so the payload is ~1 kB, as the benchmark promises.
-            event["payload"]["extension_attributes"] =
-                serde_json::json!({"stock_item": {"qty": i % 50, "is_in_stock": true}});
-            event["payload"]["name"] =
-                format!("Champ Tee Small <b>edition</b> number {i} with a longer title for the portal")
-                    .into();
+            let event = serde_json::json!({
+                "id": format!("evt-{i}"),
+                "kind": "product",
+                "tenant": "acme",
+                "channel": "b2b-portal",
+                "source": "magento",
+                "payload": {
+                    "id": (2079 + i).to_string(),
+                    "sku": format!("SKU-{i:06}"),
+                    "title": format!("Champ Tee Small <b>edition</b> number {i} with a longer title for the portal"),
+                    "description": "<p>The Champ Tee keeps you cool and dry while you do your thing.</p><ul><li>Moisture-wicking &amp; breathable</li><li>Relaxed fit</li></ul><p>Let everyone know who you are by adding your name on the back for only $10.</p>",
+                    "active": true,
+                    "price": {"amount": format!("{}.99", 19 + i % 50), "currency": "USD"},
+                    "quantity": (i % 50).to_string(),
+                    "weight": {"value": "0.5", "unit": "lbs"},
+                    "dimensions": {"length": "12", "width": "10", "height": "1.5", "unit": "in"},
+                    "categories": ["11", "12", "16"],
+                    "attribute_set_id": 9,
+                    "type_id": "simple",
+                    "visibility": 1,
+                    "created_at": "2017-11-29 20:40:07",
+                    "updated_at": "2017-11-29 20:40:07",
+                    "custom_attributes": [
+                        {"attribute_code": "color", "value": "52"},
+                        {"attribute_code": "size", "value": "168"},
+                        {"attribute_code": "material", "value": "148"},
+                        {"attribute_code": "url_key", "value": format!("champ-tee-small-{i}")}
+                    ]
+                }
+            });
             serde_json::from_value(event).unwrap()
         })
         .collect()

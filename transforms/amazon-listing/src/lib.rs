@@ -67,16 +67,15 @@ impl Transform for AmazonListing {
             return Outcome::skip("inactive products are not listed");
         }
         let root = JsonPath::root();
-        let mut violations = Violations::new();
-        let sku = violations.require(product.sku.clone(), &root.key("sku"), "sku");
-        let title = violations.require(product.title.clone(), &root.key("title"), "title");
-        for name in self
+        let required = self
             .cfg
             .required_attributes
             .get(&self.cfg.product_type)
-            .into_iter()
-            .flatten()
-        {
+            .map_or(&[][..], Vec::as_slice);
+        let mut violations = Violations::new();
+        let sku = violations.require(product.sku.clone(), &root.key("sku"), "sku");
+        let title = violations.require(product.title.clone(), &root.key("title"), "title");
+        for name in required {
             if !has_attribute(&product, name) {
                 violations.push(
                     &root.key(name.as_str()),
@@ -144,13 +143,7 @@ impl Transform for AmazonListing {
             "fulfillment_availability".into(),
             json!([{"fulfillment_channel_code": self.cfg.fulfillment_channel, "quantity": number(quantity)}]),
         );
-        for name in self
-            .cfg
-            .required_attributes
-            .get(&self.cfg.product_type)
-            .into_iter()
-            .flatten()
-        {
+        for name in required {
             if let Some(value) = product.extra.get(name).filter(|_| !attributes.contains_key(name)) {
                 attributes.insert(name.clone(), self.value(value.clone()));
             }
