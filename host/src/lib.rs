@@ -12,3 +12,4 @@ pub mod engine;
 pub mod event;
 pub mod fixtures;
 pub mod pipeline;
+pub mod server;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use sluice_host::engine::{Engine, Limits};
-use sluice_host::pipeline::{Pipeline, PipelineSpec, Step};
+use sluice_host::pipeline::{Pipeline, PipelineSpec, Step, StepSpec};
 
 /// Profiles searched for a built component, most optimised first.
 const PROFILES: &[&str] = &["guest", "release", "debug"];
@@ -68,8 +68,18 @@ pub fn load_pipeline(path: &Path, engine: &Engine, limits: &Limits) -> anyhow::R
         )
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    let mut steps = Vec::with_capacity(spec.steps.len());
-    for (index, step) in spec.steps.iter().enumerate() {
+    pipeline_from_steps(&spec.steps, base, engine, limits).with_context(|| format!("in {}", path.display()))
+}
+
+/// Loads the modules of `steps`; `.wasm` paths are relative to `base`.
+pub fn pipeline_from_steps(
+    steps_spec: &[StepSpec],
+    base: &Path,
+    engine: &Engine,
+    limits: &Limits,
+) -> anyhow::Result<Pipeline> {
+    let mut steps = Vec::with_capacity(steps_spec.len());
+    for (index, step) in steps_spec.iter().enumerate() {
         let file = if step.module.ends_with(".wasm") {
             base.join(&step.module)
         } else {
@@ -77,7 +87,7 @@ pub fn load_pipeline(path: &Path, engine: &Engine, limits: &Limits) -> anyhow::R
         };
         let module = engine
             .load_file(&file, limits.clone())
-            .with_context(|| format!("{}: step {index} (`{}`)", path.display(), step.module))?;
+            .with_context(|| format!("step {index} (`{}`)", step.module))?;
         steps.push(Step {
             module: Arc::new(module),
             config: step.config.to_string(),

@@ -4,6 +4,7 @@ mod check;
 mod locate;
 mod new;
 mod run;
+mod serve;
 mod test;
 
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ enum Command {
     Check(check::CheckArgs),
     /// Scaffold a new transform crate with one fixture case.
     New(new::NewArgs),
+    /// Run the sidecar: an HTTP server that transforms events synchronously
+    /// for the channels in `sluice.toml`.
+    Serve(serve::ServeArgs),
 }
 
 /// Engine and limit settings shared by the commands that run modules.
@@ -96,5 +100,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
         Command::New(args) => new::run(args),
+        Command::Serve(args) => serve::run(args),
     }
 }

@@ -1,0 +1,236 @@
+//! `sluice serve` as a real child process on 127.0.0.1: the synchronous
+//! transform path, its errors, health, metrics and graceful shutdown.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{Value, json};
+use support::{target_dir, workspace};
+
+/// A running sidecar, killed when dropped.
+struct Sidecar {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `sluice serve` on a free port with this config text.
+fn start(config: &str) -> (Sidecar, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("sluice.toml");
+    let channels = workspace().join("transforms/channels");
+    std::fs::write(
+        &config_path,
+        config.replace("{channels}", channels.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--config",
+            config_path.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("CARGO_TARGET_DIR", target_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let base = first_line
+        .trim()
+        .strip_prefix("sluice listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
+        .to_string();
+    (Sidecar { child, base }, dir)
+}
+
+const CONFIG: &str = r#"
+max-body-bytes = 65536
+
+[[channel]]
+name = "b2b-portal"
+tenant = "acme"
+pipeline = "{channels}/b2b-portal-from-magento/pipeline.json"
+"#;
+
+fn magento_event(case: &str) -> Value {
+    let path = workspace().join(format!(
+        "transforms/channels/b2b-portal-from-magento/fixtures/{case}/input.json"
+    ));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// POSTs `body` and returns the status and the JSON answer, whatever the status.
+fn post(url: &str, body: &str) -> (u16, Value) {
+    let response = match ureq::post(url)
+        .set("content-type", "application/json")
+        .send_string(body)
+    {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(err) => panic!("{url}: {err}"),
+    };
+    let status = response.status();
+    (status, response.into_json().unwrap())
+}
+
+/// Sends raw bytes and returns whatever the server answers until it closes or pauses.
+fn raw_request(base: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = vec![0; 4096];
+    let read = stream.read(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}
+
+#[test]
+fn sync_transform_round_trip_and_errors() {
+    let (sidecar, _dir) = start(CONFIG);
+    let url = format!("{}/v1/channels/b2b-portal/transform", sidecar.base);
+
+    // One event in, one outcome out: the real Magento product as a listing.
+    let (status, outcome) = post(&url, &magento_event("simple-product").to_string());
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["outcome"], "emit");
+    assert_eq!(outcome["events"][0]["payload"]["weight_kg"], "0.227");
+    assert_eq!(
+        outcome["events"][0]["channel"], "test",
+        "an event's own channel is kept"
+    );
+
+    // A rejection carries the JSON path; strict mode turns it into a 422.
+    let rejected = magento_event("missing-weight-is-rejected");
+    let (status, outcome) = post(&url, &rejected.to_string());
+    assert_eq!(status, 200);
+    assert_eq!(outcome["outcome"], "reject");
+    assert_eq!(outcome["violations"][0]["path"], "$['weight']");
+    let (status, body) = post(&format!("{url}?strict=true"), &rejected.to_string());
+    assert_eq!(status, 422);
+    assert_eq!(body["code"], "rejected");
+    assert_eq!(body["outcomes"]["violations"][0]["path"], "$['weight']");
+
+    // An array in, an array out, in order; events without tenant get the channel's.
+    let mut no_tenant = magento_event("configurable-parent-is-dropped");
+    no_tenant.as_object_mut().unwrap().remove("tenant");
+    let batch = json!([magento_event("simple-product"), no_tenant]);
+    let (status, outcomes) = post(&url, &batch.to_string());
+    assert_eq!(status, 200);
+    assert_eq!(outcomes[0]["outcome"], "emit");
+    assert_eq!(outcomes[1]["outcome"], "drop");
+
+    // Malformed JSON, an invalid event, an unknown channel, a huge body.
+    let (status, body) = post(&url, "{\"id\": ");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid-json")),
+        "{body}"
+    );
+    let (status, body) = post(&url, r#"[{"id": "e1", "payload": {}}]"#);
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid-event")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("missing field `kind`"),
+        "{body}"
+    );
+    assert_eq!(body["path"], "$[0]");
+    let (status, body) = post(&format!("{}/v1/channels/nope/transform", sidecar.base), "{}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown-channel")),
+        "{body}"
+    );
+    // A body over the limit is refused from its Content-Length, before it is sent or buffered.
+    let answer = raw_request(
+        &sidecar.base,
+        "POST /v1/channels/b2b-portal/transform HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("\"code\":\"payload-too-large\""), "{answer}");
+
+    // Health, readiness and metrics.
+    assert_eq!(
+        ureq::get(&format!("{}/healthz", sidecar.base))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        ureq::get(&format!("{}/readyz", sidecar.base))
+            .call()
+            .unwrap()
+            .status(),
+        200
+    );
+    let metrics = ureq::get(&format!("{}/metrics", sidecar.base))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics.contains(r#"sluice_sync_requests_total{channel="b2b-portal",status="200"} 3"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_sync_requests_total{channel="(unknown)",status="404"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_events_transformed_total{channel="b2b-portal",outcome="reject"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_sidecar_cleanly() {
+    let (mut sidecar, _dir) = start(CONFIG);
+    let pid = sidecar.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = sidecar.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_config_with_an_unknown_key_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sluice.toml");
+    std::fs::write(&path, "listen = \"127.0.0.1:0\"\nmax-body = 5\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown field `max-body`"), "{stderr}");
+    assert!(
+        stderr.contains(Path::new("sluice.toml").to_str().unwrap()),
+        "{stderr}"
+    );
+}
