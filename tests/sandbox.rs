@@ -5,6 +5,7 @@
 mod support;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_host::engine::{CacheOutcome, Engine, EngineOptions, FaultKind, Limits, LoadError, Module};
@@ -12,12 +13,19 @@ use sluice_host::event::{EventJson, OutcomeJson};
 use sluice_host::pipeline::{Pipeline, Step};
 use support::{engine, event, guest, magento_product};
 
+/// Loads a guest with the default limits but a generous deadline, so that
+/// attacks on other limits hit those limits even on a loaded CI machine.
 fn load(name: &str) -> Arc<Module> {
-    Arc::new(
-        engine()
-            .load_file(&guest(name), Limits::default())
-            .expect("loads"),
-    )
+    load_with_timeout(name, Duration::from_secs(10))
+}
+
+/// Loads a guest with the default limits and this deadline per event.
+fn load_with_timeout(name: &str, timeout: Duration) -> Arc<Module> {
+    let limits = Limits {
+        timeout,
+        ..Limits::default()
+    };
+    Arc::new(engine().load_file(&guest(name), limits).expect("loads"))
 }
 
 fn run(module: &Arc<Module>, events: &[EventJson]) -> Vec<OutcomeJson> {
@@ -46,10 +54,13 @@ fn assert_other_module_unaffected() {
 
 /// Runs `[attack, normal]` as one batch and checks both outcomes.
 fn assert_contained(attack_name: &str, check: impl Fn(&FaultKind) -> bool) {
-    let hostile = load("hostile");
+    assert_contained_in(&load("hostile"), attack_name, check);
+}
+
+fn assert_contained_in(hostile: &Arc<Module>, attack_name: &str, check: impl Fn(&FaultKind) -> bool) {
     let event_id = format!("evt-{attack_name}");
     let outcomes = run(
-        &hostile,
+        hostile,
         &[attack(&event_id, attack_name), attack("evt-next", "none")],
     );
     let OutcomeJson::Error { error } = &outcomes[0] else {
@@ -77,7 +88,8 @@ fn assert_contained(attack_name: &str, check: impl Fn(&FaultKind) -> bool) {
 
 #[test]
 fn infinite_loop_hits_the_deadline() {
-    assert_contained("loop", |kind| {
+    let hostile = load_with_timeout("hostile", Duration::from_millis(200));
+    assert_contained_in(&hostile, "loop", |kind| {
         matches!(kind, FaultKind::Timeout { limit_ms: 200 })
     });
 }
@@ -175,7 +187,7 @@ fn a_trap_mid_batch_fails_only_that_event() {
 #[test]
 fn other_modules_run_while_one_loops() {
     let looping = std::thread::spawn(|| {
-        let hostile = load("hostile");
+        let hostile = load_with_timeout("hostile", Duration::from_millis(200));
         run(&hostile, &[attack("evt-loop", "loop")])
     });
     for _ in 0..20 {
@@ -196,7 +208,7 @@ fn fuel_metering_stops_an_infinite_loop() {
     .unwrap();
     let limits = Limits {
         fuel_per_event: 5_000_000,
-        timeout: std::time::Duration::from_secs(30),
+        timeout: Duration::from_secs(30),
         ..Limits::default()
     };
     let hostile = Arc::new(engine.load_file(&guest("hostile"), limits).unwrap());

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use sluice_host::engine::{Engine, EngineOptions};
 use sluice_host::server::config::ServerConfig;
-use sluice_host::server::{App, Channel, serve};
+use sluice_host::server::{App, Channel, serve, shutdown_signal};
 
 use super::locate::{load_pipeline, pipeline_from_steps};
 
@@ -70,9 +70,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
+        let shutdown = shutdown_signal()?;
         // Tests and scripts read this line to find the port.
         println!("sluice listening on http://{}", listener.local_addr()?);
-        serve(listener, app).await?;
+        serve(listener, app, shutdown).await;
         eprintln!("sluice: stopped");
         anyhow::Ok(())
     })?;

@@ -56,11 +56,11 @@ pub struct App {
 
 type Body = Full<Bytes>;
 
-/// Serves `app` on `listener` until SIGTERM or Ctrl-C, then lets in-flight
-/// requests finish.
-pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> {
+/// Serves `app` on `listener` until `shutdown` completes (see
+/// [`shutdown_signal`]), then lets in-flight requests finish.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -77,12 +77,25 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) -> std::io::Result<()> 
                     let _ = connection.await;
                 });
             }
-            _ = terminate.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            () = &mut shutdown => break,
         }
     }
     graceful.shutdown().await;
-    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, so call it before announcing that the server listens: a signal
+/// that arrives early is then still a clean shutdown.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
