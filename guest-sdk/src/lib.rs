@@ -101,6 +101,7 @@ macro_rules! export_transform {
                     const { ::std::cell::RefCell::new(::std::option::Option::None) };
             }
 
+            #[allow(dead_code)]
             struct SluiceExport;
 
             impl $crate::bindings::Guest for SluiceExport {
@@ -113,6 +114,9 @@ macro_rules! export_transform {
                 }
             }
 
+            // Only components export the world's symbols: natively, several
+            // transforms can then be linked into one program (benchmarks).
+            #[cfg(target_arch = "wasm32")]
     $crate::bindings::__export_sluice_world!(SluiceExport with_types_in $crate::bindings);
         };
     };

@@ -14,7 +14,7 @@ struct Order {
 }
 
 /// The transform; it has no configuration.
-struct Hostile;
+pub struct Hostile;
 
 impl Transform for Hostile {
     type Config = serde_json::Value;

@@ -1,0 +1,147 @@
+//! Load against the real sidecar: `sluice serve` (release build) on
+//! 127.0.0.1 with the `b2b-portal-from-magento` channel, driven by keep-alive
+//! HTTP clients for a fixed time, one real Magento product per request.
+//! Reports throughput and p50/p99 latency, and the ratio to the same
+//! two-step pipeline run natively in-process on one thread.
+//!
+//! Run with `scripts/dev bench` (or `cargo bench -p sluice-host --bench sync_load`).
+//! `SLUICE_LOAD_SECONDS` and `SLUICE_LOAD_CLIENTS` change the defaults (10 s, 4 clients).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use b2b_portal::B2bPortal;
+use magento_source::MagentoSource;
+use sluice_guest::native::NativeRunner;
+use sluice_guest::source::Source;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() {
+    let seconds = env_number("SLUICE_LOAD_SECONDS", 10);
+    let clients = env_number("SLUICE_LOAD_CLIENTS", 4) as usize;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let channel = root.join("transforms/channels/b2b-portal-from-magento");
+    let event = std::fs::read_to_string(channel.join("fixtures/simple-product/input.json")).unwrap();
+
+    // Native baseline: the same two steps, in process, one thread.
+    let pipeline_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(channel.join("pipeline.json")).unwrap()).unwrap();
+    let mut source =
+        NativeRunner::<Source<MagentoSource>>::new(&pipeline_json["steps"][0]["config"].to_string()).unwrap();
+    let mut portal =
+        NativeRunner::<B2bPortal>::new(&pipeline_json["steps"][1]["config"].to_string()).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&event).unwrap();
+    let wit_event = sluice_guest::Event {
+        id: parsed["id"].as_str().unwrap().into(),
+        kind: sluice_guest::EventKind::Product,
+        tenant: "acme".into(),
+        channel: "b2b-portal".into(),
+        source: "magento".into(),
+        correlation_id: "c".into(),
+        payload: parsed["payload"].to_string(),
+    };
+    let native_started = Instant::now();
+    let mut native_count = 0u64;
+    while native_started.elapsed() < Duration::from_secs(2) {
+        let sluice_guest::Outcome::Emit(events) = source.apply(vec![wit_event.clone()]).remove(0) else {
+            panic!("magento-source should emit");
+        };
+        let out = portal.apply(events);
+        assert!(matches!(out[0], sluice_guest::Outcome::Emit(_)));
+        native_count += 1;
+    }
+    let native_rate = native_count as f64 / native_started.elapsed().as_secs_f64();
+
+    // The real sidecar.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data-dir = \"{}\"\n[[channel]]\nname = \"b2b-portal\"\ntenant = \"acme\"\npipeline = \"{}\"\n",
+            dir.path().join("data").display(),
+            channel.join("pipeline.json").display()
+        ),
+    )
+    .unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "serve",
+            "--config",
+            config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("CARGO_TARGET_DIR", root.join("target"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("sluice listening on ")
+        .unwrap()
+        .to_string();
+    let url = format!("{base}/v1/channels/b2b-portal/transform");
+
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, event) = (url.clone(), event.clone());
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    let response = agent
+                        .post(&url)
+                        .set("content-type", "application/json")
+                        .send_string(&event);
+                    let body = response.expect("request succeeds").into_string().unwrap();
+                    assert!(body.contains("\"outcome\":\"emit\""), "{body}");
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+
+    latencies.sort();
+    let rate = latencies.len() as f64 / elapsed;
+    println!(
+        "sync transform load: {clients} keep-alive clients for {seconds} s, one Magento product per request"
+    );
+    println!(
+        "  sidecar:  {:>9.0} req/s   p50 {:?}   p99 {:?}",
+        rate,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99)
+    );
+    println!(
+        "  native:   {:>9.0} events/s (magento-source + b2b-portal in process, one thread)",
+        native_rate
+    );
+    println!("  ratio:    {:.2}x of native", rate / native_rate);
+}
