@@ -317,3 +317,31 @@ fn a_scaffolded_transform_builds_and_passes_its_fixture_unchanged() {
         stderr(&bad)
     );
 }
+
+#[test]
+fn sluice_run_sends_real_magento_products_through_a_channel_pipeline() {
+    let channel = workspace().join("transforms/channels/b2b-portal-from-magento");
+    let output = sluice(&[
+        "run",
+        "--pipeline",
+        channel.join("pipeline.json").to_str().unwrap(),
+        channel.join("examples/magento-products.jsonl").to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let outcomes: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let tags: Vec<&str> = outcomes.iter().map(|o| o["outcome"].as_str().unwrap()).collect();
+    assert_eq!(tags, ["emit", "drop", "emit"]);
+    assert_eq!(outcomes[0]["events"][0]["payload"]["sku"], "MS-Champ-S");
+    assert_eq!(outcomes[2]["events"][0]["payload"]["sku"], "Desktop-Computer");
+
+    let missing = sluice(&["run", "--pipeline", "no/such/pipeline.json"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        stderr(&missing).contains("no/such/pipeline.json"),
+        "{}",
+        stderr(&missing)
+    );
+}
