@@ -12,6 +12,9 @@ fn sluice(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .env("SLUICE_CACHE_DIR", target_dir().join("sluice-test-cache"))
+        // Generous: these tests are about the CLI, not limits, and must not
+        // flake on a loaded CI machine.
+        .env("SLUICE_TIMEOUT_MS", "10000")
         .current_dir(workspace())
         .output()
         .expect("sluice runs")

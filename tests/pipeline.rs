@@ -12,7 +12,13 @@ use sluice_host::pipeline::{Pipeline, Step};
 use support::{engine, event, guest, magento_product};
 
 fn step(name: &str, config: &str) -> Step {
-    let module: Arc<Module> = Arc::new(engine().load_file(&guest(name), Limits::default()).unwrap());
+    // A generous deadline: these tests are about composition, not limits,
+    // and must not flake on a loaded CI machine.
+    let limits = Limits {
+        timeout: std::time::Duration::from_secs(10),
+        ..Limits::default()
+    };
+    let module: Arc<Module> = Arc::new(engine().load_file(&guest(name), limits).unwrap());
     Step {
         module,
         config: config.into(),

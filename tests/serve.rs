@@ -61,6 +61,9 @@ fn start(config: &str) -> (Sidecar, tempfile::TempDir) {
 const CONFIG: &str = r#"
 max-body-bytes = 65536
 
+[limits]
+timeout-ms = 10000
+
 [[channel]]
 name = "b2b-portal"
 tenant = "acme"
