@@ -26,7 +26,6 @@ use jsonpath_rust::parser::model::JpQuery;
 use jsonpath_rust::parser::parse_json_path;
 use jsonpath_rust::query::js_path_process;
 use rust_decimal::Decimal;
-use rust_decimal::prelude::ToPrimitive;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -380,7 +379,7 @@ impl Mapping {
         Ok(Some(match conversion {
             Conversion::Const { .. } | Conversion::Default { .. } => value,
             Conversion::Round { places } => {
-                number(crate::money::round_to(decimal(&value)?, *places).normalize())
+                crate::money::json_number(crate::money::round_to(decimal(&value)?, *places))
             }
             Conversion::Clamp { min, max } => {
                 let mut n = decimal(&value)?;
@@ -390,11 +389,11 @@ impl Mapping {
                 if let Some(max) = max {
                     n = n.min(*max);
                 }
-                number(n)
+                crate::money::json_number(n)
             }
-            Conversion::Unit { from, to } => {
-                number(units::convert(decimal(&value)?, from, to).map_err(|e| e.to_string())?)
-            }
+            Conversion::Unit { from, to } => crate::money::json_number(
+                units::convert(decimal(&value)?, from, to).map_err(|e| e.to_string())?,
+            ),
             Conversion::Truncate { max } => Value::String(text::truncate(string(&value)?, *max)),
             Conversion::StripHtml => Value::String(text::strip_html(string(&value)?)),
             Conversion::Case { to } => {
@@ -423,15 +422,6 @@ impl Mapping {
 /// A number or numeric string as an exact decimal.
 fn decimal(value: &Value) -> Result<Decimal, String> {
     crate::money::decimal_from_json(value).ok_or_else(|| format!("expected a number, found {value}"))
-}
-
-/// A decimal as a JSON number: an integer when whole, else the shortest float.
-fn number(n: Decimal) -> Value {
-    let n = n.normalize();
-    if let Some(i) = n.fract().is_zero().then(|| n.to_i64()).flatten() {
-        return Value::from(i);
-    }
-    serde_json::from_str(&n.to_string()).unwrap_or(Value::Null)
 }
 
 fn string(value: &Value) -> Result<&str, String> {

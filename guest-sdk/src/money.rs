@@ -82,6 +82,19 @@ pub fn decimal_from_json(value: &serde_json::Value) -> Option<Decimal> {
         .ok()
 }
 
+/// A decimal as a JSON number (destinations that want numbers, not
+/// strings): an integer when whole, otherwise the shortest float that reads
+/// back as the same decimal (`21.99`, never `21.990000000000002`).
+pub fn json_number(value: Decimal) -> serde_json::Value {
+    let value = value.normalize();
+    if value.fract().is_zero()
+        && let Some(whole) = rust_decimal::prelude::ToPrimitive::to_i64(&value)
+    {
+        return serde_json::Value::from(whole);
+    }
+    serde_json::from_str(&value.to_string()).unwrap_or(serde_json::Value::Null)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +128,14 @@ mod tests {
         assert_eq!(decimal_from_json(&json!(1e-3)).unwrap().to_string(), "0.001");
         assert_eq!(decimal_from_json(&json!("")), None);
         assert_eq!(decimal_from_json(&json!(true)), None);
+    }
+
+    #[test]
+    fn decimals_become_plain_json_numbers() {
+        use serde_json::json;
+        assert_eq!(json_number(d("10.00")), json!(10));
+        assert_eq!(json_number(d("21.99")), json!(21.99));
+        assert_eq!(json_number(d("-3")), json!(-3));
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Transform for AmazonListing {
                 "purchasable_offer".into(),
                 json!([{
                     "currency": currency,
-                    "our_price": [{"schedule": [{"value_with_tax": number(amount)}]}],
+                    "our_price": [{"schedule": [{"value_with_tax": money::json_number(amount)}]}],
                     "marketplace_id": self.cfg.marketplace_id,
                 }]),
             );
@@ -141,7 +141,7 @@ impl Transform for AmazonListing {
         let quantity = product.quantity.unwrap_or_default().max(Decimal::ZERO).floor();
         attributes.insert(
             "fulfillment_availability".into(),
-            json!([{"fulfillment_channel_code": self.cfg.fulfillment_channel, "quantity": number(quantity)}]),
+            json!([{"fulfillment_channel_code": self.cfg.fulfillment_channel, "quantity": money::json_number(quantity)}]),
         );
         for name in required {
             if let Some(value) = product.extra.get(name).filter(|_| !attributes.contains_key(name)) {
@@ -188,11 +188,6 @@ fn has_attribute(product: &Product, name: &str) -> bool {
         _ => false,
     };
     canonical || product.extra.get(name).is_some_and(|v| !v.is_null() && v != "")
-}
-
-/// An exact decimal as a JSON number (Amazon wants numbers, not strings).
-fn number(value: Decimal) -> Value {
-    serde_json::from_str(&value.normalize().to_string()).unwrap_or(Value::Null)
 }
 
 export_transform!(AmazonListing);

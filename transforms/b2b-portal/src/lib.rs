@@ -148,8 +148,7 @@ fn metric(
 
 /// Stock as a JSON number, never below zero; unknown stock counts as zero.
 fn clamp_quantity(qty: Option<Decimal>) -> Value {
-    let qty = qty.unwrap_or_default().max(Decimal::ZERO).normalize();
-    serde_json::from_str(&qty.to_string()).unwrap_or(Value::Null)
+    money::json_number(qty.unwrap_or_default().max(Decimal::ZERO))
 }
 
 export_transform!(B2bPortal);

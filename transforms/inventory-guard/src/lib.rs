@@ -63,7 +63,7 @@ impl Transform for InventoryGuard {
         let quantity = (available - self.cfg.safety_stock).max(Decimal::ZERO).floor();
         let mut update_json = json!({
             "warehouse": warehouse,
-            "quantity": quantity.normalize().to_string().parse::<i64>().unwrap_or(0),
+            "quantity": money::json_number(quantity),
         });
         for (key, value) in [
             ("sku", update.sku),
