@@ -5,6 +5,8 @@
 //! - [`pipeline`]: a channel's ordered steps, composing their outcomes.
 //! - [`fixtures`]: golden-fixture testing behind `sluice test`.
 //! - [`event`]: the JSON forms of events and outcomes.
+//! - [`store`]: the durable queue between ingest, transform and delivery.
+//! - [`server`]: the sidecar (HTTP API, channel workers, delivery workers).
 
 pub mod bindings;
 pub mod diff;
@@ -13,3 +15,4 @@ pub mod event;
 pub mod fixtures;
 pub mod pipeline;
 pub mod server;
+pub mod store;

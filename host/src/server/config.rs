@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -24,9 +25,158 @@ pub struct ServerConfig {
     /// Limits for every module (see `sluice run --help` for their meaning).
     #[serde(default)]
     pub limits: Limits,
+    /// Retry policy of every destination that sets none of its own.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Where emitted events are delivered.
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<DestinationConfig>,
     /// The channels this sidecar serves.
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
+}
+
+/// What happens to events ingested while their channel is switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenOff {
+    /// They wait in the channel's queue and flow, in order, once it is on again.
+    #[default]
+    Hold,
+    /// They are not queued for this channel (counted in `sluice_events_skipped_total`).
+    Skip,
+}
+
+/// An HTTP endpoint that receives a channel's emitted events, one POST each.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// The destination's name, used in metrics, logs and dead letters.
+    pub name: String,
+    /// `http://host:port/path` that receives each emitted payload as a POST.
+    pub url: String,
+    /// Requests allowed, as `N/s`, `N/min` or `N/h` (token bucket); none: unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Requests that may go at once above the steady rate.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Requests in flight at once (each to a different entity key).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// JSONPath into the emitted payload naming the entity whose order is kept
+    /// (first match; events without it are ordered by their own id).
+    #[serde(default = "default_entity_key")]
+    pub entity_key: String,
+    /// Extra request headers (for example `Authorization`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// This destination's own retry policy.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// A steady request rate: `count` requests per `per`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Requests allowed per period.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// Requests per second.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.count) / self.per.as_secs_f64()
+    }
+}
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a rate such as `60/min`, `10/s` or `1000/h`");
+        let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("`{text}`: the count must be at least 1"));
+        }
+        Ok(Self { count, per })
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// When a failed delivery is tried again, and when it becomes a dead letter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all (the first included) before the event is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Age after which a still-failing event is dead-lettered, in seconds.
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+    /// Wait before the second attempt; doubled on each further one, with jitter.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_ms: u64,
+    /// Longest wait between attempts (a longer `Retry-After` is still honoured).
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+    /// A request without a response after this long counts as failed (retried).
+    #[serde(default = "default_request_timeout")]
+    pub timeout_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            max_age_secs: default_max_age(),
+            initial_backoff_ms: default_initial_backoff(),
+            max_backoff_ms: default_max_backoff(),
+            timeout_ms: default_request_timeout(),
+        }
+    }
+}
+
+fn default_burst() -> u32 {
+    1
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_entity_key() -> String {
+    "$.sku".into()
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_max_age() -> u64 {
+    24 * 3600
+}
+fn default_initial_backoff() -> u64 {
+    500
+}
+fn default_max_backoff() -> u64 {
+    5 * 60 * 1000
+}
+fn default_request_timeout() -> u64 {
+    10_000
+}
+fn default_true() -> bool {
+    true
 }
 
 /// One channel: a name and its pipeline.
@@ -45,6 +195,17 @@ pub struct ChannelConfig {
     /// relative to the config file; `config` is the step's configuration.
     #[serde(default, rename = "step")]
     pub steps: Vec<StepSpec>,
+    /// The destination that receives what the pipeline emits for ingested
+    /// events; a channel without one serves only the synchronous path.
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// Whether the channel starts switched on. A change made through the
+    /// admin API is kept across restarts until this value is edited.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// What happens to events ingested while the channel is off.
+    #[serde(default)]
+    pub when_off: WhenOff,
 }
 
 fn default_listen() -> SocketAddr {
@@ -100,8 +261,40 @@ impl ServerConfig {
             let path = err.path().to_string();
             format!("at `{path}`: {}", err.into_inner().message())
         })?;
+        let mut destinations = std::collections::BTreeSet::new();
+        for destination in &config.destinations {
+            if !destinations.insert(destination.name.as_str()) {
+                return Err(format!("destination `{}` is defined twice", destination.name));
+            }
+            if !destination.url.starts_with("http://") {
+                return Err(format!(
+                    "destination `{}`: url `{}` must start with http:// (put TLS in an egress proxy)",
+                    destination.name, destination.url
+                ));
+            }
+            if let Err(err) = jsonpath_rust::parser::parse_json_path(&destination.entity_key) {
+                return Err(format!(
+                    "destination `{}`: entity-key `{}` is not a JSONPath: {err}",
+                    destination.name, destination.entity_key
+                ));
+            }
+            if destination.concurrency == 0 || destination.burst == 0 {
+                return Err(format!(
+                    "destination `{}`: concurrency and burst must be at least 1",
+                    destination.name
+                ));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for channel in &config.channels {
+            if let Some(destination) = &channel.destination
+                && !destinations.contains(destination.as_str())
+            {
+                return Err(format!(
+                    "channel `{}`: destination `{destination}` is not defined (add a [[destination]] with that name)",
+                    channel.name
+                ));
+            }
             if !names.insert(&channel.name) {
                 return Err(format!("channel `{}` is defined twice", channel.name));
             }
@@ -150,6 +343,24 @@ mod tests {
         );
         let err = ServerConfig::parse("listen = 5").unwrap_err();
         assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn destinations_and_rates_parse_and_are_checked() {
+        let text = GOOD.replace("tenant = \"acme\"", "tenant = \"acme\"\ndestination = \"portal\"")
+            + "\n[[destination]]\nname = \"portal\"\nurl = \"http://127.0.0.1:9/in\"\nrate-limit = \"60/min\"\n";
+        let config = ServerConfig::parse(&text).unwrap();
+        let rate = config.destinations[0].rate_limit.unwrap();
+        assert_eq!(rate.per_second(), 1.0);
+        assert_eq!(config.channels[0].destination.as_deref(), Some("portal"));
+        assert!(config.channels[0].enabled);
+
+        let err = ServerConfig::parse(&text.replace("60/min", "60/fortnight")).unwrap_err();
+        assert!(err.contains("rate-limit") && err.contains("60/fortnight"), "{err}");
+        let err = ServerConfig::parse(&text.replace("name = \"portal\"", "name = \"other\"")).unwrap_err();
+        assert!(err.contains("destination `portal` is not defined"), "{err}");
+        let err = ServerConfig::parse(&text.replace("http://", "https://")).unwrap_err();
+        assert!(err.contains("must start with http://"), "{err}");
     }
 
     #[test]

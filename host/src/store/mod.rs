@@ -1,0 +1,324 @@
+//! Durable state of the sidecar: the ingest log, each channel's queue of
+//! events to transform, the outbox of deliveries with their attempts, dead
+//! letters, and the channels' ON/OFF switches.
+//!
+//! [`Queue`] is the seam: the embedded default is [`SqliteQueue`], and a
+//! NATS JetStream backend would implement the same trait. Its methods block
+//! (the SQLite backend waits for a group commit); async callers run them
+//! with `tokio::task::spawn_blocking`.
+
+mod sqlite;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use sqlite::SqliteQueue;
+
+/// Why the store failed. Every variant is a technical failure of the
+/// store itself (disk, corruption), never of the data.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite answered with an error.
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The store's writer has stopped (the process is shutting down).
+    #[error("store: the writer has stopped")]
+    Closed,
+    /// The group commit failed; nothing of the batch was stored.
+    #[error("store: commit failed: {0}")]
+    Commit(String),
+    /// A stored row cannot be read back.
+    #[error("store: row {what} is corrupt: {detail}")]
+    Corrupt {
+        /// Which row.
+        what: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+}
+
+/// One event to ingest: its JSON text, and the channels it is queued for.
+#[derive(Debug, Clone)]
+pub struct Ingest {
+    /// The owning tenant (the idempotency scope).
+    pub tenant: String,
+    /// The event id (unique per tenant).
+    pub id: String,
+    /// The whole event as JSON text, stored verbatim.
+    pub event: String,
+    /// The channels whose queues receive it.
+    pub channels: Vec<String>,
+}
+
+/// What ingest did with one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The event id.
+    pub id: String,
+    /// True when the id was already stored: nothing was queued again.
+    pub duplicate: bool,
+}
+
+/// An event waiting in a channel's queue for its transform.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Position in the channel's queue.
+    pub seq: i64,
+    /// The event's JSON text, as ingested.
+    pub event: String,
+    /// When it was ingested (ms since the Unix epoch).
+    pub received_ms: i64,
+}
+
+/// What a channel's pipeline made of one pending event.
+#[derive(Debug, Clone)]
+pub struct Transformed {
+    /// The queue position it came from (removed in the same transaction).
+    pub seq: i64,
+    /// The channel.
+    pub channel: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The input event's id.
+    pub event_id: String,
+    /// The input event's JSON text (kept in dead letters).
+    pub original: String,
+    /// When the input event was ingested.
+    pub received_ms: i64,
+    /// `module@version` of every step that ran.
+    pub versions: Vec<String>,
+    /// The result.
+    pub disposition: Disposition,
+}
+
+/// Where a transformed event goes next.
+#[derive(Debug, Clone)]
+pub enum Disposition {
+    /// Into the outbox, one delivery per emitted event.
+    Deliver(Vec<NewDelivery>),
+    /// Nowhere: the pipeline dropped it on purpose.
+    Dropped,
+    /// To dead letters: rejected by a rule, or a module fault.
+    DeadLetter {
+        /// `rejected` or `fault`.
+        reason: String,
+        /// The violations, or the fault.
+        detail: Value,
+    },
+}
+
+/// One emitted event to deliver.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    /// The destination's name.
+    pub destination: String,
+    /// Deliveries with the same key reach the destination in queue order.
+    pub entity_key: String,
+    /// Sent as `Idempotency-Key`; the same for every attempt and replay of this output.
+    pub idempotency_key: String,
+    /// Sent as `X-Correlation-Id`.
+    pub correlation_id: String,
+    /// The emitted event as JSON text; its payload is the request body.
+    pub output: String,
+}
+
+/// The `Idempotency-Key` of one output: a digest of where it goes, what it
+/// came from and what it says. Retries and plain replays send the same
+/// key; a re-transform that changes the output gets a new one, while an
+/// unchanged output (a sibling of a fan-out) keeps its key.
+pub fn idempotency_key(destination: &str, tenant: &str, channel: &str, event_id: &str, output: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [destination, tenant, channel, event_id, output] {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// A delivery taken from the outbox.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Outbox position.
+    pub seq: i64,
+    /// The destination's name.
+    pub destination: String,
+    /// The channel that produced it.
+    pub channel: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The input event's id.
+    pub event_id: String,
+    /// The entity (SKU) whose order is kept.
+    pub entity_key: String,
+    /// `Idempotency-Key`.
+    pub idempotency_key: String,
+    /// `X-Correlation-Id`.
+    pub correlation_id: String,
+    /// The emitted event as JSON text.
+    pub output: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When it entered the outbox (ms since the Unix epoch).
+    pub created_ms: i64,
+    /// When its input event was ingested.
+    pub received_ms: i64,
+}
+
+/// One delivery attempt that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// The HTTP status, if the destination answered.
+    pub status: Option<u16>,
+    /// A snippet of the response body, or the connection error.
+    pub detail: String,
+}
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone)]
+pub enum AttemptResult {
+    /// The destination accepted it: remove it from the outbox.
+    Delivered,
+    /// Try again at `next_ms`.
+    Retry {
+        /// The failed attempt.
+        attempt: Attempt,
+        /// When to try again (ms since the Unix epoch).
+        next_ms: i64,
+    },
+    /// Give up: move it to dead letters.
+    DeadLetter {
+        /// The last attempt.
+        attempt: Attempt,
+        /// Why it is given up (`rejected-by-destination`, `attempts-exhausted`, `too-old`).
+        reason: String,
+    },
+}
+
+/// A dead letter as listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetterSummary {
+    /// Its id, for `show`, `replay` and `purge`.
+    pub id: i64,
+    /// The tenant.
+    pub tenant: String,
+    /// The channel.
+    pub channel: String,
+    /// The destination, for delivery failures.
+    pub destination: Option<String>,
+    /// The input event's id.
+    pub event_id: String,
+    /// `transform` or `delivery`.
+    pub stage: String,
+    /// Why: `rejected`, `fault`, `rejected-by-destination`, `attempts-exhausted`, `too-old`.
+    pub reason: String,
+    /// When it was dead-lettered (ms since the Unix epoch).
+    pub created_ms: i64,
+}
+
+/// A dead letter with everything kept about it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The listing fields.
+    #[serde(flatten)]
+    pub summary: DeadLetterSummary,
+    /// The input event, as ingested.
+    pub original: Value,
+    /// The emitted event that could not be delivered (delivery stage only).
+    pub output: Option<Value>,
+    /// Violations or fault (transform stage).
+    pub detail: Value,
+    /// `module@version` of every step that produced it.
+    pub versions: Vec<String>,
+    /// Every failed delivery attempt.
+    pub attempts: Vec<Attempt>,
+}
+
+/// Which dead letters a listing or purge covers.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    /// Only this tenant's.
+    pub tenant: Option<String>,
+    /// Only this channel's.
+    pub channel: Option<String>,
+    /// At most this many (listing only).
+    pub limit: Option<u32>,
+}
+
+/// How a dead letter is replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Deliver the stored output again (delivery-stage letters only).
+    Resend,
+    /// Run the original event through the channel's current pipeline.
+    Retransform,
+}
+
+/// The outcome of a replay request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayResult {
+    /// Requeued; the letter is gone.
+    Queued,
+    /// No such letter.
+    NotFound,
+    /// The letter has no output to resend (it failed in its transform).
+    NothingToResend,
+}
+
+/// Events waiting, per channel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Depth {
+    /// Waiting for their transform.
+    pub to_transform: u64,
+    /// Waiting for delivery (including retries).
+    pub to_deliver: u64,
+}
+
+/// The durable queue between ingest, transform and delivery.
+pub trait Queue: Send + Sync {
+    /// Stores events and queues each for its channels, in one durable commit;
+    /// an id already stored for its tenant is a duplicate and queues nothing.
+    fn ingest(&self, events: Vec<Ingest>) -> Result<Vec<Receipt>, StoreError>;
+    /// The oldest events waiting in `channel`'s queue.
+    fn pending(&self, channel: &str, limit: usize) -> Result<Vec<Pending>, StoreError>;
+    /// Records transform results: removes them from the queue and moves each
+    /// to the outbox or dead letters, atomically.
+    fn transformed(&self, results: Vec<Transformed>) -> Result<(), StoreError>;
+    /// Deliveries for `destination` that are due at `now_ms`: for each entity
+    /// key only the oldest, and none from a switched-off channel.
+    fn due(&self, destination: &str, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// The earliest time a delivery to `destination` is due, if any waits.
+    fn next_due_ms(&self, destination: &str) -> Result<Option<i64>, StoreError>;
+    /// Records delivery attempts.
+    fn attempted(&self, results: Vec<(Delivery, AttemptResult)>) -> Result<(), StoreError>;
+    /// Sets a channel's switch. `from_config` marks the config's value, which
+    /// only applies when it differs from the one last applied.
+    fn set_enabled(&self, channel: &str, enabled: bool, from_config: bool) -> Result<bool, StoreError>;
+    /// The current switch of a channel, if one was ever set.
+    fn enabled(&self, channel: &str) -> Result<Option<bool>, StoreError>;
+    /// Dead letters, newest first.
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterSummary>, StoreError>;
+    /// One dead letter in full.
+    fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError>;
+    /// Deletes one dead letter; false if there was none.
+    fn purge_dead_letter(&self, id: i64) -> Result<bool, StoreError>;
+    /// Deletes every dead letter matching; returns how many.
+    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError>;
+    /// Requeues a dead letter and deletes it, atomically.
+    fn replay(&self, id: i64, how: Replay) -> Result<ReplayResult, StoreError>;
+    /// Events waiting for `channel`.
+    fn depth(&self, channel: &str) -> Result<Depth, StoreError>;
+    /// Forgets ids of events ingested before `before_ms` that nothing still
+    /// needs: the window in which a redelivered webhook is recognised.
+    fn forget_before(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
