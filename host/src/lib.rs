@@ -7,6 +7,7 @@
 //! - [`event`]: the JSON forms of events and outcomes.
 //! - [`store`]: the durable queue between ingest, transform and delivery.
 //! - [`server`]: the sidecar (HTTP API, channel workers, delivery workers).
+//! - [`sink`]: a local HTTP destination that records what it receives.
 
 pub mod bindings;
 pub mod diff;
@@ -15,4 +16,5 @@ pub mod event;
 pub mod fixtures;
 pub mod pipeline;
 pub mod server;
+pub mod sink;
 pub mod store;

@@ -1,10 +1,12 @@
 //! Command-line interface: argument definitions and dispatch.
 
+mod admin;
 mod check;
 mod locate;
 mod new;
 mod run;
 mod serve;
+mod sink;
 mod test;
 
 use std::path::PathBuf;
@@ -37,9 +39,17 @@ enum Command {
     Check(check::CheckArgs),
     /// Scaffold a new transform crate with one fixture case.
     New(new::NewArgs),
-    /// Run the sidecar: an HTTP server that transforms events synchronously
-    /// for the channels in `sluice.toml`.
+    /// Run the sidecar for the channels in `sluice.toml`: synchronous
+    /// transforms, durable ingest, delivery with retries, dead letters.
+    ///
+    /// Logs are JSON lines on stderr, filtered by `SLUICE_LOG` (default `info`).
     Serve(serve::ServeArgs),
+    /// Switch a running sidecar's channels on and off, and see their queues.
+    Channels(admin::ChannelsArgs),
+    /// List, inspect, replay and purge a running sidecar's dead letters.
+    DeadLetters(admin::DeadLettersArgs),
+    /// A local destination that prints every request it receives as a JSON line.
+    Sink(sink::SinkArgs),
 }
 
 /// Engine and limit settings shared by the commands that run modules.
@@ -101,5 +111,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => check::run(args),
         Command::New(args) => new::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::Channels(args) => admin::channels(args),
+        Command::DeadLetters(args) => admin::dead_letters(args),
+        Command::Sink(args) => sink::run(args),
     }
 }

@@ -1,6 +1,5 @@
 //! `sluice serve`: the sidecar.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +9,8 @@ use anyhow::Context;
 use clap::Args;
 use sluice_host::engine::{Engine, EngineOptions};
 use sluice_host::server::config::ServerConfig;
-use sluice_host::server::{App, Channel, serve, shutdown_signal};
+use sluice_host::server::{App, Channel, run as serve, shutdown_signal};
+use sluice_host::store::SqliteQueue;
 
 use super::locate::{load_pipeline, pipeline_from_steps};
 
@@ -32,6 +32,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging();
     let config = ServerConfig::load(&args.config)?;
     let data_dir = args
         .data_dir
@@ -43,26 +44,21 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ..EngineOptions::default()
     })?;
     let base = args.config.parent().unwrap_or(Path::new("."));
-    let mut channels = HashMap::new();
+    let mut channels = Vec::new();
     for channel in &config.channels {
         let pipeline = match &channel.pipeline {
             Some(file) => load_pipeline(&base.join(file), &engine, &config.limits),
             None => pipeline_from_steps(&channel.steps, base, &engine, &config.limits),
         }
         .with_context(|| format!("channel `{}`", channel.name))?;
-        channels.insert(
-            channel.name.clone(),
-            Channel {
-                tenant: channel.tenant.clone(),
-                pipeline,
-            },
-        );
+        channels.push(Channel::new(&channel.name, &channel.tenant, pipeline));
     }
-    let app = Arc::new(App {
-        channels,
-        max_body_bytes: config.max_body_bytes,
-        metrics: Default::default(),
-    });
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let database = data_dir.join("sluice.db");
+    let queue = Arc::new(
+        SqliteQueue::open(&database).with_context(|| format!("cannot open {}", database.display()))?,
+    );
+    let app = Arc::new(App::new(&config, channels, queue.clone())?);
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -73,11 +69,26 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let shutdown = shutdown_signal()?;
         // Tests and scripts read this line to find the port.
         println!("sluice listening on http://{}", listener.local_addr()?);
+        tracing::info!(listen = %listener.local_addr()?, database = %database.display(), "sluice serving");
         serve(listener, app, shutdown).await;
-        eprintln!("sluice: stopped");
+        tracing::info!("sluice stopped");
         anyhow::Ok(())
     })?;
+    queue.close();
     Ok(ExitCode::SUCCESS)
+}
+
+/// JSON log lines on stderr, filtered by `SLUICE_LOG` (default `info`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .flatten_event(true)
+        .with_current_span(false)
+        .try_init();
 }
 
 /// A path from the config file, taken relative to the file's folder.

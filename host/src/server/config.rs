@@ -25,6 +25,10 @@ pub struct ServerConfig {
     /// Limits for every module (see `sluice run --help` for their meaning).
     #[serde(default)]
     pub limits: Limits,
+    /// How long an ingested event id is remembered, so a redelivered webhook
+    /// is recognised as a duplicate.
+    #[serde(default = "default_idempotency_window")]
+    pub idempotency_window_hours: u64,
     /// Retry policy of every destination that sets none of its own.
     #[serde(default)]
     pub retry: RetryPolicy,
@@ -151,6 +155,9 @@ impl Default for RetryPolicy {
     }
 }
 
+fn default_idempotency_window() -> u64 {
+    7 * 24
+}
 fn default_burst() -> u32 {
     1
 }
@@ -272,7 +279,7 @@ impl ServerConfig {
                     destination.name, destination.url
                 ));
             }
-            if let Err(err) = jsonpath_rust::parser::parse_json_path(&destination.entity_key) {
+            if let Err(err) = sluice_guest::mapping::CompiledPath::compile(&destination.entity_key) {
                 return Err(format!(
                     "destination `{}`: entity-key `{}` is not a JSONPath: {err}",
                     destination.name, destination.entity_key

@@ -1,10 +1,16 @@
 //! Prometheus metrics of the sidecar, served at `GET /metrics`.
+//!
+//! Label values are only ever configured names (channels, destinations,
+//! tenants) or fixed words: a caller cannot grow the number of series.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::store::Depth;
 
 /// Labels of per-channel request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,55 +28,120 @@ pub struct OutcomeLabels {
     pub channel: String,
     /// `emit`, `drop`, `reject` or `error`.
     pub outcome: String,
+    /// `sync` (the transform API) or `ingest` (durable delivery).
+    pub path: String,
 }
 
-/// Labels of per-channel histograms.
+/// Labels of per-channel series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ChannelLabels {
     /// The channel.
     pub channel: String,
 }
 
+/// Labels of per-tenant series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    /// The tenant.
+    pub tenant: String,
+}
+
+/// Labels of per-destination series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DestinationLabels {
+    /// The destination.
+    pub destination: String,
+}
+
+/// Labels of dead-letter counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLetterLabels {
+    /// The channel.
+    pub channel: String,
+    /// `transform` or `delivery`.
+    pub stage: String,
+}
+
+/// Labels of queue-depth gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DepthLabels {
+    /// The channel.
+    pub channel: String,
+    /// `transform` (waiting for the pipeline) or `delivery` (in the outbox).
+    pub queue: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
 /// Every metric the sidecar keeps.
 pub struct Metrics {
     registry: Registry,
     /// Sync transform requests, by channel and status.
     pub requests: Family<RequestLabels, Counter>,
-    /// Events transformed, by channel and outcome.
+    /// Events ingested (duplicates included), by tenant.
+    pub events_in: Family<TenantLabels, Counter>,
+    /// Ingested events whose id was already stored, by tenant.
+    pub duplicates: Family<TenantLabels, Counter>,
+    /// Ingested events not queued for a channel that was off with `when-off = "skip"`.
+    pub skipped: Family<ChannelLabels, Counter>,
+    /// Events transformed, by channel, outcome and path.
     pub outcomes: Family<OutcomeLabels, Counter>,
-    /// Time spent in the pipeline per request, in seconds.
-    pub transform_seconds: Family<ChannelLabels, Histogram>,
+    /// Events emitted into the outbox, by channel.
+    pub emitted: Family<ChannelLabels, Counter>,
+    /// Deliveries the destination accepted.
+    pub delivered: Family<DestinationLabels, Counter>,
+    /// Delivery attempts that failed and will be retried.
+    pub retried: Family<DestinationLabels, Counter>,
+    /// Events moved to dead letters, by channel and stage.
+    pub dead_lettered: Family<DeadLetterLabels, Counter>,
+    /// Events waiting, by channel and queue.
+    pub depth: Family<DepthLabels, Gauge>,
+    /// Time spent running a channel's pipeline per batch, in seconds.
+    pub transform_seconds: Histograms<ChannelLabels>,
+    /// Time of one delivery request, in seconds.
+    pub delivery_seconds: Histograms<DestinationLabels>,
+    /// Time from ingest to accepted delivery, in seconds.
+    pub end_to_end_seconds: Histograms<DestinationLabels>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("sluice");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let outcomes = Family::<OutcomeLabels, Counter>::default();
-        let transform_seconds = Family::<ChannelLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(exponential_buckets(0.0001, 2.0, 16))) as fn() -> Histogram,
-        );
-        registry.register(
-            "sync_requests",
-            "Sync transform requests by channel and status",
-            requests.clone(),
-        );
-        registry.register(
-            "events_transformed",
-            "Events transformed by channel and outcome",
-            outcomes.clone(),
-        );
-        registry.register(
-            "transform_seconds",
-            "Time spent running a channel's pipeline per request",
-            transform_seconds.clone(),
-        );
-        Self {
-            registry,
-            requests,
-            outcomes,
-            transform_seconds,
-        }
+        let metrics = Self {
+            requests: Family::default(),
+            events_in: Family::default(),
+            duplicates: Family::default(),
+            skipped: Family::default(),
+            outcomes: Family::default(),
+            emitted: Family::default(),
+            delivered: Family::default(),
+            retried: Family::default(),
+            dead_lettered: Family::default(),
+            depth: Family::default(),
+            transform_seconds: Family::new_with_constructor(latency_histogram),
+            delivery_seconds: Family::new_with_constructor(latency_histogram),
+            end_to_end_seconds: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        let m = &metrics;
+        registry.register("sync_requests", "Sync transform requests by channel and status", m.requests.clone());
+        registry.register("events_in", "Events ingested, duplicates included", m.events_in.clone());
+        registry.register("duplicates", "Ingested events whose id was already stored", m.duplicates.clone());
+        registry.register("events_skipped", "Events not queued for a channel that was off (when-off = skip)", m.skipped.clone());
+        registry.register("events_transformed", "Events transformed by channel, outcome and path", m.outcomes.clone());
+        registry.register("events_emitted", "Events emitted into the outbox", m.emitted.clone());
+        registry.register("delivered", "Deliveries accepted by the destination", m.delivered.clone());
+        registry.register("retried", "Delivery attempts that failed and will be retried", m.retried.clone());
+        registry.register("dead_lettered", "Events moved to dead letters, by channel and stage", m.dead_lettered.clone());
+        registry.register("queue_depth", "Events waiting, by channel and queue", m.depth.clone());
+        registry.register("transform_seconds", "Time running a channel's pipeline per batch", m.transform_seconds.clone());
+        registry.register("delivery_seconds", "Time of one delivery request", m.delivery_seconds.clone());
+        registry.register("end_to_end_seconds", "Time from ingest to accepted delivery", m.end_to_end_seconds.clone());
+        Self { registry, ..metrics }
     }
 }
 
@@ -81,5 +152,17 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// Records a channel's queue depths.
+    pub fn set_depth(&self, channel: &str, depth: &Depth) {
+        for (queue, value) in [("transform", depth.to_transform), ("delivery", depth.to_deliver)] {
+            self.depth
+                .get_or_create(&DepthLabels {
+                    channel: channel.to_string(),
+                    queue: queue.to_string(),
+                })
+                .set(value as i64);
+        }
     }
 }

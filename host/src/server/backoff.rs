@@ -1,0 +1,112 @@
+//! Pacing of deliveries: a token bucket per destination, exponential
+//! backoff with jitter between attempts, and `Retry-After`.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use super::config::{RateLimit, RetryPolicy};
+
+/// A token bucket: `rate` tokens a second, holding at most `burst`.
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    /// A full bucket for this limit.
+    pub fn new(limit: RateLimit, burst: u32) -> Self {
+        Self {
+            rate: limit.per_second(),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if one is there; otherwise says how long until one is.
+    pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+/// The wait before attempt `attempt + 1`, after `attempt` failures:
+/// `initial × 2^(attempt-1)`, capped, with "equal jitter" (half fixed,
+/// half random) so that many retries do not arrive together.
+pub fn backoff(policy: &RetryPolicy, attempt: u32) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let full = policy
+        .initial_backoff_ms
+        .saturating_mul(1 << exponent)
+        .min(policy.max_backoff_ms);
+    let half = full / 2;
+    Duration::from_millis(half + fastrand::u64(0..=full - half))
+}
+
+/// A `Retry-After` value: delay-seconds or an HTTP date.
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_allows_the_burst_then_the_rate() {
+        let mut bucket = TokenBucket::new("10/s".parse().unwrap(), 2);
+        let start = Instant::now();
+        assert!(bucket.try_take(start).is_ok());
+        assert!(bucket.try_take(start).is_ok());
+        let wait = bucket.try_take(start).unwrap_err();
+        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-6, "{wait:?}");
+        assert!(bucket.try_take(start + Duration::from_millis(100)).is_ok());
+        // A long pause refills only up to the burst.
+        let later = start + Duration::from_secs(60);
+        assert!(bucket.try_take(later).is_ok());
+        assert!(bucket.try_take(later).is_ok());
+        assert!(bucket.try_take(later).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_is_capped() {
+        let policy = RetryPolicy {
+            initial_backoff_ms: 100,
+            max_backoff_ms: 1000,
+            ..RetryPolicy::default()
+        };
+        for _ in 0..100 {
+            let first = backoff(&policy, 1).as_millis();
+            assert!((50..=100).contains(&first), "{first}");
+            let third = backoff(&policy, 3).as_millis();
+            assert!((200..=400).contains(&third), "{third}");
+            let capped = backoff(&policy, 20).as_millis();
+            assert!((500..=1000).contains(&capped), "{capped}");
+        }
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:47 GMT", now),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(retry_after("soon", now), None);
+    }
+}

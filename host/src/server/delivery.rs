@@ -1,0 +1,333 @@
+//! The delivery worker of one destination: sends due outbox entries as
+//! HTTP POSTs, paced by the destination's token bucket, and records each
+//! attempt. Per round it takes at most one entry per entity key (the
+//! oldest), so a later stock level never overtakes an earlier one, and
+//! sends up to `concurrency` of them at once.
+//!
+//! | answer | what happens |
+//! |---|---|
+//! | 2xx | delivered: removed from the outbox |
+//! | 408, 425, 429, 5xx, timeout, connection error | retried after backoff with jitter, or after `Retry-After` if longer; a `Retry-After` also pauses the whole destination until then |
+//! | any other status | dead letter `rejected-by-destination`, with the response |
+//! | attempts or age exhausted | dead letter `attempts-exhausted` / `too-old` |
+//!
+//! A crash after a send and before its record repeats the send after
+//! restart with the same `Idempotency-Key`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::backoff::{TokenBucket, backoff, retry_after};
+use super::metrics::{DeadLetterLabels, DestinationLabels};
+use super::{App, Destination};
+use crate::event::EventJson;
+use crate::store::{Attempt, AttemptResult, Delivery, now_ms};
+
+/// Longest wait for new work before looking again.
+const IDLE: Duration = Duration::from_millis(250);
+/// Most response bytes kept with an attempt.
+const SNIPPET: usize = 512;
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// What one request came back with.
+struct Sent {
+    delivery: Delivery,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    detail: String,
+    elapsed: Duration,
+}
+
+/// Runs until `stopped` turns true; requests in flight finish and are recorded first.
+pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
+    let destination = &app.destinations[&name];
+    let uri: Uri = match destination.config.url.parse() {
+        Ok(uri) => uri,
+        Err(err) => {
+            tracing::error!(destination = %name, error = %err, "the destination url is invalid");
+            return;
+        }
+    };
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build_http();
+    let mut bucket = destination
+        .config
+        .rate_limit
+        .map(|limit| TokenBucket::new(limit, destination.config.burst));
+    let concurrency = destination.config.concurrency;
+    let mut paused_until: Option<Instant> = None;
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        if let Some(until) = paused_until.take()
+            && until > Instant::now()
+        {
+            paused_until = Some(until);
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
+        let queue = app.queue.clone();
+        let worker = name.clone();
+        let due = match tokio::task::spawn_blocking(move || queue.due(&worker, now_ms(), concurrency * 4)).await {
+            Ok(Ok(due)) => due,
+            Ok(Err(err)) => {
+                tracing::error!(destination = %name, error = %err, "cannot read the outbox");
+                Vec::new()
+            }
+            Err(join) => {
+                tracing::error!(destination = %name, error = %join, "the outbox task failed");
+                Vec::new()
+            }
+        };
+        if due.is_empty() {
+            let idle = next_wait(&app, &name).await;
+            tokio::select! {
+                () = destination.wake.notified() => {}
+                () = tokio::time::sleep(idle) => {}
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
+
+        let mut in_flight = JoinSet::new();
+        let mut sent = Vec::with_capacity(due.len());
+        'dispatch: for delivery in due {
+            if let Some(bucket) = bucket.as_mut() {
+                while let Err(wait) = bucket.try_take(Instant::now()) {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = stopped.changed() => break 'dispatch,
+                    }
+                }
+            }
+            while in_flight.len() >= concurrency {
+                if let Some(Ok(done)) = in_flight.join_next().await {
+                    sent.push(done);
+                }
+            }
+            if let Some(pause) = pause_from(&sent) {
+                paused_until = Some(pause);
+                break;
+            }
+            in_flight.spawn(send(client.clone(), uri.clone(), destination_headers(destination), delivery, destination.retry.timeout_ms));
+        }
+        while let Some(done) = in_flight.join_next().await {
+            if let Ok(done) = done {
+                sent.push(done);
+            }
+        }
+        if let Some(pause) = pause_from(&sent) {
+            paused_until = Some(paused_until.map_or(pause, |p| p.max(pause)));
+        }
+        let results: Vec<(Delivery, AttemptResult)> = sent
+            .into_iter()
+            .map(|done| settle(&app, destination, done))
+            .collect();
+        let queue = app.queue.clone();
+        match tokio::task::spawn_blocking(move || queue.attempted(results)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                // Unrecorded sends are repeated later with the same key.
+                tracing::error!(destination = %name, error = %err, "cannot record delivery attempts");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(join) => tracing::error!(destination = %name, error = %join, "the store task failed"),
+        }
+    }
+}
+
+/// How long to sleep when nothing is due: until the next retry, at most [`IDLE`].
+async fn next_wait(app: &Arc<App>, name: &str) -> Duration {
+    let queue = app.queue.clone();
+    let name = name.to_string();
+    match tokio::task::spawn_blocking(move || queue.next_due_ms(&name)).await {
+        Ok(Ok(Some(next))) => Duration::from_millis((next - now_ms()).clamp(1, IDLE.as_millis() as i64) as u64),
+        _ => IDLE,
+    }
+}
+
+/// The destination-wide pause a `Retry-After` asks for, if any answer had one.
+fn pause_from(sent: &[Sent]) -> Option<Instant> {
+    sent.iter()
+        .filter_map(|done| done.retry_after)
+        .max()
+        .map(|wait| Instant::now() + wait)
+}
+
+fn destination_headers(destination: &Destination) -> Vec<(String, String)> {
+    destination
+        .config
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// Sends one delivery and reports what came back.
+async fn send(client: HttpClient, uri: Uri, extra: Vec<(String, String)>, delivery: Delivery, timeout_ms: u64) -> Sent {
+    let started = Instant::now();
+    let finish = |status, retry_after, detail: String| Sent {
+        status,
+        retry_after,
+        detail,
+        elapsed: started.elapsed(),
+        delivery: delivery.clone(),
+    };
+    let event: EventJson = match serde_json::from_str(&delivery.output) {
+        Ok(event) => event,
+        Err(err) => return finish(Some(0), None, format!("stored output is not an event: {err}")),
+    };
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(CONTENT_TYPE, "application/json")
+        .header("idempotency-key", &delivery.idempotency_key)
+        .header("x-correlation-id", &delivery.correlation_id)
+        .header("x-sluice-tenant", &delivery.tenant)
+        .header("x-sluice-channel", &delivery.channel)
+        .header("x-sluice-event-id", &event.id)
+        .header("x-sluice-source-event-id", &delivery.event_id)
+        .header("x-sluice-attempt", (delivery.attempts + 1).to_string());
+    for (key, value) in extra {
+        if let (Ok(key), Ok(value)) = (HeaderName::try_from(key), HeaderValue::try_from(value)) {
+            request = request.header(key, value);
+        }
+    }
+    let request = match request.body(Full::new(Bytes::from(event.payload.get().to_string()))) {
+        Ok(request) => request,
+        Err(err) => return finish(Some(0), None, format!("cannot build the request: {err}")),
+    };
+    let exchange = async {
+        let response = client.request(request).await.map_err(|err| format!("{err:?}"))?;
+        let status = response.status().as_u16();
+        let wait = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, SystemTime::now()));
+        let body = Limited::new(response.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let snippet: String = String::from_utf8_lossy(&body).chars().take(SNIPPET).collect();
+        Ok::<_, String>((status, wait, snippet))
+    };
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), exchange).await {
+        Ok(Ok((status, wait, snippet))) => finish(Some(status), wait, snippet),
+        Ok(Err(err)) => finish(None, None, format!("connection failed: {err}")),
+        Err(_) => finish(None, None, format!("no response within {timeout_ms} ms")),
+    }
+}
+
+/// Decides what one attempt means for its delivery, logs it and counts it.
+fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, AttemptResult) {
+    let Sent {
+        delivery,
+        status,
+        retry_after,
+        detail,
+        elapsed,
+    } = sent;
+    let labels = DestinationLabels {
+        destination: destination.config.name.clone(),
+    };
+    app.metrics
+        .delivery_seconds
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64());
+    let attempt_number = delivery.attempts + 1;
+    tracing::info!(
+        destination = %destination.config.name,
+        tenant = %delivery.tenant,
+        channel = %delivery.channel,
+        event_id = %delivery.event_id,
+        correlation_id = %delivery.correlation_id,
+        idempotency_key = %delivery.idempotency_key,
+        attempt = attempt_number,
+        status = status.unwrap_or(0),
+        elapsed_ms = elapsed.as_millis() as u64,
+        "delivery attempt"
+    );
+    let now = now_ms();
+    let attempt = Attempt {
+        at_ms: now,
+        status,
+        detail,
+    };
+    let result = match status {
+        Some(200..=299) => {
+            app.metrics.delivered.get_or_create(&labels).inc();
+            app.metrics
+                .end_to_end_seconds
+                .get_or_create(&labels)
+                .observe((now - delivery.received_ms).max(0) as f64 / 1000.0);
+            AttemptResult::Delivered
+        }
+        None | Some(408 | 425 | 429 | 500..=599) => {
+            let policy = &destination.retry;
+            let age = Duration::from_millis((now - delivery.created_ms).max(0) as u64);
+            if attempt_number >= policy.max_attempts {
+                AttemptResult::DeadLetter {
+                    attempt,
+                    reason: "attempts-exhausted".into(),
+                }
+            } else if age >= Duration::from_secs(policy.max_age_secs) {
+                AttemptResult::DeadLetter {
+                    attempt,
+                    reason: "too-old".into(),
+                }
+            } else {
+                app.metrics.retried.get_or_create(&labels).inc();
+                let wait = backoff(policy, attempt_number).max(retry_after.unwrap_or_default());
+                AttemptResult::Retry {
+                    attempt,
+                    next_ms: now + wait.as_millis() as i64,
+                }
+            }
+        }
+        // Not sent at all: the stored output cannot become a request.
+        Some(0) => AttemptResult::DeadLetter {
+            attempt,
+            reason: "invalid-output".into(),
+        },
+        Some(_) => AttemptResult::DeadLetter {
+            attempt,
+            reason: "rejected-by-destination".into(),
+        },
+    };
+    if let AttemptResult::DeadLetter { reason, .. } = &result {
+        tracing::warn!(
+            destination = %destination.config.name,
+            channel = %delivery.channel,
+            event_id = %delivery.event_id,
+            correlation_id = %delivery.correlation_id,
+            reason = %reason,
+            "delivery dead-lettered"
+        );
+        app.metrics
+            .dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                channel: delivery.channel.clone(),
+                stage: "delivery".into(),
+            })
+            .inc();
+    }
+    (delivery, result)
+}

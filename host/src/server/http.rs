@@ -1,0 +1,126 @@
+//! Small HTTP helpers shared by the routes: JSON answers, the error shape,
+//! bounded body reading and query parameters.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+/// Every answer's body type.
+pub type Body = Full<Bytes>;
+
+/// An API error: a status, a stable code, a message and maybe a JSON path.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// Stable, machine-readable code.
+    pub code: &'static str,
+    /// What went wrong, in words.
+    pub message: String,
+    /// The JSON path of the bad field, when there is one.
+    pub path: Option<String>,
+}
+
+impl ApiError {
+    /// A 400 for bad input.
+    pub fn bad_request(code: &'static str, message: impl Into<String>, path: Option<&str>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message).with_path(path)
+    }
+
+    /// An error with this status and code.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            path: None,
+        }
+    }
+
+    /// A 404 for a name that does not exist.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// A 500 for a failure of the store or of a task.
+    pub fn internal(message: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message.to_string())
+    }
+
+    fn with_path(mut self, path: Option<&str>) -> Self {
+        self.path = path.map(str::to_string);
+        self
+    }
+
+    /// The JSON response `{"code", "message", "path"?}`.
+    pub fn into_response(self) -> Response<Body> {
+        let mut body = json!({"code": self.code, "message": self.message});
+        if let Some(path) = self.path {
+            body["path"] = path.into();
+        }
+        json_response(self.status, &body)
+    }
+}
+
+/// A JSON answer.
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, "application/json".parse().expect("static header"));
+    response
+}
+
+/// A plain-text answer (Prometheus exposition, health checks).
+pub fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; version=0.0.4; charset=utf-8"
+            .parse()
+            .expect("static header"),
+    );
+    response
+}
+
+/// Reads the whole body, refusing one above `max` bytes with 413 before
+/// reading it when its declared length is already too large.
+pub async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("the body is larger than the {max}-byte limit"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > max) {
+        return Err(too_large());
+    }
+    match Limited::new(request.into_body(), max).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(too_large()),
+    }
+}
+
+/// The value of query parameter `name`, if given.
+pub fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
+    let query = request.uri().query()?;
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// True when query parameter `name` is `true` or `1`.
+pub fn query_flag(request: &Request<Incoming>, name: &str) -> bool {
+    query_param(request, name).is_some_and(|v| v == "true" || v == "1")
+}

@@ -1,0 +1,118 @@
+//! `POST /v1/events`: durable, idempotent ingest. Answers 202 only after
+//! the events are committed; an event id already stored for its tenant is
+//! reported as a duplicate and queued nowhere.
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::json;
+
+use super::config::WhenOff;
+use super::http::{ApiError, Body, json_response, read_body};
+use super::metrics::{ChannelLabels, TenantLabels};
+use super::{App, blocking};
+use crate::store::Ingest;
+
+/// Stores the body's events (one JSON event, an array, or JSONL) and queues
+/// each for every channel of its tenant that is on, or off with `when-off = "hold"`.
+pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let body = read_body(request, app.max_body_bytes).await?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("invalid-json", "the body is not UTF-8", None))?;
+    let events = crate::event::parse_events(text).map_err(|err| {
+        let code = if err.path == "$" { "invalid-json" } else { "invalid-event" };
+        ApiError::bad_request(code, err.to_string(), Some(&err.path))
+    })?;
+    if events.is_empty() {
+        return Err(ApiError::bad_request("invalid-event", "the body holds no events", Some("$")));
+    }
+
+    let mut batch = Vec::with_capacity(events.len());
+    let mut logged = Vec::with_capacity(events.len());
+    let mut woken = Vec::new();
+    for (index, mut event) in events.into_iter().enumerate() {
+        if event.id.is_empty() {
+            return Err(ApiError::bad_request(
+                "invalid-event",
+                format!("event {} has an empty id", index + 1),
+                Some("$['id']"),
+            ));
+        }
+        if event.tenant.is_empty() {
+            match app.tenants.iter().collect::<Vec<_>>().as_slice() {
+                [only] => event.tenant = (*only).clone(),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid-event",
+                        format!("event `{}` names no tenant, and this server has several", event.id),
+                        Some("$['tenant']"),
+                    ));
+                }
+            }
+        }
+        if !app.tenants.contains(&event.tenant) {
+            return Err(ApiError::bad_request(
+                "unknown-tenant",
+                format!("event `{}`: no channel belongs to tenant `{}`", event.id, event.tenant),
+                Some("$['tenant']"),
+            ));
+        }
+        let mut channels = Vec::new();
+        for channel in app.channels.values() {
+            if channel.tenant != event.tenant || channel.destination.is_none() {
+                continue;
+            }
+            if channel.enabled() || channel.when_off == WhenOff::Hold {
+                channels.push(channel.name.clone());
+                woken.push(channel);
+            } else {
+                app.metrics
+                    .skipped
+                    .get_or_create(&ChannelLabels {
+                        channel: channel.name.clone(),
+                    })
+                    .inc();
+            }
+        }
+        logged.push((
+            event.tenant.clone(),
+            event.correlation_id.clone().unwrap_or_else(|| event.id.clone()),
+        ));
+        batch.push(Ingest {
+            tenant: event.tenant.clone(),
+            id: event.id.clone(),
+            event: serde_json::to_string(&event).map_err(ApiError::internal)?,
+            channels,
+        });
+    }
+
+    let queue = app.queue.clone();
+    let receipts = blocking(move || queue.ingest(batch)).await?;
+    for channel in woken {
+        app.wake_channel(channel);
+    }
+
+    let mut duplicates = 0;
+    for (receipt, (tenant, correlation_id)) in receipts.iter().zip(&logged) {
+        let labels = TenantLabels { tenant: tenant.clone() };
+        app.metrics.events_in.get_or_create(&labels).inc();
+        if receipt.duplicate {
+            duplicates += 1;
+            app.metrics.duplicates.get_or_create(&labels).inc();
+        }
+        tracing::info!(
+            tenant = %tenant,
+            event_id = %receipt.id,
+            correlation_id = %correlation_id,
+            duplicate = receipt.duplicate,
+            "event accepted"
+        );
+    }
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "accepted": receipts.len() - duplicates,
+            "duplicates": duplicates,
+            "events": receipts,
+        }),
+    ))
+}
