@@ -3,59 +3,17 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
-use support::{target_dir, workspace};
-
-/// A running sidecar, killed when dropped.
-struct Sidecar {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Sidecar {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use support::sidecar::Sidecar;
+use support::workspace;
 
 /// Starts `sluice serve` on a free port with this config text.
 fn start(config: &str) -> (Sidecar, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("sluice.toml");
-    let channels = workspace().join("transforms/channels");
-    std::fs::write(
-        &config_path,
-        config.replace("{channels}", channels.to_str().unwrap()),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--config",
-            config_path.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("CARGO_TARGET_DIR", target_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first_line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first_line)
-        .unwrap();
-    let base = first_line
-        .trim()
-        .strip_prefix("sluice listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
-        .to_string();
-    (Sidecar { child, base }, dir)
+    (Sidecar::start(dir.path(), config), dir)
 }
 
 const CONFIG: &str = r#"
@@ -200,7 +158,9 @@ fn sync_transform_round_trip_and_errors() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"sluice_events_transformed_total{channel="b2b-portal",outcome="reject"} 2"#),
+        metrics.contains(
+            r#"sluice_events_transformed_total{channel="b2b-portal",outcome="reject",path="sync"} 2"#
+        ),
         "{metrics}"
     );
 }
@@ -208,15 +168,7 @@ fn sync_transform_round_trip_and_errors() {
 #[test]
 fn sigterm_stops_the_sidecar_cleanly() {
     let (mut sidecar, _dir) = start(CONFIG);
-    let pid = sidecar.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = sidecar.child.wait().unwrap();
+    let status = sidecar.terminate();
     assert!(status.success(), "{status:?}");
 }
 

@@ -10,7 +10,12 @@ use serde_json::Value;
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// The sidecar's base URL.
-    #[arg(long, env = "SLUICE_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "SLUICE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     server: String,
 }
 
@@ -92,10 +97,13 @@ pub fn channels(args: ChannelsArgs) -> anyhow::Result<ExitCode> {
     let base = args.server.server.trim_end_matches('/');
     match args.command {
         ChannelsCommand::List => call("GET", &format!("{base}/v1/channels")),
-        ChannelsCommand::Enable { channel } => call("POST", &format!("{base}/v1/channels/{}/enable", encode(&channel))),
-        ChannelsCommand::Disable { channel } => {
-            call("POST", &format!("{base}/v1/channels/{}/disable", encode(&channel)))
+        ChannelsCommand::Enable { channel } => {
+            call("POST", &format!("{base}/v1/channels/{}/enable", encode(&channel)))
         }
+        ChannelsCommand::Disable { channel } => call(
+            "POST",
+            &format!("{base}/v1/channels/{}/disable", encode(&channel)),
+        ),
     }
 }
 
@@ -112,9 +120,10 @@ pub fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
             call("GET", &url)
         }
         DeadLettersCommand::Show { id } => call("GET", &format!("{letters}/{id}")),
-        DeadLettersCommand::Replay { id, retransform } => {
-            call("POST", &format!("{letters}/{id}/replay?retransform={retransform}"))
-        }
+        DeadLettersCommand::Replay { id, retransform } => call(
+            "POST",
+            &format!("{letters}/{id}/replay?retransform={retransform}"),
+        ),
         DeadLettersCommand::Purge { id: Some(id), .. } => call("DELETE", &format!("{letters}/{id}")),
         DeadLettersCommand::Purge { channel, .. } => match channel {
             Some(channel) => call("DELETE", &format!("{letters}?channel={}", encode(&channel))),

@@ -41,7 +41,12 @@ pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
         }),
     )?;
     eprintln!("sluice sink listening on http://{} (answers {status})", sink.addr);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async { sluice_host::server::shutdown_signal()?.await; anyhow::Ok(()) })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        sluice_host::server::shutdown_signal()?.await;
+        anyhow::Ok(())
+    })?;
     Ok(ExitCode::SUCCESS)
 }

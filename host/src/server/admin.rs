@@ -92,7 +92,10 @@ pub async fn show_dead_letter(app: &App, id: &str) -> Result<Response<Body>, Api
     let queue = app.queue.clone();
     match blocking(move || queue.dead_letter(id)).await? {
         Some(letter) => Ok(json_response(StatusCode::OK, &json!(letter))),
-        None => Err(ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{id}`"))),
+        None => Err(ApiError::not_found(
+            "unknown-dead-letter",
+            format!("there is no dead letter `{id}`"),
+        )),
     }
 }
 
@@ -103,7 +106,10 @@ pub async fn purge_dead_letter(app: &App, id: &str) -> Result<Response<Body>, Ap
     if blocking(move || queue.purge_dead_letter(id)).await? {
         Ok(json_response(StatusCode::OK, &json!({"purged": 1})))
     } else {
-        Err(ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{id}`")))
+        Err(ApiError::not_found(
+            "unknown-dead-letter",
+            format!("there is no dead letter `{id}`"),
+        ))
     }
 }
 
@@ -121,17 +127,24 @@ pub async fn purge_dead_letters(app: &App, request: &Request<Incoming>) -> Resul
 pub async fn replay_dead_letter(app: &App, id: &str, retransform: bool) -> Result<Response<Body>, ApiError> {
     let id = letter_id(id)?;
     let queue = app.queue.clone();
-    let letter = blocking(move || queue.dead_letter(id))
-        .await?
-        .ok_or_else(|| ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{id}`")))?;
+    let letter = blocking(move || queue.dead_letter(id)).await?.ok_or_else(|| {
+        ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{id}`"))
+    })?;
     let channel = app.channels.get(&letter.summary.channel).ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
             "unknown-channel",
-            format!("dead letter {id} belongs to channel `{}`, which this server no longer has", letter.summary.channel),
+            format!(
+                "dead letter {id} belongs to channel `{}`, which this server no longer has",
+                letter.summary.channel
+            ),
         )
     })?;
-    let how = if retransform { Replay::Retransform } else { Replay::Resend };
+    let how = if retransform {
+        Replay::Retransform
+    } else {
+        Replay::Resend
+    };
     let queue = app.queue.clone();
     match blocking(move || queue.replay(id, how)).await? {
         ReplayResult::Queued => {
@@ -148,11 +161,16 @@ pub async fn replay_dead_letter(app: &App, id: &str, retransform: bool) -> Resul
                 &json!({"replayed": id, "retransform": retransform, "channel": channel.name}),
             ))
         }
-        ReplayResult::NotFound => Err(ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{id}`"))),
+        ReplayResult::NotFound => Err(ApiError::not_found(
+            "unknown-dead-letter",
+            format!("there is no dead letter `{id}`"),
+        )),
         ReplayResult::NothingToResend => Err(ApiError::new(
             StatusCode::CONFLICT,
             "nothing-to-resend",
-            format!("dead letter {id} failed in its transform and has no output; replay it with ?retransform=true"),
+            format!(
+                "dead letter {id} failed in its transform and has no output; replay it with ?retransform=true"
+            ),
         )),
     }
 }

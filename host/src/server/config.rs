@@ -363,7 +363,10 @@ mod tests {
         assert!(config.channels[0].enabled);
 
         let err = ServerConfig::parse(&text.replace("60/min", "60/fortnight")).unwrap_err();
-        assert!(err.contains("rate-limit") && err.contains("60/fortnight"), "{err}");
+        assert!(
+            err.contains("rate-limit") && err.contains("60/fortnight"),
+            "{err}"
+        );
         let err = ServerConfig::parse(&text.replace("name = \"portal\"", "name = \"other\"")).unwrap_err();
         assert!(err.contains("destination `portal` is not defined"), "{err}");
         let err = ServerConfig::parse(&text.replace("http://", "https://")).unwrap_err();

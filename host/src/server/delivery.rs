@@ -84,17 +84,18 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         }
         let queue = app.queue.clone();
         let worker = name.clone();
-        let due = match tokio::task::spawn_blocking(move || queue.due(&worker, now_ms(), concurrency * 4)).await {
-            Ok(Ok(due)) => due,
-            Ok(Err(err)) => {
-                tracing::error!(destination = %name, error = %err, "cannot read the outbox");
-                Vec::new()
-            }
-            Err(join) => {
-                tracing::error!(destination = %name, error = %join, "the outbox task failed");
-                Vec::new()
-            }
-        };
+        let due =
+            match tokio::task::spawn_blocking(move || queue.due(&worker, now_ms(), concurrency * 4)).await {
+                Ok(Ok(due)) => due,
+                Ok(Err(err)) => {
+                    tracing::error!(destination = %name, error = %err, "cannot read the outbox");
+                    Vec::new()
+                }
+                Err(join) => {
+                    tracing::error!(destination = %name, error = %join, "the outbox task failed");
+                    Vec::new()
+                }
+            };
         if due.is_empty() {
             let idle = next_wait(&app, &name).await;
             tokio::select! {
@@ -125,7 +126,13 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
                 paused_until = Some(pause);
                 break;
             }
-            in_flight.spawn(send(client.clone(), uri.clone(), destination_headers(destination), delivery, destination.retry.timeout_ms));
+            in_flight.spawn(send(
+                client.clone(),
+                uri.clone(),
+                destination_headers(destination),
+                delivery,
+                destination.retry.timeout_ms,
+            ));
         }
         while let Some(done) = in_flight.join_next().await {
             if let Ok(done) = done {
@@ -157,7 +164,9 @@ async fn next_wait(app: &Arc<App>, name: &str) -> Duration {
     let queue = app.queue.clone();
     let name = name.to_string();
     match tokio::task::spawn_blocking(move || queue.next_due_ms(&name)).await {
-        Ok(Ok(Some(next))) => Duration::from_millis((next - now_ms()).clamp(1, IDLE.as_millis() as i64) as u64),
+        Ok(Ok(Some(next))) => {
+            Duration::from_millis((next - now_ms()).clamp(1, IDLE.as_millis() as i64) as u64)
+        }
         _ => IDLE,
     }
 }
@@ -180,7 +189,13 @@ fn destination_headers(destination: &Destination) -> Vec<(String, String)> {
 }
 
 /// Sends one delivery and reports what came back.
-async fn send(client: HttpClient, uri: Uri, extra: Vec<(String, String)>, delivery: Delivery, timeout_ms: u64) -> Sent {
+async fn send(
+    client: HttpClient,
+    uri: Uri,
+    extra: Vec<(String, String)>,
+    delivery: Delivery,
+    timeout_ms: u64,
+) -> Sent {
     let started = Instant::now();
     let finish = |status, retry_after, detail: String| Sent {
         status,

@@ -19,11 +19,19 @@ pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Bo
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("invalid-json", "the body is not UTF-8", None))?;
     let events = crate::event::parse_events(text).map_err(|err| {
-        let code = if err.path == "$" { "invalid-json" } else { "invalid-event" };
+        let code = if err.path == "$" {
+            "invalid-json"
+        } else {
+            "invalid-event"
+        };
         ApiError::bad_request(code, err.to_string(), Some(&err.path))
     })?;
     if events.is_empty() {
-        return Err(ApiError::bad_request("invalid-event", "the body holds no events", Some("$")));
+        return Err(ApiError::bad_request(
+            "invalid-event",
+            "the body holds no events",
+            Some("$"),
+        ));
     }
 
     let mut batch = Vec::with_capacity(events.len());
@@ -43,7 +51,10 @@ pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Bo
                 _ => {
                     return Err(ApiError::bad_request(
                         "invalid-event",
-                        format!("event `{}` names no tenant, and this server has several", event.id),
+                        format!(
+                            "event `{}` names no tenant, and this server has several",
+                            event.id
+                        ),
                         Some("$['tenant']"),
                     ));
                 }
@@ -52,7 +63,10 @@ pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Bo
         if !app.tenants.contains(&event.tenant) {
             return Err(ApiError::bad_request(
                 "unknown-tenant",
-                format!("event `{}`: no channel belongs to tenant `{}`", event.id, event.tenant),
+                format!(
+                    "event `{}`: no channel belongs to tenant `{}`",
+                    event.id, event.tenant
+                ),
                 Some("$['tenant']"),
             ));
         }
@@ -93,7 +107,9 @@ pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Bo
 
     let mut duplicates = 0;
     for (receipt, (tenant, correlation_id)) in receipts.iter().zip(&logged) {
-        let labels = TenantLabels { tenant: tenant.clone() };
+        let labels = TenantLabels {
+            tenant: tenant.clone(),
+        };
         app.metrics.events_in.get_or_create(&labels).inc();
         if receipt.duplicate {
             duplicates += 1;

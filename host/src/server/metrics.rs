@@ -128,19 +128,71 @@ impl Default for Metrics {
             registry: Registry::default(),
         };
         let m = &metrics;
-        registry.register("sync_requests", "Sync transform requests by channel and status", m.requests.clone());
-        registry.register("events_in", "Events ingested, duplicates included", m.events_in.clone());
-        registry.register("duplicates", "Ingested events whose id was already stored", m.duplicates.clone());
-        registry.register("events_skipped", "Events not queued for a channel that was off (when-off = skip)", m.skipped.clone());
-        registry.register("events_transformed", "Events transformed by channel, outcome and path", m.outcomes.clone());
-        registry.register("events_emitted", "Events emitted into the outbox", m.emitted.clone());
-        registry.register("delivered", "Deliveries accepted by the destination", m.delivered.clone());
-        registry.register("retried", "Delivery attempts that failed and will be retried", m.retried.clone());
-        registry.register("dead_lettered", "Events moved to dead letters, by channel and stage", m.dead_lettered.clone());
-        registry.register("queue_depth", "Events waiting, by channel and queue", m.depth.clone());
-        registry.register("transform_seconds", "Time running a channel's pipeline per batch", m.transform_seconds.clone());
-        registry.register("delivery_seconds", "Time of one delivery request", m.delivery_seconds.clone());
-        registry.register("end_to_end_seconds", "Time from ingest to accepted delivery", m.end_to_end_seconds.clone());
+        registry.register(
+            "sync_requests",
+            "Sync transform requests by channel and status",
+            m.requests.clone(),
+        );
+        registry.register(
+            "events_in",
+            "Events ingested, duplicates included",
+            m.events_in.clone(),
+        );
+        registry.register(
+            "duplicates",
+            "Ingested events whose id was already stored",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "events_skipped",
+            "Events not queued for a channel that was off (when-off = skip)",
+            m.skipped.clone(),
+        );
+        registry.register(
+            "events_transformed",
+            "Events transformed by channel, outcome and path",
+            m.outcomes.clone(),
+        );
+        registry.register(
+            "events_emitted",
+            "Events emitted into the outbox",
+            m.emitted.clone(),
+        );
+        registry.register(
+            "delivered",
+            "Deliveries accepted by the destination",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "retried",
+            "Delivery attempts that failed and will be retried",
+            m.retried.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Events moved to dead letters, by channel and stage",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Events waiting, by channel and queue",
+            m.depth.clone(),
+        );
+        registry.register(
+            "transform_seconds",
+            "Time running a channel's pipeline per batch",
+            m.transform_seconds.clone(),
+        );
+        registry.register(
+            "delivery_seconds",
+            "Time of one delivery request",
+            m.delivery_seconds.clone(),
+        );
+        registry.register(
+            "end_to_end_seconds",
+            "Time from ingest to accepted delivery",
+            m.end_to_end_seconds.clone(),
+        );
         Self { registry, ..metrics }
     }
 }

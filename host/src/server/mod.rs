@@ -128,7 +128,11 @@ impl App {
     /// Builds the app from the config and the loaded channels, and applies
     /// the config's ON/OFF switches to the store (a switch set through the
     /// API stands until the config's value for it changes).
-    pub fn new(config: &ServerConfig, channels: Vec<Channel>, queue: Arc<dyn Queue>) -> Result<Self, StoreError> {
+    pub fn new(
+        config: &ServerConfig,
+        channels: Vec<Channel>,
+        queue: Arc<dyn Queue>,
+    ) -> Result<Self, StoreError> {
         let mut by_name = BTreeMap::new();
         for mut channel in channels {
             if let Some(spec) = config.channels.iter().find(|c| c.name == channel.name) {
@@ -145,7 +149,8 @@ impl App {
             .map(|spec| {
                 let destination = Destination {
                     retry: spec.retry.clone().unwrap_or_else(|| config.retry.clone()),
-                    entity_key: CompiledPath::compile(&spec.entity_key).expect("checked when the config was parsed"),
+                    entity_key: CompiledPath::compile(&spec.entity_key)
+                        .expect("checked when the config was parsed"),
                     config: spec.clone(),
                     wake: Notify::new(),
                 };
@@ -172,7 +177,11 @@ impl App {
     /// Wakes a channel's transform worker and its destination's delivery worker.
     pub fn wake_channel(&self, channel: &Channel) {
         channel.wake.notify_one();
-        if let Some(destination) = channel.destination.as_ref().and_then(|d| self.destinations.get(d)) {
+        if let Some(destination) = channel
+            .destination
+            .as_ref()
+            .and_then(|d| self.destinations.get(d))
+        {
             destination.wake.notify_one();
         }
     }
@@ -186,7 +195,11 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     let (stop, stopped) = watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();
     for channel in app.channels.values().filter(|c| c.destination.is_some()) {
-        workers.spawn(transformer::run(app.clone(), channel.name.clone(), stopped.clone()));
+        workers.spawn(transformer::run(
+            app.clone(),
+            channel.name.clone(),
+            stopped.clone(),
+        ));
     }
     for name in app.destinations.keys() {
         workers.spawn(delivery::run(app.clone(), name.clone(), stopped.clone()));

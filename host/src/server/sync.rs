@@ -15,7 +15,11 @@ use crate::event::{EventJson, OutcomeJson};
 /// Transforms the body's event (or array of events) with `name`'s pipeline.
 /// With `?strict=true` a rejection answers 422 `rejected` and a module fault
 /// 500 `transform-fault`, the outcomes still in the body.
-pub async fn transform(app: &App, name: &str, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn transform(
+    app: &App,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let Some(channel) = app.channels.get(name) else {
         return Err(ApiError::not_found(
             "unknown-channel",

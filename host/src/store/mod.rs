@@ -126,7 +126,13 @@ pub struct NewDelivery {
 /// came from and what it says. Retries and plain replays send the same
 /// key; a re-transform that changes the output gets a new one, while an
 /// unchanged output (a sibling of a fan-out) keeps its key.
-pub fn idempotency_key(destination: &str, tenant: &str, channel: &str, event_id: &str, output: &str) -> String {
+pub fn idempotency_key(
+    destination: &str,
+    tenant: &str,
+    channel: &str,
+    event_id: &str,
+    output: &str,
+) -> String {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
     for part in [destination, tenant, channel, event_id, output] {

@@ -197,7 +197,10 @@ fn write_loop(mut connection: Connection, jobs: Receiver<Job>) {
                 continue;
             }
         };
-        let replies: Vec<Reply> = group.into_iter().map(|job| (job.work)(&mut transaction)).collect();
+        let replies: Vec<Reply> = group
+            .into_iter()
+            .map(|job| (job.work)(&mut transaction))
+            .collect();
         let committed = transaction.commit().map_err(|err| err.to_string());
         for reply in replies {
             reply(committed.clone());
@@ -576,7 +579,18 @@ impl Queue for SqliteQueue {
                              idempotency_key, correlation_id, output, versions, next_ms, created_ms,
                              received_ms)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10)",
-                        params![destination, channel, tenant, event_id, key, idem, corr, output, versions, now],
+                        params![
+                            destination,
+                            channel,
+                            tenant,
+                            event_id,
+                            key,
+                            idem,
+                            corr,
+                            output,
+                            versions,
+                            now
+                        ],
                     )?;
                 }
                 Replay::Retransform => {
@@ -646,9 +660,11 @@ fn dead_letter_delivery(db: &Connection, delivery: &Delivery, reason: &str) -> R
             |row| row.get(0),
         )
         .optional()?;
-    let versions: String = db.query_row("SELECT versions FROM outbox WHERE seq = ?1", [delivery.seq], |row| {
-        row.get(0)
-    })?;
+    let versions: String = db.query_row(
+        "SELECT versions FROM outbox WHERE seq = ?1",
+        [delivery.seq],
+        |row| row.get(0),
+    )?;
     db.execute(
         "INSERT INTO dead_letters (tenant, channel, destination, event_id, stage, reason, original, output,
              detail, versions, attempts, entity_key, idempotency_key, correlation_id, created_ms)
@@ -719,8 +735,13 @@ mod tests {
     #[test]
     fn a_duplicate_id_is_stored_and_queued_once() {
         let (_dir, queue) = queue();
-        let receipts = queue.ingest(vec![ingest("1", &["a", "b"]), ingest("1", &["a", "b"])]).unwrap();
-        assert_eq!(receipts.iter().map(|r| r.duplicate).collect::<Vec<_>>(), [false, true]);
+        let receipts = queue
+            .ingest(vec![ingest("1", &["a", "b"]), ingest("1", &["a", "b"])])
+            .unwrap();
+        assert_eq!(
+            receipts.iter().map(|r| r.duplicate).collect::<Vec<_>>(),
+            [false, true]
+        );
         assert!(queue.ingest(vec![ingest("1", &["a"])]).unwrap()[0].duplicate);
         assert_eq!(queue.pending("a", 10).unwrap().len(), 1);
         assert_eq!(queue.pending("b", 10).unwrap().len(), 1);
@@ -729,7 +750,13 @@ mod tests {
     #[test]
     fn only_the_oldest_delivery_per_entity_is_due() {
         let (_dir, queue) = queue();
-        queue.ingest(vec![ingest("1", &["a"]), ingest("2", &["a"]), ingest("3", &["a"])]).unwrap();
+        queue
+            .ingest(vec![
+                ingest("1", &["a"]),
+                ingest("2", &["a"]),
+                ingest("3", &["a"]),
+            ])
+            .unwrap();
         let pending = queue.pending("a", 10).unwrap();
         queue
             .transformed(vec![
@@ -773,7 +800,9 @@ mod tests {
         let (_dir, queue) = queue();
         queue.ingest(vec![ingest("1", &["a"])]).unwrap();
         let pending = queue.pending("a", 10).unwrap();
-        queue.transformed(vec![deliver(&pending[0], "a", "SKU-1")]).unwrap();
+        queue
+            .transformed(vec![deliver(&pending[0], "a", "SKU-1")])
+            .unwrap();
         let due = queue.due("d", now_ms(), 10).unwrap();
         let attempt = Attempt {
             at_ms: 1,
@@ -795,8 +824,14 @@ mod tests {
         assert_eq!(letter.attempts[0].status, Some(400));
         assert_eq!(letter.versions, ["m@1"]);
         assert_eq!(letter.original["id"], "1");
-        assert_eq!(queue.replay(letter.summary.id, Replay::Resend).unwrap(), ReplayResult::Queued);
-        assert_eq!(queue.replay(letter.summary.id, Replay::Resend).unwrap(), ReplayResult::NotFound);
+        assert_eq!(
+            queue.replay(letter.summary.id, Replay::Resend).unwrap(),
+            ReplayResult::Queued
+        );
+        assert_eq!(
+            queue.replay(letter.summary.id, Replay::Resend).unwrap(),
+            ReplayResult::NotFound
+        );
         let due = queue.due("d", now_ms(), 10).unwrap();
         assert_eq!(due[0].idempotency_key, "k-1");
     }

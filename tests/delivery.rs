@@ -1,0 +1,413 @@
+//! Durable ingest and delivery end to end: the real `sluice serve` binary,
+//! real transform components, a real SQLite file, and a real HTTP
+//! destination ([`Sink`]) whose answers each test scripts.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_host::sink::{Received, Reply, Responder, Sink};
+use support::sidecar::{Sidecar, wait_for};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A config with one json-mapping channel `stock` (tenant acme) delivering
+/// to the sink; `{extra}` adds keys to the destination, `{mapping}` is the
+/// target field of the quantity.
+fn config(sink: &Sink, extra: &str, quantity_field: &str) -> String {
+    format!(
+        r#"
+[limits]
+timeout-ms = 10000
+
+[retry]
+initial-backoff-ms = 100
+max-backoff-ms = 1000
+
+[[destination]]
+name = "portal"
+url = "http://{addr}/stock"
+concurrency = 4
+{extra}
+
+[[channel]]
+name = "stock"
+tenant = "acme"
+destination = "portal"
+[[channel.step]]
+module = "json-mapping"
+config = {{ rules = [ {{ target = "sku", source = "$.sku" }}, {{ target = "{quantity_field}", source = "$.qty" }} ] }}
+"#,
+        addr = sink.addr
+    )
+}
+
+fn stock_event(id: &str, sku: &str, qty: u32) -> Value {
+    json!({"id": id, "kind": "inventory", "tenant": "acme", "payload": {"sku": sku, "qty": qty}})
+}
+
+fn jsonl(events: &[Value]) -> String {
+    events.iter().map(|e| format!("{e}\n")).collect()
+}
+
+fn sink(respond: impl Fn(&Received, &[Received]) -> Reply + Send + Sync + 'static) -> Sink {
+    let respond: Arc<Responder> = Arc::new(respond);
+    Sink::start("127.0.0.1:0".parse().unwrap(), respond).unwrap()
+}
+
+#[test]
+fn the_same_event_id_twice_is_delivered_once() {
+    let destination = sink(|_, _| Reply::status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(dir.path(), &config(&destination, "", "qty"));
+
+    let event = stock_event("webhook-1", "A", 5);
+    let (status, body) = sidecar.post("/v1/events", &event.to_string());
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["events"][0], json!({"id": "webhook-1", "duplicate": false}));
+    // The webhook is delivered again, alone and inside a JSONL batch.
+    let (status, body) = sidecar.post("/v1/events", &event.to_string());
+    assert_eq!((status, &body["duplicates"]), (202, &json!(1)), "{body}");
+    let (status, body) = sidecar.post("/v1/events", &jsonl(&[stock_event("webhook-2", "B", 1), event]));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], 1);
+    assert_eq!(body["events"][1], json!({"id": "webhook-1", "duplicate": true}));
+
+    wait_for("two deliveries", PATIENCE, || destination.received().len() >= 2);
+    std::thread::sleep(Duration::from_millis(500));
+    let received = destination.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    let first = received
+        .iter()
+        .find(|r| r.header("x-sluice-source-event-id") == Some("webhook-1"))
+        .unwrap();
+    assert_eq!(first.json(), json!({"sku": "A", "qty": 5}));
+    assert_eq!(first.header("x-correlation-id"), Some("webhook-1"));
+    assert_eq!(first.header("x-sluice-channel"), Some("stock"));
+    assert_eq!(first.header("idempotency-key").map(str::len), Some(32));
+
+    let metrics = sidecar.metrics();
+    for line in [
+        r#"sluice_events_in_total{tenant="acme"} 4"#,
+        r#"sluice_duplicates_total{tenant="acme"} 2"#,
+        r#"sluice_delivered_total{destination="portal"} 2"#,
+        r#"sluice_events_transformed_total{channel="stock",outcome="emit",path="ingest"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing in\n{metrics}");
+    }
+    // Every inbound event, transform and outbound call is logged with its ids.
+    let logs = sidecar.logs();
+    for message in ["event accepted", "event transformed", "delivery attempt"] {
+        let line = logs
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no `{message}` log"));
+        assert_eq!(line["tenant"], "acme", "{line}");
+        assert!(
+            line["event_id"].is_string() && line["correlation_id"].is_string(),
+            "{line}"
+        );
+    }
+
+    // Bad input is refused with the line and the field.
+    let (status, body) = sidecar.post(
+        "/v1/events",
+        "{\"id\": \"x\", \"kind\": \"product\", \"payload\": {}}\n{\"id\": 7}\n",
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid-event")),
+        "{body}"
+    );
+    assert!(body["message"].as_str().unwrap().contains("line 2"), "{body}");
+    let (status, body) = sidecar.post(
+        "/v1/events",
+        &json!({"id": "y", "kind": "product", "tenant": "nobody", "payload": {}}).to_string(),
+    );
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("unknown-tenant")),
+        "{body}"
+    );
+}
+
+#[test]
+fn retries_honour_retry_after_backoff_rate_limit_and_per_sku_order() {
+    // Per idempotency key: 429 with Retry-After: 1, then 503, then 200.
+    let destination = sink(|request, earlier| {
+        let key = request.header("idempotency-key");
+        match earlier
+            .iter()
+            .filter(|r| r.header("idempotency-key") == key)
+            .count()
+        {
+            0 => Reply {
+                status: 429,
+                headers: vec![("retry-after".into(), "1".into())],
+                body: "slow down".into(),
+            },
+            1 => Reply::status(503),
+            _ => Reply::status(200),
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(dir.path(), &config(&destination, "rate-limit = \"5/s\"", "qty"));
+    let events: Vec<Value> = (1..=3)
+        .flat_map(|qty| ["A", "B"].map(|sku| stock_event(&format!("{sku}-{qty}"), sku, qty)))
+        .collect();
+    let (status, body) = sidecar.post("/v1/events", &jsonl(&events));
+    assert_eq!(status, 202, "{body}");
+
+    wait_for("18 requests", PATIENCE, || destination.received().len() >= 18);
+    std::thread::sleep(Duration::from_millis(300));
+    let received = destination.received();
+    assert_eq!(received.len(), 18, "6 events × (429, 503, 200)");
+
+    let mut by_key: BTreeMap<&str, Vec<&Received>> = BTreeMap::new();
+    for request in &received {
+        by_key
+            .entry(request.header("idempotency-key").unwrap())
+            .or_default()
+            .push(request);
+    }
+    assert_eq!(by_key.len(), 6, "one key per event, the same on every attempt");
+    for attempts in by_key.values() {
+        assert_eq!(attempts.len(), 3);
+        assert!(
+            attempts.iter().all(|a| a.body == attempts[0].body),
+            "a retry sends the same body"
+        );
+        assert_eq!(
+            attempts
+                .iter()
+                .map(|a| a.header("x-sluice-attempt").unwrap())
+                .collect::<Vec<_>>(),
+            ["1", "2", "3"]
+        );
+        let after_429 = attempts[1].at - attempts[0].at;
+        assert!(
+            after_429 >= Duration::from_millis(990),
+            "Retry-After: 1 honoured, waited {after_429:?}"
+        );
+        let after_503 = attempts[2].at - attempts[1].at;
+        assert!(
+            after_503 >= Duration::from_millis(50),
+            "backoff of at least half of 100 ms, waited {after_503:?}"
+        );
+    }
+    // Rate: 5/s with a burst of 1 allows at most 6 requests in any 1 s window.
+    for (i, first) in received.iter().enumerate() {
+        let in_window = received[i..]
+            .iter()
+            .filter(|r| r.at - first.at < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 6, "{in_window} requests within 1 s of request {i}");
+    }
+    // Per SKU, quantities arrive in order: no update overtakes an earlier one.
+    for sku in ["A", "B"] {
+        let quantities: Vec<u64> = received
+            .iter()
+            .map(Received::json)
+            .filter(|body| body["sku"] == sku)
+            .map(|body| body["qty"].as_u64().unwrap())
+            .collect();
+        assert!(quantities.is_sorted(), "{sku}: {quantities:?}");
+    }
+    assert!(
+        sidecar
+            .metrics()
+            .contains(r#"sluice_retried_total{destination="portal"} 12"#)
+    );
+}
+
+#[test]
+fn a_rejected_delivery_is_dead_lettered_and_repaired_by_replay_with_retransform() {
+    // The portal requires `qty`; version 1 of the mapping sends `quantity`.
+    let destination = sink(|request, _| {
+        if request.json()["qty"].is_number() {
+            Reply::status(201)
+        } else {
+            Reply {
+                status: 400,
+                headers: Vec::new(),
+                body: r#"{"error": "qty is required"}"#.into(),
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidecar = Sidecar::start(dir.path(), &config(&destination, "", "quantity"));
+    let (status, _) = sidecar.post("/v1/events", &stock_event("e-1", "A", 7).to_string());
+    assert_eq!(status, 202);
+
+    let mut letters = Value::Null;
+    wait_for("a dead letter", PATIENCE, || {
+        letters = sidecar.get("/v1/dead-letters").1;
+        letters.as_array().is_some_and(|l| !l.is_empty())
+    });
+    assert_eq!(destination.received().len(), 1, "a 400 is not retried");
+    let id = letters[0]["id"].as_i64().unwrap();
+    assert_eq!(letters[0]["reason"], "rejected-by-destination");
+    assert_eq!(letters[0]["stage"], "delivery");
+
+    // Inspect through the CLI: original, output, attempts and module versions.
+    let (ok, letter) = sidecar.cli(&["dead-letters", "show", &id.to_string()]);
+    assert!(ok, "{letter}");
+    assert_eq!(letter["original"]["payload"], json!({"sku": "A", "qty": 7}));
+    assert_eq!(letter["output"]["payload"], json!({"sku": "A", "quantity": 7}));
+    assert_eq!(letter["attempts"][0]["status"], 400);
+    assert!(
+        letter["attempts"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("qty is required")
+    );
+    assert!(
+        letter["versions"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("json-mapping@"),
+        "{letter}"
+    );
+
+    // A plain replay resends the same broken output: dead again.
+    let (status, _) = sidecar.post(&format!("/v1/dead-letters/{id}/replay"), "");
+    assert_eq!(status, 202);
+    wait_for("the resend", PATIENCE, || destination.received().len() == 2);
+    let received = destination.received();
+    assert_eq!(
+        received[0].header("idempotency-key"),
+        received[1].header("idempotency-key")
+    );
+    let mut again = Value::Null;
+    wait_for("the resend's dead letter", PATIENCE, || {
+        again = sidecar.get("/v1/dead-letters").1;
+        again.as_array().is_some_and(|l| !l.is_empty())
+    });
+    let id = again[0]["id"].as_i64().unwrap();
+
+    // Fix the mapping and restart; the dead letter survives the restart.
+    sidecar.terminate();
+    Sidecar::write_config(dir.path(), &config(&destination, "", "qty"));
+    sidecar.restart();
+    let (ok, answer) = sidecar.cli(&["dead-letters", "replay", &id.to_string(), "--retransform"]);
+    assert!(ok, "{answer}");
+    wait_for("the repaired delivery", PATIENCE, || {
+        destination.received().len() == 3
+    });
+    let repaired = &destination.received()[2];
+    assert_eq!(repaired.json(), json!({"sku": "A", "qty": 7}));
+    assert_ne!(
+        repaired.header("idempotency-key"),
+        received[0].header("idempotency-key"),
+        "a different output gets a different key"
+    );
+    let (_, letters) = sidecar.get("/v1/dead-letters");
+    assert_eq!(letters, json!([]));
+
+    // Unknown ids and purges.
+    let (status, body) = sidecar.post("/v1/dead-letters/999/replay", "");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown-dead-letter"))
+    );
+    let (ok, body) = sidecar.cli(&["dead-letters", "purge", "--all"]);
+    assert!(ok && body["purged"] == 0, "{body}");
+}
+
+#[test]
+fn a_rejection_by_the_pipeline_is_a_dead_letter_with_its_path() {
+    let destination = sink(|_, _| Reply::status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let text =
+        config(&destination, "", "qty").replace("source = \"$.qty\"", "source = \"$.qty\", required = true");
+    let sidecar = Sidecar::start(dir.path(), &text);
+    let event = json!({"id": "no-qty", "kind": "inventory", "tenant": "acme", "payload": {"sku": "A"}});
+    sidecar.post("/v1/events", &event.to_string());
+    let mut letters = Value::Null;
+    wait_for("a dead letter", PATIENCE, || {
+        letters = sidecar.get("/v1/dead-letters?channel=stock").1;
+        letters.as_array().is_some_and(|l| !l.is_empty())
+    });
+    assert_eq!(letters[0]["stage"], "transform");
+    assert_eq!(letters[0]["reason"], "rejected");
+    let (_, letter) = sidecar.get(&format!("/v1/dead-letters/{}", letters[0]["id"]));
+    assert_eq!(letter["detail"][0]["path"], "$['qty']", "{letter}");
+    let (status, body) = sidecar.post(&format!("/v1/dead-letters/{}/replay", letters[0]["id"]), "");
+    assert_eq!((status, body["code"].as_str()), (409, Some("nothing-to-resend")));
+    assert!(destination.received().is_empty());
+}
+
+#[test]
+fn switching_channels_off_holds_or_skips_as_configured() {
+    let destination = sink(|_, _| Reply::status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let base = config(&destination, "", "qty");
+    let skip = base[base.find("[[channel]]").unwrap()..]
+        .replace("name = \"stock\"", "name = \"stock-skip\"\nwhen-off = \"skip\"");
+    let mut sidecar = Sidecar::start(dir.path(), &format!("{base}\n{skip}"));
+
+    for channel in ["stock", "stock-skip"] {
+        let (ok, answer) = sidecar.cli(&["channels", "disable", channel]);
+        assert!(ok && answer["enabled"] == false, "{answer}");
+    }
+    sidecar.post("/v1/events", &stock_event("while-off", "A", 1).to_string());
+    let (_, channel) = sidecar.get("/v1/channels/stock");
+    wait_for("the held event", PATIENCE, || {
+        sidecar.get("/v1/channels/stock").1["queued"]["transform"] == 1
+    });
+    assert_eq!(channel["when-off"], "hold");
+    let (status, body) = sidecar.post(
+        "/v1/channels/stock/transform",
+        &stock_event("s", "A", 1).to_string(),
+    );
+    assert_eq!((status, body["code"].as_str()), (409, Some("channel-disabled")));
+    assert!(
+        sidecar
+            .metrics()
+            .contains(r#"sluice_events_skipped_total{channel="stock-skip"} 1"#)
+    );
+
+    // The switch is durable: it survives kill -9, and the held event too.
+    sidecar.kill9();
+    sidecar.restart();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(destination.received().is_empty(), "nothing flows while off");
+    let (_, channels) = sidecar.cli(&["channels", "list"]);
+    assert!(
+        channels.as_array().unwrap().iter().all(|c| c["enabled"] == false),
+        "{channels}"
+    );
+
+    for channel in ["stock", "stock-skip"] {
+        assert!(sidecar.cli(&["channels", "enable", channel]).0);
+    }
+    sidecar.post("/v1/events", &stock_event("while-on", "A", 2).to_string());
+    wait_for("three deliveries", PATIENCE, || destination.received().len() >= 3);
+    std::thread::sleep(Duration::from_millis(300));
+    let delivered: Vec<(String, String)> = destination
+        .received()
+        .iter()
+        .map(|r| {
+            (
+                r.header("x-sluice-channel").unwrap().to_string(),
+                r.header("x-sluice-source-event-id").unwrap().to_string(),
+            )
+        })
+        .collect();
+    let of = |channel: &str| {
+        delivered
+            .iter()
+            .filter(|(c, _)| c == channel)
+            .map(|(_, e)| e.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of("stock"),
+        ["while-off", "while-on"],
+        "held, then delivered in order"
+    );
+    assert_eq!(of("stock-skip"), ["while-on"], "skipped while off");
+}

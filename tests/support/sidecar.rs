@@ -1,0 +1,182 @@
+//! `sluice serve` as a real child process on 127.0.0.1, with its state in
+//! a folder that outlives restarts (and `kill -9`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{target_dir, workspace};
+
+/// A running sidecar, killed when dropped.
+pub struct Sidecar {
+    /// The process.
+    pub child: Child,
+    /// `http://127.0.0.1:port`.
+    pub base: String,
+    /// Holds `sluice.toml`, `data/` and the logs.
+    pub dir: PathBuf,
+    starts: usize,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sidecar {
+    /// Writes `config` to `dir/sluice.toml` (`{channels}` becomes the example
+    /// channels folder) and starts `sluice serve` on a free port with
+    /// `dir/data` as its data dir.
+    pub fn start(dir: &Path, config: &str) -> Self {
+        Self::write_config(dir, config);
+        let child_and_base = spawn(dir, 0);
+        Self {
+            child: child_and_base.0,
+            base: child_and_base.1,
+            dir: dir.to_path_buf(),
+            starts: 1,
+        }
+    }
+
+    /// Replaces the config file; takes effect on the next restart.
+    pub fn write_config(dir: &Path, config: &str) {
+        let channels = workspace().join("transforms/channels");
+        std::fs::write(
+            dir.join("sluice.toml"),
+            config.replace("{channels}", channels.to_str().unwrap()),
+        )
+        .unwrap();
+    }
+
+    /// `kill -9`: no chance to flush or drain.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap()
+    }
+
+    /// Starts it again on the same folder (after `kill9` or `terminate`).
+    pub fn restart(&mut self) {
+        let (child, base) = spawn(&self.dir, self.starts);
+        self.child = child;
+        self.base = base;
+        self.starts += 1;
+    }
+
+    /// POSTs `body` to `path`; the status and the JSON answer, whatever the status.
+    pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        answer(ureq::post(&format!("{}{path}", self.base)).send_string(body))
+    }
+
+    /// GETs `path`; the status and the JSON answer.
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        answer(ureq::get(&format!("{}{path}", self.base)).call())
+    }
+
+    /// The Prometheus text.
+    pub fn metrics(&self) -> String {
+        ureq::get(&format!("{}/metrics", self.base))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    }
+
+    /// Runs the `sluice` CLI against this sidecar.
+    pub fn cli(&self, args: &[&str]) -> (bool, Value) {
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .env("SLUICE_SERVER", &self.base)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let json = serde_json::from_str(&stdout).unwrap_or_else(|_| {
+            panic!(
+                "sluice {args:?} printed no JSON: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        (output.status.success(), json)
+    }
+
+    /// The sidecar's JSON log lines so far, over every start.
+    pub fn logs(&self) -> Vec<Value> {
+        (0..self.starts)
+            .flat_map(|n| {
+                std::fs::read_to_string(self.dir.join(format!("serve-{n}.log")))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .collect::<Vec<Value>>()
+            })
+            .collect()
+    }
+}
+
+fn answer(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(err) => panic!("{err}"),
+    };
+    let status = response.status();
+    let text = response.into_string().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn spawn(dir: &Path, start: usize) -> (Child, String) {
+    // Logs go to a file: an unread pipe would fill and block the server.
+    let log = std::fs::File::create(dir.join(format!("serve-{start}.log"))).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["serve", "--config"])
+        .arg(dir.join("sluice.toml"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("data"))
+        .env("CARGO_TARGET_DIR", target_dir())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first_line)
+        .unwrap();
+    let base = first_line
+        .trim()
+        .strip_prefix("sluice listening on ")
+        .unwrap_or_else(|| {
+            let log = std::fs::read_to_string(dir.join(format!("serve-{start}.log"))).unwrap_or_default();
+            panic!("unexpected first line {first_line:?}; log:\n{log}")
+        })
+        .to_string();
+    (child, base)
+}
+
+/// Waits until `done` holds, checking every 20 ms; panics with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
