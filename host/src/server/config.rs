@@ -213,6 +213,10 @@ pub struct ChannelConfig {
     /// What happens to events ingested while the channel is off.
     #[serde(default)]
     pub when_off: WhenOff,
+    /// Only ingested events whose `source` is one of these reach this
+    /// channel (empty: every event of the tenant).
+    #[serde(default)]
+    pub sources: Vec<String>,
 }
 
 fn default_listen() -> SocketAddr {

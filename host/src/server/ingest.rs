@@ -13,7 +13,8 @@ use super::{App, blocking};
 use crate::store::Ingest;
 
 /// Stores the body's events (one JSON event, an array, or JSONL) and queues
-/// each for every channel of its tenant that is on, or off with `when-off = "hold"`.
+/// each for every channel of its tenant (and source, if the channel names
+/// its `sources`) that is on, or off with `when-off = "hold"`.
 pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let body = read_body(request, app.max_body_bytes).await?;
     let text = std::str::from_utf8(&body)
@@ -72,7 +73,7 @@ pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Bo
         }
         let mut channels = Vec::new();
         for channel in app.channels.values() {
-            if channel.tenant != event.tenant || channel.destination.is_none() {
+            if !channel.takes(&event.tenant, &event.source) {
                 continue;
             }
             if channel.enabled() || channel.when_off == WhenOff::Hold {

@@ -62,6 +62,8 @@ pub struct Channel {
     pub destination: Option<String>,
     /// What happens to events ingested while the channel is off.
     pub when_off: WhenOff,
+    /// Only events from these sources are fanned out to it (empty: all).
+    pub sources: Vec<String>,
     enabled: AtomicBool,
     wake: Notify,
 }
@@ -75,9 +77,17 @@ impl Channel {
             pipeline,
             destination: None,
             when_off: WhenOff::Hold,
+            sources: Vec::new(),
             enabled: AtomicBool::new(true),
             wake: Notify::new(),
         }
+    }
+
+    /// Whether an ingested event of this tenant and source is for this channel.
+    pub fn takes(&self, tenant: &str, source: &str) -> bool {
+        self.destination.is_some()
+            && self.tenant == tenant
+            && (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
     }
 
     /// Whether the channel is switched on.
@@ -138,6 +148,7 @@ impl App {
             if let Some(spec) = config.channels.iter().find(|c| c.name == channel.name) {
                 channel.destination = spec.destination.clone();
                 channel.when_off = spec.when_off;
+                channel.sources = spec.sources.clone();
                 let enabled = queue.set_enabled(&channel.name, spec.enabled, true)?;
                 channel.enabled.store(enabled, Ordering::Release);
             }

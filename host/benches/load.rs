@@ -1,21 +1,32 @@
 //! Load against the real sidecar: `sluice serve` (release build) on
-//! 127.0.0.1 with the `b2b-portal-from-magento` channel, driven by keep-alive
-//! HTTP clients for a fixed time, one real Magento product per request.
-//! Reports throughput and p50/p99 latency, and the ratio to the same
-//! two-step pipeline run natively in-process on one thread.
+//! 127.0.0.1 with the `b2b-portal-from-magento` channel, one real Magento
+//! product per event, compared with the same two-step pipeline run
+//! natively in-process on one thread.
 //!
-//! Run with `scripts/dev bench` (or `cargo bench -p sluice-host --bench sync_load`).
-//! `SLUICE_LOAD_SECONDS` and `SLUICE_LOAD_CLIENTS` change the defaults (10 s, 4 clients).
+//! 1. Sync path: keep-alive HTTP clients on `/v1/channels/…/transform` for
+//!    a fixed time; throughput and p50/p99 latency per request.
+//! 2. Durable path: clients ingest JSONL batches into `/v1/events`; the
+//!    sidecar commits, transforms and delivers to a local sink over HTTP;
+//!    throughput from the first ingest to the last delivery, and p50/p99
+//!    of ingest-to-delivered per event.
+//!
+//! Run with `scripts/dev bench` (or `cargo bench -p sluice-host --bench load`).
+//! `SLUICE_LOAD_SECONDS`, `SLUICE_LOAD_CLIENTS` and `SLUICE_LOAD_EVENTS`
+//! change the defaults (10 s, 4 clients, 20,000 events).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use b2b_portal::B2bPortal;
 use magento_source::MagentoSource;
 use sluice_guest::native::NativeRunner;
 use sluice_guest::source::Source;
+use sluice_host::sink::{Reply, Sink};
 
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -64,14 +75,21 @@ fn main() {
     }
     let native_rate = native_count as f64 / native_started.elapsed().as_secs_f64();
 
-    // The real sidecar.
+    // The real sidecar, delivering to a local sink.
+    let sink = Sink::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(|_, _| Reply::status(200)),
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("sluice.toml");
     std::fs::write(
         &config,
         format!(
-            "data-dir = \"{}\"\n[[channel]]\nname = \"b2b-portal\"\ntenant = \"acme\"\npipeline = \"{}\"\n",
+            "data-dir = \"{}\"\n[[destination]]\nname = \"sink\"\nurl = \"http://{}/in\"\nconcurrency = 32\n\
+             [[channel]]\nname = \"b2b-portal\"\ntenant = \"acme\"\npipeline = \"{}\"\ndestination = \"sink\"\n",
             dir.path().join("data").display(),
+            sink.addr,
             channel.join("pipeline.json").display()
         ),
     )
@@ -85,6 +103,10 @@ fn main() {
             "127.0.0.1:0",
         ])
         .env("CARGO_TARGET_DIR", root.join("target"))
+        .env(
+            "SLUICE_LOG",
+            std::env::var("SLUICE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -123,11 +145,6 @@ fn main() {
         .collect();
     let mut latencies: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
-
     latencies.sort();
     let rate = latencies.len() as f64 / elapsed;
     println!(
@@ -144,4 +161,97 @@ fn main() {
         native_rate
     );
     println!("  ratio:    {:.2}x of native", rate / native_rate);
+
+    let total = env_number("SLUICE_LOAD_EVENTS", 20_000) as usize;
+    let ingest = ingest_to_delivery(&base, &parsed, &sink, clients, total);
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    let _ = server.wait();
+    println!(
+        "ingest to delivery: {total} events in JSONL batches of 100 by {clients} clients, delivered to a local HTTP sink"
+    );
+    println!(
+        "  sidecar:  {:>9.0} events/s   ingest-to-delivered p50 {:?}   p99 {:?}",
+        ingest.rate, ingest.p50, ingest.p99
+    );
+    println!("  ratio:    {:.2}x of native", ingest.rate / native_rate);
+}
+
+struct IngestResult {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Ingests `total` copies of `event` (distinct ids and SKUs) and waits until the sink has them all.
+fn ingest_to_delivery(
+    base: &str,
+    event: &serde_json::Value,
+    sink: &Sink,
+    clients: usize,
+    total: usize,
+) -> IngestResult {
+    const BATCH: usize = 100;
+    let url = format!("{base}/v1/events");
+    let batches: Vec<(usize, String)> = (0..total / BATCH)
+        .map(|batch| {
+            let body: String = (0..BATCH)
+                .map(|i| {
+                    let n = batch * BATCH + i;
+                    let mut event = event.clone();
+                    event["id"] = format!("load-{n}").into();
+                    event["payload"]["sku"] = format!("MS-Champ-{n}").into();
+                    format!("{event}\n")
+                })
+                .collect();
+            (batch, body)
+        })
+        .collect();
+    let batches = Arc::new(std::sync::Mutex::new(batches));
+    let started = Instant::now();
+    let posters: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, batches) = (url.clone(), batches.clone());
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                let mut sent_at = Vec::new();
+                loop {
+                    let Some((batch, body)) = batches.lock().unwrap().pop() else {
+                        return sent_at;
+                    };
+                    let at = Instant::now();
+                    let response = agent.post(&url).send_string(&body).expect("ingest succeeds");
+                    assert_eq!(response.status(), 202);
+                    sent_at.push((batch, at));
+                }
+            })
+        })
+        .collect();
+    let sent_at: HashMap<usize, Instant> = posters.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while sink.received().len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} delivered",
+            sink.received().len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let received = sink.received();
+    let last = received.iter().map(|r| r.at).max().unwrap();
+    let mut latencies: Vec<Duration> = received
+        .iter()
+        .map(|r| {
+            let id = r.header("x-sluice-source-event-id").unwrap();
+            let n: usize = id.trim_start_matches("load-").parse().unwrap();
+            r.at - sent_at[&(n / BATCH)]
+        })
+        .collect();
+    latencies.sort();
+    IngestResult {
+        rate: total as f64 / (last - started).as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    }
 }
