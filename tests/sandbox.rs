@@ -148,19 +148,49 @@ fn emitting_invalid_json_is_a_fault_not_a_delivery() {
 
 #[test]
 fn sandbox_has_no_environment_a_frozen_clock_and_repeatable_randomness() {
-    let hostile = load("hostile");
-    let probe = || {
-        let outcomes = run(&hostile, &[attack("evt-probe", "probe")]);
-        let OutcomeJson::Emit { events } = &outcomes[0] else {
-            panic!("probe should emit, got {outcomes:?}");
-        };
-        serde_json::from_str::<Value>(events[0].payload.get()).unwrap()
+    // A fresh instance for every call: nothing of the guest's own state carries over.
+    let limits = Limits {
+        calls_per_instance: 1,
+        ..Limits::default()
     };
-    let first = probe();
+    let hostile = Arc::new(engine().load_file(&guest("hostile"), limits).expect("loads"));
+    let first = probe(&hostile);
     assert_eq!(first["env"], json!([]));
     assert_eq!(first["now"], 1_735_689_600);
     assert!(first["root_dir"].as_str().unwrap().starts_with("Err("), "{first}");
-    assert_eq!(probe(), first, "same input must give the same output");
+    assert_eq!(probe(&hostile), first, "same input must give the same output");
+}
+
+/// What the `probe` attack saw: environment, clock, files, and a hash
+/// seeded from the guest's own `RandomState` (which advances per map).
+fn probe(module: &Arc<Module>) -> Value {
+    let outcomes = run(module, &[attack("evt-probe", "probe")]);
+    let OutcomeJson::Emit { events } = &outcomes[0] else {
+        panic!("probe should emit, got {outcomes:?}");
+    };
+    serde_json::from_str::<Value>(events[0].payload.get()).unwrap()
+}
+
+#[test]
+fn a_warm_instance_serves_the_next_call_until_it_traps() {
+    let hostile = load("hostile");
+    let fresh = probe(&hostile);
+    let warm = probe(&hostile);
+    assert_ne!(
+        warm["random"], fresh["random"],
+        "the second call ran on the same instance (its RandomState advanced)"
+    );
+    assert_eq!(
+        warm["now"], fresh["now"],
+        "the host's clock and randomness restart every call"
+    );
+    let outcomes = run(&hostile, &[attack("evt-panic", "panic")]);
+    assert_eq!(outcomes[0].tag(), "error");
+    assert_eq!(
+        probe(&hostile)["random"],
+        fresh["random"],
+        "the instance that trapped was discarded; the next call got a fresh one"
+    );
 }
 
 #[test]

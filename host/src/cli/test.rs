@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use sluice_host::engine::Limits;
 use sluice_host::fixtures::{CaseStatus, Subject, SuiteReport, junit_xml, run_suite};
 
 use super::EngineArgs;
@@ -36,7 +37,12 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
     let engine = args.engine.engine()?;
-    let limits = args.engine.limits();
+    // Golden fixtures are hermetic: a fresh instance per case, so no case
+    // depends on what an earlier one left in the guest.
+    let limits = Limits {
+        calls_per_instance: 1,
+        ..args.engine.limits()
+    };
     let mut targets: Vec<(String, Subject, PathBuf)> = Vec::new();
     match &args.module {
         Some(module) => {

@@ -21,6 +21,10 @@ pub struct Limits {
     pub output_bytes_per_event: usize,
     /// Bytes of log (stdout, stderr and `host.log`) kept per call; the rest is dropped and counted.
     pub log_bytes: usize,
+    /// Calls one instance may serve before it is replaced by a fresh one
+    /// (1: a fresh instance for every call). A warm instance skips
+    /// instantiation and `init`; any fault discards it.
+    pub calls_per_instance: u32,
 }
 
 impl Default for Limits {
@@ -31,6 +35,7 @@ impl Default for Limits {
             memory_bytes: 128 << 20,
             output_bytes_per_event: 4 << 20,
             log_bytes: 16 << 10,
+            calls_per_instance: 1000,
         }
     }
 }

@@ -82,7 +82,32 @@ pub struct Engine {
     linker: Arc<Linker<Sandbox>>,
     cache: Option<ArtifactCache>,
     fuel: bool,
+    warm: Arc<WarmBudget>,
     _ticker: Arc<EpochTicker>,
+}
+
+/// How many idle warm instances all modules together may keep, so that
+/// warm pools never use up the instance pool that fresh instances need.
+pub(crate) struct WarmBudget {
+    held: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl WarmBudget {
+    /// Reserves room for one more idle instance.
+    pub(crate) fn reserve(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held < self.max).then_some(held + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back the room of an idle instance taken out of a pool.
+    pub(crate) fn release(&self) {
+        self.held.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Engine {
@@ -124,6 +149,10 @@ impl Engine {
             linker: Arc::new(linker),
             cache,
             fuel: options.fuel,
+            warm: Arc::new(WarmBudget {
+                held: Default::default(),
+                max: options.max_instances as usize / 2,
+            }),
         })
     }
 

@@ -101,6 +101,17 @@ pub struct Module {
     limits: Limits,
     engine: Engine,
     cache: CacheOutcome,
+    warm: std::sync::Mutex<Vec<Warm>>,
+}
+
+/// Idle instances kept per module, ready for the next call.
+const WARM_PER_MODULE: usize = 4;
+
+/// An idle instance that already ran `init` with `config`.
+struct Warm {
+    config: String,
+    instance: Instance,
+    calls: u32,
 }
 
 impl Engine {
@@ -173,6 +184,7 @@ impl Engine {
             limits,
             engine: self.clone(),
             cache,
+            warm: Default::default(),
         })
     }
 
@@ -265,16 +277,24 @@ impl Module {
         self.cache
     }
 
-    /// Runs one batch: one result per event, in order. The batch shares a
-    /// fresh instance; if that instance traps, the batch is re-run one event
-    /// at a time so that only the events that really fail get a fault.
+    /// Runs one batch: one result per event, in order. The batch shares one
+    /// instance (a warm one if the module has one idle for this config); if
+    /// that instance traps, it is discarded and the batch is re-run one
+    /// event at a time on fresh instances, so that only the events that
+    /// really fail get a fault.
     pub fn run(&self, config: &str, batch: &[Event]) -> Vec<StepResult> {
         if batch.is_empty() {
             return Vec::new();
         }
-        let whole = self
-            .instantiate(config)
-            .and_then(|mut instance| instance.apply(self, batch));
+        let whole = match self.take_warm(config) {
+            Some((instance, calls)) => Ok((instance, calls)),
+            None => self.instantiate(config).map(|instance| (instance, 0)),
+        }
+        .and_then(|(mut instance, calls)| {
+            let outcomes = instance.apply(self, batch)?;
+            self.keep_warm(config, instance, calls + 1);
+            Ok(outcomes)
+        });
         match whole {
             Ok(outcomes) => outcomes
                 .into_iter()
@@ -294,6 +314,31 @@ impl Module {
                     .collect()
             }
             Err(_) => self.run_one_by_one(config, batch),
+        }
+    }
+
+    /// An idle instance initialised with `config`, and how many calls it served.
+    fn take_warm(&self, config: &str) -> Option<(Instance, u32)> {
+        let mut warm = self.warm.lock().ok()?;
+        let index = warm.iter().rposition(|w| w.config == config)?;
+        let Warm { instance, calls, .. } = warm.swap_remove(index);
+        self.engine.warm.release();
+        Some((instance, calls))
+    }
+
+    /// Keeps an instance that finished a call cleanly for the next call,
+    /// unless it has served its calls or there is no room.
+    fn keep_warm(&self, config: &str, instance: Instance, calls: u32) {
+        if calls >= self.limits.calls_per_instance {
+            return;
+        }
+        let Ok(mut warm) = self.warm.lock() else { return };
+        if warm.len() < WARM_PER_MODULE && self.engine.warm.reserve() {
+            warm.push(Warm {
+                config: config.to_string(),
+                instance,
+                calls,
+            });
         }
     }
 
@@ -423,9 +468,19 @@ impl Module {
     }
 }
 
+impl Drop for Module {
+    fn drop(&mut self) {
+        if let Ok(warm) = self.warm.get_mut() {
+            for _ in warm.drain(..) {
+                self.engine.warm.release();
+            }
+        }
+    }
+}
+
 impl Instance {
     fn apply(&mut self, module: &Module, batch: &[Event]) -> Result<Vec<Outcome>, CallFailure> {
-        self.store.data().log.clear();
+        self.store.data_mut().reset_for_call();
         module.arm(&mut self.store, batch.len());
         match self.bindings.call_apply(&mut self.store, batch) {
             Ok(outcomes) if outcomes.len() == batch.len() => Ok(outcomes),

@@ -44,7 +44,26 @@ impl Sandbox {
     /// A sandbox with no capabilities, capped by `limits`.
     pub fn new(limits: &Limits) -> Self {
         let log = LogBuffer::new(limits.log_bytes);
-        let wasi = WasiCtxBuilder::new()
+        Self {
+            wasi: Self::wasi(&log),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .trap_on_grow_failure(true)
+                .build(),
+            log,
+        }
+    }
+
+    /// Restarts the clocks' and random generators' sequences, so that every
+    /// call, on a fresh or a warm instance, sees the same randomness.
+    pub fn reset_for_call(&mut self) {
+        self.log.clear();
+        self.wasi = Self::wasi(&self.log);
+    }
+
+    fn wasi(log: &LogBuffer) -> WasiCtx {
+        WasiCtxBuilder::new()
             .stdout(LogPipe(log.clone()))
             .stderr(LogPipe(log.clone()))
             .allow_tcp(false)
@@ -56,16 +75,7 @@ impl Sandbox {
             .secure_random(Deterministic::new(RANDOM_SEED.to_vec()))
             .insecure_random(Deterministic::new(RANDOM_SEED.to_vec()))
             .insecure_random_seed(0x511ce_u128)
-            .build();
-        Self {
-            wasi,
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
-            log,
-        }
+            .build()
     }
 }
 
