@@ -70,7 +70,7 @@ config = {{ rules = [ {{ target = "sku", source = "$.sku" }}, {{ target = "qty",
         }
         // Kill at a varying moment after the last ingest.
         std::thread::sleep(Duration::from_millis(50 + 70 * round as u64));
-        let delivered_before = destination.received().len();
+        let delivered_before = destination.count();
         sidecar.kill9();
         eprintln!("round {round}: killed after {delivered_before} requests");
         sidecar.restart();

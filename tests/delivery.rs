@@ -76,7 +76,7 @@ fn the_same_event_id_twice_is_delivered_once() {
     assert_eq!(body["accepted"], 1);
     assert_eq!(body["events"][1], json!({"id": "webhook-1", "duplicate": true}));
 
-    wait_for("two deliveries", PATIENCE, || destination.received().len() >= 2);
+    wait_for("two deliveries", PATIENCE, || destination.count() >= 2);
     std::thread::sleep(Duration::from_millis(500));
     let received = destination.received();
     assert_eq!(received.len(), 2, "{received:?}");
@@ -161,7 +161,7 @@ fn retries_honour_retry_after_backoff_rate_limit_and_per_sku_order() {
     let (status, body) = sidecar.post("/v1/events", &jsonl(&events));
     assert_eq!(status, 202, "{body}");
 
-    wait_for("18 requests", PATIENCE, || destination.received().len() >= 18);
+    wait_for("18 requests", PATIENCE, || destination.count() >= 18);
     std::thread::sleep(Duration::from_millis(300));
     let received = destination.received();
     assert_eq!(received.len(), 18, "6 events × (429, 503, 200)");
@@ -247,7 +247,7 @@ fn a_rejected_delivery_is_dead_lettered_and_repaired_by_replay_with_retransform(
         letters = sidecar.get("/v1/dead-letters").1;
         letters.as_array().is_some_and(|l| !l.is_empty())
     });
-    assert_eq!(destination.received().len(), 1, "a 400 is not retried");
+    assert_eq!(destination.count(), 1, "a 400 is not retried");
     let id = letters[0]["id"].as_i64().unwrap();
     assert_eq!(letters[0]["reason"], "rejected-by-destination");
     assert_eq!(letters[0]["stage"], "delivery");
@@ -275,7 +275,7 @@ fn a_rejected_delivery_is_dead_lettered_and_repaired_by_replay_with_retransform(
     // A plain replay resends the same broken output: dead again.
     let (status, _) = sidecar.post(&format!("/v1/dead-letters/{id}/replay"), "");
     assert_eq!(status, 202);
-    wait_for("the resend", PATIENCE, || destination.received().len() == 2);
+    wait_for("the resend", PATIENCE, || destination.count() == 2);
     let received = destination.received();
     assert_eq!(
         received[0].header("idempotency-key"),
@@ -294,9 +294,7 @@ fn a_rejected_delivery_is_dead_lettered_and_repaired_by_replay_with_retransform(
     sidecar.restart();
     let (ok, answer) = sidecar.cli(&["dead-letters", "replay", &id.to_string(), "--retransform"]);
     assert!(ok, "{answer}");
-    wait_for("the repaired delivery", PATIENCE, || {
-        destination.received().len() == 3
-    });
+    wait_for("the repaired delivery", PATIENCE, || destination.count() == 3);
     let repaired = &destination.received()[2];
     assert_eq!(repaired.json(), json!({"sku": "A", "qty": 7}));
     assert_ne!(
@@ -385,7 +383,7 @@ fn switching_channels_off_holds_or_skips_as_configured() {
         assert!(sidecar.cli(&["channels", "enable", channel]).0);
     }
     sidecar.post("/v1/events", &stock_event("while-on", "A", 2).to_string());
-    wait_for("three deliveries", PATIENCE, || destination.received().len() >= 3);
+    wait_for("three deliveries", PATIENCE, || destination.count() >= 3);
     std::thread::sleep(Duration::from_millis(300));
     let delivered: Vec<(String, String)> = destination
         .received()

@@ -146,6 +146,11 @@ impl Sink {
         })
     }
 
+    /// How many requests it has received.
+    pub fn count(&self) -> usize {
+        self.received.lock().expect("sink log").len()
+    }
+
     /// Everything received so far, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("sink log").clone()

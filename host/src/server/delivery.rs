@@ -85,7 +85,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         let queue = app.queue.clone();
         let worker = name.clone();
         let due =
-            match tokio::task::spawn_blocking(move || queue.due(&worker, now_ms(), concurrency * 4)).await {
+            match tokio::task::spawn_blocking(move || queue.due(&worker, now_ms(), concurrency * 8)).await {
                 Ok(Ok(due)) => due,
                 Ok(Err(err)) => {
                     tracing::error!(destination = %name, error = %err, "cannot read the outbox");

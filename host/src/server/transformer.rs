@@ -16,24 +16,35 @@ use tokio::sync::watch;
 use super::metrics::{ChannelLabels, DeadLetterLabels, OutcomeLabels};
 use super::{App, Channel};
 use crate::event::{EventJson, OutcomeJson};
-use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key};
+use crate::store::{Disposition, NewDelivery, Pending, StoreError, Transformed, idempotency_key};
 
 /// Events taken from the queue per pipeline run.
-const BATCH: usize = 64;
+const BATCH: usize = 128;
 /// Longest wait for new work before looking again.
 const IDLE: Duration = Duration::from_millis(250);
 
 /// Runs until `stopped` turns true; the batch in hand is finished first.
+///
+/// While one batch's results are being committed, the next batch is read
+/// and transformed; its results are committed only after the previous
+/// commit succeeded, so the outbox keeps queue order. If a commit fails,
+/// the results in hand are dropped and the worker reads again from the
+/// start of the queue (the pipeline is deterministic).
 pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
     let channel = &app.channels[&name];
+    let mut after = 0;
+    let mut committing: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
     loop {
         if *stopped.borrow() {
+            if let Some(commit) = committing.take() {
+                finish_commit(&name, commit).await;
+            }
             return;
         }
         let pending = if channel.enabled() {
             let queue = app.queue.clone();
             let name = name.clone();
-            tokio::task::spawn_blocking(move || queue.pending(&name, BATCH)).await
+            tokio::task::spawn_blocking(move || queue.pending(&name, after, BATCH)).await
         } else {
             Ok(Ok(Vec::new()))
         };
@@ -49,6 +60,14 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             }
         };
         if pending.is_empty() {
+            if let Some(commit) = committing.take() {
+                if !finish_commit(&name, commit).await {
+                    after = 0;
+                }
+                app.wake_channel(channel);
+                continue;
+            }
+            after = 0;
             tokio::select! {
                 () = channel.wake.notified() => {}
                 () = tokio::time::sleep(IDLE) => {}
@@ -56,15 +75,34 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             }
             continue;
         }
+        let last = pending.last().map_or(after, |p| p.seq);
         let results = transform(&app, channel, pending).await;
-        let queue = app.queue.clone();
-        match tokio::task::spawn_blocking(move || queue.transformed(results)).await {
-            Ok(Ok(())) => app.wake_channel(channel),
-            Ok(Err(err)) => {
-                tracing::error!(channel = %name, error = %err, "cannot record transform results; retrying");
+        if let Some(commit) = committing.take() {
+            let committed = finish_commit(&name, commit).await;
+            app.wake_channel(channel);
+            if !committed {
+                after = 0;
                 tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
-            Err(join) => tracing::error!(channel = %name, error = %join, "the store task failed"),
+        }
+        after = last;
+        let queue = app.queue.clone();
+        committing = Some(tokio::task::spawn_blocking(move || queue.transformed(results)));
+    }
+}
+
+/// Waits for a commit of transform results; false if it failed.
+async fn finish_commit(name: &str, commit: tokio::task::JoinHandle<Result<(), StoreError>>) -> bool {
+    match commit.await {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::error!(channel = %name, error = %err, "cannot record transform results; retrying");
+            false
+        }
+        Err(join) => {
+            tracing::error!(channel = %name, error = %join, "the store task failed");
+            false
         }
     }
 }

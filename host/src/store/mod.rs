@@ -287,8 +287,10 @@ pub trait Queue: Send + Sync {
     /// Stores events and queues each for its channels, in one durable commit;
     /// an id already stored for its tenant is a duplicate and queues nothing.
     fn ingest(&self, events: Vec<Ingest>) -> Result<Vec<Receipt>, StoreError>;
-    /// The oldest events waiting in `channel`'s queue.
-    fn pending(&self, channel: &str, limit: usize) -> Result<Vec<Pending>, StoreError>;
+    /// The oldest events waiting in `channel`'s queue after position
+    /// `after_seq` (0: from the start; a worker passes the last position it
+    /// has in hand, so it can read the next batch while one is being recorded).
+    fn pending(&self, channel: &str, after_seq: i64, limit: usize) -> Result<Vec<Pending>, StoreError>;
     /// Records transform results: removes them from the queue and moves each
     /// to the outbox or dead letters, atomically.
     fn transformed(&self, results: Vec<Transformed>) -> Result<(), StoreError>;

@@ -116,6 +116,8 @@ impl SqliteQueue {
         // FULL: a 202 survives power loss, not only a crash of the process.
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.pragma_update(None, "busy_timeout", 5000)?;
+        // 64 MiB of page cache: the working set (recent events, queues) stays in memory.
+        connection.pragma_update(None, "cache_size", -65536)?;
         connection.execute_batch(SCHEMA)?;
         let (jobs, receiver) = std::sync::mpsc::channel();
         let writer = std::thread::Builder::new()
@@ -303,15 +305,15 @@ impl Queue for SqliteQueue {
         })
     }
 
-    fn pending(&self, channel: &str, limit: usize) -> Result<Vec<Pending>, StoreError> {
+    fn pending(&self, channel: &str, after_seq: i64, limit: usize) -> Result<Vec<Pending>, StoreError> {
         let channel = channel.to_string();
         self.call(move |db| {
             let mut query = db.prepare_cached(
                 "SELECT i.seq, e.event, e.received_ms FROM inbox i
                  JOIN events e ON e.tenant = i.tenant AND e.id = i.event_id
-                 WHERE i.channel = ?1 ORDER BY i.seq LIMIT ?2",
+                 WHERE i.channel = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
             )?;
-            let rows = query.query_map(params![channel, limit as i64], |row| {
+            let rows = query.query_map(params![channel, after_seq, limit as i64], |row| {
                 Ok(Pending {
                     seq: row.get(0)?,
                     event: row.get(1)?,
@@ -743,8 +745,8 @@ mod tests {
             [false, true]
         );
         assert!(queue.ingest(vec![ingest("1", &["a"])]).unwrap()[0].duplicate);
-        assert_eq!(queue.pending("a", 10).unwrap().len(), 1);
-        assert_eq!(queue.pending("b", 10).unwrap().len(), 1);
+        assert_eq!(queue.pending("a", 0, 10).unwrap().len(), 1);
+        assert_eq!(queue.pending("b", 0, 10).unwrap().len(), 1);
     }
 
     #[test]
@@ -757,7 +759,7 @@ mod tests {
                 ingest("3", &["a"]),
             ])
             .unwrap();
-        let pending = queue.pending("a", 10).unwrap();
+        let pending = queue.pending("a", 0, 10).unwrap();
         queue
             .transformed(vec![
                 deliver(&pending[0], "a", "SKU-1"),
@@ -765,7 +767,7 @@ mod tests {
                 deliver(&pending[2], "a", "SKU-2"),
             ])
             .unwrap();
-        assert!(queue.pending("a", 10).unwrap().is_empty());
+        assert!(queue.pending("a", 0, 10).unwrap().is_empty());
         let due = queue.due("d", now_ms(), 10).unwrap();
         assert_eq!(
             due.iter().map(|d| d.entity_key.as_str()).collect::<Vec<_>>(),
@@ -799,7 +801,7 @@ mod tests {
     fn a_dead_letter_keeps_attempts_and_replays_once() {
         let (_dir, queue) = queue();
         queue.ingest(vec![ingest("1", &["a"])]).unwrap();
-        let pending = queue.pending("a", 10).unwrap();
+        let pending = queue.pending("a", 0, 10).unwrap();
         queue
             .transformed(vec![deliver(&pending[0], "a", "SKU-1")])
             .unwrap();
@@ -857,7 +859,7 @@ mod tests {
             queue.ingest(vec![ingest("1", &["a"])]).unwrap();
         }
         let queue = SqliteQueue::open(&path).unwrap();
-        assert_eq!(queue.pending("a", 10).unwrap().len(), 1);
+        assert_eq!(queue.pending("a", 0, 10).unwrap().len(), 1);
         assert!(queue.ingest(vec![ingest("1", &["a"])]).unwrap()[0].duplicate);
     }
 }
