@@ -1,4 +1,4 @@
-//! Crash safety: `kill -9` the real sidecar again and again while it
+//! Crash safety: `kill -9` (and once SIGTERM) the real sidecar again and again while it
 //! ingests and delivers; after the last restart every accepted event has
 //! been delivered, and every duplicate delivery carries the same
 //! idempotency key as the first.
@@ -71,8 +71,15 @@ config = {{ rules = [ {{ target = "sku", source = "$.sku" }}, {{ target = "qty",
         // Kill at a varying moment after the last ingest.
         std::thread::sleep(Duration::from_millis(50 + 70 * round as u64));
         let delivered_before = destination.count();
-        sidecar.kill9();
-        eprintln!("round {round}: killed after {delivered_before} requests");
+        if round == 2 {
+            // One round ends with SIGTERM instead: a clean, draining stop mid-delivery.
+            let status = sidecar.terminate();
+            assert!(status.success(), "SIGTERM mid-delivery: {status:?}");
+            eprintln!("round {round}: SIGTERM after {delivered_before} requests");
+        } else {
+            sidecar.kill9();
+            eprintln!("round {round}: killed after {delivered_before} requests");
+        }
         sidecar.restart();
     }
     let delivered = || {
@@ -122,7 +129,7 @@ config = {{ rules = [ {{ target = "sku", source = "$.sku" }}, {{ target = "qty",
         "one idempotency key per accepted event"
     );
     eprintln!(
-        "{} accepted, {} requests, {duplicates} duplicates (same key), {ROUNDS} kills",
+        "{} accepted, {} requests, {duplicates} duplicates (same key), {ROUNDS} stops",
         accepted.len(),
         received.len()
     );

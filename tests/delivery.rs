@@ -409,3 +409,49 @@ fn switching_channels_off_holds_or_skips_as_configured() {
     );
     assert_eq!(of("stock-skip"), ["while-on"], "skipped while off");
 }
+
+#[test]
+fn a_failing_destination_neither_blocks_another_channel_nor_retries_forever() {
+    // `/down` always answers 503; `/up` accepts.
+    let destination = sink(|request, _| Reply::status(if request.path == "/down" { 503 } else { 200 }));
+    let dir = tempfile::tempdir().unwrap();
+    let up = config(&destination, "", "qty");
+    let down = up
+        .replace("name = \"portal\"", "name = \"down\"")
+        .replace("/stock\"", "/down\"")
+        .replace(
+            "concurrency = 4",
+            "concurrency = 4\n[destination.retry]\nmax-attempts = 3\ninitial-backoff-ms = 20",
+        )
+        .replace("name = \"stock\"", "name = \"stock-down\"")
+        .replace("destination = \"portal\"", "destination = \"down\"");
+    let down = &down[down.find("[[destination]]").unwrap()..];
+    let sidecar = Sidecar::start(dir.path(), &format!("{up}\n{down}"));
+
+    sidecar.post("/v1/events", &stock_event("e-1", "A", 1).to_string());
+    let mut letters = Value::Null;
+    wait_for("the dead letter of the down destination", PATIENCE, || {
+        letters = sidecar.get("/v1/dead-letters").1;
+        letters.as_array().is_some_and(|l| !l.is_empty())
+    });
+    assert_eq!(letters[0]["reason"], "attempts-exhausted");
+    assert_eq!(letters[0]["destination"], "down");
+    let (_, letter) = sidecar.get(&format!("/v1/dead-letters/{}", letters[0]["id"]));
+    let statuses: Vec<&Value> = letter["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| &a["status"])
+        .collect();
+    assert_eq!(statuses, [&json!(503); 3], "{letter}");
+
+    let received = destination.received();
+    let up_count = received.iter().filter(|r| r.path == "/stock").count();
+    assert_eq!(up_count, 1, "the healthy channel delivered");
+    assert_eq!(received.iter().filter(|r| r.path == "/down").count(), 3);
+    assert!(
+        sidecar
+            .metrics()
+            .contains(r#"sluice_dead_lettered_total{channel="stock-down",stage="delivery"} 1"#)
+    );
+}
