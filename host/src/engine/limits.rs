@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// Resource limits for one module. Every call gets fresh budgets scaled by
-/// the batch size, so a batch of 100 may take 100 times one event's budget.
+/// the batch size up to 10 events' worth; a batch that runs out is re-run
+/// one event at a time, each with one event's budget, so only the events
+/// that really exceed it fail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct Limits {

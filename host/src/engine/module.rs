@@ -402,11 +402,19 @@ impl Module {
         }
     }
 
+    /// A call's budget covers at most this many events' worth: a batch that
+    /// needs more (a looping event in a big batch) is stopped early and
+    /// re-run one event at a time, each with its own full budget, so one bad
+    /// event holds a batch for at most 10 × `timeout` before it is isolated.
+    const BUDGET_EVENTS: usize = 10;
+
     fn timeout_ms(&self, events: usize) -> u64 {
+        let events = events.min(Self::BUDGET_EVENTS);
         (self.limits.timeout.as_millis() as u64).saturating_mul(events as u64)
     }
 
     fn fuel(&self, events: usize) -> u64 {
+        let events = events.min(Self::BUDGET_EVENTS);
         self.limits.fuel_per_event.saturating_mul(events as u64)
     }
 

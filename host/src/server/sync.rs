@@ -95,18 +95,33 @@ pub async fn transform(
 fn parse_body(body: &[u8]) -> Result<(Vec<EventJson>, bool), ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::bad_request("invalid-json", "the body is not UTF-8", None))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|err| ApiError::bad_request("invalid-json", format!("the body is not JSON: {err}"), None))?;
-    let single = value.is_object();
-    if !single && !value.is_array() {
+    let trimmed = text.trim_start();
+    let single = trimmed.starts_with('{');
+    if !single && !trimmed.starts_with('[') {
+        // Not an object or array: say whether it is JSON at all.
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Err(err) => ApiError::bad_request("invalid-json", format!("the body is not JSON: {err}"), None),
+            Ok(_) => ApiError::bad_request(
+                "invalid-event",
+                "expected an event object or an array of events",
+                Some("$"),
+            ),
+        });
+    }
+    let events = crate::event::parse_events(text).map_err(|err| {
+        if err.path == "$" && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+            ApiError::bad_request("invalid-json", format!("the body is not JSON: {}", err.message), None)
+        } else {
+            ApiError::bad_request("invalid-event", err.message, Some(&err.path))
+        }
+    })?;
+    if single && events.len() != 1 {
         return Err(ApiError::bad_request(
             "invalid-event",
-            "expected an event object or an array of events",
+            "expected one event object or an array of events, not several objects",
             Some("$"),
         ));
     }
-    let events = crate::event::parse_events(text)
-        .map_err(|err| ApiError::bad_request("invalid-event", err.message, Some(&err.path)))?;
     if events.is_empty() {
         return Err(ApiError::bad_request(
             "invalid-event",
