@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use support::sidecar::Sidecar;
+use support::sidecar::{ADMIN_TOKEN, Sidecar};
 use support::workspace;
 
 /// Starts `sluice serve` on a free port with this config text.
@@ -39,6 +39,7 @@ fn magento_event(case: &str) -> Value {
 fn post(url: &str, body: &str) -> (u16, Value) {
     let response = match ureq::post(url)
         .set("content-type", "application/json")
+        .set("authorization", &format!("Bearer {ADMIN_TOKEN}"))
         .send_string(body)
     {
         Ok(response) => response,
@@ -124,7 +125,10 @@ fn sync_transform_round_trip_and_errors() {
     // A body over the limit is refused from its Content-Length, before it is sent or buffered.
     let answer = raw_request(
         &sidecar.base,
-        "POST /v1/channels/b2b-portal/transform HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+        &format!(
+            "POST /v1/channels/b2b-portal/transform HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+             Content-Length: 100000000\r\n\r\n"
+        ),
     );
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("\"code\":\"payload-too-large\""), "{answer}");

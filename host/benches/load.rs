@@ -28,6 +28,9 @@ use sluice_guest::native::NativeRunner;
 use sluice_guest::source::Source;
 use sluice_host::sink::{Reply, Sink};
 
+/// The admin token of the benchmarked server.
+const TOKEN: &str = "bench-admin-token";
+
 fn env_number(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -86,8 +89,9 @@ fn main() {
     std::fs::write(
         &config,
         format!(
-            "data-dir = \"{}\"\n[[destination]]\nname = \"sink\"\nurl = \"http://{}/in\"\nconcurrency = 32\n\
+            "admin-token-sha256 = [\"{}\"]\ndata-dir = \"{}\"\n[[destination]]\nname = \"sink\"\nurl = \"http://{}/in\"\nconcurrency = 32\n\
              [[channel]]\nname = \"b2b-portal\"\ntenant = \"acme\"\npipeline = \"{}\"\ndestination = \"sink\"\n",
+            sluice_host::server::auth::hash_token(TOKEN),
             dir.path().join("data").display(),
             sink.addr,
             channel.join("pipeline.json").display()
@@ -133,6 +137,7 @@ fn main() {
                     let sent = Instant::now();
                     let response = agent
                         .post(&url)
+                        .set("authorization", &format!("Bearer {TOKEN}"))
                         .set("content-type", "application/json")
                         .send_string(&event);
                     let body = response.expect("request succeeds").into_string().unwrap();
@@ -221,7 +226,11 @@ fn ingest_to_delivery(
                         return sent_at;
                     };
                     let at = Instant::now();
-                    let response = agent.post(&url).send_string(&body).expect("ingest succeeds");
+                    let response = agent
+                        .post(&url)
+                        .set("authorization", &format!("Bearer {TOKEN}"))
+                        .send_string(&body)
+                        .expect("ingest succeeds");
                     assert_eq!(response.status(), 202);
                     sent_at.push((batch, at));
                 }

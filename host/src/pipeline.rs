@@ -37,8 +37,13 @@ pub struct PipelineSpec {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct StepSpec {
-    /// A transform's name (`magento-source`), or a `.wasm` file relative to the pipeline file.
+    /// A transform's name (`magento-source`), or a `.wasm` file relative to
+    /// the pipeline file; with `version`, the name of an uploaded module.
     pub module: String,
+    /// The version (SHA-256, or a unique prefix of 8 or more characters) of
+    /// an uploaded module; only for pipelines activated through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
     /// The step's configuration.
     #[serde(default)]
     pub config: serde_json::Value,

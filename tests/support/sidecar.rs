@@ -10,6 +10,14 @@ use serde_json::Value;
 
 use super::{target_dir, workspace};
 
+/// The admin token every test sidecar accepts (see [`Sidecar::start`]).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// SHA-256 of a token, as `sluice.toml` holds it.
+pub fn token_hash(token: &str) -> String {
+    sluice_host::server::auth::hash_token(token)
+}
+
 /// A running sidecar, killed when dropped.
 pub struct Sidecar {
     /// The process.
@@ -30,7 +38,8 @@ impl Drop for Sidecar {
 
 impl Sidecar {
     /// Writes `config` to `dir/sluice.toml` (`{channels}` becomes the example
-    /// channels folder) and starts `sluice serve` on a free port with
+    /// channels folder; [`ADMIN_TOKEN`] is made an admin token unless the
+    /// config sets its own) and starts `sluice serve` on a free port with
     /// `dir/data` as its data dir.
     pub fn start(dir: &Path, config: &str) -> Self {
         Self::write_config(dir, config);
@@ -46,11 +55,11 @@ impl Sidecar {
     /// Replaces the config file; takes effect on the next restart.
     pub fn write_config(dir: &Path, config: &str) {
         let channels = workspace().join("transforms/channels");
-        std::fs::write(
-            dir.join("sluice.toml"),
-            config.replace("{channels}", channels.to_str().unwrap()),
-        )
-        .unwrap();
+        let mut text = config.replace("{channels}", channels.to_str().unwrap());
+        if !text.contains("admin-token-sha256") {
+            text = format!("admin-token-sha256 = [\"{}\"]\n{text}", token_hash(ADMIN_TOKEN));
+        }
+        std::fs::write(dir.join("sluice.toml"), text).unwrap();
     }
 
     /// `kill -9`: no chance to flush or drain.
@@ -80,30 +89,66 @@ impl Sidecar {
         self.starts += 1;
     }
 
-    /// POSTs `body` to `path`; the status and the JSON answer, whatever the status.
+    /// POSTs `body` to `path` as the admin; the status and the JSON answer, whatever the status.
     pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
-        answer(ureq::post(&format!("{}{path}", self.base)).send_string(body))
+        self.send(
+            "POST",
+            path,
+            Some(ADMIN_TOKEN),
+            body.as_bytes(),
+            "application/json",
+        )
     }
 
-    /// GETs `path`; the status and the JSON answer.
+    /// GETs `path` as the admin; the status and the JSON answer.
     pub fn get(&self, path: &str) -> (u16, Value) {
-        answer(ureq::get(&format!("{}{path}", self.base)).call())
+        self.send("GET", path, Some(ADMIN_TOKEN), b"", "")
+    }
+
+    /// Sends any request, with `token` (or none); the status and the JSON answer.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+        content_type: &str,
+    ) -> (u16, Value) {
+        let mut request = ureq::request(method, &format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.set("authorization", &format!("Bearer {token}"));
+        }
+        if !content_type.is_empty() {
+            request = request.set("content-type", content_type);
+        }
+        answer(if method == "GET" {
+            request.call()
+        } else {
+            request.send_bytes(body)
+        })
     }
 
     /// The Prometheus text.
     pub fn metrics(&self) -> String {
         ureq::get(&format!("{}/metrics", self.base))
+            .set("authorization", &format!("Bearer {ADMIN_TOKEN}"))
             .call()
             .unwrap()
             .into_string()
             .unwrap()
     }
 
-    /// Runs the `sluice` CLI against this sidecar.
+    /// Runs the `sluice` CLI against this sidecar, as the admin.
     pub fn cli(&self, args: &[&str]) -> (bool, Value) {
+        self.cli_as(ADMIN_TOKEN, args)
+    }
+
+    /// Runs the `sluice` CLI against this sidecar with `token`.
+    pub fn cli_as(&self, token: &str, args: &[&str]) -> (bool, Value) {
         let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(args)
             .env("SLUICE_SERVER", &self.base)
+            .env("SLUICE_TOKEN", token)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);

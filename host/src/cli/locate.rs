@@ -80,6 +80,13 @@ pub fn pipeline_from_steps(
 ) -> anyhow::Result<Pipeline> {
     let mut steps = Vec::with_capacity(steps_spec.len());
     for (index, step) in steps_spec.iter().enumerate() {
+        if let Some(version) = &step.version {
+            bail!(
+                "step {index} (`{}`) names version `{version}`: versions name uploaded modules, \
+                 which are activated through the API (`sluice channels activate`)",
+                step.module
+            );
+        }
         let file = if step.module.ends_with(".wasm") {
             base.join(&step.module)
         } else {

@@ -48,6 +48,10 @@ enum Command {
     Channels(admin::ChannelsArgs),
     /// List, inspect, replay and purge a running sidecar's dead letters.
     DeadLetters(admin::DeadLettersArgs),
+    /// Upload transform modules to a running sidecar, and list them.
+    Modules(admin::ModulesArgs),
+    /// Make API tokens and their hashes for `sluice.toml`.
+    Token(admin::TokenArgs),
     /// A local destination that prints every request it receives as a JSON line.
     Sink(sink::SinkArgs),
 }
@@ -113,6 +117,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(args),
         Command::Channels(args) => admin::channels(args),
         Command::DeadLetters(args) => admin::dead_letters(args),
+        Command::Modules(args) => admin::modules(args),
+        Command::Token(args) => admin::token(args),
         Command::Sink(args) => sink::run(args),
     }
 }

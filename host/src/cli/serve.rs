@@ -46,9 +46,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let base = args.config.parent().unwrap_or(Path::new("."));
     let mut channels = Vec::new();
     for channel in &config.channels {
+        let limits = config.channel_limits(channel);
         let pipeline = match &channel.pipeline {
-            Some(file) => load_pipeline(&base.join(file), &engine, &config.limits),
-            None => pipeline_from_steps(&channel.steps, base, &engine, &config.limits),
+            Some(file) => load_pipeline(&base.join(file), &engine, &limits),
+            None => pipeline_from_steps(&channel.steps, base, &engine, &limits),
         }
         .with_context(|| format!("channel `{}`", channel.name))?;
         channels.push(Channel::new(&channel.name, &channel.tenant, pipeline));
@@ -58,7 +59,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let queue = Arc::new(
         SqliteQueue::open(&database).with_context(|| format!("cannot open {}", database.display()))?,
     );
-    let app = Arc::new(App::new(&config, channels, queue.clone())?);
+    let app = Arc::new(App::new(
+        &config,
+        channels,
+        queue.clone(),
+        queue.clone(),
+        engine,
+        data_dir.clone(),
+    )?);
+    if config.admin_token_sha256.is_empty() && config.tenants.iter().all(|t| t.token_sha256.is_empty()) {
+        tracing::warn!("no admin or tenant token is configured: every /v1 call will answer 401");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {

@@ -42,6 +42,24 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// These limits with some fields replaced, named as in `sluice.toml`
+    /// (`timeout-ms`, `memory-bytes`, …); an unknown name is an error.
+    pub fn with_overrides(
+        &self,
+        overrides: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Limits, String> {
+        if overrides.is_empty() {
+            return Ok(self.clone());
+        }
+        let mut merged = serde_json::to_value(self).map_err(|e| e.to_string())?;
+        if let Some(fields) = merged.as_object_mut() {
+            fields.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
+        serde_json::from_value(merged).map_err(|e| e.to_string())
+    }
+}
+
 mod millis {
     use std::time::Duration;
 

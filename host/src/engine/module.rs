@@ -317,6 +317,18 @@ impl Module {
         }
     }
 
+    /// Instantiates the module once, without calling it: refuses a module
+    /// that cannot start within its limits (a huge declared memory, say).
+    pub fn check_instantiate(&self) -> Result<(), String> {
+        let mut store = Store::new(&self.engine.wasmtime, Sandbox::new(&self.limits));
+        store.limiter(|sandbox| &mut sandbox.limits);
+        self.arm(&mut store, 1);
+        self.pre
+            .instantiate(&mut store)
+            .map(|_| ())
+            .map_err(|err| format!("{err:#}"))
+    }
+
     /// An idle instance initialised with `config`, and how many calls it served.
     fn take_warm(&self, config: &str) -> Option<(Instance, u32)> {
         let mut warm = self.warm.lock().ok()?;

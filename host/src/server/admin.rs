@@ -1,21 +1,18 @@
-//! Admin routes: channels with their ON/OFF switch and queue depth, and
-//! dead letters (list, show, purge, replay).
+//! Admin routes: channels with their ON/OFF switch and queue depth, dead
+//! letters (list, show, purge, replay), and tenants with their tokens.
+//! A tenant sees only its own; another tenant's resources answer 404.
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
+use super::auth::{Caller, hash_token, new_token};
 use super::http::{ApiError, Body, json_response, query_param};
-use super::{App, Channel, blocking};
-use crate::store::{DeadLetterFilter, Replay, ReplayResult};
+use super::{App, Channel, blocking, versions};
+use crate::store::{DeadLetter, DeadLetterFilter, Replay, ReplayResult};
 
-fn channel<'a>(app: &'a App, name: &str) -> Result<&'a Channel, ApiError> {
-    app.channels
-        .get(name)
-        .ok_or_else(|| ApiError::not_found("unknown-channel", format!("there is no channel `{name}`")))
-}
-
-async fn describe(app: &App, channel: &Channel) -> Result<Value, ApiError> {
+/// A channel as the API shows it.
+pub(super) async fn describe(app: &App, channel: &Channel) -> Result<Value, ApiError> {
     let queue = app.queue.clone();
     let name = channel.name.clone();
     let depth = blocking(move || queue.depth(&name)).await?;
@@ -28,29 +25,36 @@ async fn describe(app: &App, channel: &Channel) -> Result<Value, ApiError> {
             super::config::WhenOff::Hold => "hold",
             super::config::WhenOff::Skip => "skip",
         },
-        "modules": channel.versions(),
+        "modules": versions(&channel.pipeline()),
+        "circuit-breaker": channel.tripped(),
         "queued": {"transform": depth.to_transform, "delivery": depth.to_deliver},
     }))
 }
 
-/// `GET /v1/channels`.
-pub async fn list_channels(app: &App) -> Result<Response<Body>, ApiError> {
+/// `GET /v1/channels`: the caller's channels.
+pub async fn list_channels(app: &App, caller: &Caller) -> Result<Response<Body>, ApiError> {
     let mut channels = Vec::new();
-    for channel in app.channels.values() {
+    for channel in app.channels.values().filter(|c| caller.may_act_for(&c.tenant)) {
         channels.push(describe(app, channel).await?);
     }
     Ok(json_response(StatusCode::OK, &Value::Array(channels)))
 }
 
 /// `GET /v1/channels/{name}`.
-pub async fn show_channel(app: &App, name: &str) -> Result<Response<Body>, ApiError> {
-    let channel = channel(app, name)?;
+pub async fn show_channel(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
     Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
 }
 
 /// `POST /v1/channels/{name}/enable` and `…/disable`: durable, immediate.
-pub async fn switch_channel(app: &App, name: &str, enabled: bool) -> Result<Response<Body>, ApiError> {
-    let channel = channel(app, name)?;
+/// Enabling also closes a tripped circuit breaker.
+pub async fn switch_channel(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    enabled: bool,
+) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
     let queue = app.queue.clone();
     let key = channel.name.clone();
     blocking(move || queue.set_enabled(&key, enabled, false)).await?;
@@ -59,15 +63,20 @@ pub async fn switch_channel(app: &App, name: &str, enabled: bool) -> Result<Resp
     Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
 }
 
-fn filter(request: &Request<Incoming>) -> Result<DeadLetterFilter, ApiError> {
+/// The listing filter; a tenant's is always narrowed to itself.
+fn filter(caller: &Caller, request: &Request<Incoming>) -> Result<DeadLetterFilter, ApiError> {
     let limit = match query_param(request, "limit") {
         Some(text) => Some(text.parse().map_err(|_| {
             ApiError::bad_request("invalid-query", format!("limit `{text}` is not a number"), None)
         })?),
         None => None,
     };
+    let tenant = match caller.tenant() {
+        Some(own) => Some(own.to_string()),
+        None => query_param(request, "tenant"),
+    };
     Ok(DeadLetterFilter {
-        tenant: query_param(request, "tenant"),
+        tenant,
         channel: query_param(request, "channel"),
         limit,
     })
@@ -78,30 +87,37 @@ fn letter_id(text: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{text}`")))
 }
 
+/// One dead letter the caller may see; 404 otherwise.
+async fn letter_for(app: &App, caller: &Caller, id: &str) -> Result<DeadLetter, ApiError> {
+    let id = letter_id(id)?;
+    let queue = app.queue.clone();
+    blocking(move || queue.dead_letter(id))
+        .await?
+        .filter(|letter| caller.may_act_for(&letter.summary.tenant))
+        .ok_or_else(|| ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{id}`")))
+}
+
 /// `GET /v1/dead-letters[?channel=&tenant=&limit=]`, newest first.
-pub async fn list_dead_letters(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let filter = filter(request)?;
+pub async fn list_dead_letters(
+    app: &App,
+    caller: &Caller,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let filter = filter(caller, request)?;
     let queue = app.queue.clone();
     let letters = blocking(move || queue.dead_letters(&filter)).await?;
     Ok(json_response(StatusCode::OK, &json!(letters)))
 }
 
 /// `GET /v1/dead-letters/{id}`.
-pub async fn show_dead_letter(app: &App, id: &str) -> Result<Response<Body>, ApiError> {
-    let id = letter_id(id)?;
-    let queue = app.queue.clone();
-    match blocking(move || queue.dead_letter(id)).await? {
-        Some(letter) => Ok(json_response(StatusCode::OK, &json!(letter))),
-        None => Err(ApiError::not_found(
-            "unknown-dead-letter",
-            format!("there is no dead letter `{id}`"),
-        )),
-    }
+pub async fn show_dead_letter(app: &App, caller: &Caller, id: &str) -> Result<Response<Body>, ApiError> {
+    let letter = letter_for(app, caller, id).await?;
+    Ok(json_response(StatusCode::OK, &json!(letter)))
 }
 
 /// `DELETE /v1/dead-letters/{id}`.
-pub async fn purge_dead_letter(app: &App, id: &str) -> Result<Response<Body>, ApiError> {
-    let id = letter_id(id)?;
+pub async fn purge_dead_letter(app: &App, caller: &Caller, id: &str) -> Result<Response<Body>, ApiError> {
+    let id = letter_for(app, caller, id).await?.summary.id;
     let queue = app.queue.clone();
     if blocking(move || queue.purge_dead_letter(id)).await? {
         Ok(json_response(StatusCode::OK, &json!({"purged": 1})))
@@ -114,8 +130,12 @@ pub async fn purge_dead_letter(app: &App, id: &str) -> Result<Response<Body>, Ap
 }
 
 /// `DELETE /v1/dead-letters[?channel=&tenant=]`.
-pub async fn purge_dead_letters(app: &App, request: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let filter = filter(request)?;
+pub async fn purge_dead_letters(
+    app: &App,
+    caller: &Caller,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let filter = filter(caller, request)?;
     let queue = app.queue.clone();
     let purged = blocking(move || queue.purge_dead_letters(&filter)).await?;
     Ok(json_response(StatusCode::OK, &json!({"purged": purged})))
@@ -124,12 +144,14 @@ pub async fn purge_dead_letters(app: &App, request: &Request<Incoming>) -> Resul
 /// `POST /v1/dead-letters/{id}/replay[?retransform=true]`: resends the
 /// stored output, or runs the original event through the channel's current
 /// pipeline. The letter is removed in the same commit.
-pub async fn replay_dead_letter(app: &App, id: &str, retransform: bool) -> Result<Response<Body>, ApiError> {
-    let id = letter_id(id)?;
-    let queue = app.queue.clone();
-    let letter = blocking(move || queue.dead_letter(id)).await?.ok_or_else(|| {
-        ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{id}`"))
-    })?;
+pub async fn replay_dead_letter(
+    app: &App,
+    caller: &Caller,
+    id: &str,
+    retransform: bool,
+) -> Result<Response<Body>, ApiError> {
+    let letter = letter_for(app, caller, id).await?;
+    let id = letter.summary.id;
     let channel = app.channels.get(&letter.summary.channel).ok_or_else(|| {
         ApiError::new(
             StatusCode::CONFLICT,
@@ -173,4 +195,67 @@ pub async fn replay_dead_letter(app: &App, id: &str, retransform: bool) -> Resul
             ),
         )),
     }
+}
+
+/// A tenant name: lower-case letters, digits, `-` and `_`, 1 to 64 characters.
+pub(super) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.starts_with(['-', '_'])
+}
+
+/// `PUT /v1/tenants/{name}` (admin): creates a tenant with the default settings.
+pub async fn create_tenant(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    if *caller != Caller::Admin {
+        return Err(ApiError::admin_only());
+    }
+    if !valid_name(name) {
+        return Err(ApiError::bad_request(
+            "invalid-name",
+            format!("`{name}` is not a tenant name: use a-z, 0-9, `-` and `_`, at most 64 characters"),
+            None,
+        ));
+    }
+    let registry = app.registry.clone();
+    let key = name.to_string();
+    let created = blocking(move || registry.add_tenant(&key)).await? || app.tenant(name).is_none();
+    app.add_tenant(name);
+    tracing::info!(tenant = %name, created, "tenant created");
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json_response(
+        status,
+        &json!({"tenant": name, "created": created}),
+    ))
+}
+
+/// `POST /v1/tenants/{name}/tokens` (admin): issues a new token for the
+/// tenant. The token is in this answer only; the server keeps its hash.
+pub async fn create_token(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    if *caller != Caller::Admin {
+        return Err(ApiError::admin_only());
+    }
+    if app.tenant(name).is_none() {
+        return Err(ApiError::not_found(
+            "unknown-tenant",
+            format!("there is no tenant `{name}`"),
+        ));
+    }
+    let token = new_token();
+    let hash = hash_token(&token);
+    let registry = app.registry.clone();
+    let (key, stored) = (name.to_string(), hash.clone());
+    blocking(move || registry.add_token(&key, &stored)).await?;
+    app.tokens.add(&hash, Caller::Tenant(name.to_string()));
+    tracing::info!(tenant = %name, token_sha256 = %hash, "token issued");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"tenant": name, "token": token, "sha256": hash}),
+    ))
 }

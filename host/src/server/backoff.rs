@@ -39,6 +39,13 @@ impl TokenBucket {
     }
 }
 
+impl TokenBucket {
+    /// Returns `count` tokens taken by a request that was then refused as a whole.
+    pub fn give_back(&mut self, count: usize) {
+        self.tokens = (self.tokens + count as f64).min(self.burst);
+    }
+}
+
 /// The wait before attempt `attempt + 1`, after `attempt` failures:
 /// `initial × 2^(attempt-1)`, capped, with "equal jitter" (half fixed,
 /// half random) so that many retries do not arrive together.

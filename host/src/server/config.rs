@@ -29,6 +29,17 @@ pub struct ServerConfig {
     /// is recognised as a duplicate.
     #[serde(default = "default_idempotency_window")]
     pub idempotency_window_hours: u64,
+    /// SHA-256 (hex) of the admin tokens: the admin manages tenants and
+    /// tokens and may act on every tenant's resources.
+    #[serde(default)]
+    pub admin_token_sha256: Vec<String>,
+    /// When set, `GET /metrics` needs one of these tokens (or an admin's).
+    #[serde(default)]
+    pub metrics_token_sha256: Vec<String>,
+    /// Tenants: their tokens, limits and quotas. A channel's tenant that is
+    /// not listed here gets the defaults and no token of its own.
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<TenantConfig>,
     /// Retry policy of every destination that sets none of its own.
     #[serde(default)]
     pub retry: RetryPolicy,
@@ -38,6 +49,51 @@ pub struct ServerConfig {
     /// The channels this sidecar serves.
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
+}
+
+/// One tenant: who may act for it, and how much it may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant's name, as in events' `tenant` and channels' `tenant`.
+    pub name: String,
+    /// SHA-256 (hex) of the tenant's API tokens (`sluice token hash` makes one).
+    #[serde(default)]
+    pub token_sha256: Vec<String>,
+    /// Overrides of the server's `[limits]` for this tenant's modules.
+    #[serde(default)]
+    pub limits: serde_json::Map<String, serde_json::Value>,
+    /// Largest module upload, in bytes.
+    #[serde(default = "default_max_module_bytes")]
+    pub max_module_bytes: usize,
+    /// Most module names the tenant may hold.
+    #[serde(default = "default_max_modules")]
+    pub max_modules: usize,
+    /// Events the tenant may ingest, as `N/s`, `N/min` or `N/h` (429 beyond); none: unlimited.
+    #[serde(default)]
+    pub ingest_rate: Option<RateLimit>,
+    /// Pipelines of this tenant's channels that may run at once.
+    #[serde(default = "default_transform_concurrency")]
+    pub transform_concurrency: usize,
+    /// Consecutive module faults (traps, limits) after which a channel pauses; 0: never.
+    #[serde(default = "default_circuit_breaker")]
+    pub circuit_breaker: u32,
+}
+
+impl TenantConfig {
+    /// The defaults for a tenant named only by its channels.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            token_sha256: Vec::new(),
+            limits: Default::default(),
+            max_module_bytes: default_max_module_bytes(),
+            max_modules: default_max_modules(),
+            ingest_rate: None,
+            transform_concurrency: default_transform_concurrency(),
+            circuit_breaker: default_circuit_breaker(),
+        }
+    }
 }
 
 /// What happens to events ingested while their channel is switched off.
@@ -155,6 +211,18 @@ impl Default for RetryPolicy {
     }
 }
 
+fn default_max_module_bytes() -> usize {
+    16 << 20
+}
+fn default_max_modules() -> usize {
+    50
+}
+fn default_transform_concurrency() -> usize {
+    1
+}
+fn default_circuit_breaker() -> u32 {
+    10
+}
 fn default_idempotency_window() -> u64 {
     7 * 24
 }
@@ -217,6 +285,9 @@ pub struct ChannelConfig {
     /// channel (empty: every event of the tenant).
     #[serde(default)]
     pub sources: Vec<String>,
+    /// Overrides of the tenant's limits for this channel's modules.
+    #[serde(default)]
+    pub limits: serde_json::Map<String, serde_json::Value>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -253,6 +324,29 @@ pub enum ConfigError {
 }
 
 impl ServerConfig {
+    /// The settings of `tenant` (defaults when it is not listed).
+    pub fn tenant(&self, tenant: &str) -> TenantConfig {
+        self.tenants
+            .iter()
+            .find(|t| t.name == tenant)
+            .cloned()
+            .unwrap_or_else(|| TenantConfig::named(tenant))
+    }
+
+    /// The limits of a tenant's modules: `[limits]`, then the tenant's overrides.
+    pub fn tenant_limits(&self, tenant: &str) -> Limits {
+        self.limits
+            .with_overrides(&self.tenant(tenant).limits)
+            .expect("checked when the config was parsed")
+    }
+
+    /// The limits of a channel's modules: the tenant's, then the channel's overrides.
+    pub fn channel_limits(&self, channel: &ChannelConfig) -> Limits {
+        self.tenant_limits(&channel.tenant)
+            .with_overrides(&channel.limits)
+            .expect("checked when the config was parsed")
+    }
+
     /// Reads and checks `path`.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -296,8 +390,32 @@ impl ServerConfig {
                 ));
             }
         }
+        for hash in config
+            .admin_token_sha256
+            .iter()
+            .chain(&config.metrics_token_sha256)
+            .chain(config.tenants.iter().flat_map(|t| &t.token_sha256))
+        {
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "`{hash}` is not a SHA-256 in hex (64 characters); make one with `sluice token hash`"
+                ));
+            }
+        }
+        let mut tenants = std::collections::BTreeSet::new();
+        for tenant in &config.tenants {
+            if !tenants.insert(tenant.name.as_str()) {
+                return Err(format!("tenant `{}` is defined twice", tenant.name));
+            }
+            if let Err(err) = config.limits.with_overrides(&tenant.limits) {
+                return Err(format!("tenant `{}`: limits: {err}", tenant.name));
+            }
+        }
         let mut names = std::collections::BTreeSet::new();
         for channel in &config.channels {
+            if let Err(err) = config.limits.with_overrides(&channel.limits) {
+                return Err(format!("channel `{}`: limits: {err}", channel.name));
+            }
             if let Some(destination) = &channel.destination
                 && !destinations.contains(destination.as_str())
             {

@@ -218,7 +218,8 @@ async fn send(
         .header("x-sluice-channel", &delivery.channel)
         .header("x-sluice-event-id", &event.id)
         .header("x-sluice-source-event-id", &delivery.event_id)
-        .header("x-sluice-attempt", (delivery.attempts + 1).to_string());
+        .header("x-sluice-attempt", (delivery.attempts + 1).to_string())
+        .header("x-sluice-module-versions", versions_header(&delivery.versions));
     for (key, value) in extra {
         if let (Ok(key), Ok(value)) = (HeaderName::try_from(key), HeaderValue::try_from(value)) {
             request = request.header(key, value);
@@ -249,6 +250,13 @@ async fn send(
         Ok(Err(err)) => finish(None, None, format!("connection failed: {err}")),
         Err(_) => finish(None, None, format!("no response within {timeout_ms} ms")),
     }
+}
+
+/// `a@1234abcd5678,b@…`: the versions that produced a delivery.
+fn versions_header(json: &str) -> String {
+    serde_json::from_str::<Vec<String>>(json)
+        .map(|versions| versions.join(","))
+        .unwrap_or_default()
 }
 
 /// Decides what one attempt means for its delivery, logs it and counts it.

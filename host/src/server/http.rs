@@ -22,6 +22,8 @@ pub struct ApiError {
     pub message: String,
     /// The JSON path of the bad field, when there is one.
     pub path: Option<String>,
+    /// Sent as `Retry-After` (429 only).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -37,7 +39,34 @@ impl ApiError {
             code,
             message: message.into(),
             path: None,
+            retry_after: None,
         }
+    }
+
+    /// A 401: no token, or one that is not known.
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "send `Authorization: Bearer <token>` with a valid token",
+        )
+    }
+
+    /// A 429 with `Retry-After`.
+    pub fn rate_limited(message: String, wait: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(wait),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", message)
+        }
+    }
+
+    /// A 403 for a route only an admin may use.
+    pub fn admin_only() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "admin-only",
+            "only an admin token may do this",
+        )
     }
 
     /// A 404 for a name that does not exist.
@@ -61,7 +90,20 @@ impl ApiError {
         if let Some(path) = self.path {
             body["path"] = path.into();
         }
-        json_response(self.status, &body)
+        let mut response = json_response(self.status, &body);
+        if let Some(wait) = self.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(hyper::header::RETRY_AFTER, seconds.max(1).into());
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                hyper::header::WWW_AUTHENTICATE,
+                "Bearer".parse().expect("static header"),
+            );
+        }
+        response
     }
 }
 

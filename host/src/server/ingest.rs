@@ -6,7 +6,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
-use super::config::WhenOff;
+use super::auth::Caller;
 use super::http::{ApiError, Body, json_response, read_body};
 use super::metrics::{ChannelLabels, TenantLabels};
 use super::{App, blocking};
@@ -15,7 +15,16 @@ use crate::store::Ingest;
 /// Stores the body's events (one JSON event, an array, or JSONL) and queues
 /// each for every channel of its tenant (and source, if the channel names
 /// its `sources`) that is on, or off with `when-off = "hold"`.
-pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+///
+/// A tenant's events belong to that tenant (an event naming no tenant is
+/// stamped with it); naming another tenant is answered like naming one
+/// that does not exist. A tenant over its `ingest-rate` gets 429 with
+/// `Retry-After`, and nothing of the request is stored.
+pub async fn ingest(
+    app: &App,
+    caller: &Caller,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let body = read_body(request, app.max_body_bytes).await?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad_request("invalid-json", "the body is not UTF-8", None))?;
@@ -47,9 +56,10 @@ pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Bo
             ));
         }
         if event.tenant.is_empty() {
-            match app.tenants.iter().collect::<Vec<_>>().as_slice() {
-                [only] => event.tenant = (*only).clone(),
-                _ => {
+            match (caller.tenant(), app.tenant_names().as_slice()) {
+                (Some(own), _) => event.tenant = own.to_string(),
+                (None, [only]) => event.tenant = only.clone(),
+                (None, _) => {
                     return Err(ApiError::bad_request(
                         "invalid-event",
                         format!(
@@ -61,13 +71,10 @@ pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Bo
                 }
             }
         }
-        if !app.tenants.contains(&event.tenant) {
+        if app.tenant(&event.tenant).is_none() || !caller.may_act_for(&event.tenant) {
             return Err(ApiError::bad_request(
                 "unknown-tenant",
-                format!(
-                    "event `{}`: no channel belongs to tenant `{}`",
-                    event.id, event.tenant
-                ),
+                format!("event `{}`: there is no tenant `{}`", event.id, event.tenant),
                 Some("$['tenant']"),
             ));
         }
@@ -76,7 +83,7 @@ pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Bo
             if !channel.takes(&event.tenant, &event.source) {
                 continue;
             }
-            if channel.enabled() || channel.when_off == WhenOff::Hold {
+            if channel.queues_new_events() {
                 channels.push(channel.name.clone());
                 woken.push(channel);
             } else {
@@ -100,6 +107,29 @@ pub async fn ingest(app: &App, request: Request<Incoming>) -> Result<Response<Bo
         });
     }
 
+    let mut per_tenant = std::collections::BTreeMap::<&str, usize>::new();
+    for item in &batch {
+        *per_tenant.entry(item.tenant.as_str()).or_default() += 1;
+    }
+    for (name, count) in per_tenant {
+        if let Some(tenant) = app.tenant(name)
+            && let Err(wait) = tenant.admit(count)
+        {
+            app.metrics
+                .rate_limited
+                .get_or_create(&TenantLabels {
+                    tenant: name.to_string(),
+                })
+                .inc();
+            return Err(ApiError::rate_limited(
+                format!(
+                    "tenant `{name}` is over its ingest-rate; retry after {} ms",
+                    wait.as_millis()
+                ),
+                wait,
+            ));
+        }
+    }
     let queue = app.queue.clone();
     let receipts = blocking(move || queue.ingest(batch)).await?;
     for channel in woken {

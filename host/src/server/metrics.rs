@@ -62,6 +62,15 @@ pub struct DeadLetterLabels {
     pub stage: String,
 }
 
+/// Labels of module-upload counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UploadLabels {
+    /// The tenant.
+    pub tenant: String,
+    /// `stored`, `unchanged` or `refused`.
+    pub result: String,
+}
+
 /// Labels of queue-depth gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DepthLabels {
@@ -96,6 +105,12 @@ pub struct Metrics {
     pub dead_lettered: Family<DeadLetterLabels, Counter>,
     /// Events waiting, by channel and queue.
     pub depth: Family<DepthLabels, Gauge>,
+    /// 1 while a channel's circuit breaker holds it paused.
+    pub circuit_open: Family<ChannelLabels, Gauge>,
+    /// Ingest requests refused by a tenant's `ingest-rate`.
+    pub rate_limited: Family<TenantLabels, Counter>,
+    /// Module uploads, by tenant and result (`stored`, `unchanged`, `refused`).
+    pub uploads: Family<UploadLabels, Counter>,
     /// Time spent running a channel's pipeline per batch, in seconds.
     pub transform_seconds: Histograms<ChannelLabels>,
     /// Time of one delivery request, in seconds.
@@ -122,6 +137,9 @@ impl Default for Metrics {
             retried: Family::default(),
             dead_lettered: Family::default(),
             depth: Family::default(),
+            circuit_open: Family::default(),
+            rate_limited: Family::default(),
+            uploads: Family::default(),
             transform_seconds: Family::new_with_constructor(latency_histogram),
             delivery_seconds: Family::new_with_constructor(latency_histogram),
             end_to_end_seconds: Family::new_with_constructor(latency_histogram),
@@ -204,6 +222,15 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+
+    /// Records whether a channel's circuit breaker is open.
+    pub fn set_tripped(&self, channel: &str, open: bool) {
+        self.circuit_open
+            .get_or_create(&ChannelLabels {
+                channel: channel.to_string(),
+            })
+            .set(i64::from(open));
     }
 
     /// Records a channel's queue depths.

@@ -5,7 +5,10 @@
 //! | `POST /v1/channels/{channel}/transform[?strict=true]` | the channel pipeline's outcomes; nothing is stored |
 //! | `POST /v1/events` | stores events durably (one JSON event, an array, or JSONL); 202 after the commit |
 //! | `GET /v1/channels`, `GET /v1/channels/{channel}` | channels with their switch and queue depth |
-//! | `POST /v1/channels/{channel}/enable`, `…/disable` | the ON/OFF switch |
+//! | `POST /v1/channels/{channel}/enable`, `…/disable` | the ON/OFF switch (enable also closes a tripped circuit breaker) |
+//! | `POST /v1/channels/{channel}/activate`, `…/rollback` | switch the channel's pipeline to uploaded module versions, or back |
+//! | `PUT /v1/modules/{name}`, `GET /v1/modules[/{name}]` | upload a module (checked, and its fixtures run, before it is stored); list versions |
+//! | `PUT /v1/tenants/{name}`, `POST /v1/tenants/{name}/tokens` | admin: create a tenant, issue it a token |
 //! | `GET /v1/dead-letters[?channel=&tenant=&limit=]` | dead letters, newest first |
 //! | `GET /v1/dead-letters/{id}` | one dead letter in full |
 //! | `POST /v1/dead-letters/{id}/replay[?retransform=true]` | requeue it |
@@ -15,188 +18,42 @@
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors are JSON `{"code", "message", "path"?}` with a stable `code`.
+//! Every `/v1` call needs `Authorization: Bearer <token>` (401 without);
+//! a tenant sees only its own resources: another tenant's answer 404.
 //!
 //! Behind ingest, one transform worker per channel moves events from the
 //! channel's queue through its pipeline into the outbox, and one delivery
 //! worker per destination sends the outbox (see [`transformer`] and [`delivery`]).
 
 mod admin;
+mod app;
+pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod delivery;
 pub mod http;
 mod ingest;
 pub mod metrics;
+mod modules;
 mod sync;
 pub mod transformer;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use sluice_guest::mapping::CompiledPath;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
-use crate::pipeline::Pipeline;
-use crate::store::{Queue, StoreError};
-use config::{DestinationConfig, RetryPolicy, ServerConfig, WhenOff};
+use crate::store::StoreError;
+pub use app::{ActivationError, App, Channel, Destination, Tenant, versions};
+use auth::Caller;
 use http::{ApiError, Body, text};
-use metrics::{Metrics, RequestLabels};
-
-/// A channel as served: its tenant, pipeline, destination and switch.
-pub struct Channel {
-    /// The channel's name.
-    pub name: String,
-    /// Its tenant: events are fanned out to the channels of their tenant.
-    pub tenant: String,
-    /// The loaded steps.
-    pub pipeline: Pipeline,
-    /// Where ingested events go after the pipeline; none: sync path only.
-    pub destination: Option<String>,
-    /// What happens to events ingested while the channel is off.
-    pub when_off: WhenOff,
-    /// Only events from these sources are fanned out to it (empty: all).
-    pub sources: Vec<String>,
-    enabled: AtomicBool,
-    wake: Notify,
-}
-
-impl Channel {
-    /// A channel, switched on.
-    pub fn new(name: &str, tenant: &str, pipeline: Pipeline) -> Self {
-        Self {
-            name: name.to_string(),
-            tenant: tenant.to_string(),
-            pipeline,
-            destination: None,
-            when_off: WhenOff::Hold,
-            sources: Vec::new(),
-            enabled: AtomicBool::new(true),
-            wake: Notify::new(),
-        }
-    }
-
-    /// Whether an ingested event of this tenant and source is for this channel.
-    pub fn takes(&self, tenant: &str, source: &str) -> bool {
-        self.destination.is_some()
-            && self.tenant == tenant
-            && (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
-    }
-
-    /// Whether the channel is switched on.
-    pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Acquire)
-    }
-
-    /// `module@version` of every step, recorded with what it produces.
-    pub fn versions(&self) -> Vec<String> {
-        self.pipeline
-            .steps()
-            .iter()
-            .map(|step| format!("{}@{}", step.module.name(), step.module.version()))
-            .collect()
-    }
-}
-
-/// A destination as served: its config, retry policy and compiled entity key.
-pub struct Destination {
-    /// As configured.
-    pub config: DestinationConfig,
-    /// Its retry policy (its own, or the config's default).
-    pub retry: RetryPolicy,
-    /// Selects the entity (SKU) whose order is kept.
-    pub entity_key: CompiledPath,
-    wake: Notify,
-}
-
-/// Everything a request handler or worker needs; shared by all of them.
-pub struct App {
-    /// Channels by name.
-    pub channels: BTreeMap<String, Channel>,
-    /// Destinations by name.
-    pub destinations: BTreeMap<String, Destination>,
-    /// Every tenant that owns a channel.
-    pub tenants: BTreeSet<String>,
-    /// Largest request body, in bytes.
-    pub max_body_bytes: usize,
-    /// How long an event id is remembered for duplicate detection.
-    pub idempotency_window: Duration,
-    /// The metrics registry.
-    pub metrics: Metrics,
-    /// The durable queue.
-    pub queue: Arc<dyn Queue>,
-}
-
-impl App {
-    /// Builds the app from the config and the loaded channels, and applies
-    /// the config's ON/OFF switches to the store (a switch set through the
-    /// API stands until the config's value for it changes).
-    pub fn new(
-        config: &ServerConfig,
-        channels: Vec<Channel>,
-        queue: Arc<dyn Queue>,
-    ) -> Result<Self, StoreError> {
-        let mut by_name = BTreeMap::new();
-        for mut channel in channels {
-            if let Some(spec) = config.channels.iter().find(|c| c.name == channel.name) {
-                channel.destination = spec.destination.clone();
-                channel.when_off = spec.when_off;
-                channel.sources = spec.sources.clone();
-                let enabled = queue.set_enabled(&channel.name, spec.enabled, true)?;
-                channel.enabled.store(enabled, Ordering::Release);
-            }
-            by_name.insert(channel.name.clone(), channel);
-        }
-        let destinations = config
-            .destinations
-            .iter()
-            .map(|spec| {
-                let destination = Destination {
-                    retry: spec.retry.clone().unwrap_or_else(|| config.retry.clone()),
-                    entity_key: CompiledPath::compile(&spec.entity_key)
-                        .expect("checked when the config was parsed"),
-                    config: spec.clone(),
-                    wake: Notify::new(),
-                };
-                (spec.name.clone(), destination)
-            })
-            .collect();
-        Ok(Self {
-            tenants: by_name.values().map(|c: &Channel| c.tenant.clone()).collect(),
-            channels: by_name,
-            destinations,
-            max_body_bytes: config.max_body_bytes,
-            idempotency_window: Duration::from_secs(config.idempotency_window_hours * 3600),
-            metrics: Metrics::default(),
-            queue,
-        })
-    }
-
-    /// Records a switch already stored, and wakes the channel's workers.
-    fn set_enabled_in_memory(&self, channel: &Channel, enabled: bool) {
-        channel.enabled.store(enabled, Ordering::Release);
-        self.wake_channel(channel);
-    }
-
-    /// Wakes a channel's transform worker and its destination's delivery worker.
-    pub fn wake_channel(&self, channel: &Channel) {
-        channel.wake.notify_one();
-        if let Some(destination) = channel
-            .destination
-            .as_ref()
-            .and_then(|d| self.destinations.get(d))
-        {
-            destination.wake.notify_one();
-        }
-    }
-}
+use metrics::RequestLabels;
 
 /// Serves `app` on `listener` with its workers until `shutdown` completes
 /// (see [`shutdown_signal`]). Then it stops accepting, lets in-flight
@@ -292,16 +149,39 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
 }
 
 async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
+    route(app, request).await.unwrap_or_else(ApiError::into_response)
+}
+
+async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let path = request.uri().path().to_string();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
-    let answer = match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => Ok(text(StatusCode::OK, "ok\n")),
-        (&Method::GET, ["readyz"]) => Ok(text(StatusCode::OK, "ready\n")),
-        (&Method::GET, ["metrics"]) => Ok(text(StatusCode::OK, &app.metrics.render())),
+    let caller = app.tokens.caller(
+        request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    );
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => return Ok(text(StatusCode::OK, "ok\n")),
+        (&Method::GET, ["readyz"]) => return Ok(text(StatusCode::OK, "ready\n")),
+        (&Method::GET, ["metrics"]) => {
+            return if !app.metrics_need_token || matches!(caller, Some(Caller::Admin | Caller::Metrics)) {
+                Ok(text(StatusCode::OK, &app.metrics.render()))
+            } else {
+                Err(ApiError::unauthorized())
+            };
+        }
+        _ => {}
+    }
+    let caller = match caller {
+        Some(caller @ (Caller::Admin | Caller::Tenant(_))) => caller,
+        _ => return Err(ApiError::unauthorized()),
+    };
+    match (&method, segments.as_slice()) {
         (&Method::POST, ["v1", "channels", channel, "transform"]) => {
             let channel = channel.to_string();
-            let response = sync::transform(app, &channel, request).await;
+            let response = sync::transform(app, &caller, &channel, request).await;
             // Only configured names become labels: a caller cannot grow the metrics.
             let channel = if app.channels.contains_key(&channel) {
                 channel
@@ -321,25 +201,36 @@ async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
                 .inc();
             response
         }
-        (&Method::POST, ["v1", "events"]) => ingest::ingest(app, request).await,
-        (&Method::GET, ["v1", "channels"]) => admin::list_channels(app).await,
-        (&Method::GET, ["v1", "channels", name]) => admin::show_channel(app, name).await,
+        (&Method::POST, ["v1", "events"]) => ingest::ingest(app, &caller, request).await,
+        (&Method::GET, ["v1", "channels"]) => admin::list_channels(app, &caller).await,
+        (&Method::GET, ["v1", "channels", name]) => admin::show_channel(app, &caller, name).await,
         (&Method::POST, ["v1", "channels", name, switch @ ("enable" | "disable")]) => {
-            admin::switch_channel(app, name, *switch == "enable").await
+            admin::switch_channel(app, &caller, name, *switch == "enable").await
         }
-        (&Method::GET, ["v1", "dead-letters"]) => admin::list_dead_letters(app, &request).await,
-        (&Method::DELETE, ["v1", "dead-letters"]) => admin::purge_dead_letters(app, &request).await,
-        (&Method::GET, ["v1", "dead-letters", id]) => admin::show_dead_letter(app, id).await,
-        (&Method::DELETE, ["v1", "dead-letters", id]) => admin::purge_dead_letter(app, id).await,
+        (&Method::POST, ["v1", "channels", name, "activate"]) => {
+            modules::activate(app, &caller, name, request).await
+        }
+        (&Method::POST, ["v1", "channels", name, "rollback"]) => modules::rollback(app, &caller, name).await,
+        (&Method::GET, ["v1", "modules"]) => modules::list(app, &caller, None).await,
+        (&Method::GET, ["v1", "modules", name]) => modules::list(app, &caller, Some(name)).await,
+        (&Method::PUT, ["v1", "modules", name]) => modules::upload(app, &caller, name, request).await,
+        (&Method::GET, ["v1", "dead-letters"]) => admin::list_dead_letters(app, &caller, &request).await,
+        (&Method::DELETE, ["v1", "dead-letters"]) => admin::purge_dead_letters(app, &caller, &request).await,
+        (&Method::GET, ["v1", "dead-letters", id]) => admin::show_dead_letter(app, &caller, id).await,
+        (&Method::DELETE, ["v1", "dead-letters", id]) => admin::purge_dead_letter(app, &caller, id).await,
         (&Method::POST, ["v1", "dead-letters", id, "replay"]) => {
             let retransform = http::query_flag(&request, "retransform");
-            admin::replay_dead_letter(app, id, retransform).await
+            admin::replay_dead_letter(app, &caller, id, retransform).await
         }
+        (&Method::PUT, ["v1", "tenants", name]) => admin::create_tenant(app, &caller, name).await,
+        (&Method::POST, ["v1", "tenants", name, "tokens"]) => admin::create_token(app, &caller, name).await,
         (
             _,
             ["healthz" | "readyz" | "metrics"]
             | ["v1", "events"]
             | ["v1", "channels", ..]
+            | ["v1", "modules", ..]
+            | ["v1", "tenants", ..]
             | ["v1", "dead-letters", ..],
         ) => Err(ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -347,8 +238,7 @@ async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
             format!("{method} is not allowed on {path}"),
         )),
         _ => Err(ApiError::not_found("not-found", format!("no route for {path}"))),
-    };
-    answer.unwrap_or_else(ApiError::into_response)
+    }
 }
 
 /// Runs blocking store work off the async threads.

@@ -8,6 +8,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::App;
+use super::auth::Caller;
 use super::http::{ApiError, Body, json_response, query_flag, read_body};
 use super::metrics::{ChannelLabels, OutcomeLabels};
 use crate::event::{EventJson, OutcomeJson};
@@ -17,15 +18,11 @@ use crate::event::{EventJson, OutcomeJson};
 /// 500 `transform-fault`, the outcomes still in the body.
 pub async fn transform(
     app: &App,
+    caller: &Caller,
     name: &str,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let Some(channel) = app.channels.get(name) else {
-        return Err(ApiError::not_found(
-            "unknown-channel",
-            format!("there is no channel `{name}`"),
-        ));
-    };
+    let channel = app.channel_for(caller, name)?;
     if !channel.enabled() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -40,13 +37,18 @@ pub async fn transform(
         if event.channel.is_empty() {
             event.channel = name.to_string();
         }
-        if event.tenant.is_empty() {
-            event.tenant = channel.tenant.clone();
-        }
+        // A module always sees the channel's own tenant.
+        event.tenant = channel.tenant.clone();
     }
 
+    // The tenant's share of the machine: at most `transform-concurrency` pipelines at once.
+    let tenant = app.tenant(&channel.tenant);
+    let _permit = match &tenant {
+        Some(tenant) => Some(tenant.permits.acquire().await.map_err(ApiError::internal)?),
+        None => None,
+    };
     let started = Instant::now();
-    let pipeline = channel.pipeline.clone();
+    let pipeline = channel.pipeline();
     let outcomes = tokio::task::spawn_blocking(move || pipeline.run(&events))
         .await
         .map_err(|join| ApiError::internal(format!("the transform task failed: {join}")))?;
@@ -110,7 +112,11 @@ fn parse_body(body: &[u8]) -> Result<(Vec<EventJson>, bool), ApiError> {
     }
     let events = crate::event::parse_events(text).map_err(|err| {
         if err.path == "$" && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
-            ApiError::bad_request("invalid-json", format!("the body is not JSON: {}", err.message), None)
+            ApiError::bad_request(
+                "invalid-json",
+                format!("the body is not JSON: {}", err.message),
+                None,
+            )
         } else {
             ApiError::bad_request("invalid-event", err.message, Some(&err.path))
         }

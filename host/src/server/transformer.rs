@@ -107,9 +107,12 @@ async fn finish_commit(name: &str, commit: tokio::task::JoinHandle<Result<(), St
     }
 }
 
-/// Runs one batch through the channel's pipeline and decides where each goes.
+/// Runs one batch through the channel's pipeline and decides where each
+/// goes. The batch takes the active pipeline once: an activation meanwhile
+/// applies from the next batch, and the versions recorded are the ones that ran.
 async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<Transformed> {
-    let versions = channel.versions();
+    let pipeline = channel.pipeline();
+    let versions = super::versions(&pipeline);
     let mut inputs = Vec::with_capacity(pending.len());
     let mut results = Vec::with_capacity(pending.len());
     let mut runnable = Vec::with_capacity(pending.len());
@@ -117,6 +120,7 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
         match serde_json::from_str::<EventJson>(&item.event) {
             Ok(mut event) => {
                 event.channel = channel.name.clone();
+                event.tenant = channel.tenant.clone();
                 inputs.push(event);
                 runnable.push(item);
             }
@@ -136,8 +140,12 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             }),
         }
     }
+    let tenant = app.tenant(&channel.tenant);
+    let _permit = match &tenant {
+        Some(tenant) => tenant.permits.acquire().await.ok(),
+        None => None,
+    };
     let started = Instant::now();
-    let pipeline = channel.pipeline.clone();
     let (inputs, outcomes) = match tokio::task::spawn_blocking(move || {
         let outcomes = pipeline.run(&inputs);
         (inputs, outcomes)
@@ -157,6 +165,15 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             channel: channel.name.clone(),
         })
         .observe(started.elapsed().as_secs_f64());
+
+    let faults: Vec<Option<String>> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            OutcomeJson::Error { error } => Some(error.to_string()),
+            _ => None,
+        })
+        .collect();
+    app.record_faults(channel, &faults);
 
     let destination = channel.destination.as_ref().and_then(|d| app.destinations.get(d));
     for ((item, input), outcome) in runnable.into_iter().zip(inputs).zip(outcomes) {

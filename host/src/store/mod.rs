@@ -165,6 +165,8 @@ pub struct Delivery {
     pub output: String,
     /// Attempts made so far.
     pub attempts: u32,
+    /// `module@version` of every step that produced it (a JSON array).
+    pub versions: String,
     /// When it entered the outbox (ms since the Unix epoch).
     pub created_ms: i64,
     /// When its input event was ingested.
@@ -321,6 +323,45 @@ pub trait Queue: Send + Sync {
     /// Forgets ids of events ingested before `before_ms` that nothing still
     /// needs: the window in which a redelivered webhook is recognised.
     fn forget_before(&self, before_ms: i64) -> Result<u64, StoreError>;
+}
+
+/// One stored version of a tenant's module (the bytes live in the data
+/// dir as `modules/<version>.wasm`, named by their SHA-256).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleVersion {
+    /// The owning tenant.
+    pub tenant: String,
+    /// The module's name.
+    pub name: String,
+    /// SHA-256 of the component, in hex.
+    pub version: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was uploaded (ms since the Unix epoch).
+    pub created_ms: i64,
+}
+
+/// Tenants, tokens, uploaded modules and channels' activated pipelines.
+pub trait Registry: Send + Sync {
+    /// Tenants created through the admin API.
+    fn tenants(&self) -> Result<Vec<String>, StoreError>;
+    /// Creates a tenant; false if it existed.
+    fn add_tenant(&self, name: &str) -> Result<bool, StoreError>;
+    /// Token hashes created through the admin API, with their tenants.
+    fn tokens(&self) -> Result<Vec<(String, String)>, StoreError>;
+    /// Stores a token's hash for a tenant.
+    fn add_token(&self, tenant: &str, sha256: &str) -> Result<(), StoreError>;
+    /// Records a module version; false if that tenant already had it under that name.
+    fn add_module(&self, module: &ModuleVersion) -> Result<bool, StoreError>;
+    /// A tenant's module versions (of one name, or all), oldest first.
+    fn modules(&self, tenant: &str, name: Option<&str>) -> Result<Vec<ModuleVersion>, StoreError>;
+    /// Makes `spec` (a pipeline as JSON) the channel's active pipeline.
+    fn push_pipeline(&self, channel: &str, spec: &str) -> Result<(), StoreError>;
+    /// Drops the channel's active pipeline. `None`: there was none to drop;
+    /// `Some(None)`: back to the config's pipeline; `Some(Some(spec))`: back to that one.
+    fn pop_pipeline(&self, channel: &str) -> Result<Option<Option<String>>, StoreError>;
+    /// The channel's active pipeline, if one was activated.
+    fn active_pipeline(&self, channel: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// Milliseconds since the Unix epoch, now.

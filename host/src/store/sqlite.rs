@@ -85,6 +85,33 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 );
 CREATE INDEX IF NOT EXISTS dead_letters_channel ON dead_letters (tenant, channel);
 
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS tokens (
+    sha256 TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS modules (
+    tenant TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (tenant, name, version)
+);
+
+CREATE TABLE IF NOT EXISTS channel_pipelines (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS channel_state (
     channel TEXT PRIMARY KEY,
     enabled INTEGER NOT NULL,
@@ -369,7 +396,7 @@ impl Queue for SqliteQueue {
         self.call(move |db| {
             let mut query = db.prepare_cached(
                 "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
-                        correlation_id, output, attempts, created_ms, received_ms
+                        correlation_id, output, attempts, created_ms, received_ms, versions
                  FROM outbox o
                  WHERE destination = ?1 AND next_ms <= ?2
                    AND NOT EXISTS (SELECT 1 FROM outbox p
@@ -392,6 +419,7 @@ impl Queue for SqliteQueue {
                     attempts: row.get(9)?,
                     created_ms: row.get(10)?,
                     received_ms: row.get(11)?,
+                    versions: row.get(12)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -637,6 +665,122 @@ impl Queue for SqliteQueue {
     }
 }
 
+impl Registry for SqliteQueue {
+    fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        self.call(|db| {
+            let mut query = db.prepare("SELECT name FROM tenants ORDER BY name")?;
+            let rows = query.query_map([], |row| row.get(0))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn add_tenant(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.call(move |db| {
+            Ok(db.execute(
+                "INSERT INTO tenants (name, created_ms) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![name, now_ms()],
+            )? == 1)
+        })
+    }
+
+    fn tokens(&self) -> Result<Vec<(String, String)>, StoreError> {
+        self.call(|db| {
+            let mut query = db.prepare("SELECT tenant, sha256 FROM tokens")?;
+            let rows = query.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn add_token(&self, tenant: &str, sha256: &str) -> Result<(), StoreError> {
+        let (tenant, sha256) = (tenant.to_string(), sha256.to_string());
+        self.call(move |db| {
+            db.execute(
+                "INSERT INTO tokens (sha256, tenant, created_ms) VALUES (?1, ?2, ?3)",
+                params![sha256, tenant, now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn add_module(&self, module: &ModuleVersion) -> Result<bool, StoreError> {
+        let module = module.clone();
+        self.call(move |db| {
+            Ok(db.execute(
+                "INSERT INTO modules (tenant, name, version, size, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING",
+                params![
+                    module.tenant,
+                    module.name,
+                    module.version,
+                    module.size as i64,
+                    module.created_ms
+                ],
+            )? == 1)
+        })
+    }
+
+    fn modules(&self, tenant: &str, name: Option<&str>) -> Result<Vec<ModuleVersion>, StoreError> {
+        let (tenant, name) = (tenant.to_string(), name.map(str::to_string));
+        self.call(move |db| {
+            let mut query = db.prepare(
+                "SELECT tenant, name, version, size, created_ms FROM modules
+                 WHERE tenant = ?1 AND (?2 IS NULL OR name = ?2) ORDER BY name, created_ms, rowid",
+            )?;
+            let rows = query.query_map(params![tenant, name], |row| {
+                Ok(ModuleVersion {
+                    tenant: row.get(0)?,
+                    name: row.get(1)?,
+                    version: row.get(2)?,
+                    size: row.get::<_, i64>(3)? as u64,
+                    created_ms: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn push_pipeline(&self, channel: &str, spec: &str) -> Result<(), StoreError> {
+        let (channel, spec) = (channel.to_string(), spec.to_string());
+        self.call(move |db| {
+            db.execute(
+                "INSERT INTO channel_pipelines (channel, spec, created_ms) VALUES (?1, ?2, ?3)",
+                params![channel, spec, now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn pop_pipeline(&self, channel: &str) -> Result<Option<Option<String>>, StoreError> {
+        let channel = channel.to_string();
+        self.call(move |db| {
+            let removed = db.execute(
+                "DELETE FROM channel_pipelines WHERE seq =
+                   (SELECT MAX(seq) FROM channel_pipelines WHERE channel = ?1)",
+                [&channel],
+            )?;
+            if removed == 0 {
+                return Ok(None);
+            }
+            Ok(Some(active_pipeline(db, &channel)?))
+        })
+    }
+
+    fn active_pipeline(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        let channel = channel.to_string();
+        self.call(move |db| Ok(active_pipeline(db, &channel)?))
+    }
+}
+
+fn active_pipeline(db: &Connection, channel: &str) -> rusqlite::Result<Option<String>> {
+    db.query_row(
+        "SELECT spec FROM channel_pipelines WHERE channel = ?1 ORDER BY seq DESC LIMIT 1",
+        [channel],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
 fn record_attempt(db: &Connection, seq: i64, attempt: &Attempt) -> rusqlite::Result<()> {
     db.prepare_cached("INSERT INTO attempts (outbox_seq, at_ms, status, detail) VALUES (?1, ?2, ?3, ?4)")?
         .execute(params![seq, attempt.at_ms, attempt.status, attempt.detail])?;
@@ -848,6 +992,35 @@ mod tests {
         // The operator edits the config to false, then true: the config wins.
         assert!(!queue.set_enabled("a", false, true).unwrap());
         assert!(queue.set_enabled("a", true, true).unwrap());
+    }
+
+    #[test]
+    fn pipelines_stack_and_pop_back_to_the_config() {
+        let (_dir, queue) = queue();
+        assert_eq!(queue.pop_pipeline("a").unwrap(), None);
+        queue.push_pipeline("a", "v1").unwrap();
+        queue.push_pipeline("a", "v2").unwrap();
+        queue.push_pipeline("b", "other").unwrap();
+        assert_eq!(queue.active_pipeline("a").unwrap().as_deref(), Some("v2"));
+        assert_eq!(queue.pop_pipeline("a").unwrap(), Some(Some("v1".into())));
+        assert_eq!(queue.pop_pipeline("a").unwrap(), Some(None));
+        assert_eq!(queue.active_pipeline("b").unwrap().as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn a_module_version_is_stored_once() {
+        let (_dir, queue) = queue();
+        let module = ModuleVersion {
+            tenant: "acme".into(),
+            name: "m".into(),
+            version: "ab".into(),
+            size: 3,
+            created_ms: 1,
+        };
+        assert!(queue.add_module(&module).unwrap());
+        assert!(!queue.add_module(&module).unwrap());
+        assert_eq!(queue.modules("acme", Some("m")).unwrap(), [module]);
+        assert!(queue.modules("globex", None).unwrap().is_empty());
     }
 
     #[test]

@@ -1,0 +1,415 @@
+//! Tenants' modules: upload (checked, and its fixtures run, before it is
+//! stored), list, and activation on a channel with rollback.
+//!
+//! Versions are content-addressed: the SHA-256 of the component. The bytes
+//! are kept as `data-dir/modules/<sha256>.wasm`; the registry records which
+//! tenant holds which version under which name.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::admin::{describe, valid_name};
+use super::auth::Caller;
+use super::http::{ApiError, Body, json_response, query_param, read_body};
+use super::metrics::UploadLabels;
+use super::{ActivationError, App, blocking};
+use crate::engine::{LoadError, Module};
+use crate::fixtures::{CaseStatus, Subject, run_suite};
+use crate::pipeline::PipelineSpec;
+use crate::store::{ModuleVersion, now_ms};
+
+/// The tenant a caller acts for in module routes: its own, or for an admin `?tenant=`.
+fn acting_tenant(app: &App, caller: &Caller, request: &Request<Incoming>) -> Result<String, ApiError> {
+    let tenant = match caller {
+        Caller::Tenant(own) => own.clone(),
+        _ => query_param(request, "tenant").ok_or_else(|| {
+            ApiError::bad_request(
+                "missing-tenant",
+                "an admin names the tenant with `?tenant=`",
+                None,
+            )
+        })?,
+    };
+    if app.tenant(&tenant).is_none() {
+        return Err(ApiError::not_found(
+            "unknown-tenant",
+            format!("there is no tenant `{tenant}`"),
+        ));
+    }
+    Ok(tenant)
+}
+
+fn refused(app: &App, tenant: &str, error: ApiError) -> ApiError {
+    app.metrics
+        .uploads
+        .get_or_create(&UploadLabels {
+            tenant: tenant.to_string(),
+            result: "refused".into(),
+        })
+        .inc();
+    tracing::warn!(tenant = %tenant, code = error.code, reason = %error.message, "module upload refused");
+    error
+}
+
+fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+/// A component load error as an API error with a precise code.
+fn load_error(err: LoadError) -> ApiError {
+    let code = match &err {
+        LoadError::NotWasm { .. } => "not-wasm",
+        LoadError::CoreModule { .. } => "not-a-component",
+        LoadError::WrongWorld { .. } => "wrong-world",
+        LoadError::UnsupportedImport { .. } => "unsupported-import",
+        LoadError::Compile { .. } => "does-not-compile",
+        LoadError::Read { .. } => return ApiError::internal(err),
+    };
+    unprocessable(code, err.to_string())
+}
+
+/// `PUT /v1/modules/{name}`: the body is the component (`application/wasm`),
+/// or a tar (`application/x-tar`) holding `module.wasm` and golden fixtures
+/// under `fixtures/<case>/`. Stored only if every check passes and every
+/// fixture case passes; the same bytes again are a no-op.
+pub async fn upload(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let tenant_name = acting_tenant(app, caller, &request)?;
+    let tenant = app.tenant(&tenant_name).expect("checked by acting_tenant");
+    if !valid_name(name) {
+        return Err(refused(
+            app,
+            &tenant_name,
+            ApiError::bad_request(
+                "invalid-name",
+                format!("`{name}` is not a module name: use a-z, 0-9, `-` and `_`, at most 64 characters"),
+                None,
+            ),
+        ));
+    }
+    let is_tar = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-tar"));
+    let max_module = tenant.config.max_module_bytes;
+    // A tar may add fixtures up to the request body limit.
+    let limit = if is_tar {
+        max_module + app.max_body_bytes
+    } else {
+        max_module
+    };
+    let body = read_body(request, limit).await.map_err(|mut err| {
+        if err.status == StatusCode::PAYLOAD_TOO_LARGE {
+            err.code = "module-too-large";
+            err.message =
+                format!("the upload is larger than tenant `{tenant_name}`'s {max_module}-byte module limit");
+        }
+        refused(app, &tenant_name, err)
+    })?;
+    let fixtures = tempfile::tempdir().map_err(ApiError::internal)?;
+    let bytes = if is_tar {
+        unpack(&body, fixtures.path()).map_err(|err| refused(app, &tenant_name, err))?
+    } else {
+        body.to_vec()
+    };
+    if bytes.len() > max_module {
+        return Err(refused(
+            app,
+            &tenant_name,
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "module-too-large",
+                format!(
+                    "the module is {} bytes; tenant `{tenant_name}` may upload {max_module}",
+                    bytes.len()
+                ),
+            ),
+        ));
+    }
+    let version = hex::encode(Sha256::digest(&bytes));
+
+    let registry = app.registry.clone();
+    let (key, module_name) = (tenant_name.clone(), name.to_string());
+    let held = blocking(move || registry.modules(&key, None)).await?;
+    if held.iter().any(|m| m.name == name && m.version == version) {
+        app.metrics
+            .uploads
+            .get_or_create(&UploadLabels {
+                tenant: tenant_name.clone(),
+                result: "unchanged".into(),
+            })
+            .inc();
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"name": name, "version": version, "size": bytes.len(), "created": false}),
+        ));
+    }
+    let names: std::collections::BTreeSet<&str> = held.iter().map(|m| m.name.as_str()).collect();
+    if !names.contains(name) && names.len() >= tenant.config.max_modules {
+        return Err(refused(
+            app,
+            &tenant_name,
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "too-many-modules",
+                format!("tenant `{tenant_name}` holds {} modules, its limit", names.len()),
+            ),
+        ));
+    }
+
+    // Check and compile (the compiled artifact is cached for activation), then run the fixtures.
+    let engine = app.engine.clone();
+    let limits = tenant.limits.clone();
+    let checked = {
+        let bytes = bytes.clone();
+        let fixtures = fixtures.path().to_path_buf();
+        tokio::task::spawn_blocking(move || check(&engine, &module_name, &bytes, limits, &fixtures))
+            .await
+            .map_err(ApiError::internal)?
+    };
+    let report = checked.map_err(|err| refused(app, &tenant_name, err))?;
+
+    store_file(&app.modules_dir, &version, &bytes).map_err(ApiError::internal)?;
+    let record = ModuleVersion {
+        tenant: tenant_name.clone(),
+        name: name.to_string(),
+        version: version.clone(),
+        size: bytes.len() as u64,
+        created_ms: now_ms(),
+    };
+    let registry = app.registry.clone();
+    blocking(move || registry.add_module(&record)).await?;
+    app.metrics
+        .uploads
+        .get_or_create(&UploadLabels {
+            tenant: tenant_name.clone(),
+            result: "stored".into(),
+        })
+        .inc();
+    tracing::info!(tenant = %tenant_name, module = %name, version = %version, size = bytes.len(), "module stored");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"name": name, "version": version, "size": bytes.len(), "created": true, "fixtures": report}),
+    ))
+}
+
+/// Loads the component with every check, instantiates it once, and runs the
+/// fixtures in `fixtures` (if any) on fresh instances; any failure refuses it.
+fn check(
+    engine: &crate::engine::Engine,
+    name: &str,
+    bytes: &[u8],
+    limits: crate::engine::Limits,
+    fixtures: &Path,
+) -> Result<Value, ApiError> {
+    let limits = crate::engine::Limits {
+        calls_per_instance: 1,
+        ..limits
+    };
+    let module: Module = engine.load(name, bytes, limits).map_err(load_error)?;
+    module.check_instantiate().map_err(|detail| {
+        unprocessable(
+            "cannot-instantiate",
+            format!("module `{name}` cannot start within its limits: {detail}"),
+        )
+    })?;
+    let has_cases = std::fs::read_dir(fixtures)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if !has_cases {
+        return Ok(json!([]));
+    }
+    let suite = run_suite(name, &Subject::Module(Arc::new(module)), fixtures, false)
+        .map_err(|err| ApiError::bad_request("invalid-fixtures", err.to_string(), None))?;
+    let cases: Vec<Value> = suite
+        .cases
+        .iter()
+        .map(|case| match &case.status {
+            CaseStatus::Failed(why) => json!({"case": case.name, "status": "failed", "detail": why}),
+            _ => json!({"case": case.name, "status": "passed"}),
+        })
+        .collect();
+    if suite
+        .cases
+        .iter()
+        .any(|c| matches!(c.status, CaseStatus::Failed(_)))
+    {
+        let mut error = unprocessable(
+            "fixtures-failed",
+            format!(
+                "module `{name}` fails its fixtures; it was not stored: {}",
+                json!(cases)
+            ),
+        );
+        error.path = None;
+        return Err(error);
+    }
+    Ok(Value::Array(cases))
+}
+
+/// Extracts `module.wasm` and `fixtures/…` from a tar; entries that would
+/// land outside the folder are refused.
+fn unpack(tar_bytes: &[u8], fixtures: &Path) -> Result<Vec<u8>, ApiError> {
+    let invalid = |message: String| ApiError::bad_request("invalid-archive", message, None);
+    let mut archive = tar::Archive::new(tar_bytes);
+    let mut module = None;
+    for entry in archive
+        .entries()
+        .map_err(|e| invalid(format!("not a tar archive: {e}")))?
+    {
+        let mut entry = entry.map_err(|e| invalid(format!("a tar entry cannot be read: {e}")))?;
+        let path = entry.path().map_err(|e| invalid(e.to_string()))?.into_owned();
+        let text = path.to_string_lossy().trim_start_matches("./").to_string();
+        if text == "module.wasm" {
+            let mut bytes = Vec::new();
+            entry
+                .read_to_end(&mut bytes)
+                .map_err(|e| invalid(e.to_string()))?;
+            module = Some(bytes);
+        } else if let Some(inside) = text.strip_prefix("fixtures/") {
+            if inside.is_empty() {
+                continue;
+            }
+            let unpacked = entry
+                .unpack_in(fixtures)
+                .map_err(|e| invalid(format!("{text}: {e}")))?;
+            if !unpacked {
+                return Err(invalid(format!(
+                    "`{text}` would land outside the fixtures folder"
+                )));
+            }
+        } else if !text.is_empty() && text != "fixtures" {
+            return Err(invalid(format!(
+                "unexpected entry `{text}`: the archive holds `module.wasm` and `fixtures/<case>/…`"
+            )));
+        }
+    }
+    module.ok_or_else(|| invalid("the archive has no `module.wasm`".into()))
+}
+
+/// Writes `modules/<version>.wasm` atomically (a temporary file, then a rename).
+fn store_file(dir: &Path, version: &str, bytes: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{version}.wasm"));
+    if path.is_file() {
+        return Ok(());
+    }
+    let temp = tempfile::NamedTempFile::new_in(dir)?;
+    std::fs::write(temp.path(), bytes)?;
+    temp.persist(&path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// `GET /v1/modules[/{name}]`: the caller's module versions, oldest first.
+pub async fn list(app: &App, caller: &Caller, name: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let Some(tenant) = caller.tenant().map(str::to_string) else {
+        return Err(ApiError::bad_request(
+            "missing-tenant",
+            "modules belong to tenants: call with a tenant's token",
+            None,
+        ));
+    };
+    let registry = app.registry.clone();
+    let wanted = name.map(str::to_string);
+    let modules = blocking(move || registry.modules(&tenant, wanted.as_deref())).await?;
+    if let Some(name) = name
+        && modules.is_empty()
+    {
+        return Err(ApiError::not_found(
+            "unknown-module",
+            format!("there is no module `{name}`"),
+        ));
+    }
+    Ok(json_response(StatusCode::OK, &json!(modules)))
+}
+
+fn activation_error(err: ActivationError) -> ApiError {
+    match err {
+        ActivationError::UnknownModule { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "unknown-module", err.to_string())
+        }
+        ActivationError::Load { .. } => unprocessable("cannot-load", err.to_string()),
+        ActivationError::Store(err) => ApiError::internal(err),
+    }
+}
+
+/// `POST /v1/channels/{name}/activate` with a pipeline
+/// (`{"steps": [{"module", "version", "config"}]}`) of the channel tenant's
+/// uploaded modules: loads it, records it, and swaps it in at once.
+pub async fn activate(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let body = read_body(request, app.max_body_bytes).await?;
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let mut spec: PipelineSpec = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = crate::diff::path_from_serde(err.path());
+        ApiError::bad_request("invalid-pipeline", err.into_inner().to_string(), Some(&path))
+    })?;
+    if spec.steps.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid-pipeline",
+            "a pipeline needs at least one step",
+            Some("$['steps']"),
+        ));
+    }
+    for (index, step) in spec.steps.iter_mut().enumerate() {
+        let full = app
+            .resolve_version(&channel.tenant, &step.module, step.version.as_deref(), index)
+            .map_err(activation_error)?;
+        step.version = Some(full);
+    }
+    let pipeline = {
+        let loaded = tokio::task::block_in_place(|| app.load_uploaded(channel, &spec));
+        loaded.map_err(activation_error)?
+    };
+    let registry = app.registry.clone();
+    let (key, text) = (
+        channel.name.clone(),
+        serde_json::to_string(&spec).map_err(ApiError::internal)?,
+    );
+    blocking(move || registry.push_pipeline(&key, &text)).await?;
+    app.swap_pipeline(channel, pipeline);
+    tracing::info!(channel = %channel.name, tenant = %channel.tenant, pipeline = %json!(spec), "pipeline activated");
+    Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
+}
+
+/// `POST /v1/channels/{name}/rollback`: back to the pipeline active before
+/// the last activation (in the end, the config's).
+pub async fn rollback(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let registry = app.registry.clone();
+    let key = channel.name.clone();
+    let pipeline = match blocking(move || registry.pop_pipeline(&key)).await? {
+        None => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "nothing-to-roll-back",
+                format!("channel `{name}` runs its config's pipeline: nothing was activated"),
+            ));
+        }
+        Some(None) => app.config_pipeline(channel),
+        Some(Some(text)) => {
+            let spec: PipelineSpec = serde_json::from_str(&text).map_err(ApiError::internal)?;
+            tokio::task::block_in_place(|| app.load_uploaded(channel, &spec)).map_err(activation_error)?
+        }
+    };
+    app.swap_pipeline(channel, pipeline);
+    tracing::info!(channel = %channel.name, tenant = %channel.tenant, "pipeline rolled back");
+    Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
+}
