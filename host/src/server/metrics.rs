@@ -197,6 +197,21 @@ impl Default for Metrics {
             m.depth.clone(),
         );
         registry.register(
+            "circuit_open",
+            "1 while a channel's circuit breaker holds it paused",
+            m.circuit_open.clone(),
+        );
+        registry.register(
+            "ingest_rate_limited",
+            "Ingest requests refused by a tenant's ingest-rate",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "module_uploads",
+            "Module uploads by tenant and result",
+            m.uploads.clone(),
+        );
+        registry.register(
             "transform_seconds",
             "Time running a channel's pipeline per batch",
             m.transform_seconds.clone(),

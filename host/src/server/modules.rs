@@ -87,17 +87,6 @@ pub async fn upload(
 ) -> Result<Response<Body>, ApiError> {
     let tenant_name = acting_tenant(app, caller, &request)?;
     let tenant = app.tenant(&tenant_name).expect("checked by acting_tenant");
-    if !valid_name(name) {
-        return Err(refused(
-            app,
-            &tenant_name,
-            ApiError::bad_request(
-                "invalid-name",
-                format!("`{name}` is not a module name: use a-z, 0-9, `-` and `_`, at most 64 characters"),
-                None,
-            ),
-        ));
-    }
     let is_tar = request
         .headers()
         .get(CONTENT_TYPE)
@@ -118,9 +107,22 @@ pub async fn upload(
         }
         refused(app, &tenant_name, err)
     })?;
-    let fixtures = tempfile::tempdir().map_err(ApiError::internal)?;
+    // Checked after the (bounded) read, so the client hears the answer rather than a reset.
+    if !valid_name(name) {
+        return Err(refused(
+            app,
+            &tenant_name,
+            ApiError::bad_request(
+                "invalid-name",
+                format!("`{name}` is not a module name: use a-z, 0-9, `-` and `_`, at most 64 characters"),
+                None,
+            ),
+        ));
+    }
+    let unpacked = tempfile::tempdir().map_err(ApiError::internal)?;
+    let fixtures = unpacked.path().join("fixtures");
     let bytes = if is_tar {
-        unpack(&body, fixtures.path()).map_err(|err| refused(app, &tenant_name, err))?
+        unpack(&body, unpacked.path()).map_err(|err| refused(app, &tenant_name, err))?
     } else {
         body.to_vec()
     };
@@ -174,7 +176,7 @@ pub async fn upload(
     let limits = tenant.limits.clone();
     let checked = {
         let bytes = bytes.clone();
-        let fixtures = fixtures.path().to_path_buf();
+        let fixtures = fixtures.clone();
         tokio::task::spawn_blocking(move || check(&engine, &module_name, &bytes, limits, &fixtures))
             .await
             .map_err(ApiError::internal)?
@@ -259,9 +261,9 @@ fn check(
     Ok(Value::Array(cases))
 }
 
-/// Extracts `module.wasm` and `fixtures/…` from a tar; entries that would
-/// land outside the folder are refused.
-fn unpack(tar_bytes: &[u8], fixtures: &Path) -> Result<Vec<u8>, ApiError> {
+/// Extracts `module.wasm` (returned) and `fixtures/…` (into `root`) from a
+/// tar; entries that would land outside `root` are refused.
+fn unpack(tar_bytes: &[u8], root: &Path) -> Result<Vec<u8>, ApiError> {
     let invalid = |message: String| ApiError::bad_request("invalid-archive", message, None);
     let mut archive = tar::Archive::new(tar_bytes);
     let mut module = None;
@@ -283,7 +285,7 @@ fn unpack(tar_bytes: &[u8], fixtures: &Path) -> Result<Vec<u8>, ApiError> {
                 continue;
             }
             let unpacked = entry
-                .unpack_in(fixtures)
+                .unpack_in(root)
                 .map_err(|e| invalid(format!("{text}: {e}")))?;
             if !unpacked {
                 return Err(invalid(format!(
