@@ -14,38 +14,23 @@
 //! `SLUICE_LOAD_SECONDS`, `SLUICE_LOAD_CLIENTS` and `SLUICE_LOAD_EVENTS`
 //! change the defaults (10 s, 4 clients, 20,000 events).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use b2b_portal::B2bPortal;
 use magento_source::MagentoSource;
 use sluice_guest::native::NativeRunner;
 use sluice_guest::source::Source;
 use sluice_host::sink::{Reply, Sink};
+use support::{Server, TOKEN, env_number, percentile, root};
 
-/// The admin token of the benchmarked server.
-const TOKEN: &str = "bench-admin-token";
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
+mod support;
 
 fn main() {
     let seconds = env_number("SLUICE_LOAD_SECONDS", 10);
     let clients = env_number("SLUICE_LOAD_CLIENTS", 4) as usize;
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root();
     let channel = root.join("transforms/channels/b2b-portal-from-magento");
     let event = std::fs::read_to_string(channel.join("fixtures/simple-product/input.json")).unwrap();
 
@@ -85,44 +70,16 @@ fn main() {
     )
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("sluice.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "admin-token-sha256 = [\"{}\"]\ndata-dir = \"{}\"\n[[destination]]\nname = \"sink\"\nurl = \"http://{}/in\"\nconcurrency = 32\n\
+    let server = Server::start(
+        dir.path(),
+        &format!(
+            "[[destination]]\nname = \"sink\"\nurl = \"http://{}/in\"\nconcurrency = 32\n\
              [[channel]]\nname = \"b2b-portal\"\ntenant = \"acme\"\npipeline = \"{}\"\ndestination = \"sink\"\n",
-            sluice_host::server::auth::hash_token(TOKEN),
-            dir.path().join("data").display(),
             sink.addr,
             channel.join("pipeline.json").display()
         ),
-    )
-    .unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-        ])
-        .env("CARGO_TARGET_DIR", root.join("target"))
-        .env(
-            "SLUICE_LOG",
-            std::env::var("SLUICE_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(server.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("sluice listening on ")
-        .unwrap()
-        .to_string();
+    );
+    let base = server.base.clone();
     let url = format!("{base}/v1/channels/b2b-portal/transform");
 
     let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -169,10 +126,7 @@ fn main() {
 
     let total = env_number("SLUICE_LOAD_EVENTS", 20_000) as usize;
     let ingest = ingest_to_delivery(&base, &parsed, &sink, clients, total);
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
+    drop(server);
     println!(
         "ingest to delivery: {total} events in JSONL batches of 100 by {clients} clients, delivered to a local HTTP sink"
     );

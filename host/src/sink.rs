@@ -151,6 +151,11 @@ impl Sink {
         self.received.lock().expect("sink log").len()
     }
 
+    /// How many requests it has received that match `filter` (no copying).
+    pub fn count_where(&self, filter: impl Fn(&Received) -> bool) -> usize {
+        self.received.lock().expect("sink log").iter().filter(|r| filter(r)).count()
+    }
+
     /// Everything received so far, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("sink log").clone()

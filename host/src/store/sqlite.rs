@@ -133,7 +133,12 @@ struct Job {
 pub struct SqliteQueue {
     jobs: Mutex<Option<Sender<Job>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    path: std::path::PathBuf,
+    readers: Mutex<Vec<Connection>>,
 }
+
+/// Idle read connections kept.
+const READERS: usize = 4;
 
 impl SqliteQueue {
     /// Opens (or creates) the database file and starts its writer thread.
@@ -154,7 +159,32 @@ impl SqliteQueue {
         Ok(Self {
             jobs: Mutex::new(Some(jobs)),
             writer: Mutex::new(Some(writer)),
+            path: path.to_path_buf(),
+            readers: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Runs read-only `work` on a reader connection: it sees the last
+    /// commit and never waits behind the writer's group (WAL lets readers
+    /// and the writer run at once).
+    fn read<T>(&self, work: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().expect("readers lock").pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => {
+                let connection = Connection::open(&self.path)?;
+                connection.pragma_update(None, "busy_timeout", 5000)?;
+                connection.pragma_update(None, "cache_size", -16384)?;
+                connection.pragma_update(None, "query_only", true)?;
+                connection
+            }
+        };
+        let result = work(&connection);
+        let mut readers = self.readers.lock().expect("readers lock");
+        if readers.len() < READERS {
+            readers.push(connection);
+        }
+        result
     }
 
     /// Stops the writer after every queued request is committed.
@@ -334,7 +364,7 @@ impl Queue for SqliteQueue {
 
     fn pending(&self, channel: &str, after_seq: i64, limit: usize) -> Result<Vec<Pending>, StoreError> {
         let channel = channel.to_string();
-        self.call(move |db| {
+        self.read(move |db| {
             let mut query = db.prepare_cached(
                 "SELECT i.seq, e.event, e.received_ms FROM inbox i
                  JOIN events e ON e.tenant = i.tenant AND e.id = i.event_id
@@ -393,7 +423,7 @@ impl Queue for SqliteQueue {
 
     fn due(&self, destination: &str, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let destination = destination.to_string();
-        self.call(move |db| {
+        self.read(move |db| {
             let mut query = db.prepare_cached(
                 "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
                         correlation_id, output, attempts, created_ms, received_ms, versions
@@ -428,7 +458,7 @@ impl Queue for SqliteQueue {
 
     fn next_due_ms(&self, destination: &str) -> Result<Option<i64>, StoreError> {
         let destination = destination.to_string();
-        self.call(move |db| {
+        self.read(move |db| {
             Ok(db
                 .prepare_cached("SELECT MIN(next_ms) FROM outbox WHERE destination = ?1")?
                 .query_row([destination], |row| row.get(0))?)
@@ -498,7 +528,7 @@ impl Queue for SqliteQueue {
 
     fn enabled(&self, channel: &str) -> Result<Option<bool>, StoreError> {
         let channel = channel.to_string();
-        self.call(move |db| {
+        self.read(move |db| {
             Ok(db
                 .query_row(
                     "SELECT enabled FROM channel_state WHERE channel = ?1",
@@ -512,7 +542,7 @@ impl Queue for SqliteQueue {
     fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterSummary>, StoreError> {
         let (clause, values) = filter_clause(filter);
         let limit = filter.limit.unwrap_or(100);
-        self.call(move |db| {
+        self.read(move |db| {
             let mut query = db.prepare(&format!(
                 "SELECT id, tenant, channel, destination, event_id, stage, reason, created_ms
                  FROM dead_letters {clause} ORDER BY id DESC LIMIT {limit}"
@@ -523,7 +553,7 @@ impl Queue for SqliteQueue {
     }
 
     fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
-        self.call(move |db| {
+        self.read(move |db| {
             let found = db
                 .query_row("SELECT * FROM dead_letters WHERE id = ?1", [id], |row| {
                     let summary = summary_from_row(row)?;
@@ -642,7 +672,7 @@ impl Queue for SqliteQueue {
 
     fn depth(&self, channel: &str) -> Result<Depth, StoreError> {
         let channel = channel.to_string();
-        self.call(move |db| {
+        self.read(move |db| {
             let count = |sql: &str| -> rusqlite::Result<u64> {
                 let count: i64 = db.prepare_cached(sql)?.query_row([&channel], |row| row.get(0))?;
                 Ok(count as u64)
@@ -667,7 +697,7 @@ impl Queue for SqliteQueue {
 
 impl Registry for SqliteQueue {
     fn tenants(&self) -> Result<Vec<String>, StoreError> {
-        self.call(|db| {
+        self.read(|db| {
             let mut query = db.prepare("SELECT name FROM tenants ORDER BY name")?;
             let rows = query.query_map([], |row| row.get(0))?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -685,7 +715,7 @@ impl Registry for SqliteQueue {
     }
 
     fn tokens(&self) -> Result<Vec<(String, String)>, StoreError> {
-        self.call(|db| {
+        self.read(|db| {
             let mut query = db.prepare("SELECT tenant, sha256 FROM tokens")?;
             let rows = query.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -722,7 +752,7 @@ impl Registry for SqliteQueue {
 
     fn modules(&self, tenant: &str, name: Option<&str>) -> Result<Vec<ModuleVersion>, StoreError> {
         let (tenant, name) = (tenant.to_string(), name.map(str::to_string));
-        self.call(move |db| {
+        self.read(move |db| {
             let mut query = db.prepare(
                 "SELECT tenant, name, version, size, created_ms FROM modules
                  WHERE tenant = ?1 AND (?2 IS NULL OR name = ?2) ORDER BY name, created_ms, rowid",
@@ -768,7 +798,7 @@ impl Registry for SqliteQueue {
 
     fn active_pipeline(&self, channel: &str) -> Result<Option<String>, StoreError> {
         let channel = channel.to_string();
-        self.call(move |db| Ok(active_pipeline(db, &channel)?))
+        self.read(move |db| Ok(active_pipeline(db, &channel)?))
     }
 }
 
