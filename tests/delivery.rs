@@ -455,3 +455,59 @@ fn a_failing_destination_neither_blocks_another_channel_nor_retries_forever() {
             .contains(r#"sluice_dead_lettered_total{channel="stock-down",stage="delivery"} 1"#)
     );
 }
+
+#[test]
+fn https_destinations_are_verified_against_their_ca() {
+    // A portal with a certificate from a private CA (self-signed for localhost).
+    let issued = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(issued.signing_key.serialize_der().into());
+    let server =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![issued.cert.der().clone()], key)
+            .unwrap();
+    let respond: Arc<Responder> = Arc::new(|_, _| Reply::status(200));
+    let destination =
+        Sink::start_with_tls("127.0.0.1:0".parse().unwrap(), respond, Some(Arc::new(server))).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("portal-ca.pem"), issued.cert.pem()).unwrap();
+
+    // `trusted` names the CA; `untrusted` does not, and gives up after 2 attempts.
+    let port = destination.addr.port();
+    let trusted = config(&destination, "ca-file = \"portal-ca.pem\"", "qty").replace(
+        &format!("http://{}", destination.addr),
+        &format!("https://localhost:{port}"),
+    );
+    let untrusted = trusted
+        .replace(
+            "ca-file = \"portal-ca.pem\"",
+            "[destination.retry]\nmax-attempts = 2\ninitial-backoff-ms = 20",
+        )
+        .replace("name = \"portal\"", "name = \"untrusted\"")
+        .replace("name = \"stock\"", "name = \"stock-untrusted\"")
+        .replace("destination = \"portal\"", "destination = \"untrusted\"");
+    let untrusted = &untrusted[untrusted.find("[[destination]]").unwrap()..];
+    let sidecar = Sidecar::start(dir.path(), &format!("{trusted}\n{untrusted}"));
+
+    sidecar.post("/v1/events", &stock_event("tls-1", "A", 3).to_string());
+    wait_for("the delivery over TLS", PATIENCE, || destination.count() >= 1);
+    let received = destination.received();
+    assert_eq!(received[0].json(), json!({"sku": "A", "qty": 3}));
+    let mut letters = Value::Null;
+    wait_for("the untrusted destination's dead letter", PATIENCE, || {
+        letters = sidecar.get("/v1/dead-letters").1;
+        letters.as_array().is_some_and(|l| !l.is_empty())
+    });
+    let (_, letter) = sidecar.get(&format!("/v1/dead-letters/{}", letters[0]["id"]));
+    assert_eq!(letter["destination"], "untrusted");
+    let detail = letter["attempts"][0]["detail"].as_str().unwrap();
+    assert!(detail.to_lowercase().contains("certificate"), "{detail}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        destination.count(),
+        1,
+        "nothing reached the portal without a verified certificate"
+    );
+}

@@ -76,12 +76,22 @@ pub struct Sink {
 impl Sink {
     /// Starts a sink on `addr` (port 0 picks one) that answers with `respond`.
     pub fn start(addr: SocketAddr, respond: Arc<Responder>) -> std::io::Result<Self> {
+        Self::start_with_tls(addr, respond, None)
+    }
+
+    /// Starts a sink that speaks HTTPS with this server configuration (or plain HTTP with none).
+    pub fn start_with_tls(
+        addr: SocketAddr,
+        respond: Arc<Responder>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> std::io::Result<Self> {
         let listener = std::net::TcpListener::bind(addr)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let received = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let log = received.clone();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let thread = std::thread::Builder::new().name("sluice-sink".into()).spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -94,43 +104,20 @@ impl Sink {
                     tokio::select! {
                         accepted = listener.accept() => {
                             let Ok((stream, _)) = accepted else { continue };
-                            let log = log.clone();
-                            let respond = respond.clone();
-                            let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                                let log = log.clone();
-                                let respond = respond.clone();
-                                async move {
-                                    let path = request.uri().path().to_string();
-                                    let headers = request
-                                        .headers()
-                                        .iter()
-                                        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-                                        .collect();
-                                    let body = request.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                                    let received = Received { at: Instant::now(), path, headers, body };
-                                    let reply = {
-                                        let mut log = log.lock().expect("sink log");
-                                        let reply = respond(&received, &log);
-                                        log.push(received);
-                                        reply
-                                    };
-                                    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
-                                    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
-                                    for (key, value) in reply.headers {
-                                        if let (Ok(key), Ok(value)) = (
-                                            hyper::header::HeaderName::try_from(key),
-                                            hyper::header::HeaderValue::try_from(value),
-                                        ) {
-                                            response.headers_mut().insert(key, value);
+                            let (log, respond, acceptor) = (log.clone(), respond.clone(), acceptor.clone());
+                            tokio::spawn(async move {
+                                let service = service_fn(move |request| answer(log.clone(), respond.clone(), request));
+                                let http = hyper::server::conn::http1::Builder::new();
+                                match acceptor {
+                                    Some(acceptor) => {
+                                        if let Ok(stream) = acceptor.accept(stream).await {
+                                            let _ = http.serve_connection(TokioIo::new(stream), service).await;
                                         }
                                     }
-                                    Ok::<_, Infallible>(response)
+                                    None => {
+                                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                                    }
                                 }
-                            });
-                            tokio::spawn(async move {
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
                             });
                         }
                         _ = &mut stopped => break,
@@ -165,6 +152,49 @@ impl Sink {
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("sink log").clone()
     }
+}
+
+/// Records one request and answers it with `respond`'s reply.
+async fn answer(
+    log: Arc<Mutex<Vec<Received>>>,
+    respond: Arc<Responder>,
+    request: hyper::Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = request.uri().path().to_string();
+    let headers = request
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let received = Received {
+        at: Instant::now(),
+        path,
+        headers,
+        body,
+    };
+    let reply = {
+        let mut log = log.lock().expect("sink log");
+        let reply = respond(&received, &log);
+        log.push(received);
+        reply
+    };
+    let mut response = Response::new(Full::new(Bytes::from(reply.body)));
+    *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    for (key, value) in reply.headers {
+        if let (Ok(key), Ok(value)) = (
+            hyper::header::HeaderName::try_from(key),
+            hyper::header::HeaderValue::try_from(value),
+        ) {
+            response.headers_mut().insert(key, value);
+        }
+    }
+    Ok(response)
 }
 
 impl Drop for Sink {

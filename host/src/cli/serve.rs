@@ -54,6 +54,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("channel `{}`", channel.name))?;
         channels.push(Channel::new(&channel.name, &channel.tenant, pipeline));
     }
+    for destination in &config.destinations {
+        sluice_host::server::tls::client_config(destination.ca_file.as_deref())
+            .map_err(|err| anyhow::anyhow!("destination `{}`: {err}", destination.name))?;
+    }
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
     let database = data_dir.join("sluice.db");
     let queue = Arc::new(

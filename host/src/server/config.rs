@@ -113,8 +113,12 @@ pub enum WhenOff {
 pub struct DestinationConfig {
     /// The destination's name, used in metrics, logs and dead letters.
     pub name: String,
-    /// `http://host:port/path` that receives each emitted payload as a POST.
+    /// `https://host/path` (or `http://` on a private network) that receives each emitted payload as a POST.
     pub url: String,
+    /// Extra trusted CA certificates (PEM) for an `https://` url, besides
+    /// the system's; relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Requests allowed, as `N/s`, `N/min` or `N/h` (token bucket); none: unlimited.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
@@ -353,10 +357,23 @@ impl ServerConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ConfigError::Invalid {
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Invalid {
             path: path.to_path_buf(),
             message,
-        })
+        })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    /// Makes file paths in the config relative to `dir` (the config file's folder).
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        for destination in &mut self.destinations {
+            if let Some(file) = &destination.ca_file
+                && file.is_relative()
+            {
+                destination.ca_file = Some(dir.join(file));
+            }
+        }
     }
 
     /// Parses the text of a `sluice.toml`; the error names the key.
@@ -371,9 +388,15 @@ impl ServerConfig {
             if !destinations.insert(destination.name.as_str()) {
                 return Err(format!("destination `{}` is defined twice", destination.name));
             }
-            if !destination.url.starts_with("http://") {
+            if !destination.url.starts_with("http://") && !destination.url.starts_with("https://") {
                 return Err(format!(
-                    "destination `{}`: url `{}` must start with http:// (put TLS in an egress proxy)",
+                    "destination `{}`: url `{}` must start with https:// or http://",
+                    destination.name, destination.url
+                ));
+            }
+            if let Err(err) = destination.url.parse::<hyper::Uri>() {
+                return Err(format!(
+                    "destination `{}`: url `{}` is not a URL: {err}",
                     destination.name, destination.url
                 ));
             }
@@ -491,8 +514,9 @@ mod tests {
         );
         let err = ServerConfig::parse(&text.replace("name = \"portal\"", "name = \"other\"")).unwrap_err();
         assert!(err.contains("destination `portal` is not defined"), "{err}");
-        let err = ServerConfig::parse(&text.replace("http://", "https://")).unwrap_err();
-        assert!(err.contains("must start with http://"), "{err}");
+        let err = ServerConfig::parse(&text.replace("http://", "ftp://")).unwrap_err();
+        assert!(err.contains("must start with https:// or http://"), "{err}");
+        assert!(ServerConfig::parse(&text.replace("http://", "https://")).is_ok());
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //! | 2xx | delivered: removed from the outbox |
 //! | 408, 425, 429, 5xx, timeout, connection error | retried after backoff with jitter, or after `Retry-After` if longer; a `Retry-After` also pauses the whole destination until then |
 //! | any other status | dead letter `rejected-by-destination`, with the response |
+//!
+//! `https://` destinations are verified against the system's trust store
+//! and the destination's `ca-file` (rustls).
 //! | attempts or age exhausted | dead letter `attempts-exhausted` / `too-old` |
 //!
 //! A crash after a send and before its record repeats the send after
@@ -38,7 +41,7 @@ const IDLE: Duration = Duration::from_millis(250);
 /// Most response bytes kept with an attempt.
 const SNIPPET: usize = 512;
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// What one request came back with.
 struct Sent {
@@ -59,9 +62,21 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             return;
         }
     };
+    let tls = match super::tls::client_config(destination.config.ca_file.as_deref()) {
+        Ok(tls) => tls,
+        Err(err) => {
+            tracing::error!(destination = %name, error = %err, "cannot set up TLS");
+            return;
+        }
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .build_http();
+        .build(connector);
     let mut bucket = destination
         .config
         .rate_limit

@@ -36,6 +36,7 @@ mod ingest;
 pub mod metrics;
 mod modules;
 mod sync;
+pub mod tls;
 pub mod transformer;
 
 use std::convert::Infallible;
