@@ -671,7 +671,7 @@ fn repeated_faults_pause_the_channel_until_a_new_activation() {
     let dir = tempfile::tempdir().unwrap();
     // Acme's modules get a 300 ms deadline and the breaker opens after 3 faults.
     let extra = "circuit-breaker = 3\n[tenant.limits]\ntimeout-ms = 300";
-    let sidecar = Sidecar::start(dir.path(), &config(&destination, extra));
+    let mut sidecar = Sidecar::start(dir.path(), &config(&destination, extra));
     let hostile = upload(&sidecar, ACME, "hostile", &wasm("hostile")).1["version"]
         .as_str()
         .unwrap()
@@ -709,7 +709,7 @@ fn repeated_faults_pause_the_channel_until_a_new_activation() {
     let mapper = pushed["version"].as_str().unwrap().to_string();
     let (ok, listed) = sidecar.cli_as(ACME, &["modules", "list"]);
     assert!(ok && listed.as_array().unwrap().len() == 2, "{listed}");
-    let activate = |module: &str, version: &str, config: Value| {
+    let activate = |sidecar: &Sidecar, module: &str, version: &str, config: Value| {
         let body = json!({"steps": [{"module": module, "version": version, "config": config}]}).to_string();
         sidecar.send(
             "POST",
@@ -719,7 +719,7 @@ fn repeated_faults_pause_the_channel_until_a_new_activation() {
             "",
         )
     };
-    assert_eq!(activate("hostile", &hostile, json!({})).0, 200);
+    assert_eq!(activate(&sidecar, "hostile", &hostile, json!({})).0, 200);
     // Files and sockets are not there for a tenant's module: each attempt fails its own event.
     for attack in ["open-socket", "read-file"] {
         let probe = event("probe", "acme", json!({"sku": "A", "attack": attack}));
@@ -766,7 +766,7 @@ fn repeated_faults_pause_the_channel_until_a_new_activation() {
     });
     let (_, channel) = sidecar.send("GET", "/v1/channels/acme-stock", Some(ACME), b"", "");
     assert_eq!(channel["enabled"], false);
-    let reason = channel["circuit-breaker"].as_str().unwrap();
+    let reason = channel["circuit-breaker"].as_str().unwrap().to_string();
     assert!(
         reason.contains("consecutive module faults") && reason.contains("300 ms"),
         "{reason}"
@@ -794,11 +794,27 @@ fn repeated_faults_pause_the_channel_until_a_new_activation() {
     let (_, channel) = sidecar.send("GET", "/v1/channels/acme-stock", Some(ACME), b"", "");
     assert_eq!(channel["queued"]["transform"], 1, "{channel}");
 
+    // The pause, its reason and the held event survive a crash.
+    sidecar.kill9();
+    sidecar.restart();
+    let (_, channel) = sidecar.send("GET", "/v1/channels/acme-stock", Some(ACME), b"", "");
+    assert_eq!(
+        channel["circuit-breaker"].as_str(),
+        Some(reason.as_str()),
+        "{channel}"
+    );
+    assert_eq!(channel["queued"]["transform"], 1, "{channel}");
+    assert!(
+        sidecar
+            .metrics()
+            .contains(r#"sluice_circuit_open{channel="acme-stock"} 1"#)
+    );
+
     // A new activation closes the breaker; the held event flows, and the
     // dead letters are repaired by replay with re-transform.
     let rules =
         json!({"rules": [{"target": "sku", "source": "$.sku"}, {"target": "qty", "source": "$.qty"}]});
-    assert_eq!(activate("mapper", &mapper, rules).0, 200);
+    assert_eq!(activate(&sidecar, "mapper", &mapper, rules).0, 200);
     wait_for("the held event", PATIENCE, || destination.count() == 1);
     for letter in letters.as_array().unwrap() {
         let path = format!("/v1/dead-letters/{}/replay?retransform=true", letter["id"]);

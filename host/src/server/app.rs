@@ -251,6 +251,7 @@ impl App {
                 channel.limits = config.channel_limits(spec);
                 let enabled = queue.set_enabled(&channel.name, spec.enabled, true)?;
                 channel.enabled.store(enabled, Ordering::Release);
+                *channel.tripped.lock().expect("breaker lock") = queue.tripped(&channel.name)?;
             }
             by_name.insert(channel.name.clone(), channel);
         }
@@ -284,6 +285,9 @@ impl App {
             modules_dir: data_dir.join("modules"),
         };
         for channel in app.channels.values() {
+            if channel.tripped().is_some() {
+                app.metrics.set_tripped(&channel.name, true);
+            }
             if let Some(text) = app.registry.active_pipeline(&channel.name)? {
                 let spec: PipelineSpec =
                     serde_json::from_str(&text).map_err(|err| ActivationError::Load {
@@ -456,10 +460,10 @@ impl App {
             last.unwrap_or_default()
         );
         tracing::warn!(channel = %channel.name, tenant = %channel.tenant, reason = %reason, "channel paused");
-        *channel.tripped.lock().expect("breaker lock") = Some(reason);
-        if let Err(err) = self.queue.set_enabled(&channel.name, false, false) {
+        if let Err(err) = self.queue.trip(&channel.name, &reason) {
             tracing::error!(channel = %channel.name, error = %err, "cannot record the switch");
         }
+        *channel.tripped.lock().expect("breaker lock") = Some(reason);
         channel.enabled.store(false, Ordering::Release);
         self.metrics.set_tripped(&channel.name, true);
         true

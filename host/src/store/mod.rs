@@ -306,8 +306,11 @@ pub trait Queue: Send + Sync {
     /// Sets a channel's switch. `from_config` marks the config's value, which
     /// only applies when it differs from the one last applied.
     fn set_enabled(&self, channel: &str, enabled: bool, from_config: bool) -> Result<bool, StoreError>;
-    /// The current switch of a channel, if one was ever set.
-    fn enabled(&self, channel: &str) -> Result<Option<bool>, StoreError>;
+    /// Switches a channel off because its circuit breaker opened, with why;
+    /// switching it on again clears the reason.
+    fn trip(&self, channel: &str, reason: &str) -> Result<(), StoreError>;
+    /// Why the channel's circuit breaker holds it off, if it does.
+    fn tripped(&self, channel: &str) -> Result<Option<String>, StoreError>;
     /// Dead letters, newest first.
     fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterSummary>, StoreError>;
     /// One dead letter in full.

@@ -115,7 +115,8 @@ CREATE TABLE IF NOT EXISTS channel_pipelines (
 CREATE TABLE IF NOT EXISTS channel_state (
     channel TEXT PRIMARY KEY,
     enabled INTEGER NOT NULL,
-    config_enabled INTEGER
+    config_enabled INTEGER,
+    reason TEXT
 );
 ";
 
@@ -151,6 +152,15 @@ impl SqliteQueue {
         // 64 MiB of page cache: the working set (recent events, queues) stays in memory.
         connection.pragma_update(None, "cache_size", -65536)?;
         connection.execute_batch(SCHEMA)?;
+        // Databases made before channel_state had `reason` (the circuit breaker's) get it now.
+        let has_reason: i64 = connection.query_row(
+            "SELECT COUNT(*) FROM pragma_table_info('channel_state') WHERE name = 'reason'",
+            [],
+            |row| row.get(0),
+        )?;
+        if has_reason == 0 {
+            connection.execute_batch("ALTER TABLE channel_state ADD COLUMN reason TEXT")?;
+        }
         let (jobs, receiver) = std::sync::mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("sluice-store".into())
@@ -508,7 +518,8 @@ impl Queue for SqliteQueue {
                 (true, _) => {
                     db.execute(
                         "INSERT INTO channel_state (channel, enabled, config_enabled) VALUES (?1, ?2, ?2)
-                         ON CONFLICT (channel) DO UPDATE SET enabled = ?2, config_enabled = ?2",
+                         ON CONFLICT (channel) DO UPDATE SET enabled = ?2, config_enabled = ?2,
+                           reason = CASE WHEN ?2 THEN NULL ELSE reason END",
                         params![channel, enabled],
                     )?;
                     enabled
@@ -516,7 +527,8 @@ impl Queue for SqliteQueue {
                 (false, _) => {
                     db.execute(
                         "INSERT INTO channel_state (channel, enabled) VALUES (?1, ?2)
-                         ON CONFLICT (channel) DO UPDATE SET enabled = ?2",
+                         ON CONFLICT (channel) DO UPDATE SET enabled = ?2,
+                           reason = CASE WHEN ?2 THEN NULL ELSE reason END",
                         params![channel, enabled],
                     )?;
                     enabled
@@ -526,16 +538,29 @@ impl Queue for SqliteQueue {
         })
     }
 
-    fn enabled(&self, channel: &str) -> Result<Option<bool>, StoreError> {
+    fn trip(&self, channel: &str, reason: &str) -> Result<(), StoreError> {
+        let (channel, reason) = (channel.to_string(), reason.to_string());
+        self.call(move |db| {
+            db.execute(
+                "INSERT INTO channel_state (channel, enabled, reason) VALUES (?1, 0, ?2)
+                 ON CONFLICT (channel) DO UPDATE SET enabled = 0, reason = ?2",
+                params![channel, reason],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn tripped(&self, channel: &str) -> Result<Option<String>, StoreError> {
         let channel = channel.to_string();
         self.read(move |db| {
             Ok(db
                 .query_row(
-                    "SELECT enabled FROM channel_state WHERE channel = ?1",
+                    "SELECT reason FROM channel_state WHERE channel = ?1",
                     [channel],
-                    |row| row.get(0),
+                    |row| row.get::<_, Option<String>>(0),
                 )
-                .optional()?)
+                .optional()?
+                .flatten())
         })
     }
 
@@ -1019,6 +1044,12 @@ mod tests {
         assert!(!queue.set_enabled("a", false, false).unwrap());
         // Restart with the same config: the API's OFF stands.
         assert!(!queue.set_enabled("a", true, true).unwrap());
+        // A tripped breaker is stored with its reason; switching on clears it.
+        queue.trip("a", "3 faults").unwrap();
+        assert_eq!(queue.tripped("a").unwrap().as_deref(), Some("3 faults"));
+        assert!(queue.set_enabled("a", true, false).unwrap());
+        assert_eq!(queue.tripped("a").unwrap(), None);
+        queue.set_enabled("a", false, false).unwrap();
         // The operator edits the config to false, then true: the config wins.
         assert!(!queue.set_enabled("a", false, true).unwrap());
         assert!(queue.set_enabled("a", true, true).unwrap());
