@@ -44,7 +44,8 @@ enum Command {
     ///
     /// Logs are JSON lines on stderr, filtered by `SLUICE_LOG` (default `info`).
     Serve(serve::ServeArgs),
-    /// Switch a running sidecar's channels on and off, and see their queues.
+    /// A running sidecar's channels: list them with their queues, switch them
+    /// on and off, activate uploaded module versions, roll back.
     Channels(admin::ChannelsArgs),
     /// List, inspect, replay and purge a running sidecar's dead letters.
     DeadLetters(admin::DeadLettersArgs),
