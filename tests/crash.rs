@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_host::sink::{Reply, Responder, Sink};
-use support::sidecar::{Sidecar, wait_for};
+use support::sidecar::{Sidecar, stock_config, wait_for};
 
 const ROUNDS: usize = 5;
 const EVENTS_PER_ROUND: usize = 120;
@@ -22,27 +22,7 @@ fn every_accepted_event_is_delivered_across_kill_9_rounds() {
     let destination = Sink::start("127.0.0.1:0".parse().unwrap(), respond).unwrap();
     let dir = tempfile::tempdir().unwrap();
     // Paced at 100/s so each kill lands mid-delivery.
-    let config = format!(
-        r#"
-[limits]
-timeout-ms = 10000
-
-[[destination]]
-name = "portal"
-url = "http://{}/stock"
-rate-limit = "100/s"
-burst = 10
-
-[[channel]]
-name = "stock"
-tenant = "acme"
-destination = "portal"
-[[channel.step]]
-module = "json-mapping"
-config = {{ rules = [ {{ target = "sku", source = "$.sku" }}, {{ target = "qty", source = "$.qty" }} ] }}
-"#,
-        destination.addr
-    );
+    let config = stock_config(destination.addr, "rate-limit = \"100/s\"\nburst = 10", "qty");
     let mut sidecar = Sidecar::start(dir.path(), &config);
     let mut accepted = BTreeSet::new();
     let mut next = 0;

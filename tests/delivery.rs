@@ -10,39 +10,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice_host::sink::{Received, Reply, Responder, Sink};
-use support::sidecar::{Sidecar, wait_for};
+use support::sidecar::{Sidecar, stock_config, wait_for};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A config with one json-mapping channel `stock` (tenant acme) delivering
-/// to the sink; `{extra}` adds keys to the destination, `{mapping}` is the
-/// target field of the quantity.
+/// The `stock` channel's config (see [`stock_config`]) delivering to `sink`.
 fn config(sink: &Sink, extra: &str, quantity_field: &str) -> String {
-    format!(
-        r#"
-[limits]
-timeout-ms = 10000
-
-[retry]
-initial-backoff-ms = 100
-max-backoff-ms = 1000
-
-[[destination]]
-name = "portal"
-url = "http://{addr}/stock"
-concurrency = 4
-{extra}
-
-[[channel]]
-name = "stock"
-tenant = "acme"
-destination = "portal"
-[[channel.step]]
-module = "json-mapping"
-config = {{ rules = [ {{ target = "sku", source = "$.sku" }}, {{ target = "{quantity_field}", source = "$.qty" }} ] }}
-"#,
-        addr = sink.addr
-    )
+    stock_config(sink.addr, extra, quantity_field)
 }
 
 fn stock_event(id: &str, sku: &str, qty: u32) -> Value {

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use support::sidecar::{ADMIN_TOKEN, Sidecar};
+use support::sidecar::{ADMIN_TOKEN, Sidecar, raw_request};
 use support::workspace;
 
 /// Starts `sluice serve` on a free port with this config text.
@@ -48,19 +48,6 @@ fn post(url: &str, body: &str) -> (u16, Value) {
     };
     let status = response.status();
     (status, response.into_json().unwrap())
-}
-
-/// Sends raw bytes and returns whatever the server answers until it closes or pauses.
-fn raw_request(base: &str, request: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = vec![0; 4096];
-    let read = stream.read(&mut answer).unwrap();
-    String::from_utf8_lossy(&answer[..read]).into_owned()
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use sluice_host::sink::{Reply, Responder, Sink};
 use support::guest;
-use support::sidecar::{ADMIN_TOKEN, Sidecar, token_hash, wait_for};
+use support::sidecar::{ADMIN_TOKEN, Sidecar, raw_request, token_hash, wait_for};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const ACME: &str = "acme-token";
@@ -117,17 +117,6 @@ fn upload(sidecar: &Sidecar, token: &str, name: &str, bytes: &[u8]) -> (u16, Val
 /// A JSON body's `code`.
 fn code(answer: &(u16, Value)) -> (u16, &str) {
     (answer.0, answer.1["code"].as_str().unwrap_or(""))
-}
-
-/// Sends raw bytes and returns the first answer (the server may answer before the body is sent).
-fn raw_request(base: &str, request: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = vec![0; 4096];
-    let read = stream.read(&mut answer).unwrap();
-    String::from_utf8_lossy(&answer[..read]).into_owned()
 }
 
 #[test]

@@ -225,3 +225,45 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A config with one json-mapping channel `stock` (tenant acme) delivering
+/// to `http://{addr}/stock`; `extra` adds keys to the destination, and
+/// `quantity_field` is the target field of the payload's `qty`.
+pub fn stock_config(addr: std::net::SocketAddr, extra: &str, quantity_field: &str) -> String {
+    format!(
+        r#"
+[limits]
+timeout-ms = 10000
+
+[retry]
+initial-backoff-ms = 100
+max-backoff-ms = 1000
+
+[[destination]]
+name = "portal"
+url = "http://{addr}/stock"
+concurrency = 4
+{extra}
+
+[[channel]]
+name = "stock"
+tenant = "acme"
+destination = "portal"
+[[channel.step]]
+module = "json-mapping"
+config = {{ rules = [ {{ target = "sku", source = "$.sku" }}, {{ target = "{quantity_field}", source = "$.qty" }} ] }}
+"#
+    )
+}
+
+/// Sends raw bytes to the server and returns its first answer (which may
+/// come before a large body is sent).
+pub fn raw_request(base: &str, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(base.trim_start_matches("http://")).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = vec![0; 4096];
+    let read = stream.read(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}

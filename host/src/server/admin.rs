@@ -82,9 +82,13 @@ fn filter(caller: &Caller, request: &Request<Incoming>) -> Result<DeadLetterFilt
     })
 }
 
+/// The 404 for a dead letter that does not exist, or is another tenant's.
+fn no_letter(id: impl std::fmt::Display) -> ApiError {
+    ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{id}`"))
+}
+
 fn letter_id(text: &str) -> Result<i64, ApiError> {
-    text.parse()
-        .map_err(|_| ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{text}`")))
+    text.parse().map_err(|_| no_letter(text))
 }
 
 /// One dead letter the caller may see; 404 otherwise.
@@ -94,7 +98,7 @@ async fn letter_for(app: &App, caller: &Caller, id: &str) -> Result<DeadLetter, 
     blocking(move || queue.dead_letter(id))
         .await?
         .filter(|letter| caller.may_act_for(&letter.summary.tenant))
-        .ok_or_else(|| ApiError::not_found("unknown-dead-letter", format!("there is no dead letter `{id}`")))
+        .ok_or_else(|| no_letter(id))
 }
 
 /// `GET /v1/dead-letters[?channel=&tenant=&limit=]`, newest first.
@@ -122,10 +126,7 @@ pub async fn purge_dead_letter(app: &App, caller: &Caller, id: &str) -> Result<R
     if blocking(move || queue.purge_dead_letter(id)).await? {
         Ok(json_response(StatusCode::OK, &json!({"purged": 1})))
     } else {
-        Err(ApiError::not_found(
-            "unknown-dead-letter",
-            format!("there is no dead letter `{id}`"),
-        ))
+        Err(no_letter(id))
     }
 }
 
@@ -183,10 +184,7 @@ pub async fn replay_dead_letter(
                 &json!({"replayed": id, "retransform": retransform, "channel": channel.name}),
             ))
         }
-        ReplayResult::NotFound => Err(ApiError::not_found(
-            "unknown-dead-letter",
-            format!("there is no dead letter `{id}`"),
-        )),
+        ReplayResult::NotFound => Err(no_letter(id)),
         ReplayResult::NothingToResend => Err(ApiError::new(
             StatusCode::CONFLICT,
             "nothing-to-resend",

@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 
 use super::backoff::{TokenBucket, backoff, retry_after};
 use super::metrics::{DeadLetterLabels, DestinationLabels};
-use super::{App, Destination};
+use super::{App, Destination, in_store};
 use crate::event::EventJson;
 use crate::store::{Attempt, AttemptResult, Delivery, now_ms};
 
@@ -82,6 +82,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         .rate_limit
         .map(|limit| TokenBucket::new(limit, destination.config.burst));
     let concurrency = destination.config.concurrency;
+    let headers = destination_headers(destination);
     let mut paused_until: Option<Instant> = None;
     loop {
         if *stopped.borrow() {
@@ -99,18 +100,12 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         }
         let queue = app.queue.clone();
         let worker = name.clone();
-        let due =
-            match tokio::task::spawn_blocking(move || queue.due(&worker, now_ms(), concurrency * 8)).await {
-                Ok(Ok(due)) => due,
-                Ok(Err(err)) => {
-                    tracing::error!(destination = %name, error = %err, "cannot read the outbox");
-                    Vec::new()
-                }
-                Err(join) => {
-                    tracing::error!(destination = %name, error = %join, "the outbox task failed");
-                    Vec::new()
-                }
-            };
+        let due = in_store(move || queue.due(&worker, now_ms(), concurrency * 8))
+            .await
+            .unwrap_or_else(|err| {
+                tracing::error!(destination = %name, error = %err, "cannot read the outbox");
+                Vec::new()
+            });
         if due.is_empty() {
             let idle = next_wait(&app, &name).await;
             tokio::select! {
@@ -144,7 +139,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             in_flight.spawn(send(
                 client.clone(),
                 uri.clone(),
-                destination_headers(destination),
+                headers.clone(),
                 delivery,
                 destination.retry.timeout_ms,
             ));
@@ -162,14 +157,10 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             .map(|done| settle(&app, destination, done))
             .collect();
         let queue = app.queue.clone();
-        match tokio::task::spawn_blocking(move || queue.attempted(results)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => {
-                // Unrecorded sends are repeated later with the same key.
-                tracing::error!(destination = %name, error = %err, "cannot record delivery attempts");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(join) => tracing::error!(destination = %name, error = %join, "the store task failed"),
+        if let Err(err) = in_store(move || queue.attempted(results)).await {
+            // Unrecorded sends are repeated later with the same key.
+            tracing::error!(destination = %name, error = %err, "cannot record delivery attempts");
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 }
@@ -178,10 +169,8 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
 async fn next_wait(app: &Arc<App>, name: &str) -> Duration {
     let queue = app.queue.clone();
     let name = name.to_string();
-    match tokio::task::spawn_blocking(move || queue.next_due_ms(&name)).await {
-        Ok(Ok(Some(next))) => {
-            Duration::from_millis((next - now_ms()).clamp(1, IDLE.as_millis() as i64) as u64)
-        }
+    match in_store(move || queue.next_due_ms(&name)).await {
+        Ok(Some(next)) => Duration::from_millis((next - now_ms()).clamp(1, IDLE.as_millis() as i64) as u64),
         _ => IDLE,
     }
 }
@@ -194,20 +183,28 @@ fn pause_from(sent: &[Sent]) -> Option<Instant> {
         .map(|wait| Instant::now() + wait)
 }
 
-fn destination_headers(destination: &Destination) -> Vec<(String, String)> {
-    destination
-        .config
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
+/// The destination's configured headers, checked once per worker (an invalid one is logged and skipped).
+fn destination_headers(destination: &Destination) -> Arc<Vec<(HeaderName, HeaderValue)>> {
+    let mut headers = Vec::new();
+    for (key, value) in &destination.config.headers {
+        match (
+            HeaderName::try_from(key.as_str()),
+            HeaderValue::try_from(value.as_str()),
+        ) {
+            (Ok(key), Ok(value)) => headers.push((key, value)),
+            _ => {
+                tracing::error!(destination = %destination.config.name, header = %key, "invalid header; not sent")
+            }
+        }
+    }
+    Arc::new(headers)
 }
 
 /// Sends one delivery and reports what came back.
 async fn send(
     client: HttpClient,
     uri: Uri,
-    extra: Vec<(String, String)>,
+    extra: Arc<Vec<(HeaderName, HeaderValue)>>,
     delivery: Delivery,
     timeout_ms: u64,
 ) -> Sent {
@@ -235,10 +232,8 @@ async fn send(
         .header("x-sluice-source-event-id", &delivery.event_id)
         .header("x-sluice-attempt", (delivery.attempts + 1).to_string())
         .header("x-sluice-module-versions", versions_header(&delivery.versions));
-    for (key, value) in extra {
-        if let (Ok(key), Ok(value)) = (HeaderName::try_from(key), HeaderValue::try_from(value)) {
-            request = request.header(key, value);
-        }
+    for (key, value) in extra.iter() {
+        request = request.header(key, value);
     }
     let request = match request.body(Full::new(Bytes::from(event.payload.get().to_string()))) {
         Ok(request) => request,

@@ -44,6 +44,14 @@ pub async fn ingest(
         ));
     }
 
+    // Events naming no tenant belong to the caller's (or, for an admin, the only one).
+    let default_tenant = match caller.tenant() {
+        Some(own) => Some(own.to_string()),
+        None => match app.tenant_names().as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        },
+    };
     let mut batch = Vec::with_capacity(events.len());
     let mut logged = Vec::with_capacity(events.len());
     let mut woken = Vec::new();
@@ -56,20 +64,17 @@ pub async fn ingest(
             ));
         }
         if event.tenant.is_empty() {
-            match (caller.tenant(), app.tenant_names().as_slice()) {
-                (Some(own), _) => event.tenant = own.to_string(),
-                (None, [only]) => event.tenant = only.clone(),
-                (None, _) => {
-                    return Err(ApiError::bad_request(
-                        "invalid-event",
-                        format!(
-                            "event `{}` names no tenant, and this server has several",
-                            event.id
-                        ),
-                        Some("$['tenant']"),
-                    ));
-                }
-            }
+            let Some(tenant) = &default_tenant else {
+                return Err(ApiError::bad_request(
+                    "invalid-event",
+                    format!(
+                        "event `{}` names no tenant, and this server has several",
+                        event.id
+                    ),
+                    Some("$['tenant']"),
+                ));
+            };
+            event.tenant = tenant.clone();
         }
         if app.tenant(&event.tenant).is_none() || !caller.may_act_for(&event.tenant) {
             return Err(ApiError::bad_request(

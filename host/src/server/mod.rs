@@ -242,13 +242,20 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
     }
 }
 
-/// Runs blocking store work off the async threads.
+/// Runs blocking store work off the async threads; a store error or a
+/// failed task comes back as its text (workers log it).
+pub(crate) async fn in_store<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|err| err.to_string()),
+        Err(join) => Err(format!("a store task failed: {join}")),
+    }
+}
+
+/// [`in_store`] for request handlers: a failure is a 500.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(err)) => Err(ApiError::internal(err)),
-        Err(join) => Err(ApiError::internal(format!("a store task failed: {join}"))),
-    }
+    in_store(work).await.map_err(ApiError::internal)
 }

@@ -14,9 +14,9 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::metrics::{ChannelLabels, DeadLetterLabels, OutcomeLabels};
-use super::{App, Channel};
+use super::{App, Channel, in_store};
 use crate::event::{EventJson, OutcomeJson};
-use crate::store::{Disposition, NewDelivery, Pending, StoreError, Transformed, idempotency_key};
+use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key};
 
 /// Events taken from the queue per pipeline run.
 const BATCH: usize = 128;
@@ -33,7 +33,7 @@ const IDLE: Duration = Duration::from_millis(250);
 pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
     let channel = &app.channels[&name];
     let mut after = 0;
-    let mut committing: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
+    let mut committing: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
     loop {
         if *stopped.borrow() {
             if let Some(commit) = committing.take() {
@@ -43,21 +43,15 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         }
         let pending = if channel.enabled() {
             let queue = app.queue.clone();
-            let name = name.clone();
-            tokio::task::spawn_blocking(move || queue.pending(&name, after, BATCH)).await
+            let key = name.clone();
+            in_store(move || queue.pending(&key, after, BATCH))
+                .await
+                .unwrap_or_else(|err| {
+                    tracing::error!(channel = %name, error = %err, "cannot read the channel's queue");
+                    Vec::new()
+                })
         } else {
-            Ok(Ok(Vec::new()))
-        };
-        let pending = match pending {
-            Ok(Ok(pending)) => pending,
-            Ok(Err(err)) => {
-                tracing::error!(channel = %name, error = %err, "cannot read the channel's queue");
-                Vec::new()
-            }
-            Err(join) => {
-                tracing::error!(channel = %name, error = %join, "the queue task failed");
-                Vec::new()
-            }
+            Vec::new()
         };
         if pending.is_empty() {
             if let Some(commit) = committing.take() {
@@ -88,23 +82,17 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         }
         after = last;
         let queue = app.queue.clone();
-        committing = Some(tokio::task::spawn_blocking(move || queue.transformed(results)));
+        committing = Some(tokio::spawn(in_store(move || queue.transformed(results))));
     }
 }
 
 /// Waits for a commit of transform results; false if it failed.
-async fn finish_commit(name: &str, commit: tokio::task::JoinHandle<Result<(), StoreError>>) -> bool {
-    match commit.await {
-        Ok(Ok(())) => true,
-        Ok(Err(err)) => {
-            tracing::error!(channel = %name, error = %err, "cannot record transform results; retrying");
-            false
-        }
-        Err(join) => {
-            tracing::error!(channel = %name, error = %join, "the store task failed");
-            false
-        }
+async fn finish_commit(name: &str, commit: tokio::task::JoinHandle<Result<(), String>>) -> bool {
+    let committed = commit.await.unwrap_or_else(|join| Err(join.to_string()));
+    if let Err(err) = &committed {
+        tracing::error!(channel = %name, error = %err, "cannot record transform results; retrying");
     }
+    committed.is_ok()
 }
 
 /// Runs one batch through the channel's pipeline and decides where each
