@@ -162,6 +162,10 @@ pub fn parse_events(text: &str) -> Result<Vec<EventJson>, EventParseError> {
     }
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
     let mut events = Vec::new();
+    // Lines are counted as the stream moves on, never from the start again:
+    // parsing stays linear in the size of the text.
+    let mut line = 1;
+    let mut counted_to = 0;
     loop {
         let before = stream.byte_offset();
         match stream.next() {
@@ -175,15 +179,17 @@ pub fn parse_events(text: &str) -> Result<Vec<EventJson>, EventParseError> {
             }
             Some(Ok(raw)) => {
                 let skipped = text[before..].len() - text[before..].trim_start().len();
-                let line = line_of(text, before + skipped);
+                let start = before + skipped;
+                line += bytecount_newlines(&text.as_bytes()[counted_to..start]);
+                counted_to = start;
                 events.push(parse_one::<EventJson>(raw.get(), Some(line))?);
             }
         }
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset].matches('\n').count() + 1
+fn bytecount_newlines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
 }
 
 fn parse_one<T: serde::de::DeserializeOwned>(text: &str, line: Option<usize>) -> Result<T, EventParseError> {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::diff::diff;
+use crate::diff::{Difference, diff};
 use crate::engine::Module;
 use crate::event::parse_events;
 use crate::pipeline::{Pipeline, Step};
@@ -46,14 +46,39 @@ pub enum FixtureError {
 }
 
 /// How a case ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum CaseStatus {
     /// Output matched `expected.json`.
     Passed,
     /// `expected.json` was (re)written from the output.
     Blessed,
-    /// Output differed, or the case could not run; the text says why.
+    /// Output differed from `expected.json`, at these paths.
+    Differs(Vec<Difference>),
+    /// The case could not run; the text says why.
     Failed(String),
+}
+
+impl CaseStatus {
+    /// Whether the case failed (differed or could not run).
+    pub fn failed(&self) -> bool {
+        matches!(self, CaseStatus::Differs(_) | CaseStatus::Failed(_))
+    }
+
+    /// Why the case failed, as `sluice test` prints it; empty if it did not.
+    pub fn message(&self) -> String {
+        match self {
+            CaseStatus::Passed | CaseStatus::Blessed => String::new(),
+            CaseStatus::Failed(why) => why.clone(),
+            CaseStatus::Differs(differences) => {
+                let mut message = format!("{} difference(s) from expected.json:\n", differences.len());
+                for difference in differences {
+                    message.push_str(&difference.to_string());
+                    message.push('\n');
+                }
+                message
+            }
+        }
+    }
 }
 
 /// The result of one case.
@@ -65,6 +90,34 @@ pub struct CaseResult {
     pub status: CaseStatus,
     /// How long it took.
     pub duration: Duration,
+}
+
+impl CaseResult {
+    /// The result as structured JSON, as the upload API returns it:
+    /// `{"case", "status", "differences": [{"path", "expected", "actual"}]}`
+    /// or `{"case", "status": "failed", "error"}`.
+    pub fn to_json(&self) -> Value {
+        let (status, extra) = match &self.status {
+            CaseStatus::Passed => ("passed", None),
+            CaseStatus::Blessed => ("blessed", None),
+            CaseStatus::Failed(why) => ("failed", Some(("error", Value::String(why.clone())))),
+            CaseStatus::Differs(differences) => (
+                "failed",
+                Some((
+                    "differences",
+                    differences
+                        .iter()
+                        .map(|d| serde_json::json!({"path": d.path, "expected": d.expected, "actual": d.actual}))
+                        .collect(),
+                )),
+            ),
+        };
+        let mut json = serde_json::json!({"case": self.name, "status": status});
+        if let Some((key, value)) = extra {
+            json[key] = value;
+        }
+        json
+    }
 }
 
 /// The results of one fixtures directory.
@@ -81,7 +134,7 @@ impl SuiteReport {
     pub fn passed(&self) -> usize {
         self.cases
             .iter()
-            .filter(|c| !matches!(c.status, CaseStatus::Failed(_)))
+            .filter(|c| !c.status.failed())
             .count()
     }
 
@@ -154,24 +207,23 @@ pub fn run_suite(
 }
 
 fn run_case(subject: &Subject, dir: &Path, bless: bool) -> Result<CaseStatus, String> {
-    let (input_path, single) = match (dir.join("input.json"), dir.join("input.jsonl")) {
-        (json, _) if json.is_file() => (json, true),
-        (_, jsonl) if jsonl.is_file() => (jsonl, false),
-        _ => return Err(format!("no `input.json` or `input.jsonl` in `{}`", dir.display())),
+    let case = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let (input_name, single) = match (dir.join("input.json"), dir.join("input.jsonl")) {
+        (json, _) if json.is_file() => ("input.json", true),
+        (_, jsonl) if jsonl.is_file() => ("input.jsonl", false),
+        _ => return Err(format!("no `input.json` or `input.jsonl` in case `{case}`")),
     };
-    let input_text = read(&input_path)?;
-    let inputs = parse_events(&input_text).map_err(|err| format!("{}: {err}", input_path.display()))?;
+    let input_text = read(dir, input_name)?;
+    let inputs = parse_events(&input_text).map_err(|err| format!("{input_name}: {err}"))?;
     if single && inputs.len() != 1 {
         return Err(format!(
-            "{}: holds {} events; use `input.jsonl` for more than one",
-            input_path.display(),
+            "{input_name}: holds {} events; use `input.jsonl` for more than one",
             inputs.len()
         ));
     }
-    let config_path = dir.join("config.json");
-    let config = if config_path.is_file() {
-        let text = read(&config_path)?;
-        serde_json::from_str::<Value>(&text).map_err(|err| format!("{}: {err}", config_path.display()))?;
+    let config = if dir.join("config.json").is_file() {
+        let text = read(dir, "config.json")?;
+        serde_json::from_str::<Value>(&text).map_err(|err| format!("config.json: {err}"))?;
         Some(text)
     } else {
         None
@@ -188,33 +240,23 @@ fn run_case(subject: &Subject, dir: &Path, bless: bool) -> Result<CaseStatus, St
     if bless {
         let mut text = serde_json::to_string_pretty(&actual).map_err(|err| err.to_string())?;
         text.push('\n');
-        fs::write(&expected_path, text)
-            .map_err(|err| format!("cannot write {}: {err}", expected_path.display()))?;
+        fs::write(&expected_path, text).map_err(|err| format!("cannot write expected.json: {err}"))?;
         return Ok(CaseStatus::Blessed);
     }
     if !expected_path.is_file() {
         return Err(format!(
-            "no `expected.json` in `{}`: run with `--bless` to create it from the actual output",
-            dir.display()
+            "no `expected.json` in case `{case}`: run with `--bless` to create it from the actual output"
         ));
     }
-    let expected_text = read(&expected_path)?;
+    let expected_text = read(dir, "expected.json")?;
     let expected: Value =
-        serde_json::from_str(&expected_text).map_err(|err| format!("{}: {err}", expected_path.display()))?;
+        serde_json::from_str(&expected_text).map_err(|err| format!("expected.json: {err}"))?;
     let differences = diff(&expected, &actual);
     if differences.is_empty() {
-        return Ok(CaseStatus::Passed);
+        Ok(CaseStatus::Passed)
+    } else {
+        Ok(CaseStatus::Differs(differences))
     }
-    let mut message = format!(
-        "{} difference(s) from {}:\n",
-        differences.len(),
-        expected_path.display()
-    );
-    for difference in &differences {
-        message.push_str(&difference.to_string());
-        message.push('\n');
-    }
-    Ok(CaseStatus::Failed(message))
 }
 
 /// Removes `version` from error outcomes: it is the module's hash, which
@@ -227,8 +269,27 @@ fn forget_module_versions(outcomes: &mut Value) {
     }
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    fs::read_to_string(path).map_err(|err| format!("cannot read {}: {err}", path.display()))
+/// Largest fixture file read, in bytes.
+const MAX_FIXTURE_FILE: u64 = 64 << 20;
+
+/// Reads a case's file, at most [`MAX_FIXTURE_FILE`] bytes of a regular
+/// file; errors name the file within its case, never a full path.
+fn read(dir: &Path, name: &str) -> Result<String, String> {
+    use std::io::Read;
+    let path = dir.join(name);
+    let file = fs::File::open(&path).map_err(|err| format!("cannot read {name}: {}", err.kind()))?;
+    let meta = file.metadata().map_err(|err| format!("cannot read {name}: {}", err.kind()))?;
+    if !meta.is_file() {
+        return Err(format!("{name} is not a regular file"));
+    }
+    if meta.len() > MAX_FIXTURE_FILE {
+        return Err(format!("{name} is {} bytes, over the {MAX_FIXTURE_FILE}-byte limit", meta.len()));
+    }
+    let mut text = String::new();
+    file.take(MAX_FIXTURE_FILE)
+        .read_to_string(&mut text)
+        .map_err(|err| format!("cannot read {name}: {err}"))?;
+    Ok(text)
 }
 
 /// JUnit XML for these suites, as CI systems read it.
@@ -238,14 +299,14 @@ pub fn junit_xml(suites: &[SuiteReport]) -> String {
     for suite in suites {
         let mut test_suite = TestSuite::new(suite.name.as_str());
         for case in &suite.cases {
-            let status = match &case.status {
-                CaseStatus::Passed | CaseStatus::Blessed => TestCaseStatus::success(),
-                CaseStatus::Failed(message) => {
-                    let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
-                    status.set_message(message.lines().next().unwrap_or("failed"));
-                    status.set_description(message.as_str());
-                    status
-                }
+            let status = if case.status.failed() {
+                let message = case.status.message();
+                let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                status.set_message(message.lines().next().unwrap_or("failed"));
+                status.set_description(message.as_str());
+                status
+            } else {
+                TestCaseStatus::success()
             };
             let mut test_case = TestCase::new(case.name.as_str(), status);
             test_case.set_classname(suite.name.as_str());

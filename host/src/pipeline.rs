@@ -6,7 +6,10 @@
 //!   with the reasons joined;
 //! - `reject` on any branch rejects the whole input event, with every
 //!   violation found in that step;
-//! - a fault on any branch fails the whole input event with that fault.
+//! - a fault on any branch fails the whole input event with that fault;
+//! - an input event whose branches together hold more events, or more bytes,
+//!   than the step's `max-fan-out` and `output-bytes-per-event` fails with
+//!   a fault of that step, so fan-outs cannot multiply past the caps.
 
 use std::sync::Arc;
 
@@ -115,6 +118,17 @@ impl Pipeline {
                 }
             }
             for state in &mut progress {
+                if state.fault.is_none()
+                    && let Some(kind) = over_caps(&state.live, step.module.limits())
+                {
+                    state.fault = Some(Box::new(Fault {
+                        module: step.module.name().to_string(),
+                        version: step.module.version().to_string(),
+                        event: state.input_id.clone(),
+                        kind,
+                        log: String::new(),
+                    }));
+                }
                 if state.fault.is_some() || !state.violations.is_empty() {
                     state.live.clear();
                 }
@@ -122,6 +136,21 @@ impl Pipeline {
         }
         progress.into_iter().map(finish).collect()
     }
+}
+
+/// The fault for one input event whose live branches exceed a step's caps.
+fn over_caps(live: &[Event], limits: &crate::engine::Limits) -> Option<FaultKind> {
+    if live.len() > limits.max_fan_out {
+        return Some(FaultKind::TooManyOutputs {
+            count: live.len(),
+            limit: limits.max_fan_out,
+        });
+    }
+    let bytes: usize = live.iter().map(crate::engine::event_bytes).sum();
+    (bytes > limits.output_bytes_per_event).then_some(FaultKind::OutputTooLarge {
+        bytes,
+        limit_bytes: limits.output_bytes_per_event,
+    })
 }
 
 /// The final outcome for one input event.

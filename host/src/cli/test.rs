@@ -95,7 +95,8 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
             match &case.status {
                 CaseStatus::Passed => println!("case {name}/{} ... ok", case.name),
                 CaseStatus::Blessed => println!("case {name}/{} ... blessed", case.name),
-                CaseStatus::Failed(message) => {
+                failed @ (CaseStatus::Failed(_) | CaseStatus::Differs(_)) => {
+                    let message = failed.message();
                     println!("case {name}/{} ... FAILED", case.name);
                     for line in message.lines() {
                         println!("    {line}");

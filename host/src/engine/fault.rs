@@ -5,6 +5,9 @@
 use serde::{Deserialize, Serialize};
 use wasmtime::Trap;
 
+use super::limits::MemoryLimitExceeded;
+use super::wasi::DeadlineExceeded;
+
 /// A module failed on an event. Says which module (name and version),
 /// which event, what happened, and what the guest logged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -64,6 +67,14 @@ pub enum FaultKind {
         /// The cap.
         limit_bytes: usize,
     },
+    /// One event's outcome held more events (or violations) than the fan-out cap.
+    #[error("produced {count} outputs for one event, over the cap of {limit}")]
+    TooManyOutputs {
+        /// Events emitted (or violations reported).
+        count: usize,
+        /// The cap.
+        limit: usize,
+    },
     /// An emitted payload was not valid JSON.
     #[error("emitted a payload that is not JSON: {detail}")]
     InvalidPayload {
@@ -100,14 +111,15 @@ impl FaultKind {
         err: &wasmtime::Error,
         timeout_ms: u64,
         fuel: u64,
-        memory_bytes: usize,
         log: &str,
     ) -> FaultKind {
-        let chain = format!("{err:?}");
-        if chain.contains("forcing trap when growing memory") {
+        if let Some(exceeded) = err.downcast_ref::<MemoryLimitExceeded>() {
             return FaultKind::MemoryLimit {
-                limit_bytes: memory_bytes,
+                limit_bytes: exceeded.limit,
             };
+        }
+        if err.downcast_ref::<DeadlineExceeded>().is_some() {
+            return FaultKind::Timeout { limit_ms: timeout_ms };
         }
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => FaultKind::Timeout { limit_ms: timeout_ms },

@@ -4,8 +4,11 @@
 //! - Components are compiled once and cached on disk ([`ArtifactCache`]).
 //! - Instances come from the pooling allocator via a type-checked
 //!   `InstancePre`, so a fresh instance per batch costs microseconds.
-//! - Every call runs under a wall-clock deadline (epoch interruption),
-//!   optionally fuel, a memory cap and an output cap ([`Limits`]).
+//! - Every call runs under a wall-clock deadline (epoch interruption, and
+//!   every host call that can wait stops at it: see [`wasi`]), optionally
+//!   fuel, a memory budget per instance and output caps ([`Limits`]).
+//! - At most `max_instances` instances are live at once; a call that finds
+//!   none free waits for one (backpressure, never a fault).
 //! - A trapped instance is discarded; the rest of its batch is retried one
 //!   event at a time on fresh instances, so one bad event fails alone.
 
@@ -14,6 +17,8 @@ mod fault;
 mod limits;
 mod module;
 mod sandbox;
+mod slots;
+pub mod wasi;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,17 +26,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::Linker;
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-pub use cache::{ArtifactCache, CacheOutcome};
+pub use cache::{ArtifactCache, CacheError, CacheOutcome};
 pub use fault::{Fault, FaultKind};
-pub use limits::Limits;
-pub use module::{ComponentReport, LoadError, Module, StepResult};
+pub use limits::{Limits, MemoryBudget, MemoryLimitExceeded};
+pub use module::{ComponentReport, LoadError, Module, StepResult, event_bytes};
 pub use sandbox::{LogBuffer, Sandbox};
 
 /// How often the epoch advances; deadlines are measured in these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Most core module instances one component may hold.
+pub const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+/// Most linear memories one component may hold. Their sizes together are
+/// capped by the instance's memory budget.
+pub const MAX_MEMORIES_PER_COMPONENT: u32 = 8;
+/// Most tables one component may hold.
+pub const MAX_TABLES_PER_COMPONENT: u32 = 32;
 
 /// Process-wide engine settings. Changing any of them changes the compiled
 /// code, so artifacts are cached per setting.
@@ -66,13 +79,8 @@ pub enum EngineError {
     #[error("cannot configure the WebAssembly engine: {0}")]
     Config(String),
     /// The artifact cache directory cannot be used.
-    #[error("cannot use the module cache directory `{path}`: {source}")]
-    Cache {
-        /// The directory.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
 }
 
 /// The runtime. Cheap to clone; share one per process.
@@ -83,6 +91,7 @@ pub struct Engine {
     cache: Option<ArtifactCache>,
     fuel: bool,
     warm: Arc<WarmBudget>,
+    slots: Arc<slots::Slots>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -113,11 +122,16 @@ impl WarmBudget {
 impl Engine {
     /// Builds the engine and starts its epoch ticker thread.
     pub fn new(options: &EngineOptions) -> Result<Self, EngineError> {
+        // Per-component caps times the instance count: the pool can never
+        // run out while the instance slots are respected.
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(options.max_instances)
-            .total_core_instances(options.max_instances * 16)
-            .total_memories(options.max_instances * 4)
-            .total_tables(options.max_instances * 16)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+            .total_core_instances(options.max_instances * MAX_CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(options.max_instances * MAX_MEMORIES_PER_COMPONENT)
+            .total_tables(options.max_instances * MAX_TABLES_PER_COMPONENT)
             .max_memory_size(options.max_memory_bytes);
 
         let mut config = Config::new();
@@ -129,18 +143,10 @@ impl Engine {
         let wasmtime = wasmtime::Engine::new(&config).map_err(|e| EngineError::Config(e.to_string()))?;
 
         let mut linker = Linker::<Sandbox>::new(&wasmtime);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| EngineError::Config(e.to_string()))?;
-        crate::bindings::sluice::transform::host::add_to_linker::<Sandbox, HasSelf<Sandbox>>(
-            &mut linker,
-            |sandbox| sandbox,
-        )
-        .map_err(|e| EngineError::Config(e.to_string()))?;
+        wasi::add_to_linker(&mut linker).map_err(|e| EngineError::Config(e.to_string()))?;
 
         let cache = match &options.cache_dir {
-            Some(dir) => Some(ArtifactCache::open(dir).map_err(|source| EngineError::Cache {
-                path: dir.clone(),
-                source,
-            })?),
+            Some(dir) => Some(ArtifactCache::open(dir)?),
             None => None,
         };
         Ok(Self {
@@ -153,7 +159,18 @@ impl Engine {
                 held: Default::default(),
                 max: options.max_instances as usize / 2,
             }),
+            slots: Arc::new(slots::Slots::new(options.max_instances as usize)),
         })
+    }
+
+    /// The on-disk cache of compiled components, if one is configured.
+    pub fn cache(&self) -> Option<&ArtifactCache> {
+        self.cache.as_ref()
+    }
+
+    /// The wasmtime engine underneath.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.wasmtime
     }
 
     /// Whether fuel is metered.

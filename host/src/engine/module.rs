@@ -2,11 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::slice;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
+use super::slots::Slot;
 use super::{CacheOutcome, EPOCH_TICK, Engine, Fault, FaultKind, Limits, Sandbox};
 use crate::bindings::{Event, Outcome, Transform, TransformPre};
 
@@ -128,8 +130,18 @@ impl Engine {
         self.load(&name, &bytes, limits)
     }
 
-    /// Checks, compiles (or loads from cache) and type-checks a component.
+    /// Checks, compiles (or loads from cache) and type-checks a component,
+    /// then keeps its compiled artifact in the cache for the next start.
     pub fn load(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Module, LoadError> {
+        let module = self.load_unsaved(name, bytes, limits)?;
+        module.save_artifact();
+        Ok(module)
+    }
+
+    /// [`Engine::load`] without writing to the cache: for a module that
+    /// still has checks to pass (an upload), so a refused module leaves
+    /// nothing on disk. Call [`Module::save_artifact`] once it is accepted.
+    pub fn load_unsaved(&self, name: &str, bytes: &[u8], limits: Limits) -> Result<Module, LoadError> {
         let (component, sha256, cache) = self.compile(name, bytes)?;
         let report = self.report(&component, bytes.len(), sha256.clone());
         for import in &report.imports {
@@ -205,15 +217,19 @@ impl Engine {
             _ => return Err(LoadError::NotWasm { name: name.into() }),
         }
         let sha256 = hex::encode(Sha256::digest(bytes));
-        let compiled = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.wasmtime, &sha256, bytes),
-            None => Component::new(&self.wasmtime, bytes).map(|c| (c, CacheOutcome::Uncached)),
-        };
-        let (component, cache) = compiled.map_err(|err| LoadError::Compile {
+        if let Some(component) = self.cache.as_ref().and_then(|c| c.load(&self.wasmtime, &sha256)) {
+            return Ok((component, sha256, CacheOutcome::Hit));
+        }
+        let component = Component::new(&self.wasmtime, bytes).map_err(|err| LoadError::Compile {
             name: name.into(),
             detail: format!("{err:#}"),
         })?;
-        Ok((component, sha256, cache))
+        let outcome = if self.cache.is_some() {
+            CacheOutcome::Compiled
+        } else {
+            CacheOutcome::Uncached
+        };
+        Ok((component, sha256, outcome))
     }
 
     fn report(&self, component: &Component, size: usize, sha256: String) -> ComponentReport {
@@ -233,10 +249,12 @@ impl Engine {
     }
 }
 
-/// A live instance, initialised with one step's configuration.
+/// A live instance, initialised with one step's configuration. It holds
+/// one of the engine's instance slots while it lives.
 struct Instance {
     store: Store<Sandbox>,
     bindings: Transform,
+    _slot: Slot,
 }
 
 /// A failed call, before it is attributed to an event.
@@ -244,6 +262,9 @@ struct Instance {
 struct CallFailure {
     kind: FaultKind,
     log: String,
+    /// The instance could not start (instantiation or `init`): every event
+    /// of the batch would fail the same way, so none is retried.
+    at_start: bool,
 }
 
 impl Module {
@@ -277,6 +298,21 @@ impl Module {
         self.cache
     }
 
+    /// Writes the compiled component to the engine's cache, if it has one
+    /// and the artifact is not there yet. A cache that cannot be written
+    /// only costs a compile on the next start, so that is logged, not returned.
+    pub fn save_artifact(&self) {
+        if let (Some(cache), CacheOutcome::Compiled) = (&self.engine.cache, self.cache)
+            && let Err(err) = cache.save(
+                &self.engine.wasmtime,
+                &self.sha256,
+                self.pre.instance_pre().component(),
+            )
+        {
+            tracing::warn!(module = %self.name, error = %err, "cannot cache the compiled module");
+        }
+    }
+
     /// Runs one batch: one result per event, in order. The batch shares one
     /// instance (a warm one if the module has one idle for this config); if
     /// that instance traps, it is discarded and the batch is re-run one
@@ -301,13 +337,7 @@ impl Module {
                 .zip(batch)
                 .map(|(outcome, event)| self.check_output(outcome, event))
                 .collect(),
-            Err(failure)
-                if batch.len() == 1
-                    || matches!(
-                        failure.kind,
-                        FaultKind::Init { .. } | FaultKind::Instantiate { .. }
-                    ) =>
-            {
+            Err(failure) if batch.len() == 1 || failure.at_start => {
                 batch
                     .iter()
                     .map(|event| Err(self.fault(event, failure.clone())))
@@ -319,14 +349,15 @@ impl Module {
 
     /// Instantiates the module once, without calling it: refuses a module
     /// that cannot start within its limits (a huge declared memory, say).
-    pub fn check_instantiate(&self) -> Result<(), String> {
+    pub fn check_instantiate(&self) -> Result<(), FaultKind> {
+        let _slot = self.engine.slots.take();
         let mut store = Store::new(&self.engine.wasmtime, Sandbox::new(&self.limits));
         store.limiter(|sandbox| &mut sandbox.limits);
         self.arm(&mut store, 1);
         self.pre
             .instantiate(&mut store)
             .map(|_| ())
-            .map_err(|err| format!("{err:#}"))
+            .map_err(|err| self.start_fault(&err, &store.data().log.text()))
     }
 
     /// An idle instance initialised with `config`, and how many calls it served.
@@ -376,37 +407,53 @@ impl Module {
         results
     }
 
+    /// A fault while the instance starts: a plain trap is reported as
+    /// "could not be instantiated"; a limit (deadline, fuel, memory) as itself.
+    fn start_fault(&self, err: &wasmtime::Error, log: &str) -> FaultKind {
+        match self.classify(err, 1, log) {
+            FaultKind::Trap { detail } => FaultKind::Instantiate { detail },
+            other => other,
+        }
+    }
+
+    /// A fresh instance, initialised with `config`. Waits for a free
+    /// instance slot; `init` runs under one event's limits.
     fn instantiate(&self, config: &str) -> Result<Instance, CallFailure> {
+        let slot = self.engine.slots.take();
         let mut store = Store::new(&self.engine.wasmtime, Sandbox::new(&self.limits));
         store.limiter(|sandbox| &mut sandbox.limits);
         self.arm(&mut store, 1);
-        let bindings = self.pre.instantiate(&mut store).map_err(|err| {
-            let log = store.data().log.text();
-            let kind = match self.classify(&err, 1, &log) {
-                FaultKind::Trap { detail } => FaultKind::Instantiate { detail },
-                other => other,
-            };
-            CallFailure { kind, log }
-        })?;
-        match bindings.call_init(&mut store, config) {
-            Ok(Ok(())) => Ok(Instance { store, bindings }),
-            Ok(Err(message)) => Err(CallFailure {
-                kind: FaultKind::Init { message },
-                log: store.data().log.text(),
-            }),
+        let failed = |kind, store: &Store<Sandbox>| CallFailure {
+            kind,
+            log: store.data().log.text(),
+            at_start: true,
+        };
+        let bindings = match self.pre.instantiate(&mut store) {
+            Ok(bindings) => bindings,
             Err(err) => {
-                let log = store.data().log.text();
-                Err(CallFailure {
-                    kind: self.classify(&err, 1, &log),
-                    log,
-                })
+                let kind = self.start_fault(&err, &store.data().log.text());
+                return Err(failed(kind, &store));
+            }
+        };
+        match bindings.call_init(&mut store, config) {
+            Ok(Ok(())) => Ok(Instance {
+                store,
+                bindings,
+                _slot: slot,
+            }),
+            Ok(Err(message)) => Err(failed(FaultKind::Init { message }, &store)),
+            Err(err) => {
+                let kind = self.start_fault(&err, &store.data().log.text());
+                Err(failed(kind, &store))
             }
         }
     }
 
     /// Sets the deadline and fuel for a call covering `events` events.
     fn arm(&self, store: &mut Store<Sandbox>, events: usize) {
-        let ticks = self.timeout_ms(events).div_ceil(EPOCH_TICK.as_millis() as u64);
+        let timeout_ms = self.timeout_ms(events);
+        store.data_mut().deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let ticks = timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
         store.set_epoch_deadline(ticks.max(1));
         if self.engine.fuel {
             // Cannot fail: fuel metering is on.
@@ -435,7 +482,6 @@ impl Module {
             err,
             self.timeout_ms(events),
             self.fuel(events),
-            self.limits.memory_bytes,
             log,
         )
     }
@@ -450,25 +496,31 @@ impl Module {
         })
     }
 
-    /// Enforces the output cap and checks emitted payloads are JSON.
+    /// Enforces the output caps (every byte of the outcome counts, and the
+    /// fan-out) and checks that emitted payloads are JSON.
     fn check_output(&self, outcome: Outcome, event: &Event) -> StepResult {
-        let bytes = match &outcome {
-            Outcome::Emit(events) => events.iter().map(|e| e.payload.len() + e.id.len()).sum(),
-            Outcome::Drop(reason) => reason.len(),
-            Outcome::Reject(violations) => violations
-                .iter()
-                .map(|v| v.path.len() + v.code.len() + v.message.len())
-                .sum(),
-        };
         let fail = |kind| {
             Err(self.fault(
                 event,
                 CallFailure {
                     kind,
                     log: String::new(),
+                    at_start: false,
                 },
             ))
         };
+        let count = match &outcome {
+            Outcome::Emit(events) => events.len(),
+            Outcome::Drop(_) => 0,
+            Outcome::Reject(violations) => violations.len(),
+        };
+        if count > self.limits.max_fan_out {
+            return fail(FaultKind::TooManyOutputs {
+                count,
+                limit: self.limits.max_fan_out,
+            });
+        }
+        let bytes = outcome_bytes(&outcome);
         if bytes > self.limits.output_bytes_per_event {
             return fail(FaultKind::OutputTooLarge {
                 bytes,
@@ -486,6 +538,34 @@ impl Module {
         }
         Ok(outcome)
     }
+}
+
+/// Every byte an outcome carries: all the text of every emitted event, the
+/// drop reason, or every violation.
+pub(crate) fn outcome_bytes(outcome: &Outcome) -> usize {
+    match outcome {
+        Outcome::Emit(events) => events.iter().map(event_bytes).sum(),
+        Outcome::Drop(reason) => reason.len(),
+        Outcome::Reject(violations) => violations
+            .iter()
+            .map(|v| v.path.len() + v.code.len() + v.message.len())
+            .sum(),
+    }
+}
+
+/// Every byte of an event's text fields: what it costs to hold and pass on.
+pub fn event_bytes(event: &Event) -> usize {
+    let kind = match &event.kind {
+        crate::bindings::EventKind::Other(name) => name.len(),
+        _ => 0,
+    };
+    event.id.len()
+        + kind
+        + event.tenant.len()
+        + event.channel.len()
+        + event.source.len()
+        + event.correlation_id.len()
+        + event.payload.len()
 }
 
 impl Drop for Module {
@@ -510,12 +590,14 @@ impl Instance {
                     expected: batch.len(),
                 },
                 log: self.store.data().log.text(),
+                at_start: false,
             }),
             Err(err) => {
                 let log = self.store.data().log.text();
                 Err(CallFailure {
                     kind: module.classify(&err, batch.len(), &log),
                     log,
+                    at_start: false,
                 })
             }
         }

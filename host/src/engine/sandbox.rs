@@ -1,31 +1,28 @@
-//! The per-call store state: WASI with no capabilities, a bounded log, a
-//! frozen clock and a fixed random seed.
+//! The per-call store state: WASI with no capabilities, a bounded log,
+//! virtual time, a fixed random seed and one memory budget.
 //!
 //! A transform gets no preopened directories, no environment, no arguments,
 //! no network (TCP, UDP and name lookup are off and every address is
 //! refused) and no outgoing HTTP (`wasi:http` is not linked at all). Its
 //! stdout, stderr and `host.log` lines go to one bounded buffer. Clocks
-//! always read the same instant and randomness repeats, so the same input
+//! start at the same instant on every call and move only when the guest
+//! sleeps (see [`super::wasi`]), and randomness repeats, so the same input
 //! always gives the same output.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::Instant;
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{
-    Deterministic, HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
-};
+use wasmtime_wasi::{Deterministic, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::limits::MemoryBudget;
+use super::wasi::VirtualClock;
 use crate::bindings::{LogLevel, sluice};
 use crate::engine::Limits;
-
-/// The instant every transform sees as "now": 2025-01-01T00:00:00Z.
-const FROZEN_NOW: Duration = Duration::from_secs(1_735_689_600);
 
 /// The bytes the deterministic random generator repeats.
 const RANDOM_SEED: &[u8] = b"sluice: same input, same output.";
@@ -33,36 +30,41 @@ const RANDOM_SEED: &[u8] = b"sluice: same input, same output.";
 /// Store data for one instance of one module.
 pub struct Sandbox {
     wasi: WasiCtx,
-    table: ResourceTable,
-    /// Memory and instance caps, consulted by wasmtime on every grow.
-    pub limits: StoreLimits,
+    pub(super) table: ResourceTable,
+    /// The instance's memory budget, consulted by wasmtime on every grow.
+    pub limits: MemoryBudget,
     /// Everything the guest wrote during this call.
     pub log: LogBuffer,
+    pub(super) clock: VirtualClock,
+    /// When the current call must end; host calls that wait stop here.
+    pub(super) deadline: Instant,
 }
 
 impl Sandbox {
     /// A sandbox with no capabilities, capped by `limits`.
     pub fn new(limits: &Limits) -> Self {
         let log = LogBuffer::new(limits.log_bytes);
+        let clock = VirtualClock::default();
         Self {
-            wasi: Self::wasi(&log),
+            wasi: Self::wasi(&log, &clock),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: MemoryBudget::new(limits.memory_bytes),
             log,
+            clock,
+            deadline: Instant::now(),
         }
     }
 
-    /// Restarts the clocks' and random generators' sequences, so that every
-    /// call, on a fresh or a warm instance, sees the same randomness.
+    /// Restarts the clocks and the random generators' sequences, so that
+    /// every call, on a fresh or a warm instance, sees the same time and
+    /// randomness.
     pub fn reset_for_call(&mut self) {
         self.log.clear();
-        self.wasi = Self::wasi(&self.log);
+        self.clock.reset();
+        self.wasi = Self::wasi(&self.log, &self.clock);
     }
 
-    fn wasi(log: &LogBuffer) -> WasiCtx {
+    fn wasi(log: &LogBuffer, clock: &VirtualClock) -> WasiCtx {
         WasiCtxBuilder::new()
             .stdout(LogPipe(log.clone()))
             .stderr(LogPipe(log.clone()))
@@ -70,8 +72,8 @@ impl Sandbox {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
-            .wall_clock(FrozenClock)
-            .monotonic_clock(FrozenClock)
+            .wall_clock(clock.clone())
+            .monotonic_clock(clock.clone())
             .secure_random(Deterministic::new(RANDOM_SEED.to_vec()))
             .insecure_random(Deterministic::new(RANDOM_SEED.to_vec()))
             .insecure_random_seed(0x511ce_u128)
@@ -97,27 +99,6 @@ impl sluice::transform::host::Host for Sandbox {
             LogLevel::Error => "error",
         };
         self.log.write(format!("[{level}] {message}\n").as_bytes());
-    }
-}
-
-/// A clock stuck at [`FROZEN_NOW`].
-struct FrozenClock;
-
-impl HostWallClock for FrozenClock {
-    fn resolution(&self) -> Duration {
-        Duration::from_secs(1)
-    }
-    fn now(&self) -> Duration {
-        FROZEN_NOW
-    }
-}
-
-impl HostMonotonicClock for FrozenClock {
-    fn resolution(&self) -> u64 {
-        1_000_000_000
-    }
-    fn now(&self) -> u64 {
-        0
     }
 }
 

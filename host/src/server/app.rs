@@ -4,18 +4,19 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sluice_guest::mapping::CompiledPath;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{Caller, Tokens};
 use super::backoff::TokenBucket;
 use super::config::{DestinationConfig, RetryPolicy, ServerConfig, TenantConfig, WhenOff};
 use super::http::ApiError;
 use super::metrics::Metrics;
+use super::supervisor::WorkerBoard;
 use crate::engine::{Engine, Limits};
 use crate::pipeline::{Pipeline, PipelineSpec, Step};
 use crate::store::{Queue, Registry, StoreError};
@@ -39,6 +40,8 @@ pub struct Channel {
     enabled: AtomicBool,
     faults: AtomicU32,
     tripped: Mutex<Option<String>>,
+    degraded: Mutex<Option<String>>,
+    stored: AtomicU64,
     pub(super) wake: Notify,
 }
 
@@ -57,8 +60,25 @@ impl Channel {
             enabled: AtomicBool::new(true),
             faults: AtomicU32::new(0),
             tripped: Mutex::new(None),
+            degraded: Mutex::new(None),
+            stored: AtomicU64::new(0),
             wake: Notify::new(),
         }
+    }
+
+    /// Why the channel cannot run its activated pipeline (a stored module
+    /// is missing or damaged), if it cannot. Its events wait meanwhile.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded.lock().expect("degraded lock").clone()
+    }
+
+    /// Events the channel keeps stored (queued and dead letters), as last counted.
+    pub fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_stored(&self, count: u64) {
+        self.stored.store(count, Ordering::Relaxed);
     }
 
     /// The pipeline now active. A batch takes it once and finishes on it,
@@ -74,9 +94,9 @@ impl Channel {
             && (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
     }
 
-    /// Whether the channel is switched on.
+    /// Whether the channel is switched on and can run (not degraded).
     pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Acquire)
+        self.enabled.load(Ordering::Acquire) && self.degraded().is_none()
     }
 
     /// Why the circuit breaker paused the channel, if it did.
@@ -86,7 +106,10 @@ impl Channel {
 
     /// Whether events ingested now are queued for this channel.
     pub fn queues_new_events(&self) -> bool {
-        self.enabled() || self.when_off == WhenOff::Hold || self.tripped().is_some()
+        self.enabled()
+            || self.when_off == WhenOff::Hold
+            || self.tripped().is_some()
+            || self.degraded().is_some()
     }
 }
 
@@ -118,14 +141,14 @@ pub struct Tenant {
     pub limits: Limits,
     /// Pipelines of this tenant that may run at once, so that one tenant
     /// cannot take every core from the others.
-    pub permits: Semaphore,
+    pub permits: Arc<Semaphore>,
     ingest: Option<Mutex<TokenBucket>>,
 }
 
 impl Tenant {
     fn new(config: TenantConfig, limits: Limits) -> Self {
         Self {
-            permits: Semaphore::new(config.transform_concurrency.max(1)),
+            permits: Arc::new(Semaphore::new(config.transform_concurrency.max(1))),
             ingest: config
                 .ingest_rate
                 .map(|rate| Mutex::new(TokenBucket::new(rate, rate.count.max(1)))),
@@ -140,14 +163,7 @@ impl Tenant {
             return Ok(());
         };
         let mut bucket = bucket.lock().expect("ingest bucket lock");
-        let now = Instant::now();
-        for taken in 0..events {
-            if let Err(wait) = bucket.try_take(now) {
-                bucket.give_back(taken);
-                return Err(wait);
-            }
-        }
-        Ok(())
+        bucket.try_take_many(Instant::now(), events)
     }
 }
 
@@ -168,7 +184,13 @@ pub struct App {
     /// How long an event id is remembered for duplicate detection.
     pub idempotency_window: Duration,
     /// The metrics registry.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    /// Every background worker's state, for `/readyz`.
+    pub workers: Arc<WorkerBoard>,
+    /// The server's own limits and timeouts.
+    pub settings: Settings,
+    /// Module uploads being checked at once are bounded by these permits.
+    pub upload_permits: Arc<Semaphore>,
     /// The durable queue.
     pub queue: Arc<dyn Queue>,
     /// Tenants, tokens, modules and activations.
@@ -177,6 +199,36 @@ pub struct App {
     pub engine: Engine,
     /// Where uploaded components are kept, as `<sha256>.wasm`.
     pub modules_dir: PathBuf,
+}
+
+/// The server's own limits and timeouts, from `sluice.toml`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Most events per synchronous request.
+    pub max_events_per_request: usize,
+    /// Largest synchronous answer, in bytes.
+    pub max_response_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to send a request's headers.
+    pub header_timeout: Duration,
+    /// Time to send a request's body.
+    pub body_timeout: Duration,
+    /// Time to finish in-flight work on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            max_events_per_request: config.max_events_per_request,
+            max_response_bytes: config.max_response_bytes,
+            max_connections: config.max_connections.max(1),
+            header_timeout: Duration::from_millis(config.header_timeout_ms),
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
+            shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        }
+    }
 }
 
 /// Why an activation cannot be done.
@@ -278,7 +330,10 @@ impl App {
             tokens,
             max_body_bytes: config.max_body_bytes,
             idempotency_window: Duration::from_secs(config.idempotency_window_hours * 3600),
-            metrics: Metrics::default(),
+            metrics: Arc::new(Metrics::default()),
+            workers: Arc::default(),
+            settings: Settings::from_config(config),
+            upload_permits: Arc::new(Semaphore::new(config.upload_concurrency.max(1))),
             queue,
             registry,
             engine,
@@ -289,16 +344,57 @@ impl App {
                 app.metrics.set_tripped(&channel.name, true);
             }
             if let Some(text) = app.registry.active_pipeline(&channel.name)? {
-                let spec: PipelineSpec =
-                    serde_json::from_str(&text).map_err(|err| ActivationError::Load {
-                        step: 0,
-                        message: format!("stored pipeline of `{}` is corrupt: {err}", channel.name),
-                    })?;
-                let pipeline = app.load_uploaded(channel, &spec)?;
-                *channel.pipeline.write().expect("pipeline lock") = pipeline;
+                // A channel whose activated modules cannot be loaded is
+                // degraded: the server starts, its events wait, and
+                // `/readyz` and `GET /v1/channels` say why.
+                let loaded = serde_json::from_str::<PipelineSpec>(&text)
+                    .map_err(|err| format!("its stored pipeline is corrupt: {err}"))
+                    .and_then(|spec| app.load_uploaded(channel, &spec).map_err(|err| err.to_string()));
+                match loaded {
+                    Ok(pipeline) => *channel.pipeline.write().expect("pipeline lock") = pipeline,
+                    Err(why) => {
+                        tracing::error!(channel = %channel.name, tenant = %channel.tenant, reason = %why, "channel degraded: its activated pipeline cannot be loaded");
+                        *channel.degraded.lock().expect("degraded lock") = Some(why);
+                    }
+                }
             }
         }
         Ok(app)
+    }
+
+    /// Deletes compiled artifacts that no configured or uploaded module
+    /// uses any more (and those of other engine configurations).
+    pub fn collect_artifacts(&self) {
+        let Some(cache) = self.engine.cache() else { return };
+        let mut keep = std::collections::BTreeSet::new();
+        for channel in self.channels.values() {
+            for pipeline in [self.config_pipeline(channel), channel.pipeline()] {
+                keep.extend(pipeline.steps().iter().map(|s| s.module.sha256().to_string()));
+            }
+        }
+        for tenant in self.tenant_names() {
+            match self.registry.modules(&tenant, None) {
+                Ok(modules) => keep.extend(modules.into_iter().map(|m| m.version)),
+                // Without the list, keep everything rather than delete a needed artifact.
+                Err(_) => return,
+            }
+        }
+        match cache.collect(self.engine.wasmtime(), |digest| keep.contains(digest)) {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "collected unused compiled modules"),
+            Err(err) => tracing::warn!(error = %err, "cannot collect the module cache"),
+        }
+    }
+
+    /// Waits for one of the tenant's transform permits. Move it into the
+    /// work it admits, so that it is held exactly as long as that work runs.
+    pub async fn transform_permit(&self, tenant: &str) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        match self.tenant(tenant) {
+            Some(tenant) => Ok(Some(
+                tenant.permits.clone().acquire_owned().await.map_err(ApiError::internal)?,
+            )),
+            None => Ok(None),
+        }
     }
 
     /// A tenant's state, if the tenant exists.
@@ -343,10 +439,11 @@ impl App {
         for (index, step) in spec.steps.iter().enumerate() {
             let version =
                 self.resolve_version(&channel.tenant, &step.module, step.version.as_deref(), index)?;
-            let path = self.modules_dir.join(format!("{version}.wasm"));
-            let bytes = std::fs::read(&path).map_err(|err| ActivationError::Load {
-                step: index,
-                message: format!("cannot read {}: {err}", path.display()),
+            let bytes = super::modules::read_stored(&self.modules_dir, &version).map_err(|message| {
+                ActivationError::Load {
+                    step: index,
+                    message: format!("module `{}` version `{version}`: {message}", step.module),
+                }
             })?;
             let module = self
                 .engine
@@ -401,6 +498,7 @@ impl App {
     /// the pipeline they took.
     pub fn swap_pipeline(&self, channel: &Channel, pipeline: Pipeline) {
         *channel.pipeline.write().expect("pipeline lock") = pipeline;
+        *channel.degraded.lock().expect("degraded lock") = None;
         self.close_breaker(channel);
     }
 

@@ -27,22 +27,24 @@ impl TokenBucket {
 
     /// Takes a token if one is there; otherwise says how long until one is.
     pub fn try_take(&mut self, now: Instant) -> Result<(), Duration> {
+        self.try_take_many(now, 1)
+    }
+
+    /// Takes `count` tokens at once. A count larger than the burst can
+    /// never be covered by tokens in hand, so it is admitted when the bucket
+    /// is full and leaves the bucket in debt: the rate still holds on
+    /// average, and the wait returned is the real time until admission.
+    pub fn try_take_many(&mut self, now: Instant, count: usize) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let needed = (count as f64).min(self.burst);
+        if self.tokens >= needed {
+            self.tokens -= count as f64;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+            Err(Duration::from_secs_f64((needed - self.tokens) / self.rate))
         }
-    }
-}
-
-impl TokenBucket {
-    /// Returns `count` tokens taken by a request that was then refused as a whole.
-    pub fn give_back(&mut self, count: usize) {
-        self.tokens = (self.tokens + count as f64).min(self.burst);
     }
 }
 
@@ -87,6 +89,17 @@ mod tests {
         assert!(bucket.try_take(later).is_ok());
         assert!(bucket.try_take(later).is_ok());
         assert!(bucket.try_take(later).is_err());
+    }
+
+    #[test]
+    fn a_request_larger_than_the_burst_is_admitted_into_debt() {
+        let mut bucket = TokenBucket::new("10/s".parse().unwrap(), 10);
+        let start = Instant::now();
+        assert!(bucket.try_take_many(start, 25).is_ok(), "a full bucket admits it");
+        // 15 tokens of debt, then 10 for the next full batch: 2.5 s at 10/s.
+        let wait = bucket.try_take_many(start, 25).unwrap_err();
+        assert!((wait.as_secs_f64() - 2.5).abs() < 1e-6, "{wait:?}");
+        assert!(bucket.try_take_many(start + wait, 25).is_ok(), "the wait told was true");
     }
 
     #[test]

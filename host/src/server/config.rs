@@ -22,6 +22,30 @@ pub struct ServerConfig {
     /// Largest request body accepted, in bytes (larger: 413).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Most events one synchronous transform request may carry (more: 413).
+    #[serde(default = "default_max_events_per_request")]
+    pub max_events_per_request: usize,
+    /// Largest synchronous transform answer, in bytes (larger: 413).
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Connections served at once; further clients wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time (slowloris).
+    /// It also bounds how long an idle keep-alive connection is kept.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// A client must send a request's whole body within this time.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// Module uploads checked at once (each compiles and runs fixtures); more wait.
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+    /// On SIGTERM, how long in-flight requests and workers may take to
+    /// finish; then the process exits anyway (nothing accepted is lost:
+    /// unfinished work is redone after the restart).
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_ms: u64,
     /// Limits for every module (see `sluice run --help` for their meaning).
     #[serde(default)]
     pub limits: Limits,
@@ -69,6 +93,17 @@ pub struct TenantConfig {
     /// Most module names the tenant may hold.
     #[serde(default = "default_max_modules")]
     pub max_modules: usize,
+    /// Most module versions the tenant may hold, all names together.
+    #[serde(default = "default_max_module_versions")]
+    pub max_module_versions: usize,
+    /// Most bytes of modules the tenant may hold, all versions together.
+    #[serde(default = "default_max_module_storage")]
+    pub max_module_storage_bytes: u64,
+    /// Most events the tenant may keep stored at once: queued for a
+    /// transform, queued for delivery, and dead letters. Ingest beyond it
+    /// answers 429 until the queues drain or dead letters are purged.
+    #[serde(default = "default_max_stored_events")]
+    pub max_stored_events: u64,
     /// Events the tenant may ingest, as `N/s`, `N/min` or `N/h` (429 beyond); none: unlimited.
     #[serde(default)]
     pub ingest_rate: Option<RateLimit>,
@@ -89,6 +124,9 @@ impl TenantConfig {
             limits: Default::default(),
             max_module_bytes: default_max_module_bytes(),
             max_modules: default_max_modules(),
+            max_module_versions: default_max_module_versions(),
+            max_module_storage_bytes: default_max_module_storage(),
+            max_stored_events: default_max_stored_events(),
             ingest_rate: None,
             transform_concurrency: default_transform_concurrency(),
             circuit_breaker: default_circuit_breaker(),
@@ -220,6 +258,36 @@ fn default_max_module_bytes() -> usize {
 }
 fn default_max_modules() -> usize {
     50
+}
+fn default_max_module_versions() -> usize {
+    200
+}
+fn default_max_module_storage() -> u64 {
+    1 << 30
+}
+fn default_max_stored_events() -> u64 {
+    1_000_000
+}
+fn default_max_events_per_request() -> usize {
+    1000
+}
+fn default_max_response_bytes() -> usize {
+    64 << 20
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_body_timeout() -> u64 {
+    30_000
+}
+fn default_upload_concurrency() -> usize {
+    2
+}
+fn default_shutdown_grace() -> u64 {
+    10_000
 }
 fn default_transform_concurrency() -> usize {
     1
@@ -406,6 +474,20 @@ impl ServerConfig {
                     destination.name, destination.entity_key
                 ));
             }
+            for (key, value) in &destination.headers {
+                if let Err(err) = hyper::header::HeaderName::try_from(key.as_str()) {
+                    return Err(format!(
+                        "destination `{}`: header name `{key}` is invalid: {err}",
+                        destination.name
+                    ));
+                }
+                if let Err(err) = hyper::header::HeaderValue::try_from(value.as_str()) {
+                    return Err(format!(
+                        "destination `{}`: the value of header `{key}` is invalid: {err}",
+                        destination.name
+                    ));
+                }
+            }
             if destination.concurrency == 0 || destination.burst == 0 {
                 return Err(format!(
                     "destination `{}`: concurrency and burst must be at least 1",
@@ -413,15 +495,33 @@ impl ServerConfig {
                 ));
             }
         }
-        for hash in config
+        // Every token hash names one caller: the same token cannot be an
+        // admin and a tenant, or two tenants.
+        let mut holders = std::collections::BTreeMap::<String, String>::new();
+        let named = config
             .admin_token_sha256
             .iter()
-            .chain(&config.metrics_token_sha256)
-            .chain(config.tenants.iter().flat_map(|t| &t.token_sha256))
-        {
+            .map(|hash| (hash, "the admin".to_string()))
+            .chain(
+                config
+                    .metrics_token_sha256
+                    .iter()
+                    .map(|hash| (hash, "the metrics reader".to_string())),
+            )
+            .chain(config.tenants.iter().flat_map(|t| {
+                t.token_sha256
+                    .iter()
+                    .map(move |hash| (hash, format!("tenant `{}`", t.name)))
+            }));
+        for (hash, holder) in named {
             if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!(
                     "`{hash}` is not a SHA-256 in hex (64 characters); make one with `sluice token hash`"
+                ));
+            }
+            if let Some(first) = holders.insert(hash.to_ascii_lowercase(), holder.clone()) {
+                return Err(format!(
+                    "token hash `{hash}` is given to both {first} and {holder}: give each its own token"
                 ));
             }
         }

@@ -7,7 +7,7 @@
 //! | answer | what happens |
 //! |---|---|
 //! | 2xx | delivered: removed from the outbox |
-//! | 408, 425, 429, 5xx, timeout, connection error | retried after backoff with jitter, or after `Retry-After` if longer; a `Retry-After` also pauses the whole destination until then |
+//! | 408, 425, 429, 5xx, timeout, connection error | retried after backoff with jitter; on 429 and 503, after `Retry-After` if that is longer (capped at the policy's `max-backoff-ms`), which also pauses the whole destination until then |
 //! | any other status | dead letter `rejected-by-destination`, with the response |
 //!
 //! `https://` destinations are verified against the system's trust store
@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::backoff::{TokenBucket, backoff, retry_after};
+use super::config::RetryPolicy;
 use super::metrics::{DeadLetterLabels, DestinationLabels};
 use super::{App, Destination, in_store};
 use crate::event::EventJson;
@@ -141,7 +142,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
                 uri.clone(),
                 headers.clone(),
                 delivery,
-                destination.retry.timeout_ms,
+                destination.retry.clone(),
             ));
         }
         while let Some(done) = in_flight.join_next().await {
@@ -175,39 +176,43 @@ async fn next_wait(app: &Arc<App>, name: &str) -> Duration {
     }
 }
 
-/// The destination-wide pause a `Retry-After` asks for, if any answer had one.
+/// The destination-wide pause a `Retry-After` asks for, if any answer had
+/// one (already capped at the policy's longest backoff).
 fn pause_from(sent: &[Sent]) -> Option<Instant> {
     sent.iter()
         .filter_map(|done| done.retry_after)
         .max()
-        .map(|wait| Instant::now() + wait)
+        .and_then(|wait| Instant::now().checked_add(wait))
 }
 
-/// The destination's configured headers, checked once per worker (an invalid one is logged and skipped).
+/// The destination's configured headers, parsed once per worker (they
+/// were checked when the config was loaded).
 fn destination_headers(destination: &Destination) -> Arc<Vec<(HeaderName, HeaderValue)>> {
-    let mut headers = Vec::new();
-    for (key, value) in &destination.config.headers {
-        match (
-            HeaderName::try_from(key.as_str()),
-            HeaderValue::try_from(value.as_str()),
-        ) {
-            (Ok(key), Ok(value)) => headers.push((key, value)),
-            _ => {
-                tracing::error!(destination = %destination.config.name, header = %key, "invalid header; not sent")
-            }
-        }
-    }
+    let headers = destination
+        .config
+        .headers
+        .iter()
+        .filter_map(|(key, value)| {
+            Some((
+                HeaderName::try_from(key.as_str()).ok()?,
+                HeaderValue::try_from(value.as_str()).ok()?,
+            ))
+        })
+        .collect();
     Arc::new(headers)
 }
 
-/// Sends one delivery and reports what came back.
+/// Sends one delivery and reports what came back. A `Retry-After` counts
+/// only on 429 and 503, and never for longer than the policy's `max-backoff-ms`.
 async fn send(
     client: HttpClient,
     uri: Uri,
     extra: Arc<Vec<(HeaderName, HeaderValue)>>,
     delivery: Delivery,
-    timeout_ms: u64,
+    policy: RetryPolicy,
 ) -> Sent {
+    let timeout_ms = policy.timeout_ms;
+    let longest = Duration::from_millis(policy.max_backoff_ms);
     let started = Instant::now();
     let finish = |status, retry_after, detail: String| Sent {
         status,
@@ -245,8 +250,10 @@ async fn send(
         let wait = response
             .headers()
             .get(RETRY_AFTER)
+            .filter(|_| matches!(status, 429 | 503))
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| retry_after(v, SystemTime::now()));
+            .and_then(|v| retry_after(v, SystemTime::now()))
+            .map(|wait| wait.min(longest));
         let body = Limited::new(response.into_body(), 64 * 1024)
             .collect()
             .await
@@ -331,7 +338,7 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
                 let wait = backoff(policy, attempt_number).max(retry_after.unwrap_or_default());
                 AttemptResult::Retry {
                     attempt,
-                    next_ms: now + wait.as_millis() as i64,
+                    next_ms: now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
                 }
             }
         }

@@ -24,6 +24,9 @@ pub struct ApiError {
     pub path: Option<String>,
     /// Sent as `Retry-After` (429 only).
     pub retry_after: Option<std::time::Duration>,
+    /// Structured detail; an object's keys join the body (for example
+    /// `cases` for fixture results), anything else goes under `detail`.
+    pub detail: Option<Value>,
 }
 
 impl ApiError {
@@ -40,6 +43,7 @@ impl ApiError {
             message: message.into(),
             path: None,
             retry_after: None,
+            detail: None,
         }
     }
 
@@ -90,6 +94,15 @@ impl ApiError {
         if let Some(path) = self.path {
             body["path"] = path.into();
         }
+        match self.detail {
+            Some(Value::Object(fields)) => {
+                for (key, value) in fields {
+                    body[key] = value;
+                }
+            }
+            Some(other) => body["detail"] = other,
+            None => {}
+        }
         let mut response = json_response(self.status, &body);
         if let Some(wait) = self.retry_after {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -109,7 +122,12 @@ impl ApiError {
 
 /// A JSON answer.
 pub fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    json_bytes_response(status, body.to_string().into_bytes())
+}
+
+/// A JSON answer already written to bytes.
+pub fn json_bytes_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -131,8 +149,13 @@ pub fn text(status: StatusCode, body: &str) -> Response<Body> {
 }
 
 /// Reads the whole body, refusing one above `max` bytes with 413 before
-/// reading it when its declared length is already too large.
-pub async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, ApiError> {
+/// reading it when its declared length is already too large, and a body
+/// that does not arrive within `timeout` with 408.
+pub async fn read_body(
+    request: Request<Incoming>,
+    max: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -148,9 +171,19 @@ pub async fn read_body(request: Request<Incoming>, max: usize) -> Result<Bytes, 
     if declared.is_some_and(|length| length > max) {
         return Err(too_large());
     }
-    match Limited::new(request.into_body(), max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(_) => Err(too_large()),
+    match tokio::time::timeout(timeout, Limited::new(request.into_body(), max).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(err)) => Err(ApiError::bad_request(
+            "body-read-failed",
+            format!("the body could not be read: {err}"),
+            None,
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            format!("the body did not arrive within {} ms", timeout.as_millis()),
+        )),
     }
 }
 

@@ -80,6 +80,13 @@ pub struct DepthLabels {
     pub queue: String,
 }
 
+/// Labels of a background worker's series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    /// `transform:<channel>`, `delivery:<destination>` or `housekeeping`.
+    pub worker: String,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the sidecar keeps.
@@ -111,6 +118,10 @@ pub struct Metrics {
     pub rate_limited: Family<TenantLabels, Counter>,
     /// Module uploads, by tenant and result (`stored`, `unchanged`, `refused`).
     pub uploads: Family<UploadLabels, Counter>,
+    /// Restarts of background workers that died.
+    pub worker_restarts: Family<WorkerLabels, Counter>,
+    /// Ingest requests refused because the tenant holds its `max-stored-events`.
+    pub storage_refused: Family<TenantLabels, Counter>,
     /// Time spent running a channel's pipeline per batch, in seconds.
     pub transform_seconds: Histograms<ChannelLabels>,
     /// Time of one delivery request, in seconds.
@@ -140,6 +151,8 @@ impl Default for Metrics {
             circuit_open: Family::default(),
             rate_limited: Family::default(),
             uploads: Family::default(),
+            worker_restarts: Family::default(),
+            storage_refused: Family::default(),
             transform_seconds: Family::new_with_constructor(latency_histogram),
             delivery_seconds: Family::new_with_constructor(latency_histogram),
             end_to_end_seconds: Family::new_with_constructor(latency_histogram),
@@ -212,6 +225,16 @@ impl Default for Metrics {
             m.uploads.clone(),
         );
         registry.register(
+            "worker_restarts",
+            "Background workers that died (panicked or stopped) and were restarted",
+            m.worker_restarts.clone(),
+        );
+        registry.register(
+            "ingest_storage_refused",
+            "Ingest requests refused because the tenant holds its max-stored-events",
+            m.storage_refused.clone(),
+        );
+        registry.register(
             "transform_seconds",
             "Time running a channel's pipeline per batch",
             m.transform_seconds.clone(),
@@ -231,6 +254,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one restart of a worker that died.
+    pub fn worker_restarted(&self, worker: &str) {
+        self.worker_restarts
+            .get_or_create(&WorkerLabels {
+                worker: worker.to_string(),
+            })
+            .inc();
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut text = String::new();

@@ -14,7 +14,7 @@
 //! | `POST /v1/dead-letters/{id}/replay[?retransform=true]` | requeue it |
 //! | `DELETE /v1/dead-letters/{id}`, `DELETE /v1/dead-letters[?channel=&tenant=]` | purge |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 once every channel's modules are loaded and the store is open |
+//! | `GET /readyz` | 200 when the store answers, every worker runs and no channel is degraded; else 503, saying which |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors are JSON `{"code", "message", "path"?}` with a stable `code`.
@@ -35,6 +35,7 @@ pub mod http;
 mod ingest;
 pub mod metrics;
 mod modules;
+pub mod supervisor;
 mod sync;
 pub mod tls;
 pub mod transformer;
@@ -56,73 +57,143 @@ use auth::Caller;
 use http::{ApiError, Body, text};
 use metrics::RequestLabels;
 
-/// Serves `app` on `listener` with its workers until `shutdown` completes
-/// (see [`shutdown_signal`]). Then it stops accepting, lets in-flight
-/// requests finish, lets each worker finish and record its current batch,
-/// and returns.
+/// Serves `app` on `listener` with its supervised workers until `shutdown`
+/// completes (see [`shutdown_signal`]). Then it stops accepting, lets
+/// in-flight requests and each worker's current batch finish, and returns;
+/// all of that within the config's `shutdown-grace-ms`, after which it
+/// returns anyway (unfinished work is redone after a restart, since
+/// nothing is acknowledged before it is stored).
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let (stop, stopped) = watch::channel(false);
     let mut workers = tokio::task::JoinSet::new();
-    for channel in app.channels.values().filter(|c| c.destination.is_some()) {
-        workers.spawn(transformer::run(
-            app.clone(),
-            channel.name.clone(),
+    let mut start = |name: String, make: Box<dyn Fn() -> WorkerFuture + Send + Sync>| {
+        workers.spawn(supervisor::supervise(
+            name,
+            app.workers.clone(),
+            app.metrics.clone(),
             stopped.clone(),
+            make,
         ));
+    };
+    for channel in app.channels.values().filter(|c| c.destination.is_some()) {
+        let (app, name, stopped) = (app.clone(), channel.name.clone(), stopped.clone());
+        start(
+            format!("transform:{}", channel.name),
+            Box::new(move || Box::pin(transformer::run(app.clone(), name.clone(), stopped.clone()))),
+        );
     }
-    for name in app.destinations.keys() {
-        workers.spawn(delivery::run(app.clone(), name.clone(), stopped.clone()));
+    for destination in app.destinations.keys() {
+        let (app, name, stopped) = (app.clone(), destination.clone(), stopped.clone());
+        start(
+            format!("delivery:{destination}"),
+            Box::new(move || Box::pin(delivery::run(app.clone(), name.clone(), stopped.clone()))),
+        );
     }
-    workers.spawn(housekeeping(app.clone(), stopped.clone()));
+    {
+        let (app, stopped) = (app.clone(), stopped.clone());
+        start(
+            "housekeeping".into(),
+            Box::new(move || Box::pin(housekeeping(app.clone(), stopped.clone()))),
+        );
+    }
 
+    let grace = app.settings.shutdown_grace;
     serve(listener, app.clone(), shutdown).await;
     let _ = stop.send(true);
-    while workers.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(grace, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(grace_ms = grace.as_millis() as u64, "workers still busy at the end of the shutdown grace; stopping anyway");
+        workers.abort_all();
+    }
 }
 
-/// Serves HTTP until `shutdown` completes, then lets in-flight requests finish.
+type WorkerFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Serves HTTP until `shutdown` completes, then lets in-flight requests
+/// finish for at most the shutdown grace.
+///
+/// Slow or abusive clients are bounded: at most `max-connections` are
+/// served at once (the rest wait in the kernel's backlog), a request's
+/// headers must arrive within `header-timeout-ms` (which also closes idle
+/// keep-alive connections), and accept errors (`EMFILE`) back off instead
+/// of spinning.
 async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(app.settings.max_connections));
+    let mut accept_backoff = Duration::ZERO;
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let app = app.clone();
-                let service = service_fn(move |request| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(handle(&app, request).await) }
-                });
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                let connection = graceful.watch(connection);
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-            }
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
-        }
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                accept_backoff = Duration::ZERO;
+                stream
+            }
+            Err(err) => {
+                // Out of file descriptors or similar: wait instead of spinning.
+                accept_backoff = (accept_backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                tracing::error!(error = %err, retry_in_ms = accept_backoff.as_millis() as u64, "cannot accept a connection");
+                tokio::select! {
+                    () = tokio::time::sleep(accept_backoff) => continue,
+                    () = &mut shutdown => break,
+                }
+            }
+        };
+        let header_timeout = app.settings.header_timeout;
+        let app = app.clone();
+        let service = service_fn(move |request| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(handle(&app, request).await) }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+            drop(permit);
+        });
     }
-    graceful.shutdown().await;
+    if tokio::time::timeout(app.settings.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("requests still in flight at the end of the shutdown grace; closing them");
+    }
 }
 
-/// Refreshes the queue-depth gauges each second and forgets old event ids hourly.
+/// Each second: refreshes the queue-depth gauges and each channel's stored
+/// count (for the storage quota); hourly: forgets old event ids and
+/// collects compiled artifacts no module uses any more.
 async fn housekeeping(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     let mut ticks: u64 = 0;
     loop {
         let work = app.clone();
-        let forget = ticks.is_multiple_of(3600);
+        let hourly = ticks.is_multiple_of(3600);
         let _ = tokio::task::spawn_blocking(move || {
             for channel in work.channels.values() {
                 if let Ok(depth) = work.queue.depth(&channel.name) {
                     work.metrics.set_depth(&channel.name, &depth);
+                    channel.set_stored(depth.stored());
                 }
             }
-            if forget {
+            if hourly {
                 let before = crate::store::now_ms() - work.idempotency_window.as_millis() as i64;
                 if let Err(err) = work.queue.forget_before(before) {
                     tracing::error!(error = %err, "cannot forget old event ids");
                 }
+                work.collect_artifacts();
             }
         })
         .await;
@@ -165,7 +236,7 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
     );
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => return Ok(text(StatusCode::OK, "ok\n")),
-        (&Method::GET, ["readyz"]) => return Ok(text(StatusCode::OK, "ready\n")),
+        (&Method::GET, ["readyz"]) => return Ok(readiness(app).await),
         (&Method::GET, ["metrics"]) => {
             return if !app.metrics_need_token || matches!(caller, Some(Caller::Admin | Caller::Metrics)) {
                 Ok(text(StatusCode::OK, &app.metrics.render()))
@@ -240,6 +311,40 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
         )),
         _ => Err(ApiError::not_found("not-found", format!("no route for {path}"))),
     }
+}
+
+/// `GET /readyz`: 200 when the store answers, every worker runs and every
+/// channel's pipeline is loaded; otherwise 503. The body says which.
+async fn readiness(app: &App) -> Response<Body> {
+    let queue = app.queue.clone();
+    let probe = app.channels.keys().next().cloned().unwrap_or_default();
+    let store = match in_store(move || queue.depth(&probe)).await {
+        Ok(_) => None,
+        Err(err) => Some(err),
+    };
+    let workers = app.workers.snapshot();
+    let down: Vec<&String> = workers.iter().filter(|(_, w)| !w.running).map(|(n, _)| n).collect();
+    let degraded: serde_json::Map<String, serde_json::Value> = app
+        .channels
+        .values()
+        .filter_map(|c| c.degraded().map(|why| (c.name.clone(), why.into())))
+        .collect();
+    let ready = store.is_none() && down.is_empty() && degraded.is_empty();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    http::json_response(
+        status,
+        &serde_json::json!({
+            "ready": ready,
+            "store": store.unwrap_or_else(|| "ok".into()),
+            "workers_down": down,
+            "degraded_channels": degraded,
+            "workers": workers,
+        }),
+    )
 }
 
 /// Runs blocking store work off the async threads; a store error or a

@@ -21,7 +21,7 @@ use super::http::{ApiError, Body, json_response, query_param, read_body};
 use super::metrics::UploadLabels;
 use super::{ActivationError, App, blocking};
 use crate::engine::{LoadError, Module};
-use crate::fixtures::{CaseStatus, Subject, run_suite};
+use crate::fixtures::{CaseResult, Subject, run_suite};
 use crate::pipeline::PipelineSpec;
 use crate::store::{ModuleVersion, now_ms};
 
@@ -99,7 +99,7 @@ pub async fn upload(
     } else {
         max_module
     };
-    let body = read_body(request, limit).await.map_err(|mut err| {
+    let body = read_body(request, limit, app.settings.body_timeout).await.map_err(|mut err| {
         if err.status == StatusCode::PAYLOAD_TOO_LARGE {
             err.code = "module-too-large";
             err.message =
@@ -122,7 +122,15 @@ pub async fn upload(
     let unpacked = tempfile::tempdir().map_err(ApiError::internal)?;
     let fixtures = unpacked.path().join("fixtures");
     let bytes = if is_tar {
-        unpack(&body, unpacked.path()).map_err(|err| refused(app, &tenant_name, err))?
+        let caps = UnpackCaps {
+            module_bytes: max_module,
+            fixture_bytes: app.max_body_bytes,
+        };
+        let (root, body) = (unpacked.path().to_path_buf(), body.clone());
+        tokio::task::spawn_blocking(move || unpack(&body, &root, caps))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|err| refused(app, &tenant_name, err))?
     } else {
         body.to_vec()
     };
@@ -158,20 +166,17 @@ pub async fn upload(
             &json!({"name": name, "version": version, "size": bytes.len(), "created": false}),
         ));
     }
-    let names: std::collections::BTreeSet<&str> = held.iter().map(|m| m.name.as_str()).collect();
-    if !names.contains(name) && names.len() >= tenant.config.max_modules {
-        return Err(refused(
-            app,
-            &tenant_name,
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "too-many-modules",
-                format!("tenant `{tenant_name}` holds {} modules, its limit", names.len()),
-            ),
-        ));
-    }
+    check_quotas(&tenant.config, &tenant_name, name, bytes.len(), &held)
+        .map_err(|err| refused(app, &tenant_name, err))?;
 
-    // Check and compile (the compiled artifact is cached for activation), then run the fixtures.
+    // Checked one upload at a time per permit: each compiles and runs
+    // fixtures, and a tenant must not be able to take every core that way.
+    let _upload = app
+        .upload_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
     let engine = app.engine.clone();
     let limits = tenant.limits.clone();
     let checked = {
@@ -181,9 +186,19 @@ pub async fn upload(
             .await
             .map_err(ApiError::internal)?
     };
-    let report = checked.map_err(|err| refused(app, &tenant_name, err))?;
+    let (module, report) = checked.map_err(|err| refused(app, &tenant_name, err))?;
 
-    store_file(&app.modules_dir, &version, &bytes).map_err(ApiError::internal)?;
+    let stored = {
+        let (dir, version, bytes) = (app.modules_dir.clone(), version.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || store_file(&dir, &version, &bytes)).await
+    };
+    stored
+        .map_err(ApiError::internal)?
+        .map_err(|err| ApiError::internal(format!("cannot store the module: {err}")))?;
+    // Only an accepted module leaves a compiled artifact behind.
+    tokio::task::spawn_blocking(move || module.save_artifact())
+        .await
+        .map_err(ApiError::internal)?;
     let record = ModuleVersion {
         tenant: tenant_name.clone(),
         name: name.to_string(),
@@ -207,66 +222,115 @@ pub async fn upload(
     ))
 }
 
-/// Loads the component with every check, instantiates it once, and runs the
-/// fixtures in `fixtures` (if any) on fresh instances; any failure refuses it.
+/// Refuses an upload that would take the tenant past its module quotas:
+/// names, versions (all names together) and bytes.
+fn check_quotas(
+    config: &crate::server::config::TenantConfig,
+    tenant: &str,
+    name: &str,
+    size: usize,
+    held: &[ModuleVersion],
+) -> Result<(), ApiError> {
+    let over = |code, message: String| Err(ApiError::new(StatusCode::CONFLICT, code, message));
+    let names: std::collections::BTreeSet<&str> = held.iter().map(|m| m.name.as_str()).collect();
+    if !names.contains(name) && names.len() >= config.max_modules {
+        return over(
+            "too-many-modules",
+            format!("tenant `{tenant}` holds {} modules, its limit", names.len()),
+        );
+    }
+    if held.len() >= config.max_module_versions {
+        return over(
+            "too-many-module-versions",
+            format!(
+                "tenant `{tenant}` holds {} module versions, its limit (max-module-versions)",
+                held.len()
+            ),
+        );
+    }
+    let bytes: u64 = held.iter().map(|m| m.size).sum::<u64>() + size as u64;
+    if bytes > config.max_module_storage_bytes {
+        return over(
+            "module-storage-full",
+            format!(
+                "tenant `{tenant}` would hold {bytes} bytes of modules, over its {}-byte limit (max-module-storage-bytes)",
+                config.max_module_storage_bytes
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Loads the component with every check (compiling it, but caching nothing
+/// yet), instantiates it once, and runs the fixtures in `fixtures` (if any)
+/// on fresh instances; any failure refuses it.
 fn check(
     engine: &crate::engine::Engine,
     name: &str,
     bytes: &[u8],
     limits: crate::engine::Limits,
     fixtures: &Path,
-) -> Result<Value, ApiError> {
+) -> Result<(Module, Value), ApiError> {
     let limits = crate::engine::Limits {
         calls_per_instance: 1,
         ..limits
     };
-    let module: Module = engine.load(name, bytes, limits).map_err(load_error)?;
-    module.check_instantiate().map_err(|detail| {
-        unprocessable(
+    let module: Module = engine.load_unsaved(name, bytes, limits).map_err(load_error)?;
+    module.check_instantiate().map_err(|fault| {
+        let mut error = unprocessable(
             "cannot-instantiate",
-            format!("module `{name}` cannot start within its limits: {detail}"),
-        )
+            format!("module `{name}` cannot start within its limits: {fault}"),
+        );
+        error.detail = serde_json::to_value(&fault).ok();
+        error
     })?;
     let has_cases = std::fs::read_dir(fixtures)
         .map(|mut d| d.next().is_some())
         .unwrap_or(false);
     if !has_cases {
-        return Ok(json!([]));
+        return Ok((module, json!([])));
     }
-    let suite = run_suite(name, &Subject::Module(Arc::new(module)), fixtures, false)
+    let module = Arc::new(module);
+    let suite = run_suite(name, &Subject::Module(module.clone()), fixtures, false)
         .map_err(|err| ApiError::bad_request("invalid-fixtures", err.to_string(), None))?;
-    let cases: Vec<Value> = suite
-        .cases
-        .iter()
-        .map(|case| match &case.status {
-            CaseStatus::Failed(why) => json!({"case": case.name, "status": "failed", "detail": why}),
-            _ => json!({"case": case.name, "status": "passed"}),
-        })
-        .collect();
-    if suite
-        .cases
-        .iter()
-        .any(|c| matches!(c.status, CaseStatus::Failed(_)))
-    {
+    let cases: Vec<Value> = suite.cases.iter().map(CaseResult::to_json).collect();
+    let failed = suite.failed();
+    if failed > 0 {
         let mut error = unprocessable(
             "fixtures-failed",
             format!(
-                "module `{name}` fails its fixtures; it was not stored: {}",
-                json!(cases)
+                "module `{name}` fails {failed} of its {} fixture cases; it was not stored (see `cases`)",
+                suite.cases.len()
             ),
         );
-        error.path = None;
+        error.detail = Some(json!({ "cases": cases }));
         return Err(error);
     }
-    Ok(Value::Array(cases))
+    let module = Arc::into_inner(module).expect("the suite is done with the module");
+    Ok((module, Value::Array(cases)))
 }
 
-/// Extracts `module.wasm` (returned) and `fixtures/…` (into `root`) from a
-/// tar; entries that would land outside `root` are refused.
-fn unpack(tar_bytes: &[u8], root: &Path) -> Result<Vec<u8>, ApiError> {
+/// Caps on what a module tar may unpack.
+#[derive(Debug, Clone, Copy)]
+struct UnpackCaps {
+    /// Largest `module.wasm`.
+    module_bytes: usize,
+    /// All fixture files together.
+    fixture_bytes: usize,
+}
+
+/// Extracts `module.wasm` (returned) and `fixtures/…` (written under
+/// `root`) from a tar. Only regular files and folders are accepted (no
+/// links, devices or sparse files), paths must stay inside the archive, and
+/// every entry is read with a cap, checked against its declared size first.
+fn unpack(tar_bytes: &[u8], root: &Path, caps: UnpackCaps) -> Result<Vec<u8>, ApiError> {
+    use std::path::Component;
+    use tar::EntryType;
+
     let invalid = |message: String| ApiError::bad_request("invalid-archive", message, None);
     let mut archive = tar::Archive::new(tar_bytes);
     let mut module = None;
+    let mut fixture_bytes = 0usize;
     for entry in archive
         .entries()
         .map_err(|e| invalid(format!("not a tar archive: {e}")))?
@@ -274,44 +338,117 @@ fn unpack(tar_bytes: &[u8], root: &Path) -> Result<Vec<u8>, ApiError> {
         let mut entry = entry.map_err(|e| invalid(format!("a tar entry cannot be read: {e}")))?;
         let path = entry.path().map_err(|e| invalid(e.to_string()))?.into_owned();
         let text = path.to_string_lossy().trim_start_matches("./").to_string();
-        if text == "module.wasm" {
-            let mut bytes = Vec::new();
-            entry
-                .read_to_end(&mut bytes)
-                .map_err(|e| invalid(e.to_string()))?;
-            module = Some(bytes);
-        } else if let Some(inside) = text.strip_prefix("fixtures/") {
-            if inside.is_empty() {
-                continue;
-            }
-            let unpacked = entry
-                .unpack_in(root)
-                .map_err(|e| invalid(format!("{text}: {e}")))?;
-            if !unpacked {
-                return Err(invalid(format!(
-                    "`{text}` would land outside the fixtures folder"
-                )));
-            }
-        } else if !text.is_empty() && text != "fixtures" {
+        let kind = entry.header().entry_type();
+        if !matches!(kind, EntryType::Regular | EntryType::Directory) {
             return Err(invalid(format!(
-                "unexpected entry `{text}`: the archive holds `module.wasm` and `fixtures/<case>/…`"
+                "`{text}` is a {kind:?} entry: the archive may hold only regular files and folders"
             )));
         }
+        let mut parts = Vec::new();
+        for component in path.components() {
+            match component {
+                Component::Normal(part) => parts.push(part.to_os_string()),
+                Component::CurDir => {}
+                _ => {
+                    return Err(invalid(format!(
+                        "`{text}` would land outside the archive's folder"
+                    )));
+                }
+            }
+        }
+        let declared = entry.header().size().unwrap_or(u64::MAX);
+        let is_module = parts.len() == 1 && parts[0] == "module.wasm";
+        let in_fixtures = parts.len() > 1 && parts[0] == "fixtures";
+        if kind == EntryType::Directory {
+            if parts.is_empty() || parts == ["fixtures"] || in_fixtures {
+                continue;
+            }
+        } else if is_module {
+            module = Some(read_capped(&mut entry, declared, caps.module_bytes, &text, "module-too-large")?);
+            continue;
+        } else if in_fixtures {
+            let room = caps.fixture_bytes.saturating_sub(fixture_bytes);
+            let bytes = read_capped(&mut entry, declared, room, &text, "fixtures-too-large")?;
+            fixture_bytes += bytes.len();
+            let target = parts.iter().fold(root.to_path_buf(), |path, part| path.join(part));
+            if let Some(parent) = target.parent() {
+                std::fs::create_dir_all(parent).map_err(ApiError::internal)?;
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&target)
+                .and_then(|mut file| std::io::Write::write_all(&mut file, &bytes))
+                .map_err(|e| invalid(format!("`{text}` cannot be unpacked: {}", e.kind())))?;
+            continue;
+        }
+        return Err(invalid(format!(
+            "unexpected entry `{text}`: the archive holds `module.wasm` and `fixtures/<case>/…`"
+        )));
     }
     module.ok_or_else(|| invalid("the archive has no `module.wasm`".into()))
 }
 
-/// Writes `modules/<version>.wasm` atomically (a temporary file, then a rename).
+/// Reads a tar entry that may hold at most `cap` bytes: refused on its
+/// declared size before reading, and read through a limit in case the
+/// header lies.
+fn read_capped(
+    entry: &mut impl Read,
+    declared: u64,
+    cap: usize,
+    name: &str,
+    code: &'static str,
+) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code,
+            format!("`{name}` is larger than the {cap} bytes it may hold"),
+        )
+    };
+    if declared > cap as u64 {
+        return Err(too_large());
+    }
+    let mut bytes = Vec::with_capacity(declared as usize);
+    entry
+        .take(cap as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ApiError::bad_request("invalid-archive", format!("`{name}`: {e}"), None))?;
+    if bytes.len() > cap {
+        return Err(too_large());
+    }
+    Ok(bytes)
+}
+
+/// Writes `modules/<version>.wasm` durably: a temporary file, fsynced, then
+/// renamed, then the folder fsynced. An existing file is kept only if its
+/// bytes still hash to its name; a damaged one is replaced.
 fn store_file(dir: &Path, version: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let path = dir.join(format!("{version}.wasm"));
-    if path.is_file() {
+    if read_stored(dir, version).is_ok() {
         return Ok(());
     }
-    let temp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::write(temp.path(), bytes)?;
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut temp, bytes)?;
+    temp.as_file().sync_all()?;
     temp.persist(&path).map_err(|e| e.error)?;
-    Ok(())
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Reads a stored module and checks that its bytes hash to its version.
+/// The error says what is wrong without naming server paths.
+pub(crate) fn read_stored(dir: &Path, version: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(dir.join(format!("{version}.wasm")))
+        .map_err(|err| format!("the stored file cannot be read ({})", err.kind()))?;
+    let actual = hex::encode(Sha256::digest(&bytes));
+    if actual != version {
+        return Err(format!(
+            "the stored file is damaged: its {} bytes hash to `{actual}`; upload the module again",
+            bytes.len()
+        ));
+    }
+    Ok(bytes)
 }
 
 /// `GET /v1/modules[/{name}]`: the caller's module versions, oldest first.
@@ -357,7 +494,7 @@ pub async fn activate(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
-    let body = read_body(request, app.max_body_bytes).await?;
+    let body = read_body(request, app.max_body_bytes, app.settings.body_timeout).await?;
     let mut de = serde_json::Deserializer::from_slice(&body);
     let mut spec: PipelineSpec = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = crate::diff::path_from_serde(err.path());

@@ -5,11 +5,10 @@ use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::{Value, json};
 
 use super::App;
 use super::auth::Caller;
-use super::http::{ApiError, Body, json_response, query_flag, read_body};
+use super::http::{ApiError, Body, json_bytes_response, query_flag, read_body};
 use super::metrics::{ChannelLabels, OutcomeLabels};
 use crate::event::{EventJson, OutcomeJson};
 
@@ -31,8 +30,19 @@ pub async fn transform(
         ));
     }
     let strict = query_flag(&request, "strict");
-    let body = read_body(request, app.max_body_bytes).await?;
+    let body = read_body(request, app.max_body_bytes, app.settings.body_timeout).await?;
     let (mut events, single) = parse_body(&body)?;
+    if events.len() > app.settings.max_events_per_request {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-many-events",
+            format!(
+                "the request holds {} events; a synchronous transform takes at most {}",
+                events.len(),
+                app.settings.max_events_per_request
+            ),
+        ));
+    }
     for event in &mut events {
         if event.channel.is_empty() {
             event.channel = name.to_string();
@@ -41,17 +51,19 @@ pub async fn transform(
         event.tenant = channel.tenant.clone();
     }
 
-    // The tenant's share of the machine: at most `transform-concurrency` pipelines at once.
-    let tenant = app.tenant(&channel.tenant);
-    let _permit = match &tenant {
-        Some(tenant) => Some(tenant.permits.acquire().await.map_err(ApiError::internal)?),
-        None => None,
-    };
+    // The tenant's share of the machine: at most `transform-concurrency`
+    // pipelines at once. The permit moves into the blocking task, so it is
+    // held for as long as the pipeline runs, even if the client leaves.
+    let permit = app.transform_permit(&channel.tenant).await?;
     let started = Instant::now();
     let pipeline = channel.pipeline();
-    let outcomes = tokio::task::spawn_blocking(move || pipeline.run(&events))
-        .await
-        .map_err(|join| ApiError::internal(format!("the transform task failed: {join}")))?;
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let outcomes = pipeline.run(&events);
+        drop(permit);
+        outcomes
+    })
+    .await
+    .map_err(|join| ApiError::internal(format!("the transform task failed: {join}")))?;
     app.metrics
         .transform_seconds
         .get_or_create(&ChannelLabels {
@@ -76,21 +88,39 @@ pub async fn transform(
     } else {
         StatusCode::OK
     };
-    let mut body = if single {
-        serde_json::to_value(&outcomes[0])
+    // Written straight to bytes: payloads are copied verbatim, never
+    // re-parsed, however deeply they nest.
+    let outcomes = if single {
+        serde_json::to_vec(&outcomes[0])
     } else {
-        serde_json::to_value(&outcomes)
+        serde_json::to_vec(&outcomes)
     }
-    .unwrap_or(Value::Null);
-    if status != StatusCode::OK {
+    .map_err(|err| ApiError::internal(format!("cannot write the outcomes: {err}")))?;
+    if outcomes.len() > app.settings.max_response_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "response-too-large",
+            format!(
+                "the outcomes take {} bytes, over the {}-byte limit for one answer: send fewer events per request",
+                outcomes.len(),
+                app.settings.max_response_bytes
+            ),
+        ));
+    }
+    let body = if status == StatusCode::OK {
+        outcomes
+    } else {
         let code = if status == StatusCode::UNPROCESSABLE_ENTITY {
             "rejected"
         } else {
             "transform-fault"
         };
-        body = json!({"code": code, "message": "see `outcomes`", "outcomes": body});
-    }
-    Ok(json_response(status, &body))
+        let mut wrapped = format!(r#"{{"code":"{code}","message":"see `outcomes`","outcomes":"#).into_bytes();
+        wrapped.extend_from_slice(&outcomes);
+        wrapped.push(b'}');
+        wrapped
+    };
+    Ok(json_bytes_response(status, body))
 }
 
 /// One event object, or an array of them; errors name the JSON path.

@@ -128,22 +128,23 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             }),
         }
     }
-    let tenant = app.tenant(&channel.tenant);
-    let _permit = match &tenant {
-        Some(tenant) => tenant.permits.acquire().await.ok(),
-        None => None,
-    };
+    // Held by the blocking task itself, for exactly as long as the pipeline runs.
+    let permit = app.transform_permit(&channel.tenant).await.ok().flatten();
     let started = Instant::now();
     let (inputs, outcomes) = match tokio::task::spawn_blocking(move || {
         let outcomes = pipeline.run(&inputs);
+        drop(permit);
         (inputs, outcomes)
     })
     .await
     {
         Ok(done) => done,
+        // The pipeline isolates module faults; a panic here is a host bug.
+        // Let it end this worker: the supervisor logs, counts and restarts
+        // it, and the batch, never committed, is read again.
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
         Err(join) => {
-            // The pipeline isolates module faults; a panic here is a host bug.
-            tracing::error!(channel = %channel.name, error = %join, "the pipeline task failed");
+            tracing::error!(channel = %channel.name, error = %join, "the pipeline task was cancelled");
             return results;
         }
     };

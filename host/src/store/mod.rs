@@ -282,6 +282,15 @@ pub struct Depth {
     pub to_transform: u64,
     /// Waiting for delivery (including retries).
     pub to_deliver: u64,
+    /// Dead letters kept.
+    pub dead_letters: u64,
+}
+
+impl Depth {
+    /// Everything the channel keeps on disk for its tenant: what the storage quota counts.
+    pub fn stored(&self) -> u64 {
+        self.to_transform + self.to_deliver + self.dead_letters
+    }
 }
 
 /// The durable queue between ingest, transform and delivery.

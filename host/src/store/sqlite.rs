@@ -54,8 +54,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_ms INTEGER NOT NULL,
     received_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS outbox_order ON outbox (destination, entity_key, seq);
+DROP INDEX IF EXISTS outbox_order;
+CREATE INDEX IF NOT EXISTS outbox_entity ON outbox (destination, channel, entity_key, seq);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (destination, seq);
+CREATE INDEX IF NOT EXISTS outbox_event ON outbox (tenant, event_id);
 
 CREATE TABLE IF NOT EXISTS attempts (
     outbox_seq INTEGER NOT NULL,
@@ -84,6 +86,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS dead_letters_channel ON dead_letters (tenant, channel);
+CREATE INDEX IF NOT EXISTS dead_letters_by_channel ON dead_letters (channel);
 
 CREATE TABLE IF NOT EXISTS tenants (
     name TEXT PRIMARY KEY,
@@ -440,8 +443,8 @@ impl Queue for SqliteQueue {
                  FROM outbox o
                  WHERE destination = ?1 AND next_ms <= ?2
                    AND NOT EXISTS (SELECT 1 FROM outbox p
-                                   WHERE p.destination = o.destination AND p.entity_key = o.entity_key
-                                     AND p.seq < o.seq)
+                                   WHERE p.destination = o.destination AND p.channel = o.channel
+                                     AND p.entity_key = o.entity_key AND p.seq < o.seq)
                    AND channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
                  ORDER BY seq LIMIT ?3",
             )?;
@@ -705,6 +708,7 @@ impl Queue for SqliteQueue {
             Ok(Depth {
                 to_transform: count("SELECT COUNT(*) FROM inbox WHERE channel = ?1")?,
                 to_deliver: count("SELECT COUNT(*) FROM outbox WHERE channel = ?1")?,
+                dead_letters: count("SELECT COUNT(*) FROM dead_letters WHERE channel = ?1")?,
             })
         })
     }
@@ -713,7 +717,8 @@ impl Queue for SqliteQueue {
         self.call(move |db| {
             Ok(db.execute(
                 "DELETE FROM events WHERE received_ms < ?1
-                   AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.tenant = events.tenant AND i.event_id = events.id)",
+                   AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.tenant = events.tenant AND i.event_id = events.id)
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.tenant = events.tenant AND o.event_id = events.id)",
                 [before_ms],
             )? as u64)
         })
