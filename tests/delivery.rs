@@ -485,3 +485,41 @@ fn https_destinations_are_verified_against_their_ca() {
         "nothing reached the portal without a verified certificate"
     );
 }
+
+#[test]
+fn hostile_retry_after_values_neither_kill_nor_stall_delivery() {
+    // Per key: 503 with a Retry-After past u64 seconds, 429 asking for 31
+    // years, 500 with one (ignored: only 429 and 503 may ask), then 200.
+    let destination = sink(|request, earlier| {
+        let key = request.header("idempotency-key");
+        let seen = earlier
+            .iter()
+            .filter(|r| r.header("idempotency-key") == key)
+            .count();
+        let (status, wait) = match seen {
+            0 => (503, "18446744073709551615"),
+            1 => (429, "1000000000"),
+            2 => (500, "5000"),
+            _ => return Reply::status(200),
+        };
+        Reply {
+            status,
+            headers: vec![("retry-after".into(), wait.into())],
+            body: "later".into(),
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(dir.path(), &config(&destination, "", "qty"));
+    let events: Vec<Value> = (1..=3).map(|n| stock_event(&format!("e-{n}"), &format!("S{n}"), n)).collect();
+    let (status, body) = sidecar.post("/v1/events", &jsonl(&events));
+    assert_eq!(status, 202, "{body}");
+    // max-backoff-ms is 1000 in this config: every wait is capped there.
+    wait_for("three deliveries", PATIENCE, || {
+        destination.count_where(|r| r.header("x-sluice-attempt") == Some("4")) == 3
+    });
+    let metrics = sidecar.metrics();
+    assert!(!metrics.contains("sluice_worker_restarts_total{"), "no worker died:\n{metrics}");
+    let (status, ready) = sidecar.get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["workers"]["delivery:portal"]["running"], true, "{ready}");
+}

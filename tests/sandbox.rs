@@ -335,3 +335,207 @@ fn compiled_components_are_cached_on_disk() {
     let recompiled = fuel.load_file(&guest("b2b-portal"), Limits::default()).unwrap();
     assert_eq!(recompiled.cache_outcome(), CacheOutcome::Compiled);
 }
+
+// --- Host calls that wait: virtual time and bounded waits (issue: a guest
+// that sleeps hung the host). Each must end at once or at the deadline.
+
+#[test]
+fn sleeping_an_hour_returns_at_once_on_virtual_time() {
+    let hostile = load_with_timeout("hostile", Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let outcomes = run(&hostile, &[attack("evt-sleep", "sleep-hour")]);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let OutcomeJson::Emit { events } = &outcomes[0] else {
+        panic!("sleep-hour should emit, got {outcomes:?}");
+    };
+    let slept: Value = serde_json::from_str(events[0].payload.get()).unwrap();
+    assert_eq!(slept["slept_secs"], 3600, "the guest's clock moved by the hour it slept");
+}
+
+#[test]
+fn sleeping_forever_returns_at_once_on_virtual_time() {
+    let hostile = load_with_timeout("hostile", Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let outcomes = run(&hostile, &[attack("evt-forever", "sleep-forever"), attack("evt-next", "none")]);
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    for outcome in &outcomes {
+        assert!(matches!(outcome, OutcomeJson::Emit { .. }), "{outcome:?}");
+    }
+}
+
+#[test]
+fn polling_a_pollable_that_never_comes_returns() {
+    let hostile = load_with_timeout("hostile", Duration::from_millis(500));
+    let outcomes = run(&hostile, &[attack("evt-poll", "poll-never")]);
+    let OutcomeJson::Emit { events } = &outcomes[0] else {
+        panic!("poll-never should emit, got {outcomes:?}");
+    };
+    let ready: Value = serde_json::from_str(events[0].payload.get()).unwrap();
+    assert!(!ready["ready"].as_array().unwrap().is_empty(), "{ready}");
+}
+
+#[test]
+fn a_busy_poll_loop_hits_the_deadline() {
+    let hostile = load_with_timeout("hostile", Duration::from_millis(200));
+    assert_contained_in(&hostile, "busy-poll", |kind| {
+        matches!(kind, FaultKind::Timeout { limit_ms: 200 })
+    });
+}
+
+#[test]
+fn an_init_that_sleeps_returns_at_once() {
+    let hostile = load_with_timeout("hostile", Duration::from_millis(200));
+    let outcomes = Pipeline::new(vec![Step {
+        module: hostile,
+        config: json!({ "init": "sleep" }).to_string(),
+    }])
+    .run(&[attack("evt-1", "none")]);
+    assert!(matches!(&outcomes[0], OutcomeJson::Emit { .. }), "{outcomes:?}");
+}
+
+#[test]
+fn an_init_that_loops_fails_its_batch_once_not_per_event() {
+    for attack_name in ["loop"] {
+        let hostile = load_with_timeout("hostile", Duration::from_millis(200));
+        let started = std::time::Instant::now();
+        let batch: Vec<EventJson> = (0..20).map(|n| attack(&format!("evt-{n}"), "none")).collect();
+        let outcomes = Pipeline::new(vec![Step {
+            module: hostile.clone(),
+            config: json!({ "init": attack_name }).to_string(),
+        }])
+        .run(&batch);
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, OutcomeJson::Error { error } if matches!(error.kind, FaultKind::Timeout { limit_ms: 200 })),
+                "{attack_name}: {outcome:?}"
+            );
+        }
+        // One deadline for the whole batch, not twenty.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{attack_name}: took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_other_module_unaffected();
+}
+
+// --- Outputs: every byte is metered, fan-out is capped.
+
+#[test]
+fn a_fan_out_of_a_million_hits_the_fan_out_cap() {
+    let limits = Limits {
+        timeout: Duration::from_secs(20),
+        memory_bytes: 1 << 30,
+        ..Limits::default()
+    };
+    let hostile = Arc::new(engine().load_file(&guest("hostile"), limits).expect("loads"));
+    // Either wasmtime's own cap on data copied out of the guest, or ours
+    // on the number of outputs, stops it: both fail this event alone.
+    assert_contained_in(&hostile, "fan-out-million", |kind| match kind {
+        FaultKind::TooManyOutputs { count: 1_000_000, limit: 1000 } => true,
+        FaultKind::Trap { detail } => detail.contains("too much data is being copied"),
+        _ => false,
+    });
+}
+
+#[test]
+fn a_giant_source_field_counts_against_the_output_cap() {
+    assert_contained(
+        "giant-source",
+        |kind| matches!(kind, FaultKind::OutputTooLarge { bytes, .. } if *bytes > 10 << 20),
+    );
+}
+
+#[test]
+fn log_spam_is_truncated_and_counted() {
+    let hostile = load("hostile");
+    let outcomes = run(&hostile, &[attack("evt-spam", "log-spam")]);
+    let OutcomeJson::Error { error } = &outcomes[0] else {
+        panic!("log-spam should fault, got {outcomes:?}");
+    };
+    assert!(error.log.len() < 20 << 10, "log kept: {} bytes", error.log.len());
+    assert!(error.log.contains("[log truncated: "), "{}", &error.log[error.log.len() - 200..]);
+}
+
+#[test]
+fn a_fan_out_that_multiplies_across_steps_is_capped_per_input_event() {
+    // Each step turns one event into three; with a cap of 5 per event, each
+    // step alone is within it, but after two steps one input holds nine.
+    let limits = Limits {
+        timeout: Duration::from_secs(10),
+        max_fan_out: 5,
+        ..Limits::default()
+    };
+    let hostile = Arc::new(engine().load_file(&guest("hostile"), limits).expect("loads"));
+    let step = Step {
+        module: hostile.clone(),
+        config: "{}".into(),
+    };
+    let outcomes = Pipeline::new(vec![step.clone(), step]).run(&[
+        attack("evt-twice", "fan-out-twice"),
+        attack("evt-once", "fan-out"),
+    ]);
+    let OutcomeJson::Error { error } = &outcomes[0] else {
+        panic!("nine outputs for one input must fault, got {:?}", outcomes[0]);
+    };
+    assert_eq!(error.event, "evt-twice");
+    assert!(matches!(error.kind, FaultKind::TooManyOutputs { count: 9, limit: 5 }), "{error}");
+    assert!(matches!(&outcomes[1], OutcomeJson::Emit { events } if events.len() == 3), "{:?}", outcomes[1]);
+}
+
+// --- Contract breaches and resources only a hand-written component can reach.
+
+fn load_raw(name: &str, bytes: &[u8], limits: Limits) -> Result<Arc<Module>, LoadError> {
+    engine().load(name, bytes, limits).map(Arc::new)
+}
+
+#[test]
+fn fewer_or_more_outcomes_than_events_is_a_fault_per_event() {
+    for (returned, batch) in [(0u32, 2usize), (3, 1), (3, 2)] {
+        let module = load_raw("miscount", &support::raw::component(returned, 0, 1), Limits::default())
+            .expect("loads");
+        let events: Vec<EventJson> = (0..batch).map(|n| attack(&format!("evt-{n}"), "none")).collect();
+        let outcomes = run(&module, &events);
+        assert_eq!(outcomes.len(), batch);
+        for outcome in &outcomes {
+            assert!(
+                matches!(outcome, OutcomeJson::Error { error } if matches!(error.kind, FaultKind::OutcomeCount { got, expected: 1 } if got == returned as usize)),
+                "{returned} for {batch}: {outcome:?}"
+            );
+        }
+    }
+    // The hand-written component does answer a batch of the size it returns.
+    let module = load_raw("miscount", &support::raw::component(1, 0, 1), Limits::default()).unwrap();
+    assert!(matches!(&run(&module, &[attack("evt-1", "none")])[0], OutcomeJson::Drop { reason } if reason == "x"));
+}
+
+#[test]
+fn many_memories_share_one_budget() {
+    // Seven extra memories of 20 MiB: each is far under the per-memory
+    // maximum, together they are over the 128 MiB budget of the instance.
+    let module = load_raw("many-memories", &support::raw::component(1, 7, 320), Limits::default())
+        .expect("loads");
+    let fault = module.check_instantiate().unwrap_err();
+    assert!(matches!(fault, FaultKind::MemoryLimit { limit_bytes } if limit_bytes == 128 << 20), "{fault}");
+    let outcomes = run(&module, &[attack("evt-1", "none")]);
+    assert!(
+        matches!(&outcomes[0], OutcomeJson::Error { error } if matches!(error.kind, FaultKind::MemoryLimit { .. })),
+        "{outcomes:?}"
+    );
+    // Within the budget, the same shape runs.
+    let small = load_raw("few-memories", &support::raw::component(1, 4, 16), Limits::default()).unwrap();
+    assert!(small.check_instantiate().is_ok());
+}
+
+#[test]
+fn more_memories_than_a_component_may_hold_is_refused() {
+    let too_many = sluice_host::engine::MAX_MEMORIES_PER_COMPONENT + 1;
+    let result = load_raw("too-many-memories", &support::raw::component(1, too_many, 1), Limits::default())
+        .map(|module| module.check_instantiate());
+    match result {
+        Err(err) => assert!(err.to_string().contains("memories"), "{err}"),
+        Ok(Err(fault)) => assert!(fault.to_string().contains("memories"), "{fault}"),
+        Ok(Ok(())) => panic!("a component with {too_many} extra memories must be refused"),
+    }
+}

@@ -3,8 +3,11 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::sidecar::{ADMIN_TOKEN, Sidecar, raw_request};
@@ -179,4 +182,129 @@ fn a_config_with_an_unknown_key_is_refused_with_its_name() {
         stderr.contains(Path::new("sluice.toml").to_str().unwrap()),
         "{stderr}"
     );
+}
+
+/// A config whose `hostile` channel runs the hostile test guest, delivering
+/// ingested events to `sink` (or nowhere).
+fn hostile_config(extra: &str, sink: Option<std::net::SocketAddr>) -> String {
+    let module = support::guest("hostile");
+    let destination = match sink {
+        Some(addr) => format!(
+            "destination = \"out\"\n\n[[destination]]\nname = \"out\"\nurl = \"http://{addr}/in\"\nentity-key = \"$.id\"\n"
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"{extra}
+[limits]
+timeout-ms = 300
+
+[[channel]]
+name = "hostile"
+tenant = "acme"
+{destination}
+[[channel.step]]
+module = "{}"
+"#,
+        module.display()
+    )
+}
+
+fn attack(id: &str, attack: &str) -> Value {
+    json!({"id": id, "kind": "product", "payload": {"attack": attack}})
+}
+
+#[test]
+fn a_sleeping_guest_behaves_the_same_on_the_sync_and_durable_paths() {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = received.clone();
+    let responder: Arc<sluice_host::sink::Responder> = Arc::new(move |request, _| {
+        log.lock().unwrap().push(request.json());
+        sluice_host::sink::Reply::status(200)
+    });
+    let sink = sluice_host::sink::Sink::start("127.0.0.1:0".parse().unwrap(), responder).unwrap();
+    let (sidecar, _dir) = start(&hostile_config("", Some(sink.addr)));
+    let url = format!("{}/v1/channels/hostile/transform", sidecar.base);
+    let started = Instant::now();
+    let (status, body) = post(&url, &json!([attack("s-1", "sleep-hour"), attack("s-2", "sleep-forever")]).to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["outcome"], "emit", "{body}");
+    assert!(body[0]["events"][0]["payload"]["slept_secs"] == 3600, "{body}");
+    assert_eq!(body[1]["outcome"], "emit", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+
+    let (status, body) = sidecar.post("/v1/events", &format!("{}\n{}\n", attack("d-1", "sleep-hour"), attack("d-2", "sleep-forever")));
+    assert_eq!(status, 202, "{body}");
+    support::sidecar::wait_for("the slept event's delivery", Duration::from_secs(60), || {
+        received.lock().unwrap().iter().any(|b| b["slept_secs"] == 3600)
+    });
+    support::sidecar::wait_for("the forever sleeper's delivery", Duration::from_secs(60), || {
+        received.lock().unwrap().iter().any(|b| b["attack"] == "sleep-forever")
+    });
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_the_server_stays_up() {
+    let (sidecar, _dir) = start(&format!("header-timeout-ms = 300\nbody-timeout-ms = 300\nmax-connections = 4\n{CONFIG}"));
+    let addr = sidecar.base.trim_start_matches("http://").to_string();
+    // Slowloris: headers that never end, on more connections than allowed.
+    let mut slow: Vec<std::net::TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            stream.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n").unwrap();
+            stream
+        })
+        .collect();
+    // A body that never finishes.
+    let mut trickle = std::net::TcpStream::connect(&addr).unwrap();
+    trickle
+        .write_all(format!("POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 1000\r\n\r\n{{").as_bytes())
+        .unwrap();
+    let closed = |stream: &mut std::net::TcpStream| {
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    for stream in &mut slow {
+        let answer = closed(stream);
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+    let answer = closed(&mut trickle);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("body-timeout"), "{answer}");
+    // The server still answers.
+    let (status, _) = sidecar.get("/healthz");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn sync_requests_are_capped_in_events_and_answer_bytes() {
+    let (sidecar, _dir) = start(&format!("max-events-per-request = 3\n{CONFIG}"));
+    let url = format!("{}/v1/channels/b2b-portal/transform", sidecar.base);
+    let event = magento_event("simple-product");
+    let (status, body) = post(&url, &json!([event, event, event, event]).to_string());
+    assert_eq!((status, body["code"].as_str()), (413, Some("too-many-events")), "{body}");
+    let (status, body) = post(&url, &json!([event, event, event]).to_string());
+    assert_eq!(status, 200, "{body}");
+}
+
+#[test]
+fn a_huge_jsonl_body_ingests_in_linear_time_and_sigterm_still_exits() {
+    let (mut sidecar, _dir) = start(&format!(
+        "max-body-bytes = 16777216\nshutdown-grace-ms = 2000\n{}",
+        hostile_config("", Some("127.0.0.1:9".parse().unwrap()))
+    ));
+    let body: String = (0..200_000)
+        .map(|n| format!("{{\"id\":\"e-{n}\",\"kind\":\"product\",\"payload\":{{\"n\":{n}}}}}\n"))
+        .collect();
+    assert!(body.len() > 7_000_000);
+    let (status, answer) = sidecar.post("/v1/events", &body);
+    assert_eq!(status, 202, "{}", &answer.to_string()[..200.min(answer.to_string().len())]);
+    assert_eq!(answer["accepted"], 200_000);
+    // The destination is down and 200,000 events wait: SIGTERM must still end it.
+    let stopped = Instant::now();
+    let status = sidecar.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(stopped.elapsed() < Duration::from_secs(30), "took {:?}", stopped.elapsed());
 }

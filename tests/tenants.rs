@@ -860,3 +860,148 @@ fn a_tenant_over_its_ingest_rate_gets_429_and_others_do_not() {
             .contains(r#"sluice_ingest_rate_limited_total{tenant="acme"} 1"#)
     );
 }
+
+/// A tar whose one entry is `path` of `kind`, linking to `link` when it is a link.
+fn tar_entry(module: &[u8], path: &str, kind: tar::EntryType, link: &str, size: u64) -> Vec<u8> {
+    let mut archive = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(module.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    archive.append_data(&mut header, "module.wasm", module).unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(0o644);
+    if !link.is_empty() {
+        header.set_link_name(link).unwrap();
+    }
+    header.set_cksum();
+    archive
+        .append_data(&mut header, path, std::io::repeat(0).take(size))
+        .unwrap();
+    archive.into_inner().unwrap()
+}
+
+use std::io::Read as _;
+
+#[test]
+fn hostile_tar_uploads_are_refused_without_reading_links_or_showing_paths() {
+    let destination = sink();
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(dir.path(), &config(&destination, "max-module-versions = 2"));
+    let good = wasm("json-mapping");
+    let secret = dir.path().join("secret.json");
+    std::fs::write(&secret, r#"{"secret": "do not show"}"#).unwrap();
+    let link = secret.to_str().unwrap();
+    let cases = [
+        ("a symlinked expected.json", tar_entry(&good, "fixtures/c/expected.json", tar::EntryType::Symlink, link, 0)),
+        ("a hard link", tar_entry(&good, "fixtures/c/input.json", tar::EntryType::Link, link, 0)),
+        ("a link to /proc", tar_entry(&good, "fixtures/c/input.json", tar::EntryType::Symlink, "/proc/self/mem", 0)),
+        ("a GNU sparse module", tar_entry(&good, "module.wasm", tar::EntryType::GNUSparse, "", 0)),
+        ("a device", tar_entry(&good, "fixtures/c/input.json", tar::EntryType::Char, "", 0)),
+    ];
+    for (what, tar) in cases {
+        let answer = sidecar.send("PUT", "/v1/modules/linked", Some(ACME), &tar, "application/x-tar");
+        assert_eq!(code(&answer), (400, "invalid-archive"), "{what}: {}", answer.1);
+        let text = answer.1.to_string();
+        assert!(!text.contains("do not show") && !text.contains("/tmp"), "{what}: {text}");
+    }
+    // A fixture file that declares more bytes than the fixtures may hold is refused from its header.
+    let huge = tar_entry(&good, "fixtures/c/input.json", tar::EntryType::Regular, "", 64 << 20);
+    let answer = sidecar.send("PUT", "/v1/modules/huge", Some(ACME), &huge, "application/x-tar");
+    assert_eq!(code(&answer), (413, "fixtures-too-large"), "{}", answer.1);
+
+    // A failing fixture names the case and the path, structured, and no server path.
+    let failing = tar_upload(
+        &good,
+        &[
+            ("sku-only/input.json", event("f-1", "acme", json!({"sku": "A"}))),
+            ("sku-only/config.json", json!({"rules": [{"target": "sku", "source": "$.sku"}]}).to_string()),
+            (
+                "sku-only/expected.json",
+                json!({"outcome": "emit", "events": [{"id": "f-1", "kind": "inventory", "tenant": "acme", "payload": {"sku": "WRONG"}}]}).to_string(),
+            ),
+            ("broken/input.json", "{not json".into()),
+        ],
+    );
+    let answer = sidecar.send("PUT", "/v1/modules/fixtured", Some(ACME), &failing, "application/x-tar");
+    assert_eq!(code(&answer), (422, "fixtures-failed"), "{}", answer.1);
+    let cases = answer.1["cases"].as_array().unwrap();
+    let differs = cases.iter().find(|c| c["case"] == "sku-only").unwrap();
+    assert_eq!(differs["differences"][0]["path"], "$['events'][0]['payload']['sku']", "{differs}");
+    assert_eq!(differs["differences"][0]["expected"], "WRONG");
+    assert_eq!(differs["differences"][0]["actual"], "A");
+    let broken = cases.iter().find(|c| c["case"] == "broken").unwrap();
+    assert!(broken["error"].as_str().unwrap().starts_with("broken/input.json"), "{broken}");
+    assert!(!answer.1.to_string().contains("/tmp"), "{}", answer.1);
+
+    // Nothing refused left a compiled artifact behind; the accepted one did.
+    let cache = dir.path().join("data/module-cache");
+    let artifacts = || std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    let before = artifacts();
+    let http = upload(&sidecar, ACME, "http", &wasm("http-caller"));
+    assert_eq!(code(&http), (422, "unsupported-import"), "{}", http.1);
+    assert_eq!(artifacts(), before, "a refused module leaves no artifact");
+    assert_eq!(upload(&sidecar, ACME, "mapper", &good).0, 201);
+    assert_eq!(artifacts(), before + 1, "an accepted module's artifact is cached");
+
+    // Versions are counted across names, not names alone.
+    assert_eq!(upload(&sidecar, ACME, "mapper-b", &wasm("inventory-guard")).0, 201);
+    let third = upload(&sidecar, ACME, "mapper", &wasm("b2b-portal"));
+    assert_eq!(code(&third), (409, "too-many-module-versions"), "{}", third.1);
+}
+
+#[test]
+fn a_damaged_module_file_degrades_its_channel_and_the_server_still_starts() {
+    let destination = sink();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sidecar = Sidecar::start(dir.path(), &config(&destination, ""));
+    let (status, stored) = upload(&sidecar, ACME, "mapper", &wasm("json-mapping"));
+    assert_eq!(status, 201, "{stored}");
+    let version = stored["version"].as_str().unwrap().to_string();
+    let pipeline = json!({"steps": [{"module": "mapper", "version": version, "config": {"rules": [{"target": "sku", "source": "$.sku"}]}}]});
+    let (status, body) = sidecar.send(
+        "POST",
+        "/v1/channels/acme-stock/activate",
+        Some(ACME),
+        pipeline.to_string().as_bytes(),
+        "application/json",
+    );
+    assert_eq!(status, 200, "{body}");
+    sidecar.kill9();
+    // As after a power loss: the file is cut short.
+    let file = dir.path().join(format!("data/modules/{version}.wasm"));
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    sidecar.restart();
+
+    let (status, ready) = sidecar.get("/readyz");
+    assert_eq!(status, 503, "{ready}");
+    let why = ready["degraded_channels"]["acme-stock"].as_str().unwrap();
+    assert!(why.contains("damaged") && !why.contains("/"), "{why}");
+    // The other tenant's channel runs; acme's events wait, nothing is lost.
+    let (status, _) = sidecar.send(
+        "POST",
+        "/v1/events",
+        Some(ACME),
+        event("held-1", "acme", json!({"sku": "A", "qty": 1})).as_bytes(),
+        "application/json",
+    );
+    assert_eq!(status, 202);
+    // Uploading the module again repairs the file; activating brings the channel back.
+    assert_eq!(upload(&sidecar, ACME, "mapper", &wasm("json-mapping")).0, 200);
+    let (status, body) = sidecar.send(
+        "POST",
+        "/v1/channels/acme-stock/activate",
+        Some(ACME),
+        pipeline.to_string().as_bytes(),
+        "application/json",
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_for("the held event", PATIENCE, || {
+        destination.count_where(|r| r.header("x-sluice-source-event-id") == Some("held-1")) == 1
+    });
+    let (status, ready) = sidecar.get("/readyz");
+    assert_eq!(status, 200, "{ready}");
+}

@@ -214,16 +214,16 @@ fn run_case(subject: &Subject, dir: &Path, bless: bool) -> Result<CaseStatus, St
         _ => return Err(format!("no `input.json` or `input.jsonl` in case `{case}`")),
     };
     let input_text = read(dir, input_name)?;
-    let inputs = parse_events(&input_text).map_err(|err| format!("{input_name}: {err}"))?;
+    let inputs = parse_events(&input_text).map_err(|err| format!("{case}/{input_name}: {err}"))?;
     if single && inputs.len() != 1 {
         return Err(format!(
-            "{input_name}: holds {} events; use `input.jsonl` for more than one",
+            "{case}/{input_name}: holds {} events; use `input.jsonl` for more than one",
             inputs.len()
         ));
     }
     let config = if dir.join("config.json").is_file() {
         let text = read(dir, "config.json")?;
-        serde_json::from_str::<Value>(&text).map_err(|err| format!("config.json: {err}"))?;
+        serde_json::from_str::<Value>(&text).map_err(|err| format!("{case}/config.json: {err}"))?;
         Some(text)
     } else {
         None
@@ -250,7 +250,7 @@ fn run_case(subject: &Subject, dir: &Path, bless: bool) -> Result<CaseStatus, St
     }
     let expected_text = read(dir, "expected.json")?;
     let expected: Value =
-        serde_json::from_str(&expected_text).map_err(|err| format!("expected.json: {err}"))?;
+        serde_json::from_str(&expected_text).map_err(|err| format!("{case}/expected.json: {err}"))?;
     let differences = diff(&expected, &actual);
     if differences.is_empty() {
         Ok(CaseStatus::Passed)
@@ -273,10 +273,12 @@ fn forget_module_versions(outcomes: &mut Value) {
 const MAX_FIXTURE_FILE: u64 = 64 << 20;
 
 /// Reads a case's file, at most [`MAX_FIXTURE_FILE`] bytes of a regular
-/// file; errors name the file within its case, never a full path.
-fn read(dir: &Path, name: &str) -> Result<String, String> {
+/// file; errors name the case and the file, never a full path.
+fn read(dir: &Path, file: &str) -> Result<String, String> {
     use std::io::Read;
-    let path = dir.join(name);
+    let path = dir.join(file);
+    let case = dir.file_name().unwrap_or_default().to_string_lossy();
+    let name = format!("{case}/{file}");
     let file = fs::File::open(&path).map_err(|err| format!("cannot read {name}: {}", err.kind()))?;
     let meta = file.metadata().map_err(|err| format!("cannot read {name}: {}", err.kind()))?;
     if !meta.is_file() {

@@ -154,6 +154,13 @@ pub async fn upload(
     let (key, module_name) = (tenant_name.clone(), name.to_string());
     let held = blocking(move || registry.modules(&key, None)).await?;
     if held.iter().any(|m| m.name == name && m.version == version) {
+        // The same bytes again: nothing to check, but a stored file that
+        // was damaged (a power loss) is repaired by them.
+        let (dir, stored, copy) = (app.modules_dir.clone(), version.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || store_file(&dir, &stored, &copy))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|err| ApiError::internal(format!("cannot store the module: {err}")))?;
         app.metrics
             .uploads
             .get_or_create(&UploadLabels {
@@ -281,7 +288,7 @@ fn check(
             "cannot-instantiate",
             format!("module `{name}` cannot start within its limits: {fault}"),
         );
-        error.detail = serde_json::to_value(&fault).ok();
+        error.detail = Some(json!({ "fault": fault }));
         error
     })?;
     let has_cases = std::fs::read_dir(fixtures)

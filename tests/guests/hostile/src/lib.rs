@@ -13,13 +13,22 @@ struct Order {
     attack: String,
 }
 
-/// The transform; it has no configuration.
+/// The transform. Its config may ask `init` itself to misbehave:
+/// `{"init": "loop" | "panic" | "sleep"}`.
 pub struct Hostile;
 
 impl Transform for Hostile {
     type Config = serde_json::Value;
 
-    fn init(_: Self::Config) -> Result<Self, InitError> {
+    fn init(config: Self::Config) -> Result<Self, InitError> {
+        match config.get("init").and_then(|v| v.as_str()) {
+            Some("loop") => loop {
+                black_box(&config);
+            },
+            Some("panic") => panic!("hostile init panics on purpose"),
+            Some("sleep") => std::thread::sleep(std::time::Duration::MAX),
+            _ => {}
+        }
         Ok(Hostile)
     }
 
@@ -84,6 +93,47 @@ impl Transform for Hostile {
                 }
                 Outcome::pass(&event)
             }
+            // Blocking host calls: each would park the host thread without virtual time.
+            "sleep-forever" => {
+                std::thread::sleep(std::time::Duration::MAX);
+                Outcome::pass(&event)
+            }
+            "sleep-hour" => {
+                let start = std::time::Instant::now();
+                std::thread::sleep(std::time::Duration::from_secs(3600));
+                Outcome::emit(&event, &serde_json::json!({"slept_secs": start.elapsed().as_secs()}))
+            }
+            "poll-never" => {
+                // An instant that never comes, then wait on it, then on it and stdin together.
+                let never = wasip2::clocks::monotonic_clock::subscribe_instant(u64::MAX);
+                never.block();
+                let stdin = wasip2::cli::stdin::get_stdin();
+                let readable = stdin.subscribe();
+                let ready = wasip2::io::poll::poll(&[&never, &readable]);
+                Outcome::emit(&event, &serde_json::json!({"ready": ready}))
+            }
+            "busy-poll" => loop {
+                let now = wasip2::clocks::monotonic_clock::subscribe_duration(0);
+                black_box(wasip2::io::poll::poll(&[&now]));
+            },
+            "fan-out-million" => Outcome::Emit(vec![
+                Event {
+                    payload: "{}".into(),
+                    ..event
+                };
+                1_000_000
+            ]),
+            "giant-source" => Outcome::Emit(vec![Event {
+                source: "s".repeat(10 << 20),
+                ..event
+            }]),
+            "log-spam" => {
+                let line = "x".repeat(1000);
+                for _ in 0..100_000 {
+                    sluice_guest::log(sluice_guest::LogLevel::Info, &line);
+                }
+                panic!("hostile module spammed its log");
+            }
             "not-json" => Outcome::Emit(vec![Event {
                 payload: "{not json".into(),
                 ..event
@@ -92,14 +142,15 @@ impl Transform for Hostile {
             "reject" => {
                 Outcome::reject_one(&JsonPath::root().key("attack"), "rejected", "rejected on request")
             }
-            // Fan-out: three children; with `fan-out-panic` the second one panics in the next step.
-            "fan-out" | "fan-out-panic" => Outcome::Emit(
+            // Fan-out: three children; with `fan-out-panic` the second one
+            // panics in the next step, with `fan-out-twice` each fans out again.
+            "fan-out" | "fan-out-panic" | "fan-out-twice" => Outcome::Emit(
                 (0..3)
                     .map(|n| {
-                        let next = if n == 1 && order.attack == "fan-out-panic" {
-                            "panic"
-                        } else {
-                            "none"
+                        let next = match order.attack.as_str() {
+                            "fan-out-panic" if n == 1 => "panic",
+                            "fan-out-twice" => "fan-out",
+                            _ => "none",
                         };
                         let mut child = event.with_payload(&serde_json::json!({"attack": next, "copy": n}));
                         child.id = format!("{}#{n}", event.id);
