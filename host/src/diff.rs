@@ -131,3 +131,41 @@ mod tests {
         assert_eq!(found[0].actual, Some(json!(2)));
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[a-z]{0,6}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z'\\]\\[]{1,4}", inner, 0..6)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// A value never differs from itself; two values differ exactly when they are unequal,
+        /// and every difference's path starts at the root.
+        #[test]
+        fn prop_diff_is_empty_exactly_for_equal_values(a in json(), b in json()) {
+            prop_assert!(diff(&a, &a).is_empty());
+            let differences = diff(&a, &b);
+            prop_assert_eq!(differences.is_empty(), a == b, "{:?}", differences);
+            for difference in &differences {
+                prop_assert!(difference.path.starts_with('$'));
+            }
+        }
+    }
+}

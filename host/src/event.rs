@@ -212,3 +212,63 @@ pub struct EventParseError {
     /// What is wrong.
     pub message: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn event_line(n: usize) -> String {
+        format!("{{\"id\":\"e-{n}\",\"kind\":\"product\",\"payload\":{{\"n\":{n}}}}}")
+    }
+
+    proptest! {
+        /// Whatever the text, parsing answers (events or an error) and never panics.
+        #[test]
+        fn prop_parse_events_never_panics(text in "\\PC{0,400}") {
+            let _ = parse_events(&text);
+        }
+
+        /// Near-valid input: valid events with one line broken somewhere,
+        /// as JSON (`}` first) or as an event (a mistyped field). The error
+        /// names exactly that line.
+        #[test]
+        fn prop_a_bad_jsonl_line_is_named(count in 1usize..60, bad in 0usize..60, blank in 0usize..3, syntax in any::<bool>()) {
+            let bad = bad % count;
+            let mut lines: Vec<String> = (0..count).map(event_line).collect();
+            lines[bad] = if syntax {
+                "}{\"id\": 1}".into()
+            } else {
+                "{\"id\": \"x\", \"kind\": 5, \"payload\": {}}".into()
+            };
+            let text = lines.join(&"\n".repeat(blank + 1));
+            let err = parse_events(&text).unwrap_err();
+            prop_assert_eq!(err.line, Some(bad * (blank + 1) + 1), "{}", err);
+        }
+
+        /// Valid JSONL, array or single object: every event comes back, in order.
+        #[test]
+        fn prop_valid_events_round_trip(count in 1usize..80, form in 0u8..3) {
+            let events: Vec<String> = (0..count).map(event_line).collect();
+            let text = match form {
+                0 => events.join("\n"),
+                1 => format!("[{}]", events.join(",")),
+                _ => format!("  \n{}\n\n", events.join("\r\n")),
+            };
+            let parsed = parse_events(&text).unwrap();
+            prop_assert_eq!(parsed.len(), count);
+            for (n, event) in parsed.iter().enumerate() {
+                prop_assert_eq!(&event.id, &format!("e-{n}"));
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_neither_crashes_nor_changes_the_payload() {
+        let payload = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        let deep = format!("{{\"id\":\"e\",\"kind\":\"p\",\"payload\":{payload}}}");
+        let events = parse_events(&deep).unwrap();
+        assert_eq!(events[0].payload.get(), payload, "kept verbatim, never walked");
+    }
+}

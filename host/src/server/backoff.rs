@@ -130,3 +130,27 @@ mod tests {
         assert_eq!(retry_after("soon", now), None);
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any header text: an answer or nothing, never a panic; numbers are exact seconds.
+        #[test]
+        fn prop_retry_after_never_panics(value in "\\PC{0,40}", seconds in any::<u64>()) {
+            let now = SystemTime::now();
+            let _ = retry_after(&value, now);
+            prop_assert_eq!(retry_after(&seconds.to_string(), now), Some(Duration::from_secs(seconds)));
+        }
+
+        /// Backoff stays within the policy's cap for every attempt number and setting.
+        #[test]
+        fn prop_backoff_is_capped(initial in any::<u64>(), max in any::<u64>(), attempt in any::<u32>()) {
+            let policy = RetryPolicy { initial_backoff_ms: initial, max_backoff_ms: max, ..RetryPolicy::default() };
+            prop_assert!(backoff(&policy, attempt) <= Duration::from_millis(max));
+        }
+    }
+}

@@ -628,3 +628,64 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod prop_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const FULL: &str = r#"
+listen = "127.0.0.1:0"
+max-body-bytes = 1000
+[limits]
+timeout-ms = 100
+[[tenant]]
+name = "acme"
+ingest-rate = "10/s"
+[[destination]]
+name = "portal"
+url = "http://127.0.0.1:9/in"
+rate-limit = "60/min"
+headers = { authorization = "Bearer x" }
+[[channel]]
+name = "b2b"
+tenant = "acme"
+destination = "portal"
+[[channel.step]]
+module = "b2b-portal"
+"#;
+
+    proptest! {
+        /// Arbitrary text is refused with a message, never a panic.
+        #[test]
+        fn prop_any_text_parses_or_is_refused(text in "\\PC{0,300}") {
+            let _ = ServerConfig::parse(&text);
+        }
+
+        /// A real config with one byte replaced: parsed or refused, never a panic.
+        #[test]
+        fn prop_a_damaged_config_is_refused_or_parsed(at in 0usize..FULL.len(), byte in any::<u8>()) {
+            let mut bytes = FULL.as_bytes().to_vec();
+            bytes[at] = byte;
+            if let Ok(text) = String::from_utf8(bytes) {
+                let _ = ServerConfig::parse(&text);
+            }
+        }
+    }
+
+    #[test]
+    fn the_full_config_parses() {
+        ServerConfig::parse(FULL).unwrap();
+    }
+
+    #[test]
+    fn invalid_headers_and_shared_token_hashes_are_refused() {
+        let err = ServerConfig::parse(&FULL.replace("Bearer x", "Bearer\\nx")).unwrap_err();
+        assert!(err.contains("header `authorization`"), "{err}");
+        let hash = "ab".repeat(32);
+        let shared = format!("admin-token-sha256 = [\"{hash}\"]\n{}", FULL.replace("ingest-rate", &format!("token-sha256 = [\"{hash}\"]\ningest-rate")));
+        let err = ServerConfig::parse(&shared).unwrap_err();
+        assert!(err.contains("both the admin and tenant `acme`"), "{err}");
+    }
+}

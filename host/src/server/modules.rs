@@ -559,3 +559,102 @@ pub async fn rollback(app: &App, caller: &Caller, name: &str) -> Result<Response
     tracing::info!(channel = %channel.name, tenant = %channel.tenant, "pipeline rolled back");
     Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const CAPS: UnpackCaps = UnpackCaps {
+        module_bytes: 4096,
+        fixture_bytes: 8192,
+    };
+
+    fn entry_type() -> impl Strategy<Value = tar::EntryType> {
+        prop_oneof![
+            Just(tar::EntryType::Regular),
+            Just(tar::EntryType::Directory),
+            Just(tar::EntryType::Symlink),
+            Just(tar::EntryType::Link),
+            Just(tar::EntryType::GNUSparse),
+            Just(tar::EntryType::Char),
+            Just(tar::EntryType::Fifo),
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("module.wasm".to_string()),
+            "fixtures/[a-c]{1,2}/(input|expected|config)\\.json",
+            "fixtures/(\\.\\.|/etc|[a-c])/[a-z.]{1,8}",
+            "[a-z./]{1,16}",
+        ]
+    }
+
+    proptest! {
+        /// Arbitrary bytes as a tar: refused or unpacked, never a panic.
+        #[test]
+        fn prop_any_bytes_are_refused_or_unpacked(bytes in prop::collection::vec(any::<u8>(), 0..3000)) {
+            let root = tempfile::tempdir().unwrap();
+            let _ = unpack(&bytes, root.path(), CAPS);
+        }
+
+        /// Archives of random entries: whatever is accepted unpacked only
+        /// regular files, inside the folder, within the caps.
+        #[test]
+        fn prop_only_regular_files_within_caps_land_inside(
+            entries in prop::collection::vec((path(), entry_type(), 0usize..6000), 1..8)
+        ) {
+            let mut archive = tar::Builder::new(Vec::new());
+            for (path, kind, size) in &entries {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(*kind);
+                header.set_size(*size as u64);
+                header.set_mode(0o644);
+                if matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link) {
+                    header.set_link_name("/etc/passwd").unwrap();
+                }
+                if header.set_path(path).is_err() {
+                    continue;
+                }
+                header.set_cksum();
+                archive.append(&header, std::io::repeat(b'x').take(*size as u64)).unwrap();
+            }
+            let bytes = archive.into_inner().unwrap();
+            let root = tempfile::tempdir().unwrap();
+            if let Ok(module) = unpack(&bytes, root.path(), CAPS) {
+                prop_assert!(module.len() <= CAPS.module_bytes);
+                let mut total = 0;
+                let mut stack = vec![root.path().to_path_buf()];
+                while let Some(dir) = stack.pop() {
+                    for entry in std::fs::read_dir(dir).unwrap() {
+                        let entry = entry.unwrap();
+                        let kind = entry.file_type().unwrap();
+                        prop_assert!(kind.is_file() || kind.is_dir(), "{:?}", entry.path());
+                        if kind.is_dir() {
+                            stack.push(entry.path());
+                        } else {
+                            total += entry.metadata().unwrap().len() as usize;
+                        }
+                    }
+                }
+                prop_assert!(total <= CAPS.fixture_bytes);
+            }
+        }
+    }
+
+    #[test]
+    fn a_damaged_stored_module_is_named_without_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = b"\0asm module bytes";
+        let version = hex::encode(Sha256::digest(bytes));
+        store_file(dir.path(), &version, bytes).unwrap();
+        assert_eq!(read_stored(dir.path(), &version).unwrap(), bytes);
+        std::fs::write(dir.path().join(format!("{version}.wasm")), b"\0asm").unwrap();
+        let err = read_stored(dir.path(), &version).unwrap_err();
+        assert!(err.contains("damaged") && !err.contains('/'), "{err}");
+        store_file(dir.path(), &version, bytes).unwrap();
+        assert_eq!(read_stored(dir.path(), &version).unwrap(), bytes, "storing again repairs it");
+    }
+}
