@@ -510,7 +510,9 @@ fn hostile_retry_after_values_neither_kill_nor_stall_delivery() {
     });
     let dir = tempfile::tempdir().unwrap();
     let sidecar = Sidecar::start(dir.path(), &config(&destination, "", "qty"));
-    let events: Vec<Value> = (1..=3).map(|n| stock_event(&format!("e-{n}"), &format!("S{n}"), n)).collect();
+    let events: Vec<Value> = (1..=3)
+        .map(|n| stock_event(&format!("e-{n}"), &format!("S{n}"), n))
+        .collect();
     let (status, body) = sidecar.post("/v1/events", &jsonl(&events));
     assert_eq!(status, 202, "{body}");
     // max-backoff-ms is 1000 in this config: every wait is capped there.
@@ -518,7 +520,10 @@ fn hostile_retry_after_values_neither_kill_nor_stall_delivery() {
         destination.count_where(|r| r.header("x-sluice-attempt") == Some("4")) == 3
     });
     let metrics = sidecar.metrics();
-    assert!(!metrics.contains("sluice_worker_restarts_total{"), "no worker died:\n{metrics}");
+    assert!(
+        !metrics.contains("sluice_worker_restarts_total{"),
+        "no worker died:\n{metrics}"
+    );
     let (status, ready) = sidecar.get("/readyz");
     assert_eq!(status, 200, "{ready}");
     assert_eq!(ready["workers"]["delivery:portal"]["running"], true, "{ready}");

@@ -344,20 +344,34 @@ fn sleeping_an_hour_returns_at_once_on_virtual_time() {
     let hostile = load_with_timeout("hostile", Duration::from_millis(500));
     let started = std::time::Instant::now();
     let outcomes = run(&hostile, &[attack("evt-sleep", "sleep-hour")]);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     let OutcomeJson::Emit { events } = &outcomes[0] else {
         panic!("sleep-hour should emit, got {outcomes:?}");
     };
     let slept: Value = serde_json::from_str(events[0].payload.get()).unwrap();
-    assert_eq!(slept["slept_secs"], 3600, "the guest's clock moved by the hour it slept");
+    assert_eq!(
+        slept["slept_secs"], 3600,
+        "the guest's clock moved by the hour it slept"
+    );
 }
 
 #[test]
 fn sleeping_forever_returns_at_once_on_virtual_time() {
     let hostile = load_with_timeout("hostile", Duration::from_millis(200));
     let started = std::time::Instant::now();
-    let outcomes = run(&hostile, &[attack("evt-forever", "sleep-forever"), attack("evt-next", "none")]);
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    let outcomes = run(
+        &hostile,
+        &[attack("evt-forever", "sleep-forever"), attack("evt-next", "none")],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
     for outcome in &outcomes {
         assert!(matches!(outcome, OutcomeJson::Emit { .. }), "{outcome:?}");
     }
@@ -433,7 +447,10 @@ fn a_fan_out_of_a_million_hits_the_fan_out_cap() {
     // Either wasmtime's own cap on data copied out of the guest, or ours
     // on the number of outputs, stops it: both fail this event alone.
     assert_contained_in(&hostile, "fan-out-million", |kind| match kind {
-        FaultKind::TooManyOutputs { count: 1_000_000, limit: 1000 } => true,
+        FaultKind::TooManyOutputs {
+            count: 1_000_000,
+            limit: 1000,
+        } => true,
         FaultKind::Trap { detail } => detail.contains("too much data is being copied"),
         _ => false,
     });
@@ -455,7 +472,11 @@ fn log_spam_is_truncated_and_counted() {
         panic!("log-spam should fault, got {outcomes:?}");
     };
     assert!(error.log.len() < 20 << 10, "log kept: {} bytes", error.log.len());
-    assert!(error.log.contains("[log truncated: "), "{}", &error.log[error.log.len() - 200..]);
+    assert!(
+        error.log.contains("[log truncated: "),
+        "{}",
+        &error.log[error.log.len() - 200..]
+    );
 }
 
 #[test]
@@ -480,8 +501,15 @@ fn a_fan_out_that_multiplies_across_steps_is_capped_per_input_event() {
         panic!("nine outputs for one input must fault, got {:?}", outcomes[0]);
     };
     assert_eq!(error.event, "evt-twice");
-    assert!(matches!(error.kind, FaultKind::TooManyOutputs { count: 9, limit: 5 }), "{error}");
-    assert!(matches!(&outcomes[1], OutcomeJson::Emit { events } if events.len() == 3), "{:?}", outcomes[1]);
+    assert!(
+        matches!(error.kind, FaultKind::TooManyOutputs { count: 9, limit: 5 }),
+        "{error}"
+    );
+    assert!(
+        matches!(&outcomes[1], OutcomeJson::Emit { events } if events.len() == 3),
+        "{:?}",
+        outcomes[1]
+    );
 }
 
 // --- Contract breaches and resources only a hand-written component can reach.
@@ -493,8 +521,12 @@ fn load_raw(name: &str, bytes: &[u8], limits: Limits) -> Result<Arc<Module>, Loa
 #[test]
 fn fewer_or_more_outcomes_than_events_is_a_fault_per_event() {
     for (returned, batch) in [(0u32, 2usize), (3, 1), (3, 2)] {
-        let module = load_raw("miscount", &support::raw::component(returned, 0, 1), Limits::default())
-            .expect("loads");
+        let module = load_raw(
+            "miscount",
+            &support::raw::component(returned, 0, 1),
+            Limits::default(),
+        )
+        .expect("loads");
         let events: Vec<EventJson> = (0..batch).map(|n| attack(&format!("evt-{n}"), "none")).collect();
         let outcomes = run(&module, &events);
         assert_eq!(outcomes.len(), batch);
@@ -507,32 +539,50 @@ fn fewer_or_more_outcomes_than_events_is_a_fault_per_event() {
     }
     // The hand-written component does answer a batch of the size it returns.
     let module = load_raw("miscount", &support::raw::component(1, 0, 1), Limits::default()).unwrap();
-    assert!(matches!(&run(&module, &[attack("evt-1", "none")])[0], OutcomeJson::Drop { reason } if reason == "x"));
+    assert!(
+        matches!(&run(&module, &[attack("evt-1", "none")])[0], OutcomeJson::Drop { reason } if reason == "x")
+    );
 }
 
 #[test]
 fn many_memories_share_one_budget() {
     // Seven extra memories of 20 MiB: each is far under the per-memory
     // maximum, together they are over the 128 MiB budget of the instance.
-    let module = load_raw("many-memories", &support::raw::component(1, 7, 320), Limits::default())
-        .expect("loads");
+    let module = load_raw(
+        "many-memories",
+        &support::raw::component(1, 7, 320),
+        Limits::default(),
+    )
+    .expect("loads");
     let fault = module.check_instantiate().unwrap_err();
-    assert!(matches!(fault, FaultKind::MemoryLimit { limit_bytes } if limit_bytes == 128 << 20), "{fault}");
+    assert!(
+        matches!(fault, FaultKind::MemoryLimit { limit_bytes } if limit_bytes == 128 << 20),
+        "{fault}"
+    );
     let outcomes = run(&module, &[attack("evt-1", "none")]);
     assert!(
         matches!(&outcomes[0], OutcomeJson::Error { error } if matches!(error.kind, FaultKind::MemoryLimit { .. })),
         "{outcomes:?}"
     );
     // Within the budget, the same shape runs.
-    let small = load_raw("few-memories", &support::raw::component(1, 4, 16), Limits::default()).unwrap();
+    let small = load_raw(
+        "few-memories",
+        &support::raw::component(1, 4, 16),
+        Limits::default(),
+    )
+    .unwrap();
     assert!(small.check_instantiate().is_ok());
 }
 
 #[test]
 fn more_memories_than_a_component_may_hold_is_refused() {
     let too_many = sluice_host::engine::MAX_MEMORIES_PER_COMPONENT + 1;
-    let result = load_raw("too-many-memories", &support::raw::component(1, too_many, 1), Limits::default())
-        .map(|module| module.check_instantiate());
+    let result = load_raw(
+        "too-many-memories",
+        &support::raw::component(1, too_many, 1),
+        Limits::default(),
+    )
+    .map(|module| module.check_instantiate());
     match result {
         Err(err) => assert!(err.to_string().contains("memories"), "{err}"),
         Ok(Err(fault)) => assert!(fault.to_string().contains("memories"), "{fault}"),

@@ -226,32 +226,54 @@ fn a_sleeping_guest_behaves_the_same_on_the_sync_and_durable_paths() {
     let (sidecar, _dir) = start(&hostile_config("", Some(sink.addr)));
     let url = format!("{}/v1/channels/hostile/transform", sidecar.base);
     let started = Instant::now();
-    let (status, body) = post(&url, &json!([attack("s-1", "sleep-hour"), attack("s-2", "sleep-forever")]).to_string());
+    let (status, body) = post(
+        &url,
+        &json!([attack("s-1", "sleep-hour"), attack("s-2", "sleep-forever")]).to_string(),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body[0]["outcome"], "emit", "{body}");
     assert!(body[0]["events"][0]["payload"]["slept_secs"] == 3600, "{body}");
     assert_eq!(body[1]["outcome"], "emit", "{body}");
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 
-    let (status, body) = sidecar.post("/v1/events", &format!("{}\n{}\n", attack("d-1", "sleep-hour"), attack("d-2", "sleep-forever")));
+    let (status, body) = sidecar.post(
+        "/v1/events",
+        &format!(
+            "{}\n{}\n",
+            attack("d-1", "sleep-hour"),
+            attack("d-2", "sleep-forever")
+        ),
+    );
     assert_eq!(status, 202, "{body}");
     support::sidecar::wait_for("the slept event's delivery", Duration::from_secs(60), || {
         received.lock().unwrap().iter().any(|b| b["slept_secs"] == 3600)
     });
     support::sidecar::wait_for("the forever sleeper's delivery", Duration::from_secs(60), || {
-        received.lock().unwrap().iter().any(|b| b["attack"] == "sleep-forever")
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|b| b["attack"] == "sleep-forever")
     });
 }
 
 #[test]
 fn slow_clients_are_cut_off_and_the_server_stays_up() {
-    let (sidecar, _dir) = start(&format!("header-timeout-ms = 300\nbody-timeout-ms = 300\nmax-connections = 4\n{CONFIG}"));
+    let (sidecar, _dir) = start(&format!(
+        "header-timeout-ms = 300\nbody-timeout-ms = 300\nmax-connections = 4\n{CONFIG}"
+    ));
     let addr = sidecar.base.trim_start_matches("http://").to_string();
     // Slowloris: headers that never end, on more connections than allowed.
     let mut slow: Vec<std::net::TcpStream> = (0..8)
         .map(|_| {
             let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-            stream.write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n").unwrap();
+            stream
+                .write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
             stream
         })
         .collect();
@@ -268,7 +290,10 @@ fn slow_clients_are_cut_off_and_the_server_stays_up() {
     };
     for stream in &mut slow {
         let answer = closed(stream);
-        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{answer}"
+        );
     }
     let answer = closed(&mut trickle);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
@@ -284,7 +309,11 @@ fn sync_requests_are_capped_in_events_and_answer_bytes() {
     let url = format!("{}/v1/channels/b2b-portal/transform", sidecar.base);
     let event = magento_event("simple-product");
     let (status, body) = post(&url, &json!([event, event, event, event]).to_string());
-    assert_eq!((status, body["code"].as_str()), (413, Some("too-many-events")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("too-many-events")),
+        "{body}"
+    );
     let (status, body) = post(&url, &json!([event, event, event]).to_string());
     assert_eq!(status, 200, "{body}");
 }
@@ -300,11 +329,51 @@ fn a_huge_jsonl_body_ingests_in_linear_time_and_sigterm_still_exits() {
         .collect();
     assert!(body.len() > 7_000_000);
     let (status, answer) = sidecar.post("/v1/events", &body);
-    assert_eq!(status, 202, "{}", &answer.to_string()[..200.min(answer.to_string().len())]);
+    assert_eq!(
+        status,
+        202,
+        "{}",
+        &answer.to_string()[..200.min(answer.to_string().len())]
+    );
     assert_eq!(answer["accepted"], 200_000);
     // The destination is down and 200,000 events wait: SIGTERM must still end it.
     let stopped = Instant::now();
     let status = sidecar.terminate();
     assert!(status.success(), "{status:?}");
-    assert!(stopped.elapsed() < Duration::from_secs(30), "took {:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        stopped.elapsed()
+    );
+}
+
+#[test]
+fn a_client_that_leaves_does_not_free_its_tenants_transform_permit() {
+    // transform-concurrency is 1 by default: one pipeline of the tenant at a time.
+    let (sidecar, _dir) = start(&hostile_config("", None).replace("timeout-ms = 300", "timeout-ms = 1000"));
+    let addr = sidecar.base.trim_start_matches("http://").to_string();
+    let body = attack("leaver", "loop").to_string();
+    let mut leaver = std::net::TcpStream::connect(&addr).unwrap();
+    leaver
+        .write_all(
+            format!(
+                "POST /v1/channels/hostile/transform HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(leaver);
+    // The loop still runs (for its 1000 ms deadline) and holds the permit:
+    // the next request of the tenant waits for it.
+    let started = Instant::now();
+    let url = format!("{}/v1/channels/hostile/transform", sidecar.base);
+    let (status, answer) = post(&url, &attack("next", "none").to_string());
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "the permit was given back when the client left: answered after {:?}",
+        started.elapsed()
+    );
 }

@@ -895,17 +895,47 @@ fn hostile_tar_uploads_are_refused_without_reading_links_or_showing_paths() {
     std::fs::write(&secret, r#"{"secret": "do not show"}"#).unwrap();
     let link = secret.to_str().unwrap();
     let cases = [
-        ("a symlinked expected.json", tar_entry(&good, "fixtures/c/expected.json", tar::EntryType::Symlink, link, 0)),
-        ("a hard link", tar_entry(&good, "fixtures/c/input.json", tar::EntryType::Link, link, 0)),
-        ("a link to /proc", tar_entry(&good, "fixtures/c/input.json", tar::EntryType::Symlink, "/proc/self/mem", 0)),
-        ("a GNU sparse module", tar_entry(&good, "module.wasm", tar::EntryType::GNUSparse, "", 0)),
-        ("a device", tar_entry(&good, "fixtures/c/input.json", tar::EntryType::Char, "", 0)),
+        (
+            "a symlinked expected.json",
+            tar_entry(
+                &good,
+                "fixtures/c/expected.json",
+                tar::EntryType::Symlink,
+                link,
+                0,
+            ),
+        ),
+        (
+            "a hard link",
+            tar_entry(&good, "fixtures/c/input.json", tar::EntryType::Link, link, 0),
+        ),
+        (
+            "a link to /proc",
+            tar_entry(
+                &good,
+                "fixtures/c/input.json",
+                tar::EntryType::Symlink,
+                "/proc/self/mem",
+                0,
+            ),
+        ),
+        (
+            "a GNU sparse module",
+            tar_entry(&good, "module.wasm", tar::EntryType::GNUSparse, "", 0),
+        ),
+        (
+            "a device",
+            tar_entry(&good, "fixtures/c/input.json", tar::EntryType::Char, "", 0),
+        ),
     ];
     for (what, tar) in cases {
         let answer = sidecar.send("PUT", "/v1/modules/linked", Some(ACME), &tar, "application/x-tar");
         assert_eq!(code(&answer), (400, "invalid-archive"), "{what}: {}", answer.1);
         let text = answer.1.to_string();
-        assert!(!text.contains("do not show") && !text.contains("/tmp"), "{what}: {text}");
+        assert!(
+            !text.contains("do not show") && !text.contains("/tmp"),
+            "{what}: {text}"
+        );
     }
     // A fixture file whose header declares 1 TiB is refused from its header,
     // before anything is read or expanded.
@@ -934,15 +964,27 @@ fn hostile_tar_uploads_are_refused_without_reading_links_or_showing_paths() {
             ("broken/input.json", "{not json".into()),
         ],
     );
-    let answer = sidecar.send("PUT", "/v1/modules/fixtured", Some(ACME), &failing, "application/x-tar");
+    let answer = sidecar.send(
+        "PUT",
+        "/v1/modules/fixtured",
+        Some(ACME),
+        &failing,
+        "application/x-tar",
+    );
     assert_eq!(code(&answer), (422, "fixtures-failed"), "{}", answer.1);
     let cases = answer.1["cases"].as_array().unwrap();
     let differs = cases.iter().find(|c| c["case"] == "sku-only").unwrap();
-    assert_eq!(differs["differences"][0]["path"], "$['events'][0]['payload']['sku']", "{differs}");
+    assert_eq!(
+        differs["differences"][0]["path"], "$['events'][0]['payload']['sku']",
+        "{differs}"
+    );
     assert_eq!(differs["differences"][0]["expected"], "WRONG");
     assert_eq!(differs["differences"][0]["actual"], "A");
     let broken = cases.iter().find(|c| c["case"] == "broken").unwrap();
-    assert!(broken["error"].as_str().unwrap().starts_with("broken/input.json"), "{broken}");
+    assert!(
+        broken["error"].as_str().unwrap().starts_with("broken/input.json"),
+        "{broken}"
+    );
     assert!(!answer.1.to_string().contains("/tmp"), "{}", answer.1);
 
     // Nothing refused left a compiled artifact behind; the accepted one did.

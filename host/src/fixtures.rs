@@ -132,10 +132,7 @@ pub struct SuiteReport {
 impl SuiteReport {
     /// Cases that did not fail.
     pub fn passed(&self) -> usize {
-        self.cases
-            .iter()
-            .filter(|c| !c.status.failed())
-            .count()
+        self.cases.iter().filter(|c| !c.status.failed()).count()
     }
 
     /// Cases that failed.
@@ -280,12 +277,17 @@ fn read(dir: &Path, file: &str) -> Result<String, String> {
     let case = dir.file_name().unwrap_or_default().to_string_lossy();
     let name = format!("{case}/{file}");
     let file = fs::File::open(&path).map_err(|err| format!("cannot read {name}: {}", err.kind()))?;
-    let meta = file.metadata().map_err(|err| format!("cannot read {name}: {}", err.kind()))?;
+    let meta = file
+        .metadata()
+        .map_err(|err| format!("cannot read {name}: {}", err.kind()))?;
     if !meta.is_file() {
         return Err(format!("{name} is not a regular file"));
     }
     if meta.len() > MAX_FIXTURE_FILE {
-        return Err(format!("{name} is {} bytes, over the {MAX_FIXTURE_FILE}-byte limit", meta.len()));
+        return Err(format!(
+            "{name} is {} bytes, over the {MAX_FIXTURE_FILE}-byte limit",
+            meta.len()
+        ));
     }
     let mut text = String::new();
     file.take(MAX_FIXTURE_FILE)

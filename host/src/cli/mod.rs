@@ -75,9 +75,12 @@ struct EngineArgs {
     /// Memory cap per instance, in MiB.
     #[arg(long, env = "SLUICE_MEMORY_MIB", default_value_t = 128)]
     memory_mib: usize,
-    /// Output cap per event, in KiB.
+    /// Output cap per event, in KiB: every byte of what one event becomes.
     #[arg(long, env = "SLUICE_OUTPUT_KIB", default_value_t = 4096)]
     output_kib: usize,
+    /// Most events (or violations) one event may become, per step and after the pipeline.
+    #[arg(long, env = "SLUICE_MAX_FAN_OUT", default_value_t = 1000)]
+    max_fan_out: usize,
 }
 
 impl EngineArgs {
@@ -93,8 +96,9 @@ impl EngineArgs {
     fn limits(&self) -> Limits {
         Limits {
             timeout: Duration::from_millis(self.timeout_ms),
-            memory_bytes: self.memory_mib << 20,
-            output_bytes_per_event: self.output_kib << 10,
+            memory_bytes: self.memory_mib.saturating_mul(1 << 20),
+            output_bytes_per_event: self.output_kib.saturating_mul(1 << 10),
+            max_fan_out: self.max_fan_out,
             ..Limits::default()
         }
     }

@@ -81,7 +81,10 @@ impl ArtifactCache {
         }
         let me = rustix::process::geteuid().as_raw();
         if meta.uid() != me {
-            return Err(not_private(format!("it is owned by uid {}, not {me}", meta.uid())));
+            return Err(not_private(format!(
+                "it is owned by uid {}, not {me}",
+                meta.uid()
+            )));
         }
         if meta.permissions().mode() & 0o022 != 0 {
             return Err(not_private(format!(
@@ -161,7 +164,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("cache");
         ArtifactCache::open(&dir).unwrap();
-        assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
         let err = ArtifactCache::open(&dir).unwrap_err();
         assert!(matches!(err, CacheError::NotPrivate { .. }), "{err}");

@@ -107,12 +107,7 @@ pub enum FaultKind {
 impl FaultKind {
     /// Classifies a wasmtime error from a call into a module. `log` is the
     /// guest's log for the call, searched for a panic message.
-    pub(crate) fn from_call_error(
-        err: &wasmtime::Error,
-        timeout_ms: u64,
-        fuel: u64,
-        log: &str,
-    ) -> FaultKind {
+    pub(crate) fn from_call_error(err: &wasmtime::Error, timeout_ms: u64, fuel: u64, log: &str) -> FaultKind {
         if let Some(exceeded) = err.downcast_ref::<MemoryLimitExceeded>() {
             return FaultKind::MemoryLimit {
                 limit_bytes: exceeded.limit,

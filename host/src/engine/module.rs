@@ -337,12 +337,10 @@ impl Module {
                 .zip(batch)
                 .map(|(outcome, event)| self.check_output(outcome, event))
                 .collect(),
-            Err(failure) if batch.len() == 1 || failure.at_start => {
-                batch
-                    .iter()
-                    .map(|event| Err(self.fault(event, failure.clone())))
-                    .collect()
-            }
+            Err(failure) if batch.len() == 1 || failure.at_start => batch
+                .iter()
+                .map(|event| Err(self.fault(event, failure.clone())))
+                .collect(),
             Err(_) => self.run_one_by_one(config, batch),
         }
     }
@@ -478,12 +476,7 @@ impl Module {
     }
 
     fn classify(&self, err: &wasmtime::Error, events: usize, log: &str) -> FaultKind {
-        FaultKind::from_call_error(
-            err,
-            self.timeout_ms(events),
-            self.fuel(events),
-            log,
-        )
+        FaultKind::from_call_error(err, self.timeout_ms(events), self.fuel(events), log)
     }
 
     fn fault(&self, event: &Event, failure: CallFailure) -> Box<Fault> {

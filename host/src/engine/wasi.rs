@@ -235,14 +235,22 @@ impl streams::HostOutputStream for BoundedIo<'_> {
     fn write(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
         streams::HostOutputStream::write(self.table, stream, bytes)
     }
-    fn blocking_write_and_flush(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
+    fn blocking_write_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        bytes: Vec<u8>,
+    ) -> StreamResult<()> {
         until(
             self.deadline,
             AsyncOutput::blocking_write_and_flush(self.table, stream, bytes),
         )
         .map_err(stream_trap)?
     }
-    fn blocking_write_zeroes_and_flush(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
+    fn blocking_write_zeroes_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        len: u64,
+    ) -> StreamResult<()> {
         until(
             self.deadline,
             AsyncOutput::blocking_write_zeroes_and_flush(self.table, stream, len),
@@ -275,7 +283,11 @@ impl streams::HostOutputStream for BoundedIo<'_> {
         src: Resource<DynInputStream>,
         len: u64,
     ) -> StreamResult<u64> {
-        until(self.deadline, AsyncOutput::blocking_splice(self.table, dst, src, len)).map_err(stream_trap)?
+        until(
+            self.deadline,
+            AsyncOutput::blocking_splice(self.table, dst, src, len),
+        )
+        .map_err(stream_trap)?
     }
 }
 
@@ -336,7 +348,11 @@ mod tests {
         };
         let hour = 3_600_000_000_000;
         let alarm = monotonic_clock::Host::subscribe_duration(&mut time, hour).unwrap();
-        assert_eq!(monotonic_clock::Host::now(&mut time).unwrap(), 0, "subscribing alone moves nothing");
+        assert_eq!(
+            monotonic_clock::Host::now(&mut time).unwrap(),
+            0,
+            "subscribing alone moves nothing"
+        );
         let mut io = BoundedIo {
             table: &mut table,
             deadline: Instant::now() + Duration::from_secs(5),

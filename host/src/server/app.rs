@@ -391,7 +391,12 @@ impl App {
     pub async fn transform_permit(&self, tenant: &str) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
         match self.tenant(tenant) {
             Some(tenant) => Ok(Some(
-                tenant.permits.clone().acquire_owned().await.map_err(ApiError::internal)?,
+                tenant
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(ApiError::internal)?,
             )),
             None => Ok(None),
         }

@@ -99,7 +99,10 @@ mod tests {
         // 15 tokens of debt, then 10 for the next full batch: 2.5 s at 10/s.
         let wait = bucket.try_take_many(start, 25).unwrap_err();
         assert!((wait.as_secs_f64() - 2.5).abs() < 1e-6, "{wait:?}");
-        assert!(bucket.try_take_many(start + wait, 25).is_ok(), "the wait told was true");
+        assert!(
+            bucket.try_take_many(start + wait, 25).is_ok(),
+            "the wait told was true"
+        );
     }
 
     #[test]

@@ -684,7 +684,13 @@ module = "b2b-portal"
         let err = ServerConfig::parse(&FULL.replace("Bearer x", "Bearer\\nx")).unwrap_err();
         assert!(err.contains("header `authorization`"), "{err}");
         let hash = "ab".repeat(32);
-        let shared = format!("admin-token-sha256 = [\"{hash}\"]\n{}", FULL.replace("ingest-rate", &format!("token-sha256 = [\"{hash}\"]\ningest-rate")));
+        let shared = format!(
+            "admin-token-sha256 = [\"{hash}\"]\n{}",
+            FULL.replace(
+                "ingest-rate",
+                &format!("token-sha256 = [\"{hash}\"]\ningest-rate")
+            )
+        );
         let err = ServerConfig::parse(&shared).unwrap_err();
         assert!(err.contains("both the admin and tenant `acme`"), "{err}");
     }

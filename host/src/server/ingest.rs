@@ -216,7 +216,10 @@ fn check_id(number: usize, field: &str, value: &str) -> Result<(), ApiError> {
     let problem = if value.is_empty() {
         Some("is empty".to_string())
     } else if value.len() > MAX_ID_BYTES {
-        Some(format!("is {} bytes long; at most {MAX_ID_BYTES} are allowed", value.len()))
+        Some(format!(
+            "is {} bytes long; at most {MAX_ID_BYTES} are allowed",
+            value.len()
+        ))
     } else {
         value
             .chars()
@@ -280,6 +283,9 @@ mod tests {
         let err = prepare(body, None, &allowed).err().unwrap();
         assert_eq!(err.path.as_deref(), Some("$['correlation_id']"));
         let body = br#"{"id":"evt-1","kind":"product","payload":{}}"#;
-        assert_eq!(prepare(body, Some("acme".into()), &allowed).unwrap()[0].tenant, "acme");
+        assert_eq!(
+            prepare(body, Some("acme".into()), &allowed).unwrap()[0].tenant,
+            "acme"
+        );
     }
 }

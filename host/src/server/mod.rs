@@ -100,12 +100,12 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     let grace = app.settings.shutdown_grace;
     serve(listener, app.clone(), shutdown).await;
     let _ = stop.send(true);
-    let drained = tokio::time::timeout(grace, async {
-        while workers.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(grace, async { while workers.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!(grace_ms = grace.as_millis() as u64, "workers still busy at the end of the shutdown grace; stopping anyway");
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "workers still busy at the end of the shutdown grace; stopping anyway"
+        );
         workers.abort_all();
     }
 }
@@ -141,7 +141,8 @@ async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Outpu
             }
             Err(err) => {
                 // Out of file descriptors or similar: wait instead of spinning.
-                accept_backoff = (accept_backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+                accept_backoff =
+                    (accept_backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
                 tracing::error!(error = %err, retry_in_ms = accept_backoff.as_millis() as u64, "cannot accept a connection");
                 tokio::select! {
                     () = tokio::time::sleep(accept_backoff) => continue,
@@ -318,12 +319,13 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
 async fn readiness(app: &App) -> Response<Body> {
     let queue = app.queue.clone();
     let probe = app.channels.keys().next().cloned().unwrap_or_default();
-    let store = match in_store(move || queue.depth(&probe)).await {
-        Ok(_) => None,
-        Err(err) => Some(err),
-    };
+    let store = in_store(move || queue.depth(&probe)).await.err();
     let workers = app.workers.snapshot();
-    let down: Vec<&String> = workers.iter().filter(|(_, w)| !w.running).map(|(n, _)| n).collect();
+    let down: Vec<&String> = workers
+        .iter()
+        .filter(|(_, w)| !w.running)
+        .map(|(n, _)| n)
+        .collect();
     let degraded: serde_json::Map<String, serde_json::Value> = app
         .channels
         .values()

@@ -99,14 +99,17 @@ pub async fn upload(
     } else {
         max_module
     };
-    let body = read_body(request, limit, app.settings.body_timeout).await.map_err(|mut err| {
-        if err.status == StatusCode::PAYLOAD_TOO_LARGE {
-            err.code = "module-too-large";
-            err.message =
-                format!("the upload is larger than tenant `{tenant_name}`'s {max_module}-byte module limit");
-        }
-        refused(app, &tenant_name, err)
-    })?;
+    let body = read_body(request, limit, app.settings.body_timeout)
+        .await
+        .map_err(|mut err| {
+            if err.status == StatusCode::PAYLOAD_TOO_LARGE {
+                err.code = "module-too-large";
+                err.message = format!(
+                    "the upload is larger than tenant `{tenant_name}`'s {max_module}-byte module limit"
+                );
+            }
+            refused(app, &tenant_name, err)
+        })?;
     // Checked after the (bounded) read, so the client hears the answer rather than a reset.
     if !valid_name(name) {
         return Err(refused(
@@ -371,13 +374,21 @@ fn unpack(tar_bytes: &[u8], root: &Path, caps: UnpackCaps) -> Result<Vec<u8>, Ap
                 continue;
             }
         } else if is_module {
-            module = Some(read_capped(&mut entry, declared, caps.module_bytes, &text, "module-too-large")?);
+            module = Some(read_capped(
+                &mut entry,
+                declared,
+                caps.module_bytes,
+                &text,
+                "module-too-large",
+            )?);
             continue;
         } else if in_fixtures {
             let room = caps.fixture_bytes.saturating_sub(fixture_bytes);
             let bytes = read_capped(&mut entry, declared, room, &text, "fixtures-too-large")?;
             fixture_bytes += bytes.len();
-            let target = parts.iter().fold(root.to_path_buf(), |path, part| path.join(part));
+            let target = parts
+                .iter()
+                .fold(root.to_path_buf(), |path, part| path.join(part));
             if let Some(parent) = target.parent() {
                 std::fs::create_dir_all(parent).map_err(ApiError::internal)?;
             }
@@ -655,6 +666,10 @@ mod tests {
         let err = read_stored(dir.path(), &version).unwrap_err();
         assert!(err.contains("damaged") && !err.contains('/'), "{err}");
         store_file(dir.path(), &version, bytes).unwrap();
-        assert_eq!(read_stored(dir.path(), &version).unwrap(), bytes, "storing again repairs it");
+        assert_eq!(
+            read_stored(dir.path(), &version).unwrap(),
+            bytes,
+            "storing again repairs it"
+        );
     }
 }

@@ -150,7 +150,13 @@ mod tests {
         let state = &board.snapshot()["delivery:test"];
         assert!(state.running);
         assert_eq!(state.restarts, 1);
-        assert!(state.last_failure.as_deref().unwrap().contains("boom on the first run"));
+        assert!(
+            state
+                .last_failure
+                .as_deref()
+                .unwrap()
+                .contains("boom on the first run")
+        );
         assert!(
             metrics
                 .render()

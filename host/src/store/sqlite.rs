@@ -939,6 +939,56 @@ mod tests {
     }
 
     #[test]
+    fn a_disabled_channel_never_blocks_the_same_sku_of_another_channel() {
+        let (_dir, queue) = queue();
+        queue
+            .ingest(vec![ingest("1", &["a"]), ingest("2", &["b"])])
+            .unwrap();
+        let a = queue.pending("a", 0, 10).unwrap();
+        let b = queue.pending("b", 0, 10).unwrap();
+        queue
+            .transformed(vec![deliver(&a[0], "a", "SKU-1"), deliver(&b[0], "b", "SKU-1")])
+            .unwrap();
+        // Channel a (say, another tenant's) emits SKU-1 first, then switches off.
+        queue.set_enabled("a", false, false).unwrap();
+        let due = queue.due("d", now_ms(), 10).unwrap();
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].channel, "b");
+    }
+
+    #[test]
+    fn forgetting_old_ids_keeps_the_originals_deliveries_still_need() {
+        let (_dir, queue) = queue();
+        queue.ingest(vec![ingest("1", &["a"])]).unwrap();
+        let pending = queue.pending("a", 0, 10).unwrap();
+        queue
+            .transformed(vec![deliver(&pending[0], "a", "SKU-1")])
+            .unwrap();
+        // Everything is older than the window, but the delivery still waits.
+        assert_eq!(queue.forget_before(now_ms() + 60_000).unwrap(), 0);
+        let due = queue.due("d", now_ms(), 10).unwrap();
+        let attempt = Attempt {
+            at_ms: now_ms(),
+            status: Some(400),
+            detail: "no".into(),
+        };
+        queue
+            .attempted(vec![(
+                due[0].clone(),
+                AttemptResult::DeadLetter {
+                    attempt,
+                    reason: "rejected-by-destination".into(),
+                },
+            )])
+            .unwrap();
+        let letters = queue.dead_letters(&DeadLetterFilter::default()).unwrap();
+        let letter = queue.dead_letter(letters[0].id).unwrap().unwrap();
+        assert_eq!(letter.original["id"], "1", "{:?}", letter.original);
+        // Once nothing needs it, it is forgotten.
+        assert_eq!(queue.forget_before(now_ms() + 60_000).unwrap(), 1);
+    }
+
+    #[test]
     fn a_duplicate_id_is_stored_and_queued_once() {
         let (_dir, queue) = queue();
         let receipts = queue

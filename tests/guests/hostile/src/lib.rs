@@ -101,7 +101,10 @@ impl Transform for Hostile {
             "sleep-hour" => {
                 let start = std::time::Instant::now();
                 std::thread::sleep(std::time::Duration::from_secs(3600));
-                Outcome::emit(&event, &serde_json::json!({"slept_secs": start.elapsed().as_secs()}))
+                Outcome::emit(
+                    &event,
+                    &serde_json::json!({"slept_secs": start.elapsed().as_secs()}),
+                )
             }
             "poll-never" => {
                 // An instant that never comes, then wait on it, then on it and stdin together.
