@@ -348,3 +348,64 @@ fn sluice_run_sends_real_magento_products_through_a_channel_pipeline() {
         stderr(&missing)
     );
 }
+
+#[test]
+fn sleeping_guests_neither_hang_sluice_run_nor_sluice_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("sleepers.jsonl");
+    std::fs::write(
+        &input,
+        r#"{"id":"s-1","kind":"product","payload":{"attack":"sleep-hour"}}
+{"id":"s-2","kind":"product","payload":{"attack":"sleep-forever"}}
+{"id":"s-3","kind":"product","payload":{"attack":"poll-never"}}
+"#,
+    )
+    .unwrap();
+    let hostile = guest("hostile");
+    let started = std::time::Instant::now();
+    let output = sluice(&[
+        "run",
+        "--module",
+        hostile.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<Value> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert!(lines.iter().all(|l| l["outcome"] == "emit"), "{lines:?}");
+    assert_eq!(lines[0]["events"][0]["payload"]["slept_secs"], 3600);
+
+    // The same through `sluice test`: a fixture whose module sleeps an hour passes at once.
+    let case = dir.path().join("fixtures/sleeps");
+    std::fs::create_dir_all(&case).unwrap();
+    std::fs::write(
+        case.join("input.json"),
+        r#"{"id":"s-1","kind":"product","payload":{"attack":"sleep-hour"}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        case.join("expected.json"),
+        r#"{"outcome":"emit","events":[{"id":"s-1","kind":"product","payload":{"slept_secs":3600}}]}"#,
+    )
+    .unwrap();
+    let output = sluice(&[
+        "test",
+        "--module",
+        hostile.to_str().unwrap(),
+        dir.path().join("fixtures").to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
