@@ -282,10 +282,13 @@ fn slow_clients_are_cut_off_and_the_server_stays_up() {
     trickle
         .write_all(format!("POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Length: 1000\r\n\r\n{{").as_bytes())
         .unwrap();
+    // The server must close each connection itself (EOF), not leave it to our read timeout.
     let closed = |stream: &mut std::net::TcpStream| {
         stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut answer = Vec::new();
-        let _ = stream.read_to_end(&mut answer);
+        stream
+            .read_to_end(&mut answer)
+            .expect("the server closes the connection");
         String::from_utf8_lossy(&answer).into_owned()
     };
     for stream in &mut slow {
@@ -298,6 +301,23 @@ fn slow_clients_are_cut_off_and_the_server_stays_up() {
     let answer = closed(&mut trickle);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("body-timeout"), "{answer}");
+    // A client that sends requests but never reads the answers is cut off too.
+    let mut deaf = std::net::TcpStream::connect(&addr).unwrap();
+    deaf.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    let request = format!("GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n");
+    let started = Instant::now();
+    let mut cut_off = false;
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Err(err) = deaf.write_all(request.as_bytes()) {
+            // Our own write timeout would mean the server kept the connection open.
+            cut_off = !matches!(
+                err.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            );
+            break;
+        }
+    }
+    assert!(cut_off, "a client that never reads is still connected after 20 s");
     // The server still answers.
     let (status, _) = sidecar.get("/healthz");
     assert_eq!(status, 200);

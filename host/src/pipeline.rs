@@ -90,46 +90,56 @@ impl Pipeline {
             })
             .collect();
         for step in &self.steps {
-            let mut owners = Vec::new();
-            let mut batch = Vec::new();
+            let mut work = Vec::new();
             for (owner, state) in progress.iter_mut().enumerate() {
-                for event in state.live.drain(..) {
-                    owners.push(owner);
-                    batch.push(event);
-                }
+                work.extend(state.live.drain(..).map(|event| (owner, event)));
             }
-            if batch.is_empty() {
+            if work.is_empty() {
                 break;
             }
-            let results = step.module.run(&step.config, &batch);
-            for ((owner, event), result) in owners.into_iter().zip(&batch).zip(results) {
-                let state = &mut progress[owner];
-                match result {
-                    Ok(Outcome::Emit(events)) => state.live.extend(events),
-                    Ok(Outcome::Drop(reason)) => state.dropped.push(reason),
-                    Ok(Outcome::Reject(found)) => state.violations.extend(
-                        found
-                            .into_iter()
-                            .map(|v| ViolationJson::new(v, &event.id, &state.input_id)),
-                    ),
-                    Err(fault) => {
-                        state.fault.get_or_insert(fault);
+            // Run the step in chunks, and charge each input event for what
+            // its branches produce as the results come in: an input over
+            // its caps stops there, so a fan-out can never pile up more
+            // than one chunk of results beyond the caps.
+            let mut spent = vec![Spent::default(); progress.len()];
+            let mut work = work.into_iter().peekable();
+            while work.peek().is_some() {
+                let (owners, batch): (Vec<usize>, Vec<Event>) = work
+                    .by_ref()
+                    .filter(|(owner, _)| progress[*owner].still_running())
+                    .take(STEP_CHUNK)
+                    .unzip();
+                if batch.is_empty() {
+                    continue;
+                }
+                let results = step.module.run(&step.config, &batch);
+                for ((owner, event), result) in owners.into_iter().zip(&batch).zip(results) {
+                    let state = &mut progress[owner];
+                    if !state.still_running() {
+                        continue;
+                    }
+                    if let Ok(outcome) = &result
+                        && let Some(kind) = spent[owner].charge(outcome, step.module.limits())
+                    {
+                        state.fail(step, kind);
+                        continue;
+                    }
+                    match result {
+                        Ok(Outcome::Emit(events)) => state.live.extend(events),
+                        Ok(Outcome::Drop(reason)) => state.dropped.push(reason),
+                        Ok(Outcome::Reject(found)) => state.violations.extend(
+                            found
+                                .into_iter()
+                                .map(|v| ViolationJson::new(v, &event.id, &state.input_id)),
+                        ),
+                        Err(fault) => {
+                            state.fault.get_or_insert(fault);
+                        }
                     }
                 }
             }
             for state in &mut progress {
-                if state.fault.is_none()
-                    && let Some(kind) = over_caps(&state.live, step.module.limits())
-                {
-                    state.fault = Some(Box::new(Fault {
-                        module: step.module.name().to_string(),
-                        version: step.module.version().to_string(),
-                        event: state.input_id.clone(),
-                        kind,
-                        log: String::new(),
-                    }));
-                }
-                if state.fault.is_some() || !state.violations.is_empty() {
+                if !state.still_running() {
                     state.live.clear();
                 }
             }
@@ -138,19 +148,56 @@ impl Pipeline {
     }
 }
 
-/// The fault for one input event whose live branches exceed a step's caps.
-fn over_caps(live: &[Event], limits: &crate::engine::Limits) -> Option<FaultKind> {
-    if live.len() > limits.max_fan_out {
-        return Some(FaultKind::TooManyOutputs {
-            count: live.len(),
-            limit: limits.max_fan_out,
-        });
+/// Events passed to a module per call within one step.
+const STEP_CHUNK: usize = 64;
+
+/// What one input event's branches have produced in the current step.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    outputs: usize,
+    bytes: usize,
+}
+
+impl Spent {
+    /// Adds an outcome (every event or violation, every byte, drop reasons
+    /// included); the fault if that takes the input past the step's caps.
+    fn charge(&mut self, outcome: &Outcome, limits: &crate::engine::Limits) -> Option<FaultKind> {
+        self.outputs += match outcome {
+            Outcome::Emit(events) => events.len(),
+            Outcome::Drop(_) => 0,
+            Outcome::Reject(violations) => violations.len(),
+        };
+        self.bytes += crate::engine::outcome_bytes(outcome);
+        if self.outputs > limits.max_fan_out {
+            return Some(FaultKind::TooManyOutputs {
+                count: self.outputs,
+                limit: limits.max_fan_out,
+            });
+        }
+        (self.bytes > limits.output_bytes_per_event).then_some(FaultKind::OutputTooLarge {
+            bytes: self.bytes,
+            limit_bytes: limits.output_bytes_per_event,
+        })
     }
-    let bytes: usize = live.iter().map(crate::engine::event_bytes).sum();
-    (bytes > limits.output_bytes_per_event).then_some(FaultKind::OutputTooLarge {
-        bytes,
-        limit_bytes: limits.output_bytes_per_event,
-    })
+}
+
+impl Progress {
+    /// Neither faulted nor rejected: its branches still go on.
+    fn still_running(&self) -> bool {
+        self.fault.is_none() && self.violations.is_empty()
+    }
+
+    /// Fails the input event with a fault of `step`'s module.
+    fn fail(&mut self, step: &Step, kind: FaultKind) {
+        self.live.clear();
+        self.fault = Some(Box::new(Fault {
+            module: step.module.name().to_string(),
+            version: step.module.version().to_string(),
+            event: self.input_id.clone(),
+            kind,
+            log: String::new(),
+        }));
+    }
 }
 
 /// The final outcome for one input event.

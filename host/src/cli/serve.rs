@@ -89,6 +89,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tracing::info!("sluice stopped");
         anyhow::Ok(())
     })?;
+    // Blocking work still running (a pipeline, an upload check) is abandoned
+    // after the grace: nothing it did was acknowledged, so it is redone.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(config.shutdown_grace_ms));
     queue.close();
     Ok(ExitCode::SUCCESS)
 }

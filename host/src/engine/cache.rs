@@ -112,16 +112,14 @@ impl ArtifactCache {
         unsafe { Component::deserialize_file(engine, &path) }.ok()
     }
 
-    /// Stores a compiled component, atomically: a crash never leaves a
-    /// half-written artifact.
+    /// Stores a compiled component (replacing a stale or damaged artifact),
+    /// atomically and synced: a crash never leaves a half-written artifact.
     pub fn save(&self, engine: &wasmtime::Engine, digest: &str, component: &Component) -> io::Result<()> {
         let path = self.artifact_path(engine, digest);
-        if path.is_file() {
-            return Ok(());
-        }
         let bytes = component.serialize().map_err(io::Error::other)?;
-        let temp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        std::fs::write(temp.path(), bytes)?;
+        let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
+        io::Write::write_all(&mut temp, &bytes)?;
+        temp.as_file().sync_all()?;
         temp.persist(&path).map_err(|e| e.error)?;
         Ok(())
     }

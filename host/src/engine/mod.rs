@@ -32,7 +32,7 @@ use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
 pub use cache::{ArtifactCache, CacheError, CacheOutcome};
 pub use fault::{Fault, FaultKind};
 pub use limits::{Limits, MemoryBudget, MemoryLimitExceeded};
-pub use module::{ComponentReport, LoadError, Module, StepResult, event_bytes};
+pub use module::{ComponentReport, LoadError, Module, StepResult, event_bytes, outcome_bytes};
 pub use sandbox::{LogBuffer, Sandbox};
 
 /// How often the epoch advances; deadlines are measured in these ticks.

@@ -535,7 +535,7 @@ impl Module {
 
 /// Every byte an outcome carries: all the text of every emitted event, the
 /// drop reason, or every violation.
-pub(crate) fn outcome_bytes(outcome: &Outcome) -> usize {
+pub fn outcome_bytes(outcome: &Outcome) -> usize {
     match outcome {
         Outcome::Emit(events) => events.iter().map(event_bytes).sum(),
         Outcome::Drop(reason) => reason.len(),

@@ -24,6 +24,9 @@ use super::wasi::VirtualClock;
 use crate::bindings::{LogLevel, sluice};
 use crate::engine::Limits;
 
+/// Most host resources (pollables, streams) one instance may hold at once.
+const MAX_RESOURCES: usize = 10_000;
+
 /// The bytes the deterministic random generator repeats.
 const RANDOM_SEED: &[u8] = b"sluice: same input, same output.";
 
@@ -47,12 +50,20 @@ impl Sandbox {
         let clock = VirtualClock::default();
         Self {
             wasi: Self::wasi(&log, &clock),
-            table: ResourceTable::new(),
+            table: Self::table(),
             limits: MemoryBudget::new(limits.memory_bytes),
             log,
             clock,
             deadline: Instant::now(),
         }
+    }
+
+    /// A resource table small enough that a guest leaking handles hits its
+    /// limit (a trap) long before it costs the host real memory.
+    fn table() -> ResourceTable {
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        table
     }
 
     /// Restarts the clocks and the random generators' sequences, so that

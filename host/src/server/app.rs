@@ -142,6 +142,8 @@ pub struct Tenant {
     /// Pipelines of this tenant that may run at once, so that one tenant
     /// cannot take every core from the others.
     pub permits: Arc<Semaphore>,
+    /// One module upload of this tenant at a time (quotas stay exact).
+    pub uploads: Arc<Semaphore>,
     ingest: Option<Mutex<TokenBucket>>,
 }
 
@@ -149,6 +151,7 @@ impl Tenant {
     fn new(config: TenantConfig, limits: Limits) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(config.transform_concurrency.max(1))),
+            uploads: Arc::new(Semaphore::new(1)),
             ingest: config
                 .ingest_rate
                 .map(|rate| Mutex::new(TokenBucket::new(rate, rate.count.max(1)))),

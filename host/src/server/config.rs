@@ -233,7 +233,7 @@ pub struct RetryPolicy {
     /// Wait before the second attempt; doubled on each further one, with jitter.
     #[serde(default = "default_initial_backoff")]
     pub initial_backoff_ms: u64,
-    /// Longest wait between attempts (a longer `Retry-After` is still honoured).
+    /// Longest wait between attempts; a `Retry-After` asking for more is cut to this.
     #[serde(default = "default_max_backoff")]
     pub max_backoff_ms: u64,
     /// A request without a response after this long counts as failed (retried).

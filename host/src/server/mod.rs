@@ -37,6 +37,7 @@ pub mod metrics;
 mod modules;
 pub mod supervisor;
 mod sync;
+mod timed_io;
 pub mod tls;
 pub mod transformer;
 
@@ -119,7 +120,8 @@ type WorkerFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 /// served at once (the rest wait in the kernel's backlog), a request's
 /// headers must arrive within `header-timeout-ms` (which also closes idle
 /// keep-alive connections), and accept errors (`EMFILE`) back off instead
-/// of spinning.
+/// of spinning. A client that stops reading its answers is cut off after
+/// `body-timeout-ms` without progress.
 async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(app.settings.max_connections));
@@ -151,6 +153,8 @@ async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Outpu
             }
         };
         let header_timeout = app.settings.header_timeout;
+        // A client that stops reading its answers gets as long as one that is slow to send.
+        let write_timeout = app.settings.body_timeout;
         let app = app.clone();
         let service = service_fn(move |request| {
             let app = app.clone();
@@ -159,7 +163,10 @@ async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Outpu
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(
+                TokioIo::new(timed_io::TimedIo::new(stream, write_timeout)),
+                service,
+            );
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             let _ = connection.await;
@@ -237,7 +244,10 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
     );
     match (&method, segments.as_slice()) {
         (&Method::GET, ["healthz"]) => return Ok(text(StatusCode::OK, "ok\n")),
-        (&Method::GET, ["readyz"]) => return Ok(readiness(app).await),
+        (&Method::GET, ["readyz"]) => {
+            let details = matches!(caller, Some(Caller::Admin | Caller::Metrics));
+            return Ok(readiness(app, details).await);
+        }
         (&Method::GET, ["metrics"]) => {
             return if !app.metrics_need_token || matches!(caller, Some(Caller::Admin | Caller::Metrics)) {
                 Ok(text(StatusCode::OK, &app.metrics.render()))
@@ -315,11 +325,12 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
 }
 
 /// `GET /readyz`: 200 when the store answers, every worker runs and every
-/// channel's pipeline is loaded; otherwise 503. The body says which.
-async fn readiness(app: &App) -> Response<Body> {
+/// channel's pipeline is loaded; otherwise 503. Anyone sees `ready` and
+/// the counts; with an admin or metrics token the body also names the
+/// workers that are down and the degraded channels, with why.
+async fn readiness(app: &App, details: bool) -> Response<Body> {
     let queue = app.queue.clone();
-    let probe = app.channels.keys().next().cloned().unwrap_or_default();
-    let store = in_store(move || queue.depth(&probe)).await.err();
+    let store = in_store(move || queue.ping()).await.err();
     let workers = app.workers.snapshot();
     let down: Vec<&String> = workers
         .iter()
@@ -337,16 +348,23 @@ async fn readiness(app: &App) -> Response<Body> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    http::json_response(
-        status,
-        &serde_json::json!({
+    let body = if details {
+        serde_json::json!({
             "ready": ready,
             "store": store.unwrap_or_else(|| "ok".into()),
             "workers_down": down,
             "degraded_channels": degraded,
             "workers": workers,
-        }),
-    )
+        })
+    } else {
+        serde_json::json!({
+            "ready": ready,
+            "store": if store.is_none() { "ok" } else { "failing" },
+            "workers_down": down.len(),
+            "degraded_channels": degraded.len(),
+        })
+    };
+    http::json_response(status, &body)
 }
 
 /// Runs blocking store work off the async threads; a store error or a

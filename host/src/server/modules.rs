@@ -153,6 +153,14 @@ pub async fn upload(
     }
     let version = hex::encode(Sha256::digest(&bytes));
 
+    // One upload of a tenant at a time, from the quota check to the record,
+    // so that parallel uploads cannot pass the quotas together.
+    let _one_at_a_time = tenant
+        .uploads
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
     let registry = app.registry.clone();
     let (key, module_name) = (tenant_name.clone(), name.to_string());
     let held = blocking(move || registry.modules(&key, None)).await?;
@@ -163,7 +171,7 @@ pub async fn upload(
         tokio::task::spawn_blocking(move || store_file(&dir, &stored, &copy))
             .await
             .map_err(ApiError::internal)?
-            .map_err(|err| ApiError::internal(format!("cannot store the module: {err}")))?;
+            .map_err(store_failed)?;
         app.metrics
             .uploads
             .get_or_create(&UploadLabels {
@@ -179,9 +187,10 @@ pub async fn upload(
     check_quotas(&tenant.config, &tenant_name, name, bytes.len(), &held)
         .map_err(|err| refused(app, &tenant_name, err))?;
 
-    // Checked one upload at a time per permit: each compiles and runs
-    // fixtures, and a tenant must not be able to take every core that way.
-    let _upload = app
+    // At most `upload-concurrency` checks at once: each compiles and runs
+    // fixtures. The permit moves into the check itself, so it is held for
+    // as long as the check runs, even if the client leaves.
+    let permit = app
         .upload_permits
         .clone()
         .acquire_owned()
@@ -192,9 +201,13 @@ pub async fn upload(
     let checked = {
         let bytes = bytes.clone();
         let fixtures = fixtures.clone();
-        tokio::task::spawn_blocking(move || check(&engine, &module_name, &bytes, limits, &fixtures))
-            .await
-            .map_err(ApiError::internal)?
+        tokio::task::spawn_blocking(move || {
+            let checked = check(&engine, &module_name, &bytes, limits, &fixtures);
+            drop(permit);
+            checked
+        })
+        .await
+        .map_err(ApiError::internal)?
     };
     let (module, report) = checked.map_err(|err| refused(app, &tenant_name, err))?;
 
@@ -202,9 +215,7 @@ pub async fn upload(
         let (dir, version, bytes) = (app.modules_dir.clone(), version.clone(), bytes.clone());
         tokio::task::spawn_blocking(move || store_file(&dir, &version, &bytes)).await
     };
-    stored
-        .map_err(ApiError::internal)?
-        .map_err(|err| ApiError::internal(format!("cannot store the module: {err}")))?;
+    stored.map_err(ApiError::internal)?.map_err(store_failed)?;
     // Only an accepted module leaves a compiled artifact behind.
     tokio::task::spawn_blocking(move || module.save_artifact())
         .await
@@ -230,6 +241,39 @@ pub async fn upload(
         StatusCode::CREATED,
         &json!({"name": name, "version": version, "size": bytes.len(), "created": true, "fixtures": report}),
     ))
+}
+
+/// A module file that cannot be written: logged in full, answered without
+/// server paths.
+fn store_failed(err: std::io::Error) -> ApiError {
+    tracing::error!(error = %err, "cannot store an uploaded module");
+    ApiError::internal(format!("cannot store the module ({})", err.kind()))
+}
+
+/// Most input events the fixtures of one upload may hold: each may run up
+/// to its deadline, so this bounds how long one upload's check can take.
+const MAX_UPLOAD_FIXTURE_EVENTS: usize = 1000;
+
+/// Refuses fixtures with more than [`MAX_UPLOAD_FIXTURE_EVENTS`] input events.
+fn check_fixture_size(fixtures: &Path) -> Result<(), ApiError> {
+    let mut events = 0;
+    for case in std::fs::read_dir(fixtures).into_iter().flatten().flatten() {
+        for input in ["input.json", "input.jsonl"] {
+            if let Ok(text) = std::fs::read_to_string(case.path().join(input)) {
+                events += crate::event::parse_events(&text).map_or(1, |e| e.len());
+            }
+        }
+    }
+    if events > MAX_UPLOAD_FIXTURE_EVENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "fixtures-too-large",
+            format!(
+                "the fixtures hold {events} input events; an upload may carry at most {MAX_UPLOAD_FIXTURE_EVENTS}"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses an upload that would take the tenant past its module quotas:
@@ -300,9 +344,20 @@ fn check(
     if !has_cases {
         return Ok((module, json!([])));
     }
+    check_fixture_size(fixtures)?;
     let module = Arc::new(module);
-    let suite = run_suite(name, &Subject::Module(module.clone()), fixtures, false)
-        .map_err(|err| ApiError::bad_request("invalid-fixtures", err.to_string(), None))?;
+    let suite = run_suite(name, &Subject::Module(module.clone()), fixtures, false).map_err(|err| {
+        let message = match err {
+            crate::fixtures::FixtureError::Empty(_) => {
+                "`fixtures/` holds no case folders: add `fixtures/<case>/input.json` and `expected.json`"
+                    .into()
+            }
+            crate::fixtures::FixtureError::Read { source, .. } => {
+                format!("`fixtures/` cannot be read ({})", source.kind())
+            }
+        };
+        ApiError::bad_request("invalid-fixtures", message, None)
+    })?;
     let cases: Vec<Value> = suite.cases.iter().map(CaseResult::to_json).collect();
     let failed = suite.failed();
     if failed > 0 {

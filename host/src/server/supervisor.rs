@@ -71,7 +71,10 @@ pub async fn supervise<F, W>(
     loop {
         board.update(&name, |state| state.running = true);
         let started = Instant::now();
-        let ended = tokio::spawn(start()).await;
+        let worker = tokio::spawn(start());
+        // If the supervisor itself is dropped (shutdown past its grace), the worker goes too.
+        let _abort = AbortOnDrop(worker.abort_handle());
+        let ended = worker.await;
         if *stopped.borrow() {
             return;
         }
@@ -99,6 +102,15 @@ pub async fn supervise<F, W>(
             () = tokio::time::sleep(wait) => {}
             _ = stopped.changed() => return,
         }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -295,6 +295,8 @@ impl Depth {
 
 /// The durable queue between ingest, transform and delivery.
 pub trait Queue: Send + Sync {
+    /// Answers when the store can be read: the readiness probe.
+    fn ping(&self) -> Result<(), StoreError>;
     /// Stores events and queues each for its channels, in one durable commit;
     /// an id already stored for its tenant is a duplicate and queues nothing.
     fn ingest(&self, events: Vec<Ingest>) -> Result<Vec<Receipt>, StoreError>;

@@ -349,6 +349,10 @@ fn insert_outbox(
 }
 
 impl Queue for SqliteQueue {
+    fn ping(&self) -> Result<(), StoreError> {
+        self.read(|db| Ok(db.query_row("SELECT 1", [], |_| Ok(()))?))
+    }
+
     fn ingest(&self, events: Vec<Ingest>) -> Result<Vec<Receipt>, StoreError> {
         self.call(move |db| {
             let now = now_ms();
