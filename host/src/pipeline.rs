@@ -106,7 +106,7 @@ impl Pipeline {
             while work.peek().is_some() {
                 let (owners, batch): (Vec<usize>, Vec<Event>) = work
                     .by_ref()
-                    .filter(|(owner, _)| progress[*owner].still_running())
+                    .filter(|(owner, _)| progress[*owner].fault.is_none())
                     .take(STEP_CHUNK)
                     .unzip();
                 if batch.is_empty() {
@@ -114,8 +114,10 @@ impl Pipeline {
                 }
                 let results = step.module.run(&step.config, &batch);
                 for ((owner, event), result) in owners.into_iter().zip(&batch).zip(results) {
+                    // A rejected input still collects every violation of this
+                    // step; a faulted one is done.
                     let state = &mut progress[owner];
-                    if !state.still_running() {
+                    if state.fault.is_some() {
                         continue;
                     }
                     if let Ok(outcome) = &result
