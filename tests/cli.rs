@@ -1,12 +1,10 @@
 //! The real `sluice` binary: `test`, `run` and `check` on real components.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::support::{guest, target_dir, workspace};
 use serde_json::Value;
-use support::{guest, target_dir, workspace};
 
 fn sluice(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -162,7 +160,7 @@ fn sluice_test_names_the_file_line_and_field_of_a_bad_input() {
 #[test]
 fn sluice_run_turns_jsonl_into_one_outcome_per_line() {
     let input = tempfile::NamedTempFile::new().unwrap();
-    let product = support::magento_product();
+    let product = crate::support::magento_product();
     let mut missing_sku = product.clone();
     missing_sku.as_object_mut().unwrap().remove("sku");
     let lines = [
@@ -207,7 +205,8 @@ fn sluice_run_turns_jsonl_into_one_outcome_per_line() {
 fn sluice_run_reads_stdin_and_applies_a_config_file() {
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(config.path(), r#"{"max-title": 5, "currency": "EUR"}"#).unwrap();
-    let event = serde_json::json!({"id": "e1", "kind": "product", "payload": support::magento_product()});
+    let event =
+        serde_json::json!({"id": "e1", "kind": "product", "payload": crate::support::magento_product()});
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "run",
@@ -407,5 +406,43 @@ fn sleeping_guests_neither_hang_sluice_run_nor_sluice_test() {
         started.elapsed() < std::time::Duration::from_secs(60),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// `examples/embed.rs` of the engine crate, built by `scripts/dev test`.
+#[test]
+fn the_embedding_example_runs_a_real_component() {
+    let example = target_dir().join("debug/examples/embed");
+    assert!(
+        example.is_file(),
+        "{} is missing: `scripts/dev test` builds it",
+        example.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = workspace().join("transforms/b2b-portal/fixtures/magento-simple-child-canonical");
+    let output = Command::new(&example)
+        .arg(guest("b2b-portal"))
+        .arg(input.join("input.json"))
+        .arg(input.join("config.json"))
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(
+        out.starts_with("emit ") && out.contains("\"sku\":\"MS-Champ-S\""),
+        "{out}"
+    );
+    // A bad component is an error with a reason, not a panic.
+    let output = Command::new(&example)
+        .arg(input.join("input.json"))
+        .arg(input.join("input.json"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("is not WebAssembly"),
+        "{}",
+        stderr(&output)
     );
 }

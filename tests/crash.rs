@@ -3,15 +3,13 @@
 //! been delivered, and every duplicate delivery carries the same
 //! idempotency key as the first.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::sidecar::{Sidecar, stock_config, wait_for};
 use serde_json::{Value, json};
-use sluice_host::sink::{Reply, Responder, Sink};
-use support::sidecar::{Sidecar, stock_config, wait_for};
+use sluice_server::sink::{Reply, Responder, Sink};
 
 const ROUNDS: usize = 5;
 const EVENTS_PER_ROUND: usize = 120;

@@ -2,15 +2,13 @@
 //! real transform components, a real SQLite file, and a real HTTP
 //! destination ([`Sink`]) whose answers each test scripts.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::sidecar::{Sidecar, stock_config, wait_for};
 use serde_json::{Value, json};
-use sluice_host::sink::{Received, Reply, Responder, Sink};
-use support::sidecar::{Sidecar, stock_config, wait_for};
+use sluice_server::sink::{Received, Reply, Responder, Sink};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 

@@ -1,15 +1,13 @@
 //! Pipelines: the output of one step feeds the next, and emit, drop,
 //! reject and faults compose as documented in `host/src/pipeline.rs`.
 
-mod support;
-
 use std::sync::Arc;
 
+use crate::support::{engine, event, guest, magento_product};
 use serde_json::{Value, json};
-use sluice_host::engine::{FaultKind, Limits, Module};
-use sluice_host::event::OutcomeJson;
-use sluice_host::pipeline::{Pipeline, Step};
-use support::{engine, event, guest, magento_product};
+use sluice_engine::event::OutcomeJson;
+use sluice_engine::pipeline::{Pipeline, Step};
+use sluice_engine::{FaultKind, Limits, Module};
 
 fn step(name: &str, config: &str) -> Step {
     // A generous deadline: these tests are about composition, not limits,
@@ -25,7 +23,7 @@ fn step(name: &str, config: &str) -> Step {
     }
 }
 
-fn attack(id: &str, attack: &str) -> sluice_host::event::EventJson {
+fn attack(id: &str, attack: &str) -> sluice_engine::event::EventJson {
     event(id, "product", json!({ "attack": attack }))
 }
 

@@ -2,16 +2,14 @@
 //! fault naming the module and the event; the next event on the same
 //! pipeline, and another module in the same process, carry on.
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{engine, event, guest, magento_product};
 use serde_json::{Value, json};
-use sluice_host::engine::{CacheOutcome, Engine, EngineOptions, FaultKind, Limits, LoadError, Module};
-use sluice_host::event::{EventJson, OutcomeJson};
-use sluice_host::pipeline::{Pipeline, Step};
-use support::{engine, event, guest, magento_product};
+use sluice_engine::event::{EventJson, OutcomeJson};
+use sluice_engine::pipeline::{Pipeline, Step};
+use sluice_engine::{CacheOutcome, Engine, EngineOptions, FaultKind, Limits, LoadError, Module};
 
 /// Loads a guest with the default limits but a generous deadline, so that
 /// attacks on other limits hit those limits even on a loaded CI machine.
@@ -527,7 +525,7 @@ fn fewer_or_more_outcomes_than_events_is_a_fault_per_event() {
     for (returned, batch) in [(0u32, 2usize), (3, 1), (3, 2)] {
         let module = load_raw(
             "miscount",
-            &support::raw::component(returned, 0, 1),
+            &crate::support::raw::component(returned, 0, 1),
             Limits::default(),
         )
         .expect("loads");
@@ -542,7 +540,12 @@ fn fewer_or_more_outcomes_than_events_is_a_fault_per_event() {
         }
     }
     // The hand-written component does answer a batch of the size it returns.
-    let module = load_raw("miscount", &support::raw::component(1, 0, 1), Limits::default()).unwrap();
+    let module = load_raw(
+        "miscount",
+        &crate::support::raw::component(1, 0, 1),
+        Limits::default(),
+    )
+    .unwrap();
     assert!(
         matches!(&run(&module, &[attack("evt-1", "none")])[0], OutcomeJson::Drop { reason } if reason == "x")
     );
@@ -554,7 +557,7 @@ fn many_memories_share_one_budget() {
     // maximum, together they are over the 128 MiB budget of the instance.
     let module = load_raw(
         "many-memories",
-        &support::raw::component(1, 7, 320),
+        &crate::support::raw::component(1, 7, 320),
         Limits::default(),
     )
     .expect("loads");
@@ -571,7 +574,7 @@ fn many_memories_share_one_budget() {
     // Within the budget, the same shape runs.
     let small = load_raw(
         "few-memories",
-        &support::raw::component(1, 4, 16),
+        &crate::support::raw::component(1, 4, 16),
         Limits::default(),
     )
     .unwrap();
@@ -580,10 +583,10 @@ fn many_memories_share_one_budget() {
 
 #[test]
 fn more_memories_than_a_component_may_hold_is_refused() {
-    let too_many = sluice_host::engine::MAX_MEMORIES_PER_COMPONENT + 1;
+    let too_many = sluice_engine::MAX_MEMORIES_PER_COMPONENT + 1;
     let result = load_raw(
         "too-many-memories",
-        &support::raw::component(1, too_many, 1),
+        &crate::support::raw::component(1, too_many, 1),
         Limits::default(),
     )
     .map(|module| module.check_instantiate());

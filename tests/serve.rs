@@ -1,17 +1,15 @@
 //! `sluice serve` as a real child process on 127.0.0.1: the synchronous
 //! transform path, its errors, health, metrics and graceful shutdown.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::sidecar::{ADMIN_TOKEN, Sidecar, raw_request};
+use crate::support::workspace;
 use serde_json::{Value, json};
-use support::sidecar::{ADMIN_TOKEN, Sidecar, raw_request};
-use support::workspace;
 
 /// Starts `sluice serve` on a free port with this config text.
 fn start(config: &str) -> (Sidecar, tempfile::TempDir) {
@@ -187,7 +185,7 @@ fn a_config_with_an_unknown_key_is_refused_with_its_name() {
 /// A config whose `hostile` channel runs the hostile test guest, delivering
 /// ingested events to `sink` (or nowhere).
 fn hostile_config(extra: &str, sink: Option<std::net::SocketAddr>) -> String {
-    let module = support::guest("hostile");
+    let module = crate::support::guest("hostile");
     let destination = match sink {
         Some(addr) => format!(
             "destination = \"out\"\n\n[[destination]]\nname = \"out\"\nurl = \"http://{addr}/in\"\nentity-key = \"$.id\"\n"
@@ -218,11 +216,11 @@ fn attack(id: &str, attack: &str) -> Value {
 fn a_sleeping_guest_behaves_the_same_on_the_sync_and_durable_paths() {
     let received = Arc::new(Mutex::new(Vec::new()));
     let log = received.clone();
-    let responder: Arc<sluice_host::sink::Responder> = Arc::new(move |request, _| {
+    let responder: Arc<sluice_server::sink::Responder> = Arc::new(move |request, _| {
         log.lock().unwrap().push(request.json());
-        sluice_host::sink::Reply::status(200)
+        sluice_server::sink::Reply::status(200)
     });
-    let sink = sluice_host::sink::Sink::start("127.0.0.1:0".parse().unwrap(), responder).unwrap();
+    let sink = sluice_server::sink::Sink::start("127.0.0.1:0".parse().unwrap(), responder).unwrap();
     let (sidecar, _dir) = start(&hostile_config("", Some(sink.addr)));
     let url = format!("{}/v1/channels/hostile/transform", sidecar.base);
     let started = Instant::now();
@@ -249,10 +247,10 @@ fn a_sleeping_guest_behaves_the_same_on_the_sync_and_durable_paths() {
         ),
     );
     assert_eq!(status, 202, "{body}");
-    support::sidecar::wait_for("the slept event's delivery", Duration::from_secs(60), || {
+    crate::support::sidecar::wait_for("the slept event's delivery", Duration::from_secs(60), || {
         received.lock().unwrap().iter().any(|b| b["slept_secs"] == 3600)
     });
-    support::sidecar::wait_for("the forever sleeper's delivery", Duration::from_secs(60), || {
+    crate::support::sidecar::wait_for("the forever sleeper's delivery", Duration::from_secs(60), || {
         received
             .lock()
             .unwrap()

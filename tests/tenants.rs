@@ -3,16 +3,14 @@
 //! rollback, per-tenant limits and the circuit breaker. The real `sluice
 //! serve`, real components, a real HTTP destination.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::guest;
+use crate::support::sidecar::{ADMIN_TOKEN, Sidecar, raw_request, token_hash, wait_for};
 use serde_json::{Value, json};
-use sluice_host::sink::{Reply, Responder, Sink};
-use support::guest;
-use support::sidecar::{ADMIN_TOKEN, Sidecar, raw_request, token_hash, wait_for};
+use sluice_server::sink::{Reply, Responder, Sink};
 
 const PATIENCE: Duration = Duration::from_secs(60);
 const ACME: &str = "acme-token";

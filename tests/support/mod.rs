@@ -9,12 +9,12 @@ pub mod sidecar;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use sluice_host::engine::{Engine, EngineOptions};
-use sluice_host::event::EventJson;
+use sluice_engine::event::EventJson;
+use sluice_engine::{Engine, EngineOptions};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The cargo target directory.

@@ -15,7 +15,7 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// SHA-256 of a token, as `sluice.toml` holds it.
 pub fn token_hash(token: &str) -> String {
-    sluice_host::server::auth::hash_token(token)
+    sluice_server::auth::hash_token(token)
 }
 
 /// A running sidecar, killed when dropped.

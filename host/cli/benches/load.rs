@@ -1,0 +1,220 @@
+//! Load against the real sidecar: `sluice serve` (release build) on
+//! 127.0.0.1 with the `b2b-portal-from-magento` channel, one real Magento
+//! product per event, compared with the same two-step pipeline run
+//! natively in-process on one thread.
+//!
+//! 1. Sync path: keep-alive HTTP clients on `/v1/channels/…/transform` for
+//!    a fixed time; throughput and p50/p99 latency per request.
+//! 2. Durable path: clients ingest JSONL batches into `/v1/events`; the
+//!    sidecar commits, transforms and delivers to a local sink over HTTP;
+//!    throughput from the first ingest to the last delivery, and p50/p99
+//!    of ingest-to-delivered per event.
+//!
+//! Run with `scripts/dev bench` (or `cargo bench -p sluice-host --bench load`).
+//! `SLUICE_LOAD_SECONDS`, `SLUICE_LOAD_CLIENTS` and `SLUICE_LOAD_EVENTS`
+//! change the defaults (10 s, 4 clients, 20,000 events).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use b2b_portal::B2bPortal;
+use magento_source::MagentoSource;
+use sluice_guest::native::NativeRunner;
+use sluice_guest::source::Source;
+use sluice_server::sink::{Reply, Sink};
+use support::{Server, TOKEN, env_number, percentile, root};
+
+mod support;
+
+fn main() {
+    let seconds = env_number("SLUICE_LOAD_SECONDS", 10);
+    let clients = env_number("SLUICE_LOAD_CLIENTS", 4) as usize;
+    let root = root();
+    let channel = root.join("transforms/channels/b2b-portal-from-magento");
+    let event = std::fs::read_to_string(channel.join("fixtures/simple-product/input.json")).unwrap();
+
+    // Native baseline: the same two steps, in process, one thread.
+    let pipeline_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(channel.join("pipeline.json")).unwrap()).unwrap();
+    let mut source =
+        NativeRunner::<Source<MagentoSource>>::new(&pipeline_json["steps"][0]["config"].to_string()).unwrap();
+    let mut portal =
+        NativeRunner::<B2bPortal>::new(&pipeline_json["steps"][1]["config"].to_string()).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&event).unwrap();
+    let wit_event = sluice_guest::Event {
+        id: parsed["id"].as_str().unwrap().into(),
+        kind: sluice_guest::EventKind::Product,
+        tenant: "acme".into(),
+        channel: "b2b-portal".into(),
+        source: "magento".into(),
+        correlation_id: "c".into(),
+        payload: parsed["payload"].to_string(),
+    };
+    let native_started = Instant::now();
+    let mut native_count = 0u64;
+    while native_started.elapsed() < Duration::from_secs(2) {
+        let sluice_guest::Outcome::Emit(events) = source.apply(vec![wit_event.clone()]).remove(0) else {
+            panic!("magento-source should emit");
+        };
+        let out = portal.apply(events);
+        assert!(matches!(out[0], sluice_guest::Outcome::Emit(_)));
+        native_count += 1;
+    }
+    let native_rate = native_count as f64 / native_started.elapsed().as_secs_f64();
+
+    // The real sidecar, delivering to a local sink.
+    let sink = Sink::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(|_, _| Reply::status(200)),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path(),
+        &format!(
+            "[[destination]]\nname = \"sink\"\nurl = \"http://{}/in\"\nconcurrency = 32\n\
+             [[channel]]\nname = \"b2b-portal\"\ntenant = \"acme\"\npipeline = \"{}\"\ndestination = \"sink\"\n",
+            sink.addr,
+            channel.join("pipeline.json").display()
+        ),
+    );
+    let base = server.base.clone();
+    let url = format!("{base}/v1/channels/b2b-portal/transform");
+
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, event) = (url.clone(), event.clone());
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                let mut latencies = Vec::new();
+                while Instant::now() < deadline {
+                    let sent = Instant::now();
+                    let response = agent
+                        .post(&url)
+                        .set("authorization", &format!("Bearer {TOKEN}"))
+                        .set("content-type", "application/json")
+                        .send_string(&event);
+                    let body = response.expect("request succeeds").into_string().unwrap();
+                    assert!(body.contains("\"outcome\":\"emit\""), "{body}");
+                    latencies.push(sent.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies: Vec<Duration> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let rate = latencies.len() as f64 / elapsed;
+    println!(
+        "sync transform load: {clients} keep-alive clients for {seconds} s, one Magento product per request"
+    );
+    println!(
+        "  sidecar:  {:>9.0} req/s   p50 {:?}   p99 {:?}",
+        rate,
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.99)
+    );
+    println!(
+        "  native:   {:>9.0} events/s (magento-source + b2b-portal in process, one thread)",
+        native_rate
+    );
+    println!("  ratio:    {:.2}x of native", rate / native_rate);
+
+    let total = env_number("SLUICE_LOAD_EVENTS", 20_000) as usize;
+    let ingest = ingest_to_delivery(&base, &parsed, &sink, clients, total);
+    drop(server);
+    println!(
+        "ingest to delivery: {total} events in JSONL batches of 100 by {clients} clients, delivered to a local HTTP sink"
+    );
+    println!(
+        "  sidecar:  {:>9.0} events/s   ingest-to-delivered p50 {:?}   p99 {:?}",
+        ingest.rate, ingest.p50, ingest.p99
+    );
+    println!("  ratio:    {:.2}x of native", ingest.rate / native_rate);
+}
+
+struct IngestResult {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+/// Ingests `total` copies of `event` (distinct ids and SKUs) and waits until the sink has them all.
+fn ingest_to_delivery(
+    base: &str,
+    event: &serde_json::Value,
+    sink: &Sink,
+    clients: usize,
+    total: usize,
+) -> IngestResult {
+    const BATCH: usize = 100;
+    let url = format!("{base}/v1/events");
+    let batches: Vec<(usize, String)> = (0..total / BATCH)
+        .map(|batch| {
+            let body: String = (0..BATCH)
+                .map(|i| {
+                    let n = batch * BATCH + i;
+                    let mut event = event.clone();
+                    event["id"] = format!("load-{n}").into();
+                    event["payload"]["sku"] = format!("MS-Champ-{n}").into();
+                    format!("{event}\n")
+                })
+                .collect();
+            (batch, body)
+        })
+        .collect();
+    let batches = Arc::new(std::sync::Mutex::new(batches));
+    let started = Instant::now();
+    let posters: Vec<_> = (0..clients)
+        .map(|_| {
+            let (url, batches) = (url.clone(), batches.clone());
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                let mut sent_at = Vec::new();
+                loop {
+                    let Some((batch, body)) = batches.lock().unwrap().pop() else {
+                        return sent_at;
+                    };
+                    let at = Instant::now();
+                    let response = agent
+                        .post(&url)
+                        .set("authorization", &format!("Bearer {TOKEN}"))
+                        .send_string(&body)
+                        .expect("ingest succeeds");
+                    assert_eq!(response.status(), 202);
+                    sent_at.push((batch, at));
+                }
+            })
+        })
+        .collect();
+    let sent_at: HashMap<usize, Instant> = posters.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while sink.received().len() < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} delivered",
+            sink.received().len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let received = sink.received();
+    let last = received.iter().map(|r| r.at).max().unwrap();
+    let mut latencies: Vec<Duration> = received
+        .iter()
+        .map(|r| {
+            let id = r.header("x-sluice-source-event-id").unwrap();
+            let n: usize = id.trim_start_matches("load-").parse().unwrap();
+            r.at - sent_at[&(n / BATCH)]
+        })
+        .collect();
+    latencies.sort();
+    IngestResult {
+        rate: total as f64 / (last - started).as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    }
+}

@@ -1,0 +1,304 @@
+//! `sluice channels …`, `sluice dead-letters …`, `sluice modules …` and
+//! `sluice token …`: talk to a running sidecar's API and print its JSON
+//! answers (or, for `token`, make tokens for `sluice.toml`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use serde_json::Value;
+use sluice_server::auth::{hash_token, new_token};
+
+/// Where the running sidecar is, and who is calling.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The sidecar's base URL.
+    #[arg(
+        long,
+        env = "SLUICE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    server: String,
+    /// The API token (a tenant's, or an admin's).
+    #[arg(long, env = "SLUICE_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl ServerArgs {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server.trim_end_matches('/'))
+    }
+}
+
+/// `sluice channels`.
+#[derive(Debug, Args)]
+pub struct ChannelsArgs {
+    #[command(subcommand)]
+    command: ChannelsCommand,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum ChannelsCommand {
+    /// Every channel with its switch, modules and queue depth.
+    List,
+    /// Switch a channel on: its held events flow again, in order.
+    Enable {
+        /// The channel.
+        channel: String,
+    },
+    /// Switch a channel off: see `when-off` in sluice.toml for what happens to new events.
+    Disable {
+        /// The channel.
+        channel: String,
+    },
+    /// Switch a channel to uploaded module versions: a pipeline.json whose
+    /// steps name `module`, `version` (see `sluice modules list`) and `config`.
+    Activate {
+        /// The channel.
+        channel: String,
+        /// The pipeline file.
+        pipeline: PathBuf,
+    },
+    /// Return a channel to the pipeline it ran before its last activation.
+    Rollback {
+        /// The channel.
+        channel: String,
+    },
+}
+
+/// `sluice modules`.
+#[derive(Debug, Args)]
+pub struct ModulesArgs {
+    #[command(subcommand)]
+    command: ModulesCommand,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum ModulesCommand {
+    /// Upload a component; the server checks it (and runs the fixtures) before storing it.
+    Push {
+        /// The component file.
+        file: PathBuf,
+        /// The module's name (default: the file name without `.wasm`, `_` as `-`).
+        #[arg(long)]
+        name: Option<String>,
+        /// A fixtures folder (`<case>/{input.json, config.json, expected.json}`) every case of which must pass.
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
+    },
+    /// Your modules and their versions.
+    List,
+}
+
+/// `sluice token`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a new random token; prints it and the SHA-256 for `sluice.toml`.
+    New,
+    /// The SHA-256 of a token, for `token-sha256` in `sluice.toml`.
+    Hash {
+        /// The token.
+        token: String,
+    },
+}
+
+/// `sluice dead-letters`.
+#[derive(Debug, Args)]
+pub struct DeadLettersArgs {
+    #[command(subcommand)]
+    command: DeadLettersCommand,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLettersCommand {
+    /// Dead letters, newest first.
+    List {
+        /// Only this channel's.
+        #[arg(long)]
+        channel: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// One dead letter in full: original event, output, attempts, module versions.
+    Show {
+        /// Its id.
+        id: i64,
+    },
+    /// Send it again: the stored output, or with --retransform the original
+    /// event through the channel's current pipeline.
+    Replay {
+        /// Its id.
+        id: i64,
+        /// Re-run the channel's current pipeline on the original event.
+        #[arg(long)]
+        retransform: bool,
+    },
+    /// Delete one dead letter, or with --all every one (of --channel).
+    Purge {
+        /// Its id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every dead letter (of --channel, if given).
+        #[arg(long)]
+        all: bool,
+        /// With --all: only this channel's.
+        #[arg(long, requires = "all")]
+        channel: Option<String>,
+    },
+}
+
+/// Runs `sluice channels …`.
+pub fn channels(args: ChannelsArgs) -> anyhow::Result<ExitCode> {
+    let server = &args.server;
+    let channel_url =
+        |channel: &str, action: &str| server.url(&format!("/v1/channels/{}/{action}", encode(channel)));
+    match &args.command {
+        ChannelsCommand::List => call(server, "GET", &server.url("/v1/channels"), None),
+        ChannelsCommand::Enable { channel } => call(server, "POST", &channel_url(channel, "enable"), None),
+        ChannelsCommand::Disable { channel } => call(server, "POST", &channel_url(channel, "disable"), None),
+        ChannelsCommand::Activate { channel, pipeline } => {
+            let body =
+                std::fs::read(pipeline).with_context(|| format!("cannot read {}", pipeline.display()))?;
+            call(
+                server,
+                "POST",
+                &channel_url(channel, "activate"),
+                Some(("application/json", body)),
+            )
+        }
+        ChannelsCommand::Rollback { channel } => {
+            call(server, "POST", &channel_url(channel, "rollback"), None)
+        }
+    }
+}
+
+/// Runs `sluice modules …`.
+pub fn modules(args: ModulesArgs) -> anyhow::Result<ExitCode> {
+    let server = &args.server;
+    match &args.command {
+        ModulesCommand::List => call(server, "GET", &server.url("/v1/modules"), None),
+        ModulesCommand::Push { file, name, fixtures } => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let name = match name {
+                Some(name) => name.clone(),
+                None => file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().replace('_', "-"))
+                    .context("name the module with --name")?,
+            };
+            let body = match fixtures {
+                None => ("application/wasm", bytes),
+                Some(dir) => {
+                    let mut archive = tar::Builder::new(Vec::new());
+                    let mut header = tar::Header::new_gnu();
+                    header.set_size(bytes.len() as u64);
+                    header.set_mode(0o644);
+                    header.set_cksum();
+                    archive.append_data(&mut header, "module.wasm", bytes.as_slice())?;
+                    archive
+                        .append_dir_all("fixtures", dir)
+                        .with_context(|| format!("cannot read fixtures in {}", dir.display()))?;
+                    ("application/x-tar", archive.into_inner()?)
+                }
+            };
+            call(
+                server,
+                "PUT",
+                &server.url(&format!("/v1/modules/{}", encode(&name))),
+                Some(body),
+            )
+        }
+    }
+}
+
+/// Runs `sluice token …`.
+pub fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        TokenCommand::New => {
+            let token = new_token();
+            println!("token:  {token}\nsha256: {}", hash_token(&token));
+        }
+        TokenCommand::Hash { token } => println!("{}", hash_token(&token)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `sluice dead-letters …`.
+pub fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
+    let server = &args.server;
+    let letters = server.url("/v1/dead-letters");
+    match args.command {
+        DeadLettersCommand::List { channel, limit } => {
+            let mut url = format!("{letters}?limit={limit}");
+            if let Some(channel) = channel {
+                url.push_str(&format!("&channel={}", encode(&channel)));
+            }
+            call(server, "GET", &url, None)
+        }
+        DeadLettersCommand::Show { id } => call(server, "GET", &format!("{letters}/{id}"), None),
+        DeadLettersCommand::Replay { id, retransform } => call(
+            server,
+            "POST",
+            &format!("{letters}/{id}/replay?retransform={retransform}"),
+            None,
+        ),
+        DeadLettersCommand::Purge { id: Some(id), .. } => {
+            call(server, "DELETE", &format!("{letters}/{id}"), None)
+        }
+        DeadLettersCommand::Purge { channel, .. } => match channel {
+            Some(channel) => call(
+                server,
+                "DELETE",
+                &format!("{letters}?channel={}", encode(&channel)),
+                None,
+            ),
+            None => call(server, "DELETE", &letters, None),
+        },
+    }
+}
+
+fn encode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// Sends the request and prints the JSON answer; exit code 1 on an API error.
+fn call(
+    server: &ServerArgs,
+    method: &str,
+    url: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> anyhow::Result<ExitCode> {
+    let mut request = ureq::request(method, url);
+    if let Some(token) = &server.token {
+        request = request.set("authorization", &format!("Bearer {token}"));
+    }
+    let sent = match body {
+        Some((content_type, bytes)) => request.set("content-type", content_type).send_bytes(&bytes),
+        None => request.call(),
+    };
+    let (ok, body) = match sent {
+        Ok(response) => (true, response.into_string()?),
+        Err(ureq::Error::Status(_, response)) => (false, response.into_string()?),
+        Err(err) => anyhow::bail!("cannot reach the sidecar at {url}: {err}"),
+    };
+    match serde_json::from_str::<Value>(&body) {
+        Ok(json) => println!("{}", serde_json::to_string_pretty(&json)?),
+        Err(_) => println!("{body}"),
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

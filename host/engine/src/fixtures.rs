@@ -1,0 +1,323 @@
+//! Golden fixtures: the engine behind `sluice test`.
+//!
+//! A fixtures directory holds one folder per case:
+//!
+//! ```text
+//! fixtures/
+//!   simple-product/
+//!     input.json       one event   (or input.jsonl: one event per line)
+//!     config.json      optional: the step's config
+//!     expected.json    the outcome (an array of outcomes for input.jsonl)
+//! ```
+//!
+//! Outputs are compared structurally; each difference is reported with
+//! the JSON path where it occurs. An error outcome's `version` (the module's
+//! hash) is left out, since it changes with every rebuild. Blessing rewrites `expected.json` from
+//! the actual output.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::Module;
+use crate::diff::{Difference, diff};
+use crate::event::parse_events;
+use crate::pipeline::{Pipeline, Step};
+
+/// Why a fixtures directory could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum FixtureError {
+    /// The directory cannot be listed.
+    #[error("cannot read fixtures directory `{path}`: {source}")]
+    Read {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The directory has no case folders.
+    #[error(
+        "fixtures directory `{0}` has no cases: add a folder with an `input.json` and an `expected.json`"
+    )]
+    Empty(PathBuf),
+}
+
+/// How a case ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CaseStatus {
+    /// Output matched `expected.json`.
+    Passed,
+    /// `expected.json` was (re)written from the output.
+    Blessed,
+    /// Output differed from `expected.json`, at these paths.
+    Differs(Vec<Difference>),
+    /// The case could not run; the text says why.
+    Failed(String),
+}
+
+impl CaseStatus {
+    /// Whether the case failed (differed or could not run).
+    pub fn failed(&self) -> bool {
+        matches!(self, CaseStatus::Differs(_) | CaseStatus::Failed(_))
+    }
+
+    /// Why the case failed, as `sluice test` prints it; empty if it did not.
+    pub fn message(&self) -> String {
+        match self {
+            CaseStatus::Passed | CaseStatus::Blessed => String::new(),
+            CaseStatus::Failed(why) => why.clone(),
+            CaseStatus::Differs(differences) => {
+                let mut message = format!("{} difference(s) from expected.json:\n", differences.len());
+                for difference in differences {
+                    message.push_str(&difference.to_string());
+                    message.push('\n');
+                }
+                message
+            }
+        }
+    }
+}
+
+/// The result of one case.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    /// The case folder's name.
+    pub name: String,
+    /// How it ended.
+    pub status: CaseStatus,
+    /// How long it took.
+    pub duration: Duration,
+}
+
+impl CaseResult {
+    /// The result as structured JSON, as the upload API returns it:
+    /// `{"case", "status", "differences": [{"path", "expected", "actual"}]}`
+    /// or `{"case", "status": "failed", "error"}`.
+    pub fn to_json(&self) -> Value {
+        let (status, extra) = match &self.status {
+            CaseStatus::Passed => ("passed", None),
+            CaseStatus::Blessed => ("blessed", None),
+            CaseStatus::Failed(why) => ("failed", Some(("error", Value::String(why.clone())))),
+            CaseStatus::Differs(differences) => (
+                "failed",
+                Some((
+                    "differences",
+                    differences
+                        .iter()
+                        .map(|d| serde_json::json!({"path": d.path, "expected": d.expected, "actual": d.actual}))
+                        .collect(),
+                )),
+            ),
+        };
+        let mut json = serde_json::json!({"case": self.name, "status": status});
+        if let Some((key, value)) = extra {
+            json[key] = value;
+        }
+        json
+    }
+}
+
+/// The results of one fixtures directory.
+#[derive(Debug, Clone)]
+pub struct SuiteReport {
+    /// The suite's name (the transform's name).
+    pub name: String,
+    /// One result per case, in folder-name order.
+    pub cases: Vec<CaseResult>,
+}
+
+impl SuiteReport {
+    /// Cases that did not fail.
+    pub fn passed(&self) -> usize {
+        self.cases.iter().filter(|c| !c.status.failed()).count()
+    }
+
+    /// Cases that failed.
+    pub fn failed(&self) -> usize {
+        self.cases.len() - self.passed()
+    }
+}
+
+/// What to run each case through.
+pub enum Subject {
+    /// One module; each case's `config.json` is its config.
+    Module(Arc<Module>),
+    /// A fixed pipeline; cases' `config.json` files are not used.
+    Pipeline(Pipeline),
+}
+
+impl Subject {
+    fn pipeline_for(&self, config: Option<String>) -> Pipeline {
+        match self {
+            Subject::Module(module) => Pipeline::new(vec![Step {
+                module: module.clone(),
+                config: config.unwrap_or_else(|| "{}".into()),
+            }]),
+            Subject::Pipeline(pipeline) => pipeline.clone(),
+        }
+    }
+}
+
+/// Runs every case in `dir`; with `bless`, rewrites expected files instead of comparing.
+pub fn run_suite(
+    name: &str,
+    subject: &Subject,
+    dir: &Path,
+    bless: bool,
+) -> Result<SuiteReport, FixtureError> {
+    let read_err = |source| FixtureError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut case_dirs: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(read_err)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_dir())
+        .collect();
+    case_dirs.sort();
+    if case_dirs.is_empty() {
+        return Err(FixtureError::Empty(dir.to_path_buf()));
+    }
+    let cases = case_dirs
+        .iter()
+        .map(|case_dir| {
+            let started = Instant::now();
+            let status = run_case(subject, case_dir, bless).unwrap_or_else(CaseStatus::Failed);
+            CaseResult {
+                name: case_dir
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                status,
+                duration: started.elapsed(),
+            }
+        })
+        .collect();
+    Ok(SuiteReport {
+        name: name.to_string(),
+        cases,
+    })
+}
+
+fn run_case(subject: &Subject, dir: &Path, bless: bool) -> Result<CaseStatus, String> {
+    let case = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let (input_name, single) = match (dir.join("input.json"), dir.join("input.jsonl")) {
+        (json, _) if json.is_file() => ("input.json", true),
+        (_, jsonl) if jsonl.is_file() => ("input.jsonl", false),
+        _ => return Err(format!("no `input.json` or `input.jsonl` in case `{case}`")),
+    };
+    let input_text = read(dir, input_name)?;
+    let inputs = parse_events(&input_text).map_err(|err| format!("{case}/{input_name}: {err}"))?;
+    if single && inputs.len() != 1 {
+        return Err(format!(
+            "{case}/{input_name}: holds {} events; use `input.jsonl` for more than one",
+            inputs.len()
+        ));
+    }
+    let config = if dir.join("config.json").is_file() {
+        let text = read(dir, "config.json")?;
+        serde_json::from_str::<Value>(&text).map_err(|err| format!("{case}/config.json: {err}"))?;
+        Some(text)
+    } else {
+        None
+    };
+
+    let outcomes = subject.pipeline_for(config).run(&inputs);
+    let mut actual = serde_json::to_value(&outcomes).map_err(|err| err.to_string())?;
+    forget_module_versions(&mut actual);
+    if single {
+        actual = actual.as_array_mut().and_then(|a| a.pop()).unwrap_or(Value::Null);
+    }
+
+    let expected_path = dir.join("expected.json");
+    if bless {
+        let mut text = serde_json::to_string_pretty(&actual).map_err(|err| err.to_string())?;
+        text.push('\n');
+        fs::write(&expected_path, text).map_err(|err| format!("cannot write expected.json: {err}"))?;
+        return Ok(CaseStatus::Blessed);
+    }
+    if !expected_path.is_file() {
+        return Err(format!(
+            "no `expected.json` in case `{case}`: run with `--bless` to create it from the actual output"
+        ));
+    }
+    let expected_text = read(dir, "expected.json")?;
+    let expected: Value =
+        serde_json::from_str(&expected_text).map_err(|err| format!("{case}/expected.json: {err}"))?;
+    let differences = diff(&expected, &actual);
+    if differences.is_empty() {
+        Ok(CaseStatus::Passed)
+    } else {
+        Ok(CaseStatus::Differs(differences))
+    }
+}
+
+/// Removes `version` from error outcomes: it is the module's hash, which
+/// changes with every rebuild, so fixtures neither store nor compare it.
+fn forget_module_versions(outcomes: &mut Value) {
+    for outcome in outcomes.as_array_mut().into_iter().flatten() {
+        if let Some(error) = outcome.get_mut("error").and_then(Value::as_object_mut) {
+            error.remove("version");
+        }
+    }
+}
+
+/// Largest fixture file read, in bytes.
+const MAX_FIXTURE_FILE: u64 = 64 << 20;
+
+/// Reads a case's file, at most [`MAX_FIXTURE_FILE`] bytes of a regular
+/// file; errors name the case and the file, never a full path.
+fn read(dir: &Path, file: &str) -> Result<String, String> {
+    use std::io::Read;
+    let path = dir.join(file);
+    let case = dir.file_name().unwrap_or_default().to_string_lossy();
+    let name = format!("{case}/{file}");
+    let file = fs::File::open(&path).map_err(|err| format!("cannot read {name}: {}", err.kind()))?;
+    let meta = file
+        .metadata()
+        .map_err(|err| format!("cannot read {name}: {}", err.kind()))?;
+    if !meta.is_file() {
+        return Err(format!("{name} is not a regular file"));
+    }
+    if meta.len() > MAX_FIXTURE_FILE {
+        return Err(format!(
+            "{name} is {} bytes, over the {MAX_FIXTURE_FILE}-byte limit",
+            meta.len()
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_FIXTURE_FILE)
+        .read_to_string(&mut text)
+        .map_err(|err| format!("cannot read {name}: {err}"))?;
+    Ok(text)
+}
+
+/// JUnit XML for these suites, as CI systems read it.
+pub fn junit_xml(suites: &[SuiteReport]) -> String {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut report = Report::new("sluice test");
+    for suite in suites {
+        let mut test_suite = TestSuite::new(suite.name.as_str());
+        for case in &suite.cases {
+            let status = if case.status.failed() {
+                let message = case.status.message();
+                let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                status.set_message(message.lines().next().unwrap_or("failed"));
+                status.set_description(message.as_str());
+                status
+            } else {
+                TestCaseStatus::success()
+            };
+            let mut test_case = TestCase::new(case.name.as_str(), status);
+            test_case.set_classname(suite.name.as_str());
+            test_case.set_time(case.duration);
+            test_suite.add_test_case(test_case);
+        }
+        report.add_test_suite(test_suite);
+    }
+    report.to_string().unwrap_or_default()
+}

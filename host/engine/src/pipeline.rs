@@ -1,0 +1,250 @@
+//! A channel's pipeline: ordered steps, each a module with its config.
+//!
+//! The output of one step feeds the next. Per input event:
+//! - `emit` passes every emitted event to the next step (a fan-out grows the batch);
+//! - `drop` ends that branch; if every branch is dropped the event is dropped,
+//!   with the reasons joined;
+//! - `reject` on any branch rejects the whole input event, with every
+//!   violation found in that step;
+//! - a fault on any branch fails the whole input event with that fault;
+//! - an input event whose branches together hold more events, or more bytes,
+//!   than the step's `max-fan-out` and `output-bytes-per-event` fails with
+//!   a fault of that step, so fan-outs cannot multiply past the caps.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bindings::{Event, Outcome};
+use crate::event::{EventJson, OutcomeJson, ViolationJson};
+use crate::{Fault, FaultKind, Module};
+
+/// One step: a loaded module and the config its `init` receives.
+#[derive(Clone)]
+pub struct Step {
+    /// The transform component.
+    pub module: Arc<Module>,
+    /// The step's configuration, as JSON text.
+    pub config: String,
+}
+
+/// A channel's pipeline as data (`pipeline.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PipelineSpec {
+    /// The steps, in order.
+    pub steps: Vec<StepSpec>,
+}
+
+/// One step as data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StepSpec {
+    /// A transform's name (`magento-source`), or a `.wasm` file relative to
+    /// the pipeline file; with `version`, the name of an uploaded module.
+    pub module: String,
+    /// The version (SHA-256, or a unique prefix of 8 or more characters) of
+    /// an uploaded module; only for pipelines activated through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The step's configuration.
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+/// The ordered steps of one channel.
+#[derive(Clone, Default)]
+pub struct Pipeline {
+    steps: Vec<Step>,
+}
+
+/// Where one input event stands while it moves through the steps.
+#[derive(Default)]
+struct Progress {
+    input_id: String,
+    live: Vec<Event>,
+    dropped: Vec<String>,
+    violations: Vec<ViolationJson>,
+    fault: Option<Box<Fault>>,
+}
+
+impl Pipeline {
+    /// A pipeline of these steps, run in order.
+    pub fn new(steps: Vec<Step>) -> Self {
+        Self { steps }
+    }
+
+    /// A pipeline of one module with its config (JSON text).
+    pub fn single(module: impl Into<Arc<Module>>, config: impl Into<String>) -> Self {
+        Self::new(vec![Step {
+            module: module.into(),
+            config: config.into(),
+        }])
+    }
+
+    /// The steps, in order.
+    pub fn steps(&self) -> &[Step] {
+        &self.steps
+    }
+
+    /// Runs a batch of events through every step; one outcome per input, in order.
+    pub fn run(&self, inputs: &[EventJson]) -> Vec<OutcomeJson> {
+        let mut progress: Vec<Progress> = inputs
+            .iter()
+            .map(|input| Progress {
+                input_id: input.id.clone(),
+                live: vec![input.to_wit()],
+                ..Progress::default()
+            })
+            .collect();
+        for step in &self.steps {
+            let mut work = Vec::new();
+            for (owner, state) in progress.iter_mut().enumerate() {
+                work.extend(state.live.drain(..).map(|event| (owner, event)));
+            }
+            if work.is_empty() {
+                break;
+            }
+            // Run the step in chunks, and charge each input event for what
+            // its branches produce as the results come in: an input over
+            // its caps stops there, so a fan-out can never pile up more
+            // than one chunk of results beyond the caps.
+            let mut spent = vec![Spent::default(); progress.len()];
+            let mut work = work.into_iter().peekable();
+            while work.peek().is_some() {
+                let (owners, batch): (Vec<usize>, Vec<Event>) = work
+                    .by_ref()
+                    .filter(|(owner, _)| progress[*owner].fault.is_none())
+                    .take(STEP_CHUNK)
+                    .unzip();
+                if batch.is_empty() {
+                    continue;
+                }
+                let results = step.module.run(&step.config, &batch);
+                for ((owner, event), result) in owners.into_iter().zip(&batch).zip(results) {
+                    // A rejected input still collects every violation of this
+                    // step; a faulted one is done.
+                    let state = &mut progress[owner];
+                    if state.fault.is_some() {
+                        continue;
+                    }
+                    if let Ok(outcome) = &result
+                        && let Some(kind) = spent[owner].charge(outcome, step.module.limits())
+                    {
+                        state.fail(step, kind);
+                        continue;
+                    }
+                    match result {
+                        Ok(Outcome::Emit(events)) => state.live.extend(events),
+                        Ok(Outcome::Drop(reason)) => state.dropped.push(reason),
+                        Ok(Outcome::Reject(found)) => state.violations.extend(
+                            found
+                                .into_iter()
+                                .map(|v| ViolationJson::new(v, &event.id, &state.input_id)),
+                        ),
+                        Err(fault) => {
+                            state.fault.get_or_insert(fault);
+                        }
+                    }
+                }
+            }
+            for state in &mut progress {
+                if !state.still_running() {
+                    state.live.clear();
+                }
+            }
+        }
+        progress.into_iter().map(finish).collect()
+    }
+}
+
+/// Events passed to a module per call within one step.
+const STEP_CHUNK: usize = 64;
+
+/// What one input event's branches have produced in the current step.
+#[derive(Debug, Clone, Copy, Default)]
+struct Spent {
+    outputs: usize,
+    bytes: usize,
+}
+
+impl Spent {
+    /// Adds an outcome (every event or violation, every byte, drop reasons
+    /// included); the fault if that takes the input past the step's caps.
+    fn charge(&mut self, outcome: &Outcome, limits: &crate::Limits) -> Option<FaultKind> {
+        self.outputs += match outcome {
+            Outcome::Emit(events) => events.len(),
+            Outcome::Drop(_) => 0,
+            Outcome::Reject(violations) => violations.len(),
+        };
+        self.bytes += crate::outcome_bytes(outcome);
+        if self.outputs > limits.max_fan_out {
+            return Some(FaultKind::TooManyOutputs {
+                count: self.outputs,
+                limit: limits.max_fan_out,
+            });
+        }
+        (self.bytes > limits.output_bytes_per_event).then_some(FaultKind::OutputTooLarge {
+            bytes: self.bytes,
+            limit_bytes: limits.output_bytes_per_event,
+        })
+    }
+}
+
+impl Progress {
+    /// Neither faulted nor rejected: its branches still go on.
+    fn still_running(&self) -> bool {
+        self.fault.is_none() && self.violations.is_empty()
+    }
+
+    /// Fails the input event with a fault of `step`'s module.
+    fn fail(&mut self, step: &Step, kind: FaultKind) {
+        self.live.clear();
+        self.fault = Some(Box::new(Fault {
+            module: step.module.name().to_string(),
+            version: step.module.version().to_string(),
+            event: self.input_id.clone(),
+            kind,
+            log: String::new(),
+        }));
+    }
+}
+
+/// The final outcome for one input event.
+fn finish(state: Progress) -> OutcomeJson {
+    if let Some(error) = state.fault {
+        return OutcomeJson::Error { error: *error };
+    }
+    if !state.violations.is_empty() {
+        return OutcomeJson::Reject {
+            violations: state.violations,
+        };
+    }
+    if state.live.is_empty() {
+        return OutcomeJson::Drop {
+            reason: state.dropped.join("; "),
+        };
+    }
+    let mut events = Vec::with_capacity(state.live.len());
+    for event in state.live {
+        let id = event.id.clone();
+        match EventJson::from_wit(event) {
+            Ok(event) => events.push(event),
+            Err(err) => {
+                // Unreachable in practice: every step checks its payloads.
+                return OutcomeJson::Error {
+                    error: Fault {
+                        module: "pipeline".into(),
+                        version: String::new(),
+                        event: id,
+                        kind: FaultKind::InvalidPayload {
+                            detail: err.to_string(),
+                        },
+                        log: String::new(),
+                    },
+                };
+            }
+        }
+    }
+    OutcomeJson::Emit { events }
+}

@@ -1,0 +1,589 @@
+//! The sidecar's shared state: channels (with their swappable pipelines,
+//! switches and circuit breakers), destinations, tenants (limits, quotas,
+//! fairness), tokens, and the stores.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use sluice_guest::mapping::CompiledPath;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use super::auth::{Caller, Tokens};
+use super::backoff::TokenBucket;
+use super::config::{DestinationConfig, RetryPolicy, ServerConfig, TenantConfig, WhenOff};
+use super::http::ApiError;
+use super::metrics::Metrics;
+use super::supervisor::WorkerBoard;
+use crate::store::{Queue, Registry, StoreError};
+use sluice_engine::pipeline::{Pipeline, PipelineSpec, Step};
+use sluice_engine::{Engine, Limits};
+
+/// A channel as served: its tenant, pipeline, destination and switch.
+pub struct Channel {
+    /// The channel's name.
+    pub name: String,
+    /// Its tenant: events are fanned out to the channels of their tenant.
+    pub tenant: String,
+    /// Where ingested events go after the pipeline; none: sync path only.
+    pub destination: Option<String>,
+    /// What happens to events ingested while the channel is off.
+    pub when_off: WhenOff,
+    /// Only events from these sources are fanned out to it (empty: all).
+    pub sources: Vec<String>,
+    /// Limits of the modules activated on this channel.
+    pub limits: Limits,
+    pipeline: RwLock<Pipeline>,
+    config_pipeline: Pipeline,
+    enabled: AtomicBool,
+    faults: AtomicU32,
+    tripped: Mutex<Option<String>>,
+    degraded: Mutex<Option<String>>,
+    stored: AtomicU64,
+    pub(super) wake: Notify,
+}
+
+impl Channel {
+    /// A channel running `pipeline`, switched on.
+    pub fn new(name: &str, tenant: &str, pipeline: Pipeline) -> Self {
+        Self {
+            name: name.to_string(),
+            tenant: tenant.to_string(),
+            destination: None,
+            when_off: WhenOff::Hold,
+            sources: Vec::new(),
+            limits: Limits::default(),
+            pipeline: RwLock::new(pipeline.clone()),
+            config_pipeline: pipeline,
+            enabled: AtomicBool::new(true),
+            faults: AtomicU32::new(0),
+            tripped: Mutex::new(None),
+            degraded: Mutex::new(None),
+            stored: AtomicU64::new(0),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Why the channel cannot run its activated pipeline (a stored module
+    /// is missing or damaged), if it cannot. Its events wait meanwhile.
+    pub fn degraded(&self) -> Option<String> {
+        self.degraded.lock().expect("degraded lock").clone()
+    }
+
+    /// Events the channel keeps stored (queued and dead letters), as last counted.
+    pub fn stored(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_stored(&self, count: u64) {
+        self.stored.store(count, Ordering::Relaxed);
+    }
+
+    /// The pipeline now active. A batch takes it once and finishes on it,
+    /// whatever is activated meanwhile.
+    pub fn pipeline(&self) -> Pipeline {
+        self.pipeline.read().expect("pipeline lock").clone()
+    }
+
+    /// Whether an ingested event of this tenant and source is for this channel.
+    pub fn takes(&self, tenant: &str, source: &str) -> bool {
+        self.destination.is_some()
+            && self.tenant == tenant
+            && (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
+    }
+
+    /// Whether the channel is switched on and can run (not degraded).
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Acquire) && self.degraded().is_none()
+    }
+
+    /// Why the circuit breaker paused the channel, if it did.
+    pub fn tripped(&self) -> Option<String> {
+        self.tripped.lock().expect("breaker lock").clone()
+    }
+
+    /// Whether events ingested now are queued for this channel.
+    pub fn queues_new_events(&self) -> bool {
+        self.enabled()
+            || self.when_off == WhenOff::Hold
+            || self.tripped().is_some()
+            || self.degraded().is_some()
+    }
+}
+
+/// `module@version` of every step of a pipeline, recorded with what it produces.
+pub fn versions(pipeline: &Pipeline) -> Vec<String> {
+    pipeline
+        .steps()
+        .iter()
+        .map(|step| format!("{}@{}", step.module.name(), step.module.version()))
+        .collect()
+}
+
+/// A destination as served: its config, retry policy and compiled entity key.
+pub struct Destination {
+    /// As configured.
+    pub config: DestinationConfig,
+    /// Its retry policy (its own, or the config's default).
+    pub retry: RetryPolicy,
+    /// Selects the entity (SKU) whose order is kept.
+    pub entity_key: CompiledPath,
+    pub(super) wake: Notify,
+}
+
+/// A tenant as served: its settings and its share of the machine.
+pub struct Tenant {
+    /// As configured (defaults for a tenant named only by channels or the admin API).
+    pub config: TenantConfig,
+    /// Limits of its modules.
+    pub limits: Limits,
+    /// Pipelines of this tenant that may run at once, so that one tenant
+    /// cannot take every core from the others.
+    pub permits: Arc<Semaphore>,
+    /// One module upload of this tenant at a time (quotas stay exact).
+    pub uploads: Arc<Semaphore>,
+    ingest: Option<Mutex<TokenBucket>>,
+}
+
+impl Tenant {
+    fn new(config: TenantConfig, limits: Limits) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(config.transform_concurrency.max(1))),
+            uploads: Arc::new(Semaphore::new(1)),
+            ingest: config
+                .ingest_rate
+                .map(|rate| Mutex::new(TokenBucket::new(rate, rate.count.max(1)))),
+            limits,
+            config,
+        }
+    }
+
+    /// Takes `events` tokens from the tenant's ingest budget; otherwise how long to wait.
+    pub fn admit(&self, events: usize) -> Result<(), Duration> {
+        let Some(bucket) = &self.ingest else {
+            return Ok(());
+        };
+        let mut bucket = bucket.lock().expect("ingest bucket lock");
+        bucket.try_take_many(Instant::now(), events)
+    }
+}
+
+/// Everything a request handler or worker needs; shared by all of them.
+pub struct App {
+    /// Channels by name.
+    pub channels: BTreeMap<String, Channel>,
+    /// Destinations by name.
+    pub destinations: BTreeMap<String, Destination>,
+    tenants: RwLock<BTreeMap<String, Arc<Tenant>>>,
+    config: ServerConfig,
+    /// Who may call.
+    pub tokens: Tokens,
+    /// Whether `/metrics` needs a token.
+    pub metrics_need_token: bool,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long an event id is remembered for duplicate detection.
+    pub idempotency_window: Duration,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Every background worker's state, for `/readyz`.
+    pub workers: Arc<WorkerBoard>,
+    /// The server's own limits and timeouts.
+    pub settings: Settings,
+    /// Module uploads being checked at once are bounded by these permits.
+    pub upload_permits: Arc<Semaphore>,
+    /// The durable queue.
+    pub queue: Arc<dyn Queue>,
+    /// Tenants, tokens, modules and activations.
+    pub registry: Arc<dyn Registry>,
+    /// Loads uploaded modules.
+    pub engine: Engine,
+    /// Where uploaded components are kept, as `<sha256>.wasm`.
+    pub modules_dir: PathBuf,
+}
+
+/// The server's own limits and timeouts, from `sluice.toml`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Most events per synchronous request.
+    pub max_events_per_request: usize,
+    /// Largest synchronous answer, in bytes.
+    pub max_response_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time to send a request's headers.
+    pub header_timeout: Duration,
+    /// Time to send a request's body.
+    pub body_timeout: Duration,
+    /// Time to finish in-flight work on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    fn from_config(config: &ServerConfig) -> Self {
+        Self {
+            max_events_per_request: config.max_events_per_request,
+            max_response_bytes: config.max_response_bytes,
+            max_connections: config.max_connections.max(1),
+            header_timeout: Duration::from_millis(config.header_timeout_ms),
+            body_timeout: Duration::from_millis(config.body_timeout_ms),
+            shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+        }
+    }
+}
+
+/// Why an activation cannot be done.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    /// A step names a module version the tenant does not have.
+    #[error("step {step}: {message}")]
+    UnknownModule {
+        /// The step's index.
+        step: usize,
+        /// What is missing.
+        message: String,
+    },
+    /// The stored component cannot be loaded.
+    #[error("step {step}: {message}")]
+    Load {
+        /// The step's index.
+        step: usize,
+        /// Why.
+        message: String,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl App {
+    /// Builds the app from the config and the loaded channels: applies the
+    /// config's ON/OFF switches (a switch set through the API stands until
+    /// the config's value for it changes), restores each channel's
+    /// activated pipeline, and loads the tokens.
+    pub fn new(
+        config: &ServerConfig,
+        channels: Vec<Channel>,
+        queue: Arc<dyn Queue>,
+        registry: Arc<dyn Registry>,
+        engine: Engine,
+        data_dir: PathBuf,
+    ) -> Result<Self, ActivationError> {
+        let tokens = Tokens::default();
+        for hash in &config.admin_token_sha256 {
+            tokens.add(hash, Caller::Admin);
+        }
+        for hash in &config.metrics_token_sha256 {
+            tokens.add(hash, Caller::Metrics);
+        }
+        let mut tenant_names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
+        tenant_names.extend(channels.iter().map(|c| c.tenant.clone()));
+        tenant_names.extend(registry.tenants()?);
+        for tenant in &config.tenants {
+            for hash in &tenant.token_sha256 {
+                tokens.add(hash, Caller::Tenant(tenant.name.clone()));
+            }
+        }
+        for (tenant, hash) in registry.tokens()? {
+            tokens.add(&hash, Caller::Tenant(tenant));
+        }
+        let tenants = tenant_names
+            .into_iter()
+            .map(|name| {
+                let tenant = Tenant::new(config.tenant(&name), config.tenant_limits(&name));
+                (name, Arc::new(tenant))
+            })
+            .collect();
+
+        let mut by_name = BTreeMap::new();
+        for mut channel in channels {
+            if let Some(spec) = config.channels.iter().find(|c| c.name == channel.name) {
+                channel.destination = spec.destination.clone();
+                channel.when_off = spec.when_off;
+                channel.sources = spec.sources.clone();
+                channel.limits = config.channel_limits(spec);
+                let enabled = queue.set_enabled(&channel.name, spec.enabled, true)?;
+                channel.enabled.store(enabled, Ordering::Release);
+                *channel.tripped.lock().expect("breaker lock") = queue.tripped(&channel.name)?;
+            }
+            by_name.insert(channel.name.clone(), channel);
+        }
+        let destinations = config
+            .destinations
+            .iter()
+            .map(|spec| {
+                let destination = Destination {
+                    retry: spec.retry.clone().unwrap_or_else(|| config.retry.clone()),
+                    entity_key: CompiledPath::compile(&spec.entity_key)
+                        .expect("checked when the config was parsed"),
+                    config: spec.clone(),
+                    wake: Notify::new(),
+                };
+                (spec.name.clone(), destination)
+            })
+            .collect();
+        let app = Self {
+            channels: by_name,
+            destinations,
+            tenants: RwLock::new(tenants),
+            config: config.clone(),
+            metrics_need_token: !config.metrics_token_sha256.is_empty(),
+            tokens,
+            max_body_bytes: config.max_body_bytes,
+            idempotency_window: Duration::from_secs(config.idempotency_window_hours * 3600),
+            metrics: Arc::new(Metrics::default()),
+            workers: Arc::default(),
+            settings: Settings::from_config(config),
+            upload_permits: Arc::new(Semaphore::new(config.upload_concurrency.max(1))),
+            queue,
+            registry,
+            engine,
+            modules_dir: data_dir.join("modules"),
+        };
+        for channel in app.channels.values() {
+            if channel.tripped().is_some() {
+                app.metrics.set_tripped(&channel.name, true);
+            }
+            if let Some(text) = app.registry.active_pipeline(&channel.name)? {
+                // A channel whose activated modules cannot be loaded is
+                // degraded: the server starts, its events wait, and
+                // `/readyz` and `GET /v1/channels` say why.
+                let loaded = serde_json::from_str::<PipelineSpec>(&text)
+                    .map_err(|err| format!("its stored pipeline is corrupt: {err}"))
+                    .and_then(|spec| app.load_uploaded(channel, &spec).map_err(|err| err.to_string()));
+                match loaded {
+                    Ok(pipeline) => *channel.pipeline.write().expect("pipeline lock") = pipeline,
+                    Err(why) => {
+                        tracing::error!(channel = %channel.name, tenant = %channel.tenant, reason = %why, "channel degraded: its activated pipeline cannot be loaded");
+                        *channel.degraded.lock().expect("degraded lock") = Some(why);
+                    }
+                }
+            }
+        }
+        Ok(app)
+    }
+
+    /// Deletes compiled artifacts that no configured or uploaded module
+    /// uses any more (and those of other engine configurations).
+    pub fn collect_artifacts(&self) {
+        let Some(cache) = self.engine.cache() else { return };
+        let mut keep = std::collections::BTreeSet::new();
+        for channel in self.channels.values() {
+            for pipeline in [self.config_pipeline(channel), channel.pipeline()] {
+                keep.extend(pipeline.steps().iter().map(|s| s.module.sha256().to_string()));
+            }
+        }
+        for tenant in self.tenant_names() {
+            match self.registry.modules(&tenant, None) {
+                Ok(modules) => keep.extend(modules.into_iter().map(|m| m.version)),
+                // Without the list, keep everything rather than delete a needed artifact.
+                Err(_) => return,
+            }
+        }
+        match cache.collect(self.engine.wasmtime(), |digest| keep.contains(digest)) {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "collected unused compiled modules"),
+            Err(err) => tracing::warn!(error = %err, "cannot collect the module cache"),
+        }
+    }
+
+    /// Waits for one of the tenant's transform permits. Move it into the
+    /// work it admits, so that it is held exactly as long as that work runs.
+    pub async fn transform_permit(&self, tenant: &str) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+        match self.tenant(tenant) {
+            Some(tenant) => Ok(Some(
+                tenant
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(ApiError::internal)?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// A tenant's state, if the tenant exists.
+    pub fn tenant(&self, name: &str) -> Option<Arc<Tenant>> {
+        self.tenants.read().expect("tenants lock").get(name).cloned()
+    }
+
+    /// Every tenant's name.
+    pub fn tenant_names(&self) -> Vec<String> {
+        self.tenants
+            .read()
+            .expect("tenants lock")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Adds a tenant created through the admin API.
+    pub fn add_tenant(&self, name: &str) {
+        let tenant = Tenant::new(self.config.tenant(name), self.config.tenant_limits(name));
+        self.tenants
+            .write()
+            .expect("tenants lock")
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(tenant));
+    }
+
+    /// The channel `name` if `caller` may see it; 404 otherwise, whether or
+    /// not it exists, so another tenant's channels stay invisible.
+    pub fn channel_for(&self, caller: &Caller, name: &str) -> Result<&Channel, ApiError> {
+        self.channels
+            .get(name)
+            .filter(|channel| caller.may_act_for(&channel.tenant))
+            .ok_or_else(|| ApiError::not_found("unknown-channel", format!("there is no channel `{name}`")))
+    }
+
+    /// Loads the pipeline `spec` from the channel tenant's uploaded modules;
+    /// each step names a module and its version (or a unique prefix of it).
+    /// Returns the pipeline; `spec` is not stored.
+    pub fn load_uploaded(&self, channel: &Channel, spec: &PipelineSpec) -> Result<Pipeline, ActivationError> {
+        let mut steps = Vec::with_capacity(spec.steps.len());
+        for (index, step) in spec.steps.iter().enumerate() {
+            let version =
+                self.resolve_version(&channel.tenant, &step.module, step.version.as_deref(), index)?;
+            let bytes = super::modules::read_stored(&self.modules_dir, &version).map_err(|message| {
+                ActivationError::Load {
+                    step: index,
+                    message: format!("module `{}` version `{version}`: {message}", step.module),
+                }
+            })?;
+            let module = self
+                .engine
+                .load(&step.module, &bytes, channel.limits.clone())
+                .map_err(|err| ActivationError::Load {
+                    step: index,
+                    message: err.to_string(),
+                })?;
+            steps.push(Step {
+                module: Arc::new(module),
+                config: step.config.to_string(),
+            });
+        }
+        Ok(Pipeline::new(steps))
+    }
+
+    /// The full version of the tenant's module `name` matching `wanted`.
+    pub fn resolve_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        wanted: Option<&str>,
+        step: usize,
+    ) -> Result<String, ActivationError> {
+        let unknown = |message: String| ActivationError::UnknownModule { step, message };
+        let Some(wanted) = wanted else {
+            return Err(unknown(format!("module `{name}` needs a `version`")));
+        };
+        let matching: Vec<String> = self
+            .registry
+            .modules(tenant, Some(name))?
+            .into_iter()
+            .map(|m| m.version)
+            .filter(|v| v.starts_with(wanted))
+            .collect();
+        match matching.as_slice() {
+            [one] if wanted.len() >= 8 => Ok(one.clone()),
+            [_] => Err(unknown(format!(
+                "version `{wanted}` is too short: give at least 8 characters"
+            ))),
+            [] => Err(unknown(format!(
+                "there is no module `{name}` with version `{wanted}`"
+            ))),
+            _ => Err(unknown(format!(
+                "version `{wanted}` of `{name}` is ambiguous: give more characters"
+            ))),
+        }
+    }
+
+    /// Makes `pipeline` the channel's active pipeline, closes its circuit
+    /// breaker, and wakes its workers. Batches already running finish on
+    /// the pipeline they took.
+    pub fn swap_pipeline(&self, channel: &Channel, pipeline: Pipeline) {
+        *channel.pipeline.write().expect("pipeline lock") = pipeline;
+        *channel.degraded.lock().expect("degraded lock") = None;
+        self.close_breaker(channel);
+    }
+
+    /// The config's pipeline of a channel (what rolling back every activation returns to).
+    pub fn config_pipeline(&self, channel: &Channel) -> Pipeline {
+        channel.config_pipeline.clone()
+    }
+
+    /// Records a switch already stored, closes the breaker, and wakes the workers.
+    pub(super) fn set_enabled_in_memory(&self, channel: &Channel, enabled: bool) {
+        channel.enabled.store(enabled, Ordering::Release);
+        if enabled {
+            channel.faults.store(0, Ordering::Release);
+            *channel.tripped.lock().expect("breaker lock") = None;
+            self.metrics.set_tripped(&channel.name, false);
+        }
+        self.wake_channel(channel);
+    }
+
+    /// Closes a channel's circuit breaker and switches it on again, if the breaker had paused it.
+    fn close_breaker(&self, channel: &Channel) {
+        channel.faults.store(0, Ordering::Release);
+        if channel.tripped.lock().expect("breaker lock").take().is_some() {
+            if let Err(err) = self.queue.set_enabled(&channel.name, true, false) {
+                tracing::error!(channel = %channel.name, error = %err, "cannot record the switch");
+            }
+            channel.enabled.store(true, Ordering::Release);
+            self.metrics.set_tripped(&channel.name, false);
+            tracing::info!(channel = %channel.name, "circuit breaker closed");
+        }
+        self.wake_channel(channel);
+    }
+
+    /// Counts the module faults among a batch's outcomes (in order); after
+    /// the tenant's `circuit-breaker` consecutive ones, pauses the channel.
+    /// Its queued and new events wait. Returns whether it tripped now.
+    pub fn record_faults(&self, channel: &Channel, faults_in_order: &[Option<String>]) -> bool {
+        let threshold = self
+            .tenant(&channel.tenant)
+            .map_or(0, |t| t.config.circuit_breaker);
+        let mut last = None;
+        for fault in faults_in_order {
+            match fault {
+                Some(fault) => {
+                    channel.faults.fetch_add(1, Ordering::AcqRel);
+                    last = Some(fault.clone());
+                }
+                None => channel.faults.store(0, Ordering::Release),
+            }
+        }
+        let count = channel.faults.load(Ordering::Acquire);
+        if threshold == 0 || count < threshold || channel.tripped().is_some() {
+            return false;
+        }
+        let reason = format!(
+            "circuit open after {count} consecutive module faults; last: {}",
+            last.unwrap_or_default()
+        );
+        tracing::warn!(channel = %channel.name, tenant = %channel.tenant, reason = %reason, "channel paused");
+        if let Err(err) = self.queue.trip(&channel.name, &reason) {
+            tracing::error!(channel = %channel.name, error = %err, "cannot record the switch");
+        }
+        *channel.tripped.lock().expect("breaker lock") = Some(reason);
+        channel.enabled.store(false, Ordering::Release);
+        self.metrics.set_tripped(&channel.name, true);
+        true
+    }
+
+    /// Wakes a channel's transform worker and its destination's delivery worker.
+    pub fn wake_channel(&self, channel: &Channel) {
+        channel.wake.notify_one();
+        if let Some(destination) = channel
+            .destination
+            .as_ref()
+            .and_then(|d| self.destinations.get(d))
+        {
+            destination.wake.notify_one();
+        }
+    }
+}

@@ -1,0 +1,697 @@
+//! `sluice.toml`: the operator's configuration of a sidecar.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use sluice_engine::Limits;
+use sluice_engine::pipeline::StepSpec;
+
+/// The whole file. Unknown keys are errors that name the key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; `127.0.0.1:0` picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where Sluice keeps its state (compiled-module cache).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Largest request body accepted, in bytes (larger: 413).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Most events one synchronous transform request may carry (more: 413).
+    #[serde(default = "default_max_events_per_request")]
+    pub max_events_per_request: usize,
+    /// Largest synchronous transform answer, in bytes (larger: 413).
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    /// Connections served at once; further clients wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A client must send a request's headers within this time (slowloris).
+    /// It also bounds how long an idle keep-alive connection is kept.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// A client must send a request's whole body within this time.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// Module uploads checked at once (each compiles and runs fixtures); more wait.
+    #[serde(default = "default_upload_concurrency")]
+    pub upload_concurrency: usize,
+    /// On SIGTERM, how long in-flight requests and workers may take to
+    /// finish; then the process exits anyway (nothing accepted is lost:
+    /// unfinished work is redone after the restart).
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_ms: u64,
+    /// Limits for every module (see `sluice run --help` for their meaning).
+    #[serde(default)]
+    pub limits: Limits,
+    /// How long an ingested event id is remembered, so a redelivered webhook
+    /// is recognised as a duplicate.
+    #[serde(default = "default_idempotency_window")]
+    pub idempotency_window_hours: u64,
+    /// SHA-256 (hex) of the admin tokens: the admin manages tenants and
+    /// tokens and may act on every tenant's resources.
+    #[serde(default)]
+    pub admin_token_sha256: Vec<String>,
+    /// When set, `GET /metrics` needs one of these tokens (or an admin's).
+    #[serde(default)]
+    pub metrics_token_sha256: Vec<String>,
+    /// Tenants: their tokens, limits and quotas. A channel's tenant that is
+    /// not listed here gets the defaults and no token of its own.
+    #[serde(default, rename = "tenant")]
+    pub tenants: Vec<TenantConfig>,
+    /// Retry policy of every destination that sets none of its own.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Where emitted events are delivered.
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<DestinationConfig>,
+    /// The channels this sidecar serves.
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelConfig>,
+}
+
+/// One tenant: who may act for it, and how much it may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant's name, as in events' `tenant` and channels' `tenant`.
+    pub name: String,
+    /// SHA-256 (hex) of the tenant's API tokens (`sluice token hash` makes one).
+    #[serde(default)]
+    pub token_sha256: Vec<String>,
+    /// Overrides of the server's `[limits]` for this tenant's modules.
+    #[serde(default)]
+    pub limits: serde_json::Map<String, serde_json::Value>,
+    /// Largest module upload, in bytes.
+    #[serde(default = "default_max_module_bytes")]
+    pub max_module_bytes: usize,
+    /// Most module names the tenant may hold.
+    #[serde(default = "default_max_modules")]
+    pub max_modules: usize,
+    /// Most module versions the tenant may hold, all names together.
+    #[serde(default = "default_max_module_versions")]
+    pub max_module_versions: usize,
+    /// Most bytes of modules the tenant may hold, all versions together.
+    #[serde(default = "default_max_module_storage")]
+    pub max_module_storage_bytes: u64,
+    /// Most events the tenant may keep stored at once: queued for a
+    /// transform, queued for delivery, and dead letters. Ingest beyond it
+    /// answers 429 until the queues drain or dead letters are purged.
+    #[serde(default = "default_max_stored_events")]
+    pub max_stored_events: u64,
+    /// Events the tenant may ingest, as `N/s`, `N/min` or `N/h` (429 beyond); none: unlimited.
+    #[serde(default)]
+    pub ingest_rate: Option<RateLimit>,
+    /// Pipelines of this tenant's channels that may run at once.
+    #[serde(default = "default_transform_concurrency")]
+    pub transform_concurrency: usize,
+    /// Consecutive module faults (traps, limits) after which a channel pauses; 0: never.
+    #[serde(default = "default_circuit_breaker")]
+    pub circuit_breaker: u32,
+}
+
+impl TenantConfig {
+    /// The defaults for a tenant named only by its channels.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            token_sha256: Vec::new(),
+            limits: Default::default(),
+            max_module_bytes: default_max_module_bytes(),
+            max_modules: default_max_modules(),
+            max_module_versions: default_max_module_versions(),
+            max_module_storage_bytes: default_max_module_storage(),
+            max_stored_events: default_max_stored_events(),
+            ingest_rate: None,
+            transform_concurrency: default_transform_concurrency(),
+            circuit_breaker: default_circuit_breaker(),
+        }
+    }
+}
+
+/// What happens to events ingested while their channel is switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenOff {
+    /// They wait in the channel's queue and flow, in order, once it is on again.
+    #[default]
+    Hold,
+    /// They are not queued for this channel (counted in `sluice_events_skipped_total`).
+    Skip,
+}
+
+/// An HTTP endpoint that receives a channel's emitted events, one POST each.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// The destination's name, used in metrics, logs and dead letters.
+    pub name: String,
+    /// `https://host/path` (or `http://` on a private network) that receives each emitted payload as a POST.
+    pub url: String,
+    /// Extra trusted CA certificates (PEM) for an `https://` url, besides
+    /// the system's; relative to the config file.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Requests allowed, as `N/s`, `N/min` or `N/h` (token bucket); none: unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    /// Requests that may go at once above the steady rate.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Requests in flight at once (each to a different entity key).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// JSONPath into the emitted payload naming the entity whose order is kept
+    /// (first match; events without it are ordered by their own id).
+    #[serde(default = "default_entity_key")]
+    pub entity_key: String,
+    /// Extra request headers (for example `Authorization`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// This destination's own retry policy.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// A steady request rate: `count` requests per `per`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    /// Requests allowed per period.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl RateLimit {
+    /// Requests per second.
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.count) / self.per.as_secs_f64()
+    }
+}
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a rate such as `60/min`, `10/s` or `1000/h`");
+        let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if count == 0 {
+            return Err(format!("`{text}`: the count must be at least 1"));
+        }
+        Ok(Self { count, per })
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// When a failed delivery is tried again, and when it becomes a dead letter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all (the first included) before the event is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Age after which a still-failing event is dead-lettered, in seconds.
+    #[serde(default = "default_max_age")]
+    pub max_age_secs: u64,
+    /// Wait before the second attempt; doubled on each further one, with jitter.
+    #[serde(default = "default_initial_backoff")]
+    pub initial_backoff_ms: u64,
+    /// Longest wait between attempts; a `Retry-After` asking for more is cut to this.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff_ms: u64,
+    /// A request without a response after this long counts as failed (retried).
+    #[serde(default = "default_request_timeout")]
+    pub timeout_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            max_age_secs: default_max_age(),
+            initial_backoff_ms: default_initial_backoff(),
+            max_backoff_ms: default_max_backoff(),
+            timeout_ms: default_request_timeout(),
+        }
+    }
+}
+
+fn default_max_module_bytes() -> usize {
+    16 << 20
+}
+fn default_max_modules() -> usize {
+    50
+}
+fn default_max_module_versions() -> usize {
+    200
+}
+fn default_max_module_storage() -> u64 {
+    1 << 30
+}
+fn default_max_stored_events() -> u64 {
+    1_000_000
+}
+fn default_max_events_per_request() -> usize {
+    1000
+}
+fn default_max_response_bytes() -> usize {
+    64 << 20
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_body_timeout() -> u64 {
+    30_000
+}
+fn default_upload_concurrency() -> usize {
+    2
+}
+fn default_shutdown_grace() -> u64 {
+    10_000
+}
+fn default_transform_concurrency() -> usize {
+    1
+}
+fn default_circuit_breaker() -> u32 {
+    10
+}
+fn default_idempotency_window() -> u64 {
+    7 * 24
+}
+fn default_burst() -> u32 {
+    1
+}
+fn default_concurrency() -> usize {
+    8
+}
+fn default_entity_key() -> String {
+    "$.sku".into()
+}
+fn default_max_attempts() -> u32 {
+    10
+}
+fn default_max_age() -> u64 {
+    24 * 3600
+}
+fn default_initial_backoff() -> u64 {
+    500
+}
+fn default_max_backoff() -> u64 {
+    5 * 60 * 1000
+}
+fn default_request_timeout() -> u64 {
+    10_000
+}
+fn default_true() -> bool {
+    true
+}
+
+/// One channel: a name and its pipeline.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// The channel's name, as in `/v1/channels/{name}/transform`.
+    pub name: String,
+    /// The tenant the channel belongs to; stamped on events that carry none.
+    #[serde(default)]
+    pub tenant: String,
+    /// A channel `pipeline.json`, relative to the config file (or give `step`s).
+    #[serde(default)]
+    pub pipeline: Option<PathBuf>,
+    /// The steps: `module` is a built transform's name or a `.wasm` file
+    /// relative to the config file; `config` is the step's configuration.
+    #[serde(default, rename = "step")]
+    pub steps: Vec<StepSpec>,
+    /// The destination that receives what the pipeline emits for ingested
+    /// events; a channel without one serves only the synchronous path.
+    #[serde(default)]
+    pub destination: Option<String>,
+    /// Whether the channel starts switched on. A change made through the
+    /// admin API is kept across restarts until this value is edited.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// What happens to events ingested while the channel is off.
+    #[serde(default)]
+    pub when_off: WhenOff,
+    /// Only ingested events whose `source` is one of these reach this
+    /// channel (empty: every event of the tenant).
+    #[serde(default)]
+    pub sources: Vec<String>,
+    /// Overrides of the tenant's limits for this channel's modules.
+    #[serde(default)]
+    pub limits: serde_json::Map<String, serde_json::Value>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".sluice")
+}
+
+fn default_max_body() -> usize {
+    8 << 20
+}
+
+/// Why `sluice.toml` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or mistyped.
+    #[error("`{path}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What and where.
+        message: String,
+    },
+}
+
+impl ServerConfig {
+    /// The settings of `tenant` (defaults when it is not listed).
+    pub fn tenant(&self, tenant: &str) -> TenantConfig {
+        self.tenants
+            .iter()
+            .find(|t| t.name == tenant)
+            .cloned()
+            .unwrap_or_else(|| TenantConfig::named(tenant))
+    }
+
+    /// The limits of a tenant's modules: `[limits]`, then the tenant's overrides.
+    pub fn tenant_limits(&self, tenant: &str) -> Limits {
+        self.limits
+            .with_overrides(&self.tenant(tenant).limits)
+            .expect("checked when the config was parsed")
+    }
+
+    /// The limits of a channel's modules: the tenant's, then the channel's overrides.
+    pub fn channel_limits(&self, channel: &ChannelConfig) -> Limits {
+        self.tenant_limits(&channel.tenant)
+            .with_overrides(&channel.limits)
+            .expect("checked when the config was parsed")
+    }
+
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        config.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Ok(config)
+    }
+
+    /// Makes file paths in the config relative to `dir` (the config file's folder).
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        for destination in &mut self.destinations {
+            if let Some(file) = &destination.ca_file
+                && file.is_relative()
+            {
+                destination.ca_file = Some(dir.join(file));
+            }
+        }
+    }
+
+    /// Parses the text of a `sluice.toml`; the error names the key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let de = toml::Deserializer::parse(text).map_err(|err| err.to_string())?;
+        let config: ServerConfig = serde_path_to_error::deserialize(de).map_err(|err| {
+            let path = err.path().to_string();
+            format!("at `{path}`: {}", err.into_inner().message())
+        })?;
+        let mut destinations = std::collections::BTreeSet::new();
+        for destination in &config.destinations {
+            if !destinations.insert(destination.name.as_str()) {
+                return Err(format!("destination `{}` is defined twice", destination.name));
+            }
+            if !destination.url.starts_with("http://") && !destination.url.starts_with("https://") {
+                return Err(format!(
+                    "destination `{}`: url `{}` must start with https:// or http://",
+                    destination.name, destination.url
+                ));
+            }
+            if let Err(err) = destination.url.parse::<hyper::Uri>() {
+                return Err(format!(
+                    "destination `{}`: url `{}` is not a URL: {err}",
+                    destination.name, destination.url
+                ));
+            }
+            if let Err(err) = sluice_guest::mapping::CompiledPath::compile(&destination.entity_key) {
+                return Err(format!(
+                    "destination `{}`: entity-key `{}` is not a JSONPath: {err}",
+                    destination.name, destination.entity_key
+                ));
+            }
+            for (key, value) in &destination.headers {
+                if let Err(err) = hyper::header::HeaderName::try_from(key.as_str()) {
+                    return Err(format!(
+                        "destination `{}`: header name `{key}` is invalid: {err}",
+                        destination.name
+                    ));
+                }
+                if let Err(err) = hyper::header::HeaderValue::try_from(value.as_str()) {
+                    return Err(format!(
+                        "destination `{}`: the value of header `{key}` is invalid: {err}",
+                        destination.name
+                    ));
+                }
+            }
+            if destination.concurrency == 0 || destination.burst == 0 {
+                return Err(format!(
+                    "destination `{}`: concurrency and burst must be at least 1",
+                    destination.name
+                ));
+            }
+        }
+        // Every token hash names one caller: the same token cannot be an
+        // admin and a tenant, or two tenants.
+        let mut holders = std::collections::BTreeMap::<String, String>::new();
+        let named = config
+            .admin_token_sha256
+            .iter()
+            .map(|hash| (hash, "the admin".to_string()))
+            .chain(
+                config
+                    .metrics_token_sha256
+                    .iter()
+                    .map(|hash| (hash, "the metrics reader".to_string())),
+            )
+            .chain(config.tenants.iter().flat_map(|t| {
+                t.token_sha256
+                    .iter()
+                    .map(move |hash| (hash, format!("tenant `{}`", t.name)))
+            }));
+        for (hash, holder) in named {
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!(
+                    "`{hash}` is not a SHA-256 in hex (64 characters); make one with `sluice token hash`"
+                ));
+            }
+            if let Some(first) = holders.insert(hash.to_ascii_lowercase(), holder.clone()) {
+                return Err(format!(
+                    "token hash `{hash}` is given to both {first} and {holder}: give each its own token"
+                ));
+            }
+        }
+        let mut tenants = std::collections::BTreeSet::new();
+        for tenant in &config.tenants {
+            if !tenants.insert(tenant.name.as_str()) {
+                return Err(format!("tenant `{}` is defined twice", tenant.name));
+            }
+            if let Err(err) = config.limits.with_overrides(&tenant.limits) {
+                return Err(format!("tenant `{}`: limits: {err}", tenant.name));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for channel in &config.channels {
+            if let Err(err) = config.limits.with_overrides(&channel.limits) {
+                return Err(format!("channel `{}`: limits: {err}", channel.name));
+            }
+            if let Some(destination) = &channel.destination
+                && !destinations.contains(destination.as_str())
+            {
+                return Err(format!(
+                    "channel `{}`: destination `{destination}` is not defined (add a [[destination]] with that name)",
+                    channel.name
+                ));
+            }
+            if !names.insert(&channel.name) {
+                return Err(format!("channel `{}` is defined twice", channel.name));
+            }
+            if channel.steps.is_empty() == channel.pipeline.is_none() {
+                return Err(format!(
+                    "channel `{}` needs either `pipeline = \"…/pipeline.json\"` or `[[channel.step]]` entries, not both",
+                    channel.name
+                ));
+            }
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        listen = "127.0.0.1:0"
+
+        [[channel]]
+        name = "b2b"
+        tenant = "acme"
+        [[channel.step]]
+        module = "magento-source"
+        [[channel.step]]
+        module = "b2b-portal"
+        config = { max-title = 80 }
+    "#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let config = ServerConfig::parse(GOOD).unwrap();
+        assert_eq!(config.channels[0].steps.len(), 2);
+        assert_eq!(config.channels[0].steps[1].config["max-title"], 80);
+        assert_eq!(config.max_body_bytes, 8 << 20);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = ServerConfig::parse(&GOOD.replace("tenant =", "tennant =")).unwrap_err();
+        assert!(
+            err.contains("channel[0]") && err.contains("unknown field `tennant`"),
+            "{err}"
+        );
+        let err = ServerConfig::parse("listen = 5").unwrap_err();
+        assert!(err.contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn destinations_and_rates_parse_and_are_checked() {
+        let text = GOOD.replace("tenant = \"acme\"", "tenant = \"acme\"\ndestination = \"portal\"")
+            + "\n[[destination]]\nname = \"portal\"\nurl = \"http://127.0.0.1:9/in\"\nrate-limit = \"60/min\"\n";
+        let config = ServerConfig::parse(&text).unwrap();
+        let rate = config.destinations[0].rate_limit.unwrap();
+        assert_eq!(rate.per_second(), 1.0);
+        assert_eq!(config.channels[0].destination.as_deref(), Some("portal"));
+        assert!(config.channels[0].enabled);
+
+        let err = ServerConfig::parse(&text.replace("60/min", "60/fortnight")).unwrap_err();
+        assert!(
+            err.contains("rate-limit") && err.contains("60/fortnight"),
+            "{err}"
+        );
+        let err = ServerConfig::parse(&text.replace("name = \"portal\"", "name = \"other\"")).unwrap_err();
+        assert!(err.contains("destination `portal` is not defined"), "{err}");
+        let err = ServerConfig::parse(&text.replace("http://", "ftp://")).unwrap_err();
+        assert!(err.contains("must start with https:// or http://"), "{err}");
+        assert!(ServerConfig::parse(&text.replace("http://", "https://")).is_ok());
+    }
+
+    #[test]
+    fn duplicate_channels_are_refused() {
+        let twice = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[channel]]").unwrap()..]);
+        assert_eq!(
+            ServerConfig::parse(&twice).unwrap_err(),
+            "channel `b2b` is defined twice"
+        );
+    }
+}
+
+#[cfg(test)]
+mod prop_tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const FULL: &str = r#"
+listen = "127.0.0.1:0"
+max-body-bytes = 1000
+[limits]
+timeout-ms = 100
+[[tenant]]
+name = "acme"
+ingest-rate = "10/s"
+[[destination]]
+name = "portal"
+url = "http://127.0.0.1:9/in"
+rate-limit = "60/min"
+headers = { authorization = "Bearer x" }
+[[channel]]
+name = "b2b"
+tenant = "acme"
+destination = "portal"
+[[channel.step]]
+module = "b2b-portal"
+"#;
+
+    proptest! {
+        /// Arbitrary text is refused with a message, never a panic.
+        #[test]
+        fn prop_any_text_parses_or_is_refused(text in "\\PC{0,300}") {
+            let _ = ServerConfig::parse(&text);
+        }
+
+        /// A real config with one byte replaced: parsed or refused, never a panic.
+        #[test]
+        fn prop_a_damaged_config_is_refused_or_parsed(at in 0usize..FULL.len(), byte in any::<u8>()) {
+            let mut bytes = FULL.as_bytes().to_vec();
+            bytes[at] = byte;
+            if let Ok(text) = String::from_utf8(bytes) {
+                let _ = ServerConfig::parse(&text);
+            }
+        }
+    }
+
+    #[test]
+    fn the_full_config_parses() {
+        ServerConfig::parse(FULL).unwrap();
+    }
+
+    #[test]
+    fn invalid_headers_and_shared_token_hashes_are_refused() {
+        let err = ServerConfig::parse(&FULL.replace("Bearer x", "Bearer\\nx")).unwrap_err();
+        assert!(err.contains("header `authorization`"), "{err}");
+        let hash = "ab".repeat(32);
+        let shared = format!(
+            "admin-token-sha256 = [\"{hash}\"]\n{}",
+            FULL.replace(
+                "ingest-rate",
+                &format!("token-sha256 = [\"{hash}\"]\ningest-rate")
+            )
+        );
+        let err = ServerConfig::parse(&shared).unwrap_err();
+        assert!(err.contains("both the admin and tenant `acme`"), "{err}");
+    }
+}

@@ -1,0 +1,373 @@
+//! The delivery worker of one destination: sends due outbox entries as
+//! HTTP POSTs, paced by the destination's token bucket, and records each
+//! attempt. Per round it takes at most one entry per entity key (the
+//! oldest), so a later stock level never overtakes an earlier one, and
+//! sends up to `concurrency` of them at once.
+//!
+//! | answer | what happens |
+//! |---|---|
+//! | 2xx | delivered: removed from the outbox |
+//! | 408, 425, 429, 5xx, timeout, connection error | retried after backoff with jitter; on 429 and 503, after `Retry-After` if that is longer (capped at the policy's `max-backoff-ms`), which also pauses the whole destination until then |
+//! | any other status | dead letter `rejected-by-destination`, with the response |
+//!
+//! `https://` destinations are verified against the system's trust store
+//! and the destination's `ca-file` (rustls).
+//! | attempts or age exhausted | dead letter `attempts-exhausted` / `too-old` |
+//!
+//! A crash after a send and before its record repeats the send after
+//! restart with the same `Idempotency-Key`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::backoff::{TokenBucket, backoff, retry_after};
+use super::config::RetryPolicy;
+use super::metrics::{DeadLetterLabels, DestinationLabels};
+use super::{App, Destination, in_store};
+use crate::store::{Attempt, AttemptResult, Delivery, now_ms};
+use sluice_engine::event::EventJson;
+
+/// Longest wait for new work before looking again.
+const IDLE: Duration = Duration::from_millis(250);
+/// Most response bytes kept with an attempt.
+const SNIPPET: usize = 512;
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// What one request came back with.
+struct Sent {
+    delivery: Delivery,
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+    detail: String,
+    elapsed: Duration,
+}
+
+/// Runs until `stopped` turns true; requests in flight finish and are recorded first.
+pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
+    let destination = &app.destinations[&name];
+    let uri: Uri = match destination.config.url.parse() {
+        Ok(uri) => uri,
+        Err(err) => {
+            tracing::error!(destination = %name, error = %err, "the destination url is invalid");
+            return;
+        }
+    };
+    let tls = match super::tls::client_config(destination.config.ca_file.as_deref()) {
+        Ok(tls) => tls,
+        Err(err) => {
+            tracing::error!(destination = %name, error = %err, "cannot set up TLS");
+            return;
+        }
+    };
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .build(connector);
+    let mut bucket = destination
+        .config
+        .rate_limit
+        .map(|limit| TokenBucket::new(limit, destination.config.burst));
+    let concurrency = destination.config.concurrency;
+    let headers = destination_headers(destination);
+    let mut paused_until: Option<Instant> = None;
+    loop {
+        if *stopped.borrow() {
+            return;
+        }
+        if let Some(until) = paused_until.take()
+            && until > Instant::now()
+        {
+            paused_until = Some(until);
+            tokio::select! {
+                () = tokio::time::sleep_until(until.into()) => {}
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
+        let queue = app.queue.clone();
+        let worker = name.clone();
+        let due = in_store(move || queue.due(&worker, now_ms(), concurrency * 8))
+            .await
+            .unwrap_or_else(|err| {
+                tracing::error!(destination = %name, error = %err, "cannot read the outbox");
+                Vec::new()
+            });
+        if due.is_empty() {
+            let idle = next_wait(&app, &name).await;
+            tokio::select! {
+                () = destination.wake.notified() => {}
+                () = tokio::time::sleep(idle) => {}
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
+
+        let mut in_flight = JoinSet::new();
+        let mut sent = Vec::with_capacity(due.len());
+        'dispatch: for delivery in due {
+            if let Some(bucket) = bucket.as_mut() {
+                while let Err(wait) = bucket.try_take(Instant::now()) {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = stopped.changed() => break 'dispatch,
+                    }
+                }
+            }
+            while in_flight.len() >= concurrency {
+                if let Some(Ok(done)) = in_flight.join_next().await {
+                    sent.push(done);
+                }
+            }
+            if let Some(pause) = pause_from(&sent) {
+                paused_until = Some(pause);
+                break;
+            }
+            in_flight.spawn(send(
+                client.clone(),
+                uri.clone(),
+                headers.clone(),
+                delivery,
+                destination.retry.clone(),
+            ));
+        }
+        while let Some(done) = in_flight.join_next().await {
+            if let Ok(done) = done {
+                sent.push(done);
+            }
+        }
+        if let Some(pause) = pause_from(&sent) {
+            paused_until = Some(paused_until.map_or(pause, |p| p.max(pause)));
+        }
+        let results: Vec<(Delivery, AttemptResult)> = sent
+            .into_iter()
+            .map(|done| settle(&app, destination, done))
+            .collect();
+        let queue = app.queue.clone();
+        if let Err(err) = in_store(move || queue.attempted(results)).await {
+            // Unrecorded sends are repeated later with the same key.
+            tracing::error!(destination = %name, error = %err, "cannot record delivery attempts");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// How long to sleep when nothing is due: until the next retry, at most [`IDLE`].
+async fn next_wait(app: &Arc<App>, name: &str) -> Duration {
+    let queue = app.queue.clone();
+    let name = name.to_string();
+    match in_store(move || queue.next_due_ms(&name)).await {
+        Ok(Some(next)) => Duration::from_millis((next - now_ms()).clamp(1, IDLE.as_millis() as i64) as u64),
+        _ => IDLE,
+    }
+}
+
+/// The destination-wide pause a `Retry-After` asks for, if any answer had
+/// one (already capped at the policy's longest backoff).
+fn pause_from(sent: &[Sent]) -> Option<Instant> {
+    sent.iter()
+        .filter_map(|done| done.retry_after)
+        .max()
+        .and_then(|wait| Instant::now().checked_add(wait))
+}
+
+/// The destination's configured headers, parsed once per worker (they
+/// were checked when the config was loaded).
+fn destination_headers(destination: &Destination) -> Arc<Vec<(HeaderName, HeaderValue)>> {
+    let headers = destination
+        .config
+        .headers
+        .iter()
+        .filter_map(|(key, value)| {
+            Some((
+                HeaderName::try_from(key.as_str()).ok()?,
+                HeaderValue::try_from(value.as_str()).ok()?,
+            ))
+        })
+        .collect();
+    Arc::new(headers)
+}
+
+/// Sends one delivery and reports what came back. A `Retry-After` counts
+/// only on 429 and 503, and never for longer than the policy's `max-backoff-ms`.
+async fn send(
+    client: HttpClient,
+    uri: Uri,
+    extra: Arc<Vec<(HeaderName, HeaderValue)>>,
+    delivery: Delivery,
+    policy: RetryPolicy,
+) -> Sent {
+    let timeout_ms = policy.timeout_ms;
+    let longest = Duration::from_millis(policy.max_backoff_ms);
+    let started = Instant::now();
+    let finish = |status, retry_after, detail: String| Sent {
+        status,
+        retry_after,
+        detail,
+        elapsed: started.elapsed(),
+        delivery: delivery.clone(),
+    };
+    let event: EventJson = match serde_json::from_str(&delivery.output) {
+        Ok(event) => event,
+        Err(err) => return finish(Some(0), None, format!("stored output is not an event: {err}")),
+    };
+    let mut request = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(CONTENT_TYPE, "application/json")
+        .header("idempotency-key", &delivery.idempotency_key)
+        .header("x-correlation-id", &delivery.correlation_id)
+        .header("x-sluice-tenant", &delivery.tenant)
+        .header("x-sluice-channel", &delivery.channel)
+        .header("x-sluice-event-id", &event.id)
+        .header("x-sluice-source-event-id", &delivery.event_id)
+        .header("x-sluice-attempt", (delivery.attempts + 1).to_string())
+        .header("x-sluice-module-versions", versions_header(&delivery.versions));
+    for (key, value) in extra.iter() {
+        request = request.header(key, value);
+    }
+    let request = match request.body(Full::new(Bytes::from(event.payload.get().to_string()))) {
+        Ok(request) => request,
+        Err(err) => return finish(Some(0), None, format!("cannot build the request: {err}")),
+    };
+    let exchange = async {
+        let response = client.request(request).await.map_err(|err| format!("{err:?}"))?;
+        let status = response.status().as_u16();
+        let wait = response
+            .headers()
+            .get(RETRY_AFTER)
+            .filter(|_| matches!(status, 429 | 503))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, SystemTime::now()))
+            .map(|wait| wait.min(longest));
+        let body = Limited::new(response.into_body(), 64 * 1024)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let snippet: String = String::from_utf8_lossy(&body).chars().take(SNIPPET).collect();
+        Ok::<_, String>((status, wait, snippet))
+    };
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), exchange).await {
+        Ok(Ok((status, wait, snippet))) => finish(Some(status), wait, snippet),
+        Ok(Err(err)) => finish(None, None, format!("connection failed: {err}")),
+        Err(_) => finish(None, None, format!("no response within {timeout_ms} ms")),
+    }
+}
+
+/// `a@1234abcd5678,b@…`: the versions that produced a delivery.
+fn versions_header(json: &str) -> String {
+    serde_json::from_str::<Vec<String>>(json)
+        .map(|versions| versions.join(","))
+        .unwrap_or_default()
+}
+
+/// Decides what one attempt means for its delivery, logs it and counts it.
+fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, AttemptResult) {
+    let Sent {
+        delivery,
+        status,
+        retry_after,
+        detail,
+        elapsed,
+    } = sent;
+    let labels = DestinationLabels {
+        destination: destination.config.name.clone(),
+    };
+    app.metrics
+        .delivery_seconds
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64());
+    let attempt_number = delivery.attempts + 1;
+    tracing::info!(
+        destination = %destination.config.name,
+        tenant = %delivery.tenant,
+        channel = %delivery.channel,
+        event_id = %delivery.event_id,
+        correlation_id = %delivery.correlation_id,
+        idempotency_key = %delivery.idempotency_key,
+        attempt = attempt_number,
+        status = status.unwrap_or(0),
+        elapsed_ms = elapsed.as_millis() as u64,
+        "delivery attempt"
+    );
+    let now = now_ms();
+    let attempt = Attempt {
+        at_ms: now,
+        status,
+        detail,
+    };
+    let result = match status {
+        Some(200..=299) => {
+            app.metrics.delivered.get_or_create(&labels).inc();
+            app.metrics
+                .end_to_end_seconds
+                .get_or_create(&labels)
+                .observe((now - delivery.received_ms).max(0) as f64 / 1000.0);
+            AttemptResult::Delivered
+        }
+        None | Some(408 | 425 | 429 | 500..=599) => {
+            let policy = &destination.retry;
+            let age = Duration::from_millis((now - delivery.created_ms).max(0) as u64);
+            if attempt_number >= policy.max_attempts {
+                AttemptResult::DeadLetter {
+                    attempt,
+                    reason: "attempts-exhausted".into(),
+                }
+            } else if age >= Duration::from_secs(policy.max_age_secs) {
+                AttemptResult::DeadLetter {
+                    attempt,
+                    reason: "too-old".into(),
+                }
+            } else {
+                app.metrics.retried.get_or_create(&labels).inc();
+                let wait = backoff(policy, attempt_number).max(retry_after.unwrap_or_default());
+                AttemptResult::Retry {
+                    attempt,
+                    next_ms: now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
+                }
+            }
+        }
+        // Not sent at all: the stored output cannot become a request.
+        Some(0) => AttemptResult::DeadLetter {
+            attempt,
+            reason: "invalid-output".into(),
+        },
+        Some(_) => AttemptResult::DeadLetter {
+            attempt,
+            reason: "rejected-by-destination".into(),
+        },
+    };
+    if let AttemptResult::DeadLetter { reason, .. } = &result {
+        tracing::warn!(
+            destination = %destination.config.name,
+            channel = %delivery.channel,
+            event_id = %delivery.event_id,
+            correlation_id = %delivery.correlation_id,
+            reason = %reason,
+            "delivery dead-lettered"
+        );
+        app.metrics
+            .dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                channel: delivery.channel.clone(),
+                stage: "delivery".into(),
+            })
+            .inc();
+    }
+    (delivery, result)
+}

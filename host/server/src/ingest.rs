@@ -1,0 +1,291 @@
+//! `POST /v1/events`: durable, idempotent ingest. Answers 202 only after
+//! the events are committed; an event id already stored for its tenant is
+//! reported as a duplicate and queued nowhere.
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::json;
+
+use super::auth::Caller;
+use super::http::{ApiError, Body, json_response, read_body};
+use super::metrics::{ChannelLabels, TenantLabels};
+use super::{App, blocking};
+use crate::store::Ingest;
+
+/// Stores the body's events (one JSON event, an array, or JSONL) and queues
+/// each for every channel of its tenant (and source, if the channel names
+/// its `sources`) that is on, or off with `when-off = "hold"`.
+///
+/// A tenant's events belong to that tenant (an event naming no tenant is
+/// stamped with it); naming another tenant is answered like naming one
+/// that does not exist. A tenant over its `ingest-rate` gets 429 with
+/// `Retry-After`, and nothing of the request is stored.
+pub async fn ingest(
+    app: &App,
+    caller: &Caller,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let body = read_body(request, app.max_body_bytes, app.settings.body_timeout).await?;
+
+    // Events naming no tenant belong to the caller's (or, for an admin, the only one).
+    let tenants = app.tenant_names();
+    let default_tenant = match caller.tenant() {
+        Some(own) => Some(own.to_string()),
+        None => match tenants.as_slice() {
+            [only] => Some(only.clone()),
+            _ => None,
+        },
+    };
+    let allowed: std::collections::BTreeSet<String> =
+        tenants.into_iter().filter(|t| caller.may_act_for(t)).collect();
+    // Parsing and checking are linear, but a body holds up to
+    // `max-body-bytes` of events: keep them off the async threads.
+    let parsed = tokio::task::spawn_blocking(move || prepare(&body, default_tenant, &allowed))
+        .await
+        .map_err(|join| ApiError::internal(format!("the ingest task failed: {join}")))??;
+
+    let mut batch = Vec::with_capacity(parsed.len());
+    let mut logged = Vec::with_capacity(parsed.len());
+    let mut woken = Vec::new();
+    for event in parsed {
+        let mut channels = Vec::new();
+        for channel in app.channels.values() {
+            if !channel.takes(&event.tenant, &event.source) {
+                continue;
+            }
+            if channel.queues_new_events() {
+                channels.push(channel.name.clone());
+                woken.push(channel);
+            } else {
+                app.metrics
+                    .skipped
+                    .get_or_create(&ChannelLabels {
+                        channel: channel.name.clone(),
+                    })
+                    .inc();
+            }
+        }
+        logged.push((event.tenant.clone(), event.correlation_id));
+        batch.push(Ingest {
+            tenant: event.tenant,
+            id: event.id,
+            event: event.stored,
+            channels,
+        });
+    }
+
+    let mut per_tenant = std::collections::BTreeMap::<&str, usize>::new();
+    for item in &batch {
+        *per_tenant.entry(item.tenant.as_str()).or_default() += 1;
+    }
+    for (name, count) in &per_tenant {
+        check_storage(app, name, *count as u64)?;
+    }
+    for (name, count) in per_tenant {
+        if let Some(tenant) = app.tenant(name)
+            && let Err(wait) = tenant.admit(count)
+        {
+            app.metrics
+                .rate_limited
+                .get_or_create(&TenantLabels {
+                    tenant: name.to_string(),
+                })
+                .inc();
+            return Err(ApiError::rate_limited(
+                format!(
+                    "tenant `{name}` is over its ingest-rate; retry after {} ms",
+                    wait.as_millis()
+                ),
+                wait,
+            ));
+        }
+    }
+    let queue = app.queue.clone();
+    let receipts = blocking(move || queue.ingest(batch)).await?;
+    for channel in woken {
+        app.wake_channel(channel);
+    }
+
+    let mut duplicates = 0;
+    for (receipt, (tenant, correlation_id)) in receipts.iter().zip(&logged) {
+        let labels = TenantLabels {
+            tenant: tenant.clone(),
+        };
+        app.metrics.events_in.get_or_create(&labels).inc();
+        if receipt.duplicate {
+            duplicates += 1;
+            app.metrics.duplicates.get_or_create(&labels).inc();
+        }
+        tracing::info!(
+            tenant = %tenant,
+            event_id = %receipt.id,
+            correlation_id = %correlation_id,
+            duplicate = receipt.duplicate,
+            "event accepted"
+        );
+    }
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "accepted": receipts.len() - duplicates,
+            "duplicates": duplicates,
+            "events": receipts,
+        }),
+    ))
+}
+
+/// One event ready to store: checked, stamped with its tenant, serialised.
+struct Prepared {
+    tenant: String,
+    id: String,
+    source: String,
+    correlation_id: String,
+    stored: String,
+}
+
+/// Longest event id or correlation id accepted, in bytes.
+const MAX_ID_BYTES: usize = 512;
+
+/// Parses the body and checks every event: ids present, short and free of
+/// control characters; the tenant known and the caller's. The first bad
+/// event refuses the whole request, naming it and the field.
+fn prepare(
+    body: &[u8],
+    default_tenant: Option<String>,
+    allowed: &std::collections::BTreeSet<String>,
+) -> Result<Vec<Prepared>, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("invalid-json", "the body is not UTF-8", None))?;
+    let events = sluice_engine::event::parse_events(text).map_err(|err| {
+        let code = if err.path == "$" {
+            "invalid-json"
+        } else {
+            "invalid-event"
+        };
+        ApiError::bad_request(code, err.to_string(), Some(&err.path))
+    })?;
+    if events.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid-event",
+            "the body holds no events",
+            Some("$"),
+        ));
+    }
+    let mut prepared = Vec::with_capacity(events.len());
+    for (index, mut event) in events.into_iter().enumerate() {
+        let number = index + 1;
+        check_id(number, "id", &event.id)?;
+        if let Some(correlation_id) = &event.correlation_id {
+            check_id(number, "correlation_id", correlation_id)?;
+        }
+        if event.tenant.is_empty() {
+            let Some(tenant) = &default_tenant else {
+                return Err(ApiError::bad_request(
+                    "invalid-event",
+                    format!(
+                        "event `{}` names no tenant, and this server has several",
+                        event.id
+                    ),
+                    Some("$['tenant']"),
+                ));
+            };
+            event.tenant = tenant.clone();
+        }
+        if !allowed.contains(&event.tenant) {
+            return Err(ApiError::bad_request(
+                "unknown-tenant",
+                format!("event `{}`: there is no tenant `{}`", event.id, event.tenant),
+                Some("$['tenant']"),
+            ));
+        }
+        prepared.push(Prepared {
+            stored: serde_json::to_string(&event).map_err(ApiError::internal)?,
+            correlation_id: event.correlation_id.clone().unwrap_or_else(|| event.id.clone()),
+            tenant: event.tenant,
+            id: event.id,
+            source: event.source,
+        });
+    }
+    Ok(prepared)
+}
+
+/// An id must be there, at most [`MAX_ID_BYTES`] long, and hold no control
+/// characters (it travels in log lines and HTTP headers).
+fn check_id(number: usize, field: &str, value: &str) -> Result<(), ApiError> {
+    let path = format!("$['{field}']");
+    let problem = if value.is_empty() {
+        Some("is empty".to_string())
+    } else if value.len() > MAX_ID_BYTES {
+        Some(format!(
+            "is {} bytes long; at most {MAX_ID_BYTES} are allowed",
+            value.len()
+        ))
+    } else {
+        value
+            .chars()
+            .find(|c| c.is_control())
+            .map(|c| format!("holds the control character U+{:04X}", u32::from(c)))
+    };
+    match problem {
+        Some(problem) => Err(ApiError::bad_request(
+            "invalid-event",
+            format!("event {number}: `{field}` {problem}"),
+            Some(&path),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Refuses (429) an ingest that would take a tenant past its
+/// `max-stored-events`, counted over its channels as of the last second.
+fn check_storage(app: &App, tenant: &str, incoming: u64) -> Result<(), ApiError> {
+    let Some(config) = app.tenant(tenant).map(|t| t.config.max_stored_events) else {
+        return Ok(());
+    };
+    let stored: u64 = app
+        .channels
+        .values()
+        .filter(|c| c.tenant == tenant)
+        .map(|c| c.stored())
+        .sum();
+    if stored.saturating_add(incoming) <= config {
+        return Ok(());
+    }
+    app.metrics
+        .storage_refused
+        .get_or_create(&TenantLabels {
+            tenant: tenant.to_string(),
+        })
+        .inc();
+    let mut error = ApiError::rate_limited(
+        format!(
+            "tenant `{tenant}` keeps {stored} events (queued and dead letters), its limit is {config}: \
+             let the queues drain, or purge dead letters, then retry"
+        ),
+        std::time::Duration::from_secs(5),
+    );
+    error.code = "storage-quota";
+    Err(error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_with_control_characters_are_refused_and_named() {
+        let allowed = ["acme".to_string()].into_iter().collect();
+        let body = br#"{"id":"evt\u0000x","kind":"product","tenant":"acme","payload":{}}"#;
+        let err = prepare(body, None, &allowed).err().unwrap();
+        assert_eq!(err.path.as_deref(), Some("$['id']"));
+        assert!(err.message.contains("U+0000"), "{}", err.message);
+        let body = br#"{"id":"evt-1","kind":"product","tenant":"acme","correlation_id":"a\nb","payload":{}}"#;
+        let err = prepare(body, None, &allowed).err().unwrap();
+        assert_eq!(err.path.as_deref(), Some("$['correlation_id']"));
+        let body = br#"{"id":"evt-1","kind":"product","payload":{}}"#;
+        assert_eq!(
+            prepare(body, Some("acme".into()), &allowed).unwrap()[0].tenant,
+            "acme"
+        );
+    }
+}

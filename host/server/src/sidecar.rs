@@ -1,0 +1,181 @@
+//! A whole sidecar built from a `sluice.toml`: the engine, every channel's
+//! pipeline, the store and the shared state, ready to serve. `sluice serve`
+//! is this plus logging and signals; another program can start one too.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_engine::locate::{LocateError, load_pipeline, pipeline_from_steps};
+use sluice_engine::{Engine, EngineError, EngineOptions};
+use tokio::net::TcpListener;
+
+use crate::config::{ConfigError, ServerConfig};
+use crate::store::{SqliteQueue, StoreError};
+use crate::{ActivationError, App, Channel};
+
+/// What may replace the config file's own settings (flags, environment).
+#[derive(Debug, Clone, Default)]
+pub struct SidecarOptions {
+    /// Listen here instead of the config's `listen`.
+    pub listen: Option<SocketAddr>,
+    /// Keep state here instead of the config's `data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// Meter fuel as well as wall-clock time.
+    pub fuel: bool,
+}
+
+/// Why a sidecar cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum SidecarError {
+    /// `sluice.toml` cannot be used.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The WebAssembly engine cannot be set up.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// A channel's pipeline cannot be found or loaded.
+    #[error("channel `{channel}`: {source}")]
+    Channel {
+        /// The channel.
+        channel: String,
+        /// Why.
+        source: Box<LocateError>,
+    },
+    /// A destination's TLS settings cannot be used.
+    #[error("destination `{destination}`: {detail}")]
+    Destination {
+        /// The destination.
+        destination: String,
+        /// Why.
+        detail: String,
+    },
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory `{}`: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database cannot be opened.
+    #[error("cannot open `{}`: {source}", path.display())]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// Activated pipelines cannot be restored.
+    #[error(transparent)]
+    Restore(#[from] ActivationError),
+}
+
+/// A sidecar ready to serve.
+pub struct Sidecar {
+    app: Arc<App>,
+    queue: Arc<SqliteQueue>,
+    listen: SocketAddr,
+    grace: Duration,
+    database: PathBuf,
+}
+
+impl Sidecar {
+    /// Reads `config` and builds everything it describes: the engine (with
+    /// its module cache in the data directory), every channel's pipeline,
+    /// the SQLite store and the app state.
+    pub fn build(config_path: &Path, options: &SidecarOptions) -> Result<Self, SidecarError> {
+        let config = ServerConfig::load(config_path)?;
+        let base = config_path.parent().unwrap_or(Path::new("."));
+        let data_dir = options.data_dir.clone().unwrap_or_else(|| {
+            if config.data_dir.is_absolute() {
+                config.data_dir.clone()
+            } else {
+                base.join(&config.data_dir)
+            }
+        });
+        let engine = Engine::new(&EngineOptions {
+            fuel: options.fuel,
+            cache_dir: Some(data_dir.join("module-cache")),
+            ..EngineOptions::default()
+        })?;
+        let mut channels = Vec::new();
+        for channel in &config.channels {
+            let limits = config.channel_limits(channel);
+            let pipeline = match &channel.pipeline {
+                Some(file) => load_pipeline(&base.join(file), &engine, &limits),
+                None => pipeline_from_steps(&channel.steps, base, &engine, &limits),
+            }
+            .map_err(|source| SidecarError::Channel {
+                channel: channel.name.clone(),
+                source: Box::new(source),
+            })?;
+            channels.push(Channel::new(&channel.name, &channel.tenant, pipeline));
+        }
+        for destination in &config.destinations {
+            crate::tls::client_config(destination.ca_file.as_deref()).map_err(|err| {
+                SidecarError::Destination {
+                    destination: destination.name.clone(),
+                    detail: err.to_string(),
+                }
+            })?;
+        }
+        std::fs::create_dir_all(&data_dir).map_err(|source| SidecarError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let database = data_dir.join("sluice.db");
+        let queue = Arc::new(
+            SqliteQueue::open(&database).map_err(|source| SidecarError::Store {
+                path: database.clone(),
+                source,
+            })?,
+        );
+        let app = Arc::new(App::new(
+            &config,
+            channels,
+            queue.clone(),
+            queue.clone(),
+            engine,
+            data_dir,
+        )?);
+        if config.admin_token_sha256.is_empty() && config.tenants.iter().all(|t| t.token_sha256.is_empty()) {
+            tracing::warn!("no admin or tenant token is configured: every /v1 call will answer 401");
+        }
+        Ok(Self {
+            app,
+            queue,
+            listen: options.listen.unwrap_or(config.listen),
+            grace: Duration::from_millis(config.shutdown_grace_ms),
+            database,
+        })
+    }
+
+    /// Where it should listen.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    /// How long shutdown may take before work is abandoned.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// The shared state, for embedding programs that want to look inside.
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Serves on `listener` until `shutdown` completes (see [`crate::run`]).
+    pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        tracing::info!(database = %self.database.display(), "sluice serving");
+        crate::run(listener, self.app.clone(), shutdown).await;
+        tracing::info!("sluice stopped");
+    }
+
+    /// Closes the store: the last commit is flushed and the writer ends.
+    pub fn close(&self) {
+        self.queue.close();
+    }
+}

@@ -1,0 +1,169 @@
+//! `POST /v1/channels/{channel}/transform`: the synchronous sidecar path.
+//! Runs the channel's pipeline and answers with the outcomes; nothing is stored.
+
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+
+use super::App;
+use super::auth::Caller;
+use super::http::{ApiError, Body, json_bytes_response, query_flag, read_body};
+use super::metrics::{ChannelLabels, OutcomeLabels};
+use sluice_engine::event::{EventJson, OutcomeJson};
+
+/// Transforms the body's event (or array of events) with `name`'s pipeline.
+/// With `?strict=true` a rejection answers 422 `rejected` and a module fault
+/// 500 `transform-fault`, the outcomes still in the body.
+pub async fn transform(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    if !channel.enabled() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "channel-disabled",
+            format!("channel `{name}` is switched off (POST /v1/channels/{name}/enable)"),
+        ));
+    }
+    let strict = query_flag(&request, "strict");
+    let body = read_body(request, app.max_body_bytes, app.settings.body_timeout).await?;
+    let (mut events, single) = parse_body(&body)?;
+    if events.len() > app.settings.max_events_per_request {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too-many-events",
+            format!(
+                "the request holds {} events; a synchronous transform takes at most {}",
+                events.len(),
+                app.settings.max_events_per_request
+            ),
+        ));
+    }
+    for event in &mut events {
+        if event.channel.is_empty() {
+            event.channel = name.to_string();
+        }
+        // A module always sees the channel's own tenant.
+        event.tenant = channel.tenant.clone();
+    }
+
+    // The tenant's share of the machine: at most `transform-concurrency`
+    // pipelines at once. The permit moves into the blocking task, so it is
+    // held for as long as the pipeline runs, even if the client leaves.
+    let permit = app.transform_permit(&channel.tenant).await?;
+    let started = Instant::now();
+    let pipeline = channel.pipeline();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let outcomes = pipeline.run(&events);
+        drop(permit);
+        outcomes
+    })
+    .await
+    .map_err(|join| ApiError::internal(format!("the transform task failed: {join}")))?;
+    app.metrics
+        .transform_seconds
+        .get_or_create(&ChannelLabels {
+            channel: name.to_string(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    for outcome in &outcomes {
+        app.metrics
+            .outcomes
+            .get_or_create(&OutcomeLabels {
+                channel: name.to_string(),
+                outcome: outcome.tag().to_string(),
+                path: "sync".into(),
+            })
+            .inc();
+    }
+
+    let status = if strict && outcomes.iter().any(|o| matches!(o, OutcomeJson::Error { .. })) {
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else if strict && outcomes.iter().any(|o| matches!(o, OutcomeJson::Reject { .. })) {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    // Written straight to bytes: payloads are copied verbatim, never
+    // re-parsed, however deeply they nest.
+    let outcomes = if single {
+        serde_json::to_vec(&outcomes[0])
+    } else {
+        serde_json::to_vec(&outcomes)
+    }
+    .map_err(|err| ApiError::internal(format!("cannot write the outcomes: {err}")))?;
+    if outcomes.len() > app.settings.max_response_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "response-too-large",
+            format!(
+                "the outcomes take {} bytes, over the {}-byte limit for one answer: send fewer events per request",
+                outcomes.len(),
+                app.settings.max_response_bytes
+            ),
+        ));
+    }
+    let body = if status == StatusCode::OK {
+        outcomes
+    } else {
+        let code = if status == StatusCode::UNPROCESSABLE_ENTITY {
+            "rejected"
+        } else {
+            "transform-fault"
+        };
+        let mut wrapped = format!(r#"{{"code":"{code}","message":"see `outcomes`","outcomes":"#).into_bytes();
+        wrapped.extend_from_slice(&outcomes);
+        wrapped.push(b'}');
+        wrapped
+    };
+    Ok(json_bytes_response(status, body))
+}
+
+/// One event object, or an array of them; errors name the JSON path.
+fn parse_body(body: &[u8]) -> Result<(Vec<EventJson>, bool), ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| ApiError::bad_request("invalid-json", "the body is not UTF-8", None))?;
+    let trimmed = text.trim_start();
+    let single = trimmed.starts_with('{');
+    if !single && !trimmed.starts_with('[') {
+        // Not an object or array: say whether it is JSON at all.
+        return Err(match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Err(err) => ApiError::bad_request("invalid-json", format!("the body is not JSON: {err}"), None),
+            Ok(_) => ApiError::bad_request(
+                "invalid-event",
+                "expected an event object or an array of events",
+                Some("$"),
+            ),
+        });
+    }
+    let events = sluice_engine::event::parse_events(text).map_err(|err| {
+        if err.path == "$" && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+            ApiError::bad_request(
+                "invalid-json",
+                format!("the body is not JSON: {}", err.message),
+                None,
+            )
+        } else {
+            ApiError::bad_request("invalid-event", err.message, Some(&err.path))
+        }
+    })?;
+    if single && events.len() != 1 {
+        return Err(ApiError::bad_request(
+            "invalid-event",
+            "expected one event object or an array of events, not several objects",
+            Some("$"),
+        ));
+    }
+    if events.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid-event",
+            "the array holds no events",
+            Some("$"),
+        ));
+    }
+    Ok((events, single))
+}

@@ -1,0 +1,261 @@
+//! The transform worker of one channel: takes the oldest events from the
+//! channel's queue, runs them through its pipeline as one batch, and
+//! records each result atomically with its removal from the queue: emitted
+//! events go to the outbox, rejections and faults to dead letters.
+//!
+//! A crash between the pipeline and the commit re-runs the batch after
+//! restart; the pipeline is deterministic, so the outputs and their
+//! idempotency keys are the same.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::metrics::{ChannelLabels, DeadLetterLabels, OutcomeLabels};
+use super::{App, Channel, in_store};
+use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key};
+use sluice_engine::event::{EventJson, OutcomeJson};
+
+/// Events taken from the queue per pipeline run.
+const BATCH: usize = 128;
+/// Longest wait for new work before looking again.
+const IDLE: Duration = Duration::from_millis(250);
+
+/// Runs until `stopped` turns true; the batch in hand is finished first.
+///
+/// While one batch's results are being committed, the next batch is read
+/// and transformed; its results are committed only after the previous
+/// commit succeeded, so the outbox keeps queue order. If a commit fails,
+/// the results in hand are dropped and the worker reads again from the
+/// start of the queue (the pipeline is deterministic).
+pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
+    let channel = &app.channels[&name];
+    let mut after = 0;
+    let mut committing: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
+    loop {
+        if *stopped.borrow() {
+            if let Some(commit) = committing.take() {
+                finish_commit(&name, commit).await;
+            }
+            return;
+        }
+        let pending = if channel.enabled() {
+            let queue = app.queue.clone();
+            let key = name.clone();
+            in_store(move || queue.pending(&key, after, BATCH))
+                .await
+                .unwrap_or_else(|err| {
+                    tracing::error!(channel = %name, error = %err, "cannot read the channel's queue");
+                    Vec::new()
+                })
+        } else {
+            Vec::new()
+        };
+        if pending.is_empty() {
+            if let Some(commit) = committing.take() {
+                if !finish_commit(&name, commit).await {
+                    after = 0;
+                }
+                app.wake_channel(channel);
+                continue;
+            }
+            after = 0;
+            tokio::select! {
+                () = channel.wake.notified() => {}
+                () = tokio::time::sleep(IDLE) => {}
+                _ = stopped.changed() => {}
+            }
+            continue;
+        }
+        let last = pending.last().map_or(after, |p| p.seq);
+        let results = transform(&app, channel, pending).await;
+        if let Some(commit) = committing.take() {
+            let committed = finish_commit(&name, commit).await;
+            app.wake_channel(channel);
+            if !committed {
+                after = 0;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        after = last;
+        let queue = app.queue.clone();
+        committing = Some(tokio::spawn(in_store(move || queue.transformed(results))));
+    }
+}
+
+/// Waits for a commit of transform results; false if it failed.
+async fn finish_commit(name: &str, commit: tokio::task::JoinHandle<Result<(), String>>) -> bool {
+    let committed = commit.await.unwrap_or_else(|join| Err(join.to_string()));
+    if let Err(err) = &committed {
+        tracing::error!(channel = %name, error = %err, "cannot record transform results; retrying");
+    }
+    committed.is_ok()
+}
+
+/// Runs one batch through the channel's pipeline and decides where each
+/// goes. The batch takes the active pipeline once: an activation meanwhile
+/// applies from the next batch, and the versions recorded are the ones that ran.
+async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<Transformed> {
+    let pipeline = channel.pipeline();
+    let versions = super::versions(&pipeline);
+    let mut inputs = Vec::with_capacity(pending.len());
+    let mut results = Vec::with_capacity(pending.len());
+    let mut runnable = Vec::with_capacity(pending.len());
+    for item in pending {
+        match serde_json::from_str::<EventJson>(&item.event) {
+            Ok(mut event) => {
+                event.channel = channel.name.clone();
+                event.tenant = channel.tenant.clone();
+                inputs.push(event);
+                runnable.push(item);
+            }
+            // Stored only after the same parse at ingest: a corrupt row.
+            Err(err) => results.push(Transformed {
+                seq: item.seq,
+                channel: channel.name.clone(),
+                tenant: channel.tenant.clone(),
+                event_id: String::new(),
+                original: item.event.clone(),
+                received_ms: item.received_ms,
+                versions: versions.clone(),
+                disposition: Disposition::DeadLetter {
+                    reason: "invalid-event".into(),
+                    detail: Value::String(err.to_string()),
+                },
+            }),
+        }
+    }
+    // Held by the blocking task itself, for exactly as long as the pipeline runs.
+    let permit = app.transform_permit(&channel.tenant).await.ok().flatten();
+    let started = Instant::now();
+    let (inputs, outcomes) = match tokio::task::spawn_blocking(move || {
+        let outcomes = pipeline.run(&inputs);
+        drop(permit);
+        (inputs, outcomes)
+    })
+    .await
+    {
+        Ok(done) => done,
+        // The pipeline isolates module faults; a panic here is a host bug.
+        // Let it end this worker: the supervisor logs, counts and restarts
+        // it, and the batch, never committed, is read again.
+        Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
+        Err(join) => {
+            tracing::error!(channel = %channel.name, error = %join, "the pipeline task was cancelled");
+            return results;
+        }
+    };
+    app.metrics
+        .transform_seconds
+        .get_or_create(&ChannelLabels {
+            channel: channel.name.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+
+    let faults: Vec<Option<String>> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            OutcomeJson::Error { error } => Some(error.to_string()),
+            _ => None,
+        })
+        .collect();
+    app.record_faults(channel, &faults);
+
+    let destination = channel.destination.as_ref().and_then(|d| app.destinations.get(d));
+    for ((item, input), outcome) in runnable.into_iter().zip(inputs).zip(outcomes) {
+        let correlation_id = input.correlation_id.clone().unwrap_or_else(|| input.id.clone());
+        tracing::info!(
+            tenant = %input.tenant,
+            channel = %channel.name,
+            event_id = %input.id,
+            correlation_id = %correlation_id,
+            outcome = outcome.tag(),
+            "event transformed"
+        );
+        app.metrics
+            .outcomes
+            .get_or_create(&OutcomeLabels {
+                channel: channel.name.clone(),
+                outcome: outcome.tag().to_string(),
+                path: "ingest".into(),
+            })
+            .inc();
+        let disposition = match outcome {
+            OutcomeJson::Drop { .. } => Disposition::Dropped,
+            OutcomeJson::Reject { violations } => dead_letter(app, channel, "rejected", &violations),
+            OutcomeJson::Error { error } => dead_letter(app, channel, "fault", &error),
+            OutcomeJson::Emit { .. } if destination.is_none() => Disposition::Dropped,
+            OutcomeJson::Emit { events } => {
+                let destination = destination.expect("checked by the arm above");
+                app.metrics
+                    .emitted
+                    .get_or_create(&ChannelLabels {
+                        channel: channel.name.clone(),
+                    })
+                    .inc_by(events.len() as u64);
+                let deliveries = events
+                    .iter()
+                    .map(|emitted| {
+                        let output = serde_json::to_string(emitted).unwrap_or_default();
+                        NewDelivery {
+                            destination: destination.config.name.clone(),
+                            entity_key: entity_key(destination, emitted),
+                            idempotency_key: idempotency_key(
+                                &destination.config.name,
+                                &input.tenant,
+                                &channel.name,
+                                &input.id,
+                                &output,
+                            ),
+                            correlation_id: emitted
+                                .correlation_id
+                                .clone()
+                                .unwrap_or_else(|| correlation_id.clone()),
+                            output,
+                        }
+                    })
+                    .collect();
+                Disposition::Deliver(deliveries)
+            }
+        };
+        results.push(Transformed {
+            seq: item.seq,
+            channel: channel.name.clone(),
+            tenant: input.tenant.clone(),
+            event_id: input.id.clone(),
+            original: item.event,
+            received_ms: item.received_ms,
+            versions: versions.clone(),
+            disposition,
+        });
+    }
+    results
+}
+
+fn dead_letter(app: &App, channel: &Channel, reason: &str, detail: &impl serde::Serialize) -> Disposition {
+    app.metrics
+        .dead_lettered
+        .get_or_create(&DeadLetterLabels {
+            channel: channel.name.clone(),
+            stage: "transform".into(),
+        })
+        .inc();
+    Disposition::DeadLetter {
+        reason: reason.into(),
+        detail: serde_json::to_value(detail).unwrap_or(Value::Null),
+    }
+}
+
+/// The entity whose order is kept: the first value the destination's
+/// `entity-key` selects in the payload, else the emitted event's id.
+fn entity_key(destination: &super::Destination, emitted: &EventJson) -> String {
+    let payload: Value = serde_json::from_str(emitted.payload.get()).unwrap_or(Value::Null);
+    match destination.entity_key.select(&payload).first() {
+        Some((Value::String(text), _)) => text.clone(),
+        Some((Value::Number(number), _)) => number.to_string(),
+        _ => emitted.id.clone(),
+    }
+}

@@ -1,0 +1,13 @@
+//! End-to-end tests: the real `sluice` binary, a real sidecar on
+//! 127.0.0.1, real components, real SQLite files and real destinations.
+//! One test binary for all of them (see `tests/README.md`).
+
+mod support;
+
+mod cli;
+mod crash;
+mod delivery;
+mod pipeline;
+mod sandbox;
+mod serve;
+mod tenants;
