@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use wasmtime::Trap;
 
 use super::limits::MemoryLimitExceeded;
-use super::wasi::DeadlineExceeded;
 
 /// A module failed on an event. Says which module (name and version),
 /// which event, what happened, and what the guest logged.
@@ -113,7 +112,8 @@ impl FaultKind {
                 limit_bytes: exceeded.limit,
             };
         }
-        if err.downcast_ref::<DeadlineExceeded>().is_some() {
+        #[cfg(feature = "wasi")]
+        if err.downcast_ref::<crate::wasi::DeadlineExceeded>().is_some() {
             return FaultKind::Timeout { limit_ms: timeout_ms };
         }
         match err.downcast_ref::<Trap>() {

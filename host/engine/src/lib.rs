@@ -47,6 +47,7 @@ mod module;
 pub mod pipeline;
 mod sandbox;
 mod slots;
+#[cfg(feature = "wasi")]
 pub mod wasi;
 
 pub use pipeline::{Pipeline, PipelineSpec, Step, StepSpec};
@@ -174,7 +175,13 @@ impl Engine {
         let wasmtime = wasmtime::Engine::new(&config).map_err(|e| EngineError::Config(e.to_string()))?;
 
         let mut linker = Linker::<Sandbox>::new(&wasmtime);
+        #[cfg(feature = "wasi")]
         wasi::add_to_linker(&mut linker).map_err(|e| EngineError::Config(e.to_string()))?;
+        bindings::sluice::transform::host::add_to_linker::<Sandbox, wasmtime::component::HasSelf<Sandbox>>(
+            &mut linker,
+            |sandbox| sandbox,
+        )
+        .map_err(|e| EngineError::Config(e.to_string()))?;
 
         let cache = match &options.cache_dir {
             Some(dir) => Some(ArtifactCache::open(dir)?),

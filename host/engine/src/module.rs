@@ -176,8 +176,23 @@ impl Engine {
                 ),
             });
         }
+        // Without WASI linked, its imports are traps: a guest that only
+        // imports it (as every Rust guest does, for panics) still runs.
+        #[cfg(not(feature = "wasi"))]
+        let linker = {
+            let mut linker = (*self.linker).clone();
+            linker
+                .define_unknown_imports_as_traps(&component)
+                .map_err(|err| LoadError::WrongWorld {
+                    name: name.into(),
+                    detail: format!("{err:#}"),
+                })?;
+            linker
+        };
+        #[cfg(feature = "wasi")]
+        let linker = &self.linker;
         let instance_pre =
-            self.linker
+            linker
                 .instantiate_pre(&component)
                 .map_err(|err| LoadError::UnsupportedImport {
                     name: name.into(),

@@ -1,103 +1,55 @@
-//! The per-call store state: WASI with no capabilities, a bounded log,
-//! virtual time, a fixed random seed and one memory budget.
+//! The per-call store state: a bounded log, one memory budget, the call's
+//! deadline and (with the `wasi` feature) WASI granting nothing.
 //!
 //! A transform gets no preopened directories, no environment, no arguments,
 //! no network (TCP, UDP and name lookup are off and every address is
 //! refused) and no outgoing HTTP (`wasi:http` is not linked at all). Its
 //! stdout, stderr and `host.log` lines go to one bounded buffer. Clocks
 //! start at the same instant on every call and move only when the guest
-//! sleeps (see [`super::wasi`]), and randomness repeats, so the same input
-//! always gives the same output.
+//! sleeps (see `wasi`), and randomness repeats, so the same input always
+//! gives the same output.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use wasmtime::component::ResourceTable;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{Deterministic, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-
-use super::limits::MemoryBudget;
-use super::wasi::VirtualClock;
 use crate::Limits;
 use crate::bindings::{LogLevel, sluice};
-
-/// Most host resources (pollables, streams) one instance may hold at once.
-const MAX_RESOURCES: usize = 10_000;
-
-/// The bytes the deterministic random generator repeats.
-const RANDOM_SEED: &[u8] = b"sluice: same input, same output.";
+use crate::limits::MemoryBudget;
 
 /// Store data for one instance of one module.
 pub struct Sandbox {
-    wasi: WasiCtx,
-    pub(super) table: ResourceTable,
+    /// WASI, granting nothing (see [`crate::wasi`]).
+    #[cfg(feature = "wasi")]
+    pub(crate) wasi: crate::wasi::WasiState,
     /// The instance's memory budget, consulted by wasmtime on every grow.
     pub limits: MemoryBudget,
     /// Everything the guest wrote during this call.
     pub log: LogBuffer,
-    pub(super) clock: VirtualClock,
     /// When the current call must end; host calls that wait stop here.
-    pub(super) deadline: Instant,
+    #[cfg_attr(not(feature = "wasi"), allow(dead_code))]
+    pub(crate) deadline: Instant,
 }
 
 impl Sandbox {
     /// A sandbox with no capabilities, capped by `limits`.
     pub fn new(limits: &Limits) -> Self {
         let log = LogBuffer::new(limits.log_bytes);
-        let clock = VirtualClock::default();
         Self {
-            wasi: Self::wasi(&log, &clock),
-            table: Self::table(),
+            #[cfg(feature = "wasi")]
+            wasi: crate::wasi::WasiState::new(&log),
             limits: MemoryBudget::new(limits.memory_bytes),
             log,
-            clock,
             deadline: Instant::now(),
         }
     }
 
-    /// A resource table small enough that a guest leaking handles hits its
-    /// limit (a trap) long before it costs the host real memory.
-    fn table() -> ResourceTable {
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(MAX_RESOURCES);
-        table
-    }
-
-    /// Restarts the clocks and the random generators' sequences, so that
-    /// every call, on a fresh or a warm instance, sees the same time and
-    /// randomness.
+    /// Clears the log and restarts the clocks and the random generators'
+    /// sequences, so that every call, on a fresh or a warm instance, sees
+    /// the same time and randomness.
     pub fn reset_for_call(&mut self) {
         self.log.clear();
-        self.clock.reset();
-        self.wasi = Self::wasi(&self.log, &self.clock);
-    }
-
-    fn wasi(log: &LogBuffer, clock: &VirtualClock) -> WasiCtx {
-        WasiCtxBuilder::new()
-            .stdout(LogPipe(log.clone()))
-            .stderr(LogPipe(log.clone()))
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
-            .wall_clock(clock.clone())
-            .monotonic_clock(clock.clone())
-            .secure_random(Deterministic::new(RANDOM_SEED.to_vec()))
-            .insecure_random(Deterministic::new(RANDOM_SEED.to_vec()))
-            .insecure_random_seed(0x511ce_u128)
-            .build()
-    }
-}
-
-impl WasiView for Sandbox {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        #[cfg(feature = "wasi")]
+        self.wasi.reset(&self.log);
     }
 }
 
@@ -166,56 +118,6 @@ impl LogBuffer {
             ));
         }
         text
-    }
-}
-
-/// Guest stdout or stderr, feeding a [`LogBuffer`].
-#[derive(Clone)]
-struct LogPipe(LogBuffer);
-
-impl IsTerminal for LogPipe {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for LogPipe {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-impl OutputStream for LogPipe {
-    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
-        self.0.write(&bytes);
-        Ok(())
-    }
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-    fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 << 10)
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for LogPipe {
-    async fn ready(&mut self) {}
-}
-
-impl tokio::io::AsyncWrite for LogPipe {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        self.0.write(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }
 

@@ -33,15 +33,131 @@ use wasmtime_wasi_io::bindings::wasi::io::streams::{
 };
 use wasmtime_wasi_io::streams::{DynInputStream, DynOutputStream};
 
-use super::Sandbox;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::OutputStream;
+use wasmtime_wasi::{Deterministic, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::{LogBuffer, Sandbox};
+
+/// Most host resources (pollables, streams) one instance may hold at once:
+/// a guest leaking handles hits this (a trap) long before it costs the host
+/// real memory.
+const MAX_RESOURCES: usize = 10_000;
+
+/// The bytes the deterministic random generator repeats.
+const RANDOM_SEED: &[u8] = b"sluice: same input, same output.";
+
+/// One instance's WASI: a context granting nothing, its resource table and
+/// its virtual clock.
+pub(crate) struct WasiState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    clock: VirtualClock,
+}
+
+impl WasiState {
+    pub(crate) fn new(log: &LogBuffer) -> Self {
+        let clock = VirtualClock::default();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
+        Self {
+            ctx: Self::context(log, &clock),
+            table,
+            clock,
+        }
+    }
+
+    /// The same time and randomness as at the start of the first call.
+    pub(crate) fn reset(&mut self, log: &LogBuffer) {
+        self.clock.reset();
+        self.ctx = Self::context(log, &self.clock);
+    }
+
+    fn context(log: &LogBuffer, clock: &VirtualClock) -> WasiCtx {
+        WasiCtxBuilder::new()
+            .stdout(LogPipe(log.clone()))
+            .stderr(LogPipe(log.clone()))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .wall_clock(clock.clone())
+            .monotonic_clock(clock.clone())
+            .secure_random(Deterministic::new(RANDOM_SEED.to_vec()))
+            .insecure_random(Deterministic::new(RANDOM_SEED.to_vec()))
+            .insecure_random_seed(0x511ce_u128)
+            .build()
+    }
+}
+
+impl WasiView for Sandbox {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi.ctx,
+            table: &mut self.wasi.table,
+        }
+    }
+}
+
+/// Guest stdout or stderr, feeding a [`LogBuffer`].
+#[derive(Clone)]
+struct LogPipe(LogBuffer);
+
+impl IsTerminal for LogPipe {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogPipe {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for LogPipe {
+    fn write(&mut self, bytes: bytes::Bytes) -> wasmtime_wasi::p2::StreamResult<()> {
+        self.0.write(&bytes);
+        Ok(())
+    }
+    fn flush(&mut self) -> wasmtime_wasi::p2::StreamResult<()> {
+        Ok(())
+    }
+    fn check_write(&mut self) -> wasmtime_wasi::p2::StreamResult<usize> {
+        Ok(64 << 10)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogPipe {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for LogPipe {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.0.write(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
 
 /// A host call that can wait was still waiting when the call's deadline passed.
 #[derive(Debug, Clone, Copy, thiserror::Error)]
 #[error("a host call was still waiting when the call's deadline passed")]
 pub struct DeadlineExceeded;
 
-/// Links WASI (no capabilities, virtual time, bounded waits) and Sluice's
-/// own `host` interface.
+/// Links WASI: no capabilities, virtual time, bounded waits.
 pub(crate) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     // Replace, by the same names, the functions that could wait.
@@ -50,10 +166,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()
     streams::add_to_linker::<Sandbox, Bounded>(linker, Sandbox::bounded_io)?;
     monotonic_clock::add_to_linker::<Sandbox, Virtual>(linker, Sandbox::virtual_time)?;
     linker.allow_shadowing(false);
-    crate::bindings::sluice::transform::host::add_to_linker::<Sandbox, wasmtime::component::HasSelf<Sandbox>>(
-        linker,
-        |sandbox| sandbox,
-    )
+    Ok(())
 }
 
 /// The sandbox's clock: a fixed instant plus the time the guest has slept.
@@ -294,15 +407,15 @@ impl streams::HostOutputStream for BoundedIo<'_> {
 impl Sandbox {
     fn bounded_io(&mut self) -> BoundedIo<'_> {
         BoundedIo {
-            table: &mut self.table,
+            table: &mut self.wasi.table,
             deadline: self.deadline,
         }
     }
 
     fn virtual_time(&mut self) -> VirtualTime<'_> {
         VirtualTime {
-            table: &mut self.table,
-            clock: &self.clock,
+            table: &mut self.wasi.table,
+            clock: &self.wasi.clock,
         }
     }
 }
