@@ -28,7 +28,7 @@
 //! - Instances come from the pooling allocator via a type-checked
 //!   `InstancePre`, so a fresh instance per batch costs microseconds.
 //! - Every call runs under a wall-clock deadline (epoch interruption, and
-//!   every host call that can wait stops at it: see [`wasi`]), optionally
+//!   every host call that can wait stops at it: see the `wasi` module), optionally
 //!   fuel, a memory budget per instance and output caps ([`Limits`]).
 //! - At most `max_instances` instances are live at once; a call that finds
 //!   none free waits for one (backpressure, never a fault).
