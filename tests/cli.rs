@@ -446,3 +446,53 @@ fn the_embedding_example_runs_a_real_component() {
         stderr(&output)
     );
 }
+
+#[test]
+fn sluice_run_on_every_core_keeps_output_line_n_for_input_line_n() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    let mut text = String::new();
+    for n in 1..=300 {
+        if n == 150 {
+            text.push_str("{not an event\n");
+        } else {
+            text.push_str(&format!(
+                "{{\"id\":\"e-{n}\",\"kind\":\"product\",\"payload\":{{\"n\":{n}}}}}\n"
+            ));
+        }
+    }
+    std::fs::write(&input, text).unwrap();
+    let hostile = guest("hostile");
+    for jobs in ["1", "4"] {
+        let output = sluice(&[
+            "run",
+            "--jobs",
+            jobs,
+            "--batch",
+            "7",
+            "--module",
+            hostile.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "one line is invalid: {}",
+            stderr(&output)
+        );
+        let lines: Vec<Value> = stdout(&output)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 300, "jobs {jobs}");
+        for (index, line) in lines.iter().enumerate() {
+            let n = index + 1;
+            if n == 150 {
+                assert_eq!(line["outcome"], "invalid-input", "jobs {jobs}: {line}");
+                assert_eq!(line["line"], 150);
+            } else {
+                assert_eq!(line["events"][0]["id"], format!("e-{n}"), "jobs {jobs}: line {n}");
+            }
+        }
+    }
+}

@@ -32,6 +32,10 @@ pub struct RunArgs {
     /// Events per call into the module.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch: u32,
+    /// Batches run at once, each on its own thread (default: every core).
+    /// Output line N still answers input line N.
+    #[arg(long, env = "SLUICE_JOBS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    jobs: Option<u32>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -71,13 +75,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         (None, None) => unreachable!("clap requires --module or --pipeline"),
     };
 
-    let (reader, total): (Box<dyn BufRead>, Option<u64>) = match &args.input {
+    let (reader, total): (Box<dyn BufRead + Send>, Option<u64>) = match &args.input {
         Some(path) => {
             let file = File::open(path).with_context(|| format!("cannot open `{}`", path.display()))?;
             let lines = BufReader::new(File::open(path)?).lines().count() as u64;
             (Box::new(BufReader::new(file)), Some(lines))
         }
-        None => (Box::new(std::io::stdin().lock()), None),
+        None => (Box::new(BufReader::new(std::io::stdin())), None),
     };
     let progress = match total {
         Some(total) => ProgressBar::new(total),
@@ -88,43 +92,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
 
+    let jobs = args
+        .jobs
+        .map(|jobs| jobs as usize)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut out = BufWriter::new(std::io::stdout().lock());
-    let mut pending: Vec<EventJson> = Vec::new();
-    let mut invalid = 0usize;
-    let flush = |pending: &mut Vec<EventJson>, out: &mut BufWriter<_>| -> anyhow::Result<()> {
-        let events: Vec<EventJson> = std::mem::take(pending);
-        for outcome in pipeline.run(&events) {
-            serde_json::to_writer(&mut *out, &outcome)?;
-            out.write_all(b"\n")?;
-        }
-        progress.inc(events.len() as u64);
-        Ok(())
-    };
-    for (index, line) in reader.lines().enumerate() {
-        let line_no = index + 1;
-        let line = line.with_context(|| format!("cannot read input line {line_no}"))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        match parse_events(&line) {
-            Ok(mut events) if events.len() == 1 => pending.push(events.remove(0)),
-            Ok(_) => {
-                flush(&mut pending, &mut out)?;
-                write_invalid(&mut out, line_no, "expected one event object per line")?;
-                invalid += 1;
-            }
-            Err(err) => {
-                flush(&mut pending, &mut out)?;
-                write_invalid(&mut out, line_no, &err.to_string())?;
-                eprintln!("input line {line_no}: {err}");
-                invalid += 1;
-            }
-        }
-        if pending.len() >= args.batch as usize {
-            flush(&mut pending, &mut out)?;
-        }
-    }
-    flush(&mut pending, &mut out)?;
+    let invalid = run_parallel(&pipeline, reader, args.batch as usize, jobs, &mut out, &progress)?;
     out.flush()?;
     progress.finish_and_clear();
     if invalid > 0 {
@@ -132,6 +105,158 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Lines of input, numbered from 1, read together and transformed together.
+struct Chunk {
+    seq: usize,
+    first_line: usize,
+    lines: Vec<String>,
+}
+
+/// What a chunk became: its output lines, ready to write, and how many of
+/// its lines were not valid events.
+struct Done {
+    seq: usize,
+    lines: usize,
+    output: Vec<u8>,
+    invalid: usize,
+}
+
+/// Reads `batch` lines at a time, transforms the chunks on `jobs` threads,
+/// and writes their outputs in input order. Returns how many lines were invalid.
+fn run_parallel(
+    pipeline: &Pipeline,
+    reader: Box<dyn BufRead + Send>,
+    batch: usize,
+    jobs: usize,
+    out: &mut impl Write,
+    progress: &ProgressBar,
+) -> anyhow::Result<usize> {
+    use std::collections::BTreeMap;
+    use std::sync::mpsc::{Receiver, sync_channel};
+    use std::sync::{Arc, Mutex};
+
+    // Bounded channels: at most a few chunks per thread are in memory at once.
+    let (to_workers, chunks) = sync_channel::<Chunk>(jobs * 2);
+    let (to_writer, done) = sync_channel::<anyhow::Result<Done>>(jobs * 2);
+    let chunks: Arc<Mutex<Receiver<Chunk>>> = Arc::new(Mutex::new(chunks));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            let (chunks, to_writer) = (chunks.clone(), to_writer.clone());
+            scope.spawn(move || {
+                loop {
+                    let next = chunks
+                        .lock()
+                        .map_err(|_| ())
+                        .and_then(|rx| rx.recv().map_err(|_| ()));
+                    let Ok(chunk) = next else { return };
+                    if to_writer.send(transform_chunk(pipeline, chunk)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(to_writer);
+        let reading = scope.spawn(move || -> anyhow::Result<()> {
+            let mut chunk = Chunk {
+                seq: 0,
+                first_line: 1,
+                lines: Vec::with_capacity(batch),
+            };
+            for (index, line) in reader.lines().enumerate() {
+                let line_no = index + 1;
+                chunk
+                    .lines
+                    .push(line.with_context(|| format!("cannot read input line {line_no}"))?);
+                if chunk.lines.len() == batch {
+                    let next = Chunk {
+                        seq: chunk.seq + 1,
+                        first_line: line_no + 1,
+                        lines: Vec::with_capacity(batch),
+                    };
+                    if to_workers.send(std::mem::replace(&mut chunk, next)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if !chunk.lines.is_empty() {
+                let _ = to_workers.send(chunk);
+            }
+            Ok(())
+        });
+        // Write chunks in order, holding back any that finish early.
+        let mut waiting = BTreeMap::new();
+        let mut next = 0;
+        let mut invalid = 0;
+        for finished in done {
+            let finished = finished?;
+            waiting.insert(finished.seq, finished);
+            while let Some(ready) = waiting.remove(&next) {
+                out.write_all(&ready.output)?;
+                invalid += ready.invalid;
+                progress.inc(ready.lines as u64);
+                next += 1;
+            }
+        }
+        reading
+            .join()
+            .map_err(|_| anyhow::anyhow!("the input reader panicked"))??;
+        anyhow::Ok(invalid)
+    })
+}
+
+/// Parses a chunk's lines and runs its events through the pipeline; an
+/// invalid line answers `invalid-input` in its place.
+fn transform_chunk(pipeline: &Pipeline, chunk: Chunk) -> anyhow::Result<Done> {
+    enum Slot {
+        Event,
+        Invalid(usize, String),
+    }
+    let mut slots = Vec::with_capacity(chunk.lines.len());
+    let mut events: Vec<EventJson> = Vec::with_capacity(chunk.lines.len());
+    for (offset, line) in chunk.lines.iter().enumerate() {
+        let line_no = chunk.first_line + offset;
+        if line.trim().is_empty() {
+            continue;
+        }
+        match parse_events(line) {
+            Ok(mut parsed) if parsed.len() == 1 => {
+                events.push(parsed.remove(0));
+                slots.push(Slot::Event);
+            }
+            Ok(_) => slots.push(Slot::Invalid(
+                line_no,
+                "expected one event object per line".into(),
+            )),
+            Err(err) => {
+                eprintln!("input line {line_no}: {err}");
+                slots.push(Slot::Invalid(line_no, err.to_string()));
+            }
+        }
+    }
+    let mut outcomes = pipeline.run(&events).into_iter();
+    let mut output = Vec::new();
+    let mut invalid = 0;
+    for slot in slots {
+        match slot {
+            Slot::Event => {
+                let outcome = outcomes.next().expect("one outcome per event");
+                serde_json::to_writer(&mut output, &outcome)?;
+                output.push(b'\n');
+            }
+            Slot::Invalid(line, error) => {
+                write_invalid(&mut output, line, &error)?;
+                invalid += 1;
+            }
+        }
+    }
+    Ok(Done {
+        seq: chunk.seq,
+        lines: chunk.lines.len(),
+        output,
+        invalid,
+    })
 }
 
 fn write_invalid(out: &mut impl Write, line: usize, error: &str) -> anyhow::Result<()> {
