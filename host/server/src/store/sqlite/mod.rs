@@ -1,0 +1,433 @@
+//! The embedded default store: one SQLite file in WAL mode, written by one
+//! thread with group commit ([`writer`]), read on pooled reader
+//! connections. Split by job: [`schema`] (numbered migrations), [`writer`],
+//! the [`Queue`] ([`queue`]) and the [`Registry`] ([`registry`]).
+
+mod queue;
+mod registry;
+pub mod schema;
+mod writer;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::mpsc::Sender;
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, params};
+use serde_json::Value;
+
+use super::*;
+use writer::Job;
+
+/// The SQLite [`Queue`]: `sluice.db` in the data directory.
+pub struct SqliteQueue {
+    jobs: Mutex<Option<Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    path: std::path::PathBuf,
+    readers: Mutex<Vec<Connection>>,
+}
+
+/// Idle read connections kept.
+const READERS: usize = 4;
+
+impl SqliteQueue {
+    /// Opens (or creates) the database file and starts its writer thread.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut connection = Connection::open(path)?;
+        connection.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a 202 survives power loss, not only a crash of the process.
+        connection.pragma_update(None, "synchronous", "FULL")?;
+        connection.pragma_update(None, "busy_timeout", 5000)?;
+        // 64 MiB of page cache: the working set (recent events, queues) stays in memory.
+        connection.pragma_update(None, "cache_size", -65536)?;
+        schema::migrate(&mut connection).map_err(|err| StoreError::Commit(err.to_string()))?;
+        let (jobs, receiver) = std::sync::mpsc::channel();
+        let writer = std::thread::Builder::new()
+            .name("sluice-store".into())
+            .spawn(move || writer::write_loop(connection, receiver))
+            .map_err(|err| StoreError::Commit(format!("cannot start the writer thread: {err}")))?;
+        Ok(Self {
+            jobs: Mutex::new(Some(jobs)),
+            writer: Mutex::new(Some(writer)),
+            path: path.to_path_buf(),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs read-only `work` on a reader connection: it sees the last
+    /// commit and never waits behind the writer's group (WAL lets readers
+    /// and the writer run at once).
+    fn read<T>(&self, work: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let pooled = self.readers.lock().expect("readers lock").pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => {
+                let connection = Connection::open(&self.path)?;
+                connection.pragma_update(None, "busy_timeout", 5000)?;
+                connection.pragma_update(None, "cache_size", -16384)?;
+                connection.pragma_update(None, "query_only", true)?;
+                connection
+            }
+        };
+        let result = work(&connection);
+        let mut readers = self.readers.lock().expect("readers lock");
+        if readers.len() < READERS {
+            readers.push(connection);
+        }
+        result
+    }
+
+    /// Stops the writer after every queued request is committed.
+    pub fn close(&self) {
+        self.jobs.lock().expect("jobs lock").take();
+        if let Some(writer) = self.writer.lock().expect("writer lock").take() {
+            let _ = writer.join();
+        }
+    }
+
+    /// Runs `work` in the next group commit and returns its result once committed.
+    fn call<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (job, answer) = Job::new(work);
+        let sent = match self.jobs.lock().expect("jobs lock").as_ref() {
+            Some(jobs) => jobs.send(job).is_ok(),
+            None => false,
+        };
+        if !sent {
+            return Err(StoreError::Closed);
+        }
+        answer.recv().map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for SqliteQueue {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+pub(super) fn versions_text(versions: &[String]) -> String {
+    serde_json::to_string(versions).unwrap_or_else(|_| "[]".into())
+}
+
+pub(super) fn json_or_text(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+pub(super) fn summary_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterSummary> {
+    Ok(DeadLetterSummary {
+        id: row.get("id")?,
+        tenant: row.get("tenant")?,
+        channel: row.get("channel")?,
+        destination: row.get("destination")?,
+        event_id: row.get("event_id")?,
+        stage: row.get("stage")?,
+        reason: row.get("reason")?,
+        created_ms: row.get("created_ms")?,
+    })
+}
+
+/// `WHERE` clause and parameters of a dead-letter filter.
+pub(super) fn filter_clause(filter: &DeadLetterFilter) -> (String, Vec<String>) {
+    let mut clauses = Vec::new();
+    let mut values = Vec::new();
+    if let Some(tenant) = &filter.tenant {
+        values.push(tenant.clone());
+        clauses.push(format!("tenant = ?{}", values.len()));
+    }
+    if let Some(channel) = &filter.channel {
+        values.push(channel.clone());
+        clauses.push(format!("channel = ?{}", values.len()));
+    }
+    if clauses.is_empty() {
+        (String::new(), values)
+    } else {
+        (format!("WHERE {}", clauses.join(" AND ")), values)
+    }
+}
+
+pub(super) fn insert_outbox(
+    db: &Connection,
+    result: &Transformed,
+    delivery: &NewDelivery,
+    now: i64,
+    received_ms: i64,
+) -> rusqlite::Result<()> {
+    db.prepare_cached(
+        "INSERT INTO outbox (destination, channel, tenant, event_id, entity_key, idempotency_key,
+             correlation_id, output, versions, next_ms, created_ms, received_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+    )?
+    .execute(params![
+        delivery.destination,
+        result.channel,
+        result.tenant,
+        result.event_id,
+        delivery.entity_key,
+        delivery.idempotency_key,
+        delivery.correlation_id,
+        delivery.output,
+        versions_text(&result.versions),
+        now,
+        received_ms,
+    ])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue() -> (tempfile::TempDir, SqliteQueue) {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("sluice.db")).unwrap();
+        (dir, queue)
+    }
+
+    fn ingest(id: &str, channels: &[&str]) -> Ingest {
+        Ingest {
+            tenant: "acme".into(),
+            id: id.into(),
+            event: format!(r#"{{"id":"{id}","kind":"product","tenant":"acme","payload":{{}}}}"#),
+            channels: channels.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    fn deliver(pending: &Pending, channel: &str, key: &str) -> Transformed {
+        Transformed {
+            seq: pending.seq,
+            channel: channel.into(),
+            tenant: "acme".into(),
+            event_id: serde_json::from_str::<Value>(&pending.event).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .into(),
+            original: pending.event.clone(),
+            received_ms: pending.received_ms,
+            versions: vec!["m@1".into()],
+            disposition: Disposition::Deliver(vec![NewDelivery {
+                destination: "d".into(),
+                entity_key: key.into(),
+                idempotency_key: format!("k-{}", pending.seq),
+                correlation_id: "c".into(),
+                output: r#"{"id":"o","kind":"product","payload":{"sku":"A"}}"#.into(),
+            }]),
+        }
+    }
+
+    #[test]
+    fn a_disabled_channel_never_blocks_the_same_sku_of_another_channel() {
+        let (_dir, queue) = queue();
+        queue
+            .ingest(vec![ingest("1", &["a"]), ingest("2", &["b"])])
+            .unwrap();
+        let a = queue.pending("a", 0, 10).unwrap();
+        let b = queue.pending("b", 0, 10).unwrap();
+        queue
+            .transformed(vec![deliver(&a[0], "a", "SKU-1"), deliver(&b[0], "b", "SKU-1")])
+            .unwrap();
+        // Channel a (say, another tenant's) emits SKU-1 first, then switches off.
+        queue.set_enabled("a", false, false).unwrap();
+        let due = queue.due("d", now_ms(), 10).unwrap();
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].channel, "b");
+    }
+
+    #[test]
+    fn forgetting_old_ids_keeps_the_originals_deliveries_still_need() {
+        let (_dir, queue) = queue();
+        queue.ingest(vec![ingest("1", &["a"])]).unwrap();
+        let pending = queue.pending("a", 0, 10).unwrap();
+        queue
+            .transformed(vec![deliver(&pending[0], "a", "SKU-1")])
+            .unwrap();
+        // Everything is older than the window, but the delivery still waits.
+        assert_eq!(queue.forget_before(now_ms() + 60_000).unwrap(), 0);
+        let due = queue.due("d", now_ms(), 10).unwrap();
+        let attempt = Attempt {
+            at_ms: now_ms(),
+            status: Some(400),
+            detail: "no".into(),
+        };
+        queue
+            .attempted(vec![(
+                due[0].clone(),
+                AttemptResult::DeadLetter {
+                    attempt,
+                    reason: "rejected-by-destination".into(),
+                },
+            )])
+            .unwrap();
+        let letters = queue.dead_letters(&DeadLetterFilter::default()).unwrap();
+        let letter = queue.dead_letter(letters[0].id).unwrap().unwrap();
+        assert_eq!(letter.original["id"], "1", "{:?}", letter.original);
+        // Once nothing needs it, it is forgotten.
+        assert_eq!(queue.forget_before(now_ms() + 60_000).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_duplicate_id_is_stored_and_queued_once() {
+        let (_dir, queue) = queue();
+        let receipts = queue
+            .ingest(vec![ingest("1", &["a", "b"]), ingest("1", &["a", "b"])])
+            .unwrap();
+        assert_eq!(
+            receipts.iter().map(|r| r.duplicate).collect::<Vec<_>>(),
+            [false, true]
+        );
+        assert!(queue.ingest(vec![ingest("1", &["a"])]).unwrap()[0].duplicate);
+        assert_eq!(queue.pending("a", 0, 10).unwrap().len(), 1);
+        assert_eq!(queue.pending("b", 0, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn only_the_oldest_delivery_per_entity_is_due() {
+        let (_dir, queue) = queue();
+        queue
+            .ingest(vec![
+                ingest("1", &["a"]),
+                ingest("2", &["a"]),
+                ingest("3", &["a"]),
+            ])
+            .unwrap();
+        let pending = queue.pending("a", 0, 10).unwrap();
+        queue
+            .transformed(vec![
+                deliver(&pending[0], "a", "SKU-1"),
+                deliver(&pending[1], "a", "SKU-1"),
+                deliver(&pending[2], "a", "SKU-2"),
+            ])
+            .unwrap();
+        assert!(queue.pending("a", 0, 10).unwrap().is_empty());
+        let due = queue.due("d", now_ms(), 10).unwrap();
+        assert_eq!(
+            due.iter().map(|d| d.entity_key.as_str()).collect::<Vec<_>>(),
+            ["SKU-1", "SKU-2"]
+        );
+        // The head of SKU-1 waits for a retry: the later SKU-1 must wait too.
+        let head = due[0].clone();
+        let attempt = Attempt {
+            at_ms: now_ms(),
+            status: Some(503),
+            detail: "busy".into(),
+        };
+        queue
+            .attempted(vec![(
+                head.clone(),
+                AttemptResult::Retry {
+                    attempt,
+                    next_ms: now_ms() + 60_000,
+                },
+            )])
+            .unwrap();
+        let due = queue.due("d", now_ms(), 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].entity_key, "SKU-2");
+        // Switching the channel off holds its deliveries.
+        queue.set_enabled("a", false, false).unwrap();
+        assert!(queue.due("d", now_ms(), 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_dead_letter_keeps_attempts_and_replays_once() {
+        let (_dir, queue) = queue();
+        queue.ingest(vec![ingest("1", &["a"])]).unwrap();
+        let pending = queue.pending("a", 0, 10).unwrap();
+        queue
+            .transformed(vec![deliver(&pending[0], "a", "SKU-1")])
+            .unwrap();
+        let due = queue.due("d", now_ms(), 10).unwrap();
+        let attempt = Attempt {
+            at_ms: 1,
+            status: Some(400),
+            detail: "bad sku".into(),
+        };
+        queue
+            .attempted(vec![(
+                due[0].clone(),
+                AttemptResult::DeadLetter {
+                    attempt,
+                    reason: "rejected-by-destination".into(),
+                },
+            )])
+            .unwrap();
+        let letters = queue.dead_letters(&DeadLetterFilter::default()).unwrap();
+        assert_eq!(letters.len(), 1);
+        let letter = queue.dead_letter(letters[0].id).unwrap().unwrap();
+        assert_eq!(letter.attempts[0].status, Some(400));
+        assert_eq!(letter.versions, ["m@1"]);
+        assert_eq!(letter.original["id"], "1");
+        assert_eq!(
+            queue.replay(letter.summary.id, Replay::Resend).unwrap(),
+            ReplayResult::Queued
+        );
+        assert_eq!(
+            queue.replay(letter.summary.id, Replay::Resend).unwrap(),
+            ReplayResult::NotFound
+        );
+        let due = queue.due("d", now_ms(), 10).unwrap();
+        assert_eq!(due[0].idempotency_key, "k-1");
+    }
+
+    #[test]
+    fn an_api_switch_survives_until_the_config_value_changes() {
+        let (_dir, queue) = queue();
+        assert!(queue.set_enabled("a", true, true).unwrap());
+        assert!(!queue.set_enabled("a", false, false).unwrap());
+        // Restart with the same config: the API's OFF stands.
+        assert!(!queue.set_enabled("a", true, true).unwrap());
+        // A tripped breaker is stored with its reason; switching on clears it.
+        queue.trip("a", "3 faults").unwrap();
+        assert_eq!(queue.tripped("a").unwrap().as_deref(), Some("3 faults"));
+        assert!(queue.set_enabled("a", true, false).unwrap());
+        assert_eq!(queue.tripped("a").unwrap(), None);
+        queue.set_enabled("a", false, false).unwrap();
+        // The operator edits the config to false, then true: the config wins.
+        assert!(!queue.set_enabled("a", false, true).unwrap());
+        assert!(queue.set_enabled("a", true, true).unwrap());
+    }
+
+    #[test]
+    fn pipelines_stack_and_pop_back_to_the_config() {
+        let (_dir, queue) = queue();
+        assert_eq!(queue.pop_pipeline("a").unwrap(), None);
+        queue.push_pipeline("a", "v1").unwrap();
+        queue.push_pipeline("a", "v2").unwrap();
+        queue.push_pipeline("b", "other").unwrap();
+        assert_eq!(queue.active_pipeline("a").unwrap().as_deref(), Some("v2"));
+        assert_eq!(queue.pop_pipeline("a").unwrap(), Some(Some("v1".into())));
+        assert_eq!(queue.pop_pipeline("a").unwrap(), Some(None));
+        assert_eq!(queue.active_pipeline("b").unwrap().as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn a_module_version_is_stored_once() {
+        let (_dir, queue) = queue();
+        let module = ModuleVersion {
+            tenant: "acme".into(),
+            name: "m".into(),
+            version: "ab".into(),
+            size: 3,
+            created_ms: 1,
+        };
+        assert!(queue.add_module(&module).unwrap());
+        assert!(!queue.add_module(&module).unwrap());
+        assert_eq!(queue.modules("acme", Some("m")).unwrap(), [module]);
+        assert!(queue.modules("globex", None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn data_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.db");
+        {
+            let queue = SqliteQueue::open(&path).unwrap();
+            queue.ingest(vec![ingest("1", &["a"])]).unwrap();
+        }
+        let queue = SqliteQueue::open(&path).unwrap();
+        assert_eq!(queue.pending("a", 0, 10).unwrap().len(), 1);
+        assert!(queue.ingest(vec![ingest("1", &["a"])]).unwrap()[0].duplicate);
+    }
+}

@@ -1,0 +1,453 @@
+//! The durable queue on SQLite: ingest, the channels' inboxes, the outbox,
+//! attempts, dead letters and channel switches.
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{SqliteQueue, filter_clause, insert_outbox, json_or_text, summary_from_row, versions_text};
+use crate::store::*;
+
+impl Queue for SqliteQueue {
+    fn ping(&self) -> Result<(), StoreError> {
+        self.read(|db| Ok(db.query_row("SELECT 1", [], |_| Ok(()))?))
+    }
+
+    fn ingest(&self, events: Vec<Ingest>) -> Result<Vec<Receipt>, StoreError> {
+        self.call(move |db| {
+            let now = now_ms();
+            let mut insert_event = db.prepare_cached(
+                "INSERT INTO events (tenant, id, received_ms, event) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
+            )?;
+            let mut enqueue =
+                db.prepare_cached("INSERT INTO inbox (channel, tenant, event_id) VALUES (?1, ?2, ?3)")?;
+            let mut receipts = Vec::with_capacity(events.len());
+            for event in events {
+                let stored = insert_event.execute(params![event.tenant, event.id, now, event.event])?;
+                if stored == 1 {
+                    for channel in &event.channels {
+                        enqueue.execute(params![channel, event.tenant, event.id])?;
+                    }
+                }
+                receipts.push(Receipt {
+                    id: event.id,
+                    duplicate: stored == 0,
+                });
+            }
+            Ok(receipts)
+        })
+    }
+
+    fn pending(&self, channel: &str, after_seq: i64, limit: usize) -> Result<Vec<Pending>, StoreError> {
+        let channel = channel.to_string();
+        self.read(move |db| {
+            let mut query = db.prepare_cached(
+                "SELECT i.seq, e.event, e.received_ms FROM inbox i
+                 JOIN events e ON e.tenant = i.tenant AND e.id = i.event_id
+                 WHERE i.channel = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
+            )?;
+            let rows = query.query_map(params![channel, after_seq, limit as i64], |row| {
+                Ok(Pending {
+                    seq: row.get(0)?,
+                    event: row.get(1)?,
+                    received_ms: row.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn transformed(&self, results: Vec<Transformed>) -> Result<(), StoreError> {
+        self.call(move |db| {
+            let now = now_ms();
+            for result in &results {
+                let removed = db
+                    .prepare_cached("DELETE FROM inbox WHERE seq = ?1")?
+                    .execute([result.seq])?;
+                if removed == 0 {
+                    continue; // Already recorded: never queue its outputs twice.
+                }
+                match &result.disposition {
+                    Disposition::Dropped => {}
+                    Disposition::Deliver(deliveries) => {
+                        for delivery in deliveries {
+                            insert_outbox(db, result, delivery, now, result.received_ms)?;
+                        }
+                    }
+                    Disposition::DeadLetter { reason, detail } => {
+                        db.prepare_cached(
+                            "INSERT INTO dead_letters (tenant, channel, event_id, stage, reason, original,
+                                 detail, versions, attempts, created_ms)
+                             VALUES (?1, ?2, ?3, 'transform', ?4, ?5, ?6, ?7, '[]', ?8)",
+                        )?
+                        .execute(params![
+                            result.tenant,
+                            result.channel,
+                            result.event_id,
+                            reason,
+                            result.original,
+                            detail.to_string(),
+                            versions_text(&result.versions),
+                            now,
+                        ])?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn due(&self, destination: &str, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let destination = destination.to_string();
+        self.read(move |db| {
+            let mut query = db.prepare_cached(
+                "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
+                        correlation_id, output, attempts, created_ms, received_ms, versions
+                 FROM outbox o
+                 WHERE destination = ?1 AND next_ms <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM outbox p
+                                   WHERE p.destination = o.destination AND p.channel = o.channel
+                                     AND p.entity_key = o.entity_key AND p.seq < o.seq)
+                   AND channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
+                 ORDER BY seq LIMIT ?3",
+            )?;
+            let rows = query.query_map(params![destination, now_ms, limit as i64], |row| {
+                Ok(Delivery {
+                    seq: row.get(0)?,
+                    destination: row.get(1)?,
+                    channel: row.get(2)?,
+                    tenant: row.get(3)?,
+                    event_id: row.get(4)?,
+                    entity_key: row.get(5)?,
+                    idempotency_key: row.get(6)?,
+                    correlation_id: row.get(7)?,
+                    output: row.get(8)?,
+                    attempts: row.get(9)?,
+                    created_ms: row.get(10)?,
+                    received_ms: row.get(11)?,
+                    versions: row.get(12)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn next_due_ms(&self, destination: &str) -> Result<Option<i64>, StoreError> {
+        let destination = destination.to_string();
+        self.read(move |db| {
+            Ok(db
+                .prepare_cached("SELECT MIN(next_ms) FROM outbox WHERE destination = ?1")?
+                .query_row([destination], |row| row.get(0))?)
+        })
+    }
+
+    fn attempted(&self, results: Vec<(Delivery, AttemptResult)>) -> Result<(), StoreError> {
+        self.call(move |db| {
+            for (delivery, result) in &results {
+                match result {
+                    AttemptResult::Delivered => {
+                        db.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+                            .execute([delivery.seq])?;
+                        db.prepare_cached("DELETE FROM attempts WHERE outbox_seq = ?1")?
+                            .execute([delivery.seq])?;
+                    }
+                    AttemptResult::Retry { attempt, next_ms } => {
+                        record_attempt(db, delivery.seq, attempt)?;
+                        db.prepare_cached(
+                            "UPDATE outbox SET attempts = attempts + 1, next_ms = ?2 WHERE seq = ?1",
+                        )?
+                        .execute(params![delivery.seq, next_ms])?;
+                    }
+                    AttemptResult::DeadLetter { attempt, reason } => {
+                        record_attempt(db, delivery.seq, attempt)?;
+                        dead_letter_delivery(db, delivery, reason)?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn set_enabled(&self, channel: &str, enabled: bool, from_config: bool) -> Result<bool, StoreError> {
+        let channel = channel.to_string();
+        self.call(move |db| {
+            let current: Option<(bool, Option<bool>)> = db
+                .query_row(
+                    "SELECT enabled, config_enabled FROM channel_state WHERE channel = ?1",
+                    [&channel],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()?;
+            let applied = match (from_config, current) {
+                // The config's value is the one last applied: an API change stands.
+                (true, Some((now, Some(seen)))) if seen == enabled => now,
+                (true, _) => {
+                    db.execute(
+                        "INSERT INTO channel_state (channel, enabled, config_enabled) VALUES (?1, ?2, ?2)
+                         ON CONFLICT (channel) DO UPDATE SET enabled = ?2, config_enabled = ?2,
+                           reason = CASE WHEN ?2 THEN NULL ELSE reason END",
+                        params![channel, enabled],
+                    )?;
+                    enabled
+                }
+                (false, _) => {
+                    db.execute(
+                        "INSERT INTO channel_state (channel, enabled) VALUES (?1, ?2)
+                         ON CONFLICT (channel) DO UPDATE SET enabled = ?2,
+                           reason = CASE WHEN ?2 THEN NULL ELSE reason END",
+                        params![channel, enabled],
+                    )?;
+                    enabled
+                }
+            };
+            Ok(applied)
+        })
+    }
+
+    fn trip(&self, channel: &str, reason: &str) -> Result<(), StoreError> {
+        let (channel, reason) = (channel.to_string(), reason.to_string());
+        self.call(move |db| {
+            db.execute(
+                "INSERT INTO channel_state (channel, enabled, reason) VALUES (?1, 0, ?2)
+                 ON CONFLICT (channel) DO UPDATE SET enabled = 0, reason = ?2",
+                params![channel, reason],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn tripped(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        let channel = channel.to_string();
+        self.read(move |db| {
+            Ok(db
+                .query_row(
+                    "SELECT reason FROM channel_state WHERE channel = ?1",
+                    [channel],
+                    |row| row.get::<_, Option<String>>(0),
+                )
+                .optional()?
+                .flatten())
+        })
+    }
+
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterSummary>, StoreError> {
+        let (clause, values) = filter_clause(filter);
+        let limit = filter.limit.unwrap_or(100);
+        self.read(move |db| {
+            let mut query = db.prepare(&format!(
+                "SELECT id, tenant, channel, destination, event_id, stage, reason, created_ms
+                 FROM dead_letters {clause} ORDER BY id DESC LIMIT {limit}"
+            ))?;
+            let rows = query.query_map(rusqlite::params_from_iter(values), summary_from_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+        self.read(move |db| {
+            let found = db
+                .query_row("SELECT * FROM dead_letters WHERE id = ?1", [id], |row| {
+                    let summary = summary_from_row(row)?;
+                    let original: String = row.get("original")?;
+                    let output: Option<String> = row.get("output")?;
+                    let detail: String = row.get("detail")?;
+                    let versions: String = row.get("versions")?;
+                    let attempts: String = row.get("attempts")?;
+                    Ok((summary, original, output, detail, versions, attempts))
+                })
+                .optional()?;
+            let Some((summary, original, output, detail, versions, attempts)) = found else {
+                return Ok(None);
+            };
+            let corrupt = |detail: serde_json::Error| StoreError::Corrupt {
+                what: format!("dead letter {id}"),
+                detail: detail.to_string(),
+            };
+            Ok(Some(DeadLetter {
+                summary,
+                original: json_or_text(&original),
+                output: output.as_deref().map(json_or_text),
+                detail: json_or_text(&detail),
+                versions: serde_json::from_str(&versions).map_err(corrupt)?,
+                attempts: serde_json::from_str(&attempts).map_err(corrupt)?,
+            }))
+        })
+    }
+
+    fn purge_dead_letter(&self, id: i64) -> Result<bool, StoreError> {
+        self.call(move |db| Ok(db.execute("DELETE FROM dead_letters WHERE id = ?1", [id])? == 1))
+    }
+
+    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
+        let (clause, values) = filter_clause(filter);
+        self.call(move |db| {
+            Ok(db.execute(
+                &format!("DELETE FROM dead_letters {clause}"),
+                rusqlite::params_from_iter(values),
+            )? as u64)
+        })
+    }
+
+    fn replay(&self, id: i64, how: Replay) -> Result<ReplayResult, StoreError> {
+        self.call(move |db| {
+            let now = now_ms();
+            let found = db
+                .query_row(
+                    "SELECT tenant, channel, destination, event_id, original, output, versions,
+                            entity_key, idempotency_key, correlation_id
+                     FROM dead_letters WHERE id = ?1",
+                    [id],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, Option<String>>(2)?,
+                            row.get::<_, String>(3)?,
+                            row.get::<_, String>(4)?,
+                            row.get::<_, Option<String>>(5)?,
+                            row.get::<_, String>(6)?,
+                            row.get::<_, Option<String>>(7)?,
+                            row.get::<_, Option<String>>(8)?,
+                            row.get::<_, Option<String>>(9)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((tenant, channel, destination, event_id, original, output, versions, key, idem, corr)) =
+                found
+            else {
+                return Ok(ReplayResult::NotFound);
+            };
+            match how {
+                Replay::Resend => {
+                    let (Some(destination), Some(output), Some(key), Some(idem), Some(corr)) =
+                        (destination, output, key, idem, corr)
+                    else {
+                        return Ok(ReplayResult::NothingToResend);
+                    };
+                    db.execute(
+                        "INSERT INTO outbox (destination, channel, tenant, event_id, entity_key,
+                             idempotency_key, correlation_id, output, versions, next_ms, created_ms,
+                             received_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10)",
+                        params![
+                            destination,
+                            channel,
+                            tenant,
+                            event_id,
+                            key,
+                            idem,
+                            corr,
+                            output,
+                            versions,
+                            now
+                        ],
+                    )?;
+                }
+                Replay::Retransform => {
+                    db.execute(
+                        "INSERT INTO events (tenant, id, received_ms, event) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT DO NOTHING",
+                        params![tenant, event_id, now, original],
+                    )?;
+                    db.execute(
+                        "INSERT INTO inbox (channel, tenant, event_id) VALUES (?1, ?2, ?3)",
+                        params![channel, tenant, event_id],
+                    )?;
+                }
+            }
+            db.execute("DELETE FROM dead_letters WHERE id = ?1", [id])?;
+            Ok(ReplayResult::Queued)
+        })
+    }
+
+    fn depth(&self, channel: &str) -> Result<Depth, StoreError> {
+        let channel = channel.to_string();
+        self.read(move |db| {
+            let count = |sql: &str| -> rusqlite::Result<u64> {
+                let count: i64 = db.prepare_cached(sql)?.query_row([&channel], |row| row.get(0))?;
+                Ok(count as u64)
+            };
+            Ok(Depth {
+                to_transform: count("SELECT COUNT(*) FROM inbox WHERE channel = ?1")?,
+                to_deliver: count("SELECT COUNT(*) FROM outbox WHERE channel = ?1")?,
+                dead_letters: count("SELECT COUNT(*) FROM dead_letters WHERE channel = ?1")?,
+            })
+        })
+    }
+
+    fn forget_before(&self, before_ms: i64) -> Result<u64, StoreError> {
+        self.call(move |db| {
+            Ok(db.execute(
+                "DELETE FROM events WHERE received_ms < ?1
+                   AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.tenant = events.tenant AND i.event_id = events.id)
+                   AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.tenant = events.tenant AND o.event_id = events.id)",
+                [before_ms],
+            )? as u64)
+        })
+    }
+}
+
+pub(super) fn active_pipeline(db: &Connection, channel: &str) -> rusqlite::Result<Option<String>> {
+    db.query_row(
+        "SELECT spec FROM channel_pipelines WHERE channel = ?1 ORDER BY seq DESC LIMIT 1",
+        [channel],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+fn record_attempt(db: &Connection, seq: i64, attempt: &Attempt) -> rusqlite::Result<()> {
+    db.prepare_cached("INSERT INTO attempts (outbox_seq, at_ms, status, detail) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![seq, attempt.at_ms, attempt.status, attempt.detail])?;
+    Ok(())
+}
+
+/// Moves an outbox row and its attempts to dead letters.
+fn dead_letter_delivery(db: &Connection, delivery: &Delivery, reason: &str) -> Result<(), StoreError> {
+    let attempts: Vec<Attempt> = db
+        .prepare_cached("SELECT at_ms, status, detail FROM attempts WHERE outbox_seq = ?1 ORDER BY rowid")?
+        .query_map([delivery.seq], |row| {
+            Ok(Attempt {
+                at_ms: row.get(0)?,
+                status: row.get(1)?,
+                detail: row.get(2)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    let original: Option<String> = db
+        .query_row(
+            "SELECT event FROM events WHERE tenant = ?1 AND id = ?2",
+            params![delivery.tenant, delivery.event_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let versions: String = db.query_row(
+        "SELECT versions FROM outbox WHERE seq = ?1",
+        [delivery.seq],
+        |row| row.get(0),
+    )?;
+    db.execute(
+        "INSERT INTO dead_letters (tenant, channel, destination, event_id, stage, reason, original, output,
+             detail, versions, attempts, entity_key, idempotency_key, correlation_id, created_ms)
+         VALUES (?1, ?2, ?3, ?4, 'delivery', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        params![
+            delivery.tenant,
+            delivery.channel,
+            delivery.destination,
+            delivery.event_id,
+            reason,
+            original.unwrap_or_else(|| "null".into()),
+            delivery.output,
+            serde_json::json!({"attempts": attempts.len()}).to_string(),
+            versions,
+            serde_json::to_string(&attempts).unwrap_or_else(|_| "[]".into()),
+            delivery.entity_key,
+            delivery.idempotency_key,
+            delivery.correlation_id,
+            now_ms(),
+        ],
+    )?;
+    db.execute("DELETE FROM outbox WHERE seq = ?1", [delivery.seq])?;
+    db.execute("DELETE FROM attempts WHERE outbox_seq = ?1", [delivery.seq])?;
+    Ok(())
+}
