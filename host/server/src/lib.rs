@@ -40,6 +40,7 @@ pub mod http;
 mod ingest;
 pub mod metrics;
 mod modules;
+pub mod routes;
 pub mod sidecar;
 pub mod sink;
 pub mod store;
@@ -241,27 +242,35 @@ async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
 }
 
 async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    use routes::Route;
+
     let path = request.uri().path().to_string();
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let method = request.method().clone();
+    let Some((route, name)) = routes::find(&path) else {
+        return Err(ApiError::not_found("not-found", format!("no route for {path}")));
+    };
+    let name = name.to_string();
     let caller = app.tokens.caller(
         request
             .headers()
             .get(hyper::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
     );
-    match (&method, segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => return Ok(text(StatusCode::OK, "ok\n")),
-        (&Method::GET, ["readyz"]) => {
+    match (route, &method) {
+        (Route::Healthz, &Method::GET) => return Ok(text(StatusCode::OK, "ok\n")),
+        (Route::Readyz, &Method::GET) => {
             let details = matches!(caller, Some(Caller::Admin | Caller::Metrics));
             return Ok(readiness(app, details).await);
         }
-        (&Method::GET, ["metrics"]) => {
+        (Route::Metrics, &Method::GET) => {
             return if !app.metrics_need_token || matches!(caller, Some(Caller::Admin | Caller::Metrics)) {
                 Ok(text(StatusCode::OK, &app.metrics.render()))
             } else {
                 Err(ApiError::unauthorized())
             };
+        }
+        (Route::Healthz | Route::Readyz | Route::Metrics, _) => {
+            return Err(method_not_allowed(&method, &path));
         }
         _ => {}
     }
@@ -269,13 +278,12 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
         Some(caller @ (Caller::Admin | Caller::Tenant(_))) => caller,
         _ => return Err(ApiError::unauthorized()),
     };
-    match (&method, segments.as_slice()) {
-        (&Method::POST, ["v1", "channels", channel, "transform"]) => {
-            let channel = channel.to_string();
-            let response = sync::transform(app, &caller, &channel, request).await;
+    match (route, &method) {
+        (Route::Transform, &Method::POST) => {
+            let response = sync::transform(app, &caller, &name, request).await;
             // Only configured names become labels: a caller cannot grow the metrics.
-            let channel = if app.channels.contains_key(&channel) {
-                channel
+            let channel = if app.channels.contains_key(&name) {
+                name
             } else {
                 "(unknown)".into()
             };
@@ -292,44 +300,36 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
                 .inc();
             response
         }
-        (&Method::POST, ["v1", "events"]) => ingest::ingest(app, &caller, request).await,
-        (&Method::GET, ["v1", "channels"]) => admin::list_channels(app, &caller).await,
-        (&Method::GET, ["v1", "channels", name]) => admin::show_channel(app, &caller, name).await,
-        (&Method::POST, ["v1", "channels", name, switch @ ("enable" | "disable")]) => {
-            admin::switch_channel(app, &caller, name, *switch == "enable").await
-        }
-        (&Method::POST, ["v1", "channels", name, "activate"]) => {
-            modules::activate(app, &caller, name, request).await
-        }
-        (&Method::POST, ["v1", "channels", name, "rollback"]) => modules::rollback(app, &caller, name).await,
-        (&Method::GET, ["v1", "modules"]) => modules::list(app, &caller, None).await,
-        (&Method::GET, ["v1", "modules", name]) => modules::list(app, &caller, Some(name)).await,
-        (&Method::PUT, ["v1", "modules", name]) => modules::upload(app, &caller, name, request).await,
-        (&Method::GET, ["v1", "dead-letters"]) => admin::list_dead_letters(app, &caller, &request).await,
-        (&Method::DELETE, ["v1", "dead-letters"]) => admin::purge_dead_letters(app, &caller, &request).await,
-        (&Method::GET, ["v1", "dead-letters", id]) => admin::show_dead_letter(app, &caller, id).await,
-        (&Method::DELETE, ["v1", "dead-letters", id]) => admin::purge_dead_letter(app, &caller, id).await,
-        (&Method::POST, ["v1", "dead-letters", id, "replay"]) => {
+        (Route::Events, &Method::POST) => ingest::ingest(app, &caller, request).await,
+        (Route::Channels, &Method::GET) => admin::list_channels(app, &caller).await,
+        (Route::Channel, &Method::GET) => admin::show_channel(app, &caller, &name).await,
+        (Route::Enable, &Method::POST) => admin::switch_channel(app, &caller, &name, true).await,
+        (Route::Disable, &Method::POST) => admin::switch_channel(app, &caller, &name, false).await,
+        (Route::Activate, &Method::POST) => modules::activate(app, &caller, &name, request).await,
+        (Route::Rollback, &Method::POST) => modules::rollback(app, &caller, &name).await,
+        (Route::Modules, &Method::GET) => modules::list(app, &caller, None).await,
+        (Route::Module, &Method::GET) => modules::list(app, &caller, Some(&name)).await,
+        (Route::Module, &Method::PUT) => modules::upload(app, &caller, &name, request).await,
+        (Route::DeadLetters, &Method::GET) => admin::list_dead_letters(app, &caller, &request).await,
+        (Route::DeadLetters, &Method::DELETE) => admin::purge_dead_letters(app, &caller, &request).await,
+        (Route::DeadLetter, &Method::GET) => admin::show_dead_letter(app, &caller, &name).await,
+        (Route::DeadLetter, &Method::DELETE) => admin::purge_dead_letter(app, &caller, &name).await,
+        (Route::Replay, &Method::POST) => {
             let retransform = http::query_flag(&request, "retransform");
-            admin::replay_dead_letter(app, &caller, id, retransform).await
+            admin::replay_dead_letter(app, &caller, &name, retransform).await
         }
-        (&Method::PUT, ["v1", "tenants", name]) => admin::create_tenant(app, &caller, name).await,
-        (&Method::POST, ["v1", "tenants", name, "tokens"]) => admin::create_token(app, &caller, name).await,
-        (
-            _,
-            ["healthz" | "readyz" | "metrics"]
-            | ["v1", "events"]
-            | ["v1", "channels", ..]
-            | ["v1", "modules", ..]
-            | ["v1", "tenants", ..]
-            | ["v1", "dead-letters", ..],
-        ) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method-not-allowed",
-            format!("{method} is not allowed on {path}"),
-        )),
-        _ => Err(ApiError::not_found("not-found", format!("no route for {path}"))),
+        (Route::Tenant, &Method::PUT) => admin::create_tenant(app, &caller, &name).await,
+        (Route::Tokens, &Method::POST) => admin::create_token(app, &caller, &name).await,
+        _ => Err(method_not_allowed(&method, &path)),
     }
+}
+
+fn method_not_allowed(method: &Method, path: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{method} is not allowed on {path}"),
+    )
 }
 
 /// `GET /readyz`: 200 when the store answers, every worker runs and every
