@@ -18,6 +18,7 @@ use super::http::ApiError;
 use super::metrics::Metrics;
 use super::supervisor::WorkerBoard;
 use crate::store::{Queue, Registry, StoreError};
+use sluice_engine::event::{EventJson, OutcomeJson};
 use sluice_engine::pipeline::{Pipeline, PipelineSpec, Step};
 use sluice_engine::{Engine, Limits};
 
@@ -403,6 +404,35 @@ impl App {
             )),
             None => Ok(None),
         }
+    }
+
+    /// Runs `events` through `pipeline` for `channel`, the one way the
+    /// synchronous and durable paths share: it waits for one of the tenant's
+    /// `transform-concurrency` permits, runs the pipeline on a blocking
+    /// thread that holds the permit for as long as it runs (even if the
+    /// caller goes away), and records the time and every outcome on `path`
+    /// (`sync` or `ingest`). The events come back with their outcomes.
+    pub async fn run_pipeline(
+        &self,
+        channel: &Channel,
+        pipeline: Pipeline,
+        events: Vec<EventJson>,
+        path: &'static str,
+    ) -> Result<(Vec<EventJson>, Vec<OutcomeJson>), tokio::task::JoinError> {
+        let permit = self.transform_permit(&channel.tenant).await.ok().flatten();
+        let started = Instant::now();
+        let (events, outcomes) = tokio::task::spawn_blocking(move || {
+            let outcomes = pipeline.run(&events);
+            drop(permit);
+            (events, outcomes)
+        })
+        .await?;
+        self.metrics
+            .transform_time(&channel.name, started.elapsed().as_secs_f64());
+        for outcome in &outcomes {
+            self.metrics.outcome(&channel.name, outcome.tag(), path);
+        }
+        Ok((events, outcomes))
     }
 
     /// A tenant's state, if the tenant exists.

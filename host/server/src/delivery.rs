@@ -32,7 +32,6 @@ use tokio::task::JoinSet;
 
 use super::backoff::{TokenBucket, backoff, retry_after};
 use super::config::RetryPolicy;
-use super::metrics::{DeadLetterLabels, DestinationLabels};
 use super::{App, Destination, in_store};
 use crate::store::{Attempt, AttemptResult, Delivery, now_ms};
 use sluice_engine::event::EventJson;
@@ -285,13 +284,8 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
         detail,
         elapsed,
     } = sent;
-    let labels = DestinationLabels {
-        destination: destination.config.name.clone(),
-    };
-    app.metrics
-        .delivery_seconds
-        .get_or_create(&labels)
-        .observe(elapsed.as_secs_f64());
+    let name = &destination.config.name;
+    app.metrics.delivery_time(name, elapsed.as_secs_f64());
     let attempt_number = delivery.attempts + 1;
     tracing::info!(
         destination = %destination.config.name,
@@ -313,11 +307,8 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
     };
     let result = match status {
         Some(200..=299) => {
-            app.metrics.delivered.get_or_create(&labels).inc();
             app.metrics
-                .end_to_end_seconds
-                .get_or_create(&labels)
-                .observe((now - delivery.received_ms).max(0) as f64 / 1000.0);
+                .delivered(name, (now - delivery.received_ms).max(0) as f64 / 1000.0);
             AttemptResult::Delivered
         }
         None | Some(408 | 425 | 429 | 500..=599) => {
@@ -334,7 +325,7 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
                     reason: "too-old".into(),
                 }
             } else {
-                app.metrics.retried.get_or_create(&labels).inc();
+                app.metrics.retried(name);
                 let wait = backoff(policy, attempt_number).max(retry_after.unwrap_or_default());
                 AttemptResult::Retry {
                     attempt,
@@ -361,13 +352,7 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
             reason = %reason,
             "delivery dead-lettered"
         );
-        app.metrics
-            .dead_lettered
-            .get_or_create(&DeadLetterLabels {
-                channel: delivery.channel.clone(),
-                stage: "delivery".into(),
-            })
-            .inc();
+        app.metrics.dead_lettered(&delivery.channel, "delivery");
     }
     (delivery, result)
 }

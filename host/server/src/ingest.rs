@@ -8,7 +8,6 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::http::{ApiError, Body, json_response, read_body};
-use super::metrics::{ChannelLabels, TenantLabels};
 use super::{App, blocking};
 use crate::store::Ingest;
 
@@ -57,12 +56,7 @@ pub async fn ingest(
                 channels.push(channel.name.clone());
                 woken.push(channel);
             } else {
-                app.metrics
-                    .skipped
-                    .get_or_create(&ChannelLabels {
-                        channel: channel.name.clone(),
-                    })
-                    .inc();
+                app.metrics.skipped(&channel.name);
             }
         }
         logged.push((event.tenant.clone(), event.correlation_id));
@@ -85,12 +79,7 @@ pub async fn ingest(
         if let Some(tenant) = app.tenant(name)
             && let Err(wait) = tenant.admit(count)
         {
-            app.metrics
-                .rate_limited
-                .get_or_create(&TenantLabels {
-                    tenant: name.to_string(),
-                })
-                .inc();
+            app.metrics.rate_limited(name);
             return Err(ApiError::rate_limited(
                 format!(
                     "tenant `{name}` is over its ingest-rate; retry after {} ms",
@@ -108,14 +97,8 @@ pub async fn ingest(
 
     let mut duplicates = 0;
     for (receipt, (tenant, correlation_id)) in receipts.iter().zip(&logged) {
-        let labels = TenantLabels {
-            tenant: tenant.clone(),
-        };
-        app.metrics.events_in.get_or_create(&labels).inc();
-        if receipt.duplicate {
-            duplicates += 1;
-            app.metrics.duplicates.get_or_create(&labels).inc();
-        }
+        app.metrics.event_in(tenant, receipt.duplicate);
+        duplicates += usize::from(receipt.duplicate);
         tracing::info!(
             tenant = %tenant,
             event_id = %receipt.id,
@@ -251,12 +234,7 @@ fn check_storage(app: &App, tenant: &str, incoming: u64) -> Result<(), ApiError>
     if stored.saturating_add(incoming) <= config {
         return Ok(());
     }
-    app.metrics
-        .storage_refused
-        .get_or_create(&TenantLabels {
-            tenant: tenant.to_string(),
-        })
-        .inc();
+    app.metrics.storage_refused(tenant);
     let mut error = ApiError::rate_limited(
         format!(
             "tenant `{tenant}` keeps {stored} events (queued and dead letters), its limit is {config}: \

@@ -65,7 +65,6 @@ use crate::store::StoreError;
 pub use app::{ActivationError, App, Channel, Destination, Tenant, versions};
 use auth::Caller;
 use http::{ApiError, Body, text};
-use metrics::RequestLabels;
 
 /// Serves `app` on `listener` with its supervised workers until `shutdown`
 /// completes (see [`shutdown_signal`]). Then it stops accepting, lets
@@ -291,13 +290,7 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
                 Ok(ok) => ok.status(),
                 Err(err) => err.status,
             };
-            app.metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    channel,
-                    status: status.as_u16(),
-                })
-                .inc();
+            app.metrics.sync_request(&channel, status.as_u16());
             response
         }
         (Route::Events, &Method::POST) => ingest::ingest(app, &caller, request).await,

@@ -14,7 +14,7 @@ use crate::store::Depth;
 
 /// Labels of per-channel request counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+struct RequestLabels {
     /// The channel.
     pub channel: String,
     /// The HTTP status answered.
@@ -23,7 +23,7 @@ pub struct RequestLabels {
 
 /// Labels of per-channel outcome counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
+struct OutcomeLabels {
     /// The channel.
     pub channel: String,
     /// `emit`, `drop`, `reject` or `error`.
@@ -34,28 +34,28 @@ pub struct OutcomeLabels {
 
 /// Labels of per-channel series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ChannelLabels {
+struct ChannelLabels {
     /// The channel.
     pub channel: String,
 }
 
 /// Labels of per-tenant series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TenantLabels {
+struct TenantLabels {
     /// The tenant.
     pub tenant: String,
 }
 
 /// Labels of per-destination series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DestinationLabels {
+struct DestinationLabels {
     /// The destination.
     pub destination: String,
 }
 
 /// Labels of dead-letter counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DeadLetterLabels {
+struct DeadLetterLabels {
     /// The channel.
     pub channel: String,
     /// `transform` or `delivery`.
@@ -64,7 +64,7 @@ pub struct DeadLetterLabels {
 
 /// Labels of module-upload counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UploadLabels {
+struct UploadLabels {
     /// The tenant.
     pub tenant: String,
     /// `stored`, `unchanged` or `refused`.
@@ -73,7 +73,7 @@ pub struct UploadLabels {
 
 /// Labels of queue-depth gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DepthLabels {
+struct DepthLabels {
     /// The channel.
     pub channel: String,
     /// `transform` (waiting for the pipeline) or `delivery` (in the outbox).
@@ -82,7 +82,7 @@ pub struct DepthLabels {
 
 /// Labels of a background worker's series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WorkerLabels {
+struct WorkerLabels {
     /// `transform:<channel>`, `delivery:<destination>` or `housekeeping`.
     pub worker: String,
 }
@@ -93,41 +93,41 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     registry: Registry,
     /// Sync transform requests, by channel and status.
-    pub requests: Family<RequestLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
     /// Events ingested (duplicates included), by tenant.
-    pub events_in: Family<TenantLabels, Counter>,
+    events_in: Family<TenantLabels, Counter>,
     /// Ingested events whose id was already stored, by tenant.
-    pub duplicates: Family<TenantLabels, Counter>,
+    duplicates: Family<TenantLabels, Counter>,
     /// Ingested events not queued for a channel that was off with `when-off = "skip"`.
-    pub skipped: Family<ChannelLabels, Counter>,
+    skipped: Family<ChannelLabels, Counter>,
     /// Events transformed, by channel, outcome and path.
-    pub outcomes: Family<OutcomeLabels, Counter>,
+    outcomes: Family<OutcomeLabels, Counter>,
     /// Events emitted into the outbox, by channel.
-    pub emitted: Family<ChannelLabels, Counter>,
+    emitted: Family<ChannelLabels, Counter>,
     /// Deliveries the destination accepted.
-    pub delivered: Family<DestinationLabels, Counter>,
+    delivered: Family<DestinationLabels, Counter>,
     /// Delivery attempts that failed and will be retried.
-    pub retried: Family<DestinationLabels, Counter>,
+    retried: Family<DestinationLabels, Counter>,
     /// Events moved to dead letters, by channel and stage.
-    pub dead_lettered: Family<DeadLetterLabels, Counter>,
+    dead_lettered: Family<DeadLetterLabels, Counter>,
     /// Events waiting, by channel and queue.
-    pub depth: Family<DepthLabels, Gauge>,
+    depth: Family<DepthLabels, Gauge>,
     /// 1 while a channel's circuit breaker holds it paused.
-    pub circuit_open: Family<ChannelLabels, Gauge>,
+    circuit_open: Family<ChannelLabels, Gauge>,
     /// Ingest requests refused by a tenant's `ingest-rate`.
-    pub rate_limited: Family<TenantLabels, Counter>,
+    rate_limited: Family<TenantLabels, Counter>,
     /// Module uploads, by tenant and result (`stored`, `unchanged`, `refused`).
-    pub uploads: Family<UploadLabels, Counter>,
+    uploads: Family<UploadLabels, Counter>,
     /// Restarts of background workers that died.
-    pub worker_restarts: Family<WorkerLabels, Counter>,
+    worker_restarts: Family<WorkerLabels, Counter>,
     /// Ingest requests refused because the tenant holds its `max-stored-events`.
-    pub storage_refused: Family<TenantLabels, Counter>,
+    storage_refused: Family<TenantLabels, Counter>,
     /// Time spent running a channel's pipeline per batch, in seconds.
-    pub transform_seconds: Histograms<ChannelLabels>,
+    transform_seconds: Histograms<ChannelLabels>,
     /// Time of one delivery request, in seconds.
-    pub delivery_seconds: Histograms<DestinationLabels>,
+    delivery_seconds: Histograms<DestinationLabels>,
     /// Time from ingest to accepted delivery, in seconds.
-    pub end_to_end_seconds: Histograms<DestinationLabels>,
+    end_to_end_seconds: Histograms<DestinationLabels>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -253,7 +253,128 @@ impl Default for Metrics {
     }
 }
 
+/// Labels of one channel.
+fn channel(name: &str) -> ChannelLabels {
+    ChannelLabels {
+        channel: name.to_string(),
+    }
+}
+
+/// Labels of one tenant.
+fn tenant(name: &str) -> TenantLabels {
+    TenantLabels {
+        tenant: name.to_string(),
+    }
+}
+
+/// Labels of one destination.
+fn destination(name: &str) -> DestinationLabels {
+    DestinationLabels {
+        destination: name.to_string(),
+    }
+}
+
 impl Metrics {
+    /// Counts a synchronous transform request by its answer's status.
+    pub fn sync_request(&self, channel: &str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                channel: channel.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    /// Counts an ingested event, and whether it was a duplicate.
+    pub fn event_in(&self, tenant_name: &str, duplicate: bool) {
+        let labels = tenant(tenant_name);
+        self.events_in.get_or_create(&labels).inc();
+        if duplicate {
+            self.duplicates.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Counts an event not queued for a channel that was off (`when-off = skip`).
+    pub fn skipped(&self, channel_name: &str) {
+        self.skipped.get_or_create(&channel(channel_name)).inc();
+    }
+
+    /// Counts an ingest request refused by the tenant's `ingest-rate`.
+    pub fn rate_limited(&self, tenant_name: &str) {
+        self.rate_limited.get_or_create(&tenant(tenant_name)).inc();
+    }
+
+    /// Counts an ingest request refused by the tenant's `max-stored-events`.
+    pub fn storage_refused(&self, tenant_name: &str) {
+        self.storage_refused.get_or_create(&tenant(tenant_name)).inc();
+    }
+
+    /// Records how long one pipeline run of a channel took.
+    pub fn transform_time(&self, channel_name: &str, seconds: f64) {
+        self.transform_seconds
+            .get_or_create(&channel(channel_name))
+            .observe(seconds);
+    }
+
+    /// Counts an event's outcome (`emit`, `drop`, `reject`, `error`) on a path (`sync`, `ingest`).
+    pub fn outcome(&self, channel: &str, outcome: &str, path: &str) {
+        self.outcomes
+            .get_or_create(&OutcomeLabels {
+                channel: channel.to_string(),
+                outcome: outcome.to_string(),
+                path: path.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts events emitted into the outbox.
+    pub fn emitted(&self, channel_name: &str, count: usize) {
+        self.emitted
+            .get_or_create(&channel(channel_name))
+            .inc_by(count as u64);
+    }
+
+    /// Counts an event moved to dead letters at a stage (`transform`, `delivery`).
+    pub fn dead_lettered(&self, channel: &str, stage: &str) {
+        self.dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                channel: channel.to_string(),
+                stage: stage.to_string(),
+            })
+            .inc();
+    }
+
+    /// Records how long one delivery request took.
+    pub fn delivery_time(&self, destination_name: &str, seconds: f64) {
+        self.delivery_seconds
+            .get_or_create(&destination(destination_name))
+            .observe(seconds);
+    }
+
+    /// Counts a delivery the destination accepted, with its time since ingest.
+    pub fn delivered(&self, destination_name: &str, end_to_end_seconds: f64) {
+        let labels = destination(destination_name);
+        self.delivered.get_or_create(&labels).inc();
+        self.end_to_end_seconds
+            .get_or_create(&labels)
+            .observe(end_to_end_seconds);
+    }
+
+    /// Counts a failed delivery attempt that will be retried.
+    pub fn retried(&self, destination_name: &str) {
+        self.retried.get_or_create(&destination(destination_name)).inc();
+    }
+
+    /// Counts a module upload by its result (`stored`, `unchanged`, `refused`).
+    pub fn upload(&self, tenant: &str, result: &str) {
+        self.uploads
+            .get_or_create(&UploadLabels {
+                tenant: tenant.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
     /// Counts one restart of a worker that died.
     pub fn worker_restarted(&self, worker: &str) {
         self.worker_restarts
@@ -274,9 +395,7 @@ impl Metrics {
     /// Records whether a channel's circuit breaker is open.
     pub fn set_tripped(&self, channel: &str, open: bool) {
         self.circuit_open
-            .get_or_create(&ChannelLabels {
-                channel: channel.to_string(),
-            })
+            .get_or_create(&self::channel(channel))
             .set(i64::from(open));
     }
 

@@ -18,7 +18,6 @@ use sha2::{Digest, Sha256};
 use super::admin::{describe, valid_name};
 use super::auth::Caller;
 use super::http::{ApiError, Body, json_response, query_param, read_body};
-use super::metrics::UploadLabels;
 use super::{ActivationError, App, blocking};
 use crate::store::{ModuleVersion, now_ms};
 use sluice_engine::fixtures::{CaseResult, Subject, run_suite};
@@ -47,13 +46,7 @@ fn acting_tenant(app: &App, caller: &Caller, request: &Request<Incoming>) -> Res
 }
 
 fn refused(app: &App, tenant: &str, error: ApiError) -> ApiError {
-    app.metrics
-        .uploads
-        .get_or_create(&UploadLabels {
-            tenant: tenant.to_string(),
-            result: "refused".into(),
-        })
-        .inc();
+    app.metrics.upload(tenant, "refused");
     tracing::warn!(tenant = %tenant, code = error.code, reason = %error.message, "module upload refused");
     error
 }
@@ -172,13 +165,7 @@ pub async fn upload(
             .await
             .map_err(ApiError::internal)?
             .map_err(store_failed)?;
-        app.metrics
-            .uploads
-            .get_or_create(&UploadLabels {
-                tenant: tenant_name.clone(),
-                result: "unchanged".into(),
-            })
-            .inc();
+        app.metrics.upload(&tenant_name, "unchanged");
         return Ok(json_response(
             StatusCode::OK,
             &json!({"name": name, "version": version, "size": bytes.len(), "created": false}),
@@ -229,13 +216,7 @@ pub async fn upload(
     };
     let registry = app.registry.clone();
     blocking(move || registry.add_module(&record)).await?;
-    app.metrics
-        .uploads
-        .get_or_create(&UploadLabels {
-            tenant: tenant_name.clone(),
-            result: "stored".into(),
-        })
-        .inc();
+    app.metrics.upload(&tenant_name, "stored");
     tracing::info!(tenant = %tenant_name, module = %name, version = %version, size = bytes.len(), "module stored");
     Ok(json_response(
         StatusCode::CREATED,

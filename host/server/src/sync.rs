@@ -1,15 +1,12 @@
 //! `POST /v1/channels/{channel}/transform`: the synchronous sidecar path.
 //! Runs the channel's pipeline and answers with the outcomes; nothing is stored.
 
-use std::time::Instant;
-
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
 use super::App;
 use super::auth::Caller;
 use super::http::{ApiError, Body, json_bytes_response, query_flag, read_body};
-use super::metrics::{ChannelLabels, OutcomeLabels};
 use sluice_engine::event::{EventJson, OutcomeJson};
 
 /// Transforms the body's event (or array of events) with `name`'s pipeline.
@@ -51,35 +48,10 @@ pub async fn transform(
         event.tenant = channel.tenant.clone();
     }
 
-    // The tenant's share of the machine: at most `transform-concurrency`
-    // pipelines at once. The permit moves into the blocking task, so it is
-    // held for as long as the pipeline runs, even if the client leaves.
-    let permit = app.transform_permit(&channel.tenant).await?;
-    let started = Instant::now();
-    let pipeline = channel.pipeline();
-    let outcomes = tokio::task::spawn_blocking(move || {
-        let outcomes = pipeline.run(&events);
-        drop(permit);
-        outcomes
-    })
-    .await
-    .map_err(|join| ApiError::internal(format!("the transform task failed: {join}")))?;
-    app.metrics
-        .transform_seconds
-        .get_or_create(&ChannelLabels {
-            channel: name.to_string(),
-        })
-        .observe(started.elapsed().as_secs_f64());
-    for outcome in &outcomes {
-        app.metrics
-            .outcomes
-            .get_or_create(&OutcomeLabels {
-                channel: name.to_string(),
-                outcome: outcome.tag().to_string(),
-                path: "sync".into(),
-            })
-            .inc();
-    }
+    let (_, outcomes) = app
+        .run_pipeline(channel, channel.pipeline(), events, "sync")
+        .await
+        .map_err(|join| ApiError::internal(format!("the transform task failed: {join}")))?;
 
     let status = if strict && outcomes.iter().any(|o| matches!(o, OutcomeJson::Error { .. })) {
         StatusCode::INTERNAL_SERVER_ERROR

@@ -8,12 +8,11 @@
 //! idempotency keys are the same.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::metrics::{ChannelLabels, DeadLetterLabels, OutcomeLabels};
 use super::{App, Channel, in_store};
 use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key};
 use sluice_engine::event::{EventJson, OutcomeJson};
@@ -128,16 +127,7 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             }),
         }
     }
-    // Held by the blocking task itself, for exactly as long as the pipeline runs.
-    let permit = app.transform_permit(&channel.tenant).await.ok().flatten();
-    let started = Instant::now();
-    let (inputs, outcomes) = match tokio::task::spawn_blocking(move || {
-        let outcomes = pipeline.run(&inputs);
-        drop(permit);
-        (inputs, outcomes)
-    })
-    .await
-    {
+    let (inputs, outcomes) = match app.run_pipeline(channel, pipeline, inputs, "ingest").await {
         Ok(done) => done,
         // The pipeline isolates module faults; a panic here is a host bug.
         // Let it end this worker: the supervisor logs, counts and restarts
@@ -148,12 +138,6 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             return results;
         }
     };
-    app.metrics
-        .transform_seconds
-        .get_or_create(&ChannelLabels {
-            channel: channel.name.clone(),
-        })
-        .observe(started.elapsed().as_secs_f64());
 
     let faults: Vec<Option<String>> = outcomes
         .iter()
@@ -175,14 +159,6 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             outcome = outcome.tag(),
             "event transformed"
         );
-        app.metrics
-            .outcomes
-            .get_or_create(&OutcomeLabels {
-                channel: channel.name.clone(),
-                outcome: outcome.tag().to_string(),
-                path: "ingest".into(),
-            })
-            .inc();
         let disposition = match outcome {
             OutcomeJson::Drop { .. } => Disposition::Dropped,
             OutcomeJson::Reject { violations } => dead_letter(app, channel, "rejected", &violations),
@@ -190,12 +166,7 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             OutcomeJson::Emit { .. } if destination.is_none() => Disposition::Dropped,
             OutcomeJson::Emit { events } => {
                 let destination = destination.expect("checked by the arm above");
-                app.metrics
-                    .emitted
-                    .get_or_create(&ChannelLabels {
-                        channel: channel.name.clone(),
-                    })
-                    .inc_by(events.len() as u64);
+                app.metrics.emitted(&channel.name, events.len());
                 let deliveries = events
                     .iter()
                     .map(|emitted| {
@@ -236,13 +207,7 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
 }
 
 fn dead_letter(app: &App, channel: &Channel, reason: &str, detail: &impl serde::Serialize) -> Disposition {
-    app.metrics
-        .dead_lettered
-        .get_or_create(&DeadLetterLabels {
-            channel: channel.name.clone(),
-            stage: "transform".into(),
-        })
-        .inc();
+    app.metrics.dead_lettered(&channel.name, "transform");
     Disposition::DeadLetter {
         reason: reason.into(),
         detail: serde_json::to_value(detail).unwrap_or(Value::Null),
