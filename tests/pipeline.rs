@@ -1,5 +1,5 @@
 //! Pipelines: the output of one step feeds the next, and emit, drop,
-//! reject and faults compose as documented in `host/src/pipeline.rs`.
+//! reject and faults compose as documented in `host/engine/src/pipeline.rs`.
 
 use std::sync::Arc;
 

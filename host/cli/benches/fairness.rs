@@ -7,7 +7,7 @@
 //! `transform-concurrency = 1`. Runs twice: with no limit on the flooding
 //! tenant, and with `ingest-rate = "2000/s"` on it.
 //!
-//! Run with `cargo bench -p sluice-host --bench fairness` (part of
+//! Run with `cargo bench -p sluice-cli --bench fairness` (part of
 //! `scripts/dev bench`); `SLUICE_FAIRNESS_SECONDS` sets each phase's length (10 s).
 
 use std::sync::Arc;

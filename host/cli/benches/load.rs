@@ -10,7 +10,7 @@
 //!    throughput from the first ingest to the last delivery, and p50/p99
 //!    of ingest-to-delivered per event.
 //!
-//! Run with `scripts/dev bench` (or `cargo bench -p sluice-host --bench load`).
+//! Run with `scripts/dev bench` (or `cargo bench -p sluice-cli --bench load`).
 //! `SLUICE_LOAD_SECONDS`, `SLUICE_LOAD_CLIENTS` and `SLUICE_LOAD_EVENTS`
 //! change the defaults (10 s, 4 clients, 20,000 events).
 

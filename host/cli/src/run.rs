@@ -29,7 +29,7 @@ pub struct RunArgs {
     pipeline: Option<PathBuf>,
     /// Events to read, one JSON object per line; stdin when left out.
     input: Option<PathBuf>,
-    /// Events per call into the module.
+    /// Events per pipeline run (a step passes its module at most 128 at a time).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     batch: u32,
     /// Batches run at once, each on its own thread (default: every core).
@@ -137,11 +137,19 @@ fn run_parallel(
     use std::sync::mpsc::{Receiver, sync_channel};
     use std::sync::{Arc, Mutex};
 
-    // Bounded channels: at most a few chunks per thread are in memory at once.
-    let (to_workers, chunks) = sync_channel::<Chunk>(jobs * 2);
-    let (to_writer, done) = sync_channel::<anyhow::Result<Done>>(jobs * 2);
-    let chunks: Arc<Mutex<Receiver<Chunk>>> = Arc::new(Mutex::new(chunks));
+    // At most `window` chunks are between the reader and the writer at
+    // once (queued, running, or done but waiting for an earlier one): the
+    // reader takes a credit per chunk, the writer gives it back once the
+    // chunk is written. Memory stays bounded however slow one chunk is.
+    let window = jobs * 2;
+    let (credit, credits) = sync_channel::<()>(window);
+    for _ in 0..window {
+        credit.send(()).expect("the credit channel holds the window");
+    }
     std::thread::scope(|scope| {
+        let (to_workers, chunks) = sync_channel::<Chunk>(window);
+        let (to_writer, done) = sync_channel::<anyhow::Result<Done>>(window);
+        let chunks: Arc<Mutex<Receiver<Chunk>>> = Arc::new(Mutex::new(chunks));
         for _ in 0..jobs {
             let (chunks, to_writer) = (chunks.clone(), to_writer.clone());
             scope.spawn(move || {
@@ -151,12 +159,19 @@ fn run_parallel(
                         .map_err(|_| ())
                         .and_then(|rx| rx.recv().map_err(|_| ()));
                     let Ok(chunk) = next else { return };
-                    if to_writer.send(transform_chunk(pipeline, chunk)).is_err() {
+                    // A panic in the engine fails this run with an error, not a hang.
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        transform_chunk(pipeline, chunk)
+                    }))
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("transforming a batch panicked")));
+                    if to_writer.send(result).is_err() {
                         return;
                     }
                 }
             });
         }
+        // Only the workers hold the queue now: once they are gone, the reader's sends fail.
+        drop(chunks);
         drop(to_writer);
         let reading = scope.spawn(move || -> anyhow::Result<()> {
             let mut chunk = Chunk {
@@ -164,6 +179,7 @@ fn run_parallel(
                 first_line: 1,
                 lines: Vec::with_capacity(batch),
             };
+            let send = |chunk: Chunk| credits.recv().is_ok() && to_workers.send(chunk).is_ok();
             for (index, line) in reader.lines().enumerate() {
                 let line_no = index + 1;
                 chunk
@@ -175,34 +191,42 @@ fn run_parallel(
                         first_line: line_no + 1,
                         lines: Vec::with_capacity(batch),
                     };
-                    if to_workers.send(std::mem::replace(&mut chunk, next)).is_err() {
+                    if !send(std::mem::replace(&mut chunk, next)) {
                         return Ok(());
                     }
                 }
             }
             if !chunk.lines.is_empty() {
-                let _ = to_workers.send(chunk);
+                send(chunk);
             }
             Ok(())
         });
         // Write chunks in order, holding back any that finish early.
-        let mut waiting = BTreeMap::new();
-        let mut next = 0;
-        let mut invalid = 0;
-        for finished in done {
-            let finished = finished?;
-            waiting.insert(finished.seq, finished);
-            while let Some(ready) = waiting.remove(&next) {
-                out.write_all(&ready.output)?;
-                invalid += ready.invalid;
-                progress.inc(ready.lines as u64);
-                next += 1;
+        let written = (|| {
+            let mut waiting = BTreeMap::new();
+            let mut next = 0;
+            let mut invalid = 0;
+            for finished in done {
+                let finished = finished?;
+                waiting.insert(finished.seq, finished);
+                while let Some(ready) = waiting.remove(&next) {
+                    out.write_all(&ready.output)?;
+                    invalid += ready.invalid;
+                    progress.inc(ready.lines as u64);
+                    next += 1;
+                    let _ = credit.send(());
+                }
             }
-        }
-        reading
+            anyhow::Ok(invalid)
+        })();
+        // On an error, returning the credits lets a waiting reader see that the workers are gone.
+        drop(credit);
+        let read = reading
             .join()
-            .map_err(|_| anyhow::anyhow!("the input reader panicked"))??;
-        anyhow::Ok(invalid)
+            .map_err(|_| anyhow::anyhow!("the input reader panicked"))?;
+        let invalid = written?;
+        read?;
+        Ok(invalid)
     })
 }
 

@@ -27,12 +27,12 @@ pub struct ArtifactCache {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// It cannot be created or read.
-    #[error("cannot use the module cache directory `{}`: {source}", dir.display())]
+    #[error("cannot use the module cache directory `{}`: {error}", dir.display())]
     Io {
         /// The directory.
         dir: PathBuf,
         /// Why.
-        source: io::Error,
+        error: io::Error,
     },
     /// Someone else could plant machine code in it.
     #[error(
@@ -62,9 +62,9 @@ impl ArtifactCache {
     /// A cache in `dir`, created private if missing; refused if it is not private.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, CacheError> {
         let dir = dir.into();
-        let io_err = |source| CacheError::Io {
+        let io_err = |error| CacheError::Io {
             dir: dir.clone(),
-            source,
+            error,
         };
         std::fs::DirBuilder::new()
             .recursive(true)

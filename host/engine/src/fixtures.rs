@@ -31,12 +31,12 @@ use crate::pipeline::{Pipeline, Step};
 #[derive(Debug, thiserror::Error)]
 pub enum FixtureError {
     /// The directory cannot be listed.
-    #[error("cannot read fixtures directory `{path}`: {source}")]
+    #[error("cannot read fixtures directory `{path}`: {error}")]
     Read {
         /// The directory.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The directory has no case folders.
     #[error(
@@ -168,9 +168,9 @@ pub fn run_suite(
     dir: &Path,
     bless: bool,
 ) -> Result<SuiteReport, FixtureError> {
-    let read_err = |source| FixtureError::Read {
+    let read_err = |error| FixtureError::Read {
         path: dir.to_path_buf(),
-        source,
+        error,
     };
     let mut case_dirs: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(read_err)?

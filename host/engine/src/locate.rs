@@ -14,12 +14,12 @@ pub enum LocateError {
     #[error("`{}` has neither a Cargo.toml nor a pipeline.json", .0.display())]
     NothingThere(PathBuf),
     /// A file cannot be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}: {error}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A `Cargo.toml` without a usable `package.name`.
     #[error("{}: {detail}", path.display())]
@@ -64,22 +64,22 @@ pub enum LocateError {
         looked: Vec<PathBuf>,
     },
     /// A step's component does not load.
-    #[error("step {index} (`{module}`): {source}")]
+    #[error("step {index} (`{module}`): {error}")]
     Load {
         /// The step's index.
         index: usize,
         /// The module it names.
         module: String,
         /// Why.
-        source: LoadError,
+        error: LoadError,
     },
     /// Something in a pipeline file is wrong.
-    #[error("in {}: {source}", path.display())]
+    #[error("in {}: {error}", path.display())]
     InPipeline {
         /// The file.
         path: PathBuf,
         /// What.
-        source: Box<LocateError>,
+        error: Box<LocateError>,
     },
 }
 
@@ -139,9 +139,9 @@ pub fn test_target(
 /// Loads a `pipeline.json`: steps naming built transforms (`"magento-source"`)
 /// or component files (`"../x.wasm"`, relative to the pipeline file).
 pub fn load_pipeline(path: &Path, engine: &Engine, limits: &Limits) -> Result<Pipeline, LocateError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LocateError::Read {
+    let text = std::fs::read_to_string(path).map_err(|error| LocateError::Read {
         path: path.to_path_buf(),
-        source,
+        error,
     })?;
     let mut de = serde_json::Deserializer::from_str(&text);
     let spec: PipelineSpec =
@@ -151,9 +151,9 @@ pub fn load_pipeline(path: &Path, engine: &Engine, limits: &Limits) -> Result<Pi
             detail: err.inner().to_string(),
         })?;
     let base = path.parent().unwrap_or(Path::new("."));
-    pipeline_from_steps(&spec.steps, base, engine, limits).map_err(|source| LocateError::InPipeline {
+    pipeline_from_steps(&spec.steps, base, engine, limits).map_err(|error| LocateError::InPipeline {
         path: path.to_path_buf(),
-        source: Box::new(source),
+        error: Box::new(error),
     })
 }
 
@@ -180,10 +180,10 @@ pub fn pipeline_from_steps(
         };
         let module = engine
             .load_file(&file, limits.clone())
-            .map_err(|source| LocateError::Load {
+            .map_err(|error| LocateError::Load {
                 index,
                 module: step.module.clone(),
-                source,
+                error,
             })?;
         steps.push(Step {
             module: Arc::new(module),

@@ -28,12 +28,12 @@ const PROVIDED_IMPORTS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read module file `{path}`: {source}")]
+    #[error("cannot read module file `{path}`: {error}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Not WebAssembly at all.
     #[error("module `{name}` is not WebAssembly: it does not start with the `\\0asm` magic bytes")]
@@ -119,9 +119,9 @@ struct Warm {
 impl Engine {
     /// Reads and loads a component file; the name is the file stem.
     pub fn load_file(&self, path: &Path, limits: Limits) -> Result<Module, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        let bytes = std::fs::read(path).map_err(|error| LoadError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         let name = path
             .file_stem()
@@ -176,8 +176,8 @@ impl Engine {
                 ),
             });
         }
-        // Without WASI linked, its imports are traps: a guest that only
-        // imports it (as every Rust guest does, for panics) still runs.
+        // Without WASI linked, its imports are traps: a guest that imports
+        // it (as every Rust guest does, for panics) runs until it calls one.
         #[cfg(not(feature = "wasi"))]
         let linker = {
             let mut linker = (*self.linker).clone();

@@ -7,9 +7,10 @@
 //! - `reject` on any branch rejects the whole input event, with every
 //!   violation found in that step;
 //! - a fault on any branch fails the whole input event with that fault;
-//! - an input event whose branches together hold more events, or more bytes,
-//!   than the step's `max-fan-out` and `output-bytes-per-event` fails with
-//!   a fault of that step, so fan-outs cannot multiply past the caps.
+//! - an input event whose branches together produce more outputs (events
+//!   and violations) or more bytes (drop reasons included) in one step than
+//!   the step's `max-fan-out` and `output-bytes-per-event` fails with a
+//!   fault of that step, so fan-outs cannot multiply past the caps.
 
 use std::sync::Arc;
 
@@ -159,7 +160,7 @@ impl Pipeline {
 }
 
 /// Events passed to a module per call within one step.
-const STEP_CHUNK: usize = 64;
+const STEP_CHUNK: usize = 128;
 
 /// What one input event's branches have produced in the current step.
 #[derive(Debug, Clone, Copy, Default)]

@@ -19,11 +19,11 @@
 //! | `POST /v1/dead-letters/{id}/replay[?retransform=true]` | requeue it |
 //! | `DELETE /v1/dead-letters/{id}`, `DELETE /v1/dead-letters[?channel=&tenant=]` | purge |
 //! | `GET /healthz` | 200 while the process runs |
-//! | `GET /readyz` | 200 when the store answers, every worker runs and no channel is degraded; else 503, saying which |
+//! | `GET /readyz` | 200 when the store answers, every worker runs and no channel is degraded; else 503 (with an admin or metrics token the body names the workers and channels) |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors are JSON `{"code", "message", "path"?}` with a stable `code`.
-//! Every `/v1` call needs `Authorization: Bearer <token>` (401 without);
+//! Every `/v1` route needs `Authorization: Bearer <token>` (401 without; a path that is no route answers 404);
 //! a tenant sees only its own resources: another tenant's answer 404.
 //!
 //! Behind ingest, one transform worker per channel moves events from the

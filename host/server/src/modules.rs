@@ -333,8 +333,8 @@ fn check(
                 "`fixtures/` holds no case folders: add `fixtures/<case>/input.json` and `expected.json`"
                     .into()
             }
-            sluice_engine::fixtures::FixtureError::Read { source, .. } => {
-                format!("`fixtures/` cannot be read ({})", source.kind())
+            sluice_engine::fixtures::FixtureError::Read { error, .. } => {
+                format!("`fixtures/` cannot be read ({})", error.kind())
             }
         };
         ApiError::bad_request("invalid-fixtures", message, None)

@@ -75,7 +75,9 @@ static ROUTER: LazyLock<matchit::Router<Route>> = LazyLock::new(|| {
 });
 
 /// The route of `path` and its `{name}` parameter (empty when it has none).
+/// One trailing slash is ignored (`/healthz/` is `/healthz`).
 pub fn find(path: &str) -> Option<(Route, &str)> {
+    let path = path.strip_suffix('/').filter(|p| !p.is_empty()).unwrap_or(path);
     let found = ROUTER.at(path).ok()?;
     Some((*found.value, found.params.get("name").unwrap_or("")))
 }
@@ -95,6 +97,8 @@ mod tests {
         assert_eq!(find("/v1/channels/a/b/c"), None);
         assert_eq!(find("/v1/modules/../../x"), None);
         assert_eq!(find("/nowhere"), None);
+        assert_eq!(find("/healthz/"), Some((Route::Healthz, "")));
+        assert_eq!(find("/v1/channels/x/"), Some((Route::Channel, "x")));
         for (pattern, route) in TABLE {
             let path = pattern.replace("{name}", "x");
             assert_eq!(find(&path).map(|(r, _)| r), Some(*route), "{pattern}");

@@ -36,12 +36,12 @@ pub enum SidecarError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     /// A channel's pipeline cannot be found or loaded.
-    #[error("channel `{channel}`: {source}")]
+    #[error("channel `{channel}`: {error}")]
     Channel {
         /// The channel.
         channel: String,
         /// Why.
-        source: Box<LocateError>,
+        error: Box<LocateError>,
     },
     /// A destination's TLS settings cannot be used.
     #[error("destination `{destination}`: {detail}")]
@@ -52,20 +52,20 @@ pub enum SidecarError {
         detail: String,
     },
     /// The data directory cannot be created.
-    #[error("cannot create the data directory `{}`: {source}", path.display())]
+    #[error("cannot create the data directory `{}`: {error}", path.display())]
     DataDir {
         /// The directory.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The database cannot be opened.
-    #[error("cannot open `{}`: {source}", path.display())]
+    #[error("cannot open `{}`: {error}", path.display())]
     Store {
         /// The database file.
         path: PathBuf,
         /// Why.
-        source: StoreError,
+        error: StoreError,
     },
     /// Activated pipelines cannot be restored.
     #[error(transparent)]
@@ -107,9 +107,9 @@ impl Sidecar {
                 Some(file) => load_pipeline(&base.join(file), &engine, &limits),
                 None => pipeline_from_steps(&channel.steps, base, &engine, &limits),
             }
-            .map_err(|source| SidecarError::Channel {
+            .map_err(|error| SidecarError::Channel {
                 channel: channel.name.clone(),
-                source: Box::new(source),
+                error: Box::new(error),
             })?;
             channels.push(Channel::new(&channel.name, &channel.tenant, pipeline));
         }
@@ -121,17 +121,15 @@ impl Sidecar {
                 }
             })?;
         }
-        std::fs::create_dir_all(&data_dir).map_err(|source| SidecarError::DataDir {
+        std::fs::create_dir_all(&data_dir).map_err(|error| SidecarError::DataDir {
             path: data_dir.clone(),
-            source,
+            error,
         })?;
         let database = data_dir.join("sluice.db");
-        let queue = Arc::new(
-            SqliteQueue::open(&database).map_err(|source| SidecarError::Store {
-                path: database.clone(),
-                source,
-            })?,
-        );
+        let queue = Arc::new(SqliteQueue::open(&database).map_err(|error| SidecarError::Store {
+            path: database.clone(),
+            error,
+        })?);
         let app = Arc::new(App::new(
             &config,
             channels,

@@ -43,19 +43,24 @@ pub enum MigrationError {
         known: usize,
     },
     /// A migration failed; nothing of it was applied.
-    #[error("schema migration {number} failed: {source}")]
+    #[error("schema migration {number} failed: {error}")]
     Failed {
         /// The migration's number (1-based).
         number: usize,
         /// Why.
-        source: rusqlite::Error,
+        error: rusqlite::Error,
     },
 }
 
 /// Runs every migration the database has not had, in one transaction.
 pub fn migrate(connection: &mut Connection) -> Result<(), MigrationError> {
-    let failed = |number| move |source| MigrationError::Failed { number, source };
-    let current: usize = connection
+    let failed = |number| move |error| MigrationError::Failed { number, error };
+    // Read inside the write transaction: two processes opening at once
+    // cannot both run the same migration.
+    let transaction = connection
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(failed(0))?;
+    let current: usize = transaction
         .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
         .map_err(failed(0))? as usize;
     if current > MIGRATIONS.len() {
@@ -67,9 +72,6 @@ pub fn migrate(connection: &mut Connection) -> Result<(), MigrationError> {
     if current == MIGRATIONS.len() {
         return Ok(());
     }
-    let transaction = connection
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(failed(current + 1))?;
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(current) {
         let number = index + 1;
         match migration {
