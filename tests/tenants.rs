@@ -1011,14 +1011,17 @@ fn a_damaged_module_file_degrades_its_channel_and_the_server_still_starts() {
     assert_eq!(status, 201, "{stored}");
     let version = stored["version"].as_str().unwrap().to_string();
     let pipeline = json!({"steps": [{"module": "mapper", "version": version, "config": {"rules": [{"target": "sku", "source": "$.sku"}]}}]});
-    let (status, body) = sidecar.send(
-        "POST",
-        "/v1/channels/acme-stock/activate",
-        Some(ACME),
-        pipeline.to_string().as_bytes(),
-        "application/json",
-    );
-    assert_eq!(status, 200, "{body}");
+    let activate = |sidecar: &Sidecar| {
+        let (status, body) = sidecar.send(
+            "POST",
+            "/v1/channels/acme-stock/activate",
+            Some(ACME),
+            pipeline.to_string().as_bytes(),
+            "application/json",
+        );
+        assert_eq!(status, 200, "{body}");
+    };
+    activate(&sidecar);
     sidecar.kill9();
     // As after a power loss: the file is cut short.
     let file = dir.path().join(format!("data/modules/{version}.wasm"));
@@ -1041,14 +1044,7 @@ fn a_damaged_module_file_degrades_its_channel_and_the_server_still_starts() {
     assert_eq!(status, 202);
     // Uploading the module again repairs the file; activating brings the channel back.
     assert_eq!(upload(&sidecar, ACME, "mapper", &wasm("json-mapping")).0, 200);
-    let (status, body) = sidecar.send(
-        "POST",
-        "/v1/channels/acme-stock/activate",
-        Some(ACME),
-        pipeline.to_string().as_bytes(),
-        "application/json",
-    );
-    assert_eq!(status, 200, "{body}");
+    activate(&sidecar);
     wait_for("the held event", PATIENCE, || {
         destination.count_where(|r| r.header("x-sluice-source-event-id") == Some("held-1")) == 1
     });

@@ -197,7 +197,7 @@ async fn housekeeping(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
     loop {
         let work = app.clone();
         let hourly = ticks.is_multiple_of(3600);
-        let _ = tokio::task::spawn_blocking(move || {
+        let round = tokio::task::spawn_blocking(move || {
             for channel in work.channels.values() {
                 if let Ok(depth) = work.queue.depth(&channel.name) {
                     work.metrics.set_depth(&channel.name, &depth);
@@ -213,6 +213,12 @@ async fn housekeeping(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
             }
         })
         .await;
+        // A panic in a round ends this worker, so its supervisor logs, counts and restarts it.
+        if let Err(join) = round
+            && join.is_panic()
+        {
+            std::panic::resume_unwind(join.into_panic());
+        }
         ticks += 1;
         tokio::select! {
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
