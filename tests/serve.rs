@@ -395,3 +395,45 @@ fn a_client_that_leaves_does_not_free_its_tenants_transform_permit() {
         started.elapsed()
     );
 }
+
+/// CPU time (user + system) the process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+#[test]
+fn running_out_of_file_descriptors_backs_off_instead_of_spinning() {
+    let (sidecar, dir) = start(CONFIG);
+    let pid = sidecar.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    let limit = open + 8;
+    let status = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:{limit}")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let addr = sidecar.base.trim_start_matches("http://").to_string();
+    // More connections than descriptors left: accept fails with EMFILE.
+    let held: Vec<std::net::TcpStream> = (0..30)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let spent = cpu_time(pid) - before;
+    // A loop on the failing accept would burn a whole core: 2 s in 2 s.
+    assert!(
+        spent < Duration::from_millis(1000),
+        "{spent:?} of CPU in 2 s while out of descriptors"
+    );
+    drop(held);
+    let log = std::fs::read_to_string(dir.path().join("serve-0.log")).unwrap();
+    assert!(log.contains("cannot accept a connection"), "{log}");
+    // Descriptors back: the server answers again.
+    crate::support::sidecar::wait_for("the server to answer again", Duration::from_secs(30), || {
+        ureq::get(&format!("{}/healthz", sidecar.base)).call().is_ok()
+    });
+}
