@@ -368,7 +368,7 @@ fn a_huge_jsonl_body_ingests_in_linear_time_and_sigterm_still_exits() {
 #[test]
 fn a_client_that_leaves_does_not_free_its_tenants_transform_permit() {
     // transform-concurrency is 1 by default: one pipeline of the tenant at a time.
-    let (sidecar, _dir) = start(&hostile_config("", None).replace("timeout-ms = 300", "timeout-ms = 1000"));
+    let (sidecar, _dir) = start(&hostile_config("", None).replace("timeout-ms = 300", "timeout-ms = 4000"));
     let addr = sidecar.base.trim_start_matches("http://").to_string();
     let body = attack("leaver", "loop").to_string();
     let mut leaver = std::net::TcpStream::connect(&addr).unwrap();
@@ -381,16 +381,17 @@ fn a_client_that_leaves_does_not_free_its_tenants_transform_permit() {
             .as_bytes(),
         )
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Long enough for even a loaded machine to start the pipeline.
+    std::thread::sleep(Duration::from_millis(1000));
     drop(leaver);
-    // The loop still runs (for its 1000 ms deadline) and holds the permit:
+    // The loop still runs (until its 4000 ms deadline) and holds the permit:
     // the next request of the tenant waits for it.
     let started = Instant::now();
     let url = format!("{}/v1/channels/hostile/transform", sidecar.base);
     let (status, answer) = post(&url, &attack("next", "none").to_string());
     assert_eq!(status, 200, "{answer}");
     assert!(
-        started.elapsed() >= Duration::from_millis(500),
+        started.elapsed() >= Duration::from_millis(1000),
         "the permit was given back when the client left: answered after {:?}",
         started.elapsed()
     );
