@@ -438,3 +438,25 @@ fn running_out_of_file_descriptors_backs_off_instead_of_spinning() {
         ureq::get(&format!("{}/healthz", sidecar.base)).call().is_ok()
     });
 }
+
+#[test]
+fn a_deeply_nested_output_is_answered_verbatim_not_as_null() {
+    let (sidecar, _dir) = start(&hostile_config("", None));
+    let url = format!("{}/v1/channels/hostile/transform", sidecar.base);
+    let response = ureq::post(&url)
+        .set("authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .send_string(&attack("deep", "deep-output").to_string())
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.into_string().unwrap();
+    let payload = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    assert!(
+        text.starts_with(r#"{"outcome":"emit""#),
+        "{}",
+        &text[..100.min(text.len())]
+    );
+    assert!(
+        text.contains(&payload),
+        "the payload comes back as the module wrote it"
+    );
+}

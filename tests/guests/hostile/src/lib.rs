@@ -137,6 +137,11 @@ impl Transform for Hostile {
                 }
                 panic!("hostile module spammed its log");
             }
+            // Nested 10,000 deep: valid JSON that a recursive reader cannot take.
+            "deep-output" => Outcome::Emit(vec![Event {
+                payload: format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)),
+                ..event
+            }]),
             "not-json" => Outcome::Emit(vec![Event {
                 payload: "{not json".into(),
                 ..event
