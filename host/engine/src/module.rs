@@ -517,11 +517,7 @@ impl Module {
                 },
             ))
         };
-        let count = match &outcome {
-            Outcome::Emit(events) => events.len(),
-            Outcome::Drop(_) => 0,
-            Outcome::Reject(violations) => violations.len(),
-        };
+        let count = outcome_count(&outcome);
         if count > self.limits.max_fan_out {
             return fail(FaultKind::TooManyOutputs {
                 count,
@@ -545,6 +541,15 @@ impl Module {
             }
         }
         Ok(outcome)
+    }
+}
+
+/// How many outputs an outcome holds: emitted events or violations.
+pub(crate) fn outcome_count(outcome: &Outcome) -> usize {
+    match outcome {
+        Outcome::Emit(events) => events.len(),
+        Outcome::Drop(_) => 0,
+        Outcome::Reject(violations) => violations.len(),
     }
 }
 

@@ -173,11 +173,7 @@ impl Spent {
     /// Adds an outcome (every event or violation, every byte, drop reasons
     /// included); the fault if that takes the input past the step's caps.
     fn charge(&mut self, outcome: &Outcome, limits: &crate::Limits) -> Option<FaultKind> {
-        self.outputs += match outcome {
-            Outcome::Emit(events) => events.len(),
-            Outcome::Drop(_) => 0,
-            Outcome::Reject(violations) => violations.len(),
-        };
+        self.outputs += crate::module::outcome_count(outcome);
         self.bytes += crate::outcome_bytes(outcome);
         if self.outputs > limits.max_fan_out {
             return Some(FaultKind::TooManyOutputs {
