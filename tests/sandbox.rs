@@ -596,3 +596,77 @@ fn more_memories_than_a_component_may_hold_is_refused() {
         Ok(Ok(())) => panic!("a component with {too_many} extra memories must be refused"),
     }
 }
+
+/// Tries `events` inline on a worker thread of a multi-threaded tokio
+/// runtime, where the sidecar tries them.
+fn try_inline_on_a_worker(pipeline: &Pipeline, events: Vec<EventJson>) -> Option<Vec<OutcomeJson>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pipeline = pipeline.clone();
+    runtime
+        .block_on(async move { tokio::spawn(async move { pipeline.try_run_inline(&events).ok() }).await })
+        .expect("the worker's task does not panic")
+}
+
+#[test]
+fn an_inline_run_gives_up_on_every_attack_that_would_hold_a_worker_and_the_blocking_run_gives_the_fault() {
+    // Each attack would hold the thread: by running on (loop, busy-poll),
+    // or by a host call that needs a blocking thread (udp-socket).
+    for (name, blocking) in [
+        ("loop", "timeout"),
+        ("busy-poll", "timeout"),
+        ("udp-socket", "emit"),
+    ] {
+        let hostile = load_with_timeout("hostile", Duration::from_millis(200));
+        let pipeline = Pipeline::single(hostile, "{}");
+        let events = vec![attack("evt-attack", name)];
+        assert!(
+            try_inline_on_a_worker(&pipeline, events.clone()).is_none(),
+            "{name}"
+        );
+        let outcomes = pipeline.run(&events);
+        let got = match &outcomes[0] {
+            OutcomeJson::Error { error } if matches!(error.kind, FaultKind::Timeout { limit_ms: 200 }) => {
+                "timeout"
+            }
+            OutcomeJson::Emit { .. } => "emit",
+            other => panic!("{name}: unexpected {other:?}"),
+        };
+        assert_eq!(got, blocking, "{name}");
+        // The module is marked: a harmless event skips the inline attempt
+        // too, and still runs on a blocking thread.
+        let harmless = vec![attack("evt-next", "none")];
+        assert!(
+            try_inline_on_a_worker(&pipeline, harmless.clone()).is_none(),
+            "{name}"
+        );
+        assert!(
+            matches!(&pipeline.run(&harmless)[0], OutcomeJson::Emit { .. }),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn an_inline_run_gives_the_same_outcomes_as_a_blocking_one() {
+    let events = vec![
+        attack("evt-none", "none"),
+        attack("evt-panic", "panic"),
+        attack("evt-reject", "reject"),
+        attack("evt-drop", "drop"),
+        attack("evt-sleep", "sleep-hour"),
+        attack("evt-poll", "poll-never"),
+        attack("evt-deep", "deep-output"),
+    ];
+    let pipeline = Pipeline::single(load("hostile"), "{}");
+    let inline = try_inline_on_a_worker(&pipeline, events.clone()).expect("runs inline");
+    let blocking = pipeline.run(&events);
+    assert_eq!(
+        serde_json::to_string(&inline).unwrap(),
+        serde_json::to_string(&blocking).unwrap()
+    );
+    assert!(matches!(&inline[1], OutcomeJson::Error { .. }), "{:?}", inline[1]);
+}

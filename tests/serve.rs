@@ -213,6 +213,36 @@ fn attack(id: &str, attack: &str) -> Value {
 }
 
 #[test]
+fn a_looping_guest_leaves_the_async_workers_and_runs_out_its_deadline_on_a_blocking_thread() {
+    let (sidecar, _dir) = start(&hostile_config("", None));
+    let send = |id: &str, name: &str| {
+        let (status, body) = sidecar.post("/v1/channels/hostile/transform", &attack(id, name).to_string());
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let runs = |placement: &str| {
+        let metrics = sidecar.metrics();
+        let prefix = format!(r#"sluice_pipeline_runs_total{{channel="hostile",placement="{placement}"}} "#);
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .map_or(0, |count| count.parse::<u64>().unwrap())
+    };
+    assert_eq!(send("first", "none")["outcome"], "emit");
+    assert_eq!((runs("inline"), runs("blocking")), (1, 0));
+    // The loop is cut off inline after a few milliseconds, then runs to its
+    // own 300 ms deadline on a blocking thread.
+    let body = send("looping", "loop");
+    assert_eq!(body["outcome"], "error", "{body}");
+    assert_eq!(body["error"]["code"], "timeout", "{body}");
+    assert_eq!(body["error"]["limit_ms"], 300, "{body}");
+    assert_eq!((runs("inline"), runs("blocking")), (1, 1));
+    // The module is marked slow: its next events skip the inline attempt.
+    assert_eq!(send("after", "none")["outcome"], "emit");
+    assert_eq!((runs("inline"), runs("blocking")), (1, 2));
+}
+
+#[test]
 fn a_sleeping_guest_behaves_the_same_on_the_sync_and_durable_paths() {
     let received = Arc::new(Mutex::new(Vec::new()));
     let log = received.clone();

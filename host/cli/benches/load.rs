@@ -23,7 +23,7 @@ use magento_source::MagentoSource;
 use sluice_guest::native::NativeRunner;
 use sluice_guest::source::Source;
 use sluice_server::sink::{Reply, Sink};
-use support::{Server, TOKEN, env_number, percentile, root};
+use support::{RawClient, Server, TOKEN, env_number, percentile, root};
 
 mod support;
 
@@ -73,32 +73,33 @@ fn main() {
     let server = Server::start(
         dir.path(),
         &format!(
-            "[[destination]]\nname = \"sink\"\nurl = \"http://{}/in\"\nconcurrency = 32\n\
+            "[[tenant]]\nname = \"acme\"\ntransform-concurrency = {concurrency}\n\
+             [[destination]]\nname = \"sink\"\nurl = \"http://{}/in\"\nconcurrency = 32\n\
              [[channel]]\nname = \"b2b-portal\"\ntenant = \"acme\"\npipeline = \"{}\"\ndestination = \"sink\"\n",
             sink.addr,
-            channel.join("pipeline.json").display()
+            channel.join("pipeline.json").display(),
+            concurrency = env_number("SLUICE_LOAD_TRANSFORM_CONCURRENCY", 2),
         ),
     );
     let base = server.base.clone();
-    let url = format!("{base}/v1/channels/b2b-portal/transform");
 
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let workers: Vec<_> = (0..clients)
         .map(|_| {
-            let (url, event) = (url.clone(), event.clone());
+            let (base, event) = (base.clone(), event.clone());
             std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new().build();
+                let mut client = RawClient::new(&base, "/v1/channels/b2b-portal/transform", TOKEN, &event);
                 let mut latencies = Vec::new();
                 while Instant::now() < deadline {
                     let sent = Instant::now();
-                    let response = agent
-                        .post(&url)
-                        .set("authorization", &format!("Bearer {TOKEN}"))
-                        .set("content-type", "application/json")
-                        .send_string(&event);
-                    let body = response.expect("request succeeds").into_string().unwrap();
-                    assert!(body.contains("\"outcome\":\"emit\""), "{body}");
+                    let (status, body) = client.send();
+                    assert_eq!(status, 200, "{}", String::from_utf8_lossy(body));
+                    assert!(
+                        body.starts_with(br#"{"outcome":"emit""#),
+                        "{}",
+                        String::from_utf8_lossy(body)
+                    );
                     latencies.push(sent.elapsed());
                 }
                 latencies

@@ -136,6 +136,19 @@ impl FaultKind {
     }
 }
 
+/// Whether a call failed only because it ran inline: a host call would
+/// have waited, or the epoch cut it off before its own deadline.
+pub(crate) fn needs_blocking_thread(err: &wasmtime::Error, sandbox: &crate::Sandbox) -> bool {
+    if !sandbox.inline {
+        return false;
+    }
+    #[cfg(feature = "wasi")]
+    if err.downcast_ref::<crate::wasi::WouldWait>().is_some() {
+        return true;
+    }
+    sandbox.inline_cut && matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+}
+
 /// The panic message a Rust guest printed to stderr, if any.
 fn panic_message(log: &str) -> Option<String> {
     let start = log.find("panicked at ")?;

@@ -45,6 +45,7 @@ mod limits;
 pub mod locate;
 mod module;
 pub mod pipeline;
+mod placement;
 mod sandbox;
 mod slots;
 #[cfg(feature = "wasi")]
@@ -65,6 +66,7 @@ pub use cache::{ArtifactCache, CacheError, CacheOutcome};
 pub use fault::{Fault, FaultKind};
 pub use limits::{Limits, MemoryBudget, MemoryLimitExceeded};
 pub use module::{ComponentReport, LoadError, Module, StepResult, event_bytes, outcome_bytes};
+pub use placement::NeedsBlockingThread;
 pub use sandbox::{LogBuffer, Sandbox};
 
 /// How often the epoch advances; deadlines are measured in these ticks.

@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Store;
 use wasmtime::component::Component;
 
+use super::placement::{INLINE_TICKS, NeedsBlockingThread, Placement, SlowMark};
 use super::slots::Slot;
 use super::{CacheOutcome, EPOCH_TICK, Engine, Fault, FaultKind, Limits, Sandbox};
 use crate::bindings::{Event, Outcome, Transform, TransformPre};
@@ -104,6 +105,7 @@ pub struct Module {
     engine: Engine,
     cache: CacheOutcome,
     warm: std::sync::Mutex<Vec<Warm>>,
+    slow: SlowMark,
 }
 
 /// Idle instances kept per module, ready for the next call.
@@ -212,6 +214,7 @@ impl Engine {
             engine: self.clone(),
             cache,
             warm: Default::default(),
+            slow: SlowMark::default(),
         })
     }
 
@@ -280,6 +283,9 @@ struct CallFailure {
     /// The instance could not start (instantiation or `init`): every event
     /// of the batch would fail the same way, so none is retried.
     at_start: bool,
+    /// An inline call went over its budget, or would have waited: the
+    /// failure says nothing about the events.
+    needs_thread: bool,
 }
 
 impl Module {
@@ -334,30 +340,55 @@ impl Module {
     /// event at a time on fresh instances, so that only the events that
     /// really fail get a fault.
     pub fn run(&self, config: &str, batch: &[Event]) -> Vec<StepResult> {
+        self.run_on(config, batch, Placement::Blocking)
+            .unwrap_or_else(|_| unreachable!("a blocking call never needs another thread"))
+    }
+
+    /// [`Module::run`], on the calling thread or only where it may block.
+    pub(crate) fn run_on(
+        &self,
+        config: &str,
+        batch: &[Event],
+        placement: Placement,
+    ) -> Result<Vec<StepResult>, NeedsBlockingThread> {
         if batch.is_empty() {
-            return Vec::new();
+            return Ok(Vec::new());
+        }
+        if placement == Placement::Inline && self.slow.is_recent() {
+            return Err(NeedsBlockingThread);
         }
         let whole = match self.take_warm(config) {
             Some((instance, calls)) => Ok((instance, calls)),
-            None => self.instantiate(config).map(|instance| (instance, 0)),
+            None => self.instantiate(config, placement).map(|instance| (instance, 0)),
         }
         .and_then(|(mut instance, calls)| {
-            let outcomes = instance.apply(self, batch)?;
+            let outcomes = instance.apply(self, batch, placement)?;
             self.keep_warm(config, instance, calls + 1);
             Ok(outcomes)
         });
-        match whole {
+        Ok(match whole {
             Ok(outcomes) => outcomes
                 .into_iter()
                 .zip(batch)
                 .map(|(outcome, event)| self.check_output(outcome, event))
                 .collect(),
+            Err(failure) if failure.needs_thread => return Err(NeedsBlockingThread),
             Err(failure) if batch.len() == 1 || failure.at_start => batch
                 .iter()
                 .map(|event| Err(self.fault(event, failure.clone())))
                 .collect(),
-            Err(_) => self.run_one_by_one(config, batch),
-        }
+            Err(_) => self.run_one_by_one(config, batch, placement)?,
+        })
+    }
+
+    /// Whether an inline call of this module needed a blocking thread lately.
+    pub(crate) fn recently_slow(&self) -> bool {
+        self.slow.is_recent()
+    }
+
+    /// Notes that an inline call of this module needed a blocking thread.
+    pub(crate) fn mark_slow(&self) {
+        self.slow.set();
     }
 
     /// Instantiates the module once, without calling it: refuses a module
@@ -366,7 +397,7 @@ impl Module {
         let _slot = self.engine.slots.take();
         let mut store = Store::new(&self.engine.wasmtime, Sandbox::new(&self.limits));
         store.limiter(|sandbox| &mut sandbox.limits);
-        self.arm(&mut store, 1);
+        self.arm(&mut store, 1, Placement::Blocking);
         self.pre
             .instantiate(&mut store)
             .map(|_| ())
@@ -399,25 +430,31 @@ impl Module {
     }
 
     /// Re-runs a batch event by event, reusing an instance until it traps.
-    fn run_one_by_one(&self, config: &str, batch: &[Event]) -> Vec<StepResult> {
+    fn run_one_by_one(
+        &self,
+        config: &str,
+        batch: &[Event],
+        placement: Placement,
+    ) -> Result<Vec<StepResult>, NeedsBlockingThread> {
         let mut instance: Option<Instance> = None;
         let mut results = Vec::with_capacity(batch.len());
         for event in batch {
             let live = match instance.take() {
                 Some(live) => Ok(live),
-                None => self.instantiate(config),
+                None => self.instantiate(config, placement),
             };
             let result = live.and_then(|mut live| {
-                let outcome = live.apply(self, slice::from_ref(event))?;
+                let outcome = live.apply(self, slice::from_ref(event), placement)?;
                 instance = Some(live);
                 Ok(outcome)
             });
             results.push(match result {
                 Ok(mut outcomes) => self.check_output(outcomes.remove(0), event),
+                Err(failure) if failure.needs_thread => return Err(NeedsBlockingThread),
                 Err(failure) => Err(self.fault(event, failure)),
             });
         }
-        results
+        Ok(results)
     }
 
     /// A fault while the instance starts: a plain trap is reported as
@@ -430,23 +467,26 @@ impl Module {
     }
 
     /// A fresh instance, initialised with `config`. Waits for a free
-    /// instance slot; `init` runs under one event's limits.
-    fn instantiate(&self, config: &str) -> Result<Instance, CallFailure> {
-        let slot = self.engine.slots.take();
+    /// instance slot (inline: takes one only if it is free at once); `init`
+    /// runs under one event's limits.
+    fn instantiate(&self, config: &str, placement: Placement) -> Result<Instance, CallFailure> {
+        let slot = match placement {
+            Placement::Blocking => self.engine.slots.take(),
+            Placement::Inline => self.engine.slots.try_take().ok_or(CallFailure {
+                kind: FaultKind::Instantiate {
+                    detail: "no instance slot was free".into(),
+                },
+                log: String::new(),
+                at_start: true,
+                needs_thread: true,
+            })?,
+        };
         let mut store = Store::new(&self.engine.wasmtime, Sandbox::new(&self.limits));
         store.limiter(|sandbox| &mut sandbox.limits);
-        self.arm(&mut store, 1);
-        let failed = |kind, store: &Store<Sandbox>| CallFailure {
-            kind,
-            log: store.data().log.text(),
-            at_start: true,
-        };
+        self.arm(&mut store, 1, placement);
         let bindings = match self.pre.instantiate(&mut store) {
             Ok(bindings) => bindings,
-            Err(err) => {
-                let kind = self.start_fault(&err, &store.data().log.text());
-                return Err(failed(kind, &store));
-            }
+            Err(err) => return Err(self.failure(&err, 1, &store, true)),
         };
         match bindings.call_init(&mut store, config) {
             Ok(Ok(())) => Ok(Instance {
@@ -454,20 +494,54 @@ impl Module {
                 bindings,
                 _slot: slot,
             }),
-            Ok(Err(message)) => Err(failed(FaultKind::Init { message }, &store)),
-            Err(err) => {
-                let kind = self.start_fault(&err, &store.data().log.text());
-                Err(failed(kind, &store))
-            }
+            Ok(Err(message)) => Err(CallFailure {
+                kind: FaultKind::Init { message },
+                log: store.data().log.text(),
+                at_start: true,
+                needs_thread: false,
+            }),
+            Err(err) => Err(self.failure(&err, 1, &store, true)),
         }
     }
 
-    /// Sets the deadline and fuel for a call covering `events` events.
-    fn arm(&self, store: &mut Store<Sandbox>, events: usize) {
+    /// What a failed call means: a fault of its events, or (inline) only
+    /// that it needs a blocking thread, which also marks the module slow.
+    fn failure(
+        &self,
+        err: &wasmtime::Error,
+        events: usize,
+        store: &Store<Sandbox>,
+        at_start: bool,
+    ) -> CallFailure {
+        let log = store.data().log.text();
+        let needs_thread = crate::fault::needs_blocking_thread(err, store.data());
+        if needs_thread {
+            self.mark_slow();
+        }
+        let kind = if at_start {
+            self.start_fault(err, &log)
+        } else {
+            self.classify(err, events, &log)
+        };
+        CallFailure {
+            kind,
+            log,
+            at_start,
+            needs_thread,
+        }
+    }
+
+    /// Sets the deadline and fuel for a call covering `events` events;
+    /// inline, the call is also cut off after [`INLINE_TICKS`].
+    fn arm(&self, store: &mut Store<Sandbox>, events: usize, placement: Placement) {
         let timeout_ms = self.timeout_ms(events);
-        store.data_mut().deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        let ticks = timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64);
-        store.set_epoch_deadline(ticks.max(1));
+        let ticks = timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
+        let inline = placement == Placement::Inline;
+        let sandbox = store.data_mut();
+        sandbox.deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        sandbox.inline = inline;
+        sandbox.inline_cut = inline && ticks > INLINE_TICKS;
+        store.set_epoch_deadline(if inline { ticks.min(INLINE_TICKS) } else { ticks });
         if self.engine.fuel {
             // Cannot fail: fuel metering is on.
             let _ = store.set_fuel(self.fuel(events));
@@ -514,6 +588,7 @@ impl Module {
                     kind,
                     log: String::new(),
                     at_start: false,
+                    needs_thread: false,
                 },
             ))
         };
@@ -592,9 +667,14 @@ impl Drop for Module {
 }
 
 impl Instance {
-    fn apply(&mut self, module: &Module, batch: &[Event]) -> Result<Vec<Outcome>, CallFailure> {
+    fn apply(
+        &mut self,
+        module: &Module,
+        batch: &[Event],
+        placement: Placement,
+    ) -> Result<Vec<Outcome>, CallFailure> {
         self.store.data_mut().reset_for_call();
-        module.arm(&mut self.store, batch.len());
+        module.arm(&mut self.store, batch.len(), placement);
         match self.bindings.call_apply(&mut self.store, batch) {
             Ok(outcomes) if outcomes.len() == batch.len() => Ok(outcomes),
             Ok(outcomes) => Err(CallFailure {
@@ -604,15 +684,9 @@ impl Instance {
                 },
                 log: self.store.data().log.text(),
                 at_start: false,
+                needs_thread: false,
             }),
-            Err(err) => {
-                let log = self.store.data().log.text();
-                Err(CallFailure {
-                    kind: module.classify(&err, batch.len(), &log),
-                    log,
-                    at_start: false,
-                })
-            }
+            Err(err) => Err(module.failure(&err, batch.len(), &self.store, false)),
         }
     }
 }

@@ -28,6 +28,11 @@ pub struct Sandbox {
     /// When the current call must end; host calls that wait stop here.
     #[cfg_attr(not(feature = "wasi"), allow(dead_code))]
     pub(crate) deadline: Instant,
+    /// The call runs inline on an async worker: host calls must not wait.
+    pub(crate) inline: bool,
+    /// The call runs inline under a shorter deadline than its own, so
+    /// reaching it means "needs a blocking thread", not a timeout.
+    pub(crate) inline_cut: bool,
 }
 
 impl Sandbox {
@@ -40,6 +45,8 @@ impl Sandbox {
             limits: MemoryBudget::new(limits.memory_bytes),
             log,
             deadline: Instant::now(),
+            inline: false,
+            inline_cut: false,
         }
     }
 

@@ -34,6 +34,17 @@ impl Slots {
     }
 }
 
+impl Slots {
+    /// Takes a slot if one is free now.
+    pub(crate) fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        (*free > 0).then(|| {
+            *free -= 1;
+            Slot(self.clone())
+        })
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;

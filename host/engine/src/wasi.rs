@@ -157,6 +157,12 @@ impl tokio::io::AsyncWrite for LogPipe {
 #[error("a host call was still waiting when the call's deadline passed")]
 pub struct DeadlineExceeded;
 
+/// An inline call made a host call that was not ready at once; inline
+/// calls never wait, so the call goes to a blocking thread instead.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("a host call would have waited on an async worker thread")]
+pub struct WouldWait;
+
 /// Links WASI: no capabilities, virtual time, bounded waits.
 pub(crate) fn add_to_linker(linker: &mut Linker<Sandbox>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
@@ -268,6 +274,8 @@ impl monotonic_clock::Host for VirtualTime<'_> {
 pub(crate) struct BoundedIo<'a> {
     table: &'a mut ResourceTable,
     deadline: Instant,
+    /// Inline on an async worker: never wait (see `placement`).
+    inline: bool,
 }
 
 struct Bounded;
@@ -277,34 +285,46 @@ impl HasData for Bounded {
 }
 
 /// Runs `work` to completion on WASI's runtime, or gives up at `deadline`.
-fn until<F: Future>(deadline: Instant, work: F) -> Result<F::Output, DeadlineExceeded> {
-    in_tokio(async move {
-        tokio::time::timeout_at(deadline.into(), work)
-            .await
-            .map_err(|_| DeadlineExceeded)
-    })
+/// Inline (see `placement`), `work` is polled once: ready, or [`WouldWait`].
+fn until<F: Future>(deadline: Instant, inline: bool, work: F) -> wasmtime::Result<F::Output> {
+    if inline {
+        let mut work = std::pin::pin!(work);
+        return match work
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()))
+        {
+            Poll::Ready(output) => Ok(output),
+            Poll::Pending => Err(wasmtime::Error::new(WouldWait)),
+        };
+    }
+    in_tokio(async move { tokio::time::timeout_at(deadline.into(), work).await })
+        .map_err(|_| wasmtime::Error::new(DeadlineExceeded))
 }
 
-fn trap(_: DeadlineExceeded) -> wasmtime::Error {
-    wasmtime::Error::new(DeadlineExceeded)
-}
-
-fn stream_trap(_: DeadlineExceeded) -> StreamError {
-    StreamError::Trap(wasmtime::Error::new(DeadlineExceeded))
+fn stream_trap(err: wasmtime::Error) -> StreamError {
+    StreamError::Trap(err)
 }
 
 impl poll::Host for BoundedIo<'_> {
     fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
-        until(self.deadline, AsyncPoll::poll(self.table, pollables)).map_err(trap)?
+        until(self.deadline, self.inline, AsyncPoll::poll(self.table, pollables))?
     }
 }
 
 impl poll::HostPollable for BoundedIo<'_> {
     fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
-        until(self.deadline, AsyncPollable::ready(self.table, pollable)).map_err(trap)?
+        until(
+            self.deadline,
+            self.inline,
+            AsyncPollable::ready(self.table, pollable),
+        )?
     }
     fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
-        until(self.deadline, AsyncPollable::block(self.table, pollable)).map_err(trap)?
+        until(
+            self.deadline,
+            self.inline,
+            AsyncPollable::block(self.table, pollable),
+        )?
     }
     fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
         poll::HostPollable::drop(self.table, pollable)
@@ -319,19 +339,29 @@ impl streams::Host for BoundedIo<'_> {
 
 impl streams::HostInputStream for BoundedIo<'_> {
     fn drop(&mut self, stream: Resource<DynInputStream>) -> wasmtime::Result<()> {
-        until(self.deadline, AsyncInput::drop(self.table, stream)).map_err(trap)?
+        until(self.deadline, self.inline, AsyncInput::drop(self.table, stream))?
     }
     fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
         streams::HostInputStream::read(self.table, stream, len)
     }
     fn blocking_read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
-        until(self.deadline, AsyncInput::blocking_read(self.table, stream, len)).map_err(stream_trap)?
+        until(
+            self.deadline,
+            self.inline,
+            AsyncInput::blocking_read(self.table, stream, len),
+        )
+        .map_err(stream_trap)?
     }
     fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
         streams::HostInputStream::skip(self.table, stream, len)
     }
     fn blocking_skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
-        until(self.deadline, AsyncInput::blocking_skip(self.table, stream, len)).map_err(stream_trap)?
+        until(
+            self.deadline,
+            self.inline,
+            AsyncInput::blocking_skip(self.table, stream, len),
+        )
+        .map_err(stream_trap)?
     }
     fn subscribe(&mut self, stream: Resource<DynInputStream>) -> wasmtime::Result<Resource<DynPollable>> {
         streams::HostInputStream::subscribe(self.table, stream)
@@ -340,7 +370,7 @@ impl streams::HostInputStream for BoundedIo<'_> {
 
 impl streams::HostOutputStream for BoundedIo<'_> {
     fn drop(&mut self, stream: Resource<DynOutputStream>) -> wasmtime::Result<()> {
-        until(self.deadline, AsyncOutput::drop(self.table, stream)).map_err(trap)?
+        until(self.deadline, self.inline, AsyncOutput::drop(self.table, stream))?
     }
     fn check_write(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<u64> {
         streams::HostOutputStream::check_write(self.table, stream)
@@ -355,6 +385,7 @@ impl streams::HostOutputStream for BoundedIo<'_> {
     ) -> StreamResult<()> {
         until(
             self.deadline,
+            self.inline,
             AsyncOutput::blocking_write_and_flush(self.table, stream, bytes),
         )
         .map_err(stream_trap)?
@@ -366,6 +397,7 @@ impl streams::HostOutputStream for BoundedIo<'_> {
     ) -> StreamResult<()> {
         until(
             self.deadline,
+            self.inline,
             AsyncOutput::blocking_write_zeroes_and_flush(self.table, stream, len),
         )
         .map_err(stream_trap)?
@@ -380,7 +412,12 @@ impl streams::HostOutputStream for BoundedIo<'_> {
         streams::HostOutputStream::flush(self.table, stream)
     }
     fn blocking_flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
-        until(self.deadline, AsyncOutput::blocking_flush(self.table, stream)).map_err(stream_trap)?
+        until(
+            self.deadline,
+            self.inline,
+            AsyncOutput::blocking_flush(self.table, stream),
+        )
+        .map_err(stream_trap)?
     }
     fn splice(
         &mut self,
@@ -398,6 +435,7 @@ impl streams::HostOutputStream for BoundedIo<'_> {
     ) -> StreamResult<u64> {
         until(
             self.deadline,
+            self.inline,
             AsyncOutput::blocking_splice(self.table, dst, src, len),
         )
         .map_err(stream_trap)?
@@ -409,6 +447,7 @@ impl Sandbox {
         BoundedIo {
             table: &mut self.wasi.table,
             deadline: self.deadline,
+            inline: self.inline,
         }
     }
 
@@ -443,6 +482,7 @@ mod tests {
         let mut io = BoundedIo {
             table: &mut table,
             deadline: started + Duration::from_millis(50),
+            inline: false,
         };
         let err = poll::Host::poll(&mut io, vec![Resource::new_borrow(pollable.rep())]).unwrap_err();
         assert!(err.downcast_ref::<DeadlineExceeded>().is_some(), "{err:?}");
@@ -469,6 +509,7 @@ mod tests {
         let mut io = BoundedIo {
             table: &mut table,
             deadline: Instant::now() + Duration::from_secs(5),
+            inline: false,
         };
         let started = Instant::now();
         poll::HostPollable::block(&mut io, Resource::new_borrow(alarm.rep())).unwrap();

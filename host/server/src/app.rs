@@ -22,6 +22,11 @@ use sluice_engine::event::{EventJson, OutcomeJson};
 use sluice_engine::pipeline::{Pipeline, PipelineSpec, Step};
 use sluice_engine::{Engine, Limits};
 
+/// Batches of at most this many events first try to run inline on the
+/// async worker (see [`Pipeline::try_run_inline`]); larger ones go
+/// straight to a blocking thread, where a hand-off costs little per event.
+const INLINE_EVENTS: usize = 16;
+
 /// A channel as served: its tenant, pipeline, destination and switch.
 pub struct Channel {
     /// The channel's name.
@@ -408,10 +413,12 @@ impl App {
 
     /// Runs `events` through `pipeline` for `channel`, the one way the
     /// synchronous and durable paths share: it waits for one of the tenant's
-    /// `transform-concurrency` permits, runs the pipeline on a blocking
-    /// thread that holds the permit for as long as it runs (even if the
-    /// caller goes away), and records the time and every outcome on `path`
-    /// (`sync` or `ingest`). The events come back with their outcomes.
+    /// `transform-concurrency` permits, runs the pipeline (a small batch
+    /// first inline, see [`Pipeline::try_run_inline`]; otherwise, or if that
+    /// gives up, on a blocking thread that holds the permit for as long as
+    /// it runs, even if the caller goes away), and records the time and
+    /// every outcome on `path` (`sync` or `ingest`). The events come back
+    /// with their outcomes.
     pub async fn run_pipeline(
         &self,
         channel: &Channel,
@@ -421,12 +428,26 @@ impl App {
     ) -> Result<(Vec<EventJson>, Vec<OutcomeJson>), tokio::task::JoinError> {
         let permit = self.transform_permit(&channel.tenant).await.ok().flatten();
         let started = Instant::now();
-        let (events, outcomes) = tokio::task::spawn_blocking(move || {
-            let outcomes = pipeline.run(&events);
-            drop(permit);
-            (events, outcomes)
-        })
-        .await?;
+        let inline = if events.len() <= INLINE_EVENTS {
+            pipeline.try_run_inline(&events).ok()
+        } else {
+            None
+        };
+        self.metrics.transform_placement(&channel.name, inline.is_some());
+        let (events, outcomes) = match inline {
+            Some(outcomes) => {
+                drop(permit);
+                (events, outcomes)
+            }
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    let outcomes = pipeline.run(&events);
+                    drop(permit);
+                    (events, outcomes)
+                })
+                .await?
+            }
+        };
         self.metrics
             .transform_time(&channel.name, started.elapsed().as_secs_f64());
         for outcome in &outcomes {

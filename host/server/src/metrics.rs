@@ -87,6 +87,14 @@ struct WorkerLabels {
     pub worker: String,
 }
 
+/// Labels of pipeline-run counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PlacementLabels {
+    pub channel: String,
+    /// `inline` (on an async worker) or `blocking` (on a blocking thread).
+    pub placement: String,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Every metric the sidecar keeps.
@@ -124,6 +132,8 @@ pub struct Metrics {
     storage_refused: Family<TenantLabels, Counter>,
     /// Time spent running a channel's pipeline per batch, in seconds.
     transform_seconds: Histograms<ChannelLabels>,
+    /// Pipeline runs, by where they ran.
+    placements: Family<PlacementLabels, Counter>,
     /// Time of one delivery request, in seconds.
     delivery_seconds: Histograms<DestinationLabels>,
     /// Time from ingest to accepted delivery, in seconds.
@@ -154,6 +164,7 @@ impl Default for Metrics {
             worker_restarts: Family::default(),
             storage_refused: Family::default(),
             transform_seconds: Family::new_with_constructor(latency_histogram),
+            placements: Family::default(),
             delivery_seconds: Family::new_with_constructor(latency_histogram),
             end_to_end_seconds: Family::new_with_constructor(latency_histogram),
             registry: Registry::default(),
@@ -183,6 +194,11 @@ impl Default for Metrics {
             "events_transformed",
             "Events transformed by channel, outcome and path",
             m.outcomes.clone(),
+        );
+        registry.register(
+            "pipeline_runs",
+            "Pipeline runs by channel and placement: inline on an async worker, or on a blocking thread",
+            m.placements.clone(),
         );
         registry.register(
             "events_emitted",
@@ -314,6 +330,16 @@ impl Metrics {
         self.transform_seconds
             .get_or_create(&channel(channel_name))
             .observe(seconds);
+    }
+
+    /// Counts a pipeline run, inline on an async worker or on a blocking thread.
+    pub fn transform_placement(&self, channel: &str, inline: bool) {
+        self.placements
+            .get_or_create(&PlacementLabels {
+                channel: channel.to_string(),
+                placement: if inline { "inline" } else { "blocking" }.to_string(),
+            })
+            .inc();
     }
 
     /// Counts an event's outcome (`emit`, `drop`, `reject`, `error`) on a path (`sync`, `ingest`).

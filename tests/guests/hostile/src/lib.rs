@@ -64,6 +64,13 @@ impl Transform for Hostile {
                 Ok(_) => Outcome::emit(&event, "connected"),
                 Err(err) => panic!("connecting to 127.0.0.1:80 failed: {err}"),
             },
+            // A host call that WASI implements with an async runtime.
+            "udp-socket" => {
+                let made = wasip2::sockets::udp_create_socket::create_udp_socket(
+                    wasip2::sockets::network::IpAddressFamily::Ipv4,
+                );
+                Outcome::emit(&event, &format!("{:?}", made.map(|_| "made")))
+            }
             "probe" => {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
