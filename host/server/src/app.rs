@@ -8,10 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use sluice_guest::mapping::CompiledPath;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{Caller, Tokens};
+use super::entity_key::EntityKey;
 use super::backoff::TokenBucket;
 use super::config::{DestinationConfig, RetryPolicy, ServerConfig, TenantConfig, WhenOff};
 use super::http::ApiError;
@@ -135,7 +135,7 @@ pub struct Destination {
     /// Its retry policy (its own, or the config's default).
     pub retry: RetryPolicy,
     /// Selects the entity (SKU) whose order is kept.
-    pub entity_key: CompiledPath,
+    pub entity_key: EntityKey,
     pub(super) wake: Notify,
 }
 
@@ -322,7 +322,7 @@ impl App {
             .map(|spec| {
                 let destination = Destination {
                     retry: spec.retry.clone().unwrap_or_else(|| config.retry.clone()),
-                    entity_key: CompiledPath::compile(&spec.entity_key)
+                    entity_key: EntityKey::compile(&spec.entity_key)
                         .expect("checked when the config was parsed"),
                     config: spec.clone(),
                     wake: Notify::new(),

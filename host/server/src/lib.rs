@@ -36,6 +36,7 @@ pub mod auth;
 pub mod backoff;
 pub mod config;
 pub mod delivery;
+mod entity_key;
 pub mod http;
 mod ingest;
 pub mod metrics;

@@ -173,7 +173,7 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
                         let output = serde_json::to_string(emitted).unwrap_or_default();
                         NewDelivery {
                             destination: destination.config.name.clone(),
-                            entity_key: entity_key(destination, emitted),
+                            entity_key: destination.entity_key.of(&emitted.payload, &emitted.id),
                             idempotency_key: idempotency_key(
                                 &destination.config.name,
                                 &input.tenant,
@@ -211,16 +211,5 @@ fn dead_letter(app: &App, channel: &Channel, reason: &str, detail: &impl serde::
     Disposition::DeadLetter {
         reason: reason.into(),
         detail: serde_json::to_value(detail).unwrap_or(Value::Null),
-    }
-}
-
-/// The entity whose order is kept: the first value the destination's
-/// `entity-key` selects in the payload, else the emitted event's id.
-fn entity_key(destination: &super::Destination, emitted: &EventJson) -> String {
-    let payload: Value = serde_json::from_str(emitted.payload.get()).unwrap_or(Value::Null);
-    match destination.entity_key.select(&payload).first() {
-        Some((Value::String(text), _)) => text.clone(),
-        Some((Value::Number(number), _)) => number.to_string(),
-        _ => emitted.id.clone(),
     }
 }
