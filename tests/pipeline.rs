@@ -94,3 +94,35 @@ fn a_rejection_in_a_later_step_carries_that_steps_path() {
     assert_eq!(violations[0].path, "$['weight']");
     assert_eq!(violations[0].code, "required");
 }
+
+#[test]
+fn a_payload_that_is_not_json_faults_its_own_step_in_the_middle_or_at_the_end() {
+    // Payloads are checked once: a middle step's before the next step reads
+    // them, the last step's when the pipeline turns them into JSON.
+    let hostile = step("hostile", "{}");
+    for (steps, at) in [
+        (vec![hostile.clone(), step("b2b-portal", "{}")], "middle"),
+        (vec![step("hostile", "{}"), hostile.clone()], "end"),
+    ] {
+        let outcomes = Pipeline::new(steps).run(&[attack("evt-bad", "not-json"), attack("evt-ok", "none")]);
+        let OutcomeJson::Error { error } = &outcomes[0] else {
+            panic!("{at}: {outcomes:?}");
+        };
+        assert_eq!(
+            (error.module.as_str(), error.event.as_str()),
+            ("hostile", "evt-bad"),
+            "{at}"
+        );
+        assert_eq!(error.version, hostile.module.version(), "{at}");
+        assert!(
+            matches!(&error.kind, FaultKind::InvalidPayload { detail } if detail.starts_with("event `evt-bad`: ")),
+            "{at}: {error}"
+        );
+        // The next event is not hurt (b2b-portal rejects the bare attack payload).
+        assert!(
+            !matches!(&outcomes[1], OutcomeJson::Error { .. }),
+            "{at}: {:?}",
+            outcomes[1]
+        );
+    }
+}

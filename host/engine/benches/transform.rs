@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use b2b_portal::B2bPortal;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use sluice_engine::event::EventJson;
+use sluice_engine::event::{EventJson, OutcomeJson};
 use sluice_engine::pipeline::{Pipeline, Step};
 use sluice_engine::{Engine, EngineOptions, Limits};
 use sluice_guest::native::NativeRunner;
+use wasmtime::{Config, OptLevel};
 
 const CONFIG: &str = r#"{"max-title": 80, "currency": "USD"}"#;
 
@@ -56,21 +57,52 @@ fn products(count: usize) -> Vec<EventJson> {
         .collect()
 }
 
-fn component() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
+fn target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    target.join("wasm32-wasip2/guest/b2b_portal.wasm")
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+fn component() -> PathBuf {
+    target().join("wasm32-wasip2/guest/b2b_portal.wasm")
+}
+
+/// The same guest built with `-C target-feature=+simd128` by `scripts/dev
+/// bench` (into `target/simd`); the SIMD lever is skipped without it.
+fn simd_component() -> Option<PathBuf> {
+    Some(target().join("simd/wasm32-wasip2/guest/b2b_portal.wasm")).filter(|path| path.is_file())
+}
+
+/// Bounds checks as explicit compares: each memory slot reserves only the
+/// largest memory a module may have (1 GiB) and no guard pages, so a 32-bit
+/// address can fall outside it. By default a slot reserves 4 GiB plus a
+/// guard region, every 32-bit address lands in it, and Cranelift emits no
+/// checks: an access past the memory hits an unmapped page instead.
+fn explicit_bounds(config: &mut Config) {
+    config
+        .memory_reservation(1 << 30)
+        .memory_guard_size(0)
+        .memory_reservation_for_growth(0);
+}
+
+/// Cranelift told to weigh code size as well as speed.
+fn speed_and_size(config: &mut Config) {
+    config.cranelift_opt_level(OptLevel::SpeedAndSize);
 }
 
 fn wasm_pipeline(fuel: bool) -> Pipeline {
+    pipeline_with(fuel, None, &component())
+}
+
+fn pipeline_with(fuel: bool, tune: Option<fn(&mut Config)>, component: &std::path::Path) -> Pipeline {
     let engine = Engine::new(&EngineOptions {
         fuel,
+        tune,
         ..EngineOptions::default()
     })
     .unwrap();
     let module = engine
-        .load_file(&component(), Limits::default())
+        .load_file(component, Limits::default())
         .expect("build guests first: scripts/dev build-guests");
     Pipeline::new(vec![Step {
         module: module.into(),
@@ -96,6 +128,23 @@ fn bench(c: &mut Criterion) {
         .collect();
     let epoch = wasm_pipeline(false);
     let fuel = wasm_pipeline(true);
+    // The speed levers, each alone against `wasm-epoch`, batched only.
+    let levers = {
+        let mut levers = vec![
+            (
+                "lever:explicit-bounds-checks",
+                pipeline_with(false, Some(explicit_bounds), &component()),
+            ),
+            (
+                "lever:cranelift-speed-and-size",
+                pipeline_with(false, Some(speed_and_size), &component()),
+            ),
+        ];
+        if let Some(simd) = simd_component() {
+            levers.push(("lever:guest-simd128", pipeline_with(false, None, &simd)));
+        }
+        levers
+    };
 
     let mut group = c.benchmark_group("b2b-portal");
     group.measurement_time(Duration::from_secs(4)).sample_size(30);
@@ -109,7 +158,11 @@ fn bench(c: &mut Criterion) {
                 }
             })
         });
-        for (name, pipeline) in [("wasm-epoch", &epoch), ("wasm-fuel+epoch", &fuel)] {
+        let mut paths = vec![("wasm-epoch", &epoch), ("wasm-fuel+epoch", &fuel)];
+        if batch > 1 {
+            paths.extend(levers.iter().map(|(name, pipeline)| (*name, pipeline)));
+        }
+        for (name, pipeline) in paths {
             group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, &batch| {
                 b.iter(|| {
                     for chunk in events.chunks(batch) {
@@ -119,6 +172,32 @@ fn bench(c: &mut Criterion) {
                     }
                 })
             });
+        }
+        if batch > 1 {
+            // Before round 3 every emitted payload was checked twice: once
+            // after its step, once more when it became a JSON value. This
+            // adds the first check back, to show what removing it saved.
+            group.bench_with_input(
+                BenchmarkId::new("lever:json-checked-twice (before)", batch),
+                &batch,
+                |b, &batch| {
+                    b.iter(|| {
+                        for chunk in events.chunks(batch) {
+                            let outcomes = epoch.run(chunk);
+                            for outcome in &outcomes {
+                                let OutcomeJson::Emit { events } = outcome else {
+                                    panic!()
+                                };
+                                for event in events {
+                                    serde_json::from_str::<serde::de::IgnoredAny>(event.payload.get())
+                                        .unwrap();
+                                }
+                            }
+                            std::hint::black_box(outcomes);
+                        }
+                    })
+                },
+            );
         }
     }
     group.finish();

@@ -93,6 +93,11 @@ pub struct EngineOptions {
     pub max_instances: u32,
     /// The largest memory any module may be granted, in bytes.
     pub max_memory_bytes: usize,
+    /// Adjusts wasmtime's code generation (Cranelift settings, how memory
+    /// bounds are checked) before Sluice applies its own settings, so no
+    /// tuning can turn a limit off. For measuring speed levers side by side
+    /// (`benches/transform.rs`); production leaves it `None`.
+    pub tune: Option<fn(&mut Config)>,
 }
 
 impl Default for EngineOptions {
@@ -102,6 +107,7 @@ impl Default for EngineOptions {
             cache_dir: None,
             max_instances: 64,
             max_memory_bytes: 1 << 30,
+            tune: None,
         }
     }
 }
@@ -169,6 +175,9 @@ impl Engine {
             .max_memory_size(options.max_memory_bytes);
 
         let mut config = Config::new();
+        if let Some(tune) = options.tune {
+            tune(&mut config);
+        }
         config
             .wasm_component_model(true)
             .epoch_interruption(true)

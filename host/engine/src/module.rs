@@ -342,9 +342,15 @@ impl Module {
     pub fn run(&self, config: &str, batch: &[Event]) -> Vec<StepResult> {
         self.run_on(config, batch, Placement::Blocking)
             .unwrap_or_else(|_| unreachable!("a blocking call never needs another thread"))
+            .into_iter()
+            .zip(batch)
+            .map(|(result, event)| result.and_then(|outcome| self.check_payloads(outcome, event)))
+            .collect()
     }
 
-    /// [`Module::run`], on the calling thread or only where it may block.
+    /// [`Module::run`], on the calling thread or only where it may block,
+    /// without checking that emitted payloads are JSON: a pipeline checks
+    /// them once, where it next reads them (see [`Module::check_payloads`]).
     pub(crate) fn run_on(
         &self,
         config: &str,
@@ -578,8 +584,7 @@ impl Module {
         })
     }
 
-    /// Enforces the output caps (every byte of the outcome counts, and the
-    /// fan-out) and checks that emitted payloads are JSON.
+    /// Enforces the output caps (every byte of the outcome counts, and the fan-out).
     fn check_output(&self, outcome: Outcome, event: &Event) -> StepResult {
         let fail = |kind| {
             Err(self.fault(
@@ -606,16 +611,35 @@ impl Module {
                 limit_bytes: self.limits.output_bytes_per_event,
             });
         }
+        Ok(outcome)
+    }
+
+    /// Checks that every payload `event`'s outcome emits is JSON; the fault
+    /// names the emitted event.
+    pub(crate) fn check_payloads(&self, outcome: Outcome, event: &Event) -> StepResult {
         if let Outcome::Emit(events) = &outcome {
             for emitted in events {
                 if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&emitted.payload) {
-                    return fail(FaultKind::InvalidPayload {
-                        detail: format!("event `{}`: {err}", emitted.id),
-                    });
+                    return Err(self.fault(
+                        event,
+                        CallFailure {
+                            kind: invalid_payload(&emitted.id, &err),
+                            log: String::new(),
+                            at_start: false,
+                            needs_thread: false,
+                        },
+                    ));
                 }
             }
         }
         Ok(outcome)
+    }
+}
+
+/// The fault of an emitted payload that is not JSON.
+pub(crate) fn invalid_payload(emitted_id: &str, err: &serde_json::Error) -> FaultKind {
+    FaultKind::InvalidPayload {
+        detail: format!("event `{emitted_id}`: {err}"),
     }
 }
 

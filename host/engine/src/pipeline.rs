@@ -143,7 +143,10 @@ impl Pipeline {
                 ..Progress::default()
             })
             .collect();
-        for step in &self.steps {
+        for (index, step) in self.steps.iter().enumerate() {
+            // Payloads are checked once, where they are read next: a middle
+            // step's by this loop, the last step's when `finish` takes them.
+            let last = index + 1 == self.steps.len();
             let mut work = Vec::new();
             for (owner, state) in progress.iter_mut().enumerate() {
                 work.extend(state.live.drain(..).map(|event| (owner, event)));
@@ -166,7 +169,15 @@ impl Pipeline {
                 if batch.is_empty() {
                     continue;
                 }
-                let results = step.module.run_on(&step.config, &batch, placement)?;
+                let mut results = step.module.run_on(&step.config, &batch, placement)?;
+                if !last {
+                    for (result, event) in results.iter_mut().zip(&batch) {
+                        if let Ok(outcome) = result {
+                            let outcome = std::mem::replace(outcome, Outcome::Drop(String::new()));
+                            *result = step.module.check_payloads(outcome, event);
+                        }
+                    }
+                }
                 if placement == Placement::Inline && started.elapsed() > INLINE_RUN {
                     // Each call was short, but together they are not.
                     self.steps.iter().for_each(|step| step.module.mark_slow());
@@ -205,7 +216,10 @@ impl Pipeline {
                 }
             }
         }
-        Ok(progress.into_iter().map(finish).collect())
+        Ok(progress
+            .into_iter()
+            .map(|state| finish(state, self.steps.last()))
+            .collect())
     }
 }
 
@@ -257,8 +271,9 @@ impl Progress {
     }
 }
 
-/// The final outcome for one input event.
-fn finish(state: Progress) -> OutcomeJson {
+/// The final outcome for one input event. Emitted payloads become JSON
+/// values here, which is also the one check that the last step's are JSON.
+fn finish(state: Progress, last: Option<&Step>) -> OutcomeJson {
     if let Some(error) = state.fault {
         return OutcomeJson::Error { error: *error };
     }
@@ -278,15 +293,15 @@ fn finish(state: Progress) -> OutcomeJson {
         match EventJson::from_wit(event) {
             Ok(event) => events.push(event),
             Err(err) => {
-                // Unreachable in practice: every step checks its payloads.
+                let (module, version) = last.map_or(("pipeline", ""), |step| {
+                    (step.module.name(), step.module.version())
+                });
                 return OutcomeJson::Error {
                     error: Fault {
-                        module: "pipeline".into(),
-                        version: String::new(),
-                        event: id,
-                        kind: FaultKind::InvalidPayload {
-                            detail: err.to_string(),
-                        },
+                        module: module.to_string(),
+                        version: version.to_string(),
+                        event: state.input_id,
+                        kind: crate::module::invalid_payload(&id, &err),
                         log: String::new(),
                     },
                 };

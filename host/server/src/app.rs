@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{Caller, Tokens};
-use super::entity_key::EntityKey;
 use super::backoff::TokenBucket;
 use super::config::{DestinationConfig, RetryPolicy, ServerConfig, TenantConfig, WhenOff};
+use super::entity_key::EntityKey;
 use super::http::ApiError;
 use super::metrics::Metrics;
 use super::supervisor::WorkerBoard;

@@ -84,7 +84,16 @@ mod tests {
     fn only_plain_member_chains_take_the_short_way() {
         assert_eq!(member_chain("$.sku"), Some(vec!["sku".to_string()]));
         assert_eq!(member_chain("$.a.b_2"), Some(vec!["a".into(), "b_2".into()]));
-        for other in ["$", "$..sku", "$['sku']", "$.items[0]", "$.*", "$.a-b", "$.1a", "sku"] {
+        for other in [
+            "$",
+            "$..sku",
+            "$['sku']",
+            "$.items[0]",
+            "$.*",
+            "$.a-b",
+            "$.1a",
+            "sku",
+        ] {
             assert_eq!(member_chain(other), None, "{other}");
         }
     }

@@ -24,15 +24,22 @@ const IDLE: Duration = Duration::from_millis(250);
 
 /// Runs until `stopped` turns true; the batch in hand is finished first.
 ///
-/// While one batch's results are being committed, the next batch is read
-/// and transformed; its results are committed only after the previous
-/// commit succeeded, so the outbox keeps queue order. If a commit fails,
-/// the results in hand are dropped and the worker reads again from the
-/// start of the queue (the pipeline is deterministic).
+/// Three batches are in hand at once: while one batch is transformed, the
+/// next is read and the previous one's results are committed. Results are
+/// committed only after the previous commit succeeded, so the outbox keeps
+/// queue order. If a commit fails, the results in hand and the batch read
+/// ahead are dropped and the worker reads again from the start of the
+/// queue (the pipeline is deterministic).
 pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
     let channel = &app.channels[&name];
     let mut after = 0;
     let mut committing: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
+    let mut read_ahead: Option<tokio::task::JoinHandle<Result<Vec<Pending>, String>>> = None;
+    let read = |after: i64| {
+        let queue = app.queue.clone();
+        let key = name.clone();
+        tokio::spawn(in_store(move || queue.pending(&key, after, BATCH)))
+    };
     loop {
         if *stopped.borrow() {
             if let Some(commit) = committing.take() {
@@ -40,11 +47,11 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             }
             return;
         }
+        let next = read_ahead.take();
         let pending = if channel.enabled() {
-            let queue = app.queue.clone();
-            let key = name.clone();
-            in_store(move || queue.pending(&key, after, BATCH))
+            next.unwrap_or_else(|| read(after))
                 .await
+                .unwrap_or_else(|join| Err(join.to_string()))
                 .unwrap_or_else(|err| {
                     tracing::error!(channel = %name, error = %err, "cannot read the channel's queue");
                     Vec::new()
@@ -69,11 +76,15 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             continue;
         }
         let last = pending.last().map_or(after, |p| p.seq);
+        if pending.len() == BATCH {
+            read_ahead = Some(read(last));
+        }
         let results = transform(&app, channel, pending).await;
         if let Some(commit) = committing.take() {
             let committed = finish_commit(&name, commit).await;
             app.wake_channel(channel);
             if !committed {
+                read_ahead = None;
                 after = 0;
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
