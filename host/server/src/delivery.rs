@@ -220,8 +220,8 @@ async fn send(
         elapsed: started.elapsed(),
         delivery: delivery.clone(),
     };
-    let event: EventJson = match serde_json::from_str(&delivery.output) {
-        Ok(event) => event,
+    let (event_id, body) = match stored_body(&delivery) {
+        Ok(found) => found,
         Err(err) => return finish(Some(0), None, format!("stored output is not an event: {err}")),
     };
     let mut request = Request::builder()
@@ -232,14 +232,14 @@ async fn send(
         .header("x-correlation-id", &delivery.correlation_id)
         .header("x-sluice-tenant", &delivery.tenant)
         .header("x-sluice-channel", &delivery.channel)
-        .header("x-sluice-event-id", &event.id)
+        .header("x-sluice-event-id", &event_id)
         .header("x-sluice-source-event-id", &delivery.event_id)
         .header("x-sluice-attempt", (delivery.attempts + 1).to_string())
         .header("x-sluice-module-versions", versions_header(&delivery.versions));
     for (key, value) in extra.iter() {
         request = request.header(key, value);
     }
-    let request = match request.body(Full::new(Bytes::from(event.payload.get().to_string()))) {
+    let request = match request.body(Full::new(body)) {
         Ok(request) => request,
         Err(err) => return finish(Some(0), None, format!("cannot build the request: {err}")),
     };
@@ -266,6 +266,23 @@ async fn send(
         Ok(Err(err)) => finish(None, None, format!("connection failed: {err}")),
         Err(_) => finish(None, None, format!("no response within {timeout_ms} ms")),
     }
+}
+
+/// The emitted event's id and the request body: the payload's stored
+/// bytes, sent as they are. Only rows that do not say where the payload
+/// is (stored before schema migration 4, or resent from a dead letter)
+/// are parsed.
+fn stored_body(delivery: &Delivery) -> Result<(String, Bytes), serde_json::Error> {
+    let output = &delivery.output;
+    if let (Some(id), Some(at)) = (&delivery.output_id, delivery.payload_at)
+        && at < output.len()
+        && output.is_char_boundary(at)
+    {
+        let body = Bytes::copy_from_slice(&output.as_bytes()[at..output.len() - 1]);
+        return Ok((id.clone(), body));
+    }
+    let event: EventJson = serde_json::from_str(output)?;
+    Ok((event.id, Bytes::from(event.payload.get().to_string())))
 }
 
 /// `a@1234abcd5678,b@…`: the versions that produced a delivery.
@@ -355,4 +372,54 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
         app.metrics.dead_lettered(&delivery.channel, "delivery");
     }
     (delivery, result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(output: &str, output_id: Option<&str>, payload_at: Option<usize>) -> Delivery {
+        Delivery {
+            seq: 1,
+            destination: "d".into(),
+            channel: "c".into(),
+            tenant: "t".into(),
+            event_id: "in-1".into(),
+            entity_key: "k".into(),
+            idempotency_key: "i".into(),
+            correlation_id: "c".into(),
+            output: output.into(),
+            output_id: output_id.map(Into::into),
+            payload_at,
+            attempts: 0,
+            versions: "[]".into(),
+            created_ms: 0,
+            received_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_stored_payload_bytes_are_sent_without_parsing_the_output() {
+        // Everything before the payload is deliberately not JSON: a parse would fail.
+        let output = r#"{"id":"out-1","kind":NOT JSON,"payload":{"sku":"A", "spaced" : 1}}"#;
+        let at = crate::store::NewDelivery::payload_offset(output, r#"{"sku":"A", "spaced" : 1}"#);
+        let (id, body) = stored_body(&delivery(output, Some("out-1"), at)).unwrap();
+        assert_eq!(id, "out-1");
+        assert_eq!(&body[..], br#"{"sku":"A", "spaced" : 1}"#);
+    }
+
+    #[test]
+    fn rows_that_do_not_say_where_the_payload_is_are_parsed() {
+        let output = r#"{"id":"out-1","kind":"product","payload":{"sku":"A"}}"#;
+        let (id, body) = stored_body(&delivery(output, None, None)).unwrap();
+        assert_eq!((id.as_str(), &body[..]), ("out-1", &br#"{"sku":"A"}"#[..]));
+        // A place past the end is not trusted either.
+        let (_, body) = stored_body(&delivery(output, Some("out-1"), Some(10_000))).unwrap();
+        assert_eq!(&body[..], br#"{"sku":"A"}"#);
+        assert!(stored_body(&delivery("not json", None, None)).is_err());
+        assert_eq!(
+            crate::store::NewDelivery::payload_offset(output, r#"{"sku":"B"}"#),
+            None
+        );
+    }
 }

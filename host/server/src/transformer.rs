@@ -183,6 +183,8 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
                     .map(|emitted| {
                         let output = serde_json::to_string(emitted).unwrap_or_default();
                         NewDelivery {
+                            payload_at: NewDelivery::payload_offset(&output, emitted.payload.get()),
+                            output_id: emitted.id.clone(),
                             destination: destination.config.name.clone(),
                             entity_key: destination.entity_key.of(&emitted.payload, &emitted.id),
                             idempotency_key: idempotency_key(

@@ -120,6 +120,20 @@ pub struct NewDelivery {
     pub correlation_id: String,
     /// The emitted event as JSON text; its payload is the request body.
     pub output: String,
+    /// The emitted event's id (`X-Sluice-Event-Id`).
+    pub output_id: String,
+    /// Where the payload starts in `output`; it runs to the closing brace.
+    /// Delivery sends those bytes as they are, without parsing `output`.
+    pub payload_at: Option<usize>,
+}
+
+impl NewDelivery {
+    /// Where `payload` sits in `output`, the text of an event whose last
+    /// field is that payload (as `EventJson` writes it); `None` if it does not.
+    pub fn payload_offset(output: &str, payload: &str) -> Option<usize> {
+        let at = output.len().checked_sub(payload.len() + 1)?;
+        (output.get(at..output.len() - 1) == Some(payload)).then_some(at)
+    }
 }
 
 /// The `Idempotency-Key` of one output: a digest of where it goes, what it
@@ -163,6 +177,10 @@ pub struct Delivery {
     pub correlation_id: String,
     /// The emitted event as JSON text.
     pub output: String,
+    /// The emitted event's id; `None` in rows older than migration 4.
+    pub output_id: Option<String>,
+    /// Where the payload starts in `output` (see [`NewDelivery::payload_at`]).
+    pub payload_at: Option<usize>,
     /// Attempts made so far.
     pub attempts: u32,
     /// `module@version` of every step that produced it (a JSON array).

@@ -157,8 +157,8 @@ pub(super) fn insert_outbox(
 ) -> rusqlite::Result<()> {
     db.prepare_cached(
         "INSERT INTO outbox (destination, channel, tenant, event_id, entity_key, idempotency_key,
-             correlation_id, output, versions, next_ms, created_ms, received_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11)",
+             correlation_id, output, versions, next_ms, created_ms, received_ms, payload_at, output_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         delivery.destination,
@@ -172,6 +172,8 @@ pub(super) fn insert_outbox(
         versions_text(&result.versions),
         now,
         received_ms,
+        delivery.payload_at.map(|at| at as i64),
+        delivery.output_id,
     ])?;
     Ok(())
 }
@@ -213,6 +215,11 @@ mod tests {
                 idempotency_key: format!("k-{}", pending.seq),
                 correlation_id: "c".into(),
                 output: r#"{"id":"o","kind":"product","payload":{"sku":"A"}}"#.into(),
+                output_id: "o".into(),
+                payload_at: NewDelivery::payload_offset(
+                    r#"{"id":"o","kind":"product","payload":{"sku":"A"}}"#,
+                    r#"{"sku":"A"}"#,
+                ),
             }]),
         }
     }

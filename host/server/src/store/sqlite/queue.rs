@@ -101,7 +101,8 @@ impl Queue for SqliteQueue {
         self.read(move |db| {
             let mut query = db.prepare_cached(
                 "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
-                        correlation_id, output, attempts, created_ms, received_ms, versions
+                        correlation_id, output, attempts, created_ms, received_ms, versions,
+                        payload_at, output_id
                  FROM outbox o
                  WHERE destination = ?1 AND next_ms <= ?2
                    AND NOT EXISTS (SELECT 1 FROM outbox p
@@ -125,6 +126,10 @@ impl Queue for SqliteQueue {
                     created_ms: row.get(10)?,
                     received_ms: row.get(11)?,
                     versions: row.get(12)?,
+                    payload_at: row
+                        .get::<_, Option<i64>>(13)?
+                        .and_then(|at| usize::try_from(at).ok()),
+                    output_id: row.get(14)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)

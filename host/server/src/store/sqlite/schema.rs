@@ -29,6 +29,12 @@ const MIGRATIONS: &[Migration] = &[
          CREATE INDEX IF NOT EXISTS outbox_event ON outbox (tenant, event_id);
          CREATE INDEX IF NOT EXISTS dead_letters_by_channel ON dead_letters (channel);",
     ),
+    // 4: where each output's payload starts, and its event id, so that
+    // delivery sends the stored bytes without parsing them.
+    Migration::Sql(
+        "ALTER TABLE outbox ADD COLUMN payload_at INTEGER;
+         ALTER TABLE outbox ADD COLUMN output_id TEXT;",
+    ),
 ];
 
 /// Why the schema cannot be brought up to date.
