@@ -98,13 +98,19 @@ fn a_rejection_in_a_later_step_carries_that_steps_path() {
 #[test]
 fn a_payload_that_is_not_json_faults_its_own_step_in_the_middle_or_at_the_end() {
     // Payloads are checked once: a middle step's before the next step reads
-    // them, the last step's when the pipeline turns them into JSON.
+    // them, the last step's as they become JSON values. In the second
+    // pipeline the first step passes on valid JSON and only the last step
+    // emits text that is not JSON.
     let hostile = step("hostile", "{}");
-    for (steps, at) in [
-        (vec![hostile.clone(), step("b2b-portal", "{}")], "middle"),
-        (vec![step("hostile", "{}"), hostile.clone()], "end"),
+    for (steps, attack_name, at) in [
+        (
+            vec![hostile.clone(), step("b2b-portal", "{}")],
+            "not-json",
+            "middle",
+        ),
+        (vec![hostile.clone(), hostile.clone()], "then-not-json", "end"),
     ] {
-        let outcomes = Pipeline::new(steps).run(&[attack("evt-bad", "not-json"), attack("evt-ok", "none")]);
+        let outcomes = Pipeline::new(steps).run(&[attack("evt-bad", attack_name), attack("evt-ok", "none")]);
         let OutcomeJson::Error { error } = &outcomes[0] else {
             panic!("{at}: {outcomes:?}");
         };

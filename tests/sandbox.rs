@@ -654,7 +654,7 @@ fn an_inline_run_gives_up_on_every_attack_that_would_hold_a_worker_and_the_block
 fn an_inline_run_gives_the_same_outcomes_as_a_blocking_one() {
     let events = vec![
         attack("evt-none", "none"),
-        attack("evt-panic", "panic"),
+        attack("evt-not-json", "not-json"),
         attack("evt-reject", "reject"),
         attack("evt-drop", "drop"),
         attack("evt-sleep", "sleep-hour"),
@@ -669,4 +669,52 @@ fn an_inline_run_gives_the_same_outcomes_as_a_blocking_one() {
         serde_json::to_string(&blocking).unwrap()
     );
     assert!(matches!(&inline[1], OutcomeJson::Error { .. }), "{:?}", inline[1]);
+}
+
+#[test]
+fn a_batch_that_traps_inline_goes_to_a_blocking_thread_without_marking_the_module_slow() {
+    let pipeline = Pipeline::single(load("hostile"), "{}");
+    let batch = vec![attack("evt-panic", "panic"), attack("evt-next", "none")];
+    // Re-running a trapped batch event by event could take as long as the
+    // events' deadlines, so that never happens inline.
+    assert!(try_inline_on_a_worker(&pipeline, batch.clone()).is_none());
+    let outcomes = pipeline.run(&batch);
+    assert!(
+        matches!(&outcomes[0], OutcomeJson::Error { .. }),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(
+        matches!(&outcomes[1], OutcomeJson::Emit { .. }),
+        "{:?}",
+        outcomes[1]
+    );
+    // A trap is no sign of slowness: the next small batch runs inline.
+    assert!(try_inline_on_a_worker(&pipeline, vec![attack("evt-later", "none")]).is_some());
+}
+
+#[test]
+fn an_abandoned_inline_attempt_keeps_none_of_its_instances_warm() {
+    // Step 1 passes on a loop that step 2 runs: the attempt gives up in
+    // step 2, after step 1's instance has seen the event.
+    let hostile = load("hostile");
+    let pipeline = Pipeline::new(vec![
+        Step {
+            module: hostile.clone(),
+            config: "{}".into(),
+        },
+        Step {
+            module: hostile,
+            config: "{}".into(),
+        },
+    ]);
+    assert!(try_inline_on_a_worker(&pipeline, vec![attack("evt-loop", "then-loop")]).is_none());
+    // A fresh instance counts this as its first event; one kept from the
+    // attempt would count two.
+    let outcomes = pipeline.run(&[attack("evt-count", "count")]);
+    let OutcomeJson::Emit { events } = &outcomes[0] else {
+        panic!("{outcomes:?}");
+    };
+    let seen: Value = serde_json::from_str(events[0].payload.get()).unwrap();
+    assert_eq!(seen["seen"], 1, "{seen}");
 }

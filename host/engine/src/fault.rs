@@ -137,7 +137,7 @@ impl FaultKind {
 }
 
 /// Whether a call failed only because it ran inline: a host call would
-/// have waited, or the epoch cut it off before its own deadline.
+/// have waited, or the attempt's CPU budget ran out.
 pub(crate) fn needs_blocking_thread(err: &wasmtime::Error, sandbox: &crate::Sandbox) -> bool {
     if !sandbox.inline {
         return false;
@@ -146,7 +146,7 @@ pub(crate) fn needs_blocking_thread(err: &wasmtime::Error, sandbox: &crate::Sand
     if err.downcast_ref::<crate::wasi::WouldWait>().is_some() {
         return true;
     }
-    sandbox.inline_cut && matches!(err.downcast_ref::<Trap>(), Some(Trap::Interrupt))
+    err.downcast_ref::<crate::placement::BudgetSpent>().is_some()
 }
 
 /// The panic message a Rust guest printed to stderr, if any.

@@ -93,10 +93,11 @@ pub struct EngineOptions {
     pub max_instances: u32,
     /// The largest memory any module may be granted, in bytes.
     pub max_memory_bytes: usize,
-    /// Adjusts wasmtime's code generation (Cranelift settings, how memory
-    /// bounds are checked) before Sluice applies its own settings, so no
-    /// tuning can turn a limit off. For measuring speed levers side by side
-    /// (`benches/transform.rs`); production leaves it `None`.
+    /// Adjusts wasmtime's configuration before Sluice applies its own, for
+    /// measuring speed levers side by side (`benches/transform.rs`). Only
+    /// with the `levers` feature: a tuning can change more than speed (stack
+    /// size, proposals), so nothing built for production can set one.
+    #[cfg(feature = "levers")]
     pub tune: Option<fn(&mut Config)>,
 }
 
@@ -107,6 +108,7 @@ impl Default for EngineOptions {
             cache_dir: None,
             max_instances: 64,
             max_memory_bytes: 1 << 30,
+            #[cfg(feature = "levers")]
             tune: None,
         }
     }
@@ -175,6 +177,7 @@ impl Engine {
             .max_memory_size(options.max_memory_bytes);
 
         let mut config = Config::new();
+        #[cfg(feature = "levers")]
         if let Some(tune) = options.tune {
             tune(&mut config);
         }

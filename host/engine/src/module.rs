@@ -5,13 +5,14 @@ use std::slice;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::Store;
 use wasmtime::component::Component;
+use wasmtime::{Store, UpdateDeadline};
 
-use super::placement::{INLINE_TICKS, NeedsBlockingThread, Placement, SlowMark};
+use super::placement::{BudgetSpent, GiveUp, Placement, SlowMark};
 use super::slots::Slot;
 use super::{CacheOutcome, EPOCH_TICK, Engine, Fault, FaultKind, Limits, Sandbox};
 use crate::bindings::{Event, Outcome, Transform, TransformPre};
+use crate::event::EventJson;
 
 /// Import namespaces the host provides. WASI is linked with no
 /// capabilities, so these give a transform nothing of the outside world.
@@ -283,9 +284,8 @@ struct CallFailure {
     /// The instance could not start (instantiation or `init`): every event
     /// of the batch would fail the same way, so none is retried.
     at_start: bool,
-    /// An inline call went over its budget, or would have waited: the
-    /// failure says nothing about the events.
-    needs_thread: bool,
+    /// The call ran inline and gave up: the failure says nothing about the events.
+    needs_thread: Option<GiveUp>,
 }
 
 impl Module {
@@ -351,17 +351,14 @@ impl Module {
     /// [`Module::run`], on the calling thread or only where it may block,
     /// without checking that emitted payloads are JSON: a pipeline checks
     /// them once, where it next reads them (see [`Module::check_payloads`]).
-    pub(crate) fn run_on(
-        &self,
+    pub(crate) fn run_on<'m>(
+        &'m self,
         config: &str,
         batch: &[Event],
-        placement: Placement,
-    ) -> Result<Vec<StepResult>, NeedsBlockingThread> {
+        placement: Placement<'_, 'm>,
+    ) -> Result<Vec<StepResult>, GiveUp> {
         if batch.is_empty() {
             return Ok(Vec::new());
-        }
-        if placement == Placement::Inline && self.slow.is_recent() {
-            return Err(NeedsBlockingThread);
         }
         let whole = match self.take_warm(config) {
             Some((instance, calls)) => Ok((instance, calls)),
@@ -369,7 +366,15 @@ impl Module {
         }
         .and_then(|(mut instance, calls)| {
             let outcomes = instance.apply(self, batch, placement)?;
-            self.keep_warm(config, instance, calls + 1);
+            match placement {
+                Placement::Blocking => self.keep_warm(config, instance, calls + 1),
+                // Back to the pool only if the whole attempt succeeds: an
+                // instance of an abandoned attempt would see the batch twice.
+                Placement::Inline(attempt) => {
+                    let config = config.to_string();
+                    attempt.on_success(Box::new(move || self.keep_warm(&config, instance, calls + 1)));
+                }
+            }
             Ok(outcomes)
         });
         Ok(match whole {
@@ -378,21 +383,26 @@ impl Module {
                 .zip(batch)
                 .map(|(outcome, event)| self.check_output(outcome, event))
                 .collect(),
-            Err(failure) if failure.needs_thread => return Err(NeedsBlockingThread),
+            Err(CallFailure {
+                needs_thread: Some(give_up),
+                ..
+            }) => return Err(give_up),
             Err(failure) if batch.len() == 1 || failure.at_start => batch
                 .iter()
                 .map(|event| Err(self.fault(event, failure.clone())))
                 .collect(),
-            Err(_) => self.run_one_by_one(config, batch, placement)?,
+            // Re-running event by event may take as long as the batch's deadlines.
+            Err(_) if matches!(placement, Placement::Inline(_)) => return Err(GiveUp::Busy),
+            Err(_) => self.run_one_by_one(config, batch),
         })
     }
 
-    /// Whether an inline call of this module needed a blocking thread lately.
+    /// Whether an inline attempt with this module gave up as slow lately.
     pub(crate) fn recently_slow(&self) -> bool {
         self.slow.is_recent()
     }
 
-    /// Notes that an inline call of this module needed a blocking thread.
+    /// Notes that an inline attempt with this module gave up as slow.
     pub(crate) fn mark_slow(&self) {
         self.slow.set();
     }
@@ -412,7 +422,7 @@ impl Module {
 
     /// An idle instance initialised with `config`, and how many calls it served.
     fn take_warm(&self, config: &str) -> Option<(Instance, u32)> {
-        let mut warm = self.warm.lock().ok()?;
+        let mut warm = self.warm.lock().unwrap_or_else(|e| e.into_inner());
         let index = warm.iter().rposition(|w| w.config == config)?;
         let Warm { instance, calls, .. } = warm.swap_remove(index);
         self.engine.warm.release();
@@ -425,7 +435,7 @@ impl Module {
         if calls >= self.limits.calls_per_instance {
             return;
         }
-        let Ok(mut warm) = self.warm.lock() else { return };
+        let mut warm = self.warm.lock().unwrap_or_else(|e| e.into_inner());
         if warm.len() < WARM_PER_MODULE && self.engine.warm.reserve() {
             warm.push(Warm {
                 config: config.to_string(),
@@ -435,32 +445,27 @@ impl Module {
         }
     }
 
-    /// Re-runs a batch event by event, reusing an instance until it traps.
-    fn run_one_by_one(
-        &self,
-        config: &str,
-        batch: &[Event],
-        placement: Placement,
-    ) -> Result<Vec<StepResult>, NeedsBlockingThread> {
+    /// Re-runs a batch event by event, reusing an instance until it traps
+    /// (on a blocking thread only).
+    fn run_one_by_one(&self, config: &str, batch: &[Event]) -> Vec<StepResult> {
         let mut instance: Option<Instance> = None;
         let mut results = Vec::with_capacity(batch.len());
         for event in batch {
             let live = match instance.take() {
                 Some(live) => Ok(live),
-                None => self.instantiate(config, placement),
+                None => self.instantiate(config, Placement::Blocking),
             };
             let result = live.and_then(|mut live| {
-                let outcome = live.apply(self, slice::from_ref(event), placement)?;
+                let outcome = live.apply(self, slice::from_ref(event), Placement::Blocking)?;
                 instance = Some(live);
                 Ok(outcome)
             });
             results.push(match result {
                 Ok(mut outcomes) => self.check_output(outcomes.remove(0), event),
-                Err(failure) if failure.needs_thread => return Err(NeedsBlockingThread),
                 Err(failure) => Err(self.fault(event, failure)),
             });
         }
-        Ok(results)
+        results
     }
 
     /// A fault while the instance starts: a plain trap is reported as
@@ -476,16 +481,22 @@ impl Module {
     /// instance slot (inline: takes one only if it is free at once); `init`
     /// runs under one event's limits.
     fn instantiate(&self, config: &str, placement: Placement) -> Result<Instance, CallFailure> {
+        let give_up = |why| CallFailure {
+            kind: FaultKind::Instantiate {
+                detail: "the inline attempt gave up".into(),
+            },
+            log: String::new(),
+            at_start: true,
+            needs_thread: Some(why),
+        };
         let slot = match placement {
             Placement::Blocking => self.engine.slots.take(),
-            Placement::Inline => self.engine.slots.try_take().ok_or(CallFailure {
-                kind: FaultKind::Instantiate {
-                    detail: "no instance slot was free".into(),
-                },
-                log: String::new(),
-                at_start: true,
-                needs_thread: true,
-            })?,
+            Placement::Inline(attempt) if attempt.spent() => return Err(give_up(GiveUp::Slow)),
+            Placement::Inline(_) => self
+                .engine
+                .slots
+                .try_take()
+                .ok_or_else(|| give_up(GiveUp::Busy))?,
         };
         let mut store = Store::new(&self.engine.wasmtime, Sandbox::new(&self.limits));
         store.limiter(|sandbox| &mut sandbox.limits);
@@ -504,14 +515,14 @@ impl Module {
                 kind: FaultKind::Init { message },
                 log: store.data().log.text(),
                 at_start: true,
-                needs_thread: false,
+                needs_thread: None,
             }),
             Err(err) => Err(self.failure(&err, 1, &store, true)),
         }
     }
 
     /// What a failed call means: a fault of its events, or (inline) only
-    /// that it needs a blocking thread, which also marks the module slow.
+    /// that it needs a blocking thread.
     fn failure(
         &self,
         err: &wasmtime::Error,
@@ -520,10 +531,7 @@ impl Module {
         at_start: bool,
     ) -> CallFailure {
         let log = store.data().log.text();
-        let needs_thread = crate::fault::needs_blocking_thread(err, store.data());
-        if needs_thread {
-            self.mark_slow();
-        }
+        let needs_thread = crate::fault::needs_blocking_thread(err, store.data()).then_some(GiveUp::Slow);
         let kind = if at_start {
             self.start_fault(err, &log)
         } else {
@@ -537,17 +545,32 @@ impl Module {
         }
     }
 
-    /// Sets the deadline and fuel for a call covering `events` events;
-    /// inline, the call is also cut off after [`INLINE_TICKS`].
+    /// Sets the deadline and fuel for a call covering `events` events.
+    /// Inline, the epoch is looked at every tick: the call ends (as
+    /// [`BudgetSpent`]) once the attempt's CPU budget is used up, or when
+    /// its own deadline passes, and a blocking thread decides which it was.
     fn arm(&self, store: &mut Store<Sandbox>, events: usize, placement: Placement) {
         let timeout_ms = self.timeout_ms(events);
-        let ticks = timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
-        let inline = placement == Placement::Inline;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         let sandbox = store.data_mut();
-        sandbox.deadline = Instant::now() + Duration::from_millis(timeout_ms);
-        sandbox.inline = inline;
-        sandbox.inline_cut = inline && ticks > INLINE_TICKS;
-        store.set_epoch_deadline(if inline { ticks.min(INLINE_TICKS) } else { ticks });
+        sandbox.deadline = deadline;
+        sandbox.inline = matches!(placement, Placement::Inline(_));
+        match placement {
+            Placement::Blocking => {
+                store.epoch_deadline_trap();
+                store.set_epoch_deadline(timeout_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1));
+            }
+            Placement::Inline(attempt) => {
+                let budget = attempt.budget();
+                store.epoch_deadline_callback(move |_| {
+                    if budget.spent() || Instant::now() >= deadline {
+                        return Err(wasmtime::Error::new(BudgetSpent));
+                    }
+                    Ok(UpdateDeadline::Continue(1))
+                });
+                store.set_epoch_deadline(1);
+            }
+        }
         if self.engine.fuel {
             // Cannot fail: fuel metering is on.
             let _ = store.set_fuel(self.fuel(events));
@@ -593,7 +616,7 @@ impl Module {
                     kind,
                     log: String::new(),
                     at_start: false,
-                    needs_thread: false,
+                    needs_thread: None,
                 },
             ))
         };
@@ -626,13 +649,37 @@ impl Module {
                             kind: invalid_payload(&emitted.id, &err),
                             log: String::new(),
                             at_start: false,
-                            needs_thread: false,
+                            needs_thread: None,
                         },
                     ));
                 }
             }
         }
         Ok(outcome)
+    }
+}
+
+impl Module {
+    /// The emitted events as JSON values, which checks their payloads; the
+    /// fault names the emitted event that is not JSON. The events are
+    /// copied, so that the outcome can still be measured against the caps.
+    pub(crate) fn to_json(&self, events: &[Event], event: &Event) -> Result<Vec<EventJson>, Box<Fault>> {
+        events
+            .iter()
+            .map(|emitted| {
+                EventJson::from_wit(emitted.clone()).map_err(|err| {
+                    self.fault(
+                        event,
+                        CallFailure {
+                            kind: invalid_payload(&emitted.id, &err),
+                            log: String::new(),
+                            at_start: false,
+                            needs_thread: None,
+                        },
+                    )
+                })
+            })
+            .collect()
     }
 }
 
@@ -708,7 +755,7 @@ impl Instance {
                 },
                 log: self.store.data().log.text(),
                 at_start: false,
-                needs_thread: false,
+                needs_thread: None,
             }),
             Err(err) => Err(module.failure(&err, batch.len(), &self.store, false)),
         }

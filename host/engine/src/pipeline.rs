@@ -14,13 +14,12 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use crate::bindings::{Event, Outcome};
 use crate::event::{EventJson, OutcomeJson, ViolationJson};
-use crate::placement::{INLINE_RUN, NeedsBlockingThread, Placement};
+use crate::placement::{GiveUp, InlineAttempt, NeedsBlockingThread, Placement};
 use crate::{Fault, FaultKind, Module};
 
 /// One step: a loaded module and the config its `init` receives.
@@ -67,6 +66,8 @@ pub struct Pipeline {
 struct Progress {
     input_id: String,
     live: Vec<Event>,
+    /// What the last step emitted, as JSON.
+    done: Vec<EventJson>,
     dropped: Vec<String>,
     violations: Vec<ViolationJson>,
     fault: Option<Box<Fault>>,
@@ -119,22 +120,39 @@ impl Pipeline {
         if self.steps.iter().any(|step| step.module.recently_slow()) {
             return Err(NeedsBlockingThread);
         }
-        // A host call that needs a blocking thread panics on an async
+        let attempt = InlineAttempt::start();
+        // A WASI call that needs a blocking thread panics on an async
         // worker; that ends the attempt like any other inline limit.
-        std::panic::catch_unwind(AssertUnwindSafe(|| self.run_on(inputs, Placement::Inline))).unwrap_or_else(
-            |_| {
-                self.steps.iter().for_each(|step| step.module.mark_slow());
-                Err(NeedsBlockingThread)
-            },
-        )
+        let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.run_on(inputs, Placement::Inline(&attempt))
+        }))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|text| text.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::warn!(%message, "an inline transform panicked; it runs on a blocking thread instead");
+            Err(GiveUp::Slow)
+        });
+        let slow = matches!(ran, Err(GiveUp::Slow)) || attempt.spent();
+        if slow {
+            self.steps.iter().for_each(|step| step.module.mark_slow());
+        }
+        match ran {
+            Ok(outcomes) => {
+                attempt.succeed();
+                Ok(outcomes)
+            }
+            Err(_) => Err(NeedsBlockingThread),
+        }
     }
 
-    fn run_on(
-        &self,
+    fn run_on<'m>(
+        &'m self,
         inputs: &[EventJson],
-        placement: Placement,
-    ) -> Result<Vec<OutcomeJson>, NeedsBlockingThread> {
-        let started = Instant::now();
+        placement: Placement<'_, 'm>,
+    ) -> Result<Vec<OutcomeJson>, GiveUp> {
         let mut progress: Vec<Progress> = inputs
             .iter()
             .map(|input| Progress {
@@ -144,8 +162,8 @@ impl Pipeline {
             })
             .collect();
         for (index, step) in self.steps.iter().enumerate() {
-            // Payloads are checked once, where they are read next: a middle
-            // step's by this loop, the last step's when `finish` takes them.
+            // Payloads are checked once: a middle step's before the next
+            // step reads them, the last step's as they become JSON values.
             let last = index + 1 == self.steps.len();
             let mut work = Vec::new();
             for (owner, state) in progress.iter_mut().enumerate() {
@@ -170,20 +188,28 @@ impl Pipeline {
                     continue;
                 }
                 let mut results = step.module.run_on(&step.config, &batch, placement)?;
-                if !last {
-                    for (result, event) in results.iter_mut().zip(&batch) {
-                        if let Ok(outcome) = result {
+                let mut finished: Vec<Option<Vec<EventJson>>> = vec![None; results.len()];
+                for ((result, event), done) in results.iter_mut().zip(&batch).zip(&mut finished) {
+                    if let Ok(outcome) = result {
+                        if !last {
                             let outcome = std::mem::replace(outcome, Outcome::Drop(String::new()));
                             *result = step.module.check_payloads(outcome, event);
+                        } else if let Outcome::Emit(events) = outcome {
+                            match step.module.to_json(events, event) {
+                                Ok(json) => *done = Some(json),
+                                Err(fault) => *result = Err(fault),
+                            }
                         }
                     }
                 }
-                if placement == Placement::Inline && started.elapsed() > INLINE_RUN {
-                    // Each call was short, but together they are not.
-                    self.steps.iter().for_each(|step| step.module.mark_slow());
-                    return Err(NeedsBlockingThread);
+                if let Placement::Inline(attempt) = placement
+                    && attempt.spent()
+                {
+                    return Err(GiveUp::Slow);
                 }
-                for ((owner, event), result) in owners.into_iter().zip(&batch).zip(results) {
+                for (((owner, event), result), done) in
+                    owners.into_iter().zip(&batch).zip(results).zip(finished)
+                {
                     // A rejected input still collects every violation of this
                     // step; a faulted one is done.
                     let state = &mut progress[owner];
@@ -197,7 +223,10 @@ impl Pipeline {
                         continue;
                     }
                     match result {
-                        Ok(Outcome::Emit(events)) => state.live.extend(events),
+                        Ok(Outcome::Emit(events)) => match done {
+                            Some(json) => state.done.extend(json),
+                            None => state.live.extend(events),
+                        },
                         Ok(Outcome::Drop(reason)) => state.dropped.push(reason),
                         Ok(Outcome::Reject(found)) => state.violations.extend(
                             found
@@ -216,10 +245,7 @@ impl Pipeline {
                 }
             }
         }
-        Ok(progress
-            .into_iter()
-            .map(|state| finish(state, self.steps.last()))
-            .collect())
+        Ok(progress.into_iter().map(finish).collect())
     }
 }
 
@@ -271,9 +297,8 @@ impl Progress {
     }
 }
 
-/// The final outcome for one input event. Emitted payloads become JSON
-/// values here, which is also the one check that the last step's are JSON.
-fn finish(state: Progress, last: Option<&Step>) -> OutcomeJson {
+/// The final outcome for one input event.
+fn finish(state: Progress) -> OutcomeJson {
     if let Some(error) = state.fault {
         return OutcomeJson::Error { error: *error };
     }
@@ -282,24 +307,17 @@ fn finish(state: Progress, last: Option<&Step>) -> OutcomeJson {
             violations: state.violations,
         };
     }
-    if state.live.is_empty() {
-        return OutcomeJson::Drop {
-            reason: state.dropped.join("; "),
-        };
-    }
-    let mut events = Vec::with_capacity(state.live.len());
+    let mut events = state.done;
+    // Events still live never met a step: a pipeline of no steps.
     for event in state.live {
         let id = event.id.clone();
         match EventJson::from_wit(event) {
             Ok(event) => events.push(event),
             Err(err) => {
-                let (module, version) = last.map_or(("pipeline", ""), |step| {
-                    (step.module.name(), step.module.version())
-                });
                 return OutcomeJson::Error {
                     error: Fault {
-                        module: module.to_string(),
-                        version: version.to_string(),
+                        module: "pipeline".into(),
+                        version: String::new(),
                         event: state.input_id,
                         kind: crate::module::invalid_payload(&id, &err),
                         log: String::new(),
@@ -307,6 +325,11 @@ fn finish(state: Progress, last: Option<&Step>) -> OutcomeJson {
                 };
             }
         }
+    }
+    if events.is_empty() {
+        return OutcomeJson::Drop {
+            reason: state.dropped.join("; "),
+        };
     }
     OutcomeJson::Emit { events }
 }

@@ -30,9 +30,6 @@ pub struct Sandbox {
     pub(crate) deadline: Instant,
     /// The call runs inline on an async worker: host calls must not wait.
     pub(crate) inline: bool,
-    /// The call runs inline under a shorter deadline than its own, so
-    /// reaching it means "needs a blocking thread", not a timeout.
-    pub(crate) inline_cut: bool,
 }
 
 impl Sandbox {
@@ -46,7 +43,6 @@ impl Sandbox {
             log,
             deadline: Instant::now(),
             inline: false,
-            inline_cut: false,
         }
     }
 

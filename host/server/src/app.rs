@@ -22,11 +22,6 @@ use sluice_engine::event::{EventJson, OutcomeJson};
 use sluice_engine::pipeline::{Pipeline, PipelineSpec, Step};
 use sluice_engine::{Engine, Limits};
 
-/// Batches of at most this many events first try to run inline on the
-/// async worker (see [`Pipeline::try_run_inline`]); larger ones go
-/// straight to a blocking thread, where a hand-off costs little per event.
-const INLINE_EVENTS: usize = 16;
-
 /// A channel as served: its tenant, pipeline, destination and switch.
 pub struct Channel {
     /// The channel's name.
@@ -215,6 +210,8 @@ pub struct App {
 pub struct Settings {
     /// Most events per synchronous request.
     pub max_events_per_request: usize,
+    /// Largest batch that first tries to run inline; 0: none.
+    pub inline_batch_events: usize,
     /// Largest synchronous answer, in bytes.
     pub max_response_bytes: usize,
     /// Connections served at once.
@@ -231,6 +228,7 @@ impl Settings {
     fn from_config(config: &ServerConfig) -> Self {
         Self {
             max_events_per_request: config.max_events_per_request,
+            inline_batch_events: config.inline_batch_events,
             max_response_bytes: config.max_response_bytes,
             max_connections: config.max_connections.max(1),
             header_timeout: Duration::from_millis(config.header_timeout_ms),
@@ -428,7 +426,7 @@ impl App {
     ) -> Result<(Vec<EventJson>, Vec<OutcomeJson>), tokio::task::JoinError> {
         let permit = self.transform_permit(&channel.tenant).await.ok().flatten();
         let started = Instant::now();
-        let inline = if events.len() <= INLINE_EVENTS {
+        let inline = if events.len() <= self.settings.inline_batch_events {
             pipeline.try_run_inline(&events).ok()
         } else {
             None

@@ -25,6 +25,11 @@ pub struct ServerConfig {
     /// Most events one synchronous transform request may carry (more: 413).
     #[serde(default = "default_max_events_per_request")]
     pub max_events_per_request: usize,
+    /// Batches of at most this many events first try to run inline on the
+    /// async worker that received them (see the README's sandbox section);
+    /// 0 sends every batch to a blocking thread.
+    #[serde(default = "default_inline_batch_events")]
+    pub inline_batch_events: usize,
     /// Largest synchronous transform answer, in bytes (larger: 413).
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
@@ -267,6 +272,9 @@ fn default_max_module_storage() -> u64 {
 }
 fn default_max_stored_events() -> u64 {
     1_000_000
+}
+fn default_inline_batch_events() -> usize {
+    16
 }
 fn default_max_events_per_request() -> usize {
     1000

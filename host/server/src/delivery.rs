@@ -277,6 +277,7 @@ fn stored_body(delivery: &Delivery) -> Result<(String, Bytes), serde_json::Error
     if let (Some(id), Some(at)) = (&delivery.output_id, delivery.payload_at)
         && at < output.len()
         && output.is_char_boundary(at)
+        && output.ends_with('}')
     {
         let body = Bytes::copy_from_slice(&output.as_bytes()[at..output.len() - 1]);
         return Ok((id.clone(), body));

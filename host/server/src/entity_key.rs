@@ -2,8 +2,9 @@
 //! JSONPath applied to each emitted payload.
 //!
 //! Most keys are a plain chain of member names (`$.sku`, the default). For
-//! those only the objects on the way are read, their other values skipped
-//! unparsed; a full parse of every payload cost about 5 % of the sidecar's
+//! those only the objects on the way are taken apart: their other values
+//! are scanned but not built, and only the value found is parsed. Building
+//! every payload as a `serde_json::Value` cost about 5 % of the sidecar's
 //! CPU on the durable path. Any other JSONPath is evaluated in full.
 
 use std::collections::HashMap;
@@ -29,8 +30,9 @@ impl EntityKey {
     }
 
     /// The key of `payload`: the first value the path selects, as text
-    /// (a string as itself, a number as written); `fallback` (the emitted
-    /// event's id) when it selects nothing else.
+    /// (a string as itself, a number as `serde_json` prints it: `1.5e3`
+    /// becomes `1500.0`); `fallback` (the emitted event's id) when it
+    /// selects nothing else.
     pub fn of(&self, payload: &RawValue, fallback: &str) -> String {
         let found = match &self.members {
             Some(members) => select_member(payload, members),

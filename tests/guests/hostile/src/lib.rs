@@ -14,8 +14,11 @@ struct Order {
 }
 
 /// The transform. Its config may ask `init` itself to misbehave:
-/// `{"init": "loop" | "panic" | "sleep"}`.
-pub struct Hostile;
+/// `{"init": "loop" | "panic" | "sleep"}`. It counts the events its
+/// instance has seen (`count` reports it).
+pub struct Hostile {
+    seen: u64,
+}
 
 impl Transform for Hostile {
     type Config = serde_json::Value;
@@ -29,16 +32,23 @@ impl Transform for Hostile {
             Some("sleep") => std::thread::sleep(std::time::Duration::MAX),
             _ => {}
         }
-        Ok(Hostile)
+        Ok(Hostile { seen: 0 })
     }
 
     fn event(&mut self, event: Event) -> Outcome {
+        self.seen += 1;
         let order: Order = match event.payload_as() {
             Ok(order) => order,
             Err(violation) => return Outcome::Reject(vec![violation]),
         };
         match order.attack.as_str() {
             "" | "none" => Outcome::pass(&event),
+            "count" => Outcome::emit(&event, &serde_json::json!({"seen": self.seen})),
+            // `then-X`: pass on an event whose attack is X, for the next step.
+            next if next.starts_with("then-") => Outcome::emit(
+                &event,
+                &serde_json::json!({"attack": next.trim_start_matches("then-")}),
+            ),
             "loop" => loop {
                 black_box(&event);
             },

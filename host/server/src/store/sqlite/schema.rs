@@ -267,6 +267,44 @@ mod tests {
     }
 
     #[test]
+    fn stored_events_survive_the_move_to_a_rowid_table_and_duplicates_are_still_refused() {
+        let mut db = Connection::open_in_memory().unwrap();
+        db.execute_batch(V1).unwrap();
+        db.execute_batch("ALTER TABLE channel_state ADD COLUMN reason TEXT")
+            .unwrap();
+        db.execute(
+            "INSERT INTO events (tenant, id, received_ms, event) VALUES ('acme', 'e-1', 5, '{\"id\":\"e-1\"}')",
+            [],
+        )
+        .unwrap();
+        migrate(&mut db).unwrap();
+        let (event, received): (String, i64) = db
+            .query_row(
+                "SELECT event, received_ms FROM events WHERE tenant = 'acme' AND id = 'e-1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((event.as_str(), received), (r#"{"id":"e-1"}"#, 5));
+        let inserted = db
+            .execute(
+                "INSERT INTO events (tenant, id, received_ms, event) VALUES ('acme', 'e-1', 6, '{}')
+                 ON CONFLICT DO NOTHING",
+                [],
+            )
+            .unwrap();
+        assert_eq!(inserted, 0, "the same tenant and id is a duplicate");
+        let by_time: i64 = db
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'events_received'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(by_time, 1);
+    }
+
+    #[test]
     fn a_newer_database_is_refused() {
         let mut db = Connection::open_in_memory().unwrap();
         db.pragma_update(None, "user_version", 99).unwrap();
