@@ -360,6 +360,11 @@ impl Module {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        if let Placement::Inline(attempt) = placement
+            && attempt.spent()
+        {
+            return Err(GiveUp::Slow);
+        }
         let whole = match self.take_warm(config) {
             Some((instance, calls)) => Ok((instance, calls)),
             None => self.instantiate(config, placement).map(|instance| (instance, 0)),
@@ -392,7 +397,7 @@ impl Module {
                 .map(|event| Err(self.fault(event, failure.clone())))
                 .collect(),
             // Re-running event by event may take as long as the batch's deadlines.
-            Err(_) if matches!(placement, Placement::Inline(_)) => return Err(GiveUp::Busy),
+            Err(_) if matches!(placement, Placement::Inline(_)) => return Err(GiveUp::Trapped),
             Err(_) => self.run_one_by_one(config, batch),
         })
     }

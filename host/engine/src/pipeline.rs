@@ -135,7 +135,11 @@ impl Pipeline {
             tracing::warn!(%message, "an inline transform panicked; it runs on a blocking thread instead");
             Err(GiveUp::Slow)
         });
-        let slow = matches!(ran, Err(GiveUp::Slow)) || attempt.spent();
+        let slow = match ran {
+            Err(GiveUp::Slow) => true,
+            Err(GiveUp::Trapped) => attempt.half_spent(),
+            _ => attempt.spent(),
+        };
         if slow {
             self.steps.iter().for_each(|step| step.module.mark_slow());
         }

@@ -17,9 +17,10 @@
 //! Any of them ends the attempt with [`NeedsBlockingThread`]: its results
 //! are thrown away unseen, the instances it used are dropped rather than
 //! kept warm, and the caller runs the batch again on a blocking thread with
-//! the full limits. A module that ran out of budget, would have waited or
-//! panicked is marked slow for [`SLOW_FOR`], and its calls skip the inline
-//! attempt meanwhile, so a module that is always slow costs one wasted
+//! the full limits. When a call ran out of budget, would have waited or
+//! panicked (or a batch trapped after half the budget was used), every
+//! module of the pipeline is marked slow for [`SLOW_FOR`] and skips inline
+//! attempts meanwhile, so a pipeline that is always slow costs one wasted
 //! attempt a minute.
 
 use std::cell::RefCell;
@@ -48,9 +49,11 @@ pub(crate) enum GiveUp {
     /// A module used up the CPU budget, would have waited, or panicked:
     /// the pipeline's modules skip inline attempts for a while.
     Slow,
-    /// Nothing says the modules are slow (no instance slot was free, or a
-    /// batch trapped and must be re-run event by event).
+    /// No instance slot was free: nothing says the modules are slow.
     Busy,
+    /// A batch trapped and must be re-run event by event; slow only if
+    /// the attempt had used half its budget by then.
+    Trapped,
 }
 
 /// An inline call reached the attempt's CPU budget (or its own deadline).
@@ -80,7 +83,11 @@ pub(crate) struct CpuBudget {
 impl CpuBudget {
     /// Whether the calling thread has used [`INLINE_CPU`] since the start.
     pub(crate) fn spent(&self) -> bool {
-        thread_cpu_time().saturating_sub(self.cpu_at_start) > INLINE_CPU
+        self.used() > INLINE_CPU
+    }
+
+    fn used(&self) -> Duration {
+        thread_cpu_time().saturating_sub(self.cpu_at_start)
     }
 }
 
@@ -102,6 +109,11 @@ impl<'m> InlineAttempt<'m> {
     /// Whether the attempt has used up its CPU budget.
     pub(crate) fn spent(&self) -> bool {
         self.budget.spent()
+    }
+
+    /// Whether the attempt has used half its CPU budget or more.
+    pub(crate) fn half_spent(&self) -> bool {
+        self.budget.used() >= INLINE_CPU / 2
     }
 
     /// Holds back `keep` (which returns an instance to its warm pool) until

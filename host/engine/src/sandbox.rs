@@ -64,7 +64,11 @@ impl sluice::transform::host::Host for Sandbox {
             LogLevel::Warn => "warn",
             LogLevel::Error => "error",
         };
-        self.log.write(format!("[{level}] {message}\n").as_bytes());
+        // Written in parts: a message as large as the guest's memory is
+        // never copied again, only what the log still has room for.
+        self.log.write(format!("[{level}] ").as_bytes());
+        self.log.write(message.as_bytes());
+        self.log.write(b"\n");
     }
 }
 

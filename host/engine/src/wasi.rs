@@ -89,6 +89,8 @@ impl WasiState {
             .secure_random(Deterministic::new(RANDOM_SEED.to_vec()))
             .insecure_random(Deterministic::new(RANDOM_SEED.to_vec()))
             .insecure_random_seed(0x511ce_u128)
+            // A host loop no epoch can interrupt: keep each call short.
+            .max_random_size(1 << 20)
             .build()
     }
 }

@@ -426,7 +426,7 @@ impl App {
     ) -> Result<(Vec<EventJson>, Vec<OutcomeJson>), tokio::task::JoinError> {
         let permit = self.transform_permit(&channel.tenant).await.ok().flatten();
         let started = Instant::now();
-        let inline = if events.len() <= self.settings.inline_batch_events {
+        let inline = if !events.is_empty() && events.len() <= self.settings.inline_batch_events {
             pipeline.try_run_inline(&events).ok()
         } else {
             None
