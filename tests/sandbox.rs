@@ -718,3 +718,26 @@ fn an_abandoned_inline_attempt_keeps_none_of_its_instances_warm() {
     let seen: Value = serde_json::from_str(events[0].payload.get()).unwrap();
     assert_eq!(seen["seen"], 1, "{seen}");
 }
+
+#[test]
+fn a_fan_out_wider_than_one_call_leaves_the_inline_attempt_for_a_blocking_thread() {
+    let hostile = load("hostile");
+    let pipeline = Pipeline::new(vec![
+        Step {
+            module: hostile.clone(),
+            config: "{}".into(),
+        },
+        Step {
+            module: hostile,
+            config: "{}".into(),
+        },
+    ]);
+    let wide = vec![attack("evt-wide", "fan-out-wide")];
+    assert!(try_inline_on_a_worker(&pipeline, wide.clone()).is_none());
+    // Marked: even a harmless event now skips the inline attempt.
+    assert!(try_inline_on_a_worker(&pipeline, vec![attack("evt-next", "none")]).is_none());
+    let OutcomeJson::Emit { events } = &pipeline.run(&wide)[0] else {
+        panic!("the fan-out should emit");
+    };
+    assert_eq!(events.len(), 200);
+}

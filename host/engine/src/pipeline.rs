@@ -176,6 +176,11 @@ impl Pipeline {
             if work.is_empty() {
                 break;
             }
+            // A step with more work than one call takes is no small batch:
+            // inline, it would hold an instance slot per chunk until the end.
+            if matches!(placement, Placement::Inline(_)) && work.len() > STEP_CHUNK {
+                return Err(GiveUp::Slow);
+            }
             // Run the step in chunks, and charge each input event for what
             // its branches produce as the results come in: an input over
             // its caps stops there, so a fan-out can never pile up more

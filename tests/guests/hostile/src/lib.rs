@@ -43,6 +43,16 @@ impl Transform for Hostile {
         };
         match order.attack.as_str() {
             "" | "none" => Outcome::pass(&event),
+            // More events than the host passes a module in one call.
+            "fan-out-wide" => Outcome::Emit(
+                (0..200)
+                    .map(|n| {
+                        let mut child = event.with_payload(&serde_json::json!({"attack": "none", "copy": n}));
+                        child.id = format!("{}#{n}", event.id);
+                        child
+                    })
+                    .collect(),
+            ),
             "count" => Outcome::emit(&event, &serde_json::json!({"seen": self.seen})),
             // `then-X`: pass on an event whose attack is X, for the next step.
             next if next.starts_with("then-") => Outcome::emit(
