@@ -693,21 +693,21 @@ fn a_batch_that_traps_inline_goes_to_a_blocking_thread_without_marking_the_modul
     assert!(try_inline_on_a_worker(&pipeline, vec![attack("evt-later", "none")]).is_some());
 }
 
+/// The hostile guest as both steps of one pipeline (one module, two steps).
+fn hostile_twice() -> Pipeline {
+    let hostile = load("hostile");
+    let step = || Step {
+        module: hostile.clone(),
+        config: "{}".into(),
+    };
+    Pipeline::new(vec![step(), step()])
+}
+
 #[test]
 fn an_abandoned_inline_attempt_keeps_none_of_its_instances_warm() {
     // Step 1 passes on a loop that step 2 runs: the attempt gives up in
     // step 2, after step 1's instance has seen the event.
-    let hostile = load("hostile");
-    let pipeline = Pipeline::new(vec![
-        Step {
-            module: hostile.clone(),
-            config: "{}".into(),
-        },
-        Step {
-            module: hostile,
-            config: "{}".into(),
-        },
-    ]);
+    let pipeline = hostile_twice();
     assert!(try_inline_on_a_worker(&pipeline, vec![attack("evt-loop", "then-loop")]).is_none());
     // A fresh instance counts this as its first event; one kept from the
     // attempt would count two.
@@ -721,17 +721,7 @@ fn an_abandoned_inline_attempt_keeps_none_of_its_instances_warm() {
 
 #[test]
 fn a_fan_out_wider_than_one_call_leaves_the_inline_attempt_for_a_blocking_thread() {
-    let hostile = load("hostile");
-    let pipeline = Pipeline::new(vec![
-        Step {
-            module: hostile.clone(),
-            config: "{}".into(),
-        },
-        Step {
-            module: hostile,
-            config: "{}".into(),
-        },
-    ]);
+    let pipeline = hostile_twice();
     let wide = vec![attack("evt-wide", "fan-out-wide")];
     assert!(try_inline_on_a_worker(&pipeline, wide.clone()).is_none());
     // Marked: even a harmless event now skips the inline attempt.

@@ -612,19 +612,22 @@ impl Module {
         })
     }
 
+    /// The fault of `event` whose output broke a rule (a cap, invalid JSON).
+    fn output_fault(&self, event: &Event, kind: FaultKind) -> Box<Fault> {
+        self.fault(
+            event,
+            CallFailure {
+                kind,
+                log: String::new(),
+                at_start: false,
+                needs_thread: None,
+            },
+        )
+    }
+
     /// Enforces the output caps (every byte of the outcome counts, and the fan-out).
     fn check_output(&self, outcome: Outcome, event: &Event) -> StepResult {
-        let fail = |kind| {
-            Err(self.fault(
-                event,
-                CallFailure {
-                    kind,
-                    log: String::new(),
-                    at_start: false,
-                    needs_thread: None,
-                },
-            ))
-        };
+        let fail = |kind| Err(self.output_fault(event, kind));
         let count = outcome_count(&outcome);
         if count > self.limits.max_fan_out {
             return fail(FaultKind::TooManyOutputs {
@@ -648,23 +651,13 @@ impl Module {
         if let Outcome::Emit(events) = &outcome {
             for emitted in events {
                 if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&emitted.payload) {
-                    return Err(self.fault(
-                        event,
-                        CallFailure {
-                            kind: invalid_payload(&emitted.id, &err),
-                            log: String::new(),
-                            at_start: false,
-                            needs_thread: None,
-                        },
-                    ));
+                    return Err(self.output_fault(event, invalid_payload(&emitted.id, &err)));
                 }
             }
         }
         Ok(outcome)
     }
-}
 
-impl Module {
     /// The emitted events as JSON values, which checks their payloads; the
     /// fault names the emitted event that is not JSON. The events are
     /// copied, so that the outcome can still be measured against the caps.
@@ -672,17 +665,8 @@ impl Module {
         events
             .iter()
             .map(|emitted| {
-                EventJson::from_wit(emitted.clone()).map_err(|err| {
-                    self.fault(
-                        event,
-                        CallFailure {
-                            kind: invalid_payload(&emitted.id, &err),
-                            log: String::new(),
-                            at_start: false,
-                            needs_thread: None,
-                        },
-                    )
-                })
+                EventJson::from_wit(emitted.clone())
+                    .map_err(|err| self.output_fault(event, invalid_payload(&emitted.id, &err)))
             })
             .collect()
     }

@@ -197,6 +197,24 @@ mod tests {
         }
     }
 
+    /// Records a 400 from the destination for `delivery`: a dead letter.
+    fn reject(queue: &SqliteQueue, delivery: &Delivery, at_ms: i64, detail: &str) {
+        let attempt = Attempt {
+            at_ms,
+            status: Some(400),
+            detail: detail.into(),
+        };
+        queue
+            .attempted(vec![(
+                delivery.clone(),
+                AttemptResult::DeadLetter {
+                    attempt,
+                    reason: "rejected-by-destination".into(),
+                },
+            )])
+            .unwrap();
+    }
+
     fn deliver(pending: &Pending, channel: &str, key: &str) -> Transformed {
         Transformed {
             seq: pending.seq,
@@ -253,20 +271,7 @@ mod tests {
         // Everything is older than the window, but the delivery still waits.
         assert_eq!(queue.forget_before(now_ms() + 60_000).unwrap(), 0);
         let due = queue.due("d", now_ms(), 10).unwrap();
-        let attempt = Attempt {
-            at_ms: now_ms(),
-            status: Some(400),
-            detail: "no".into(),
-        };
-        queue
-            .attempted(vec![(
-                due[0].clone(),
-                AttemptResult::DeadLetter {
-                    attempt,
-                    reason: "rejected-by-destination".into(),
-                },
-            )])
-            .unwrap();
+        reject(&queue, &due[0], now_ms(), "no");
         let letters = queue.dead_letters(&DeadLetterFilter::default()).unwrap();
         let letter = queue.dead_letter(letters[0].id).unwrap().unwrap();
         assert_eq!(letter.original["id"], "1", "{:?}", letter.original);
@@ -346,20 +351,7 @@ mod tests {
             .transformed(vec![deliver(&pending[0], "a", "SKU-1")])
             .unwrap();
         let due = queue.due("d", now_ms(), 10).unwrap();
-        let attempt = Attempt {
-            at_ms: 1,
-            status: Some(400),
-            detail: "bad sku".into(),
-        };
-        queue
-            .attempted(vec![(
-                due[0].clone(),
-                AttemptResult::DeadLetter {
-                    attempt,
-                    reason: "rejected-by-destination".into(),
-                },
-            )])
-            .unwrap();
+        reject(&queue, &due[0], 1, "bad sku");
         let letters = queue.dead_letters(&DeadLetterFilter::default()).unwrap();
         assert_eq!(letters.len(), 1);
         let letter = queue.dead_letter(letters[0].id).unwrap().unwrap();
