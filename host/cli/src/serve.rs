@@ -24,6 +24,10 @@ pub struct ServeArgs {
     /// Meter fuel as well as wall-clock time.
     #[arg(long, env = "SLUICE_FUEL")]
     fuel: bool,
+    /// Share queues and state through this NATS JetStream (`nats://host:4222`)
+    /// instead of the config's `queue` (or SQLite when neither is set).
+    #[arg(long, env = "SLUICE_QUEUE")]
+    queue: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -34,6 +38,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             listen: args.listen,
             data_dir: args.data_dir.clone(),
             fuel: args.fuel,
+            queue: args.queue.clone(),
         },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

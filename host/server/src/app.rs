@@ -42,6 +42,7 @@ pub struct Channel {
     faults: AtomicU32,
     tripped: Mutex<Option<String>>,
     degraded: Mutex<Option<String>>,
+    active_spec: Mutex<Option<String>>,
     stored: AtomicU64,
     pub(super) wake: Notify,
 }
@@ -62,6 +63,7 @@ impl Channel {
             faults: AtomicU32::new(0),
             tripped: Mutex::new(None),
             degraded: Mutex::new(None),
+            active_spec: Mutex::new(None),
             stored: AtomicU64::new(0),
             wake: Notify::new(),
         }
@@ -71,6 +73,16 @@ impl Channel {
     /// is missing or damaged), if it cannot. Its events wait meanwhile.
     pub fn degraded(&self) -> Option<String> {
         self.degraded.lock().expect("degraded lock").clone()
+    }
+
+    /// The activated pipeline's spec as stored (`None`: the config's), as last applied here.
+    pub fn active_spec(&self) -> Option<String> {
+        self.active_spec.lock().expect("spec lock").clone()
+    }
+
+    /// Records which stored spec now runs (see [`Channel::active_spec`]).
+    pub fn set_active_spec(&self, spec: Option<String>) {
+        *self.active_spec.lock().expect("spec lock") = spec;
     }
 
     /// Events the channel keeps stored (queued and dead letters), as last counted.
@@ -351,6 +363,7 @@ impl App {
                 app.metrics.set_tripped(&channel.name, true);
             }
             if let Some(text) = app.registry.active_pipeline(&channel.name)? {
+                channel.set_active_spec(Some(text.clone()));
                 // A channel whose activated modules cannot be loaded is
                 // degraded: the server starts, its events wait, and
                 // `/readyz` and `GET /v1/channels` say why.
@@ -496,12 +509,11 @@ impl App {
         for (index, step) in spec.steps.iter().enumerate() {
             let version =
                 self.resolve_version(&channel.tenant, &step.module, step.version.as_deref(), index)?;
-            let bytes = super::modules::read_stored(&self.modules_dir, &version).map_err(|message| {
-                ActivationError::Load {
+            let bytes = super::modules::read_or_fetch(&self.modules_dir, self.registry.as_ref(), &version)
+                .map_err(|message| ActivationError::Load {
                     step: index,
                     message: format!("module `{}` version `{version}`: {message}", step.module),
-                }
-            })?;
+                })?;
             let module = self
                 .engine
                 .load(&step.module, &bytes, channel.limits.clone())
@@ -573,6 +585,22 @@ impl App {
             self.metrics.set_tripped(&channel.name, false);
         }
         self.wake_channel(channel);
+    }
+
+    /// Applies a switch that another sidecar stored (see [`crate::store::SharedChange`]).
+    pub(super) fn apply_shared_switch(&self, channel: &Channel, enabled: bool, tripped: Option<String>) {
+        channel.enabled.store(enabled, Ordering::Release);
+        if enabled {
+            channel.faults.store(0, Ordering::Release);
+        }
+        self.metrics.set_tripped(&channel.name, tripped.is_some());
+        *channel.tripped.lock().expect("breaker lock") = tripped;
+        self.wake_channel(channel);
+    }
+
+    /// Marks a channel degraded: its activated pipeline cannot be loaded, and its events wait.
+    pub(super) fn degrade(&self, channel: &Channel, why: String) {
+        *channel.degraded.lock().expect("degraded lock") = Some(why);
     }
 
     /// Closes a channel's circuit breaker and switches it on again, if the breaker had paused it.

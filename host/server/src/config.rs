@@ -16,9 +16,14 @@ pub struct ServerConfig {
     /// Address to listen on; `127.0.0.1:0` picks a free port.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Where Sluice keeps its state (compiled-module cache).
+    /// Where Sluice keeps its state: the SQLite store and the compiled-module
+    /// cache (with `queue`, only the cache and copies of uploaded modules).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// `nats://host:4222`: share queues and state with every sidecar on
+    /// that NATS JetStream instead of keeping them in SQLite (README "Scale out").
+    #[serde(default)]
+    pub queue: Option<String>,
     /// Largest request body accepted, in bytes (larger: 413).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,

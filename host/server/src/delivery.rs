@@ -82,6 +82,8 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         .rate_limit
         .map(|limit| TokenBucket::new(limit, destination.config.burst));
     let concurrency = destination.config.concurrency;
+    // Several sidecars sharing a store pace a destination together.
+    let shared_rate = app.queue.shares_rate();
     let headers = destination_headers(destination);
     let mut paused_until: Option<Instant> = None;
     loop {
@@ -120,7 +122,19 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         let mut sent = Vec::with_capacity(due.len());
         'dispatch: for delivery in due {
             if let Some(bucket) = bucket.as_mut() {
-                while let Err(wait) = bucket.try_take(Instant::now()) {
+                loop {
+                    let wait = if shared_rate {
+                        match take_shared_token(&app, destination).await {
+                            Ok(taken) => taken,
+                            Err(err) => {
+                                tracing::error!(destination = %name, error = %err, "cannot take a shared rate token");
+                                Err(Duration::from_secs(1))
+                            }
+                        }
+                    } else {
+                        bucket.try_take(Instant::now())
+                    };
+                    let Err(wait) = wait else { break };
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         _ = stopped.changed() => break 'dispatch,
@@ -163,6 +177,23 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Takes one send from the destination's rate limit shared by every sidecar.
+async fn take_shared_token(
+    app: &Arc<App>,
+    destination: &Destination,
+) -> Result<Result<(), Duration>, String> {
+    let Some(limit) = destination.config.rate_limit else {
+        return Ok(Ok(()));
+    };
+    let (queue, name, burst) = (
+        app.queue.clone(),
+        destination.config.name.clone(),
+        destination.config.burst,
+    );
+    let interval = Duration::from_secs_f64(1.0 / limit.per_second());
+    in_store(move || queue.take_rate_token(&name, interval, burst)).await
 }
 
 /// How long to sleep when nothing is due: until the next retry, at most [`IDLE`].

@@ -42,6 +42,7 @@ mod ingest;
 pub mod metrics;
 mod modules;
 pub mod routes;
+pub mod shared;
 pub mod sidecar;
 pub mod sink;
 pub mod store;
@@ -97,6 +98,13 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         start(
             format!("delivery:{destination}"),
             Box::new(move || Box::pin(delivery::run(app.clone(), name.clone(), stopped.clone()))),
+        );
+    }
+    if app.queue.changes().is_some() {
+        let (app, stopped) = (app.clone(), stopped.clone());
+        start(
+            "shared-state".into(),
+            Box::new(move || Box::pin(shared::run(app.clone(), stopped.clone()))),
         );
     }
     {

@@ -203,6 +203,10 @@ pub async fn upload(
         tokio::task::spawn_blocking(move || store_file(&dir, &version, &bytes)).await
     };
     stored.map_err(ApiError::internal)?.map_err(store_failed)?;
+    {
+        let (registry, version, bytes) = (app.registry.clone(), version.clone(), bytes.clone());
+        blocking(move || registry.share_module(&version, &bytes)).await?;
+    }
     // Only an accepted module leaves a compiled artifact behind.
     tokio::task::spawn_blocking(move || module.save_artifact())
         .await
@@ -490,6 +494,28 @@ fn store_file(dir: &Path, version: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// Reads a stored module; one this node does not have yet (uploaded to
+/// another sidecar sharing the registry) is fetched and stored first.
+pub(crate) fn read_or_fetch(
+    dir: &Path,
+    registry: &dyn crate::store::Registry,
+    version: &str,
+) -> Result<Vec<u8>, String> {
+    let local = read_stored(dir, version);
+    if local.is_ok() {
+        return local;
+    }
+    match registry.shared_module(version) {
+        Ok(Some(bytes)) if hex::encode(Sha256::digest(&bytes)) == version => {
+            store_file(dir, version, &bytes)
+                .map_err(|err| format!("cannot store the shared module ({})", err.kind()))?;
+            Ok(bytes)
+        }
+        Ok(_) => local,
+        Err(err) => Err(format!("cannot fetch the shared module: {err}")),
+    }
+}
+
 /// Reads a stored module and checks that its bytes hash to its version.
 /// The error says what is wrong without naming server paths.
 pub(crate) fn read_stored(dir: &Path, version: &str) -> Result<Vec<u8>, String> {
@@ -576,8 +602,10 @@ pub async fn activate(
         channel.name.clone(),
         serde_json::to_string(&spec).map_err(ApiError::internal)?,
     );
+    let stored = text.clone();
     blocking(move || registry.push_pipeline(&key, &text)).await?;
     app.swap_pipeline(channel, pipeline);
+    channel.set_active_spec(Some(stored));
     tracing::info!(channel = %channel.name, tenant = %channel.tenant, pipeline = %json!(spec), "pipeline activated");
     Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
 }
@@ -588,7 +616,8 @@ pub async fn rollback(app: &App, caller: &Caller, name: &str) -> Result<Response
     let channel = app.channel_for(caller, name)?;
     let registry = app.registry.clone();
     let key = channel.name.clone();
-    let pipeline = match blocking(move || registry.pop_pipeline(&key)).await? {
+    let popped = blocking(move || registry.pop_pipeline(&key)).await?;
+    let pipeline = match popped.clone() {
         None => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -603,6 +632,7 @@ pub async fn rollback(app: &App, caller: &Caller, name: &str) -> Result<Response
         }
     };
     app.swap_pipeline(channel, pipeline);
+    channel.set_active_spec(popped.flatten());
     tracing::info!(channel = %channel.name, tenant = %channel.tenant, "pipeline rolled back");
     Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
 }

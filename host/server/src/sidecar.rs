@@ -12,7 +12,7 @@ use sluice_engine::{Engine, EngineError, EngineOptions};
 use tokio::net::TcpListener;
 
 use crate::config::{ConfigError, ServerConfig};
-use crate::store::{SqliteQueue, StoreError};
+use crate::store::{NatsStore, Queue, Registry, SqliteQueue, StoreError};
 use crate::{ActivationError, App, Channel};
 
 /// What may replace the config file's own settings (flags, environment).
@@ -24,6 +24,14 @@ pub struct SidecarOptions {
     pub data_dir: Option<PathBuf>,
     /// Meter fuel as well as wall-clock time.
     pub fuel: bool,
+    /// Use this NATS JetStream (`nats://host:4222`) instead of the config's `queue`.
+    pub queue: Option<String>,
+}
+
+/// The store a sidecar keeps its queues and registry in.
+enum Store {
+    Sqlite(Arc<SqliteQueue>),
+    Nats(Arc<NatsStore>),
 }
 
 /// Why a sidecar cannot be built.
@@ -59,6 +67,14 @@ pub enum SidecarError {
         /// Why.
         error: std::io::Error,
     },
+    /// NATS JetStream cannot be reached or set up.
+    #[error("cannot use the queue `{url}`: {error}")]
+    Queue {
+        /// The queue's address.
+        url: String,
+        /// Why.
+        error: StoreError,
+    },
     /// The database cannot be opened.
     #[error("cannot open `{}`: {error}", path.display())]
     Store {
@@ -75,10 +91,10 @@ pub enum SidecarError {
 /// A sidecar ready to serve.
 pub struct Sidecar {
     app: Arc<App>,
-    queue: Arc<SqliteQueue>,
+    store: Store,
     listen: SocketAddr,
     grace: Duration,
-    database: PathBuf,
+    location: String,
 }
 
 impl Sidecar {
@@ -125,28 +141,51 @@ impl Sidecar {
             path: data_dir.clone(),
             error,
         })?;
-        let database = data_dir.join("sluice.db");
-        let queue = Arc::new(SqliteQueue::open(&database).map_err(|error| SidecarError::Store {
-            path: database.clone(),
-            error,
-        })?);
-        let app = Arc::new(App::new(
-            &config,
-            channels,
-            queue.clone(),
-            queue.clone(),
-            engine,
-            data_dir,
-        )?);
+        let (store, queue, registry, location): (Store, Arc<dyn Queue>, Arc<dyn Registry>, String) =
+            match options.queue.clone().or_else(|| config.queue.clone()) {
+                Some(url) => {
+                    let names = |list: Vec<&String>| list.into_iter().cloned().collect::<Vec<_>>();
+                    let nats = NatsStore::connect(
+                        &url,
+                        Duration::from_secs(config.idempotency_window_hours * 3600),
+                        &names(
+                            config
+                                .channels
+                                .iter()
+                                .filter(|c| c.destination.is_some())
+                                .map(|c| &c.name)
+                                .collect(),
+                        ),
+                        &names(config.destinations.iter().map(|d| &d.name).collect()),
+                    )
+                    .map_err(|error| SidecarError::Queue {
+                        url: url.clone(),
+                        error,
+                    })?;
+                    let nats = Arc::new(nats);
+                    (Store::Nats(nats.clone()), nats.clone(), nats, url)
+                }
+                None => {
+                    let database = data_dir.join("sluice.db");
+                    let sqlite =
+                        Arc::new(SqliteQueue::open(&database).map_err(|error| SidecarError::Store {
+                            path: database.clone(),
+                            error,
+                        })?);
+                    let location = database.display().to_string();
+                    (Store::Sqlite(sqlite.clone()), sqlite.clone(), sqlite, location)
+                }
+            };
+        let app = Arc::new(App::new(&config, channels, queue, registry, engine, data_dir)?);
         if config.admin_token_sha256.is_empty() && config.tenants.iter().all(|t| t.token_sha256.is_empty()) {
             tracing::warn!("no admin or tenant token is configured: every /v1 call will answer 401");
         }
         Ok(Self {
             app,
-            queue,
+            store,
             listen: options.listen.unwrap_or(config.listen),
             grace: Duration::from_millis(config.shutdown_grace_ms),
-            database,
+            location,
         })
     }
 
@@ -167,13 +206,16 @@ impl Sidecar {
 
     /// Serves on `listener` until `shutdown` completes (see [`crate::run`]).
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
-        tracing::info!(database = %self.database.display(), "sluice serving");
+        tracing::info!(store = %self.location, "sluice serving");
         crate::run(listener, self.app.clone(), shutdown).await;
         tracing::info!("sluice stopped");
     }
 
     /// Closes the store: the last commit is flushed and the writer ends.
     pub fn close(&self) {
-        self.queue.close();
+        match &self.store {
+            Store::Sqlite(sqlite) => sqlite.close(),
+            Store::Nats(nats) => nats.close(),
+        }
     }
 }

@@ -2,16 +2,19 @@
 //! events to transform, the outbox of deliveries with their attempts, dead
 //! letters, and the channels' ON/OFF switches.
 //!
-//! [`Queue`] is the seam: the embedded default is [`SqliteQueue`], and a
-//! NATS JetStream backend would implement the same trait. Its methods block
-//! (the SQLite backend waits for a group commit); async callers run them
-//! with `tokio::task::spawn_blocking`.
+//! [`Queue`] and [`Registry`] are the seams: the embedded default is
+//! [`SqliteQueue`], and [`NatsStore`] shares the work of several sidecars
+//! through NATS JetStream. Their methods block (SQLite waits for a group
+//! commit, JetStream for its acknowledgement); async callers run them with
+//! `tokio::task::spawn_blocking`.
 
+mod nats;
 mod sqlite;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use nats::{NatsError, NatsStore};
 pub use sqlite::SqliteQueue;
 
 /// Why the store failed. Every variant is a technical failure of the
@@ -27,6 +30,9 @@ pub enum StoreError {
     /// The group commit failed; nothing of the batch was stored.
     #[error("store: commit failed: {0}")]
     Commit(String),
+    /// NATS JetStream failed or did not answer in time.
+    #[error("jetstream: {0}")]
+    Nats(#[from] NatsError),
     /// A stored row cannot be read back.
     #[error("store: row {what} is corrupt: {detail}")]
     Corrupt {
@@ -355,6 +361,56 @@ pub trait Queue: Send + Sync {
     /// Forgets ids of events ingested before `before_ms` that nothing still
     /// needs: the window in which a redelivered webhook is recognised.
     fn forget_before(&self, before_ms: i64) -> Result<u64, StoreError>;
+    /// Whether a destination's rate limit is shared with other sidecars
+    /// through the store ([`Queue::take_rate_token`]); otherwise each
+    /// sidecar paces itself.
+    fn shares_rate(&self) -> bool {
+        false
+    }
+    /// Takes one send from `destination`'s shared budget of one send per
+    /// `interval`, at most `burst` at once; otherwise how long to wait.
+    fn take_rate_token(
+        &self,
+        destination: &str,
+        interval: std::time::Duration,
+        burst: u32,
+    ) -> Result<Result<(), std::time::Duration>, StoreError> {
+        let _ = (destination, interval, burst);
+        Ok(Ok(()))
+    }
+    /// Changes that other sidecars made to shared state, for a store that
+    /// is shared; `None` for one that only this sidecar uses.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<SharedChange>> {
+        None
+    }
+}
+
+/// A change to state that several sidecars share, seen by each of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SharedChange {
+    /// A channel was switched on or off, or its circuit breaker opened.
+    Switch {
+        /// The channel.
+        channel: String,
+        /// Whether it is on.
+        enabled: bool,
+        /// Why the circuit breaker holds it off, if it does.
+        tripped: Option<String>,
+    },
+    /// A channel's activated pipelines changed (activation or rollback).
+    Pipeline {
+        /// The channel.
+        channel: String,
+    },
+    /// A tenant was created.
+    Tenant(String),
+    /// A token was issued.
+    Token {
+        /// Its tenant.
+        tenant: String,
+        /// SHA-256 of the token, in hex.
+        sha256: String,
+    },
 }
 
 /// One stored version of a tenant's module (the bytes live in the data
@@ -394,6 +450,17 @@ pub trait Registry: Send + Sync {
     fn pop_pipeline(&self, channel: &str) -> Result<Option<Option<String>>, StoreError>;
     /// The channel's active pipeline, if one was activated.
     fn active_pipeline(&self, channel: &str) -> Result<Option<String>, StoreError>;
+    /// Shares an accepted module's bytes with other sidecars (a shared
+    /// registry keeps them; the SQLite one has the data dir's file).
+    fn share_module(&self, version: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let _ = (version, bytes);
+        Ok(())
+    }
+    /// A module's bytes as shared by another sidecar, if the registry keeps them.
+    fn shared_module(&self, version: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let _ = version;
+        Ok(None)
+    }
 }
 
 /// Milliseconds since the Unix epoch, now.

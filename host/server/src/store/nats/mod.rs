@@ -1,0 +1,417 @@
+//! The scale-out store: several sidecars share one NATS JetStream. Nothing
+//! here is a cluster of our own; JetStream holds every message and decides
+//! who gets it.
+//!
+//! | what | where | why it keeps the guarantees |
+//! |---|---|---|
+//! | events to transform | stream `SLUICE_IN`, subject `sluice.in.<channel>`, one message per ingest request and channel | a durable work-queue consumer per channel with `max_ack_pending = 1`: one batch of a channel is in flight in the whole cluster, so outputs leave in ingest order; a batch is acknowledged only after its outputs and dead letters are stored, and redelivered to any node after `ack_wait` if its node dies |
+//! | deliveries | stream `SLUICE_OUT`, subject `sluice.out.<destination>.<partition>.<channel>` | the partition is a hash of the entity key; each partition has a durable consumer with `max_ack_pending = 1`, so one delivery per partition (hence per SKU) is in flight in the cluster, and a later one waits until the earlier one is delivered or dead-lettered |
+//! | dead letters | stream `SLUICE_DEAD`, subject `sluice.dead.<tenant>.<channel>` | the message's stream sequence is the dead letter's id on every node |
+//! | event ids seen | key-value bucket `sluice-ids`, `max_age` = the idempotency window | `create` is create-if-absent, so one node wins; JetStream's own `Nats-Msg-Id` window only lasts minutes |
+//! | switches, circuit breakers, shared rate limits | bucket `sluice-state` | compare-and-set updates; every node watches the bucket |
+//! | failed attempts of a delivery | bucket `sluice-attempts` | a node that takes over a redelivered message continues the count |
+//! | tenants, tokens, module versions, activations | bucket `sluice-registry` | watched by every node |
+//! | module bytes | object store `sluice-modules` | fetched by a node that does not have a version yet |
+//!
+//! Every publish carries a `Nats-Msg-Id` derived from what it says, so a
+//! batch redone after a crash within the stream's duplicate window (ten
+//! minutes) stores nothing twice; after that, a repeat carries the same
+//! `Idempotency-Key` to the destination.
+
+mod names;
+mod queue;
+mod registry;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::PullConsumer, kv, object_store, stream};
+use futures_util::StreamExt;
+use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
+use tokio::sync::broadcast;
+
+use super::{SharedChange, StoreError};
+use queue::{HeldBatch, HeldDelivery, Switch};
+
+/// Why JetStream failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// A JetStream request failed.
+    #[error("{what}: {detail}")]
+    Failed {
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        detail: String,
+    },
+    /// JetStream did not answer in time.
+    #[error("{what}: no answer within {} s", .timeout.as_secs())]
+    Timeout {
+        /// What was being done.
+        what: &'static str,
+        /// How long it waited.
+        timeout: Duration,
+    },
+    /// One message would be larger than the server accepts.
+    #[error("{what} is {size} bytes, more than the JetStream server's max_payload of {max} bytes")]
+    TooLarge {
+        /// What was too large.
+        what: String,
+        /// Its size.
+        size: usize,
+        /// The server's limit.
+        max: usize,
+    },
+}
+
+/// A client error, with what was being done.
+pub(super) fn failed(what: &'static str, err: impl std::fmt::Display) -> NatsError {
+    NatsError::Failed {
+        what,
+        detail: err.to_string(),
+    }
+}
+
+/// Partitions of every destination's deliveries; entity keys are hashed onto them.
+pub const PARTITIONS: u32 = 32;
+/// How long a node may hold a message without acknowledging it before
+/// JetStream gives it to another node (held deliveries are kept alive
+/// with progress acknowledgements).
+const ACK_WAIT: Duration = Duration::from_secs(15);
+/// The streams' own duplicate window (`Nats-Msg-Id`).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+/// Longest wait for one JetStream call.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The JetStream [`super::Queue`] and [`super::Registry`], shared by every
+/// sidecar connected to the same server.
+pub struct NatsStore {
+    runtime: Mutex<Option<Runtime>>,
+    handle: Handle,
+    client: async_nats::Client,
+    inbound: stream::Stream,
+    outbound: stream::Stream,
+    dead: stream::Stream,
+    ids: kv::Store,
+    state: kv::Store,
+    attempts: kv::Store,
+    registry: kv::Store,
+    modules: object_store::ObjectStore,
+    consumers: Mutex<HashMap<String, PullConsumer>>,
+    transform: Mutex<HashMap<String, HeldBatch>>,
+    deliveries: Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>,
+    switches: Arc<RwLock<HashMap<String, Switch>>>,
+    changes: broadcast::Sender<SharedChange>,
+    next_seq: AtomicI64,
+    max_payload: usize,
+}
+
+impl NatsStore {
+    /// Connects to `url` (`nats://host:4222`), creates the streams, buckets
+    /// and consumers this config needs if they do not exist, and starts
+    /// watching shared state. `window` is how long event ids are remembered.
+    pub fn connect(
+        url: &str,
+        window: Duration,
+        channels: &[String],
+        destinations: &[String],
+    ) -> Result<Self, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sluice-nats")
+            .enable_all()
+            .build()
+            .map_err(|e| failed("start the NATS client's runtime", e))?;
+        let handle = runtime.handle().clone();
+        let url = url.to_string();
+        let setup = handle.block_on(async move {
+            tokio::time::timeout(CALL_TIMEOUT, setup(&url, window))
+                .await
+                .unwrap_or(Err(NatsError::Timeout {
+                    what: "connect to NATS",
+                    timeout: CALL_TIMEOUT,
+                }))
+        })?;
+        let store = Self {
+            runtime: Mutex::new(Some(runtime)),
+            handle,
+            max_payload: setup.client.server_info().max_payload,
+            client: setup.client,
+            inbound: setup.inbound,
+            outbound: setup.outbound,
+            dead: setup.dead,
+            ids: setup.ids,
+            state: setup.state,
+            attempts: setup.attempts,
+            registry: setup.registry,
+            modules: setup.modules,
+            consumers: Mutex::default(),
+            transform: Mutex::default(),
+            deliveries: Mutex::default(),
+            switches: Arc::default(),
+            changes: broadcast::channel(1024).0,
+            next_seq: AtomicI64::new(1),
+        };
+        for channel in channels {
+            store.consumer(&names::transform_consumer(channel), names::inbound(channel))?;
+        }
+        for destination in destinations {
+            for partition in 0..PARTITIONS {
+                store.consumer(
+                    &names::delivery_consumer(destination, partition),
+                    names::outbound_partition(destination, partition),
+                )?;
+            }
+        }
+        store.load_switches()?;
+        store.watch();
+        Ok(store)
+    }
+
+    /// Runs `work` on the client's runtime and waits for it, from any
+    /// thread: a blocking thread, an async worker (through
+    /// `block_in_place`), or outside any runtime.
+    fn block<T: Send>(
+        &self,
+        what: &'static str,
+        work: impl Future<Output = Result<T, NatsError>> + Send,
+    ) -> Result<T, StoreError> {
+        let timed = async {
+            tokio::time::timeout(CALL_TIMEOUT, work)
+                .await
+                .unwrap_or(Err(NatsError::Timeout {
+                    what,
+                    timeout: CALL_TIMEOUT,
+                }))
+        };
+        let result = match Handle::try_current() {
+            Err(_) => self.handle.block_on(timed),
+            Ok(current) if current.runtime_flavor() == RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(|| self.handle.block_on(timed))
+            }
+            Ok(_) => std::thread::scope(|scope| {
+                scope
+                    .spawn(|| self.handle.block_on(timed))
+                    .join()
+                    .unwrap_or(Err(NatsError::Failed {
+                        what,
+                        detail: "the NATS call panicked".into(),
+                    }))
+            }),
+        };
+        result.map_err(StoreError::from)
+    }
+
+    /// The durable pull consumer `name` on the stream of `subject`, made if missing.
+    fn consumer(&self, name: &str, subject: String) -> Result<PullConsumer, StoreError> {
+        if let Some(consumer) = self.consumers.lock().expect("consumers lock").get(name) {
+            return Ok(consumer.clone());
+        }
+        let stream = if subject.starts_with("sluice.in.") {
+            self.inbound.clone()
+        } else {
+            self.outbound.clone()
+        };
+        let config = jetstream::consumer::pull::Config {
+            durable_name: Some(name.to_string()),
+            filter_subject: subject,
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            max_ack_pending: 1,
+            max_deliver: -1,
+            ..Default::default()
+        };
+        let key = name.to_string();
+        let consumer = self.block("create a consumer", async move {
+            stream
+                .get_or_create_consumer(&key, config)
+                .await
+                .map_err(|err| failed("create a consumer", err))
+        })?;
+        self.consumers
+            .lock()
+            .expect("consumers lock")
+            .insert(name.to_string(), consumer.clone());
+        Ok(consumer)
+    }
+
+    /// Starts watching the shared buckets; each change is applied to this
+    /// store's own view (switches) and passed on to [`super::Queue::changes`].
+    fn watch(&self) {
+        let (state, registry) = (self.state.clone(), self.registry.clone());
+        let (switches, changes) = (self.switches.clone(), self.changes.clone());
+        self.handle.spawn(async move {
+            loop {
+                match watch_once(&state, &registry, &switches, &changes).await {
+                    Ok(()) => tracing::warn!("the watch of shared state ended; watching again"),
+                    Err(err) => tracing::error!(error = %err, "cannot watch shared state; retrying"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Closes the connection after flushing what was published.
+    pub fn close(&self) {
+        let client = self.client.clone();
+        let _ = self.block("flush", async move {
+            client.flush().await.map_err(|err| failed("flush", err))
+        });
+        if let Some(runtime) = self.runtime.lock().expect("runtime lock").take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for NatsStore {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.lock().expect("runtime lock").take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+struct Setup {
+    client: async_nats::Client,
+    inbound: stream::Stream,
+    outbound: stream::Stream,
+    dead: stream::Stream,
+    ids: kv::Store,
+    state: kv::Store,
+    attempts: kv::Store,
+    registry: kv::Store,
+    modules: object_store::ObjectStore,
+}
+
+async fn setup(url: &str, window: Duration) -> Result<Setup, NatsError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("sluice")
+        .retry_on_initial_connect()
+        .connect(url)
+        .await
+        .map_err(|err| failed("connect to NATS", err))?;
+    let js = jetstream::new(client.clone());
+    let work_queue = |name: &str, subjects: &str| stream::Config {
+        name: name.into(),
+        subjects: vec![subjects.into()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        allow_direct: true,
+        ..Default::default()
+    };
+    let inbound = js
+        .get_or_create_stream(work_queue("SLUICE_IN", "sluice.in.>"))
+        .await
+        .map_err(|e| failed("create stream SLUICE_IN", e))?;
+    let outbound = js
+        .get_or_create_stream(work_queue("SLUICE_OUT", "sluice.out.>"))
+        .await
+        .map_err(|e| failed("create stream SLUICE_OUT", e))?;
+    let dead = js
+        .get_or_create_stream(stream::Config {
+            name: "SLUICE_DEAD".into(),
+            subjects: vec!["sluice.dead.>".into()],
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed("create stream SLUICE_DEAD", e))?;
+    let bucket = |name: &str, max_age: Duration| kv::Config {
+        bucket: name.into(),
+        history: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    let ids = js
+        .create_key_value(bucket("sluice-ids", window))
+        .await
+        .map_err(|e| failed("create bucket sluice-ids", e))?;
+    let state = js
+        .create_key_value(bucket("sluice-state", Duration::ZERO))
+        .await
+        .map_err(|e| failed("create bucket sluice-state", e))?;
+    let attempts = js
+        .create_key_value(bucket("sluice-attempts", Duration::from_secs(30 * 24 * 3600)))
+        .await
+        .map_err(|e| failed("create bucket sluice-attempts", e))?;
+    let registry = js
+        .create_key_value(bucket("sluice-registry", Duration::ZERO))
+        .await
+        .map_err(|e| failed("create bucket sluice-registry", e))?;
+    let modules = js
+        .create_object_store(object_store::Config {
+            bucket: "sluice-modules".into(),
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| failed("create object store sluice-modules", e))?;
+    Ok(Setup {
+        client,
+        inbound,
+        outbound,
+        dead,
+        ids,
+        state,
+        attempts,
+        registry,
+        modules,
+    })
+}
+
+/// Watches both buckets until a watch ends or fails.
+async fn watch_once(
+    state: &kv::Store,
+    registry: &kv::Store,
+    switches: &RwLock<HashMap<String, Switch>>,
+    changes: &broadcast::Sender<SharedChange>,
+) -> Result<(), NatsError> {
+    let mut state = state
+        .watch(format!("{}>", names::SWITCH))
+        .await
+        .map_err(|e| failed("watch sluice-state", e))?;
+    let mut registry = registry
+        .watch_all()
+        .await
+        .map_err(|e| failed("watch sluice-registry", e))?;
+    loop {
+        let entry = tokio::select! {
+            entry = state.next() => entry,
+            entry = registry.next() => entry,
+        };
+        let Some(entry) = entry else { return Ok(()) };
+        let entry = entry.map_err(|e| failed("watch shared state", e))?;
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        let change = if entry.bucket == "sluice-state" {
+            let Some(channel) = names::decode_key(entry.key.strip_prefix(names::SWITCH)) else {
+                continue;
+            };
+            let Ok(switch) = serde_json::from_slice::<Switch>(&entry.value) else {
+                continue;
+            };
+            switches
+                .write()
+                .expect("switches lock")
+                .insert(channel.clone(), switch.clone());
+            SharedChange::Switch {
+                channel,
+                enabled: switch.enabled,
+                tripped: switch.reason,
+            }
+        } else if let Some(change) = registry::change(&entry) {
+            change
+        } else {
+            continue;
+        };
+        // Nobody listening (yet) is fine: the app reads the current state when it starts.
+        let _ = changes.send(change);
+    }
+}

@@ -1,0 +1,951 @@
+//! [`Queue`] on JetStream (see the module table in [`super`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, kv};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::{join_all, try_join_all};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::{NatsError, NatsStore, failed, names};
+use crate::store::*;
+
+/// A channel's switch as shared in `sluice-state`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Switch {
+    pub enabled: bool,
+    /// The config's value last applied (an API change stands until it changes).
+    pub config: Option<bool>,
+    /// Why the circuit breaker holds the channel off.
+    pub reason: Option<String>,
+}
+
+/// The message of a channel's batch this node is transforming.
+pub(super) struct HeldBatch {
+    message: jetstream::Message,
+    stream_seq: u64,
+    events: Vec<Pending>,
+}
+
+/// A delivery this node holds: its partition waits for it.
+pub(super) struct HeldDelivery {
+    message: jetstream::Message,
+    record: OutRecord,
+    delivery: Delivery,
+    history: Vec<Attempt>,
+    next_ms: i64,
+    kept_alive: Instant,
+}
+
+/// What a `SLUICE_OUT` message holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OutRecord {
+    destination: String,
+    channel: String,
+    tenant: String,
+    event_id: String,
+    entity_key: String,
+    idempotency_key: String,
+    correlation_id: String,
+    output: String,
+    output_id: String,
+    payload_at: Option<usize>,
+    versions: String,
+    original: String,
+    created_ms: i64,
+    received_ms: i64,
+}
+
+/// What a `SLUICE_DEAD` message holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeadRecord {
+    tenant: String,
+    channel: String,
+    destination: Option<String>,
+    event_id: String,
+    stage: String,
+    reason: String,
+    created_ms: i64,
+    original: String,
+    detail: Value,
+    versions: Vec<String>,
+    attempts: Vec<Attempt>,
+    /// What a resend delivers again (delivery stage only).
+    delivery: Option<OutRecord>,
+}
+
+impl DeadRecord {
+    fn summary(&self, id: u64) -> DeadLetterSummary {
+        DeadLetterSummary {
+            id: id as i64,
+            tenant: self.tenant.clone(),
+            channel: self.channel.clone(),
+            destination: self.destination.clone(),
+            event_id: self.event_id.clone(),
+            stage: self.stage.clone(),
+            reason: self.reason.clone(),
+            created_ms: self.created_ms,
+        }
+    }
+}
+
+const RECEIVED: &str = "Sluice-Received-Ms";
+/// Room left in a message for headers.
+const HEADROOM: usize = 4096;
+/// How often a held delivery is reported as still in progress.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// Events of one channel from one request, each as `<length>\n<text>`.
+fn encode_batch(events: &[&str]) -> Bytes {
+    let mut out = Vec::with_capacity(events.iter().map(|e| e.len() + 12).sum());
+    for event in events {
+        out.extend_from_slice(event.len().to_string().as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(event.as_bytes());
+    }
+    out.into()
+}
+
+/// The events of a batch message; a damaged message is one (invalid) event,
+/// which the transform worker dead-letters.
+fn decode_batch(bytes: &[u8]) -> Vec<String> {
+    let mut events = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let parsed = rest.iter().position(|&b| b == b'\n').and_then(|newline| {
+            let len: usize = std::str::from_utf8(&rest[..newline]).ok()?.parse().ok()?;
+            let text = rest.get(newline + 1..newline + 1 + len)?;
+            Some((String::from_utf8_lossy(text).into_owned(), newline + 1 + len))
+        });
+        match parsed {
+            Some((event, used)) => {
+                events.push(event);
+                rest = &rest[used..];
+            }
+            None => {
+                events.push(String::from_utf8_lossy(rest).into_owned());
+                break;
+            }
+        }
+    }
+    events
+}
+
+fn msg_id(id: String) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+    headers
+}
+
+fn digest(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0]);
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+/// How an ingested id stands in `sluice-ids`.
+enum Claim {
+    New,
+    Duplicate,
+}
+
+impl NatsStore {
+    /// Publishes and waits until JetStream has stored it.
+    async fn store(&self, subject: String, headers: HeaderMap, payload: Bytes) -> Result<(), NatsError> {
+        if payload.len() + HEADROOM > self.max_payload {
+            return Err(NatsError::TooLarge {
+                what: format!("a message to `{subject}`"),
+                size: payload.len(),
+                max: self.max_payload,
+            });
+        }
+        let js = jetstream::new(self.client.clone());
+        js.publish_with_headers(subject, headers, payload)
+            .await
+            .map_err(|err| failed("publish", err))?
+            .await
+            .map_err(|err| failed("store a message", err))?;
+        Ok(())
+    }
+
+    async fn claim(&self, key: &str) -> Result<Claim, NatsError> {
+        match self.ids.create(key, Bytes::from_static(b"pending")).await {
+            Ok(_) => Ok(Claim::New),
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                // `pending`: an ingest of this id did not finish (it crashed
+                // or runs now); queue it again, the Nats-Msg-Id window
+                // catches a repeat of the same request.
+                match self
+                    .ids
+                    .get(key)
+                    .await
+                    .map_err(|err| failed("read an event id", err))?
+                {
+                    Some(value) if value.as_ref() == b"done" => Ok(Claim::Duplicate),
+                    _ => Ok(Claim::New),
+                }
+            }
+            Err(err) => Err(failed("claim an event id", err)),
+        }
+    }
+
+    async fn fetch_one(&self, consumer: &jetstream::consumer::PullConsumer) -> Option<jetstream::Message> {
+        let mut batch = consumer.fetch().max_messages(1).messages().await.ok()?;
+        match batch.next().await {
+            Some(Ok(message)) => Some(message),
+            // `409 Exceeded MaxAckPending`: another node holds the message in flight.
+            Some(Err(err)) => {
+                tracing::debug!(error = %err, "nothing fetched");
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn switch(&self, channel: &str) -> Option<Switch> {
+        self.switches.read().expect("switches lock").get(channel).cloned()
+    }
+
+    /// Reads every channel's switch into this node's view.
+    pub(super) fn load_switches(&self) -> Result<(), StoreError> {
+        let state = self.state.clone();
+        let loaded = self.block("read switches", async move {
+            let mut keys = state.keys().await.map_err(|e| failed("list switches", e))?;
+            let mut found = HashMap::new();
+            while let Some(key) = keys.next().await {
+                let key = key.map_err(|e| failed("list switches", e))?;
+                let Some(channel) = names::decode_key(key.strip_prefix(names::SWITCH)) else {
+                    continue;
+                };
+                if let Some(value) = state.get(&key).await.map_err(|e| failed("read a switch", e))?
+                    && let Ok(switch) = serde_json::from_slice::<Switch>(&value)
+                {
+                    found.insert(channel, switch);
+                }
+            }
+            Ok(found)
+        })?;
+        self.switches.write().expect("switches lock").extend(loaded);
+        Ok(())
+    }
+
+    /// Changes a channel's switch with compare-and-set; returns it as stored.
+    fn update_switch(
+        &self,
+        channel: &str,
+        change: impl Fn(Option<Switch>) -> Switch + Send + Sync,
+    ) -> Result<Switch, StoreError> {
+        let key = format!("{}{}", names::SWITCH, names::token(channel));
+        let state = self.state.clone();
+        let switch = self.block("set a switch", async move {
+            loop {
+                let entry = state.entry(&key).await.map_err(|e| failed("read a switch", e))?;
+                let (current, revision) = match &entry {
+                    Some(entry) if entry.operation == kv::Operation::Put => {
+                        (serde_json::from_slice(&entry.value).ok(), entry.revision)
+                    }
+                    Some(entry) => (None, entry.revision),
+                    None => (None, 0),
+                };
+                let next = change(current);
+                let value = serde_json::to_vec(&next).expect("a switch serialises");
+                match state.update(&key, value.into(), revision).await {
+                    Ok(_) => return Ok(next),
+                    Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(err) => return Err(failed("set a switch", err)),
+                }
+            }
+        })?;
+        self.switches
+            .write()
+            .expect("switches lock")
+            .insert(channel.to_string(), switch.clone());
+        Ok(switch)
+    }
+
+    async fn read_dead(&self, id: u64) -> Result<Option<DeadRecord>, NatsError> {
+        match self.dead.get_raw_message(id).await {
+            Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
+            Err(err) if err.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(err) => Err(failed("read a dead letter", err)),
+        }
+    }
+
+    async fn count(&self, stream: &jetstream::stream::Stream, filter: String) -> Result<u64, NatsError> {
+        let stream = stream.clone();
+        let mut subjects = stream
+            .info_with_subjects(filter)
+            .await
+            .map_err(|e| failed("count messages", e))?;
+        let mut total = 0;
+        while let Some(subject) = subjects.next().await {
+            total += subject.map_err(|e| failed("count messages", e))?.1 as u64;
+        }
+        Ok(total)
+    }
+}
+
+impl Queue for NatsStore {
+    fn ping(&self) -> Result<(), StoreError> {
+        let client = self.client.clone();
+        self.block("ping", async move {
+            client.flush().await.map_err(|e| failed("ping", e))
+        })
+    }
+
+    fn ingest(&self, events: Vec<Ingest>) -> Result<Vec<Receipt>, StoreError> {
+        let received = now_ms().to_string();
+        self.block("ingest", async {
+            let mut first = HashSet::new();
+            let keys: Vec<(String, bool)> = events
+                .iter()
+                .map(|event| {
+                    let key = names::event_id_key(&event.tenant, &event.id);
+                    let fresh = first.insert(key.clone());
+                    (key, fresh)
+                })
+                .collect();
+            let claims = try_join_all(keys.iter().map(|(key, fresh)| async move {
+                if *fresh {
+                    self.claim(key).await
+                } else {
+                    Ok(Claim::Duplicate)
+                }
+            }))
+            .await?;
+            let mut by_channel: BTreeMap<&str, Vec<&Ingest>> = BTreeMap::new();
+            for (event, claim) in events.iter().zip(&claims) {
+                if matches!(claim, Claim::New) {
+                    for channel in &event.channels {
+                        by_channel.entry(channel).or_default().push(event);
+                    }
+                }
+            }
+            let mut batches = Vec::new();
+            for (channel, events) in by_channel {
+                let mut chunk: Vec<&Ingest> = Vec::new();
+                let mut size = 0;
+                for event in events {
+                    if size + event.event.len() + 24 + HEADROOM > self.max_payload && !chunk.is_empty() {
+                        batches.push((channel, std::mem::take(&mut chunk)));
+                        size = 0;
+                    }
+                    size += event.event.len() + 24;
+                    chunk.push(event);
+                }
+                batches.push((channel, chunk));
+            }
+            try_join_all(batches.iter().map(|(channel, chunk)| {
+                let mut id_parts: Vec<&str> = vec![channel];
+                id_parts.extend(chunk.iter().map(|e| e.id.as_str()));
+                let mut headers = msg_id(digest(&id_parts));
+                headers.insert(RECEIVED, received.as_str());
+                let texts: Vec<&str> = chunk.iter().map(|e| e.event.as_str()).collect();
+                self.store(names::inbound(channel), headers, encode_batch(&texts))
+            }))
+            .await?;
+            let done = join_all(
+                keys.iter()
+                    .zip(&claims)
+                    .filter(|(_, claim)| matches!(claim, Claim::New))
+                    .map(|((key, _), _)| self.ids.put(key, Bytes::from_static(b"done"))),
+            )
+            .await;
+            if let Some(Err(err)) = done.into_iter().find(Result::is_err) {
+                // The events are stored; only a repeat after the server's
+                // duplicate window would be queued again (same outputs, same keys).
+                tracing::warn!(error = %err, "cannot mark ingested event ids as done");
+            }
+            Ok(events
+                .iter()
+                .zip(&claims)
+                .map(|(event, claim)| Receipt {
+                    id: event.id.clone(),
+                    duplicate: matches!(claim, Claim::Duplicate),
+                })
+                .collect())
+        })
+    }
+
+    fn pending(&self, channel: &str, after_seq: i64, _limit: usize) -> Result<Vec<Pending>, StoreError> {
+        if let Some(held) = self.transform.lock().expect("transform lock").get(channel) {
+            // One batch of a channel is in flight in the whole cluster; it is
+            // read again only after a failed commit (`after_seq` 0).
+            return Ok(if after_seq == 0 {
+                held.events.clone()
+            } else {
+                Vec::new()
+            });
+        }
+        let consumer = self.consumer(&names::transform_consumer(channel), names::inbound(channel))?;
+        let Some(message) = self.block("fetch events", async move { Ok(self.fetch_one(&consumer).await) })?
+        else {
+            return Ok(Vec::new());
+        };
+        let stream_seq = message.info().map(|info| info.stream_sequence).unwrap_or(0);
+        let received_ms = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(RECEIVED))
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or_else(now_ms);
+        let events: Vec<Pending> = decode_batch(&message.payload)
+            .into_iter()
+            .map(|event| Pending {
+                seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
+                event,
+                received_ms,
+            })
+            .collect();
+        self.transform.lock().expect("transform lock").insert(
+            channel.to_string(),
+            HeldBatch {
+                message,
+                stream_seq,
+                events: events.clone(),
+            },
+        );
+        Ok(events)
+    }
+
+    fn transformed(&self, results: Vec<Transformed>) -> Result<(), StoreError> {
+        let Some(channel) = results.first().map(|r| r.channel.clone()) else {
+            return Ok(());
+        };
+        let (message, stream_seq) = match self.transform.lock().expect("transform lock").get(&channel) {
+            Some(held) => (held.message.clone(), held.stream_seq),
+            None => return Ok(()),
+        };
+        let now = now_ms();
+        self.block("store transform results", async {
+            let mut stores = Vec::new();
+            for (index, result) in results.iter().enumerate() {
+                match &result.disposition {
+                    Disposition::Dropped => {}
+                    Disposition::Deliver(deliveries) => {
+                        for new in deliveries {
+                            let record = OutRecord {
+                                destination: new.destination.clone(),
+                                channel: result.channel.clone(),
+                                tenant: result.tenant.clone(),
+                                event_id: result.event_id.clone(),
+                                entity_key: new.entity_key.clone(),
+                                idempotency_key: new.idempotency_key.clone(),
+                                correlation_id: new.correlation_id.clone(),
+                                output: new.output.clone(),
+                                output_id: new.output_id.clone(),
+                                payload_at: new.payload_at,
+                                versions: serde_json::to_string(&result.versions).unwrap_or_default(),
+                                original: result.original.clone(),
+                                created_ms: now,
+                                received_ms: result.received_ms,
+                            };
+                            let subject = names::outbound(
+                                &new.destination,
+                                names::partition(&new.entity_key),
+                                &result.channel,
+                            );
+                            // The same batch redone yields the same ids; a replay is a new batch.
+                            let id = format!("{}.{stream_seq}", new.idempotency_key);
+                            let payload = serde_json::to_vec(&record).expect("a record serialises");
+                            stores.push(self.store(subject, msg_id(id), payload.into()));
+                        }
+                    }
+                    Disposition::DeadLetter { reason, detail } => {
+                        let record = DeadRecord {
+                            tenant: result.tenant.clone(),
+                            channel: result.channel.clone(),
+                            destination: None,
+                            event_id: result.event_id.clone(),
+                            stage: "transform".into(),
+                            reason: reason.clone(),
+                            created_ms: now,
+                            original: result.original.clone(),
+                            detail: detail.clone(),
+                            versions: result.versions.clone(),
+                            attempts: Vec::new(),
+                            delivery: None,
+                        };
+                        let subject = names::dead(Some(&result.tenant), Some(&result.channel));
+                        let payload = serde_json::to_vec(&record).expect("a record serialises");
+                        stores.push(self.store(
+                            subject,
+                            msg_id(format!("t.{stream_seq}.{index}")),
+                            payload.into(),
+                        ));
+                    }
+                }
+            }
+            try_join_all(stores).await?;
+            message
+                .double_ack()
+                .await
+                .map_err(|e| failed("acknowledge a transformed batch", e))
+        })?;
+        self.transform.lock().expect("transform lock").remove(&channel);
+        Ok(())
+    }
+
+    fn due(&self, destination: &str, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let held_partitions: HashSet<u32> = self
+            .deliveries
+            .lock()
+            .expect("deliveries lock")
+            .get(destination)
+            .map(|held| {
+                held.values()
+                    .map(|h| names::partition(&h.record.entity_key))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut consumers = Vec::new();
+        for partition in (0..super::PARTITIONS).filter(|p| !held_partitions.contains(p)) {
+            consumers.push(self.consumer(
+                &names::delivery_consumer(destination, partition),
+                names::outbound_partition(destination, partition),
+            )?);
+        }
+        let fetched = self.block("fetch deliveries", async {
+            let messages = join_all(consumers.iter().map(|c| self.fetch_one(c))).await;
+            let mut fetched = Vec::new();
+            for message in messages.into_iter().flatten() {
+                let (seq, redelivered) = message
+                    .info()
+                    .map(|info| (info.stream_sequence, info.delivered > 1))
+                    .unwrap_or((0, false));
+                let Ok(record) = serde_json::from_slice::<OutRecord>(&message.payload) else {
+                    tracing::error!(seq, "a delivery message is corrupt; it is dropped");
+                    let _ = message.ack_with(AckKind::Term).await;
+                    continue;
+                };
+                // A node that takes over a redelivered message continues its count.
+                let history: Vec<Attempt> = if redelivered {
+                    match self.attempts.get(format!("o{seq}")).await {
+                        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
+                        _ => Vec::new(),
+                    }
+                } else {
+                    Vec::new()
+                };
+                fetched.push((seq, message, record, history));
+            }
+            Ok(fetched)
+        })?;
+        let mut deliveries = self.deliveries.lock().expect("deliveries lock");
+        let held = deliveries.entry(destination.to_string()).or_default();
+        for (seq, message, record, history) in fetched {
+            let delivery = Delivery {
+                seq: seq as i64,
+                destination: record.destination.clone(),
+                channel: record.channel.clone(),
+                tenant: record.tenant.clone(),
+                event_id: record.event_id.clone(),
+                entity_key: record.entity_key.clone(),
+                idempotency_key: record.idempotency_key.clone(),
+                correlation_id: record.correlation_id.clone(),
+                output: record.output.clone(),
+                output_id: Some(record.output_id.clone()),
+                payload_at: record.payload_at,
+                attempts: history.len() as u32,
+                versions: record.versions.clone(),
+                created_ms: record.created_ms,
+                received_ms: record.received_ms,
+            };
+            held.insert(
+                seq,
+                HeldDelivery {
+                    message,
+                    record,
+                    delivery,
+                    history,
+                    next_ms: 0,
+                    kept_alive: Instant::now(),
+                },
+            );
+        }
+        let stale: Vec<jetstream::Message> = held
+            .values_mut()
+            .filter(|h| h.kept_alive.elapsed() >= KEEP_ALIVE)
+            .map(|h| {
+                h.kept_alive = Instant::now();
+                h.message.clone()
+            })
+            .collect();
+        if !stale.is_empty() {
+            self.handle.spawn(async move {
+                for message in stale {
+                    let _ = message.ack_with(AckKind::Progress).await;
+                }
+            });
+        }
+        Ok(held
+            .values()
+            .filter(|h| h.next_ms <= now_ms && self.switch(&h.record.channel).is_none_or(|s| s.enabled))
+            .take(limit)
+            .map(|h| h.delivery.clone())
+            .collect())
+    }
+
+    fn next_due_ms(&self, destination: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .deliveries
+            .lock()
+            .expect("deliveries lock")
+            .get(destination)
+            .and_then(|held| held.values().map(|h| h.next_ms).min()))
+    }
+
+    fn attempted(&self, results: Vec<(Delivery, AttemptResult)>) -> Result<(), StoreError> {
+        let now = now_ms();
+        let mut work = Vec::new();
+        {
+            let mut deliveries = self.deliveries.lock().expect("deliveries lock");
+            for (delivery, result) in results {
+                let Some(held) = deliveries
+                    .get_mut(&delivery.destination)
+                    .and_then(|held| held.get_mut(&(delivery.seq as u64)))
+                else {
+                    continue;
+                };
+                match &result {
+                    AttemptResult::Retry { attempt, next_ms } => {
+                        held.history.push(attempt.clone());
+                        held.next_ms = *next_ms;
+                        held.delivery.attempts += 1;
+                    }
+                    AttemptResult::DeadLetter { attempt, .. } => held.history.push(attempt.clone()),
+                    AttemptResult::Delivered => {}
+                }
+                work.push((
+                    delivery,
+                    result,
+                    held.message.clone(),
+                    held.record.clone(),
+                    held.history.clone(),
+                ));
+            }
+        }
+        let done = self.block("record delivery attempts", async {
+            let recorded = join_all(work.iter().map(
+                |(delivery, result, message, record, history)| async move {
+                    let key = format!("o{}", delivery.seq);
+                    match result {
+                        AttemptResult::Retry { .. } => {
+                            let value = serde_json::to_vec(history).expect("attempts serialise");
+                            self.attempts
+                                .put(&key, value.into())
+                                .await
+                                .map(|_| false)
+                                .map_err(|e| failed("record an attempt", e))
+                        }
+                        AttemptResult::Delivered => {
+                            message
+                                .double_ack()
+                                .await
+                                .map_err(|e| failed("acknowledge a delivery", e))?;
+                            if !history.is_empty() {
+                                let _ = self.attempts.purge(&key).await;
+                            }
+                            Ok(true)
+                        }
+                        AttemptResult::DeadLetter { reason, .. } => {
+                            let dead = DeadRecord {
+                                tenant: record.tenant.clone(),
+                                channel: record.channel.clone(),
+                                destination: Some(record.destination.clone()),
+                                event_id: record.event_id.clone(),
+                                stage: "delivery".into(),
+                                reason: reason.clone(),
+                                created_ms: now,
+                                original: record.original.clone(),
+                                detail: Value::Null,
+                                versions: serde_json::from_str(&record.versions).unwrap_or_default(),
+                                attempts: history.clone(),
+                                delivery: Some(record.clone()),
+                            };
+                            let subject = names::dead(Some(&record.tenant), Some(&record.channel));
+                            let payload = serde_json::to_vec(&dead).expect("a record serialises");
+                            self.store(subject, msg_id(format!("d.{}", delivery.seq)), payload.into())
+                                .await?;
+                            message
+                                .double_ack()
+                                .await
+                                .map_err(|e| failed("acknowledge a delivery", e))?;
+                            let _ = self.attempts.purge(&key).await;
+                            Ok(true)
+                        }
+                    }
+                },
+            ))
+            .await;
+            Ok(recorded)
+        })?;
+        let mut deliveries = self.deliveries.lock().expect("deliveries lock");
+        let mut first_error = None;
+        for ((delivery, ..), recorded) in work.iter().zip(done) {
+            match recorded {
+                Ok(true) => {
+                    if let Some(held) = deliveries.get_mut(&delivery.destination) {
+                        held.remove(&(delivery.seq as u64));
+                    }
+                }
+                Ok(false) => {}
+                Err(err) => first_error = first_error.or(Some(err)),
+            }
+        }
+        first_error.map_or(Ok(()), |err| Err(err.into()))
+    }
+
+    fn set_enabled(&self, channel: &str, enabled: bool, from_config: bool) -> Result<bool, StoreError> {
+        let switch = self.update_switch(channel, |current| match (from_config, current) {
+            // The config's value is the one last applied: an API change stands.
+            (true, Some(current)) if current.config == Some(enabled) => current,
+            (true, current) => Switch {
+                enabled,
+                config: Some(enabled),
+                reason: if enabled {
+                    None
+                } else {
+                    current.and_then(|c| c.reason)
+                },
+            },
+            (false, current) => Switch {
+                enabled,
+                config: current.as_ref().and_then(|c| c.config),
+                reason: if enabled {
+                    None
+                } else {
+                    current.and_then(|c| c.reason)
+                },
+            },
+        })?;
+        Ok(switch.enabled)
+    }
+
+    fn trip(&self, channel: &str, reason: &str) -> Result<(), StoreError> {
+        self.update_switch(channel, |current| Switch {
+            enabled: false,
+            config: current.and_then(|c| c.config),
+            reason: Some(reason.to_string()),
+        })
+        .map(drop)
+    }
+
+    fn tripped(&self, channel: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.switch(channel).and_then(|s| s.reason))
+    }
+
+    fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterSummary>, StoreError> {
+        let subject = names::dead(filter.tenant.as_deref(), filter.channel.as_deref());
+        let limit = filter.limit.map_or(usize::MAX, |l| l as usize);
+        let dead = self.dead.clone();
+        self.block("list dead letters", async move {
+            let consumer = dead
+                .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                    filter_subject: subject,
+                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| failed("list dead letters", e))?;
+            let mut letters = Vec::new();
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(letters);
+            }
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|e| failed("list dead letters", e))?;
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|e| failed("list dead letters", e))?;
+                let info = message.info().map_err(|e| failed("list dead letters", e))?;
+                let (seq, left) = (info.stream_sequence, info.pending);
+                if let Ok(record) = serde_json::from_slice::<DeadRecord>(&message.payload) {
+                    letters.push(record.summary(seq));
+                }
+                if left == 0 {
+                    break;
+                }
+            }
+            letters.reverse();
+            letters.truncate(limit);
+            Ok(letters)
+        })
+    }
+
+    fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StoreError> {
+        let Ok(seq) = u64::try_from(id) else {
+            return Ok(None);
+        };
+        let record = self.block("read a dead letter", self.read_dead(seq))?;
+        let parse = |text: &str| serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into()));
+        Ok(record.map(|record| DeadLetter {
+            summary: record.summary(seq),
+            original: parse(&record.original),
+            output: record.delivery.as_ref().map(|d| parse(&d.output)),
+            detail: record.detail,
+            versions: record.versions,
+            attempts: record.attempts,
+        }))
+    }
+
+    fn purge_dead_letter(&self, id: i64) -> Result<bool, StoreError> {
+        let Ok(seq) = u64::try_from(id) else {
+            return Ok(false);
+        };
+        let dead = self.dead.clone();
+        self.block("purge a dead letter", async move {
+            match dead.delete_message(seq).await {
+                Ok(deleted) => Ok(deleted),
+                Err(err)
+                    if matches!(err.kind(), jetstream::stream::DeleteMessageErrorKind::JetStream(e)
+                        if e.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND) =>
+                {
+                    Ok(false)
+                }
+                Err(err) => Err(failed("purge a dead letter", err)),
+            }
+        })
+    }
+
+    fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StoreError> {
+        let subject = names::dead(filter.tenant.as_deref(), filter.channel.as_deref());
+        let dead = self.dead.clone();
+        self.block("purge dead letters", async move {
+            dead.purge()
+                .filter(subject)
+                .await
+                .map(|r| r.purged)
+                .map_err(|e| failed("purge dead letters", e))
+        })
+    }
+
+    fn replay(&self, id: i64, how: Replay) -> Result<ReplayResult, StoreError> {
+        let Ok(seq) = u64::try_from(id) else {
+            return Ok(ReplayResult::NotFound);
+        };
+        self.block("replay a dead letter", async move {
+            let Some(record) = self.read_dead(seq).await? else {
+                return Ok(ReplayResult::NotFound);
+            };
+            // A replay repeated within the duplicate window queues once.
+            let headers = msg_id(format!("replay.{seq}"));
+            match how {
+                Replay::Resend => {
+                    let Some(mut delivery) = record.delivery else {
+                        return Ok(ReplayResult::NothingToResend);
+                    };
+                    delivery.created_ms = now_ms();
+                    let subject = names::outbound(
+                        &delivery.destination,
+                        names::partition(&delivery.entity_key),
+                        &delivery.channel,
+                    );
+                    let payload = serde_json::to_vec(&delivery).expect("a record serialises");
+                    self.store(subject, headers, payload.into()).await?;
+                }
+                Replay::Retransform => {
+                    let mut headers = headers;
+                    headers.insert(RECEIVED, now_ms().to_string().as_str());
+                    let payload = encode_batch(&[&record.original]);
+                    self.store(names::inbound(&record.channel), headers, payload)
+                        .await?;
+                }
+            }
+            match self.dead.delete_message(seq).await {
+                Ok(_) => Ok(ReplayResult::Queued),
+                Err(err) => Err(failed("delete a replayed dead letter", err)),
+            }
+        })
+    }
+
+    fn depth(&self, channel: &str) -> Result<Depth, StoreError> {
+        self.block("count a channel's events", async {
+            let (to_transform, to_deliver, dead_letters) = futures_util::try_join!(
+                self.count(&self.inbound, names::inbound(channel)),
+                self.count(&self.outbound, names::outbound_of_channel(channel)),
+                self.count(&self.dead, names::dead(None, Some(channel))),
+            )?;
+            Ok(Depth {
+                to_transform,
+                to_deliver,
+                dead_letters,
+            })
+        })
+    }
+
+    fn forget_before(&self, _before_ms: i64) -> Result<u64, StoreError> {
+        // `sluice-ids` forgets by itself: its max_age is the window.
+        Ok(0)
+    }
+
+    fn shares_rate(&self) -> bool {
+        true
+    }
+
+    fn take_rate_token(
+        &self,
+        destination: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        // GCRA on one key: it holds the theoretical arrival time (ms since
+        // the epoch) of the next send; nodes move it with compare-and-set.
+        let key = format!("{}{}", names::RATE, names::token(destination));
+        let state = self.state.clone();
+        let step = interval.as_secs_f64() * 1000.0;
+        let tolerance = step * f64::from(burst.max(1) - 1);
+        self.block("take a shared rate token", async move {
+            loop {
+                let entry = state.entry(&key).await.map_err(|e| failed("read a rate", e))?;
+                let (tat, revision) = match &entry {
+                    Some(entry) => (
+                        std::str::from_utf8(&entry.value)
+                            .ok()
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .unwrap_or(0.0),
+                        entry.revision,
+                    ),
+                    None => (0.0, 0),
+                };
+                let now = now_ms() as f64;
+                let tat = tat.max(now);
+                if tat - now > tolerance {
+                    return Ok(Err(Duration::from_secs_f64((tat - now - tolerance) / 1000.0)));
+                }
+                let next = (tat + step).to_string();
+                match state.update(&key, next.into(), revision).await {
+                    Ok(_) => return Ok(Ok(())),
+                    Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(err) => return Err(failed("take a shared rate token", err)),
+                }
+            }
+        })
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<SharedChange>> {
+        Some(self.changes.subscribe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_round_trip_any_text() {
+        let events = ["{\"a\":1}", "", "line\nbreak 12\n", "é"];
+        assert_eq!(decode_batch(&encode_batch(&events)), events);
+        assert_eq!(decode_batch(b"garbage"), ["garbage"]);
+        assert_eq!(decode_batch(b"99\nshort"), ["99\nshort"]);
+    }
+}
