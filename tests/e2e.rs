@@ -5,6 +5,7 @@
 mod support;
 
 mod cli;
+mod cluster;
 mod crash;
 mod delivery;
 mod pipeline;

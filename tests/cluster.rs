@@ -1,0 +1,328 @@
+//! Scale-out end to end: a real `nats-server` with JetStream on file
+//! storage, three real `sluice serve` processes sharing it, real
+//! components, and a real HTTP destination ([`Sink`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_server::sink::{Received, Reply, Responder, Sink};
+
+use crate::support::guest;
+use crate::support::nats::Nats;
+use crate::support::sidecar::{Sidecar, stock_config, token_hash, wait_for};
+
+const PATIENCE: Duration = Duration::from_secs(120);
+const ACME: &str = "acme-cluster-token";
+
+fn sink(respond: impl Fn(&Received, &[Received]) -> Reply + Send + Sync + 'static) -> Sink {
+    let respond: Arc<Responder> = Arc::new(respond);
+    Sink::start("127.0.0.1:0".parse().unwrap(), respond).unwrap()
+}
+
+/// `nodes` sidecars on `nats`, each in its own folder under `dir`, on the
+/// stock channel (see [`stock_config`]) with `extra` destination settings.
+fn cluster(
+    dir: &std::path::Path,
+    nats: &Nats,
+    destination: &Sink,
+    extra: &str,
+    nodes: usize,
+) -> Vec<Sidecar> {
+    let config = format!(
+        "queue = \"{}\"\n[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n{}",
+        nats.url(),
+        token_hash(ACME),
+        stock_config(destination.addr, extra, "qty")
+    );
+    (0..nodes)
+        .map(|node| {
+            let folder = dir.join(format!("node{node}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            Sidecar::start(&folder, &config)
+        })
+        .collect()
+}
+
+fn stock_event(id: &str, sku: &str, qty: usize) -> Value {
+    json!({"id": id, "kind": "inventory", "tenant": "acme", "payload": {"sku": sku, "qty": qty}})
+}
+
+fn ingest(node: &Sidecar, events: &[Value]) -> (u16, Value) {
+    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+    node.post("/v1/events", &body)
+}
+
+/// What the sink received, one entry per `Idempotency-Key` (its first
+/// arrival), after checking that every event id always came with the same key.
+fn first_deliveries(received: &[Received]) -> Vec<&Received> {
+    let mut keys: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    let mut seen = BTreeSet::new();
+    let mut first = Vec::new();
+    for r in received {
+        let event = r.header("x-sluice-source-event-id").unwrap();
+        let key = r.header("idempotency-key").unwrap();
+        keys.entry(event).or_default().insert(key);
+        if seen.insert(key) {
+            first.push(r);
+        }
+    }
+    for (event, keys) in keys {
+        assert_eq!(
+            keys.len(),
+            1,
+            "event {event} was delivered under several keys: {keys:?}"
+        );
+    }
+    first
+}
+
+/// Per SKU, quantities arrive in ingest order.
+fn assert_sku_order(deliveries: &[&Received]) {
+    let mut by_sku: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in deliveries {
+        let body = r.json();
+        by_sku
+            .entry(body["sku"].as_str().unwrap().to_string())
+            .or_default()
+            .push(body["qty"].as_u64().unwrap());
+    }
+    for (sku, quantities) in by_sku {
+        assert!(quantities.is_sorted(), "{sku}: {quantities:?}");
+    }
+}
+
+#[test]
+fn three_nodes_deliver_every_event_once_in_order_and_spot_duplicates_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let destination = sink(|_, _| Reply::status(200));
+    let nodes = cluster(dir.path(), &nats, &destination, "", 3);
+
+    const EVENTS: usize = 3000;
+    let event = |n: usize| stock_event(&format!("e-{n:04}"), &format!("SKU-{}", n % 50), n);
+    for batch in 0..EVENTS / 10 {
+        let events: Vec<Value> = (batch * 10..batch * 10 + 10).map(event).collect();
+        let (status, answer) = ingest(&nodes[batch % 3], &events);
+        assert_eq!((status, &answer["accepted"]), (202, &json!(10)), "{answer}");
+    }
+    // 10% of the events again, each through another node than the first time.
+    for n in (0..EVENTS).step_by(10) {
+        let (status, answer) = ingest(&nodes[(n / 10 + 1) % 3], &[event(n)]);
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["events"][0]["duplicate"], true, "e-{n:04}: {answer}");
+    }
+
+    wait_for("every event delivered", PATIENCE, || {
+        destination.count() >= EVENTS
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let received = destination.received();
+    let first = first_deliveries(&received);
+    assert_eq!(first.len(), EVENTS);
+    assert_eq!(received.len(), EVENTS, "no crash: nothing is sent twice");
+    assert_sku_order(&first);
+    // Every node sees the same queues (empty) through the shared store.
+    for node in &nodes {
+        let (status, channel) = node.get("/v1/channels/stock");
+        assert_eq!(status, 200);
+        assert_eq!(
+            channel["queued"],
+            json!({"transform": 0, "delivery": 0}),
+            "{channel}"
+        );
+    }
+}
+
+#[test]
+fn a_destination_rate_limit_holds_in_total_across_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let destination = sink(|_, _| Reply::status(200));
+    let nodes = cluster(dir.path(), &nats, &destination, "rate-limit = \"20/s\"", 3);
+
+    const EVENTS: usize = 90;
+    for n in 0..EVENTS {
+        let (status, _) = ingest(
+            &nodes[n % 3],
+            &[stock_event(&format!("r-{n}"), &format!("S{}", n % 9), n)],
+        );
+        assert_eq!(status, 202);
+    }
+    wait_for("every event delivered", PATIENCE, || {
+        destination.count() >= EVENTS
+    });
+    let received = destination.received();
+    // 20/s with a burst of 1: at most 21 requests in any 1 s window.
+    for (i, first) in received.iter().enumerate() {
+        let in_window = received[i..]
+            .iter()
+            .filter(|r| r.at - first.at < Duration::from_secs(1))
+            .count();
+        assert!(in_window <= 21, "{in_window} requests within 1 s of request {i}");
+    }
+    assert_sku_order(&first_deliveries(&received));
+}
+
+#[test]
+fn killing_nodes_or_jetstream_loses_nothing_and_repeats_keep_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(dir.path());
+    let destination = sink(|_, _| Reply::status(200));
+    // Slow enough that kills land in the middle of delivery.
+    let mut nodes = cluster(dir.path(), &nats, &destination, "rate-limit = \"300/s\"", 3);
+    let mut accepted = 0;
+    let mut send = |nodes: &[Sidecar], round: usize, count: usize| {
+        for n in 0..count {
+            let id = format!("k{round}-{n:03}");
+            // Answers other than 202 (JetStream down) accept nothing; the client retries.
+            for attempt in 0.. {
+                let event = stock_event(&id, &format!("S{}", n % 20), round * 1000 + n);
+                let (status, _) = ingest(&nodes[(n + attempt) % 3], &[event]);
+                if status == 202 {
+                    break;
+                }
+                assert!(attempt < 600, "{id} never accepted");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        count
+    };
+    for round in 0..3 {
+        accepted += send(&nodes, round, 300);
+        wait_for("delivery under way", PATIENCE, || {
+            destination.count() >= accepted - 250
+        });
+        nodes[round].kill9();
+        std::thread::sleep(Duration::from_millis(300));
+        nodes[round].restart();
+    }
+    // JetStream itself dies mid-delivery and comes back on its files.
+    accepted += send(&nodes, 3, 300);
+    nats.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    nats.restart();
+    accepted += send(&nodes, 4, 100);
+
+    wait_for("every accepted event delivered", PATIENCE, || {
+        first_deliveries(&destination.received()).len() >= accepted
+    });
+    let received = destination.received();
+    let first = first_deliveries(&received);
+    assert_eq!(first.len(), accepted);
+    let ids: BTreeSet<&str> = first
+        .iter()
+        .map(|r| r.header("x-sluice-source-event-id").unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        accepted,
+        "every accepted event, none twice under different keys"
+    );
+    assert_sku_order(&first);
+}
+
+#[test]
+fn switches_activations_tokens_and_dead_letters_are_shared_by_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    // SKU `BAD` is refused once (a dead letter), then accepted.
+    let refused = Arc::new(AtomicBool::new(false));
+    let once = refused.clone();
+    let destination = sink(move |r, _| {
+        if r.json()["sku"] == "BAD" && !once.swap(true, Ordering::SeqCst) {
+            Reply::status(400)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let nodes = cluster(dir.path(), &nats, &destination, "", 3);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // A module uploaded and activated on A is what B's events run through.
+    let module = std::fs::read(guest("json-mapping")).unwrap();
+    let (status, uploaded) = a.send(
+        "PUT",
+        "/v1/modules/mapper",
+        Some(ACME),
+        &module,
+        "application/wasm",
+    );
+    assert_eq!(status, 201, "{uploaded}");
+    let version = uploaded["version"].as_str().unwrap();
+    let pipeline = json!({"steps": [{"module": "mapper", "version": version,
+        "config": {"rules": [{"target": "sku", "source": "$.sku"}, {"target": "quantity", "source": "$.qty"}]}}]});
+    let (status, answer) = a.send(
+        "POST",
+        "/v1/channels/stock/activate",
+        Some(ACME),
+        pipeline.to_string().as_bytes(),
+        "",
+    );
+    assert_eq!(status, 200, "{answer}");
+    wait_for("B runs the activation", PATIENCE, || {
+        b.get("/v1/channels/stock").1["modules"] == answer["modules"]
+    });
+    for n in 0..6 {
+        assert_eq!(ingest(b, &[stock_event(&format!("v-{n}"), "A", n)]).0, 202);
+    }
+    wait_for("six deliveries", PATIENCE, || destination.count() >= 6);
+    for r in destination.received() {
+        assert!(
+            r.json().get("quantity").is_some(),
+            "made by the activated mapping: {}",
+            r.json()
+        );
+    }
+
+    // Switched off on B: no node delivers until C switches it on.
+    assert_eq!(b.post("/v1/channels/stock/disable", "").0, 200);
+    wait_for("A sees the switch", PATIENCE, || {
+        a.get("/v1/channels/stock").1["enabled"] == false
+    });
+    for n in 0..5 {
+        assert_eq!(ingest(a, &[stock_event(&format!("off-{n}"), "B", n)]).0, 202);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(destination.count(), 6, "held while off, on every node");
+    assert_eq!(c.post("/v1/channels/stock/enable", "").0, 200);
+    wait_for("the held events", PATIENCE, || destination.count() >= 11);
+
+    // A dead letter, listed and replayed through another node than the ingest's.
+    assert_eq!(ingest(a, &[stock_event("bad-1", "BAD", 1)]).0, 202);
+    let mut letters = Value::Null;
+    wait_for("a dead letter on C", PATIENCE, || {
+        letters = c.get("/v1/dead-letters").1;
+        letters.as_array().is_some_and(|l| !l.is_empty())
+    });
+    let id = letters[0]["id"].as_i64().unwrap();
+    assert_eq!(letters[0]["reason"], "rejected-by-destination", "{letters}");
+    let (status, shown) = b.get(&format!("/v1/dead-letters/{id}"));
+    assert_eq!(status, 200);
+    assert_eq!(shown["event_id"], "bad-1", "{shown}");
+    let (status, answer) = c.post(&format!("/v1/dead-letters/{id}/replay"), "");
+    assert_eq!(status, 202, "{answer}");
+    wait_for("the replayed letter", PATIENCE, || {
+        destination.count_where(|r| r.json()["sku"] == "BAD") >= 2
+    });
+    assert_eq!(a.get("/v1/dead-letters").1, json!([]));
+
+    // A tenant and token made on A work on C.
+    let (status, created) = a.send(
+        "PUT",
+        "/v1/tenants/globex",
+        Some(crate::support::sidecar::ADMIN_TOKEN),
+        b"",
+        "",
+    );
+    assert_eq!(status, 201, "{created}");
+    let (status, issued) = a.post("/v1/tenants/globex/tokens", "");
+    assert_eq!(status, 201, "{issued}");
+    let token = issued["token"].as_str().unwrap();
+    wait_for("C accepts the token", PATIENCE, || {
+        c.send("GET", "/v1/channels", Some(token), b"", "").0 == 200
+    });
+    assert_eq!(c.send("GET", "/v1/channels", Some(token), b"", "").1, json!([]));
+}
