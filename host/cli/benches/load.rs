@@ -16,7 +16,6 @@
 //! `SLUICE_LOAD_SECONDS`, `SLUICE_LOAD_CLIENTS` and `SLUICE_LOAD_EVENTS`
 //! change the defaults (10 s, 4 clients, 20,000 events).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ use magento_source::MagentoSource;
 use sluice_guest::native::NativeRunner;
 use sluice_guest::source::Source;
 use sluice_server::sink::{Reply, Sink};
-use support::{RawClient, Server, TOKEN, env_number, percentile, root};
+use support::{RawClient, Server, env_number, ingest_to_delivery, percentile, root};
 
 mod support;
 
@@ -113,7 +112,7 @@ fn main() {
     );
 
     let total = env_number("SLUICE_LOAD_EVENTS", 20_000) as usize;
-    let ingest = ingest_to_delivery(&base, &parsed, &sink, clients, total);
+    let ingest = ingest_to_delivery(&[base.clone()], &parsed, &sink, clients, total);
     drop(server);
     println!(
         "ingest to delivery: {total} events in JSONL batches of 100 by {clients} clients, delivered to a local HTTP sink"
@@ -159,88 +158,4 @@ fn sync_load(base: &str, event: &str, clients: usize, seconds: u64) -> (f64, Dur
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
     )
-}
-
-struct IngestResult {
-    rate: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-/// Ingests `total` copies of `event` (distinct ids and SKUs) and waits until the sink has them all.
-fn ingest_to_delivery(
-    base: &str,
-    event: &serde_json::Value,
-    sink: &Sink,
-    clients: usize,
-    total: usize,
-) -> IngestResult {
-    const BATCH: usize = 100;
-    let url = format!("{base}/v1/events");
-    let batches: Vec<(usize, String)> = (0..total / BATCH)
-        .map(|batch| {
-            let body: String = (0..BATCH)
-                .map(|i| {
-                    let n = batch * BATCH + i;
-                    let mut event = event.clone();
-                    event["id"] = format!("load-{n}").into();
-                    event["payload"]["sku"] = format!("MS-Champ-{n}").into();
-                    format!("{event}\n")
-                })
-                .collect();
-            (batch, body)
-        })
-        .collect();
-    let batches = Arc::new(std::sync::Mutex::new(batches));
-    let started = Instant::now();
-    let posters: Vec<_> = (0..clients)
-        .map(|_| {
-            let (url, batches) = (url.clone(), batches.clone());
-            std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new().build();
-                let mut sent_at = Vec::new();
-                loop {
-                    let Some((batch, body)) = batches.lock().unwrap().pop() else {
-                        return sent_at;
-                    };
-                    let at = Instant::now();
-                    let response = agent
-                        .post(&url)
-                        .set("authorization", &format!("Bearer {TOKEN}"))
-                        .send_string(&body)
-                        .expect("ingest succeeds");
-                    assert_eq!(response.status(), 202);
-                    sent_at.push((batch, at));
-                }
-            })
-        })
-        .collect();
-    let sent_at: HashMap<usize, Instant> = posters.into_iter().flat_map(|p| p.join().unwrap()).collect();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    // Counted without copying: copying the sink's log every 20 ms took a
-    // third of the machine from the server it measures.
-    while sink.count() < total {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {total} delivered",
-            sink.count()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let received = sink.received();
-    let last = received.iter().map(|r| r.at).max().unwrap();
-    let mut latencies: Vec<Duration> = received
-        .iter()
-        .map(|r| {
-            let id = r.header("x-sluice-source-event-id").unwrap();
-            let n: usize = id.trim_start_matches("load-").parse().unwrap();
-            r.at - sent_at[&(n / BATCH)]
-        })
-        .collect();
-    latencies.sort();
-    IngestResult {
-        rate: total as f64 / (last - started).as_secs_f64(),
-        p50: percentile(&latencies, 0.50),
-        p99: percentile(&latencies, 0.99),
-    }
 }

@@ -394,9 +394,19 @@ pub(crate) async fn in_store<T: Send + 'static>(
     }
 }
 
-/// [`in_store`] for request handlers: a failure is a 500.
+/// [`in_store`] for request handlers: a store that is unreachable for now
+/// is a 503 (`store-unavailable`), any other failure a 500.
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    in_store(work).await.map_err(ApiError::internal)
+    match tokio::task::spawn_blocking(work).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) if err.is_unavailable() => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store-unavailable",
+            err.to_string(),
+        )),
+        Ok(Err(err)) => Err(ApiError::internal(err)),
+        Err(join) => Err(ApiError::internal(format!("a store task failed: {join}"))),
+    }
 }

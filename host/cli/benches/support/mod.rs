@@ -2,10 +2,14 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_server::sink::Sink;
 
 /// The admin token of every benchmarked server.
 pub const TOKEN: &str = "bench-admin-token";
@@ -60,6 +64,27 @@ impl Server {
             .to_string();
         Self { child, base }
     }
+}
+
+impl Server {
+    /// The process id, to read its CPU time.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc`.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line (11 and 12 after the name), in 1/100 s.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 impl Drop for Server {
@@ -148,5 +173,94 @@ impl RawClient {
             self.buffer.extend_from_slice(&chunk[..read]);
         }
         (status, &self.buffer[head_end..head_end + length])
+    }
+}
+
+/// Ingest-to-delivered throughput and latency.
+pub struct IngestResult {
+    /// Events per second from the first ingest to the last delivery.
+    pub rate: f64,
+    /// Median ingest-to-delivered time.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+}
+
+/// Ingests `total` copies of `event` (distinct ids and SKUs), client `i`
+/// through `bases[i % len]`, and waits until the sink has them all.
+pub fn ingest_to_delivery(
+    bases: &[String],
+    event: &serde_json::Value,
+    sink: &Sink,
+    clients: usize,
+    total: usize,
+) -> IngestResult {
+    const BATCH: usize = 100;
+    let batches: Vec<(usize, String)> = (0..total / BATCH)
+        .map(|batch| {
+            let body: String = (0..BATCH)
+                .map(|i| {
+                    let n = batch * BATCH + i;
+                    let mut event = event.clone();
+                    event["id"] = format!("load-{n}").into();
+                    event["payload"]["sku"] = format!("MS-Champ-{n}").into();
+                    format!("{event}\n")
+                })
+                .collect();
+            (batch, body)
+        })
+        .collect();
+    let batches = Arc::new(std::sync::Mutex::new(batches));
+    let started = Instant::now();
+    let posters: Vec<_> = (0..clients)
+        .map(|client| {
+            let url = format!("{}/v1/events", bases[client % bases.len()]);
+            let batches = batches.clone();
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                let mut sent_at = Vec::new();
+                loop {
+                    let Some((batch, body)) = batches.lock().unwrap().pop() else {
+                        return sent_at;
+                    };
+                    let at = Instant::now();
+                    let response = agent
+                        .post(&url)
+                        .set("authorization", &format!("Bearer {TOKEN}"))
+                        .send_string(&body)
+                        .expect("ingest succeeds");
+                    assert_eq!(response.status(), 202);
+                    sent_at.push((batch, at));
+                }
+            })
+        })
+        .collect();
+    let sent_at: HashMap<usize, Instant> = posters.into_iter().flat_map(|p| p.join().unwrap()).collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    // Counted without copying: copying the sink's log every 20 ms took a
+    // third of the machine from the server it measures.
+    while sink.count() < total {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {total} delivered",
+            sink.count()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let received = sink.received();
+    let last = received.iter().map(|r| r.at).max().unwrap();
+    let mut latencies: Vec<Duration> = received
+        .iter()
+        .map(|r| {
+            let id = r.header("x-sluice-source-event-id").unwrap();
+            let n: usize = id.trim_start_matches("load-").parse().unwrap();
+            r.at - sent_at[&(n / BATCH)]
+        })
+        .collect();
+    latencies.sort();
+    IngestResult {
+        rate: total as f64 / (last - started).as_secs_f64(),
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
     }
 }

@@ -43,6 +43,17 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether the store is unreachable for now (a shared store whose
+    /// server is down): the caller may retry, nothing was stored.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Self::Nats(NatsError::NotConnected | NatsError::Timeout { .. })
+        )
+    }
+}
+
 /// One event to ingest: its JSON text, and the channels it is queued for.
 #[derive(Debug, Clone)]
 pub struct Ingest {

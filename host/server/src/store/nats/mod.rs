@@ -54,6 +54,9 @@ pub enum NatsError {
         /// How long it waited.
         timeout: Duration,
     },
+    /// The connection to NATS is down (it is being re-established).
+    #[error("not connected to NATS; retry shortly")]
+    NotConnected,
     /// One message would be larger than the server accepts.
     #[error("{what} is {size} bytes, more than the JetStream server's max_payload of {max} bytes")]
     TooLarge {

@@ -98,6 +98,8 @@ impl DeadRecord {
 const RECEIVED: &str = "Sluice-Received-Ms";
 /// Room left in a message for headers.
 const HEADROOM: usize = 4096;
+/// How long a pull request waits on the server for a message.
+const FETCH_EXPIRES: Duration = Duration::from_millis(50);
 /// How often a held delivery is reported as still in progress.
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
@@ -161,6 +163,7 @@ enum Claim {
 impl NatsStore {
     /// Publishes and waits until JetStream has stored it.
     async fn store(&self, subject: String, headers: HeaderMap, payload: Bytes) -> Result<(), NatsError> {
+        self.connected()?;
         if payload.len() + HEADROOM > self.max_payload {
             return Err(NatsError::TooLarge {
                 what: format!("a message to `{subject}`"),
@@ -177,7 +180,16 @@ impl NatsStore {
         Ok(())
     }
 
+    /// Fails at once while the connection is down, instead of waiting for the timeout.
+    fn connected(&self) -> Result<(), NatsError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            _ => Err(NatsError::NotConnected),
+        }
+    }
+
     async fn claim(&self, key: &str) -> Result<Claim, NatsError> {
+        self.connected()?;
         match self.ids.create(key, Bytes::from_static(b"pending")).await {
             Ok(_) => Ok(Claim::New),
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
@@ -198,9 +210,25 @@ impl NatsStore {
         }
     }
 
+    /// One message if one is ready now. The pull request expires at once
+    /// on the server, and a client-side bound covers an answer that never
+    /// comes (a full `max_ack_pending` on another node).
     async fn fetch_one(&self, consumer: &jetstream::consumer::PullConsumer) -> Option<jetstream::Message> {
-        let mut batch = consumer.fetch().max_messages(1).messages().await.ok()?;
-        match batch.next().await {
+        let fetch = async {
+            let mut batch = consumer
+                .fetch()
+                .max_messages(1)
+                .expires(FETCH_EXPIRES)
+                .messages()
+                .await
+                .ok()?;
+            batch.next().await
+        };
+        match tokio::time::timeout(FETCH_EXPIRES * 10, fetch)
+            .await
+            .ok()
+            .flatten()
+        {
             Some(Ok(message)) => Some(message),
             // `409 Exceeded MaxAckPending`: another node holds the message in flight.
             Some(Err(err)) => {

@@ -1,0 +1,124 @@
+//! Ingest to delivered on one SQLite sidecar and on NATS JetStream with 1,
+//! 2 and 3 sidecars, side by side in one run: the `b2b-portal-from-magento`
+//! channel, real Magento products in JSONL batches of 100, clients spread
+//! over the nodes, a local HTTP sink. Reports events/s, p50/p99 of
+//! ingest-to-delivered, and CPU per event (every sidecar and nats-server
+//! together, from `/proc`).
+//!
+//! Run with `scripts/dev bench`, which installs nats-server and names it in
+//! `SLUICE_NATS_SERVER`. `SLUICE_CLUSTER_EVENTS` (default 10,000) and
+//! `SLUICE_LOAD_CLIENTS` (default 4) change the load.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_server::sink::{Reply, Sink};
+use support::{Server, cpu_seconds, env_number, ingest_to_delivery, root};
+
+mod support;
+
+/// nats-server with JetStream on file storage (fsync on every write, as the tests run it).
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Nats {
+    fn start(dir: &std::path::Path) -> Self {
+        let binary = std::env::var("SLUICE_NATS_SERVER")
+            .expect("run through `scripts/dev bench`, which installs nats-server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = format!(
+            "listen: \"127.0.0.1:{port}\"\nmax_payload: 8MB\njetstream {{ store_dir: \"{}\", sync_interval: always }}\n",
+            dir.join("jetstream").display()
+        );
+        std::fs::write(dir.join("nats.conf"), config).unwrap();
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(dir.join("nats.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            child,
+            url: format!("nats://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    let total = env_number("SLUICE_CLUSTER_EVENTS", 10_000) as usize;
+    let clients = env_number("SLUICE_LOAD_CLIENTS", 4) as usize;
+    let channel = root().join("transforms/channels/b2b-portal-from-magento");
+    let event: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(channel.join("fixtures/simple-product/input.json")).unwrap(),
+    )
+    .unwrap();
+    println!(
+        "ingest to delivered: {total} Magento products in JSONL batches of 100 by {clients} clients spread over the nodes"
+    );
+    let mut baseline = None;
+    for (label, nodes) in [
+        ("SQLite, 1 node", 0),
+        ("JetStream, 1 node", 1),
+        ("JetStream, 2 nodes", 2),
+        ("JetStream, 3 nodes", 3),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let nats = (nodes > 0).then(|| Nats::start(dir.path()));
+        let sink = Sink::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(|_, _| Reply::status(200)),
+        )
+        .unwrap();
+        let config = format!(
+            "{queue}[[tenant]]\nname = \"acme\"\ntransform-concurrency = 2\n\
+             [[destination]]\nname = \"sink\"\nurl = \"http://{}/in\"\nconcurrency = 32\n\
+             [[channel]]\nname = \"b2b-portal\"\ntenant = \"acme\"\npipeline = \"{}\"\ndestination = \"sink\"\n",
+            sink.addr,
+            channel.join("pipeline.json").display(),
+            queue = nats
+                .as_ref()
+                .map_or(String::new(), |n| format!("queue = \"{}\"\n", n.url)),
+        );
+        let servers: Vec<Server> = (0..nodes.max(1))
+            .map(|node| {
+                let folder = dir.path().join(format!("node{node}"));
+                std::fs::create_dir_all(&folder).unwrap();
+                Server::start(&folder, &config)
+            })
+            .collect();
+        let mut pids: Vec<u32> = servers.iter().map(Server::pid).collect();
+        pids.extend(nats.as_ref().map(|n| n.child.id()));
+        let cpu = |pids: &[u32]| pids.iter().map(|&pid| cpu_seconds(pid)).sum::<f64>();
+        let before = cpu(&pids);
+        let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
+        let result = ingest_to_delivery(&bases, &event, &sink, clients, total);
+        let cpu_per_event = (cpu(&pids) - before) / total as f64;
+        let base_rate = *baseline.get_or_insert(result.rate);
+        println!(
+            "  {label:<19} {:>7.0} events/s ({:.2}x SQLite)   p50 {:>9.1?}   p99 {:>9.1?}   CPU {:>5.0} µs/event",
+            result.rate,
+            result.rate / base_rate,
+            result.p50,
+            result.p99,
+            cpu_per_event * 1e6,
+        );
+    }
+}
