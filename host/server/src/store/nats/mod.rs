@@ -7,7 +7,7 @@
 //! | events to transform | stream `SLUICE_IN`, subject `sluice.in.<channel>`, one message per ingest request and channel | a durable work-queue consumer per channel with `max_ack_pending = 1`: one batch of a channel is in flight in the whole cluster, so outputs leave in ingest order; a batch is acknowledged only after its outputs and dead letters are stored, and redelivered to any node after `ack_wait` if its node dies |
 //! | deliveries | stream `SLUICE_OUT`, subject `sluice.out.<destination>.<partition>.<channel>` | the partition is a hash of the entity key; each partition has a durable consumer with `max_ack_pending = 1`, so one delivery per partition (hence per SKU) is in flight in the cluster, and a later one waits until the earlier one is delivered or dead-lettered |
 //! | dead letters | stream `SLUICE_DEAD`, subject `sluice.dead.<tenant>.<channel>` | the message's stream sequence is the dead letter's id on every node |
-//! | event ids seen | key-value bucket `sluice-ids`, `max_age` = the idempotency window | `create` is create-if-absent, so one node wins; JetStream's own `Nats-Msg-Id` window only lasts minutes |
+//! | event ids seen | key-value bucket `sluice-ids`, `max_age` = the idempotency window | an id is looked up before its event is stored and recorded after; JetStream's own `Nats-Msg-Id` window only lasts minutes |
 //! | switches, circuit breakers, shared rate limits | bucket `sluice-state` | compare-and-set updates; every node watches the bucket |
 //! | failed attempts of a delivery | bucket `sluice-attempts` | a node that takes over a redelivered message continues the count |
 //! | tenants, tokens, module versions, activations | bucket `sluice-registry` | watched by every node |
@@ -16,7 +16,8 @@
 //! Every publish carries a `Nats-Msg-Id` derived from what it says, so a
 //! batch redone after a crash within the stream's duplicate window (ten
 //! minutes) stores nothing twice; after that, a repeat carries the same
-//! `Idempotency-Key` to the destination.
+//! `Idempotency-Key` to the destination. Acknowledgements are plain
+//! (not double): a lost one only redelivers, which these ids absorb.
 
 mod names;
 mod queue;

@@ -188,25 +188,20 @@ impl NatsStore {
         }
     }
 
+    /// Whether an event id was ingested within the window. Ids are recorded
+    /// only after their events are stored, so a crash in between leaves the
+    /// id free and the client's retry is queued (the `Nats-Msg-Id` window
+    /// drops a repeat of the same request).
     async fn claim(&self, key: &str) -> Result<Claim, NatsError> {
         self.connected()?;
-        match self.ids.create(key, Bytes::from_static(b"pending")).await {
-            Ok(_) => Ok(Claim::New),
-            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
-                // `pending`: an ingest of this id did not finish (it crashed
-                // or runs now); queue it again, the Nats-Msg-Id window
-                // catches a repeat of the same request.
-                match self
-                    .ids
-                    .get(key)
-                    .await
-                    .map_err(|err| failed("read an event id", err))?
-                {
-                    Some(value) if value.as_ref() == b"done" => Ok(Claim::Duplicate),
-                    _ => Ok(Claim::New),
-                }
-            }
-            Err(err) => Err(failed("claim an event id", err)),
+        match self
+            .ids
+            .get(key)
+            .await
+            .map_err(|err| failed("read an event id", err))?
+        {
+            Some(_) => Ok(Claim::Duplicate),
+            None => Ok(Claim::New),
         }
     }
 
@@ -381,17 +376,22 @@ impl Queue for NatsStore {
                 self.store(names::inbound(channel), headers, encode_batch(&texts))
             }))
             .await?;
-            let done = join_all(
+            let recorded = join_all(
                 keys.iter()
                     .zip(&claims)
                     .filter(|(_, claim)| matches!(claim, Claim::New))
-                    .map(|((key, _), _)| self.ids.put(key, Bytes::from_static(b"done"))),
+                    .map(|((key, _), _)| self.ids.create(key, Bytes::new())),
             )
             .await;
-            if let Some(Err(err)) = done.into_iter().find(Result::is_err) {
-                // The events are stored; only a repeat after the server's
-                // duplicate window would be queued again (same outputs, same keys).
-                tracing::warn!(error = %err, "cannot mark ingested event ids as done");
+            for result in recorded {
+                match result {
+                    // Another node ingested the same id at the same moment: both
+                    // queued it, and both deliveries carry the same Idempotency-Key.
+                    Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
+                    // The events are stored; a repeat of this id is not recognised.
+                    Err(err) => tracing::warn!(error = %err, "cannot record an ingested event id"),
+                    Ok(_) => {}
+                }
             }
             Ok(events
                 .iter()
@@ -515,7 +515,7 @@ impl Queue for NatsStore {
             }
             try_join_all(stores).await?;
             message
-                .double_ack()
+                .ack()
                 .await
                 .map_err(|e| failed("acknowledge a transformed batch", e))
         })?;
