@@ -81,14 +81,23 @@ fn main() {
         "ingest to delivered: {total} Magento products in JSONL batches of 100 by {clients} clients spread over the nodes"
     );
     let mut baseline = None;
-    for (label, nodes) in [
-        ("SQLite, 1 node", 0),
-        ("JetStream, 1 node", 1),
-        ("JetStream, 2 nodes", 2),
-        ("JetStream, 3 nodes", 3),
-    ] {
+    // `SLUICE_CLUSTER_ONLY=N` runs only the setups with N nodes (for profiling).
+    let only = std::env::var("SLUICE_CLUSTER_ONLY")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok());
+    let setups = [
+        ("SQLite, 1 node", 0, false),
+        ("JetStream, 1 node", 1, false),
+        ("JetStream, 2 nodes", 2, false),
+        ("JetStream, 3 nodes", 3, false),
+        ("JetStream, 3 nodes, fsync always", 3, true),
+    ];
+    for (label, nodes, fsync_always) in setups
+        .into_iter()
+        .filter(|(_, n, _)| only.is_none_or(|only| only == *n))
+    {
         let dir = tempfile::tempdir().unwrap();
-        let nats = (nodes > 0).then(|| Nats::start(dir.path()));
+        let nats = (nodes > 0).then(|| Nats::start(dir.path(), fsync_always));
         let sink = Sink::start(
             "127.0.0.1:0".parse().unwrap(),
             Arc::new(|_, _| Reply::status(200)),

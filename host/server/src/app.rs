@@ -598,6 +598,15 @@ impl App {
         self.wake_channel(channel);
     }
 
+    /// The channel's switch as the config sets it.
+    pub(super) fn configured_enabled(&self, channel: &Channel) -> bool {
+        self.config
+            .channels
+            .iter()
+            .find(|c| c.name == channel.name)
+            .is_none_or(|c| c.enabled)
+    }
+
     /// Marks a channel degraded: its activated pipeline cannot be loaded, and its events wait.
     pub(super) fn degrade(&self, channel: &Channel, why: String) {
         *channel.degraded.lock().expect("degraded lock") = Some(why);

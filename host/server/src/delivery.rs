@@ -90,6 +90,15 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         if *stopped.borrow() {
             return;
         }
+        if shared_rate {
+            // A pause (`Retry-After`) that another sidecar was told holds here too.
+            let (queue, key) = (app.queue.clone(), name.clone());
+            if let Ok(Some(until_ms)) = in_store(move || queue.destination_paused_until(&key)).await {
+                let wait = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
+                let until = Instant::now() + wait;
+                paused_until = Some(paused_until.map_or(until, |p| p.max(until)));
+            }
+        }
         if let Some(until) = paused_until.take()
             && until > Instant::now()
         {
@@ -165,6 +174,13 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         }
         if let Some(pause) = pause_from(&sent) {
             paused_until = Some(paused_until.map_or(pause, |p| p.max(pause)));
+            if shared_rate {
+                let until_ms = now_ms() + pause.saturating_duration_since(Instant::now()).as_millis() as i64;
+                let (queue, key) = (app.queue.clone(), name.clone());
+                if let Err(err) = in_store(move || queue.pause_destination(&key, until_ms)).await {
+                    tracing::error!(destination = %name, error = %err, "cannot share the destination's pause");
+                }
+            }
         }
         let results: Vec<(Delivery, AttemptResult)> = sent
             .into_iter()

@@ -20,9 +20,7 @@ pub async fn run(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
         return;
     };
     // Whatever changed before this worker (re)started.
-    for channel in app.channels.keys() {
-        reload_pipeline(&app, channel).await;
-    }
+    resync(&app).await;
     loop {
         let change = tokio::select! {
             change = changes.recv() => change,
@@ -35,12 +33,42 @@ pub async fn run(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
                     missed,
                     "shared changes came faster than they were applied; reloading"
                 );
-                for channel in app.channels.keys() {
-                    reload_pipeline(&app, channel).await;
-                }
+                resync(&app).await;
             }
             Err(RecvError::Closed) => return,
         }
+    }
+}
+
+/// Reads tenants, tokens, switches and activations again from the store.
+async fn resync(app: &App) {
+    let registry = app.registry.clone();
+    match in_store(move || Ok((registry.tenants()?, registry.tokens()?))).await {
+        Ok((tenants, tokens)) => {
+            for tenant in tenants {
+                app.add_tenant(&tenant);
+            }
+            for (tenant, sha256) in tokens {
+                apply(app, SharedChange::Token { tenant, sha256 }).await;
+            }
+        }
+        Err(err) => tracing::error!(error = %err, "cannot read shared tenants and tokens"),
+    }
+    for channel in app.channels.values() {
+        let (queue, name) = (app.queue.clone(), channel.name.clone());
+        // `set_enabled` with the config's value changes nothing that an
+        // operator set; it answers the switch as stored.
+        let configured = app.configured_enabled(channel);
+        match in_store(move || Ok((queue.set_enabled(&name, configured, true)?, queue.tripped(&name)?))).await
+        {
+            Ok((enabled, tripped)) => app.apply_shared_switch(channel, enabled, tripped),
+            Err(err) => {
+                tracing::error!(channel = %channel.name, error = %err, "cannot read the channel's switch")
+            }
+        }
+    }
+    for channel in app.channels.keys() {
+        reload_pipeline(app, channel).await;
     }
 }
 

@@ -144,24 +144,17 @@ impl Sidecar {
         let (store, queue, registry, location): (Store, Arc<dyn Queue>, Arc<dyn Registry>, String) =
             match options.queue.clone().or_else(|| config.queue.clone()) {
                 Some(url) => {
-                    let names = |list: Vec<&String>| list.into_iter().cloned().collect::<Vec<_>>();
-                    let nats = NatsStore::connect(
-                        &url,
-                        Duration::from_secs(config.idempotency_window_hours * 3600),
-                        &names(
-                            config
-                                .channels
-                                .iter()
-                                .filter(|c| c.destination.is_some())
-                                .map(|c| &c.name)
-                                .collect(),
-                        ),
-                        &names(config.destinations.iter().map(|d| &d.name).collect()),
-                    )
-                    .map_err(|error| SidecarError::Queue {
-                        url: url.clone(),
-                        error,
-                    })?;
+                    let routes: Vec<(String, String)> = config
+                        .channels
+                        .iter()
+                        .filter_map(|c| Some((c.name.clone(), c.destination.clone()?)))
+                        .collect();
+                    let window = Duration::from_secs(config.idempotency_window_hours * 3600);
+                    let nats =
+                        NatsStore::connect(&url, window, &routes).map_err(|error| SidecarError::Queue {
+                            url: url.clone(),
+                            error,
+                        })?;
                     let nats = Arc::new(nats);
                     (Store::Nats(nats.clone()), nats.clone(), nats, url)
                 }

@@ -44,12 +44,14 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// Whether the store is unreachable for now (a shared store whose
-    /// server is down): the caller may retry, nothing was stored.
+    /// Whether the store cannot answer for now (a shared store whose server
+    /// is down or slow, or an event id being ingested by another request):
+    /// the caller should retry. After a timeout part of the work may be
+    /// stored already; a retry with the same event ids stores it once.
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Self::Nats(NatsError::NotConnected | NatsError::Timeout { .. })
+            Self::Nats(NatsError::NotConnected | NatsError::InFlight | NatsError::Timeout { .. })
         )
     }
 }
@@ -388,6 +390,17 @@ pub trait Queue: Send + Sync {
     ) -> Result<Result<(), std::time::Duration>, StoreError> {
         let _ = (destination, interval, burst);
         Ok(Ok(()))
+    }
+    /// Pauses `destination` for every sidecar until `until_ms` (a
+    /// `Retry-After`); a store used by one sidecar keeps nothing.
+    fn pause_destination(&self, destination: &str, until_ms: i64) -> Result<(), StoreError> {
+        let _ = (destination, until_ms);
+        Ok(())
+    }
+    /// Until when another sidecar paused `destination`, if it did.
+    fn destination_paused_until(&self, destination: &str) -> Result<Option<i64>, StoreError> {
+        let _ = destination;
+        Ok(None)
     }
     /// Changes that other sidecars made to shared state, for a store that
     /// is shared; `None` for one that only this sidecar uses.

@@ -55,6 +55,9 @@ pub enum NatsError {
         /// How long it waited.
         timeout: Duration,
     },
+    /// Another request is ingesting the same event id right now.
+    #[error("an event id of this request is being ingested by another request; retry shortly")]
+    InFlight,
     /// The connection to NATS is down (it is being re-established).
     #[error("not connected to NATS; retry shortly")]
     NotConnected,
@@ -84,6 +87,8 @@ pub const PARTITIONS: u32 = 32;
 /// JetStream gives it to another node (held deliveries are kept alive
 /// with progress acknowledgements).
 const ACK_WAIT: Duration = Duration::from_secs(15);
+/// How often held messages are reported as still in progress.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// The streams' own duplicate window (`Nats-Msg-Id`).
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 /// Longest wait for one JetStream call.
@@ -104,10 +109,14 @@ pub struct NatsStore {
     registry: kv::Store,
     modules: object_store::ObjectStore,
     consumers: Mutex<HashMap<String, PullConsumer>>,
-    transform: Mutex<HashMap<String, HeldBatch>>,
-    deliveries: Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>,
+    transform: Arc<Mutex<HashMap<String, HeldBatch>>>,
+    deliveries: Arc<Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>>,
+    /// The channels delivering to each destination.
+    routes: HashMap<String, Vec<String>>,
     switches: Arc<RwLock<HashMap<String, Switch>>>,
     changes: broadcast::Sender<SharedChange>,
+    /// Subscribed before the watch starts, so the first listener misses nothing.
+    first_listener: Mutex<Option<broadcast::Receiver<SharedChange>>>,
     next_seq: AtomicI64,
     max_payload: usize,
 }
@@ -115,13 +124,9 @@ pub struct NatsStore {
 impl NatsStore {
     /// Connects to `url` (`nats://host:4222`), creates the streams, buckets
     /// and consumers this config needs if they do not exist, and starts
-    /// watching shared state. `window` is how long event ids are remembered.
-    pub fn connect(
-        url: &str,
-        window: Duration,
-        channels: &[String],
-        destinations: &[String],
-    ) -> Result<Self, StoreError> {
+    /// watching shared state. `window` is how long event ids are remembered;
+    /// `routes` are the config's `(channel, destination)` pairs.
+    pub fn connect(url: &str, window: Duration, routes: &[(String, String)]) -> Result<Self, StoreError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("sluice-nats")
@@ -129,16 +134,9 @@ impl NatsStore {
             .build()
             .map_err(|e| failed("start the NATS client's runtime", e))?;
         let handle = runtime.handle().clone();
-        let url = url.to_string();
-        let setup = handle.block_on(async move {
-            tokio::time::timeout(CALL_TIMEOUT, setup(&url, window))
-                .await
-                .unwrap_or(Err(NatsError::Timeout {
-                    what: "connect to NATS",
-                    timeout: CALL_TIMEOUT,
-                }))
-        })?;
-        let store = Self {
+        let setup = on_runtime(&handle, "connect to NATS", setup(url, window))?;
+        let (changes, first_listener) = broadcast::channel(4096);
+        let mut store = Self {
             runtime: Mutex::new(Some(runtime)),
             handle,
             max_payload: setup.client.server_info().max_payload,
@@ -152,60 +150,72 @@ impl NatsStore {
             registry: setup.registry,
             modules: setup.modules,
             consumers: Mutex::default(),
-            transform: Mutex::default(),
-            deliveries: Mutex::default(),
+            transform: Arc::default(),
+            deliveries: Arc::default(),
+            routes: HashMap::new(),
             switches: Arc::default(),
-            changes: broadcast::channel(1024).0,
+            changes,
+            first_listener: Mutex::new(Some(first_listener)),
             next_seq: AtomicI64::new(1),
         };
-        for channel in channels {
+        for (channel, destination) in routes {
             store.consumer(&names::transform_consumer(channel), names::inbound(channel))?;
-        }
-        for destination in destinations {
             for partition in 0..PARTITIONS {
                 store.consumer(
-                    &names::delivery_consumer(destination, partition),
-                    names::outbound_partition(destination, partition),
+                    &names::delivery_consumer(destination, channel, partition),
+                    names::outbound(destination, partition, channel),
                 )?;
             }
+            store
+                .routes
+                .entry(destination.clone())
+                .or_default()
+                .push(channel.clone());
         }
         store.load_switches()?;
         store.watch();
+        store.keep_alive();
         Ok(store)
     }
 
-    /// Runs `work` on the client's runtime and waits for it, from any
-    /// thread: a blocking thread, an async worker (through
-    /// `block_in_place`), or outside any runtime.
+    /// Reports every held message as in progress every [`KEEP_ALIVE`], so
+    /// that JetStream gives a message to another node only when this one is
+    /// gone, however long a batch or a round of deliveries takes.
+    fn keep_alive(&self) {
+        let (transform, deliveries) = (Arc::downgrade(&self.transform), Arc::downgrade(&self.deliveries));
+        self.handle.spawn(async move {
+            loop {
+                tokio::time::sleep(KEEP_ALIVE).await;
+                let (Some(transform), Some(deliveries)) = (transform.upgrade(), deliveries.upgrade()) else {
+                    return;
+                };
+                let mut held: Vec<jetstream::Message> = transform
+                    .lock()
+                    .expect("transform lock")
+                    .values()
+                    .map(|h| h.message.clone())
+                    .collect();
+                held.extend(
+                    deliveries
+                        .lock()
+                        .expect("deliveries lock")
+                        .values()
+                        .flat_map(|d| d.values().map(|h| h.message.clone())),
+                );
+                for message in held {
+                    let _ = message.ack_with(jetstream::AckKind::Progress).await;
+                }
+            }
+        });
+    }
+
+    /// Runs `work` on the client's runtime and waits for it (see [`on_runtime`]).
     fn block<T: Send>(
         &self,
         what: &'static str,
         work: impl Future<Output = Result<T, NatsError>> + Send,
     ) -> Result<T, StoreError> {
-        let timed = async {
-            tokio::time::timeout(CALL_TIMEOUT, work)
-                .await
-                .unwrap_or(Err(NatsError::Timeout {
-                    what,
-                    timeout: CALL_TIMEOUT,
-                }))
-        };
-        let result = match Handle::try_current() {
-            Err(_) => self.handle.block_on(timed),
-            Ok(current) if current.runtime_flavor() == RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| self.handle.block_on(timed))
-            }
-            Ok(_) => std::thread::scope(|scope| {
-                scope
-                    .spawn(|| self.handle.block_on(timed))
-                    .join()
-                    .unwrap_or(Err(NatsError::Failed {
-                        what,
-                        detail: "the NATS call panicked".into(),
-                    }))
-            }),
-        };
-        result.map_err(StoreError::from)
+        on_runtime(&self.handle, what, work)
     }
 
     /// The durable pull consumer `name` on the stream of `subject`, made if missing.
@@ -257,10 +267,28 @@ impl NatsStore {
         });
     }
 
-    /// Closes the connection after flushing what was published.
+    /// Gives back every held message (so another node takes it at once,
+    /// not after `ack_wait`) and closes the connection after flushing.
     pub fn close(&self) {
+        let mut held: Vec<jetstream::Message> = self
+            .transform
+            .lock()
+            .expect("transform lock")
+            .drain()
+            .map(|(_, h)| h.message)
+            .collect();
+        held.extend(
+            self.deliveries
+                .lock()
+                .expect("deliveries lock")
+                .drain()
+                .flat_map(|(_, d)| d.into_values().map(|h| h.message)),
+        );
         let client = self.client.clone();
         let _ = self.block("flush", async move {
+            for message in held {
+                let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
+            }
             client.flush().await.map_err(|err| failed("flush", err))
         });
         if let Some(runtime) = self.runtime.lock().expect("runtime lock").take() {
@@ -275,6 +303,40 @@ impl Drop for NatsStore {
             runtime.shutdown_background();
         }
     }
+}
+
+/// Runs `work` on the client's runtime `handle` within [`CALL_TIMEOUT`] and
+/// waits for it, from any thread: a blocking thread, an async worker
+/// (through `block_in_place`), or outside any runtime.
+fn on_runtime<T: Send>(
+    handle: &Handle,
+    what: &'static str,
+    work: impl Future<Output = Result<T, NatsError>> + Send,
+) -> Result<T, StoreError> {
+    let timed = async {
+        tokio::time::timeout(CALL_TIMEOUT, work)
+            .await
+            .unwrap_or(Err(NatsError::Timeout {
+                what,
+                timeout: CALL_TIMEOUT,
+            }))
+    };
+    let result = match Handle::try_current() {
+        Err(_) => handle.block_on(timed),
+        Ok(current) if current.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(timed))
+        }
+        Ok(_) => std::thread::scope(|scope| {
+            scope
+                .spawn(|| handle.block_on(timed))
+                .join()
+                .unwrap_or(Err(NatsError::Failed {
+                    what,
+                    detail: "the NATS call panicked".into(),
+                }))
+        }),
+    };
+    result.map_err(StoreError::from)
 }
 
 struct Setup {
@@ -376,12 +438,14 @@ async fn watch_once(
     switches: &RwLock<HashMap<String, Switch>>,
     changes: &broadcast::Sender<SharedChange>,
 ) -> Result<(), NatsError> {
+    // With history: every key's current value first, so a watch started
+    // again (after an error) misses nothing in between.
     let mut state = state
-        .watch(format!("{}>", names::SWITCH))
+        .watch_with_history(format!("{}>", names::SWITCH))
         .await
         .map_err(|e| failed("watch sluice-state", e))?;
     let mut registry = registry
-        .watch_all()
+        .watch_with_history(">")
         .await
         .map_err(|e| failed("watch sluice-registry", e))?;
     loop {

@@ -8,6 +8,8 @@ use super::PARTITIONS;
 
 /// Key prefix of channel switches in `sluice-state`.
 pub const SWITCH: &str = "switch.";
+/// Key prefix of destinations' shared pauses (`Retry-After`) in `sluice-state`.
+pub const PAUSE: &str = "pause.";
 /// Key prefix of shared rate limits in `sluice-state`.
 pub const RATE: &str = "rate.";
 
@@ -48,19 +50,22 @@ pub fn outbound(destination: &str, partition: u32, channel: &str) -> String {
     format!("sluice.out.{}.{partition}.{}", token(destination), token(channel))
 }
 
-/// Every channel's deliveries in one partition of a destination.
-pub fn outbound_partition(destination: &str, partition: u32) -> String {
-    format!("sluice.out.{}.{partition}.*", token(destination))
-}
-
 /// Every destination's deliveries of one channel.
 pub fn outbound_of_channel(channel: &str) -> String {
     format!("sluice.out.*.*.{}", token(channel))
 }
 
-/// The durable consumer that delivers one partition of a destination.
-pub fn delivery_consumer(destination: &str, partition: u32) -> String {
-    format!("deliver_{}_{partition}", token(destination))
+/// The durable consumer that delivers one partition of a channel's
+/// deliveries to a destination (order is kept per destination, channel
+/// and entity, as on SQLite; a channel switched off holds only its own).
+pub fn delivery_consumer(destination: &str, channel: &str, partition: u32) -> String {
+    // The digest keeps `a_b` + `c` apart from `a` + `b_c`.
+    let pair = hex::encode(&Sha256::digest(format!("{destination}\0{channel}"))[..4]);
+    format!(
+        "deliver_{}_{}_{pair}_{partition}",
+        token(destination),
+        token(channel)
+    )
 }
 
 /// Where a channel's dead letters are kept; `None` parts are wildcards.

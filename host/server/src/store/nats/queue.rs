@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, AckKind, kv};
@@ -28,19 +28,26 @@ pub(super) struct Switch {
 
 /// The message of a channel's batch this node is transforming.
 pub(super) struct HeldBatch {
-    message: jetstream::Message,
+    pub(super) message: jetstream::Message,
     stream_seq: u64,
     events: Vec<Pending>,
 }
 
 /// A delivery this node holds: its partition waits for it.
 pub(super) struct HeldDelivery {
-    message: jetstream::Message,
+    pub(super) message: jetstream::Message,
     record: OutRecord,
     delivery: Delivery,
     history: Vec<Attempt>,
     next_ms: i64,
-    kept_alive: Instant,
+}
+
+/// What `sluice-attempts` keeps of a delivery that failed: its attempts and
+/// when it is due again, so a node that takes it over keeps its backoff.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Retries {
+    history: Vec<Attempt>,
+    next_ms: i64,
 }
 
 /// What a `SLUICE_OUT` message holds.
@@ -81,6 +88,14 @@ struct DeadRecord {
 }
 
 impl DeadRecord {
+    /// The input event's text (a delivery-stage record keeps it once, in its delivery).
+    fn original(&self) -> &str {
+        match &self.delivery {
+            Some(delivery) if self.original.is_empty() => &delivery.original,
+            _ => &self.original,
+        }
+    }
+
     fn summary(&self, id: u64) -> DeadLetterSummary {
         DeadLetterSummary {
             id: id as i64,
@@ -97,11 +112,12 @@ impl DeadRecord {
 
 const RECEIVED: &str = "Sluice-Received-Ms";
 /// Room left in a message for headers.
-const HEADROOM: usize = 4096;
+const HEADROOM: usize = 16 * 1024;
+/// How long an ingest's claim on an event id stands before another ingest
+/// of the same id may take it over (the first one died half-way).
+const CLAIM_LEASE_MS: i64 = 30_000;
 /// How long a pull request waits on the server for a message.
 const FETCH_EXPIRES: Duration = Duration::from_millis(50);
-/// How often a held delivery is reported as still in progress.
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
 /// Events of one channel from one request, each as `<length>\n<text>`.
 fn encode_batch(events: &[&str]) -> Bytes {
@@ -188,20 +204,41 @@ impl NatsStore {
         }
     }
 
-    /// Whether an event id was ingested within the window. Ids are recorded
-    /// only after their events are stored, so a crash in between leaves the
-    /// id free and the client's retry is queued (the `Nats-Msg-Id` window
-    /// drops a repeat of the same request).
-    async fn claim(&self, key: &str) -> Result<Claim, NatsError> {
+    /// Claims an event id for this ingest: `pending:<ms>` until its events
+    /// are stored, then `done`. An id already done is a duplicate; one
+    /// pending in another ingest for less than [`CLAIM_LEASE_MS`] makes this
+    /// request answer 503 (retry), so one id is never queued by two
+    /// requests at once; an older claim (its ingest died) is taken over.
+    async fn claim(&self, key: &str, now: i64) -> Result<Claim, NatsError> {
         self.connected()?;
-        match self
+        let pending = Bytes::from(format!("pending:{now}"));
+        match self.ids.create(key, pending.clone()).await {
+            Ok(_) => return Ok(Claim::New),
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
+            Err(err) => return Err(failed("claim an event id", err)),
+        }
+        let Some(entry) = self
             .ids
-            .get(key)
+            .entry(key)
             .await
             .map_err(|err| failed("read an event id", err))?
-        {
-            Some(_) => Ok(Claim::Duplicate),
-            None => Ok(Claim::New),
+        else {
+            return Err(NatsError::InFlight);
+        };
+        let since = std::str::from_utf8(&entry.value)
+            .ok()
+            .and_then(|v| v.strip_prefix("pending:"))
+            .and_then(|ms| ms.parse::<i64>().ok());
+        match since {
+            _ if entry.operation != kv::Operation::Put => {}
+            Some(since) if now - since < CLAIM_LEASE_MS => return Err(NatsError::InFlight),
+            Some(_) => {}
+            None => return Ok(Claim::Duplicate),
+        }
+        match self.ids.update(key, pending, entry.revision).await {
+            Ok(_) => Ok(Claim::New),
+            Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(NatsError::InFlight),
+            Err(err) => Err(failed("claim an event id", err)),
         }
     }
 
@@ -236,6 +273,10 @@ impl NatsStore {
 
     fn switch(&self, channel: &str) -> Option<Switch> {
         self.switches.read().expect("switches lock").get(channel).cloned()
+    }
+
+    fn enabled(&self, channel: &str) -> bool {
+        self.switch(channel).is_none_or(|s| s.enabled)
     }
 
     /// Reads every channel's switch into this node's view.
@@ -295,6 +336,63 @@ impl NatsStore {
         Ok(switch)
     }
 
+    /// A dead letter's message, with the original event and the detail
+    /// cut to a note if the whole would not fit in one message.
+    fn fit(&self, mut letter: DeadRecord) -> Bytes {
+        let payload = serde_json::to_vec(&letter).expect("a record serialises");
+        if payload.len() + HEADROOM <= self.max_payload {
+            return payload.into();
+        }
+        letter.original = format!(
+            "({} bytes: too large to keep in a dead letter)",
+            letter.original.len()
+        );
+        letter.detail = Value::String(format!(
+            "({} bytes: too large to keep in a dead letter)",
+            letter.detail.to_string().len()
+        ));
+        serde_json::to_vec(&letter).expect("a record serialises").into()
+    }
+
+    /// Dead letters on `subject` from stream position `start` on, oldest first.
+    async fn dead_letters_from(
+        &self,
+        subject: &str,
+        start: u64,
+    ) -> Result<Vec<DeadLetterSummary>, NatsError> {
+        let consumer = self
+            .dead
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject.to_string(),
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: start,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| failed("list dead letters", e))?;
+        let mut letters = Vec::new();
+        if consumer.cached_info().num_pending == 0 {
+            return Ok(letters);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| failed("list dead letters", e))?;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| failed("list dead letters", e))?;
+            let info = message.info().map_err(|e| failed("list dead letters", e))?;
+            let (seq, left) = (info.stream_sequence, info.pending);
+            if let Ok(record) = serde_json::from_slice::<DeadRecord>(&message.payload) {
+                letters.push(record.summary(seq));
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        Ok(letters)
+    }
+
     async fn read_dead(&self, id: u64) -> Result<Option<DeadRecord>, NatsError> {
         match self.dead.get_raw_message(id).await {
             Ok(message) => Ok(serde_json::from_slice(&message.payload).ok()),
@@ -326,7 +424,8 @@ impl Queue for NatsStore {
     }
 
     fn ingest(&self, events: Vec<Ingest>) -> Result<Vec<Receipt>, StoreError> {
-        let received = now_ms().to_string();
+        let now = now_ms();
+        let received = now.to_string();
         self.block("ingest", async {
             let mut first = HashSet::new();
             let keys: Vec<(String, bool)> = events
@@ -337,14 +436,29 @@ impl Queue for NatsStore {
                     (key, fresh)
                 })
                 .collect();
-            let claims = try_join_all(keys.iter().map(|(key, fresh)| async move {
+            let claims = join_all(keys.iter().map(|(key, fresh)| async move {
                 if *fresh {
-                    self.claim(key).await
+                    self.claim(key, now).await
                 } else {
                     Ok(Claim::Duplicate)
                 }
             }))
-            .await?;
+            .await;
+            if let Some(refused) = claims.iter().position(Result::is_err) {
+                // Nothing of this request is stored: release its claims so
+                // that the client's retry is not refused by them.
+                let ours = keys
+                    .iter()
+                    .zip(&claims)
+                    .filter(|(_, c)| matches!(c, Ok(Claim::New)));
+                join_all(ours.map(|((key, _), _)| self.ids.purge(key))).await;
+                return Err(claims
+                    .into_iter()
+                    .nth(refused)
+                    .and_then(Result::err)
+                    .expect("an error"));
+            }
+            let claims: Vec<Claim> = claims.into_iter().map(|c| c.expect("no error")).collect();
             let mut by_channel: BTreeMap<&str, Vec<&Ingest>> = BTreeMap::new();
             for (event, claim) in events.iter().zip(&claims) {
                 if matches!(claim, Claim::New) {
@@ -380,18 +494,14 @@ impl Queue for NatsStore {
                 keys.iter()
                     .zip(&claims)
                     .filter(|(_, claim)| matches!(claim, Claim::New))
-                    .map(|((key, _), _)| self.ids.create(key, Bytes::new())),
+                    .map(|((key, _), _)| self.ids.put(key, Bytes::from_static(b"done"))),
             )
             .await;
-            for result in recorded {
-                match result {
-                    // Another node ingested the same id at the same moment: both
-                    // queued it, and both deliveries carry the same Idempotency-Key.
-                    Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
-                    // The events are stored; a repeat of this id is not recognised.
-                    Err(err) => tracing::warn!(error = %err, "cannot record an ingested event id"),
-                    Ok(_) => {}
-                }
+            if let Some(Err(err)) = recorded.into_iter().find(Result::is_err) {
+                // The events are stored; their claims lapse after the lease,
+                // and a repeat after that is queued again (the same outputs
+                // with the same Idempotency-Key).
+                tracing::warn!(error = %err, "cannot mark ingested event ids as done");
             }
             Ok(events
                 .iter()
@@ -449,71 +559,100 @@ impl Queue for NatsStore {
         let Some(channel) = results.first().map(|r| r.channel.clone()) else {
             return Ok(());
         };
-        let (message, stream_seq) = match self.transform.lock().expect("transform lock").get(&channel) {
-            Some(held) => (held.message.clone(), held.stream_seq),
-            None => return Ok(()),
+        let (message, stream_seq) = {
+            let held = self.transform.lock().expect("transform lock");
+            let Some(held) = held.get(&channel) else {
+                return Err(NatsError::Failed {
+                    what: "store transform results",
+                    detail: "the batch is no longer held; it is transformed again".into(),
+                }
+                .into());
+            };
+            // The batch is one message: it is acknowledged only with a result for every event.
+            let covered: HashSet<i64> = results.iter().map(|r| r.seq).collect();
+            if held.events.iter().any(|e| !covered.contains(&e.seq)) {
+                return Err(NatsError::Failed {
+                    what: "store transform results",
+                    detail: "results are missing for part of the batch; it is transformed again".into(),
+                }
+                .into());
+            }
+            (held.message.clone(), held.stream_seq)
         };
         let now = now_ms();
-        self.block("store transform results", async {
-            let mut stores = Vec::new();
-            for (index, result) in results.iter().enumerate() {
-                match &result.disposition {
-                    Disposition::Dropped => {}
-                    Disposition::Deliver(deliveries) => {
-                        for new in deliveries {
-                            let record = OutRecord {
-                                destination: new.destination.clone(),
-                                channel: result.channel.clone(),
-                                tenant: result.tenant.clone(),
-                                event_id: result.event_id.clone(),
-                                entity_key: new.entity_key.clone(),
-                                idempotency_key: new.idempotency_key.clone(),
-                                correlation_id: new.correlation_id.clone(),
-                                output: new.output.clone(),
-                                output_id: new.output_id.clone(),
-                                payload_at: new.payload_at,
-                                versions: serde_json::to_string(&result.versions).unwrap_or_default(),
-                                original: result.original.clone(),
-                                created_ms: now,
-                                received_ms: result.received_ms,
-                            };
-                            let subject = names::outbound(
-                                &new.destination,
-                                names::partition(&new.entity_key),
-                                &result.channel,
-                            );
-                            // The same batch redone yields the same ids; a replay is a new batch.
-                            let id = format!("{}.{stream_seq}", new.idempotency_key);
-                            let payload = serde_json::to_vec(&record).expect("a record serialises");
-                            stores.push(self.store(subject, msg_id(id), payload.into()));
-                        }
-                    }
-                    Disposition::DeadLetter { reason, detail } => {
-                        let record = DeadRecord {
-                            tenant: result.tenant.clone(),
+        let dead_letter = |result: &Transformed, reason: &str, detail: Value| DeadRecord {
+            tenant: result.tenant.clone(),
+            channel: result.channel.clone(),
+            destination: None,
+            event_id: result.event_id.clone(),
+            stage: "transform".into(),
+            reason: reason.into(),
+            created_ms: now,
+            original: result.original.clone(),
+            detail,
+            versions: result.versions.clone(),
+            attempts: Vec::new(),
+            delivery: None,
+        };
+        let mut messages = Vec::new();
+        for (index, result) in results.iter().enumerate() {
+            let dead_subject = names::dead(Some(&result.tenant), Some(&result.channel));
+            match &result.disposition {
+                Disposition::Dropped => {}
+                Disposition::Deliver(deliveries) => {
+                    for (output, new) in deliveries.iter().enumerate() {
+                        let record = OutRecord {
+                            destination: new.destination.clone(),
                             channel: result.channel.clone(),
-                            destination: None,
+                            tenant: result.tenant.clone(),
                             event_id: result.event_id.clone(),
-                            stage: "transform".into(),
-                            reason: reason.clone(),
-                            created_ms: now,
+                            entity_key: new.entity_key.clone(),
+                            idempotency_key: new.idempotency_key.clone(),
+                            correlation_id: new.correlation_id.clone(),
+                            output: new.output.clone(),
+                            output_id: new.output_id.clone(),
+                            payload_at: new.payload_at,
+                            versions: serde_json::to_string(&result.versions).unwrap_or_default(),
                             original: result.original.clone(),
-                            detail: detail.clone(),
-                            versions: result.versions.clone(),
-                            attempts: Vec::new(),
-                            delivery: None,
+                            created_ms: now,
+                            received_ms: result.received_ms,
                         };
-                        let subject = names::dead(Some(&result.tenant), Some(&result.channel));
                         let payload = serde_json::to_vec(&record).expect("a record serialises");
-                        stores.push(self.store(
-                            subject,
-                            msg_id(format!("t.{stream_seq}.{index}")),
-                            payload.into(),
-                        ));
+                        if payload.len() + HEADROOM > self.max_payload {
+                            // Never stored as a delivery: it would stop the channel for good.
+                            let detail = serde_json::json!({"output-bytes": payload.len(), "max-payload": self.max_payload});
+                            let letter = dead_letter(result, "too-large-for-queue", detail);
+                            let id = format!("t.{stream_seq}.{index}.{output}");
+                            messages.push((dead_subject.clone(), msg_id(id), self.fit(letter)));
+                            continue;
+                        }
+                        let subject = names::outbound(
+                            &new.destination,
+                            names::partition(&new.entity_key),
+                            &result.channel,
+                        );
+                        // The same batch redone yields the same ids; a replay is a new batch.
+                        let id = format!("{}.{stream_seq}", new.idempotency_key);
+                        messages.push((subject, msg_id(id), payload.into()));
                     }
                 }
+                Disposition::DeadLetter { reason, detail } => {
+                    let letter = dead_letter(result, reason, detail.clone());
+                    messages.push((
+                        dead_subject,
+                        msg_id(format!("t.{stream_seq}.{index}")),
+                        self.fit(letter),
+                    ));
+                }
             }
-            try_join_all(stores).await?;
+        }
+        self.block("store transform results", async {
+            try_join_all(
+                messages
+                    .into_iter()
+                    .map(|(subject, headers, payload)| self.store(subject, headers, payload)),
+            )
+            .await?;
             message
                 .ack()
                 .await
@@ -524,23 +663,35 @@ impl Queue for NatsStore {
     }
 
     fn due(&self, destination: &str, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        let held_partitions: HashSet<u32> = self
+        let held: HashSet<(String, u32)> = self
             .deliveries
             .lock()
             .expect("deliveries lock")
             .get(destination)
             .map(|held| {
                 held.values()
-                    .map(|h| names::partition(&h.record.entity_key))
+                    .map(|h| (h.record.channel.clone(), names::partition(&h.record.entity_key)))
                     .collect()
             })
             .unwrap_or_default();
+        // A switched-off channel's deliveries are not taken at all: they wait
+        // in JetStream and hold no partition of another channel.
         let mut consumers = Vec::new();
-        for partition in (0..super::PARTITIONS).filter(|p| !held_partitions.contains(p)) {
-            consumers.push(self.consumer(
-                &names::delivery_consumer(destination, partition),
-                names::outbound_partition(destination, partition),
-            )?);
+        for channel in self
+            .routes
+            .get(destination)
+            .into_iter()
+            .flatten()
+            .filter(|c| self.enabled(c))
+        {
+            for partition in 0..super::PARTITIONS {
+                if !held.contains(&(channel.clone(), partition)) {
+                    consumers.push(self.consumer(
+                        &names::delivery_consumer(destination, channel, partition),
+                        names::outbound(destination, partition, channel),
+                    )?);
+                }
+            }
         }
         let fetched = self.block("fetch deliveries", async {
             let messages = join_all(consumers.iter().map(|c| self.fetch_one(c))).await;
@@ -555,22 +706,23 @@ impl Queue for NatsStore {
                     let _ = message.ack_with(AckKind::Term).await;
                     continue;
                 };
-                // A node that takes over a redelivered message continues its count.
-                let history: Vec<Attempt> = if redelivered {
+                // A node that takes over a redelivered message continues its
+                // count and keeps its backoff.
+                let retries: Retries = if redelivered {
                     match self.attempts.get(format!("o{seq}")).await {
                         Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_default(),
-                        _ => Vec::new(),
+                        _ => Retries::default(),
                     }
                 } else {
-                    Vec::new()
+                    Retries::default()
                 };
-                fetched.push((seq, message, record, history));
+                fetched.push((seq, message, record, retries));
             }
             Ok(fetched)
         })?;
         let mut deliveries = self.deliveries.lock().expect("deliveries lock");
         let held = deliveries.entry(destination.to_string()).or_default();
-        for (seq, message, record, history) in fetched {
+        for (seq, message, record, retries) in fetched {
             let delivery = Delivery {
                 seq: seq as i64,
                 destination: record.destination.clone(),
@@ -583,7 +735,7 @@ impl Queue for NatsStore {
                 output: record.output.clone(),
                 output_id: Some(record.output_id.clone()),
                 payload_at: record.payload_at,
-                attempts: history.len() as u32,
+                attempts: retries.history.len() as u32,
                 versions: record.versions.clone(),
                 created_ms: record.created_ms,
                 received_ms: record.received_ms,
@@ -594,30 +746,14 @@ impl Queue for NatsStore {
                     message,
                     record,
                     delivery,
-                    history,
-                    next_ms: 0,
-                    kept_alive: Instant::now(),
+                    history: retries.history,
+                    next_ms: retries.next_ms,
                 },
             );
         }
-        let stale: Vec<jetstream::Message> = held
-            .values_mut()
-            .filter(|h| h.kept_alive.elapsed() >= KEEP_ALIVE)
-            .map(|h| {
-                h.kept_alive = Instant::now();
-                h.message.clone()
-            })
-            .collect();
-        if !stale.is_empty() {
-            self.handle.spawn(async move {
-                for message in stale {
-                    let _ = message.ack_with(AckKind::Progress).await;
-                }
-            });
-        }
         Ok(held
             .values()
-            .filter(|h| h.next_ms <= now_ms && self.switch(&h.record.channel).is_none_or(|s| s.enabled))
+            .filter(|h| h.next_ms <= now_ms && self.enabled(&h.record.channel))
             .take(limit)
             .map(|h| h.delivery.clone())
             .collect())
@@ -629,7 +765,12 @@ impl Queue for NatsStore {
             .lock()
             .expect("deliveries lock")
             .get(destination)
-            .and_then(|held| held.values().map(|h| h.next_ms).min()))
+            .and_then(|held| {
+                held.values()
+                    .filter(|h| self.enabled(&h.record.channel))
+                    .map(|h| h.next_ms)
+                    .min()
+            }))
     }
 
     fn attempted(&self, results: Vec<(Delivery, AttemptResult)>) -> Result<(), StoreError> {
@@ -653,22 +794,26 @@ impl Queue for NatsStore {
                     AttemptResult::DeadLetter { attempt, .. } => held.history.push(attempt.clone()),
                     AttemptResult::Delivered => {}
                 }
+                let retries = Retries {
+                    history: held.history.clone(),
+                    next_ms: held.next_ms,
+                };
                 work.push((
                     delivery,
                     result,
                     held.message.clone(),
                     held.record.clone(),
-                    held.history.clone(),
+                    retries,
                 ));
             }
         }
         let done = self.block("record delivery attempts", async {
             let recorded = join_all(work.iter().map(
-                |(delivery, result, message, record, history)| async move {
+                |(delivery, result, message, record, retries)| async move {
                     let key = format!("o{}", delivery.seq);
                     match result {
                         AttemptResult::Retry { .. } => {
-                            let value = serde_json::to_vec(history).expect("attempts serialise");
+                            let value = serde_json::to_vec(retries).expect("attempts serialise");
                             self.attempts
                                 .put(&key, value.into())
                                 .await
@@ -677,15 +822,16 @@ impl Queue for NatsStore {
                         }
                         AttemptResult::Delivered => {
                             message
-                                .double_ack()
+                                .ack()
                                 .await
                                 .map_err(|e| failed("acknowledge a delivery", e))?;
-                            if !history.is_empty() {
+                            if !retries.history.is_empty() {
                                 let _ = self.attempts.purge(&key).await;
                             }
                             Ok(true)
                         }
                         AttemptResult::DeadLetter { reason, .. } => {
+                            // The delivery record holds the original and the output once.
                             let dead = DeadRecord {
                                 tenant: record.tenant.clone(),
                                 channel: record.channel.clone(),
@@ -694,10 +840,10 @@ impl Queue for NatsStore {
                                 stage: "delivery".into(),
                                 reason: reason.clone(),
                                 created_ms: now,
-                                original: record.original.clone(),
+                                original: String::new(),
                                 detail: Value::Null,
                                 versions: serde_json::from_str(&record.versions).unwrap_or_default(),
-                                attempts: history.clone(),
+                                attempts: retries.history.clone(),
                                 delivery: Some(record.clone()),
                             };
                             let subject = names::dead(Some(&record.tenant), Some(&record.channel));
@@ -705,7 +851,7 @@ impl Queue for NatsStore {
                             self.store(subject, msg_id(format!("d.{}", delivery.seq)), payload.into())
                                 .await?;
                             message
-                                .double_ack()
+                                .ack()
                                 .await
                                 .map_err(|e| failed("acknowledge a delivery", e))?;
                             let _ = self.attempts.purge(&key).await;
@@ -774,39 +920,34 @@ impl Queue for NatsStore {
 
     fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterSummary>, StoreError> {
         let subject = names::dead(filter.tenant.as_deref(), filter.channel.as_deref());
-        let limit = filter.limit.map_or(usize::MAX, |l| l as usize);
-        let dead = self.dead.clone();
+        // As on SQLite: the newest 100 unless asked otherwise.
+        let limit = filter.limit.unwrap_or(100) as usize;
         self.block("list dead letters", async move {
-            let consumer = dead
-                .create_consumer(jetstream::consumer::pull::OrderedConfig {
-                    filter_subject: subject,
-                    deliver_policy: jetstream::consumer::DeliverPolicy::All,
-                    ..Default::default()
-                })
+            let state = self
+                .dead
+                .get_info()
                 .await
-                .map_err(|e| failed("list dead letters", e))?;
-            let mut letters = Vec::new();
-            if consumer.cached_info().num_pending == 0 {
-                return Ok(letters);
+                .map_err(|e| failed("list dead letters", e))?
+                .state;
+            if state.messages == 0 || limit == 0 {
+                return Ok(Vec::new());
             }
-            let mut messages = consumer
-                .messages()
-                .await
-                .map_err(|e| failed("list dead letters", e))?;
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(|e| failed("list dead letters", e))?;
-                let info = message.info().map_err(|e| failed("list dead letters", e))?;
-                let (seq, left) = (info.stream_sequence, info.pending);
-                if let Ok(record) = serde_json::from_slice::<DeadRecord>(&message.payload) {
-                    letters.push(record.summary(seq));
+            // Read the tail of the stream, widening it until it holds enough.
+            let mut span = (limit as u64).saturating_mul(4).max(1000);
+            loop {
+                let start = state
+                    .last_sequence
+                    .saturating_sub(span - 1)
+                    .max(state.first_sequence)
+                    .max(1);
+                let mut letters = self.dead_letters_from(&subject, start).await?;
+                if letters.len() >= limit || start <= state.first_sequence {
+                    letters.reverse();
+                    letters.truncate(limit);
+                    return Ok(letters);
                 }
-                if left == 0 {
-                    break;
-                }
+                span = span.saturating_mul(4);
             }
-            letters.reverse();
-            letters.truncate(limit);
-            Ok(letters)
         })
     }
 
@@ -818,7 +959,7 @@ impl Queue for NatsStore {
         let parse = |text: &str| serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.into()));
         Ok(record.map(|record| DeadLetter {
             summary: record.summary(seq),
-            original: parse(&record.original),
+            original: parse(record.original()),
             output: record.delivery.as_ref().map(|d| parse(&d.output)),
             detail: record.detail,
             versions: record.versions,
@@ -884,7 +1025,7 @@ impl Queue for NatsStore {
                 Replay::Retransform => {
                     let mut headers = headers;
                     headers.insert(RECEIVED, now_ms().to_string().as_str());
-                    let payload = encode_batch(&[&record.original]);
+                    let payload = encode_batch(&[record.original()]);
                     self.store(names::inbound(&record.channel), headers, payload)
                         .await?;
                 }
@@ -960,8 +1101,38 @@ impl Queue for NatsStore {
         })
     }
 
+    fn pause_destination(&self, destination: &str, until_ms: i64) -> Result<(), StoreError> {
+        let key = format!("{}{}", names::PAUSE, names::token(destination));
+        self.block("share a pause", async move {
+            // A later pause never shortens an earlier, longer one.
+            let current = self.state.get(&key).await.ok().flatten();
+            let current: i64 = current
+                .and_then(|v| std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()))
+                .unwrap_or(0);
+            if until_ms > current {
+                self.state
+                    .put(&key, until_ms.to_string().into())
+                    .await
+                    .map_err(|e| failed("share a pause", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn destination_paused_until(&self, destination: &str) -> Result<Option<i64>, StoreError> {
+        let key = format!("{}{}", names::PAUSE, names::token(destination));
+        let value = self.block("read a pause", async move {
+            self.state.get(&key).await.map_err(|e| failed("read a pause", e))
+        })?;
+        Ok(value
+            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()))
+            .filter(|until| *until > now_ms()))
+    }
+
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<SharedChange>> {
-        Some(self.changes.subscribe())
+        // The first listener gets the receiver made before the watch began.
+        let first = self.first_listener.lock().expect("listener lock").take();
+        Some(first.unwrap_or_else(|| self.changes.subscribe()))
     }
 }
 
