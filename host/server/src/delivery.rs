@@ -84,6 +84,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
     let concurrency = destination.config.concurrency;
     // Several sidecars sharing a store pace a destination together.
     let shared_rate = app.queue.shares_rate();
+    let signal = app.queue.due_signal(&name);
     let headers = destination_headers(destination);
     let mut paused_until: Option<Instant> = None;
     loop {
@@ -121,6 +122,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             let idle = next_wait(&app, &name).await;
             tokio::select! {
                 () = destination.wake.notified() => {}
+                () = async { signal.as_ref().expect("checked").notified().await }, if signal.is_some() => {}
                 () = tokio::time::sleep(idle) => {}
                 _ = stopped.changed() => {}
             }

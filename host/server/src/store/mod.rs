@@ -347,6 +347,12 @@ pub trait Queue: Send + Sync {
     /// Deliveries for `destination` that are due at `now_ms`: for each entity
     /// key only the oldest, and none from a switched-off channel.
     fn due(&self, destination: &str, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Raised when a delivery to `destination` arrives from outside this
+    /// process (a shared store pushes them); `None`: poll.
+    fn due_signal(&self, destination: &str) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        let _ = destination;
+        None
+    }
     /// The earliest time a delivery to `destination` is due, if any waits.
     fn next_due_ms(&self, destination: &str) -> Result<Option<i64>, StoreError>;
     /// Records delivery attempts.

@@ -31,7 +31,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer, kv, object_store, stream};
 use futures_util::StreamExt;
 use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast, mpsc};
 
 use super::{SharedChange, StoreError};
 use queue::{HeldBatch, HeldDelivery, Switch};
@@ -113,6 +113,10 @@ pub struct NatsStore {
     deliveries: Arc<Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>>,
     /// The channels delivering to each destination.
     routes: HashMap<String, Vec<String>>,
+    /// Deliveries JetStream pushed to this node, per destination, not yet held.
+    inboxes: Mutex<HashMap<String, mpsc::UnboundedReceiver<jetstream::Message>>>,
+    /// Raised when a destination's inbox receives a delivery.
+    signals: HashMap<String, Arc<Notify>>,
     switches: Arc<RwLock<HashMap<String, Switch>>>,
     changes: broadcast::Sender<SharedChange>,
     /// Subscribed before the watch starts, so the first listener misses nothing.
@@ -153,18 +157,32 @@ impl NatsStore {
             transform: Arc::default(),
             deliveries: Arc::default(),
             routes: HashMap::new(),
+            inboxes: Mutex::default(),
+            signals: HashMap::new(),
             switches: Arc::default(),
             changes,
             first_listener: Mutex::new(Some(first_listener)),
             next_seq: AtomicI64::new(1),
         };
+        let mut senders = HashMap::new();
         for (channel, destination) in routes {
             store.consumer(&names::transform_consumer(channel), names::inbound(channel))?;
+            let sender = senders.entry(destination.clone()).or_insert_with(|| {
+                let (sender, inbox) = mpsc::unbounded_channel();
+                store
+                    .inboxes
+                    .lock()
+                    .expect("inbox lock")
+                    .insert(destination.clone(), inbox);
+                sender
+            });
+            let signal = store.signals.entry(destination.clone()).or_default().clone();
             for partition in 0..PARTITIONS {
-                store.consumer(
+                let consumer = store.consumer(
                     &names::delivery_consumer(destination, channel, partition),
                     names::outbound(destination, partition, channel),
                 )?;
+                store.handle.spawn(pull(consumer, sender.clone(), signal.clone()));
             }
             store
                 .routes
@@ -302,6 +320,45 @@ impl Drop for NatsStore {
         if let Some(runtime) = self.runtime.lock().expect("runtime lock").take() {
             runtime.shutdown_background();
         }
+    }
+}
+
+/// Keeps a pull request open on one delivery partition and passes on what
+/// JetStream pushes: with `max_ack_pending = 1` the next delivery of the
+/// partition arrives as soon as the previous one is acknowledged, on
+/// whichever node's request is waiting, without polling.
+async fn pull(consumer: PullConsumer, inbox: mpsc::UnboundedSender<jetstream::Message>, signal: Arc<Notify>) {
+    loop {
+        let stream = consumer
+            .stream()
+            .max_messages_per_batch(1)
+            .expires(Duration::from_secs(30))
+            .heartbeat(Duration::from_secs(5))
+            .messages()
+            .await;
+        match stream {
+            Ok(mut messages) => {
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(message) => {
+                            if inbox.send(message).is_err() {
+                                return;
+                            }
+                            signal.notify_one();
+                        }
+                        Err(err) => {
+                            tracing::debug!(error = %err, "a delivery pull ended; pulling again");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot pull deliveries; retrying"),
+        }
+        if inbox.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

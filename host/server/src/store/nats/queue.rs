@@ -663,40 +663,15 @@ impl Queue for NatsStore {
     }
 
     fn due(&self, destination: &str, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        let held: HashSet<(String, u32)> = self
-            .deliveries
-            .lock()
-            .expect("deliveries lock")
-            .get(destination)
-            .map(|held| {
-                held.values()
-                    .map(|h| (h.record.channel.clone(), names::partition(&h.record.entity_key)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        // A switched-off channel's deliveries are not taken at all: they wait
-        // in JetStream and hold no partition of another channel.
-        let mut consumers = Vec::new();
-        for channel in self
-            .routes
-            .get(destination)
-            .into_iter()
-            .flatten()
-            .filter(|c| self.enabled(c))
-        {
-            for partition in 0..super::PARTITIONS {
-                if !held.contains(&(channel.clone(), partition)) {
-                    consumers.push(self.consumer(
-                        &names::delivery_consumer(destination, channel, partition),
-                        names::outbound(destination, partition, channel),
-                    )?);
-                }
+        let mut arrived = Vec::new();
+        if let Some(inbox) = self.inboxes.lock().expect("inbox lock").get_mut(destination) {
+            while let Ok(message) = inbox.try_recv() {
+                arrived.push(message);
             }
         }
-        let fetched = self.block("fetch deliveries", async {
-            let messages = join_all(consumers.iter().map(|c| self.fetch_one(c))).await;
+        let fetched = self.block("take deliveries", async {
             let mut fetched = Vec::new();
-            for message in messages.into_iter().flatten() {
+            for message in arrived {
                 let (seq, redelivered) = message
                     .info()
                     .map(|info| (info.stream_sequence, info.delivered > 1))
@@ -757,6 +732,10 @@ impl Queue for NatsStore {
             .take(limit)
             .map(|h| h.delivery.clone())
             .collect())
+    }
+
+    fn due_signal(&self, destination: &str) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        self.signals.get(destination).cloned()
     }
 
     fn next_due_ms(&self, destination: &str) -> Result<Option<i64>, StoreError> {
