@@ -24,7 +24,7 @@ use magento_source::MagentoSource;
 use sluice_guest::native::NativeRunner;
 use sluice_guest::source::Source;
 use sluice_server::sink::{Reply, Sink};
-use support::{RawClient, Server, env_number, ingest_to_delivery, percentile, root};
+use support::{RawClient, Server, TOKEN, env_number, ingest_to_delivery, percentile, root};
 
 mod support;
 
@@ -112,7 +112,7 @@ fn main() {
     );
 
     let total = env_number("SLUICE_LOAD_EVENTS", 20_000) as usize;
-    let ingest = ingest_to_delivery(&[base.clone()], &parsed, &sink, clients, total);
+    let ingest = ingest_to_delivery(std::slice::from_ref(&base), &parsed, &sink, clients, total);
     drop(server);
     println!(
         "ingest to delivery: {total} events in JSONL batches of 100 by {clients} clients, delivered to a local HTTP sink"
