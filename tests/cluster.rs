@@ -32,7 +32,7 @@ fn cluster(
     nodes: usize,
 ) -> Vec<Sidecar> {
     let config = format!(
-        "queue = \"{}\"\n[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n{}",
+        "queue = \"{}\"\n[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\ncircuit-breaker = 3\n{}",
         nats.url(),
         token_hash(ACME),
         stock_config(destination.addr, extra, "qty")
@@ -330,6 +330,53 @@ fn switches_activations_tokens_and_dead_letters_are_shared_by_every_node() {
         destination.count_where(|r| r.json()["sku"] == "BAD") >= 2
     });
     assert_eq!(a.get("/v1/dead-letters").1, json!([]));
+
+    // A module that panics, activated on B, trips the breaker on whichever
+    // node runs it, and every node holds the channel; a rollback on C
+    // closes it everywhere.
+    let hostile = std::fs::read(guest("hostile")).unwrap();
+    let (status, uploaded) = b.send(
+        "PUT",
+        "/v1/modules/hostile",
+        Some(ACME),
+        &hostile,
+        "application/wasm",
+    );
+    assert_eq!(status, 201, "{uploaded}");
+    let steps = json!({"steps": [{"module": "hostile", "version": uploaded["version"], "config": {}}]});
+    let (status, answer) = b.send(
+        "POST",
+        "/v1/channels/stock/activate",
+        Some(ACME),
+        steps.to_string().as_bytes(),
+        "",
+    );
+    assert_eq!(status, 200, "{answer}");
+    wait_for("every node runs the hostile module", PATIENCE, || {
+        nodes
+            .iter()
+            .all(|n| n.get("/v1/channels/stock").1["modules"] == answer["modules"])
+    });
+    for n in 0..3 {
+        let event = json!({"id": format!("trap-{n}"), "kind": "inventory", "tenant": "acme",
+                           "payload": {"sku": "T", "qty": n, "attack": "panic"}});
+        assert_eq!(ingest(&nodes[n], &[event]).0, 202);
+    }
+    wait_for("every node sees the open breaker", PATIENCE, || {
+        nodes.iter().all(|n| {
+            let channel = n.get("/v1/channels/stock").1;
+            channel["enabled"] == false && channel["circuit-breaker"].is_string()
+        })
+    });
+    assert_eq!(c.post("/v1/channels/stock/rollback", "").0, 200);
+    wait_for("every node back on the mapper, breaker closed", PATIENCE, || {
+        nodes.iter().all(|n| {
+            let channel = n.get("/v1/channels/stock").1;
+            channel["enabled"] == true
+                && channel["circuit-breaker"].is_null()
+                && channel["modules"] == json!(["mapper@".to_string() + &version[..12]])
+        })
+    });
 
     // A tenant and token made on A work on C.
     let (status, created) = a.send(

@@ -580,7 +580,7 @@ impl App {
     pub(super) fn set_enabled_in_memory(&self, channel: &Channel, enabled: bool) {
         channel.enabled.store(enabled, Ordering::Release);
         if enabled {
-            channel.faults.store(0, Ordering::Release);
+            self.reset_faults(channel);
             *channel.tripped.lock().expect("breaker lock") = None;
             self.metrics.set_tripped(&channel.name, false);
         }
@@ -612,9 +612,17 @@ impl App {
         *channel.degraded.lock().expect("degraded lock") = Some(why);
     }
 
+    /// Starts counting a channel's consecutive faults again, here and in a shared store.
+    fn reset_faults(&self, channel: &Channel) {
+        channel.faults.store(0, Ordering::Release);
+        if let Err(err) = self.queue.count_faults(&channel.name, 0, true) {
+            tracing::error!(channel = %channel.name, error = %err, "cannot reset the shared fault count");
+        }
+    }
+
     /// Closes a channel's circuit breaker and switches it on again, if the breaker had paused it.
     fn close_breaker(&self, channel: &Channel) {
-        channel.faults.store(0, Ordering::Release);
+        self.reset_faults(channel);
         if channel.tripped.lock().expect("breaker lock").take().is_some() {
             if let Err(err) = self.queue.set_enabled(&channel.name, true, false) {
                 tracing::error!(channel = %channel.name, error = %err, "cannot record the switch");
@@ -641,6 +649,17 @@ impl App {
                     last = Some(fault.clone());
                 }
                 None => channel.faults.store(0, Ordering::Release),
+            }
+        }
+        // Sidecars sharing a store count together: the faults may have
+        // happened on several nodes, each seeing only some of them.
+        let trailing = faults_in_order.iter().rev().take_while(|f| f.is_some()).count() as u32;
+        let succeeded = faults_in_order.iter().any(Option::is_none);
+        match self.queue.count_faults(&channel.name, trailing, succeeded) {
+            Ok(Some(shared)) => channel.faults.store(shared, Ordering::Release),
+            Ok(None) => {}
+            Err(err) => {
+                tracing::error!(channel = %channel.name, error = %err, "cannot count faults in the shared store")
             }
         }
         let count = channel.faults.load(Ordering::Acquire);

@@ -397,6 +397,14 @@ pub trait Queue: Send + Sync {
         let _ = (destination, interval, burst);
         Ok(Ok(()))
     }
+    /// Counts a channel's consecutive module faults across every sidecar
+    /// sharing the store: resets the count if the batch had a success, then
+    /// adds its trailing faults; `None` for a store only this sidecar uses
+    /// (which counts in memory).
+    fn count_faults(&self, channel: &str, trailing: u32, succeeded: bool) -> Result<Option<u32>, StoreError> {
+        let _ = (channel, trailing, succeeded);
+        Ok(None)
+    }
     /// Pauses `destination` for every sidecar until `until_ms` (a
     /// `Retry-After`); a store used by one sidecar keeps nothing.
     fn pause_destination(&self, destination: &str, until_ms: i64) -> Result<(), StoreError> {

@@ -8,6 +8,8 @@ use super::PARTITIONS;
 
 /// Key prefix of channel switches in `sluice-state`.
 pub const SWITCH: &str = "switch.";
+/// Key prefix of channels' shared counts of consecutive module faults in `sluice-state`.
+pub const FAULTS: &str = "faults.";
 /// Key prefix of destinations' shared pauses (`Retry-After`) in `sluice-state`.
 pub const PAUSE: &str = "pause.";
 /// Key prefix of shared rate limits in `sluice-state`.

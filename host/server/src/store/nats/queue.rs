@@ -1080,6 +1080,46 @@ impl Queue for NatsStore {
         })
     }
 
+    fn count_faults(&self, channel: &str, trailing: u32, succeeded: bool) -> Result<Option<u32>, StoreError> {
+        if trailing == 0 && !succeeded {
+            return Ok(None);
+        }
+        let key = format!("{}{}", names::FAULTS, names::token(channel));
+        let count = self.block("count faults", async move {
+            loop {
+                let entry = self
+                    .state
+                    .entry(&key)
+                    .await
+                    .map_err(|e| failed("read a fault count", e))?;
+                let (current, revision) = match &entry {
+                    Some(entry) => (
+                        std::str::from_utf8(&entry.value)
+                            .ok()
+                            .and_then(|v| v.parse::<u32>().ok())
+                            .unwrap_or(0),
+                        entry.revision,
+                    ),
+                    None => (0, 0),
+                };
+                let next = if succeeded {
+                    trailing
+                } else {
+                    current.saturating_add(trailing)
+                };
+                if next == current && entry.is_some() {
+                    return Ok(next);
+                }
+                match self.state.update(&key, next.to_string().into(), revision).await {
+                    Ok(_) => return Ok(next),
+                    Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                    Err(err) => return Err(failed("count faults", err)),
+                }
+            }
+        })?;
+        Ok(Some(count))
+    }
+
     fn pause_destination(&self, destination: &str, until_ms: i64) -> Result<(), StoreError> {
         let key = format!("{}{}", names::PAUSE, names::token(destination));
         self.block("share a pause", async move {
