@@ -357,10 +357,10 @@ fn switches_activations_tokens_and_dead_letters_are_shared_by_every_node() {
             .iter()
             .all(|n| n.get("/v1/channels/stock").1["modules"] == answer["modules"])
     });
-    for n in 0..3 {
+    for (n, node) in nodes.iter().enumerate() {
         let event = json!({"id": format!("trap-{n}"), "kind": "inventory", "tenant": "acme",
                            "payload": {"sku": "T", "qty": n, "attack": "panic"}});
-        assert_eq!(ingest(&nodes[n], &[event]).0, 202);
+        assert_eq!(ingest(node, &[event]).0, 202);
     }
     wait_for("every node sees the open breaker", PATIENCE, || {
         nodes.iter().all(|n| {
