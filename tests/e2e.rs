@@ -12,3 +12,4 @@ mod pipeline;
 mod sandbox;
 mod serve;
 mod tenants;
+mod ui;

@@ -28,6 +28,7 @@ pub(super) async fn describe(app: &App, channel: &Channel) -> Result<Value, ApiE
         "modules": versions(&channel.pipeline()),
         "circuit-breaker": channel.tripped(),
         "queued": {"transform": depth.to_transform, "delivery": depth.to_deliver},
+        "dead-letters": depth.dead_letters,
     }))
 }
 
@@ -38,6 +39,60 @@ pub async fn list_channels(app: &App, caller: &Caller) -> Result<Response<Body>,
         channels.push(describe(app, channel).await?);
     }
     Ok(json_response(StatusCode::OK, &Value::Array(channels)))
+}
+
+/// `GET /v1/channels/{name}/history[?minutes=60]`: the channel's last
+/// minutes (at most a day), oldest first (see [`crate::history`]).
+pub fn channel_history(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let minutes = match query_param(request, "minutes") {
+        Some(text) => text.parse::<usize>().map_err(|_| {
+            ApiError::bad_request("invalid-query", format!("minutes `{text}` is not a number"), None)
+        })?,
+        None => 60,
+    };
+    let recent = app.history.recent(&channel.name, minutes, crate::store::now_ms());
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"channel": channel.name, "destination": channel.destination, "minutes": recent}),
+    ))
+}
+
+/// `GET /v1/destinations`: the destinations of the caller's channels, with
+/// their limits and what their delivery workers are doing.
+pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Body>, ApiError> {
+    let mut listed = Vec::new();
+    for (name, destination) in &app.destinations {
+        let channels: Vec<&str> = app
+            .channels
+            .values()
+            .filter(|c| c.destination.as_deref() == Some(name) && caller.may_act_for(&c.tenant))
+            .map(|c| c.name.as_str())
+            .collect();
+        if channels.is_empty() && !matches!(caller, Caller::Admin) {
+            continue;
+        }
+        let (queue, key) = (app.queue.clone(), name.clone());
+        let backlog = blocking(move || queue.retry_backlog(&key)).await?;
+        let status = destination.status.lock().expect("status lock").clone();
+        listed.push(json!({
+            "name": name,
+            "channels": channels,
+            "rate-limit": destination.config.rate_limit.map(|r| format!("{:.3}/s", r.per_second())),
+            "burst": destination.config.burst,
+            "concurrency": destination.config.concurrency,
+            "in-flight": status.in_flight,
+            "retry-backlog": backlog,
+            "paused-until": status.paused_until.filter(|until| *until > crate::store::now_ms()),
+            "last-error": status.last_error,
+        }));
+    }
+    Ok(json_response(StatusCode::OK, &Value::Array(listed)))
 }
 
 /// `GET /v1/channels/{name}`.
@@ -75,10 +130,21 @@ fn filter(caller: &Caller, request: &Request<Incoming>) -> Result<DeadLetterFilt
         Some(own) => Some(own.to_string()),
         None => query_param(request, "tenant"),
     };
+    let before = match query_param(request, "before") {
+        Some(text) => Some(text.parse().map_err(|_| {
+            ApiError::bad_request(
+                "invalid-query",
+                format!("before `{text}` is not a dead letter id"),
+                None,
+            )
+        })?),
+        None => None,
+    };
     Ok(DeadLetterFilter {
         tenant,
         channel: query_param(request, "channel"),
         limit,
+        before,
     })
 }
 

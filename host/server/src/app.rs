@@ -143,7 +143,21 @@ pub struct Destination {
     pub retry: RetryPolicy,
     /// Selects the entity (SKU) whose order is kept.
     pub entity_key: EntityKey,
+    /// What its delivery worker is doing, for the operations page.
+    pub status: Mutex<DestinationStatus>,
     pub(super) wake: Notify,
+}
+
+/// A destination's delivery worker as last seen.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DestinationStatus {
+    /// Requests being sent now.
+    pub in_flight: usize,
+    /// Until when a `Retry-After` pauses it (ms since the Unix epoch).
+    pub paused_until: Option<i64>,
+    /// The last failed attempt: when, the status (if any) and a snippet.
+    pub last_error: Option<crate::store::Attempt>,
 }
 
 /// A tenant as served: its settings and its share of the machine.
@@ -201,6 +215,8 @@ pub struct App {
     pub idempotency_window: Duration,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
+    /// Per-minute history of every channel (the operations page's plots).
+    pub history: super::history::History,
     /// Every background worker's state, for `/readyz`.
     pub workers: Arc<WorkerBoard>,
     /// The server's own limits and timeouts.
@@ -335,6 +351,7 @@ impl App {
                     entity_key: EntityKey::compile(&spec.entity_key)
                         .expect("checked when the config was parsed"),
                     config: spec.clone(),
+                    status: Mutex::default(),
                     wake: Notify::new(),
                 };
                 (spec.name.clone(), destination)
@@ -350,6 +367,7 @@ impl App {
             max_body_bytes: config.max_body_bytes,
             idempotency_window: Duration::from_secs(config.idempotency_window_hours * 3600),
             metrics: Arc::new(Metrics::default()),
+            history: Default::default(),
             workers: Arc::default(),
             settings: Settings::from_config(config),
             upload_permits: Arc::new(Semaphore::new(config.upload_concurrency.max(1))),
@@ -463,6 +481,17 @@ impl App {
             .transform_time(&channel.name, started.elapsed().as_secs_f64());
         for outcome in &outcomes {
             self.metrics.outcome(&channel.name, outcome.tag(), path);
+        }
+        if path == "ingest" {
+            use super::history::Count;
+            let now = crate::store::now_ms();
+            let count = |tag| outcomes.iter().filter(|o| o.tag() == tag).count() as u64;
+            self.history
+                .add(&channel.name, Count::In, outcomes.len() as u64, now);
+            self.history
+                .add(&channel.name, Count::Rejected, count("reject"), now);
+            self.history
+                .add(&channel.name, Count::Faulted, count("error"), now);
         }
         Ok((events, outcomes))
     }

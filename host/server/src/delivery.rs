@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 
 use super::backoff::{TokenBucket, backoff, retry_after};
 use super::config::RetryPolicy;
+use super::history::Count;
 use super::{App, Destination, in_store};
 use crate::store::{Attempt, AttemptResult, Delivery, now_ms};
 use sluice_engine::event::EventJson;
@@ -161,6 +162,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
                 paused_until = Some(pause);
                 break;
             }
+            destination.status.lock().expect("status lock").in_flight = in_flight.len() + 1;
             in_flight.spawn(send(
                 client.clone(),
                 uri.clone(),
@@ -174,8 +176,11 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
                 sent.push(done);
             }
         }
+        destination.status.lock().expect("status lock").in_flight = 0;
         if let Some(pause) = pause_from(&sent) {
             paused_until = Some(paused_until.map_or(pause, |p| p.max(pause)));
+            destination.status.lock().expect("status lock").paused_until =
+                Some(now_ms() + pause.saturating_duration_since(Instant::now()).as_millis() as i64);
             if shared_rate {
                 let until_ms = now_ms() + pause.saturating_duration_since(Instant::now()).as_millis() as i64;
                 let (queue, key) = (app.queue.clone(), name.clone());
@@ -372,10 +377,15 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
         status,
         detail,
     };
+    if !matches!(status, Some(200..=299)) {
+        destination.status.lock().expect("status lock").last_error = Some(attempt.clone());
+    }
     let result = match status {
         Some(200..=299) => {
-            app.metrics
-                .delivered(name, (now - delivery.received_ms).max(0) as f64 / 1000.0);
+            let latency_ms = (now - delivery.received_ms).max(0);
+            app.metrics.delivered(name, latency_ms as f64 / 1000.0);
+            app.history.add(&delivery.channel, Count::Delivered, 1, now);
+            app.history.latency(&delivery.channel, latency_ms as u64, now);
             AttemptResult::Delivered
         }
         None | Some(408 | 425 | 429 | 500..=599) => {
@@ -420,6 +430,7 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
             "delivery dead-lettered"
         );
         app.metrics.dead_lettered(&delivery.channel, "delivery");
+        app.history.add(&delivery.channel, Count::DeadLettered, 1, now);
     }
     (delivery, result)
 }

@@ -37,6 +37,7 @@ pub mod backoff;
 pub mod config;
 pub mod delivery;
 mod entity_key;
+pub mod history;
 pub mod http;
 mod ingest;
 pub mod metrics;
@@ -51,6 +52,7 @@ mod sync;
 mod timed_io;
 pub mod tls;
 pub mod transformer;
+mod ui;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -260,6 +262,12 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
 
     let path = request.uri().path().to_string();
     let method = request.method().clone();
+    // The operations page's assets need no token; its data calls do.
+    if method == Method::GET
+        && let Some(asset) = ui::asset(&path)
+    {
+        return Ok(asset);
+    }
     let Some((route, name)) = routes::find(&path) else {
         return Err(ApiError::not_found("not-found", format!("no route for {path}")));
     };
@@ -311,6 +319,8 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
         (Route::Events, &Method::POST) => ingest::ingest(app, &caller, request).await,
         (Route::Channels, &Method::GET) => admin::list_channels(app, &caller).await,
         (Route::Channel, &Method::GET) => admin::show_channel(app, &caller, &name).await,
+        (Route::History, &Method::GET) => admin::channel_history(app, &caller, &name, &request),
+        (Route::Destinations, &Method::GET) => admin::list_destinations(app, &caller).await,
         (Route::Enable, &Method::POST) => admin::switch_channel(app, &caller, &name, true).await,
         (Route::Disable, &Method::POST) => admin::switch_channel(app, &caller, &name, false).await,
         (Route::Activate, &Method::POST) => modules::activate(app, &caller, &name, request).await,

@@ -21,6 +21,10 @@ pub enum Route {
     Channels,
     /// `/v1/channels/{name}`
     Channel,
+    /// `/v1/channels/{name}/history`
+    History,
+    /// `/v1/destinations`
+    Destinations,
     /// `/v1/channels/{name}/enable`
     Enable,
     /// `/v1/channels/{name}/disable`
@@ -53,6 +57,8 @@ const TABLE: &[(&str, Route)] = &[
     ("/v1/channels", Route::Channels),
     ("/v1/channels/{name}", Route::Channel),
     ("/v1/channels/{name}/transform", Route::Transform),
+    ("/v1/channels/{name}/history", Route::History),
+    ("/v1/destinations", Route::Destinations),
     ("/v1/channels/{name}/enable", Route::Enable),
     ("/v1/channels/{name}/disable", Route::Disable),
     ("/v1/channels/{name}/activate", Route::Activate),

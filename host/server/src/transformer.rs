@@ -13,8 +13,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use super::history::Count;
 use super::{App, Channel, in_store};
-use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key};
+use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key, now_ms};
 use sluice_engine::event::{EventJson, OutcomeJson};
 
 /// Events taken from the queue per pipeline run.
@@ -178,6 +179,8 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             OutcomeJson::Emit { events } => {
                 let destination = destination.expect("checked by the arm above");
                 app.metrics.emitted(&channel.name, events.len());
+                app.history
+                    .add(&channel.name, Count::Emitted, events.len() as u64, now_ms());
                 let deliveries = events
                     .iter()
                     .map(|emitted| {
@@ -221,6 +224,7 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
 
 fn dead_letter(app: &App, channel: &Channel, reason: &str, detail: &impl serde::Serialize) -> Disposition {
     app.metrics.dead_lettered(&channel.name, "transform");
+    app.history.add(&channel.name, Count::DeadLettered, 1, now_ms());
     Disposition::DeadLetter {
         reason: reason.into(),
         detail: serde_json::to_value(detail).unwrap_or(Value::Null),

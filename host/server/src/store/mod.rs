@@ -290,6 +290,8 @@ pub struct DeadLetterFilter {
     pub channel: Option<String>,
     /// At most this many (listing only).
     pub limit: Option<u32>,
+    /// Only those with a smaller id: the next page of a listing (listing only).
+    pub before: Option<i64>,
 }
 
 /// How a dead letter is replayed.
@@ -347,6 +349,8 @@ pub trait Queue: Send + Sync {
     /// Deliveries for `destination` that are due at `now_ms`: for each entity
     /// key only the oldest, and none from a switched-off channel.
     fn due(&self, destination: &str, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Deliveries to `destination` that failed at least once and wait for a retry.
+    fn retry_backlog(&self, destination: &str) -> Result<u64, StoreError>;
     /// Raised when a delivery to `destination` arrives from outside this
     /// process (a shared store pushes them); `None`: poll.
     fn due_signal(&self, destination: &str) -> Option<std::sync::Arc<tokio::sync::Notify>> {

@@ -901,6 +901,7 @@ impl Queue for NatsStore {
         let subject = names::dead(filter.tenant.as_deref(), filter.channel.as_deref());
         // As on SQLite: the newest 100 unless asked otherwise.
         let limit = filter.limit.unwrap_or(100) as usize;
+        let filter_before = filter.before;
         self.block("list dead letters", async move {
             let state = self
                 .dead
@@ -908,18 +909,21 @@ impl Queue for NatsStore {
                 .await
                 .map_err(|e| failed("list dead letters", e))?
                 .state;
-            if state.messages == 0 || limit == 0 {
+            let last = match filter_before {
+                Some(before) => state
+                    .last_sequence
+                    .min(u64::try_from(before).unwrap_or(0).saturating_sub(1)),
+                None => state.last_sequence,
+            };
+            if state.messages == 0 || limit == 0 || last < state.first_sequence {
                 return Ok(Vec::new());
             }
             // Read the tail of the stream, widening it until it holds enough.
             let mut span = (limit as u64).saturating_mul(4).max(1000);
             loop {
-                let start = state
-                    .last_sequence
-                    .saturating_sub(span - 1)
-                    .max(state.first_sequence)
-                    .max(1);
+                let start = last.saturating_sub(span - 1).max(state.first_sequence).max(1);
                 let mut letters = self.dead_letters_from(&subject, start).await?;
+                letters.retain(|l| l.id as u64 <= last);
                 if letters.len() >= limit || start <= state.first_sequence {
                     letters.reverse();
                     letters.truncate(limit);
@@ -1029,6 +1033,18 @@ impl Queue for NatsStore {
                 dead_letters,
             })
         })
+    }
+
+    fn retry_backlog(&self, destination: &str) -> Result<u64, StoreError> {
+        // What this node holds: a node sees only its own retries.
+        Ok(self
+            .deliveries
+            .lock()
+            .expect("deliveries lock")
+            .get(destination)
+            .map_or(0, |held| {
+                held.values().filter(|h| !h.history.is_empty()).count() as u64
+            }))
     }
 
     fn forget_before(&self, _before_ms: i64) -> Result<u64, StoreError> {

@@ -235,7 +235,11 @@ impl Queue for SqliteQueue {
     }
 
     fn dead_letters(&self, filter: &DeadLetterFilter) -> Result<Vec<DeadLetterSummary>, StoreError> {
-        let (clause, values) = filter_clause(filter);
+        let (mut clause, values) = filter_clause(filter);
+        if let Some(before) = filter.before {
+            let joint = if clause.is_empty() { "WHERE" } else { " AND" };
+            clause.push_str(&format!("{joint} id < {before}"));
+        }
         let limit = filter.limit.unwrap_or(100);
         self.read(move |db| {
             let mut query = db.prepare(&format!(
@@ -377,6 +381,16 @@ impl Queue for SqliteQueue {
                 to_deliver: count("SELECT COUNT(*) FROM outbox WHERE channel = ?1")?,
                 dead_letters: count("SELECT COUNT(*) FROM dead_letters WHERE channel = ?1")?,
             })
+        })
+    }
+
+    fn retry_backlog(&self, destination: &str) -> Result<u64, StoreError> {
+        let destination = destination.to_string();
+        self.read(move |db| {
+            let count: i64 = db
+                .prepare_cached("SELECT COUNT(*) FROM outbox WHERE destination = ?1 AND attempts > 0")?
+                .query_row([&destination], |row| row.get(0))?;
+            Ok(count as u64)
         })
     }
 

@@ -1,0 +1,199 @@
+//! Per-minute history of every channel, kept by the server itself for 24 h,
+//! so the operations page opened late still plots the past hour: events
+//! in, emitted, delivered, rejected, faulted, dead-lettered, and the
+//! end-to-end latency of deliveries (p50 and p99, from log-scale buckets).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// Minutes kept per channel.
+pub const KEPT_MINUTES: usize = 24 * 60;
+/// Latency buckets: bucket `i` holds latencies below `2^i` ms (the last, all above).
+const BUCKETS: usize = 24;
+
+/// What one counter of a minute counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Count {
+    /// Events that entered the channel's pipeline.
+    In,
+    /// Events the pipeline emitted.
+    Emitted,
+    /// Deliveries the destination accepted.
+    Delivered,
+    /// Events a rule rejected.
+    Rejected,
+    /// Events a module fault failed.
+    Faulted,
+    /// Events and deliveries that became dead letters.
+    DeadLettered,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Minute {
+    at: i64,
+    counts: [u64; 6],
+    latency: [u64; BUCKETS],
+}
+
+/// One minute as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MinuteView {
+    /// The minute's start (ms since the Unix epoch).
+    pub at: i64,
+    /// Events that entered the pipeline.
+    pub r#in: u64,
+    /// Events emitted.
+    pub emitted: u64,
+    /// Deliveries accepted.
+    pub delivered: u64,
+    /// Events rejected.
+    pub rejected: u64,
+    /// Events faulted.
+    pub faulted: u64,
+    /// Dead letters made.
+    pub dead_lettered: u64,
+    /// End-to-end latency of this minute's deliveries, median (ms, bucket bound).
+    pub latency_p50_ms: Option<u64>,
+    /// 99th percentile (ms, bucket bound).
+    pub latency_p99_ms: Option<u64>,
+}
+
+/// Every channel's minutes.
+#[derive(Debug, Default)]
+pub struct History {
+    channels: Mutex<HashMap<String, VecDeque<Minute>>>,
+}
+
+fn minute_of(ms: i64) -> i64 {
+    ms - ms.rem_euclid(60_000)
+}
+
+impl History {
+    fn with_minute(&self, channel: &str, now_ms: i64, update: impl FnOnce(&mut Minute)) {
+        let at = minute_of(now_ms);
+        let mut channels = self.channels.lock().expect("history lock");
+        let minutes = channels.entry(channel.to_string()).or_default();
+        if minutes.back().is_none_or(|m| m.at < at) {
+            minutes.push_back(Minute {
+                at,
+                ..Minute::default()
+            });
+            while minutes
+                .front()
+                .is_some_and(|m| m.at <= at - KEPT_MINUTES as i64 * 60_000)
+            {
+                minutes.pop_front();
+            }
+        }
+        // A clock that stepped back adds to the newest minute.
+        if let Some(minute) = minutes.back_mut() {
+            update(minute);
+        }
+    }
+
+    /// Adds `n` to a counter of the channel's current minute.
+    pub fn add(&self, channel: &str, count: Count, n: u64, now_ms: i64) {
+        self.with_minute(channel, now_ms, |m| m.counts[count as usize] += n);
+    }
+
+    /// Records one delivery's end-to-end latency.
+    pub fn latency(&self, channel: &str, ms: u64, now_ms: i64) {
+        let bucket = (u64::BITS - ms.leading_zeros()) as usize;
+        self.with_minute(channel, now_ms, |m| m.latency[bucket.min(BUCKETS - 1)] += 1);
+    }
+
+    /// The channel's last `minutes` minutes up to `now_ms`, oldest first,
+    /// with empty minutes filled in.
+    pub fn recent(&self, channel: &str, minutes: usize, now_ms: i64) -> Vec<MinuteView> {
+        let minutes = minutes.clamp(1, KEPT_MINUTES);
+        let last = minute_of(now_ms);
+        let first = last - (minutes as i64 - 1) * 60_000;
+        let channels = self.channels.lock().expect("history lock");
+        let kept = channels.get(channel);
+        (0..minutes as i64)
+            .map(|i| {
+                let at = first + i * 60_000;
+                let minute = kept
+                    .and_then(|kept| kept.iter().find(|m| m.at == at))
+                    .cloned()
+                    .unwrap_or(Minute {
+                        at,
+                        ..Minute::default()
+                    });
+                view(&minute)
+            })
+            .collect()
+    }
+}
+
+fn view(minute: &Minute) -> MinuteView {
+    let quantile = |q: f64| {
+        let total: u64 = minute.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let wanted = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        minute.latency.iter().enumerate().find_map(|(bucket, n)| {
+            seen += n;
+            (seen >= wanted).then_some(1u64 << bucket)
+        })
+    };
+    let c = &minute.counts;
+    MinuteView {
+        at: minute.at,
+        r#in: c[Count::In as usize],
+        emitted: c[Count::Emitted as usize],
+        delivered: c[Count::Delivered as usize],
+        rejected: c[Count::Rejected as usize],
+        faulted: c[Count::Faulted as usize],
+        dead_lettered: c[Count::DeadLettered as usize],
+        latency_p50_ms: quantile(0.50),
+        latency_p99_ms: quantile(0.99),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: i64 = 1_800_000_000_000;
+
+    #[test]
+    fn minutes_are_counted_filled_and_kept_for_a_day() {
+        let history = History::default();
+        history.add("a", Count::In, 3, T0);
+        history.add("a", Count::In, 2, T0 + 59_000 - T0.rem_euclid(60_000));
+        history.add("a", Count::Delivered, 1, T0 + 120_000);
+        let recent = history.recent("a", 3, T0 + 120_000);
+        assert_eq!(
+            recent.iter().map(|m| (m.r#in, m.delivered)).collect::<Vec<_>>(),
+            [(5, 0), (0, 0), (0, 1)]
+        );
+        assert_eq!(history.recent("unknown", 2, T0).len(), 2);
+        // A day and a minute later, the first minute is gone.
+        history.add("a", Count::In, 1, T0 + (KEPT_MINUTES as i64 + 1) * 60_000);
+        let kept = history.channels.lock().unwrap()["a"].len();
+        assert!(kept <= KEPT_MINUTES, "{kept}");
+        assert_eq!(
+            history.channels.lock().unwrap()["a"].front().unwrap().at,
+            minute_of(T0 + 120_000)
+        );
+    }
+
+    #[test]
+    fn latency_quantiles_come_from_log_buckets() {
+        let history = History::default();
+        for _ in 0..98 {
+            history.latency("a", 3, T0);
+        }
+        history.latency("a", 900, T0);
+        history.latency("a", 5000, T0);
+        let minute = &history.recent("a", 1, T0)[0];
+        assert_eq!(minute.latency_p50_ms, Some(4));
+        assert_eq!(minute.latency_p99_ms, Some(1024));
+    }
+}

@@ -1,0 +1,421 @@
+// The operations page. Every call carries the token as a bearer header (no
+// cookie, no CSRF surface); the token lives only in this tab's
+// sessionStorage. Tenant data is only ever put into the page as text.
+"use strict";
+
+const TOKEN_KEY = "sluice-token";
+const REFRESH_MS = 2000;
+const CHANNELS_PER_PAGE = 25;
+const LETTERS_PER_PAGE = 50;
+
+const state = {
+  channelPage: 0,
+  letterPages: [],      // the `before` id of each page opened, newest first
+  letterBefore: null,
+  openLetter: null,
+  timer: null,
+  firstPaint: null,
+};
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs)) {
+    if (key === "class") node.className = value;
+    else if (key.startsWith("data-")) node.setAttribute(key, value);
+    else node[key] = value;
+  }
+  for (const child of children) {
+    node.append(child instanceof Node ? child : document.createTextNode(String(child ?? "")));
+  }
+  return node;
+}
+
+function svg(tag, attrs = {}) {
+  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  return node;
+}
+
+function token() {
+  return sessionStorage.getItem(TOKEN_KEY);
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: { Authorization: `Bearer ${token()}`, ...(options.headers || {}) },
+    cache: "no-store",
+  });
+  const text = await response.text();
+  let body = null;
+  try { body = text ? JSON.parse(text) : null; } catch { body = text; }
+  if (response.status === 401) {
+    signOut("That token is not valid here.");
+    throw new Error("unauthorized");
+  }
+  if (!response.ok) {
+    const message = body && body.message ? body.message : `${response.status}`;
+    throw new Error(message);
+  }
+  return body;
+}
+
+function say(message, isError = false) {
+  const status = $("status");
+  status.textContent = message;
+  status.className = isError ? "error" : "";
+}
+
+// ---- sign in -------------------------------------------------------------
+
+function takeTokenFromFragment() {
+  const match = location.hash.match(/(?:^#|&)token=([^&]+)/);
+  if (match) {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[1]));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+}
+
+function signOut(reason = "") {
+  sessionStorage.removeItem(TOKEN_KEY);
+  clearTimeout(state.timer);
+  $("board").hidden = true;
+  $("sign-out").hidden = true;
+  $("sign-in").hidden = false;
+  $("who").textContent = "";
+  $("sign-in-error").textContent = reason;
+}
+
+async function start() {
+  if (!token()) {
+    signOut();
+    return;
+  }
+  $("sign-in").hidden = true;
+  $("board").hidden = false;
+  $("sign-out").hidden = false;
+  state.firstPaint = performance.now();
+  await refresh();
+}
+
+// ---- channels ------------------------------------------------------------
+
+function sparkline(minutes) {
+  const width = 180, height = 36;
+  const series = [
+    ["in", minutes.map((m) => m.in)],
+    ["delivered", minutes.map((m) => m.delivered)],
+    ["failed", minutes.map((m) => m.rejected + m.faulted)],
+  ];
+  const top = Math.max(1, ...series.flatMap(([, values]) => values));
+  const chart = svg("svg", { width, height, viewBox: `0 0 ${width} ${height}`, class: "spark", role: "img" });
+  for (const [name, values] of series) {
+    const step = width / Math.max(1, values.length - 1);
+    const points = values.map((v, i) => `${(i * step).toFixed(1)},${(height - 2 - (v / top) * (height - 4)).toFixed(1)}`);
+    chart.append(svg("polyline", { points: points.join(" "), class: `line-${name}` }));
+  }
+  const total = (pick) => minutes.reduce((sum, m) => sum + pick(m), 0);
+  const title = svg("title");
+  title.textContent = `last hour: ${total((m) => m.in)} in, ${total((m) => m.emitted)} emitted, ` +
+    `${total((m) => m.delivered)} delivered, ${total((m) => m.rejected)} rejected, ` +
+    `${total((m) => m.faulted)} faulted, ${total((m) => m["dead-lettered"])} dead-lettered`;
+  chart.append(title);
+  return chart;
+}
+
+function latency(minutes) {
+  const recent = [...minutes].reverse().find((m) => m["latency-p50-ms"] != null);
+  return recent ? `≤${recent["latency-p50-ms"]} / ≤${recent["latency-p99-ms"]} ms` : "–";
+}
+
+async function switchChannel(channel, on) {
+  try {
+    await api(`/v1/channels/${encodeURIComponent(channel.name)}/${on ? "enable" : "disable"}`, { method: "POST" });
+    say(`${channel.name} switched ${on ? "on" : "off"}`);
+  } catch (err) {
+    say(`cannot switch ${channel.name}: ${err.message}`, true);
+  }
+  await refresh();
+}
+
+async function renderChannels(channels) {
+  $("channel-count").textContent = `(${channels.length})`;
+  const pages = Math.max(1, Math.ceil(channels.length / CHANNELS_PER_PAGE));
+  state.channelPage = Math.min(state.channelPage, pages - 1);
+  const shown = channels.slice(state.channelPage * CHANNELS_PER_PAGE, (state.channelPage + 1) * CHANNELS_PER_PAGE);
+  const histories = await Promise.all(shown.map((c) =>
+    api(`/v1/channels/${encodeURIComponent(c.name)}/history?minutes=60`).catch(() => ({ minutes: [] }))));
+  const rows = shown.map((channel, i) => {
+    const on = channel.enabled;
+    const toggle = el("button", {
+      type: "button",
+      class: on ? "switch on" : "switch off",
+      "data-channel": channel.name,
+      "data-action": "switch",
+      onclick: () => switchChannel(channel, !on),
+    }, on ? "ON" : "OFF");
+    const minutes = histories[i].minutes || [];
+    return el("tr", { "data-channel": channel.name },
+      el("td", {}, channel.name),
+      el("td", {}, channel.tenant),
+      el("td", {}, toggle),
+      el("td", { class: "modules" }, (channel.modules || []).join(" → ")),
+      el("td", { class: "num", "data-field": "transform" }, channel.queued.transform),
+      el("td", { class: "num", "data-field": "delivery" }, channel.queued.delivery),
+      el("td", { class: "num" }, channel["dead-letters"] ?? ""),
+      el("td", { class: channel["circuit-breaker"] ? "tripped" : "" }, channel["circuit-breaker"] || "closed"),
+      el("td", {}, sparkline(minutes)),
+      el("td", {}, latency(minutes)));
+  });
+  $("channels").tBodies[0].replaceChildren(...rows);
+  const pager = $("channel-pager");
+  pager.replaceChildren();
+  if (pages > 1) {
+    pager.append(
+      el("button", { type: "button", disabled: state.channelPage === 0, onclick: () => { state.channelPage--; refresh(); } }, "Previous"),
+      el("span", {}, ` page ${state.channelPage + 1} of ${pages} `),
+      el("button", { type: "button", disabled: state.channelPage >= pages - 1, onclick: () => { state.channelPage++; refresh(); } }, "Next"));
+  }
+  const select = $("dl-channel");
+  const chosen = select.value;
+  select.replaceChildren(el("option", { value: "" }, "all"),
+    ...channels.map((c) => el("option", { value: c.name, selected: c.name === chosen }, c.name)));
+}
+
+function renderDestinations(destinations) {
+  const when = (ms) => (ms ? new Date(ms).toLocaleTimeString() : "–");
+  $("destinations").tBodies[0].replaceChildren(...destinations.map((d) => {
+    const error = d["last-error"];
+    return el("tr", {},
+      el("td", {}, d.name),
+      el("td", {}, d.channels.join(", ")),
+      el("td", {}, d["rate-limit"] ? `${d["rate-limit"]} (burst ${d.burst})` : "none"),
+      el("td", { class: "num" }, d["in-flight"]),
+      el("td", { class: "num" }, d["retry-backlog"]),
+      el("td", {}, when(d["paused-until"])),
+      el("td", { class: "snippet" }, error ? `${when(error.at_ms)} ${error.status ?? "no answer"}: ${error.detail}` : "–"));
+  }));
+}
+
+// ---- dead letters --------------------------------------------------------
+
+async function loadLetters() {
+  const query = new URLSearchParams({ limit: String(LETTERS_PER_PAGE) });
+  if ($("dl-channel").value) query.set("channel", $("dl-channel").value);
+  if (state.letterBefore != null) query.set("before", String(state.letterBefore));
+  const letters = await api(`/v1/dead-letters?${query}`);
+  const search = $("dl-search").value.trim();
+  const shown = search ? letters.filter((l) => l.event_id.includes(search)) : letters;
+  $("dead-letters").tBodies[0].replaceChildren(...shown.map((letter) => el("tr", {
+    class: "clickable",
+    "data-letter": String(letter.id),
+    "data-event": letter.event_id,
+    onclick: () => openLetter(letter.id),
+  },
+  el("td", { class: "num" }, letter.id),
+  el("td", {}, new Date(letter.created_ms).toLocaleString()),
+  el("td", {}, letter.channel),
+  el("td", {}, letter.event_id),
+  el("td", {}, letter.stage),
+  el("td", {}, letter.reason))));
+  $("dl-older").disabled = letters.length < LETTERS_PER_PAGE;
+  $("dl-older").onclick = () => {
+    state.letterPages.push(state.letterBefore);
+    state.letterBefore = letters[letters.length - 1].id;
+    loadLetters();
+  };
+  $("dl-newer").disabled = state.letterPages.length === 0;
+  $("dl-newer").onclick = () => {
+    state.letterBefore = state.letterPages.pop() ?? null;
+    loadLetters();
+  };
+}
+
+// A JSON value as nested spans, each carrying its JSON path
+// (`$['a'][0]`, as violations name them); tenant data only as text.
+function jsonTree(value, path, marks, depth = 0) {
+  const node = el("span", { class: "node", "data-path": path });
+  if (marks.has(path)) {
+    node.classList.add("violation");
+    node.title = marks.get(path);
+  }
+  const pad = (d) => "\n" + "  ".repeat(d);
+  if (Array.isArray(value)) {
+    node.append("[");
+    value.forEach((item, i) => {
+      node.append(pad(depth + 1), jsonTree(item, `${path}[${i}]`, marks, depth + 1), i < value.length - 1 ? "," : "");
+    });
+    node.append(value.length ? pad(depth) + "]" : "]");
+  } else if (value && typeof value === "object") {
+    const keys = Object.keys(value);
+    node.append("{");
+    keys.forEach((key, i) => {
+      const childPath = `${path}['${key.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}']`;
+      node.append(pad(depth + 1), el("span", { class: "key" }, JSON.stringify(key)), ": ",
+        jsonTree(value[key], childPath, marks, depth + 1), i < keys.length - 1 ? "," : "");
+    });
+    node.append(keys.length ? pad(depth) + "}" : "}");
+  } else {
+    node.append(JSON.stringify(value));
+  }
+  return node;
+}
+
+function showJson(target, value, marks) {
+  target.replaceChildren(jsonTree(value, "$", marks));
+  // Paths a violation names but the payload lacks mark their nearest parent.
+  for (const [path, message] of marks) {
+    if (target.querySelector(`[data-path="${CSS.escape(path)}"]`)) continue;
+    let parent = path;
+    while (parent.length > 1) {
+      parent = parent.replace(/(\['(?:[^'\\]|\\.)*'\]|\[\d+\])$/, "");
+      const found = target.querySelector(`[data-path="${CSS.escape(parent)}"]`);
+      if (found) {
+        found.classList.add("violation-missing");
+        found.title = `missing ${path}: ${message}`;
+        break;
+      }
+    }
+  }
+}
+
+async function openLetter(id) {
+  let letter;
+  try {
+    letter = await api(`/v1/dead-letters/${id}`);
+  } catch (err) {
+    say(`cannot open dead letter ${id}: ${err.message}`, true);
+    return;
+  }
+  state.openLetter = letter;
+  $("dl-detail").hidden = false;
+  $("dl-title").textContent = `Dead letter ${letter.id}: ${letter.event_id} on ${letter.channel} (${letter.stage}, ${letter.reason})`;
+  const violations = Array.isArray(letter.detail) ? letter.detail : [];
+  const marks = new Map(violations.filter((v) => v && v.path).map((v) => [v.path, v.message || v.code || ""]));
+  $("dl-violations").replaceChildren(...(violations.length
+    ? violations.map((v) => el("li", {}, el("code", {}, v.path || ""), ` ${v.message || ""} `, el("span", { class: "code" }, v.code || "")))
+    : [el("li", {}, letter.detail == null ? "–" : typeof letter.detail === "string" ? letter.detail : JSON.stringify(letter.detail))]));
+  const original = letter.original && typeof letter.original === "object" ? letter.original.payload ?? letter.original : letter.original;
+  showJson($("dl-original"), original, marks);
+  showJson($("dl-output"), letter.output ?? null, new Map());
+  $("dl-attempts").tBodies[0].replaceChildren(...(letter.attempts || []).map((a) => el("tr", {},
+    el("td", {}, new Date(a.at_ms).toLocaleString()),
+    el("td", {}, a.status ?? "no answer"),
+    el("td", { class: "snippet" }, a.detail))));
+  $("dl-replay").disabled = letter.output == null;
+}
+
+async function letterAction(what) {
+  const letter = state.openLetter;
+  if (!letter) return;
+  const path = what === "purge" ? `/v1/dead-letters/${letter.id}` :
+    `/v1/dead-letters/${letter.id}/replay${what === "retransform" ? "?retransform=true" : ""}`;
+  try {
+    await api(path, { method: what === "purge" ? "DELETE" : "POST" });
+    say(`dead letter ${letter.id}: ${what === "purge" ? "purged" : what === "retransform" ? "replayed with re-transform" : "replayed"}`);
+    $("dl-detail").hidden = true;
+    state.openLetter = null;
+  } catch (err) {
+    say(`dead letter ${letter.id}: ${err.message}`, true);
+  }
+  await refresh();
+}
+
+// ---- modules -------------------------------------------------------------
+
+async function renderModules(channels, isTenant) {
+  const target = $("modules");
+  if (!isTenant) {
+    target.replaceChildren(el("p", { class: "hint" }, "Modules belong to tenants: sign in with a tenant's token to see and activate them."));
+    return;
+  }
+  const modules = await api("/v1/modules");
+  const byName = new Map();
+  for (const m of modules) byName.set(m.name, [...(byName.get(m.name) || []), m]);
+  const list = el("ul", {}, ...[...byName].map(([name, versions]) => el("li", {}, el("strong", {}, name), " ",
+    ...versions.map((v) => el("code", { title: `${v.size} bytes, ${new Date(v.created_ms).toLocaleString()}` }, v.version.slice(0, 12), " ")))));
+  const forms = channels.map((channel) => {
+    const spec = el("textarea", { rows: 3, cols: 70, "data-channel": channel.name });
+    const latest = modules[modules.length - 1];
+    spec.value = latest ? JSON.stringify({ steps: [{ module: latest.name, version: latest.version.slice(0, 12), config: {} }] }) : "";
+    return el("div", { class: "activate" },
+      el("h4", {}, channel.name, " ", el("span", { class: "modules" }, (channel.modules || []).join(" → "))),
+      spec,
+      el("button", { type: "button", onclick: () => activate(channel.name, spec.value) }, "Activate"),
+      el("button", { type: "button", onclick: () => rollback(channel.name) }, "Roll back"));
+  });
+  target.replaceChildren(list, ...forms);
+}
+
+async function activate(channel, text) {
+  try {
+    await api(`/v1/channels/${encodeURIComponent(channel)}/activate`, { method: "POST", body: text });
+    say(`${channel}: activated`);
+  } catch (err) {
+    say(`${channel}: ${err.message}`, true);
+  }
+  await refresh();
+}
+
+async function rollback(channel) {
+  try {
+    await api(`/v1/channels/${encodeURIComponent(channel)}/rollback`, { method: "POST" });
+    say(`${channel}: rolled back`);
+  } catch (err) {
+    say(`${channel}: ${err.message}`, true);
+  }
+  await refresh();
+}
+
+// ---- the loop ------------------------------------------------------------
+
+let modulesShownFor = null;
+
+async function refresh() {
+  clearTimeout(state.timer);
+  if (!token()) return;
+  try {
+    const [channels, destinations] = await Promise.all([api("/v1/channels"), api("/v1/destinations")]);
+    const tenants = [...new Set(channels.map((c) => c.tenant))];
+    const isTenant = channels.length > 0 && tenants.length === 1 && destinations.every((d) => d.channels.length > 0);
+    $("who").textContent = channels.length ? `signed in: ${isTenant ? `tenant ${tenants[0]}` : "admin or several tenants"}` : "signed in: no channels";
+    await renderChannels(channels);
+    renderDestinations(destinations);
+    await loadLetters();
+    const key = JSON.stringify(channels.map((c) => [c.name, c.modules]));
+    if (modulesShownFor !== key) {
+      modulesShownFor = key;
+      await renderModules(channels, isTenant);
+    }
+    $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+    if (state.firstPaint != null) {
+      document.body.dataset.firstPaintMs = String(Math.round(performance.now() - state.firstPaint));
+      state.firstPaint = null;
+    }
+    document.body.dataset.ready = "true";
+  } catch (err) {
+    if (err.message !== "unauthorized") say(`cannot refresh: ${err.message}`, true);
+  }
+  if (token()) state.timer = setTimeout(refresh, REFRESH_MS);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  takeTokenFromFragment();
+  $("sign-in-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    $("token").value = "";
+    start();
+  });
+  $("sign-out").addEventListener("click", () => signOut());
+  $("dl-filter").addEventListener("submit", (event) => event.preventDefault());
+  $("dl-channel").addEventListener("change", () => { state.letterPages = []; state.letterBefore = null; loadLetters(); });
+  $("dl-search").addEventListener("input", () => loadLetters());
+  $("dl-replay").addEventListener("click", () => letterAction("replay"));
+  $("dl-retransform").addEventListener("click", () => letterAction("retransform"));
+  $("dl-purge").addEventListener("click", () => letterAction("purge"));
+  $("dl-close").addEventListener("click", () => { $("dl-detail").hidden = true; state.openLetter = null; });
+  start();
+});

@@ -1,0 +1,260 @@
+//! The operations page in a real headless Chromium (WebDriver), against a
+//! real sidecar with real components, a real SQLite file and a real sink.
+//! Screenshots land in `target/ui-test/`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice_server::sink::{Reply, Responder, Sink};
+
+use crate::support::browser::Browser;
+use crate::support::sidecar::{Sidecar, token_hash, wait_for};
+use crate::support::{guest, target_dir};
+
+const ACME: &str = "acme-ui-token";
+const GLOBEX: &str = "globex-ui-token";
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Two tenants; acme's `stock` channel rounds `qty`, so a `qty` that is no
+/// number is rejected with the path `$['qty']`.
+fn config(sink: &Sink) -> String {
+    format!(
+        r#"
+[limits]
+timeout-ms = 10000
+
+[[tenant]]
+name = "acme"
+token-sha256 = ["{acme}"]
+
+[[tenant]]
+name = "globex"
+token-sha256 = ["{globex}"]
+
+[[destination]]
+name = "portal"
+url = "http://{addr}/stock"
+
+[[channel]]
+name = "stock"
+tenant = "acme"
+destination = "portal"
+[[channel.step]]
+module = "json-mapping"
+config = {{ rules = [ {{ target = "sku", source = "$.sku" }}, {{ target = "qty", source = "$.qty", convert = [ {{ op = "round", places = 0 }} ] }} ] }}
+
+[[channel]]
+name = "globex-stock"
+tenant = "globex"
+destination = "portal"
+[[channel.step]]
+module = "json-mapping"
+config = {{ rules = [ {{ target = "sku", source = "$.sku" }} ] }}
+"#,
+        acme = token_hash(ACME),
+        globex = token_hash(GLOBEX),
+        addr = sink.addr,
+    )
+}
+
+fn event(id: &str, tenant: &str, payload: Value) -> String {
+    json!({"id": id, "kind": "inventory", "tenant": tenant, "payload": payload}).to_string()
+}
+
+fn api(sidecar: &Sidecar, token: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
+    sidecar.send(method, path, Some(token), body.as_bytes(), "application/json")
+}
+
+#[test]
+fn an_operator_signs_in_switches_a_channel_and_repairs_a_dead_letter_in_a_real_browser() {
+    let respond: Arc<Responder> = Arc::new(|_, _| Reply::status(200));
+    let destination = Sink::start("127.0.0.1:0".parse().unwrap(), respond).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(dir.path(), &config(&destination));
+    let shots = target_dir().join("ui-test");
+
+    for n in 0..5 {
+        let ok = event(&format!("ok-{n}"), "acme", json!({"sku": "A", "qty": n}));
+        assert_eq!(api(&sidecar, ACME, "POST", "/v1/events", &ok).0, 202);
+    }
+    let bad = event("bad-qty", "acme", json!({"sku": "B", "qty": "many"}));
+    assert_eq!(api(&sidecar, ACME, "POST", "/v1/events", &bad).0, 202);
+    assert_eq!(
+        api(
+            &sidecar,
+            GLOBEX,
+            "POST",
+            "/v1/events",
+            &event("g-1", "globex", json!({"sku": "G"}))
+        )
+        .0,
+        202
+    );
+    wait_for("deliveries and the dead letter", PATIENCE, || {
+        destination.count() >= 6
+            && api(&sidecar, ACME, "GET", "/v1/dead-letters", "")
+                .1
+                .as_array()
+                .is_some_and(|l| l.len() == 1)
+    });
+
+    // Signed in through the URL fragment, which leaves the address bar at once.
+    let browser = Browser::start();
+    browser.open(&format!("{}/ui#token={ACME}", sidecar.base));
+    browser.find("body[data-ready='true']");
+    assert!(!browser.url().contains("token"), "{}", browser.url());
+    assert_eq!(browser.run("return sessionStorage.getItem('sluice-token')"), ACME);
+    let first_paint = browser.run("return document.body.dataset.firstPaintMs");
+    println!("first paint with data: {first_paint} ms");
+    browser.screenshot(&shots.join("1-signed-in.png"));
+
+    // The channels and their queue depths are the API's.
+    let (_, channels) = api(&sidecar, ACME, "GET", "/v1/channels", "");
+    let rows = browser.all("#channels tbody tr");
+    assert_eq!(rows.len(), channels.as_array().unwrap().len());
+    for channel in channels.as_array().unwrap() {
+        let name = channel["name"].as_str().unwrap();
+        for field in ["transform", "delivery"] {
+            let cell = format!("tr[data-channel='{name}'] td[data-field='{field}']");
+            let expected = channel["queued"][field].to_string();
+            assert_eq!(browser.text_of(&cell), Some(expected), "{name} {field}");
+        }
+    }
+    assert!(browser.all("tr[data-channel='globex-stock']").is_empty());
+
+    // Switched off on the page: the API says it is off.
+    const SWITCH: &str = "button[data-channel='stock'][data-action='switch']";
+    assert_eq!(browser.text_of(SWITCH).as_deref(), Some("ON"));
+    browser.click_on(SWITCH);
+    wait_for("the API to say off", PATIENCE, || {
+        api(&sidecar, ACME, "GET", "/v1/channels/stock", "").1["enabled"] == false
+    });
+    browser.wait("the switch to show OFF", || {
+        (browser.text_of(SWITCH)? == "OFF").then_some(())
+    });
+    browser.screenshot(&shots.join("2-switched-off.png"));
+
+    // The rejected event's dead letter, its violation highlighted in place.
+    browser.click_on("#dead-letters tr[data-event='bad-qty']");
+    browser.find("#dl-original .violation");
+    let marked = "#dl-original .violation";
+    assert_eq!(
+        browser.attribute_of(marked, "data-path").as_deref(),
+        Some("$['qty']")
+    );
+    assert_eq!(browser.text_of(marked).as_deref(), Some("\"many\""));
+    browser.screenshot(&shots.join("3-dead-letter.png"));
+
+    // The fix: a mapping without the rounding, activated; then the channel
+    // back on and the letter replayed with re-transform, all on the page.
+    let module = std::fs::read(guest("json-mapping")).unwrap();
+    let (status, uploaded) = sidecar.send(
+        "PUT",
+        "/v1/modules/mapper",
+        Some(ACME),
+        &module,
+        "application/wasm",
+    );
+    assert_eq!(status, 201, "{uploaded}");
+    let fixed = json!({"steps": [{"module": "mapper", "version": uploaded["version"],
+        "config": {"rules": [{"target": "sku", "source": "$.sku"}, {"target": "qty", "source": "$.qty"}]}}]});
+    assert_eq!(
+        api(
+            &sidecar,
+            ACME,
+            "POST",
+            "/v1/channels/stock/activate",
+            &fixed.to_string()
+        )
+        .0,
+        200
+    );
+    browser.click_on(SWITCH);
+    wait_for("the API to say on", PATIENCE, || {
+        api(&sidecar, ACME, "GET", "/v1/channels/stock", "").1["enabled"] == true
+    });
+    browser.click_on("#dl-retransform");
+    wait_for("the repaired event at the sink", PATIENCE, || {
+        destination.count_where(|r| r.json() == json!({"sku": "B", "qty": "many"})) == 1
+    });
+    browser.wait("the dead letter gone from the page", || {
+        browser
+            .all("#dead-letters tr[data-event='bad-qty']")
+            .is_empty()
+            .then_some(())
+    });
+    browser.screenshot(&shots.join("4-replayed.png"));
+
+    // Another tenant, through the sign-in form, sees none of acme's channels.
+    browser.click_on("#sign-out");
+    let input = browser.find("#token");
+    browser.type_into(&input, GLOBEX);
+    browser.click_on("#sign-in-form button");
+    browser.find("tr[data-channel='globex-stock']");
+    assert!(browser.all("tr[data-channel='stock']").is_empty());
+    assert!(browser.all("#dead-letters tbody tr").is_empty());
+    browser.screenshot(&shots.join("5-other-tenant.png"));
+}
+
+#[test]
+fn the_page_stays_usable_with_500_channels_and_10000_dead_letters() {
+    let respond: Arc<Responder> = Arc::new(|_, _| Reply::status(200));
+    let destination = Sink::start("127.0.0.1:0".parse().unwrap(), respond).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = format!(
+        "[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\nmax-stored-events = 100000\n\
+         [[destination]]\nname = \"portal\"\nurl = \"http://{}/stock\"\n",
+        token_hash(ACME),
+        destination.addr
+    );
+    // Every channel requires `sku`: events without one become dead letters.
+    for n in 0..500 {
+        config.push_str(&format!(
+            "[[channel]]\nname = \"ch-{n:03}\"\ntenant = \"acme\"\ndestination = \"portal\"\nsources = [\"s{n}\"]\n\
+             [[channel.step]]\nmodule = \"json-mapping\"\n\
+             config = {{ rules = [ {{ target = \"sku\", source = \"$.sku\", required = true }} ] }}\n"
+        ));
+    }
+    let sidecar = Sidecar::start(dir.path(), &config);
+    for batch in 0..100 {
+        let body: String = (0..100)
+            .map(|i| {
+                let n = batch * 100 + i;
+                format!(
+                    "{}\n",
+                    json!({"id": format!("e-{n:05}"), "kind": "inventory", "tenant": "acme", "source": "s7", "payload": {"qty": n}})
+                )
+            })
+            .collect();
+        assert_eq!(api(&sidecar, ACME, "POST", "/v1/events", &body).0, 202);
+    }
+    wait_for("10,000 dead letters", Duration::from_secs(300), || {
+        api(&sidecar, ACME, "GET", "/v1/channels/ch-007", "").1["dead-letters"] == 10_000
+    });
+
+    let browser = Browser::start();
+    browser.open(&format!("{}/ui#token={ACME}", sidecar.base));
+    browser.find("body[data-ready='true']");
+    let first_paint = browser.run("return document.body.dataset.firstPaintMs");
+    println!("first paint with 500 channels and 10,000 dead letters: {first_paint} ms");
+    // Paged: 25 channels and 50 dead letters at a time.
+    assert_eq!(browser.all("#channels tbody tr").len(), 25);
+    assert!(
+        browser
+            .text_of("#channel-pager")
+            .unwrap()
+            .contains("page 1 of 20")
+    );
+    assert_eq!(browser.all("#dead-letters tbody tr").len(), 50);
+    let newest = browser.attribute_of("#dead-letters tbody tr", "data-event");
+    assert_eq!(newest.as_deref(), Some("e-09999"));
+    browser.click_on("#dl-older");
+    browser.wait("the next page of dead letters", || {
+        let first = browser.attribute_of("#dead-letters tbody tr", "data-event")?;
+        (first == "e-09949").then_some(())
+    });
+    browser.click_on("#channel-pager button:last-child");
+    browser.find("tr[data-channel='ch-025']");
+    browser.screenshot(&target_dir().join("ui-test/6-500-channels.png"));
+}
