@@ -239,9 +239,19 @@ fn killing_nodes_or_jetstream_loses_nothing_and_repeats_keep_their_key() {
     let received = destination.received();
     let first = first_deliveries(&received);
     assert_eq!(first.len(), accepted);
-    // Per SKU, every arrival (repeats included) is in order: a repeat of an
-    // older stock level never comes after a newer one.
-    assert_sku_order(&received.iter().collect::<Vec<_>>());
+    // Per SKU, first arrivals are in order.
+    assert_sku_order(&first);
+    // Through the node kills (rounds 0-2, before JetStream itself died)
+    // every arrival is in order, repeats included: a node's unacknowledged
+    // delivery goes to another node before anything later of its SKU.
+    // nats-server killed with -9 may forget acknowledgements it had not
+    // written yet and deliver such an update again after a newer one;
+    // that repeat carries its first `Idempotency-Key` (checked above).
+    let before_jetstream_died: Vec<&Received> = received
+        .iter()
+        .filter(|r| r.json()["qty"].as_u64().unwrap() < 3000)
+        .collect();
+    assert_sku_order(&before_jetstream_died);
 }
 
 #[test]
