@@ -122,6 +122,15 @@ fn an_operator_signs_in_switches_a_channel_and_repairs_a_dead_letter_in_a_real_b
         }
     }
     assert!(browser.all("tr[data-channel='globex-stock']").is_empty());
+    // The destination's last hour, drawn by the page from the server's history.
+    assert_eq!(browser.all("#destinations tbody tr svg.spark").len(), 1);
+    let delivered = api(&sidecar, ACME, "GET", "/v1/destinations", "").1[0]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["delivered"].as_u64().unwrap())
+        .sum::<u64>();
+    assert!(delivered >= 5, "acme's deliveries in the history: {delivered}");
 
     // Switched off on the page: the API says it is off.
     const SWITCH: &str = "button[data-channel='stock'][data-action='switch']";

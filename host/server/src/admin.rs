@@ -80,9 +80,11 @@ pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Bo
         let (queue, key) = (app.queue.clone(), name.clone());
         let backlog = blocking(move || queue.retry_backlog(&key)).await?;
         let status = destination.status.lock().expect("status lock").clone();
+        let history = app.history.recent_of(&channels, 60, crate::store::now_ms());
         listed.push(json!({
             "name": name,
             "channels": channels,
+            "history": history,
             "rate-limit": destination.config.rate_limit.map(|r| format!("{:.3}/s", r.per_second())),
             "burst": destination.config.burst,
             "concurrency": destination.config.concurrency,

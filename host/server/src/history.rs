@@ -108,22 +108,40 @@ impl History {
     /// The channel's last `minutes` minutes up to `now_ms`, oldest first,
     /// with empty minutes filled in.
     pub fn recent(&self, channel: &str, minutes: usize, now_ms: i64) -> Vec<MinuteView> {
+        self.recent_of(&[channel], minutes, now_ms)
+    }
+
+    /// The same for several channels together (a destination's): counts
+    /// add up and latencies merge before their quantiles are taken.
+    pub fn recent_of(&self, channels: &[&str], minutes: usize, now_ms: i64) -> Vec<MinuteView> {
         let minutes = minutes.clamp(1, KEPT_MINUTES);
         let last = minute_of(now_ms);
         let first = last - (minutes as i64 - 1) * 60_000;
-        let channels = self.channels.lock().expect("history lock");
-        let kept = channels.get(channel);
+        let kept = self.channels.lock().expect("history lock");
         (0..minutes as i64)
             .map(|i| {
                 let at = first + i * 60_000;
-                let minute = kept
-                    .and_then(|kept| kept.iter().find(|m| m.at == at))
-                    .cloned()
-                    .unwrap_or(Minute {
-                        at,
-                        ..Minute::default()
-                    });
-                view(&minute)
+                let mut merged = Minute {
+                    at,
+                    ..Minute::default()
+                };
+                for minute in channels
+                    .iter()
+                    .filter_map(|c| kept.get(*c))
+                    .filter_map(|kept| kept.iter().rev().find(|m| m.at == at))
+                {
+                    merged
+                        .counts
+                        .iter_mut()
+                        .zip(minute.counts)
+                        .for_each(|(a, b)| *a += b);
+                    merged
+                        .latency
+                        .iter_mut()
+                        .zip(minute.latency)
+                        .for_each(|(a, b)| *a += b);
+                }
+                view(&merged)
             })
             .collect()
     }
@@ -182,6 +200,22 @@ mod tests {
             history.channels.lock().unwrap()["a"].front().unwrap().at,
             minute_of(T0 + 120_000)
         );
+    }
+
+    #[test]
+    fn a_destination_adds_its_channels_minutes_and_merges_their_latencies() {
+        let history = History::default();
+        history.add("a", Count::Delivered, 2, T0);
+        history.add("b", Count::Delivered, 3, T0);
+        history.add("c", Count::Delivered, 100, T0);
+        for _ in 0..99 {
+            history.latency("a", 1, T0);
+        }
+        history.latency("b", 2000, T0);
+        let merged = &history.recent_of(&["a", "b"], 1, T0)[0];
+        assert_eq!(merged.delivered, 5);
+        assert_eq!((merged.latency_p50_ms, merged.latency_p99_ms), (Some(2), Some(2)));
+        assert_eq!(history.recent_of(&["a", "b"], 1, T0 + 60_000)[0].delivered, 0);
     }
 
     #[test]

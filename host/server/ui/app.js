@@ -195,7 +195,9 @@ function renderDestinations(destinations) {
       el("td", { class: "num" }, d["in-flight"]),
       el("td", { class: "num" }, d["retry-backlog"]),
       el("td", {}, when(d["paused-until"])),
-      el("td", { class: "snippet" }, error ? `${when(error.at_ms)} ${error.status ?? "no answer"}: ${error.detail}` : "–"));
+      el("td", { class: "snippet" }, error ? `${when(error.at_ms)} ${error.status ?? "no answer"}: ${error.detail}` : "–"),
+      el("td", {}, sparkline(d.history || [])),
+      el("td", {}, latency(d.history || [])));
   }));
 }
 
