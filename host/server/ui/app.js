@@ -14,6 +14,7 @@ const state = {
   letterBefore: null,
   openLetter: null,
   timer: null,
+  generation: 0,
   firstPaint: null,
 };
 
@@ -235,6 +236,13 @@ async function loadLetters() {
   };
 }
 
+// A member name escaped as RFC 9535 normalized paths write it (and as the
+// server names violations).
+function escapeName(name) {
+  const named = { "'": "\\'", "\\": "\\\\", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t" };
+  return [...name].map((c) => named[c] ?? (c.charCodeAt(0) < 0x20 ? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}` : c)).join("");
+}
+
 // A JSON value as nested spans, each carrying its JSON path
 // (`$['a'][0]`, as violations name them); tenant data only as text.
 function jsonTree(value, path, marks, depth = 0) {
@@ -254,7 +262,7 @@ function jsonTree(value, path, marks, depth = 0) {
     const keys = Object.keys(value);
     node.append("{");
     keys.forEach((key, i) => {
-      const childPath = `${path}['${key.replace(/\\/g, "\\\\").replace(/'/g, "\\'")}']`;
+      const childPath = `${path}['${escapeName(key)}']`;
       node.append(pad(depth + 1), el("span", { class: "key" }, JSON.stringify(key)), ": ",
         jsonTree(value[key], childPath, marks, depth + 1), i < keys.length - 1 ? "," : "");
     });
@@ -378,6 +386,9 @@ let modulesShownFor = null;
 async function refresh() {
   clearTimeout(state.timer);
   if (!token()) return;
+  // Only the newest refresh schedules the next one: a click that refreshes
+  // at once never leaves two loops running.
+  const generation = ++state.generation;
   try {
     const [channels, destinations] = await Promise.all([api("/v1/channels"), api("/v1/destinations")]);
     const tenants = [...new Set(channels.map((c) => c.tenant))];
@@ -400,7 +411,7 @@ async function refresh() {
   } catch (err) {
     if (err.message !== "unauthorized") say(`cannot refresh: ${err.message}`, true);
   }
-  if (token()) state.timer = setTimeout(refresh, REFRESH_MS);
+  if (token() && generation === state.generation) state.timer = setTimeout(refresh, REFRESH_MS);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
