@@ -124,13 +124,21 @@ fn an_operator_signs_in_switches_a_channel_and_repairs_a_dead_letter_in_a_real_b
     assert!(browser.all("tr[data-channel='globex-stock']").is_empty());
     // The destination's last hour, drawn by the page from the server's history.
     assert_eq!(browser.all("#destinations tbody tr svg.spark").len(), 1);
-    let delivered = api(&sidecar, ACME, "GET", "/v1/destinations", "").1[0]["history"]
+    let portal = &api(&sidecar, ACME, "GET", "/v1/destinations", "").1[0];
+    let delivered = portal["history"]
         .as_array()
         .unwrap()
         .iter()
         .map(|m| m["delivered"].as_u64().unwrap())
         .sum::<u64>();
-    assert!(delivered >= 5, "acme's deliveries in the history: {delivered}");
+    // Acme's five, not globex's one on the same destination.
+    assert_eq!(delivered, 5, "acme's deliveries in the history");
+    // The destination is shared with globex: its worker's state is not shown to a tenant.
+    assert_eq!(portal["shared-with-other-tenants"], true, "{portal}");
+    assert!(
+        portal["last-error"].is_null() && portal["retry-backlog"].is_null(),
+        "{portal}"
+    );
 
     // Switched off on the page: the API says it is off.
     const SWITCH: &str = "button[data-channel='stock'][data-action='switch']";

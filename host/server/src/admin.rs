@@ -77,9 +77,25 @@ pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Bo
         if channels.is_empty() && !matches!(caller, Caller::Admin) {
             continue;
         }
+        // What the worker does covers every tenant's deliveries: a tenant sees
+        // it only for a destination no other tenant's channel uses.
+        let own = matches!(caller, Caller::Admin)
+            || app
+                .channels
+                .values()
+                .filter(|c| c.destination.as_deref() == Some(name))
+                .all(|c| caller.may_act_for(&c.tenant));
         let (queue, key) = (app.queue.clone(), name.clone());
-        let backlog = blocking(move || queue.retry_backlog(&key)).await?;
-        let status = destination.status.lock().expect("status lock").clone();
+        let backlog = if own {
+            Some(blocking(move || queue.retry_backlog(&key)).await?)
+        } else {
+            None
+        };
+        let status = if own {
+            destination.status.lock().expect("status lock").clone()
+        } else {
+            Default::default()
+        };
         let history = app.history.recent_of(&channels, 60, crate::store::now_ms());
         listed.push(json!({
             "name": name,
@@ -88,7 +104,8 @@ pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Bo
             "rate-limit": destination.config.rate_limit.map(|r| format!("{:.3}/s", r.per_second())),
             "burst": destination.config.burst,
             "concurrency": destination.config.concurrency,
-            "in-flight": status.in_flight,
+            "shared-with-other-tenants": !own,
+            "in-flight": own.then_some(status.in_flight),
             "retry-backlog": backlog,
             "paused-until": status.paused_until.filter(|until| *until > crate::store::now_ms()),
             "last-error": status.last_error,
@@ -205,6 +222,13 @@ pub async fn purge_dead_letters(
     request: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let filter = filter(caller, request)?;
+    if filter.limit.is_some() || filter.before.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid-query",
+            "`limit` and `before` page a listing; a purge takes only `channel` and `tenant`",
+            None,
+        ));
+    }
     let queue = app.queue.clone();
     let purged = blocking(move || queue.purge_dead_letters(&filter)).await?;
     Ok(json_response(StatusCode::OK, &json!({"purged": purged})))

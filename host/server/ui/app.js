@@ -278,15 +278,20 @@ function showJson(target, value, marks) {
   // Paths a violation names but the payload lacks mark their nearest parent.
   for (const [path, message] of marks) {
     if (target.querySelector(`[data-path="${CSS.escape(path)}"]`)) continue;
+    // A path not in normalized form (`$.items[*].w`, or any text a module
+    // sent) has no parent to strip: it marks the whole payload.
     let parent = path;
-    while (parent.length > 1) {
-      parent = parent.replace(/(\['(?:[^'\\]|\\.)*'\]|\[\d+\])$/, "");
-      const found = target.querySelector(`[data-path="${CSS.escape(parent)}"]`);
-      if (found) {
-        found.classList.add("violation-missing");
-        found.title = `missing ${path}: ${message}`;
-        break;
-      }
+    let found = null;
+    while (!found && parent.length > 1) {
+      const next = parent.replace(/(\['(?:[^'\\]|\\.)*'\]|\[\d+\])$/, "");
+      if (next === parent) break;
+      parent = next;
+      found = target.querySelector(`[data-path="${CSS.escape(parent)}"]`);
+    }
+    found = found || target.querySelector('[data-path="$"]');
+    if (found) {
+      found.classList.add("violation-missing");
+      found.title = `${path}: ${message}`;
     }
   }
 }
@@ -303,7 +308,12 @@ async function openLetter(id) {
   $("dl-detail").hidden = false;
   $("dl-title").textContent = `Dead letter ${letter.id}: ${letter.event_id} on ${letter.channel} (${letter.stage}, ${letter.reason})`;
   const violations = Array.isArray(letter.detail) ? letter.detail : [];
-  const marks = new Map(violations.filter((v) => v && v.path).map((v) => [v.path, v.message || v.code || ""]));
+  // A violation's path points into the payload its step received: the
+  // original's only for a one-step pipeline and the event itself (not a
+  // fan-out child).
+  const onOriginal = (v) => (letter.versions || []).length <= 1 && (!v.event || v.event === letter.event_id);
+  const marks = new Map(violations.filter((v) => v && typeof v.path === "string" && onOriginal(v))
+    .map((v) => [v.path, v.message || v.code || ""]));
   $("dl-violations").replaceChildren(...(violations.length
     ? violations.map((v) => el("li", {}, el("code", {}, v.path || ""), ` ${v.message || ""} `, el("span", { class: "code" }, v.code || "")))
     : [el("li", {}, letter.detail == null ? "–" : typeof letter.detail === "string" ? letter.detail : JSON.stringify(letter.detail))]));
