@@ -486,12 +486,12 @@ impl App {
             use super::history::Count;
             let now = crate::store::now_ms();
             let count = |tag| outcomes.iter().filter(|o| o.tag() == tag).count() as u64;
-            self.history
-                .add(&channel.name, Count::In, outcomes.len() as u64, now);
-            self.history
-                .add(&channel.name, Count::Rejected, count("reject"), now);
-            self.history
-                .add(&channel.name, Count::Faulted, count("error"), now);
+            let counts = [
+                (Count::In, outcomes.len() as u64),
+                (Count::Rejected, count("reject")),
+                (Count::Faulted, count("error")),
+            ];
+            self.history.add_all(&channel.name, &counts, now);
         }
         Ok((events, outcomes))
     }

@@ -384,8 +384,7 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
         Some(200..=299) => {
             let latency_ms = (now - delivery.received_ms).max(0);
             app.metrics.delivered(name, latency_ms as f64 / 1000.0);
-            app.history.add(&delivery.channel, Count::Delivered, 1, now);
-            app.history.latency(&delivery.channel, latency_ms as u64, now);
+            app.history.delivered(&delivery.channel, latency_ms as u64, now);
             AttemptResult::Delivered
         }
         None | Some(408 | 425 | 429 | 500..=599) => {

@@ -67,6 +67,10 @@ pub struct History {
     channels: Mutex<HashMap<String, VecDeque<Minute>>>,
 }
 
+fn bucket_of(ms: u64) -> usize {
+    ((u64::BITS - ms.leading_zeros()) as usize).min(BUCKETS - 1)
+}
+
 fn minute_of(ms: i64) -> i64 {
     ms - ms.rem_euclid(60_000)
 }
@@ -75,7 +79,11 @@ impl History {
     fn with_minute(&self, channel: &str, now_ms: i64, update: impl FnOnce(&mut Minute)) {
         let at = minute_of(now_ms);
         let mut channels = self.channels.lock().expect("history lock");
-        let minutes = channels.entry(channel.to_string()).or_default();
+        // The channel's name is copied once, not on every event.
+        if !channels.contains_key(channel) {
+            channels.insert(channel.to_string(), VecDeque::new());
+        }
+        let minutes = channels.get_mut(channel).expect("inserted above");
         if minutes.back().is_none_or(|m| m.at < at) {
             minutes.push_back(Minute {
                 at,
@@ -96,13 +104,29 @@ impl History {
 
     /// Adds `n` to a counter of the channel's current minute.
     pub fn add(&self, channel: &str, count: Count, n: u64, now_ms: i64) {
-        self.with_minute(channel, now_ms, |m| m.counts[count as usize] += n);
+        self.add_all(channel, &[(count, n)], now_ms);
+    }
+
+    /// Adds to several counters of the channel's current minute at once.
+    pub fn add_all(&self, channel: &str, counts: &[(Count, u64)], now_ms: i64) {
+        self.with_minute(channel, now_ms, |m| {
+            for &(count, n) in counts {
+                m.counts[count as usize] += n;
+            }
+        });
     }
 
     /// Records one delivery's end-to-end latency.
     pub fn latency(&self, channel: &str, ms: u64, now_ms: i64) {
-        let bucket = (u64::BITS - ms.leading_zeros()) as usize;
-        self.with_minute(channel, now_ms, |m| m.latency[bucket.min(BUCKETS - 1)] += 1);
+        self.with_minute(channel, now_ms, |m| m.latency[bucket_of(ms)] += 1);
+    }
+
+    /// Counts one accepted delivery and its end-to-end latency.
+    pub fn delivered(&self, channel: &str, latency_ms: u64, now_ms: i64) {
+        self.with_minute(channel, now_ms, |m| {
+            m.counts[Count::Delivered as usize] += 1;
+            m.latency[bucket_of(latency_ms)] += 1;
+        });
     }
 
     /// The channel's last `minutes` minutes up to `now_ms`, oldest first,
