@@ -140,6 +140,187 @@ fn sluice_test_reports_a_case_without_expected_output() {
 }
 
 #[test]
+fn sluice_test_reports_resources_and_fails_a_case_over_its_fuel_budget() {
+    let dir = scratch_fixtures();
+    let case = dir.path().join("kilograms-and-yen");
+    std::fs::write(case.join("budget.json"), r#"{"fuel": 1000}"#).unwrap();
+    let report = dir.path().join("report.json");
+    let junit = dir.path().join("junit.xml");
+    let output = test_fixtures(
+        dir.path(),
+        &[
+            "--report",
+            "--report-json",
+            report.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+        ],
+    );
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("case b2b-portal/kilograms-and-yen ... FAILED"),
+        "{out}"
+    );
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let figures = |name: &str| {
+        cases["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["case"] == name)
+            .unwrap()
+            .clone()
+    };
+    let over = figures("kilograms-and-yen");
+    let fuel = over["usage"]["fuel"].as_u64().unwrap();
+    assert!(fuel > 1000, "{over}");
+    assert_eq!(over["status"], "failed");
+    assert_eq!(over["over-budget"][0]["figure"], "fuel");
+    assert!(
+        out.contains(&format!("fuel {fuel} is over its budget of 1000")),
+        "the message names the figure, the budget and the value: {out}"
+    );
+    // Every case is measured: instructions, peak memory, output, wall time.
+    let other = figures("inactive-product-is-dropped");
+    assert_eq!(other["status"], "passed");
+    assert!(
+        other["usage"]["memory-bytes"].as_u64().unwrap() >= 65536,
+        "{other}"
+    );
+    assert!(other["usage"]["output-bytes"].as_u64().unwrap() > 0, "{other}");
+    assert!(out.contains(&format!("    fuel {fuel}  memory ")), "{out}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(
+        xml.contains(&format!("<property name=\"fuel\" value=\"{fuel}\"/>")),
+        "{xml}"
+    );
+    assert!(xml.contains("<property name=\"memory-bytes\""), "{xml}");
+
+    // Fuel is deterministic: a second run measures the same.
+    let again = test_fixtures(dir.path(), &["--report-json", report.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    let cases: Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let fuel_again = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["case"] == "kilograms-and-yen")
+        .unwrap()["usage"]["fuel"]
+        .clone();
+    assert_eq!(fuel_again, fuel);
+
+    // `--bless` leaves budgets alone; `--bless-budgets` writes them.
+    let blessed = test_fixtures(dir.path(), &["--bless"]);
+    assert_eq!(blessed.status.code(), Some(1), "{}", stdout(&blessed));
+    assert_eq!(
+        std::fs::read_to_string(case.join("budget.json")).unwrap(),
+        r#"{"fuel": 1000}"#
+    );
+    let rebudgeted = test_fixtures(dir.path(), &["--bless-budgets", "20%"]);
+    assert!(rebudgeted.status.success(), "{}", stdout(&rebudgeted));
+    let budget: Value =
+        serde_json::from_str(&std::fs::read_to_string(case.join("budget.json")).unwrap()).unwrap();
+    assert_eq!(budget["fuel"], (fuel as f64 * 1.2).ceil() as u64);
+    let passes = test_fixtures(dir.path(), &[]);
+    assert!(passes.status.success(), "{}", stdout(&passes));
+
+    // A suite-wide budget applies to every case a case budget does not override.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path().join("budget.json");
+        let _ = std::fs::remove_file(path);
+    }
+    std::fs::write(dir.path().join("budget.json"), r#"{"output-bytes": 10}"#).unwrap();
+    let suite_wide = test_fixtures(dir.path(), &[]);
+    let out = stdout(&suite_wide);
+    assert_eq!(suite_wide.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("output-bytes") && out.contains("is over its budget of 10"),
+        "{out}"
+    );
+}
+
+/// A channel folder in `dir` whose pipeline is the Magento → B2B portal
+/// pipeline with `max-title`, and (if `fixtures`) its fixtures.
+fn portal_channel(dir: &Path, max_title: u32, fixtures: bool) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let pipeline = serde_json::json!({"steps": [
+        {"module": guest("magento-source"), "config": {"weight-unit": "lbs", "currency": "USD"}},
+        {"module": guest("b2b-portal"), "config": {"max-title": max_title}},
+    ]});
+    std::fs::write(dir.join("pipeline.json"), pipeline.to_string()).unwrap();
+    if fixtures {
+        let from = workspace().join("transforms/channels/b2b-portal-from-magento/fixtures");
+        for case in std::fs::read_dir(from).unwrap() {
+            let case = case.unwrap().path();
+            let to = dir.join("fixtures").join(case.file_name().unwrap());
+            std::fs::create_dir_all(&to).unwrap();
+            std::fs::copy(case.join("input.json"), to.join("input.json")).unwrap();
+        }
+    }
+    dir.join("pipeline.json")
+}
+
+#[test]
+fn sluice_test_against_a_baseline_catches_a_changed_mapping_and_resource_growth() {
+    let dir = tempfile::tempdir().unwrap();
+    let new = dir.path().join("new");
+    portal_channel(&new, 80, true);
+    let old = portal_channel(&dir.path().join("old"), 12, false);
+    let baseline = |extra: &[&str]| {
+        let mut args = vec!["test", new.to_str().unwrap(), "--baseline", old.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        sluice(&args)
+    };
+
+    // No expected.json is needed: the old version is the reference.
+    let output = baseline(&[]);
+    let out = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{out}");
+    assert!(out.contains("case new/simple-product ... FAILED"), "{out}");
+    assert!(out.contains("output changed at"), "{out}");
+    assert!(out.contains("$['events'][0]['payload']['title']"), "{out}");
+    assert!(out.contains("baseline: \"Champ"), "{out}");
+    assert!(out.contains("vs baseline: fuel "), "{out}");
+    // An unchanged case passes.
+    assert!(
+        out.contains("case new/configurable-parent-is-dropped ... ok"),
+        "{out}"
+    );
+
+    // Allowed output changes pass, unless a resource grows past the limit.
+    let allowed = baseline(&["--allow-output-changes", "--max-regression", "50%"]);
+    assert!(allowed.status.success(), "{}", stdout(&allowed));
+    assert!(stdout(&allowed).contains("(allowed)"), "{}", stdout(&allowed));
+    let regressed = baseline(&["--allow-output-changes", "--max-regression", "0%"]);
+    let out = stdout(&regressed);
+    assert_eq!(regressed.status.code(), Some(1), "{out}");
+    assert!(out.contains("output-bytes +"), "{out}");
+    assert!(out.contains("over the allowed regression"), "{out}");
+
+    // The same version as its own baseline: no change at all.
+    let same = sluice(&[
+        "test",
+        new.to_str().unwrap(),
+        "--baseline",
+        new.join("pipeline.json").to_str().unwrap(),
+    ]);
+    assert!(same.status.success(), "{}", stdout(&same));
+    assert!(stdout(&same).contains("fuel ±0%"), "{}", stdout(&same));
+    assert!(!stdout(&same).contains("output changed"), "{}", stdout(&same));
+
+    // A component as the baseline of a transform crate's fixtures.
+    let module = guest("b2b-portal");
+    let component = sluice(&[
+        "test",
+        "transforms/b2b-portal",
+        "--baseline",
+        module.to_str().unwrap(),
+    ]);
+    assert!(component.status.success(), "{}", stdout(&component));
+}
+
+#[test]
 fn sluice_test_names_the_file_line_and_field_of_a_bad_input() {
     let dir = scratch_fixtures();
     edit_json(

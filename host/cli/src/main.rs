@@ -86,8 +86,12 @@ struct EngineArgs {
 
 impl EngineArgs {
     fn engine(&self) -> anyhow::Result<Engine> {
+        self.engine_with_fuel(self.fuel)
+    }
+
+    fn engine_with_fuel(&self, fuel: bool) -> anyhow::Result<Engine> {
         let options = EngineOptions {
-            fuel: self.fuel,
+            fuel,
             cache_dir: (!self.no_cache).then(|| self.cache_dir.clone()),
             ..EngineOptions::default()
         };

@@ -17,6 +17,13 @@ pub struct Difference {
     pub actual: Option<Value>,
 }
 
+impl Difference {
+    /// `{"path", "expected", "actual"}`, as the API and `--report-json` show it.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"path": self.path, "expected": self.expected, "actual": self.actual})
+    }
+}
+
 impl fmt::Display for Difference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let show = |value: &Option<Value>| match value {

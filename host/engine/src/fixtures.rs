@@ -8,7 +8,13 @@
 //!     input.json       one event   (or input.jsonl: one event per line)
 //!     config.json      optional: the step's config
 //!     expected.json    the outcome (an array of outcomes for input.jsonl)
+//!     budget.json      optional: the most the case may cost (see [`crate::budget`])
 //! ```
+//!
+//! Every case is measured ([`Usage`]): fuel when the engine meters it,
+//! peak memory and bytes returned. A case over its budget fails. With a
+//! baseline, every case also runs through the baseline and the two
+//! outputs and costs are compared instead of reading `expected.json`.
 //!
 //! Outputs are compared structurally; each difference is reported with
 //! the JSON path where it occurs. An error outcome's `version` (the module's
@@ -23,9 +29,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::Module;
+use crate::budget::{BUDGET_FILE, Budget, Delta, Overrun, deltas};
 use crate::diff::{Difference, diff};
 use crate::event::parse_events;
 use crate::pipeline::{Pipeline, Step};
+use crate::usage::{Usage, measure};
 
 /// Why a fixtures directory could not be run at all.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +60,8 @@ pub enum CaseStatus {
     Passed,
     /// `expected.json` was (re)written from the output.
     Blessed,
-    /// Output differed from `expected.json`, at these paths.
+    /// Output differed from `expected.json` (or, with a baseline, from the
+    /// baseline's output), at these paths.
     Differs(Vec<Difference>),
     /// The case could not run; the text says why.
     Failed(String),
@@ -90,9 +99,48 @@ pub struct CaseResult {
     pub status: CaseStatus,
     /// How long it took.
     pub duration: Duration,
+    /// What the subject's guests cost.
+    pub usage: Usage,
+    /// Figures over the case's budget.
+    pub over_budget: Vec<Overrun>,
+    /// With a baseline: how it compared.
+    pub baseline: Option<BaselineResult>,
+}
+
+/// How a case's run compared with the baseline's.
+#[derive(Debug, Clone)]
+pub struct BaselineResult {
+    /// Where the outputs differ (`expected` is the baseline's).
+    pub differences: Vec<Difference>,
+    /// What the baseline's guests cost.
+    pub usage: Usage,
+    /// Each figure's move from the baseline.
+    pub deltas: Vec<Delta>,
+    /// Figures that grew by more than the allowed regression.
+    pub regressions: Vec<Delta>,
 }
 
 impl CaseResult {
+    /// Whether the case failed: it differed, could not run, went over its
+    /// budget, or regressed from the baseline.
+    pub fn failed(&self) -> bool {
+        self.status.failed()
+            || !self.over_budget.is_empty()
+            || self.baseline.as_ref().is_some_and(|b| !b.regressions.is_empty())
+    }
+
+    /// Why the case failed, as `sluice test` prints it; empty if it did not.
+    pub fn message(&self) -> String {
+        let mut message = self.status.message();
+        for overrun in &self.over_budget {
+            message.push_str(&format!("{overrun}\n"));
+        }
+        for regression in self.baseline.iter().flat_map(|b| &b.regressions) {
+            message.push_str(&format!("{regression}: over the allowed regression\n"));
+        }
+        message
+    }
+
     /// The result as structured JSON, as the upload API returns it:
     /// `{"case", "status", "differences": [{"path", "expected", "actual"}]}`
     /// or `{"case", "status": "failed", "error"}`.
@@ -105,16 +153,34 @@ impl CaseResult {
                 "failed",
                 Some((
                     "differences",
-                    differences
-                        .iter()
-                        .map(|d| serde_json::json!({"path": d.path, "expected": d.expected, "actual": d.actual}))
-                        .collect(),
+                    differences.iter().map(Difference::to_json).collect(),
                 )),
             ),
         };
-        let mut json = serde_json::json!({"case": self.name, "status": status});
+        let status = if status == "passed" && self.failed() {
+            "failed"
+        } else {
+            status
+        };
+        let mut json = serde_json::json!({
+            "case": self.name,
+            "status": status,
+            "usage": self.usage,
+            "wall-ms": self.duration.as_secs_f64() * 1000.0,
+        });
         if let Some((key, value)) = extra {
             json[key] = value;
+        }
+        if !self.over_budget.is_empty() {
+            json["over-budget"] = serde_json::json!(self.over_budget);
+        }
+        if let Some(baseline) = &self.baseline {
+            json["baseline"] = serde_json::json!({
+                "usage": baseline.usage,
+                "deltas": baseline.deltas,
+                "regressions": baseline.regressions,
+                "differences": baseline.differences.iter().map(Difference::to_json).collect::<Vec<_>>(),
+            });
         }
         json
     }
@@ -132,7 +198,7 @@ pub struct SuiteReport {
 impl SuiteReport {
     /// Cases that did not fail.
     pub fn passed(&self) -> usize {
-        self.cases.iter().filter(|c| !c.status.failed()).count()
+        self.cases.iter().filter(|c| !c.failed()).count()
     }
 
     /// Cases that failed.
@@ -161,12 +227,30 @@ impl Subject {
     }
 }
 
-/// Runs every case in `dir`; with `bless`, rewrites expected files instead of comparing.
+/// How [`run_suite`] runs the cases.
+#[derive(Default)]
+pub struct SuiteOptions<'a> {
+    /// Rewrite every `expected.json` from the output instead of comparing.
+    pub bless: bool,
+    /// Write each case's `budget.json` from its figures plus this many per
+    /// cent, instead of checking budgets.
+    pub bless_budgets: Option<f64>,
+    /// Run every case through this too and compare with it instead of
+    /// with `expected.json`.
+    pub baseline: Option<&'a Subject>,
+    /// With a baseline: outputs that differ do not fail the case.
+    pub allow_output_changes: bool,
+    /// With a baseline: a figure that grows by more than this many per
+    /// cent fails the case.
+    pub max_regression: Option<f64>,
+}
+
+/// Runs every case in `dir` as `options` say.
 pub fn run_suite(
     name: &str,
     subject: &Subject,
     dir: &Path,
-    bless: bool,
+    options: &SuiteOptions,
 ) -> Result<SuiteReport, FixtureError> {
     let read_err = |error| FixtureError::Read {
         path: dir.to_path_buf(),
@@ -181,20 +265,29 @@ pub fn run_suite(
     if case_dirs.is_empty() {
         return Err(FixtureError::Empty(dir.to_path_buf()));
     }
+    let suite_budget = Budget::read(dir, &format!("fixtures/{BUDGET_FILE}"));
     let cases = case_dirs
         .iter()
         .map(|case_dir| {
+            let name = case_dir
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
             let started = Instant::now();
-            let status = run_case(subject, case_dir, bless).unwrap_or_else(CaseStatus::Failed);
-            CaseResult {
-                name: case_dir
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-                status,
-                duration: started.elapsed(),
+            let mut result = CaseResult {
+                name,
+                status: CaseStatus::Passed,
+                duration: Duration::ZERO,
+                usage: Usage::default(),
+                over_budget: Vec::new(),
+                baseline: None,
+            };
+            if let Err(why) = run_case(subject, case_dir, options, suite_budget.clone(), &mut result) {
+                result.status = CaseStatus::Failed(why);
             }
+            result.duration = started.elapsed();
+            result
         })
         .collect();
     Ok(SuiteReport {
@@ -203,57 +296,129 @@ pub fn run_suite(
     })
 }
 
-fn run_case(subject: &Subject, dir: &Path, bless: bool) -> Result<CaseStatus, String> {
-    let case = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    let (input_name, single) = match (dir.join("input.json"), dir.join("input.jsonl")) {
-        (json, _) if json.is_file() => ("input.json", true),
-        (_, jsonl) if jsonl.is_file() => ("input.jsonl", false),
-        _ => return Err(format!("no `input.json` or `input.jsonl` in case `{case}`")),
-    };
-    let input_text = read(dir, input_name)?;
-    let inputs = parse_events(&input_text).map_err(|err| format!("{case}/{input_name}: {err}"))?;
-    if single && inputs.len() != 1 {
-        return Err(format!(
-            "{case}/{input_name}: holds {} events; use `input.jsonl` for more than one",
-            inputs.len()
-        ));
-    }
-    let config = if dir.join("config.json").is_file() {
-        let text = read(dir, "config.json")?;
-        serde_json::from_str::<Value>(&text).map_err(|err| format!("{case}/config.json: {err}"))?;
-        Some(text)
-    } else {
-        None
-    };
+/// One case's events and config, as read from its folder.
+struct Case {
+    inputs: Vec<crate::event::EventJson>,
+    config: Option<String>,
+    /// `input.json`: one event, and one outcome expected rather than an array.
+    single: bool,
+}
 
-    let outcomes = subject.pipeline_for(config).run(&inputs);
-    let mut actual = serde_json::to_value(&outcomes).map_err(|err| err.to_string())?;
-    forget_module_versions(&mut actual);
-    if single {
-        actual = actual.as_array_mut().and_then(|a| a.pop()).unwrap_or(Value::Null);
+impl Case {
+    fn read(dir: &Path) -> Result<Case, String> {
+        let case = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let (input_name, single) = match (dir.join("input.json"), dir.join("input.jsonl")) {
+            (json, _) if json.is_file() => ("input.json", true),
+            (_, jsonl) if jsonl.is_file() => ("input.jsonl", false),
+            _ => return Err(format!("no `input.json` or `input.jsonl` in case `{case}`")),
+        };
+        let input_text = read(dir, input_name)?;
+        let inputs = parse_events(&input_text).map_err(|err| format!("{case}/{input_name}: {err}"))?;
+        if single && inputs.len() != 1 {
+            return Err(format!(
+                "{case}/{input_name}: holds {} events; use `input.jsonl` for more than one",
+                inputs.len()
+            ));
+        }
+        let config = if dir.join("config.json").is_file() {
+            let text = read(dir, "config.json")?;
+            serde_json::from_str::<Value>(&text).map_err(|err| format!("{case}/config.json: {err}"))?;
+            Some(text)
+        } else {
+            None
+        };
+        Ok(Case {
+            inputs,
+            config,
+            single,
+        })
+    }
+
+    /// The outcomes of `subject` on this case, as `expected.json` holds
+    /// them, and what its guests cost.
+    fn run(&self, subject: &Subject) -> Result<(Value, Usage), String> {
+        let pipeline = subject.pipeline_for(self.config.clone());
+        let (outcomes, usage) = measure(|| pipeline.run(&self.inputs));
+        let mut actual = serde_json::to_value(&outcomes).map_err(|err| err.to_string())?;
+        forget_module_versions(&mut actual);
+        if self.single {
+            actual = actual.as_array_mut().and_then(|a| a.pop()).unwrap_or(Value::Null);
+        }
+        Ok((actual, usage))
+    }
+}
+
+/// Runs one case into `result`; an error is a case that could not run.
+fn run_case(
+    subject: &Subject,
+    dir: &Path,
+    options: &SuiteOptions,
+    suite_budget: Result<Option<Budget>, String>,
+    result: &mut CaseResult,
+) -> Result<(), String> {
+    let name = result.name.clone();
+    let case = Case::read(dir)?;
+    let (actual, usage) = case.run(subject)?;
+    result.usage = usage;
+
+    match options.bless_budgets {
+        Some(headroom) => {
+            let budget = Budget::from_usage(&usage, headroom);
+            let mut text = serde_json::to_string_pretty(&budget).map_err(|err| err.to_string())?;
+            text.push('\n');
+            fs::write(dir.join(BUDGET_FILE), text)
+                .map_err(|err| format!("cannot write {name}/{BUDGET_FILE}: {}", err.kind()))?;
+        }
+        None => {
+            let case_budget = Budget::read(dir, &format!("{name}/{BUDGET_FILE}"))?;
+            let budget = suite_budget?
+                .unwrap_or_default()
+                .overridden_by(case_budget.unwrap_or_default());
+            result.over_budget = budget.check(&usage);
+        }
+    }
+
+    if let Some(baseline) = options.baseline {
+        let (before, before_usage) = case.run(baseline)?;
+        let differences = diff(&before, &actual);
+        let deltas = deltas(&before_usage, &usage);
+        let regressions = match options.max_regression {
+            Some(percent) => deltas.iter().filter(|d| d.regressed(percent)).cloned().collect(),
+            None => Vec::new(),
+        };
+        if !differences.is_empty() && !options.allow_output_changes {
+            result.status = CaseStatus::Differs(differences.clone());
+        }
+        result.baseline = Some(BaselineResult {
+            differences,
+            usage: before_usage,
+            deltas,
+            regressions,
+        });
+        return Ok(());
     }
 
     let expected_path = dir.join("expected.json");
-    if bless {
+    if options.bless {
         let mut text = serde_json::to_string_pretty(&actual).map_err(|err| err.to_string())?;
         text.push('\n');
         fs::write(&expected_path, text).map_err(|err| format!("cannot write expected.json: {err}"))?;
-        return Ok(CaseStatus::Blessed);
+        result.status = CaseStatus::Blessed;
+        return Ok(());
     }
     if !expected_path.is_file() {
         return Err(format!(
-            "no `expected.json` in case `{case}`: run with `--bless` to create it from the actual output"
+            "no `expected.json` in case `{name}`: run with `--bless` to create it from the actual output"
         ));
     }
     let expected_text = read(dir, "expected.json")?;
     let expected: Value =
-        serde_json::from_str(&expected_text).map_err(|err| format!("{case}/expected.json: {err}"))?;
+        serde_json::from_str(&expected_text).map_err(|err| format!("{name}/expected.json: {err}"))?;
     let differences = diff(&expected, &actual);
-    if differences.is_empty() {
-        Ok(CaseStatus::Passed)
-    } else {
-        Ok(CaseStatus::Differs(differences))
+    if !differences.is_empty() {
+        result.status = CaseStatus::Differs(differences);
     }
+    Ok(())
 }
 
 /// Removes `version` from error outcomes: it is the module's hash, which
@@ -298,13 +463,13 @@ fn read(dir: &Path, file: &str) -> Result<String, String> {
 
 /// JUnit XML for these suites, as CI systems read it.
 pub fn junit_xml(suites: &[SuiteReport]) -> String {
-    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    use quick_junit::{NonSuccessKind, Property, Report, TestCase, TestCaseStatus, TestSuite};
     let mut report = Report::new("sluice test");
     for suite in suites {
         let mut test_suite = TestSuite::new(suite.name.as_str());
         for case in &suite.cases {
-            let status = if case.status.failed() {
-                let message = case.status.message();
+            let status = if case.failed() {
+                let message = case.message();
                 let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
                 status.set_message(message.lines().next().unwrap_or("failed"));
                 status.set_description(message.as_str());
@@ -315,6 +480,17 @@ pub fn junit_xml(suites: &[SuiteReport]) -> String {
             let mut test_case = TestCase::new(case.name.as_str(), status);
             test_case.set_classname(suite.name.as_str());
             test_case.set_time(case.duration);
+            let usage = &case.usage;
+            let figures = [
+                ("fuel", usage.fuel),
+                ("memory-bytes", Some(usage.memory_bytes)),
+                ("output-bytes", Some(usage.output_bytes)),
+            ];
+            for (figure, value) in figures {
+                if let Some(value) = value {
+                    test_case.add_property(Property::new(figure, value.to_string()));
+                }
+            }
             test_suite.add_test_case(test_case);
         }
         report.add_test_suite(test_suite);

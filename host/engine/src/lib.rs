@@ -36,6 +36,7 @@
 //!   event at a time on fresh instances, so one bad event fails alone.
 
 pub mod bindings;
+pub mod budget;
 mod cache;
 pub mod diff;
 pub mod event;
@@ -48,6 +49,7 @@ pub mod pipeline;
 mod placement;
 mod sandbox;
 mod slots;
+pub mod usage;
 #[cfg(feature = "wasi")]
 pub mod wasi;
 

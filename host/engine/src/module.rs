@@ -510,7 +510,9 @@ impl Module {
             Ok(bindings) => bindings,
             Err(err) => return Err(self.failure(&err, 1, &store, true)),
         };
-        match bindings.call_init(&mut store, config) {
+        let init = bindings.call_init(&mut store, config);
+        self.meter(&store, 1, 0);
+        match init {
             Ok(Ok(())) => Ok(Instance {
                 store,
                 bindings,
@@ -587,6 +589,16 @@ impl Module {
     /// re-run one event at a time, each with its own full budget, so one bad
     /// event holds a batch for at most 10 × `timeout` before it is isolated.
     const BUDGET_EVENTS: usize = 10;
+
+    /// Adds a finished call's cost (armed for `events` events) to the
+    /// measurement in progress on this thread, if any.
+    fn meter(&self, store: &Store<Sandbox>, events: usize, output_bytes: usize) {
+        let fuel = self
+            .engine
+            .fuel
+            .then(|| self.fuel(events).saturating_sub(store.get_fuel().unwrap_or(0)));
+        crate::usage::record(fuel, store.data().limits.used(), output_bytes);
+    }
 
     fn timeout_ms(&self, events: usize) -> u64 {
         let events = events.min(Self::BUDGET_EVENTS);
@@ -735,7 +747,12 @@ impl Instance {
     ) -> Result<Vec<Outcome>, CallFailure> {
         self.store.data_mut().reset_for_call();
         module.arm(&mut self.store, batch.len(), placement);
-        match self.bindings.call_apply(&mut self.store, batch) {
+        let applied = self.bindings.call_apply(&mut self.store, batch);
+        let returned = applied
+            .as_ref()
+            .map_or(0, |outcomes| outcomes.iter().map(outcome_bytes).sum());
+        module.meter(&self.store, batch.len(), returned);
+        match applied {
             Ok(outcomes) if outcomes.len() == batch.len() => Ok(outcomes),
             Ok(outcomes) => Err(CallFailure {
                 kind: FaultKind::OutcomeCount {

@@ -20,7 +20,7 @@ use super::auth::Caller;
 use super::http::{ApiError, Body, json_response, query_param, read_body};
 use super::{ActivationError, App, blocking};
 use crate::store::{ModuleVersion, now_ms};
-use sluice_engine::fixtures::{CaseResult, Subject, run_suite};
+use sluice_engine::fixtures::{CaseResult, Subject, SuiteOptions, run_suite};
 use sluice_engine::pipeline::PipelineSpec;
 use sluice_engine::{LoadError, Module};
 
@@ -331,7 +331,13 @@ fn check(
     }
     check_fixture_size(fixtures)?;
     let module = Arc::new(module);
-    let suite = run_suite(name, &Subject::Module(module.clone()), fixtures, false).map_err(|err| {
+    let suite = run_suite(
+        name,
+        &Subject::Module(module.clone()),
+        fixtures,
+        &SuiteOptions::default(),
+    )
+    .map_err(|err| {
         let message = match err {
             sluice_engine::fixtures::FixtureError::Empty(_) => {
                 "`fixtures/` holds no case folders: add `fixtures/<case>/input.json` and `expected.json`"
