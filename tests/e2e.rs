@@ -4,6 +4,7 @@
 
 mod support;
 
+mod change;
 mod cli;
 mod cluster;
 mod crash;

@@ -27,7 +27,7 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.server.trim_end_matches('/'))
     }
 }
@@ -68,6 +68,40 @@ enum ChannelsCommand {
         /// The channel.
         channel: String,
     },
+    /// Run every event of the channel through a candidate pipeline as well
+    /// (a pipeline.json as `activate` takes) and compare; nothing of the
+    /// candidate is delivered, except with --canary.
+    Shadow {
+        /// The channel.
+        channel: String,
+        /// The candidate pipeline file.
+        pipeline: PathBuf,
+        /// Deliver this per cent of entities (by entity-key hash) from the candidate.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+        canary: Option<u8>,
+    },
+    /// How the shadow's candidate compares: events equal and different,
+    /// differences per JSON path with samples, the candidate's rejections and faults.
+    ShadowReport {
+        /// The channel.
+        channel: String,
+    },
+    /// Stop the shadow (or canary); prints its last report.
+    ShadowStop {
+        /// The channel.
+        channel: String,
+    },
+    /// Activate the shadow's candidate (rollback undoes it) and stop the shadow.
+    Promote {
+        /// The channel.
+        channel: String,
+    },
+    /// Run the stored events of the ingest log through a candidate pipeline
+    /// and the current one, deliver nothing, and report like a shadow.
+    Backfill(crate::trial::BackfillArgs),
+    /// Write live events of the channel, with today's outputs, as fixture
+    /// cases that `sluice test` passes unchanged.
+    Record(crate::trial::RecordArgs),
 }
 
 /// `sluice modules`.
@@ -184,6 +218,30 @@ pub fn channels(args: ChannelsArgs) -> anyhow::Result<ExitCode> {
         ChannelsCommand::Rollback { channel } => {
             call(server, "POST", &channel_url(channel, "rollback"), None)
         }
+        ChannelsCommand::Shadow {
+            channel,
+            pipeline,
+            canary,
+        } => {
+            let body =
+                std::fs::read(pipeline).with_context(|| format!("cannot read {}", pipeline.display()))?;
+            let mut url = channel_url(channel, "shadow");
+            if let Some(percent) = canary {
+                url.push_str(&format!("?canary={percent}"));
+            }
+            call(server, "POST", &url, Some(("application/json", body)))
+        }
+        ChannelsCommand::ShadowReport { channel } => {
+            call(server, "GET", &channel_url(channel, "shadow"), None)
+        }
+        ChannelsCommand::ShadowStop { channel } => {
+            call(server, "DELETE", &channel_url(channel, "shadow"), None)
+        }
+        ChannelsCommand::Promote { channel } => {
+            call(server, "POST", &channel_url(channel, "shadow/promote"), None)
+        }
+        ChannelsCommand::Backfill(backfill) => crate::trial::backfill(server, backfill),
+        ChannelsCommand::Record(record) => crate::trial::record(server, record),
     }
 }
 
@@ -272,7 +330,7 @@ pub fn dead_letters(args: DeadLettersArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn encode(text: &str) -> String {
+pub(crate) fn encode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
@@ -283,6 +341,21 @@ fn call(
     url: &str,
     body: Option<(&str, Vec<u8>)>,
 ) -> anyhow::Result<ExitCode> {
+    let (ok, body) = send(server, method, url, body)?;
+    match serde_json::from_str::<Value>(&body) {
+        Ok(json) => println!("{}", serde_json::to_string_pretty(&json)?),
+        Err(_) => println!("{body}"),
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Sends the request: whether the API accepted it, and the answer's text.
+pub(crate) fn send(
+    server: &ServerArgs,
+    method: &str,
+    url: &str,
+    body: Option<(&str, Vec<u8>)>,
+) -> anyhow::Result<(bool, String)> {
     let mut request = ureq::request(method, url);
     if let Some(token) = &server.token {
         request = request.set("authorization", &format!("Bearer {token}"));
@@ -296,9 +369,5 @@ fn call(
         Err(ureq::Error::Status(_, response)) => (false, response.into_string()?),
         Err(err) => anyhow::bail!("cannot reach the sidecar at {url}: {err}"),
     };
-    match serde_json::from_str::<Value>(&body) {
-        Ok(json) => println!("{}", serde_json::to_string_pretty(&json)?),
-        Err(_) => println!("{body}"),
-    }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok((ok, body))
 }

@@ -9,6 +9,7 @@ mod run;
 mod serve;
 mod sink;
 mod test;
+mod trial;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

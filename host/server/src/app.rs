@@ -11,16 +11,29 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{Caller, Tokens};
+use super::backfill::Backfill;
 use super::backoff::TokenBucket;
 use super::config::{DestinationConfig, RetryPolicy, ServerConfig, TenantConfig, WhenOff};
 use super::entity_key::EntityKey;
 use super::http::ApiError;
 use super::metrics::Metrics;
+use super::record::Recording;
+use super::shadow::{CanaryPick, Shadow};
 use super::supervisor::WorkerBoard;
 use crate::store::{Queue, Registry, StoreError};
 use sluice_engine::event::{EventJson, OutcomeJson};
 use sluice_engine::pipeline::{Pipeline, PipelineSpec, Step};
 use sluice_engine::{Engine, Limits};
+
+/// What [`App::run_pipeline`] did with a batch.
+pub struct Ran {
+    /// The events, as given.
+    pub events: Vec<EventJson>,
+    /// One outcome per event.
+    pub outcomes: Vec<OutcomeJson>,
+    /// With a canary: which outcomes came from the candidate.
+    pub canary: Option<CanaryPick>,
+}
 
 /// A channel as served: its tenant, pipeline, destination and switch.
 pub struct Channel {
@@ -44,6 +57,11 @@ pub struct Channel {
     degraded: Mutex<Option<String>>,
     active_spec: Mutex<Option<String>>,
     stored: AtomicU64,
+    shadow: RwLock<Option<Arc<Shadow>>>,
+    /// The backfill running or last run, if any.
+    pub(crate) backfill: Mutex<Option<Arc<Backfill>>>,
+    /// The recording in progress, if any.
+    pub(crate) recording: Mutex<Option<Arc<Recording>>>,
     pub(super) wake: Notify,
 }
 
@@ -65,6 +83,9 @@ impl Channel {
             degraded: Mutex::new(None),
             active_spec: Mutex::new(None),
             stored: AtomicU64::new(0),
+            shadow: RwLock::new(None),
+            backfill: Mutex::new(None),
+            recording: Mutex::new(None),
             wake: Notify::new(),
         }
     }
@@ -92,6 +113,16 @@ impl Channel {
 
     pub(super) fn set_stored(&self, count: u64) {
         self.stored.store(count, Ordering::Relaxed);
+    }
+
+    /// The candidate running beside the active pipeline, if one does.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.shadow.read().expect("shadow lock").clone()
+    }
+
+    /// Starts (`Some`) or stops (`None`) a shadow; returns the one it replaces.
+    pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) -> Option<Arc<Shadow>> {
+        std::mem::replace(&mut *self.shadow.write().expect("shadow lock"), shadow)
     }
 
     /// The pipeline now active. A batch takes it once and finishes on it,
@@ -142,7 +173,7 @@ pub struct Destination {
     /// Its retry policy (its own, or the config's default).
     pub retry: RetryPolicy,
     /// Selects the entity (SKU) whose order is kept.
-    pub entity_key: EntityKey,
+    pub entity_key: Arc<EntityKey>,
     /// What its delivery worker is doing, for the operations page.
     pub status: Mutex<DestinationStatus>,
     pub(super) wake: Notify,
@@ -348,8 +379,9 @@ impl App {
             .map(|spec| {
                 let destination = Destination {
                     retry: spec.retry.clone().unwrap_or_else(|| config.retry.clone()),
-                    entity_key: EntityKey::compile(&spec.entity_key)
-                        .expect("checked when the config was parsed"),
+                    entity_key: Arc::new(
+                        EntityKey::compile(&spec.entity_key).expect("checked when the config was parsed"),
+                    ),
                     config: spec.clone(),
                     status: Mutex::default(),
                     wake: Notify::new(),
@@ -448,37 +480,57 @@ impl App {
     /// it runs, even if the caller goes away), and records the time and
     /// every outcome on `path` (`sync` or `ingest`). The events come back
     /// with their outcomes.
+    ///
+    /// With a shadow on the channel (see [`crate::shadow`]), the events also
+    /// run through the candidate on the same blocking thread, and the
+    /// outcomes are compared; a canary's share of outcomes comes from the
+    /// candidate, as the returned pick says.
     pub async fn run_pipeline(
         &self,
         channel: &Channel,
         pipeline: Pipeline,
         events: Vec<EventJson>,
         path: &'static str,
-    ) -> Result<(Vec<EventJson>, Vec<OutcomeJson>), tokio::task::JoinError> {
+    ) -> Result<Ran, tokio::task::JoinError> {
         let permit = self.transform_permit(&channel.tenant).await.ok().flatten();
         let started = Instant::now();
-        let inline = if !events.is_empty() && events.len() <= self.settings.inline_batch_events {
-            pipeline.try_run_inline(&events).ok()
-        } else {
-            None
-        };
+        let shadow = channel.shadow();
+        let entity_key = channel
+            .destination
+            .as_ref()
+            .and_then(|d| self.destinations.get(d))
+            .map(|d| d.entity_key.clone());
+        let inline =
+            if shadow.is_none() && !events.is_empty() && events.len() <= self.settings.inline_batch_events {
+                pipeline.try_run_inline(&events).ok()
+            } else {
+                None
+            };
         self.metrics.transform_placement(&channel.name, inline.is_some());
-        let (events, outcomes) = match inline {
+        let (events, outcomes, canary) = match inline {
             Some(outcomes) => {
                 drop(permit);
-                (events, outcomes)
+                (events, outcomes, None)
             }
             None => {
                 tokio::task::spawn_blocking(move || {
-                    let outcomes = pipeline.run(&events);
+                    let mut outcomes = pipeline.run(&events);
+                    let canary = shadow.and_then(|shadow| {
+                        let candidate = shadow.pipeline.run(&events);
+                        shadow.apply(&events, &mut outcomes, candidate, entity_key.as_deref())
+                    });
                     drop(permit);
-                    (events, outcomes)
+                    (events, outcomes, canary)
                 })
                 .await?
             }
         };
         self.metrics
             .transform_time(&channel.name, started.elapsed().as_secs_f64());
+        let recording = channel.recording.lock().expect("recording lock").clone();
+        if let Some(recording) = recording {
+            recording.capture(&events);
+        }
         for outcome in &outcomes {
             self.metrics.outcome(&channel.name, outcome.tag(), path);
         }
@@ -493,7 +545,11 @@ impl App {
             ];
             self.history.add_all(&channel.name, &counts, now);
         }
-        Ok((events, outcomes))
+        Ok(Ran {
+            events,
+            outcomes,
+            canary,
+        })
     }
 
     /// A tenant's state, if the tenant exists.

@@ -33,6 +33,7 @@
 mod admin;
 mod app;
 pub mod auth;
+pub mod backfill;
 pub mod backoff;
 pub mod config;
 pub mod delivery;
@@ -42,7 +43,10 @@ pub mod http;
 mod ingest;
 pub mod metrics;
 mod modules;
+mod record;
+mod redact;
 pub mod routes;
+pub mod shadow;
 pub mod shared;
 pub mod sidecar;
 pub mod sink;
@@ -52,6 +56,7 @@ mod sync;
 mod timed_io;
 pub mod tls;
 pub mod transformer;
+mod trial;
 mod ui;
 
 use std::convert::Infallible;
@@ -253,11 +258,11 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-async fn handle(app: &App, request: Request<Incoming>) -> Response<Body> {
+async fn handle(app: &Arc<App>, request: Request<Incoming>) -> Response<Body> {
     route(app, request).await.unwrap_or_else(ApiError::into_response)
 }
 
-async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn route(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     use routes::Route;
 
     let path = request.uri().path().to_string();
@@ -325,6 +330,16 @@ async fn route(app: &App, request: Request<Incoming>) -> Result<Response<Body>, 
         (Route::Disable, &Method::POST) => admin::switch_channel(app, &caller, &name, false).await,
         (Route::Activate, &Method::POST) => modules::activate(app, &caller, &name, request).await,
         (Route::Rollback, &Method::POST) => modules::rollback(app, &caller, &name).await,
+        (Route::Shadow, &Method::POST) => trial::start(app, &caller, &name, request).await,
+        (Route::Shadow, &Method::GET) => trial::report(app, &caller, &name).await,
+        (Route::Shadow, &Method::DELETE) => trial::stop(app, &caller, &name).await,
+        (Route::Promote, &Method::POST) => trial::promote(app, &caller, &name).await,
+        (Route::Backfill, &Method::POST) => trial::start_backfill(app, &caller, &name, request).await,
+        (Route::Backfill, &Method::GET) => trial::backfill_report(app, &caller, &name).await,
+        (Route::Backfill, &Method::DELETE) => trial::cancel_backfill(app, &caller, &name).await,
+        (Route::Record, &Method::POST) => trial::start_recording(app, &caller, &name, request).await,
+        (Route::Record, &Method::GET) => trial::recording(app, &caller, &name).await,
+        (Route::Record, &Method::DELETE) => trial::stop_recording(app, &caller, &name).await,
         (Route::Modules, &Method::GET) => modules::list(app, &caller, None).await,
         (Route::Module, &Method::GET) => modules::list(app, &caller, Some(&name)).await,
         (Route::Module, &Method::PUT) => modules::upload(app, &caller, &name, request).await,
@@ -415,6 +430,11 @@ pub(crate) async fn blocking<T: Send + 'static>(
             StatusCode::SERVICE_UNAVAILABLE,
             "store-unavailable",
             err.to_string(),
+        )),
+        Ok(Err(StoreError::Unsupported(what))) => Err(ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "not-supported",
+            format!("this sidecar's store cannot {what}: the embedded SQLite store can"),
         )),
         Ok(Err(err)) => Err(ApiError::internal(err)),
         Err(join) => Err(ApiError::internal(format!("a store task failed: {join}"))),

@@ -18,10 +18,10 @@ use sha2::{Digest, Sha256};
 use super::admin::{describe, valid_name};
 use super::auth::Caller;
 use super::http::{ApiError, Body, json_response, query_param, read_body};
-use super::{ActivationError, App, blocking};
+use super::{ActivationError, App, Channel, blocking};
 use crate::store::{ModuleVersion, now_ms};
 use sluice_engine::fixtures::{CaseResult, Subject, SuiteOptions, run_suite};
-use sluice_engine::pipeline::PipelineSpec;
+use sluice_engine::pipeline::{Pipeline, PipelineSpec};
 use sluice_engine::{LoadError, Module};
 
 /// The tenant a caller acts for in module routes: its own, or for an admin `?tenant=`.
@@ -580,6 +580,19 @@ pub async fn activate(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let (spec, pipeline) = read_candidate(app, channel, request).await?;
+    make_active(app, channel, &spec, pipeline).await?;
+    Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
+}
+
+/// Reads a pipeline spec from the request body (as `activate` takes one),
+/// resolves every step's version in full, and loads it from the channel
+/// tenant's uploaded modules. Nothing is stored.
+pub(crate) async fn read_candidate(
+    app: &App,
+    channel: &Channel,
+    request: Request<Incoming>,
+) -> Result<(PipelineSpec, Pipeline), ApiError> {
     let body = read_body(request, app.max_body_bytes, app.settings.body_timeout).await?;
     let mut de = serde_json::Deserializer::from_slice(&body);
     let mut spec: PipelineSpec = serde_path_to_error::deserialize(&mut de).map_err(|err| {
@@ -603,17 +616,27 @@ pub async fn activate(
         let loaded = tokio::task::block_in_place(|| app.load_uploaded(channel, &spec));
         loaded.map_err(activation_error)?
     };
+    Ok((spec, pipeline))
+}
+
+/// Stores `spec` as the channel's active pipeline and swaps `pipeline` in.
+pub(crate) async fn make_active(
+    app: &App,
+    channel: &Channel,
+    spec: &PipelineSpec,
+    pipeline: Pipeline,
+) -> Result<(), ApiError> {
     let registry = app.registry.clone();
     let (key, text) = (
         channel.name.clone(),
-        serde_json::to_string(&spec).map_err(ApiError::internal)?,
+        serde_json::to_string(spec).map_err(ApiError::internal)?,
     );
     let stored = text.clone();
     blocking(move || registry.push_pipeline(&key, &text)).await?;
     app.swap_pipeline(channel, pipeline);
     channel.set_active_spec(Some(stored));
     tracing::info!(channel = %channel.name, tenant = %channel.tenant, pipeline = %json!(spec), "pipeline activated");
-    Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
+    Ok(())
 }
 
 /// `POST /v1/channels/{name}/rollback`: back to the pipeline active before

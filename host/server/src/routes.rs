@@ -33,6 +33,14 @@ pub enum Route {
     Activate,
     /// `/v1/channels/{name}/rollback`
     Rollback,
+    /// `/v1/channels/{name}/shadow`
+    Shadow,
+    /// `/v1/channels/{name}/shadow/promote`
+    Promote,
+    /// `/v1/channels/{name}/backfill`
+    Backfill,
+    /// `/v1/channels/{name}/record`
+    Record,
     /// `/v1/modules`
     Modules,
     /// `/v1/modules/{name}`
@@ -63,6 +71,10 @@ const TABLE: &[(&str, Route)] = &[
     ("/v1/channels/{name}/disable", Route::Disable),
     ("/v1/channels/{name}/activate", Route::Activate),
     ("/v1/channels/{name}/rollback", Route::Rollback),
+    ("/v1/channels/{name}/shadow", Route::Shadow),
+    ("/v1/channels/{name}/shadow/promote", Route::Promote),
+    ("/v1/channels/{name}/backfill", Route::Backfill),
+    ("/v1/channels/{name}/record", Route::Record),
     ("/v1/modules", Route::Modules),
     ("/v1/modules/{name}", Route::Module),
     ("/v1/dead-letters", Route::DeadLetters),

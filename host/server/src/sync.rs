@@ -48,10 +48,11 @@ pub async fn transform(
         event.tenant = channel.tenant.clone();
     }
 
-    let (_, outcomes) = app
+    let outcomes = app
         .run_pipeline(channel, channel.pipeline(), events, "sync")
         .await
-        .map_err(|join| ApiError::internal(format!("the transform task failed: {join}")))?;
+        .map_err(|join| ApiError::internal(format!("the transform task failed: {join}")))?
+        .outcomes;
 
     let status = if strict && outcomes.iter().any(|o| matches!(o, OutcomeJson::Error { .. })) {
         StatusCode::INTERNAL_SERVER_ERROR

@@ -139,8 +139,8 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             }),
         }
     }
-    let (inputs, outcomes) = match app.run_pipeline(channel, pipeline, inputs, "ingest").await {
-        Ok(done) => done,
+    let ran = match app.run_pipeline(channel, pipeline, inputs, "ingest").await {
+        Ok(ran) => ran,
         // The pipeline isolates module faults; a panic here is a host bug.
         // Let it end this worker: the supervisor logs, counts and restarts
         // it, and the batch, never committed, is read again.
@@ -151,6 +151,13 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
         }
     };
 
+    let (inputs, outcomes) = (ran.events, ran.outcomes);
+    let from_candidate = |index: usize| {
+        ran.canary
+            .as_ref()
+            .filter(|pick| pick.from_candidate[index])
+            .map(|pick| pick.versions.clone())
+    };
     let faults: Vec<Option<String>> = outcomes
         .iter()
         .map(|outcome| match outcome {
@@ -161,7 +168,7 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
     app.record_faults(channel, &faults);
 
     let destination = channel.destination.as_ref().and_then(|d| app.destinations.get(d));
-    for ((item, input), outcome) in runnable.into_iter().zip(inputs).zip(outcomes) {
+    for (index, ((item, input), outcome)) in runnable.into_iter().zip(inputs).zip(outcomes).enumerate() {
         let correlation_id = input.correlation_id.clone().unwrap_or_else(|| input.id.clone());
         tracing::info!(
             tenant = %input.tenant,
@@ -215,7 +222,7 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             event_id: input.id.clone(),
             original: item.event,
             received_ms: item.received_ms,
-            versions: versions.clone(),
+            versions: from_candidate(index).unwrap_or_else(|| versions.clone()),
             disposition,
         });
     }

@@ -33,6 +33,10 @@ pub enum StoreError {
     /// NATS JetStream failed or did not answer in time.
     #[error("jetstream: {0}")]
     Nats(#[from] NatsError),
+    /// This store does not keep what was asked for (JetStream keeps no
+    /// ingest log once events are transformed).
+    #[error("this store cannot {0}")]
+    Unsupported(&'static str),
     /// A stored row cannot be read back.
     #[error("store: row {what} is corrupt: {detail}")]
     Corrupt {
@@ -54,6 +58,33 @@ impl StoreError {
             Self::Nats(NatsError::NotConnected | NatsError::InFlight | NatsError::Timeout { .. })
         )
     }
+}
+
+/// Which events of the ingest log to read.
+#[derive(Debug, Clone, Default)]
+pub struct StoredQuery {
+    /// The tenant whose events these are.
+    pub tenant: String,
+    /// Only events received at or after this time (ms since the epoch).
+    pub since_ms: i64,
+    /// Continue from this position (received ms, event id), exclusive:
+    /// after it oldest first, before it newest first.
+    pub from: Option<(i64, String)>,
+    /// The newest first instead of the oldest.
+    pub newest_first: bool,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// One event of the ingest log.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// When it was received (ms since the epoch).
+    pub received_ms: i64,
+    /// Its id.
+    pub id: String,
+    /// Its JSON text, as ingested.
+    pub event: String,
 }
 
 /// One event to ingest: its JSON text, and the channels it is queued for.
@@ -384,6 +415,13 @@ pub trait Queue: Send + Sync {
     /// Forgets ids of events ingested before `before_ms` that nothing still
     /// needs: the window in which a redelivered webhook is recognised.
     fn forget_before(&self, before_ms: i64) -> Result<u64, StoreError>;
+
+    /// Events of the ingest log (kept for the idempotency window), in
+    /// order of receipt, either way, from `query.from`.
+    fn stored_events(&self, query: &StoredQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        let _ = query;
+        Err(StoreError::Unsupported("read back ingested events"))
+    }
     /// Whether a destination's rate limit is shared with other sidecars
     /// through the store ([`Queue::take_rate_token`]); otherwise each
     /// sidecar paces itself.

@@ -261,6 +261,49 @@ mod tests {
     }
 
     #[test]
+    fn the_ingest_log_pages_both_ways_without_repeats_or_gaps() {
+        let (_dir, queue) = queue();
+        // Many in one batch: they share a received time, so ids break the tie.
+        queue.ingest((0..25).map(|n| ingest(&format!("e{n:02}"), &["a"])).collect()).unwrap();
+        queue
+            .ingest(vec![Ingest {
+                tenant: "globex".into(),
+                ..ingest("other", &["a"])
+            }])
+            .unwrap();
+        for newest_first in [false, true] {
+            let mut seen = Vec::new();
+            let mut from = None;
+            loop {
+                let page = queue
+                    .stored_events(&StoredQuery {
+                        tenant: "acme".into(),
+                        from: from.clone(),
+                        newest_first,
+                        limit: 7,
+                        ..StoredQuery::default()
+                    })
+                    .unwrap();
+                let Some(last) = page.last() else { break };
+                from = Some((last.received_ms, last.id.clone()));
+                seen.extend(page.into_iter().map(|e| e.id));
+            }
+            let mut expected: Vec<String> = (0..25).map(|n| format!("e{n:02}")).collect();
+            if newest_first {
+                expected.reverse();
+            }
+            assert_eq!(seen, expected, "newest first: {newest_first}");
+        }
+        let later = StoredQuery {
+            tenant: "acme".into(),
+            since_ms: now_ms() + 60_000,
+            limit: 10,
+            ..StoredQuery::default()
+        };
+        assert!(queue.stored_events(&later).unwrap().is_empty());
+    }
+
+    #[test]
     fn forgetting_old_ids_keeps_the_originals_deliveries_still_need() {
         let (_dir, queue) = queue();
         queue.ingest(vec![ingest("1", &["a"])]).unwrap();

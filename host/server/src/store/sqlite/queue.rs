@@ -394,6 +394,43 @@ impl Queue for SqliteQueue {
         })
     }
 
+    fn stored_events(&self, query: &StoredQuery) -> Result<Vec<StoredEvent>, StoreError> {
+        let query = query.clone();
+        self.read(move |db| {
+            let row = |row: &rusqlite::Row| {
+                Ok(StoredEvent {
+                    received_ms: row.get(0)?,
+                    id: row.get(1)?,
+                    event: row.get(2)?,
+                })
+            };
+            let limit = query.limit as i64;
+            let (newest_first, from) = (query.newest_first, query.from.clone());
+            let (from_ms, from_id) = from.unwrap_or(if newest_first {
+                (i64::MAX, String::new())
+            } else {
+                (i64::MIN, String::new())
+            });
+            let sql = if newest_first {
+                "SELECT received_ms, id, event FROM events WHERE tenant = ?1 AND received_ms >= ?2
+                   AND (received_ms < ?3 OR (received_ms = ?3 AND id < ?4))
+                 ORDER BY received_ms DESC, id DESC LIMIT ?5"
+            } else {
+                "SELECT received_ms, id, event FROM events WHERE tenant = ?1 AND received_ms >= ?2
+                   AND (received_ms, id) > (?3, ?4)
+                 ORDER BY received_ms, id LIMIT ?5"
+            };
+            let found = db
+                .prepare_cached(sql)?
+                .query_map(
+                    params![query.tenant, query.since_ms, from_ms, from_id, limit],
+                    row,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(found)
+        })
+    }
+
     fn forget_before(&self, before_ms: i64) -> Result<u64, StoreError> {
         self.call(move |db| {
             Ok(db.execute(

@@ -1,0 +1,339 @@
+//! Changing a channel safely: a shadow (`/v1/channels/{name}/shadow`,
+//! with `?canary=N` a canary) and its promotion, a backfill over the
+//! ingest log (`…/backfill`), and live events recorded as fixture cases
+//! (`…/record`).
+
+use std::sync::{Arc, Mutex};
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::json;
+
+use super::App;
+use super::auth::Caller;
+use super::backfill::{Backfill, channel_event};
+use super::http::{ApiError, Body, json_response, query_param, read_body};
+use super::modules::{make_active, read_candidate};
+use super::record::{MAX_RECORDED, Recording, cases};
+use super::redact::Redactor;
+use super::shadow::Shadow;
+use crate::store::StoredQuery;
+
+/// `POST /v1/channels/{name}/shadow[?canary=N]`: starts running every event
+/// of the channel through the candidate in the body as well (replacing a
+/// shadow already running). Its outcomes are compared, never delivered,
+/// except for a canary's share of entities.
+pub async fn start(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let canary_percent = match query_param(&request, "canary") {
+        None => 0,
+        Some(text) => text.parse::<u8>().ok().filter(|p| *p <= 100).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid-canary",
+                format!("`canary` must be a whole per cent from 0 to 100, not `{text}`"),
+                None,
+            )
+        })?,
+    };
+    if canary_percent > 0 && channel.destination.is_none() {
+        return Err(ApiError::bad_request(
+            "invalid-canary",
+            format!("channel `{name}` delivers nowhere: a canary needs a destination; run a plain shadow"),
+            None,
+        ));
+    }
+    let (spec, pipeline) = read_candidate(app, channel, request).await?;
+    let shadow = Arc::new(Shadow {
+        spec,
+        pipeline,
+        canary_percent,
+        started_ms: crate::store::now_ms(),
+        comparison: Mutex::default(),
+    });
+    let report = shadow.report();
+    channel.set_shadow(Some(shadow));
+    tracing::info!(channel = %channel.name, tenant = %channel.tenant, canary_percent, candidate = %report["candidate"], "shadow started");
+    Ok(json_response(StatusCode::CREATED, &report))
+}
+
+/// `GET /v1/channels/{name}/shadow`: how the candidate compares so far.
+pub async fn report(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let shadow = channel.shadow().ok_or_else(|| no_shadow(name))?;
+    Ok(json_response(StatusCode::OK, &shadow.report()))
+}
+
+/// `DELETE /v1/channels/{name}/shadow`: stops the shadow; answers its last report.
+pub async fn stop(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let shadow = channel.set_shadow(None).ok_or_else(|| no_shadow(name))?;
+    tracing::info!(channel = %channel.name, tenant = %channel.tenant, "shadow stopped");
+    Ok(json_response(StatusCode::OK, &shadow.report()))
+}
+
+/// `POST /v1/channels/{name}/shadow/promote`: activates the candidate (as
+/// `activate` would, so `rollback` undoes it) and stops the shadow.
+pub async fn promote(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let shadow = channel.shadow().ok_or_else(|| no_shadow(name))?;
+    make_active(app, channel, &shadow.spec, shadow.pipeline.clone()).await?;
+    // Only this shadow: one started meanwhile keeps running.
+    {
+        let current = channel.shadow();
+        if current.is_some_and(|now| Arc::ptr_eq(&now, &shadow)) {
+            channel.set_shadow(None);
+        }
+    }
+    let mut answer = super::admin::describe(app, channel).await?;
+    answer["promoted"] = json!(shadow.report());
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+fn no_shadow(name: &str) -> ApiError {
+    ApiError::not_found(
+        "no-shadow",
+        format!("channel `{name}` runs no shadow: start one with POST /v1/channels/{name}/shadow"),
+    )
+}
+
+/// `POST /v1/channels/{name}/backfill[?since-ms=T][&limit=N]`: runs the
+/// stored events of the channel (received since `T`, at most `N`) through
+/// the candidate in the body and the current pipeline, in the background,
+/// delivering nothing. One at a time per channel.
+pub async fn start_backfill(
+    app: &Arc<App>,
+    caller: &Caller,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let number = |field: &str| -> Result<Option<i64>, ApiError> {
+        query_param(&request, field)
+            .map(|text| {
+                text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                    ApiError::bad_request(
+                        "invalid-backfill",
+                        format!("`{field}` must be a whole number, not `{text}`"),
+                        None,
+                    )
+                })
+            })
+            .transpose()
+    };
+    let since_ms = number("since-ms")?.unwrap_or(0);
+    let limit = number("limit")?.map(|n| n as u64);
+    if channel
+        .backfill
+        .lock()
+        .expect("backfill lock")
+        .as_ref()
+        .is_some_and(|b| b.running())
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "backfill-running",
+            format!("channel `{name}` is running a backfill: follow it with GET or cancel it with DELETE"),
+        ));
+    }
+    // The ingest log must be readable before anything starts.
+    let queue = app.queue.clone();
+    let probe = StoredQuery {
+        tenant: channel.tenant.clone(),
+        limit: 1,
+        ..StoredQuery::default()
+    };
+    super::blocking(move || queue.stored_events(&probe)).await?;
+    let (spec, pipeline) = read_candidate(app, channel, request).await?;
+    let backfill = Arc::new(Backfill::new(spec, pipeline, since_ms, limit));
+    {
+        let mut slot = channel.backfill.lock().expect("backfill lock");
+        if slot.as_ref().is_some_and(|b| b.running()) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "backfill-running",
+                format!("channel `{name}` is running a backfill"),
+            ));
+        }
+        *slot = Some(backfill.clone());
+    }
+    let report = backfill.report();
+    tokio::spawn(backfill.run(app.clone(), channel.name.clone()));
+    tracing::info!(channel = %channel.name, tenant = %channel.tenant, since_ms, ?limit, "backfill started");
+    Ok(json_response(StatusCode::ACCEPTED, &report))
+}
+
+/// `GET /v1/channels/{name}/backfill`: the running or last backfill's progress and comparison.
+pub async fn backfill_report(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let backfill = channel.backfill.lock().expect("backfill lock").clone();
+    let backfill = backfill.ok_or_else(|| {
+        ApiError::not_found(
+            "no-backfill",
+            format!("channel `{name}` has run no backfill since the sidecar started"),
+        )
+    })?;
+    Ok(json_response(StatusCode::OK, &backfill.report()))
+}
+
+/// `DELETE /v1/channels/{name}/backfill`: cancels the running backfill.
+pub async fn cancel_backfill(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let backfill = channel.backfill.lock().expect("backfill lock").clone();
+    match backfill {
+        Some(backfill) if backfill.running() => {
+            backfill.cancel();
+            Ok(json_response(StatusCode::OK, &backfill.report()))
+        }
+        _ => Err(ApiError::not_found(
+            "no-backfill",
+            format!("channel `{name}` runs no backfill"),
+        )),
+    }
+}
+
+/// What `POST …/record` takes.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct RecordRequest {
+    /// Record the next this many events.
+    count: Option<usize>,
+    /// Record the newest this many stored events.
+    last: Option<usize>,
+    /// JSONPaths to redact in every event.
+    #[serde(default)]
+    redact: Vec<String>,
+    /// The redaction key (hex); the same key gives the same placeholders.
+    #[serde(default)]
+    key: String,
+}
+
+/// `POST /v1/channels/{name}/record`, body `{"count": N}` (the next N events
+/// the channel runs) or `{"last": N}` (the newest N of the ingest log), with
+/// `redact` (JSONPaths) and `key` (hex). `last` answers the cases at once;
+/// `count` starts a recording that `GET` follows.
+pub async fn start_recording(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let body = read_body(request, app.max_body_bytes, app.settings.body_timeout).await?;
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let asked: RecordRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = sluice_engine::diff::path_from_serde(err.path());
+        ApiError::bad_request("invalid-recording", err.into_inner().to_string(), Some(&path))
+    })?;
+    let key = hex::decode(&asked.key).map_err(|err| {
+        ApiError::bad_request(
+            "invalid-recording",
+            format!("`key` is not hex: {err}"),
+            Some("$['key']"),
+        )
+    })?;
+    let redactor = Redactor::new(&asked.redact, &key)
+        .map_err(|err| ApiError::bad_request("invalid-recording", err.to_string(), Some("$['redact']")))?;
+    let (wanted, field) = match (asked.count, asked.last) {
+        (Some(count), None) => (count, "count"),
+        (None, Some(last)) => (last, "last"),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid-recording",
+                "give exactly one of `count` (the next events) and `last` (stored events)",
+                None,
+            ));
+        }
+    };
+    if wanted == 0 || wanted > MAX_RECORDED {
+        return Err(ApiError::bad_request(
+            "invalid-recording",
+            format!("`{field}` must be from 1 to {MAX_RECORDED}, not {wanted}"),
+            Some(&format!("$['{field}']")),
+        ));
+    }
+    if field == "count" {
+        let recording = Arc::new(Recording::new(wanted, asked.redact, key));
+        *channel.recording.lock().expect("recording lock") = Some(recording);
+        tracing::info!(channel = %channel.name, tenant = %channel.tenant, count = wanted, "recording started");
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({"state": "recording", "captured": 0, "wanted": wanted}),
+        ));
+    }
+    let mut events = Vec::new();
+    let mut from = None::<(i64, String)>;
+    while events.len() < wanted {
+        let queue = app.queue.clone();
+        let query = StoredQuery {
+            tenant: channel.tenant.clone(),
+            newest_first: true,
+            from: from.clone(),
+            limit: 256,
+            ..StoredQuery::default()
+        };
+        let page = super::blocking(move || queue.stored_events(&query)).await?;
+        let Some(last) = page.last() else { break };
+        from = Some((last.received_ms, last.id.clone()));
+        events.extend(page.into_iter().filter_map(|e| channel_event(channel, e)));
+    }
+    events.truncate(wanted);
+    events.reverse();
+    let answer = finish(channel.pipeline(), events, redactor).await?;
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// `GET /v1/channels/{name}/record`: a recording's progress; once it has
+/// every event, its cases (and the recording ends).
+pub async fn recording(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let recording = channel.recording.lock().expect("recording lock").clone();
+    let recording = recording.ok_or_else(|| no_recording(name))?;
+    if !recording.done() {
+        return Ok(json_response(
+            StatusCode::OK,
+            &json!({"state": "recording", "captured": recording.captured(), "wanted": recording.wanted}),
+        ));
+    }
+    let redactor = Redactor::new(&recording.redact, &recording.key).map_err(ApiError::internal)?;
+    let answer = finish(channel.pipeline(), recording.events(), redactor).await?;
+    let mut slot = channel.recording.lock().expect("recording lock");
+    if slot.as_ref().is_some_and(|now| Arc::ptr_eq(now, &recording)) {
+        *slot = None;
+    }
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// `DELETE /v1/channels/{name}/record`: ends a recording; answers what it has.
+pub async fn stop_recording(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
+    let channel = app.channel_for(caller, name)?;
+    let recording = channel.recording.lock().expect("recording lock").take();
+    let recording = recording.ok_or_else(|| no_recording(name))?;
+    let redactor = Redactor::new(&recording.redact, &recording.key).map_err(ApiError::internal)?;
+    let answer = finish(channel.pipeline(), recording.events(), redactor).await?;
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// The cases of recorded events, run through today's pipeline on a blocking thread.
+async fn finish(
+    pipeline: sluice_engine::Pipeline,
+    events: Vec<sluice_engine::event::EventJson>,
+    mut redactor: Redactor,
+) -> Result<serde_json::Value, ApiError> {
+    let cases = tokio::task::spawn_blocking(move || cases(&events, &mut redactor, &pipeline))
+        .await
+        .map_err(|join| ApiError::internal(format!("the recording task failed: {join}")))?
+        .map_err(ApiError::internal)?;
+    Ok(json!({"state": "done", "cases": cases}))
+}
+
+fn no_recording(name: &str) -> ApiError {
+    ApiError::not_found(
+        "no-recording",
+        format!("channel `{name}` is not recording: start with POST /v1/channels/{name}/record"),
+    )
+}
