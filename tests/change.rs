@@ -538,4 +538,23 @@ fn recorded_events_become_fixtures_that_pass_with_emails_redacted_alike() {
             .unwrap();
     assert_eq!(again["payload"]["customer"]["email"], email.as_str());
     assert_eq!(sink.received().len(), 3, "recording delivers nothing more");
+
+    // Waiting for events that do not come ends with what there is.
+    let quiet = work.path().join("quiet");
+    let out = record(
+        &sidecar,
+        &[
+            "--count",
+            "5",
+            "--within",
+            "1",
+            "--out",
+            quiet.to_str().unwrap(),
+            "--redact-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("wrote 0 case(s)"), "{out}");
+    let (status, _) = sidecar.send("GET", "/v1/channels/stock/record", Some(ACME), b"", "");
+    assert_eq!(status, 404, "the recording ended");
 }

@@ -29,10 +29,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a transform against golden fixtures; exits non-zero on any difference.
+    /// Run a transform against golden fixtures; exits non-zero on any
+    /// difference, any case over its budget, or (with --baseline) any change
+    /// from the older version.
     ///
     /// Each case is a folder with `input.json` (one event) or `input.jsonl`
-    /// (many), an optional `config.json`, and `expected.json`.
+    /// (many), an optional `config.json`, `expected.json`, and an optional
+    /// `budget.json` (`{"fuel": N, "memory-bytes": N, "output-bytes": N}`;
+    /// one in the fixtures folder applies to every case).
     Test(test::TestArgs),
     /// Transform events from JSONL (stdin or a file) and print outcomes as JSONL.
     Run(run::RunArgs),

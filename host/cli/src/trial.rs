@@ -142,7 +142,9 @@ pub fn record(server: &ServerArgs, args: &RecordArgs) -> anyhow::Result<ExitCode
     bar.set_style(
         ProgressStyle::with_template("recording {bar:30} {pos}/{len} events").expect("a valid template"),
     );
-    let deadline = args.within.map(|s| std::time::Instant::now() + Duration::from_secs(s));
+    let deadline = args
+        .within
+        .map(|s| std::time::Instant::now() + Duration::from_secs(s));
     while answer["state"] == "recording" {
         bar.set_position(answer["captured"].as_u64().unwrap_or(0));
         std::thread::sleep(POLL);

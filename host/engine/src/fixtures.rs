@@ -131,7 +131,13 @@ impl CaseResult {
 
     /// Why the case failed, as `sluice test` prints it; empty if it did not.
     pub fn message(&self) -> String {
-        let mut message = self.status.message();
+        let mut message = match (&self.status, &self.baseline) {
+            (CaseStatus::Differs(differences), Some(_)) => format!(
+                "output differs from the baseline's at {} path(s); accept it with --allow-output-changes\n",
+                differences.len()
+            ),
+            (status, _) => status.message(),
+        };
         for overrun in &self.over_budget {
             message.push_str(&format!("{overrun}\n"));
         }

@@ -264,7 +264,9 @@ mod tests {
     fn the_ingest_log_pages_both_ways_without_repeats_or_gaps() {
         let (_dir, queue) = queue();
         // Many in one batch: they share a received time, so ids break the tie.
-        queue.ingest((0..25).map(|n| ingest(&format!("e{n:02}"), &["a"])).collect()).unwrap();
+        queue
+            .ingest((0..25).map(|n| ingest(&format!("e{n:02}"), &["a"])).collect())
+            .unwrap();
         queue
             .ingest(vec![Ingest {
                 tenant: "globex".into(),
