@@ -389,14 +389,6 @@ fn bad_uploads_are_refused_with_a_reason_and_change_nothing() {
             "wrong-world",
         ),
         (
-            "wasi:http",
-            "http",
-            wasm("http-caller"),
-            "application/wasm",
-            422,
-            "unsupported-import",
-        ),
-        (
             "a 1 GiB memory",
             "huge",
             wasm("huge-memory"),
@@ -440,8 +432,6 @@ fn bad_uploads_are_refused_with_a_reason_and_change_nothing() {
         assert_eq!(code(&answer), (*status, *expected), "{what}: {}", answer.1);
         assert!(!answer.1["message"].as_str().unwrap().is_empty());
     }
-    let http = upload(&sidecar, ACME, "http", &wasm("http-caller")).1;
-    assert!(http["message"].as_str().unwrap().contains("wasi:http"), "{http}");
     // A raw `..` path never reaches a module name.
     let answer = raw_request(
         &sidecar.base,
@@ -481,10 +471,10 @@ fn bad_uploads_are_refused_with_a_reason_and_change_nothing() {
         "application/x-tar",
     );
     assert_eq!(answer.0, 201, "{}", answer.1);
-    assert_eq!(
-        answer.1["fixtures"],
-        json!([{"case": "sku-only", "status": "passed"}])
-    );
+    let fixtures = answer.1["fixtures"].as_array().unwrap();
+    assert_eq!(fixtures.len(), 1, "{}", answer.1);
+    assert_eq!((&fixtures[0]["case"], &fixtures[0]["status"]), (&json!("sku-only"), &json!("passed")));
+    assert!(fixtures[0]["usage"]["memory-bytes"].as_u64().unwrap() > 0, "{}", answer.1);
     // The module quota (3 names): a fourth name is refused.
     assert_eq!(upload(&sidecar, ACME, "third", &good).0, 201);
     assert_eq!(
@@ -989,8 +979,8 @@ fn hostile_tar_uploads_are_refused_without_reading_links_or_showing_paths() {
     let cache = dir.path().join("data/module-cache");
     let artifacts = || std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
     let before = artifacts();
-    let http = upload(&sidecar, ACME, "http", &wasm("http-caller"));
-    assert_eq!(code(&http), (422, "unsupported-import"), "{}", http.1);
+    let huge = upload(&sidecar, ACME, "huge", &wasm("huge-memory"));
+    assert_eq!(code(&huge), (422, "cannot-instantiate"), "{}", huge.1);
     assert_eq!(artifacts(), before, "a refused module leaves no artifact");
     // (json-mapping is compiled already for the config's channels.)
     assert_eq!(upload(&sidecar, ACME, "guard", &wasm("inventory-guard")).0, 201);
@@ -1050,4 +1040,84 @@ fn a_damaged_module_file_degrades_its_channel_and_the_server_still_starts() {
     });
     let (status, ready) = sidecar.get("/readyz");
     assert_eq!(status, 200, "{ready}");
+}
+
+#[test]
+fn a_module_importing_wasi_http_loads_and_each_request_fails_its_own_event_as_denied() {
+    let destination = sink();
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(dir.path(), &config(&destination, ""));
+    // Linked but denied: the upload is accepted, and `check` says so.
+    let (status, uploaded) = upload(&sidecar, ACME, "http", &wasm("http-caller"));
+    assert_eq!(status, 201, "{uploaded}");
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["check", guest("http-caller").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{out}");
+    assert!(
+        out.contains("wasi:http/outgoing-handler") && out.contains("(linked but denied"),
+        "{out}"
+    );
+
+    let version = uploaded["version"].as_str().unwrap();
+    let pipeline = json!({"steps": [{"module": "http", "version": version}]}).to_string();
+    let (status, answer) = sidecar.send(
+        "POST",
+        "/v1/channels/acme-stock/activate",
+        Some(ACME),
+        pipeline.as_bytes(),
+        "",
+    );
+    assert_eq!(status, 200, "{answer}");
+    let events: String = (0..3)
+        .map(|n| event(&format!("h-{n}"), "acme", json!({"sku": "A"})) + "\n")
+        .collect();
+    let (status, answer) = sidecar.send("POST", "/v1/events", Some(ACME), events.as_bytes(), "");
+    assert_eq!(status, 202, "{answer}");
+    wait_for("three dead letters", PATIENCE, || {
+        sidecar
+            .get("/v1/dead-letters?channel=acme-stock")
+            .1
+            .as_array()
+            .is_some_and(|l| l.len() == 3)
+    });
+    let letters = sidecar.get("/v1/dead-letters?channel=acme-stock").1;
+    for letter in letters.as_array().unwrap() {
+        let (_, full) = sidecar.get(&format!("/v1/dead-letters/{}", letter["id"]));
+        assert_eq!(full["reason"], "fault", "{full}");
+        assert_eq!(full["detail"]["code"], "denied", "{full}");
+        let import = full["detail"]["import"].as_str().unwrap();
+        assert!(
+            import.starts_with("wasi:http/types@") && import.ends_with("#[constructor]fields"),
+            "{full}"
+        );
+    }
+    // The sync path says the same, per event, and the host carries on.
+    let probe = event("h-sync", "acme", json!({"sku": "B"}));
+    let (status, outcome) = sidecar.send(
+        "POST",
+        "/v1/channels/acme-stock/transform",
+        Some(ACME),
+        probe.as_bytes(),
+        "",
+    );
+    assert_eq!(
+        (status, &outcome["error"]["code"]),
+        (200, &json!("denied")),
+        "{outcome}"
+    );
+    assert!(
+        outcome["error"]["message"].is_null() || !outcome.to_string().contains("/tmp"),
+        "{outcome}"
+    );
+    // Nothing left: the destination saw none of these events.
+    assert!(
+        destination
+            .received()
+            .iter()
+            .all(|r| !r.body.windows(2).any(|w| w == b"h-")),
+        "nothing was delivered"
+    );
 }

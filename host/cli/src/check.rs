@@ -65,7 +65,11 @@ fn print_report(report: &ComponentReport) {
         }
     );
     for import in &report.imports {
-        println!("    - {import}");
+        if report.denied.contains(import) {
+            println!("    - {import}  (linked but denied: any call fails its event)");
+        } else {
+            println!("    - {import}");
+        }
     }
     println!("  exports: {}", report.exports.len());
     for export in &report.exports {

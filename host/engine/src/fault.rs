@@ -101,6 +101,13 @@ pub enum FaultKind {
         /// What wasmtime said.
         detail: String,
     },
+    /// The module called an import that is linked but denied (an outgoing
+    /// HTTP request): nothing was sent.
+    #[error("{}", crate::deny::Denied { import: import.clone() })]
+    Denied {
+        /// The function called.
+        import: String,
+    },
 }
 
 impl FaultKind {
@@ -110,6 +117,11 @@ impl FaultKind {
         if let Some(exceeded) = err.downcast_ref::<MemoryLimitExceeded>() {
             return FaultKind::MemoryLimit {
                 limit_bytes: exceeded.limit,
+            };
+        }
+        if let Some(denied) = err.downcast_ref::<crate::deny::Denied>() {
+            return FaultKind::Denied {
+                import: denied.import.clone(),
             };
         }
         #[cfg(feature = "wasi")]

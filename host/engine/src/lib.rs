@@ -38,6 +38,7 @@
 pub mod bindings;
 pub mod budget;
 mod cache;
+pub mod deny;
 pub mod diff;
 pub mod event;
 mod fault;

@@ -91,6 +91,9 @@ pub struct ComponentReport {
     pub imports: Vec<String>,
     /// Names of everything the component exports.
     pub exports: Vec<String>,
+    /// Imports that are linked but denied: any call fails its event
+    /// (see [`crate::deny`]).
+    pub denied: Vec<String>,
 }
 
 /// What one event became in one step: an outcome, or a fault.
@@ -148,16 +151,13 @@ impl Engine {
         let (component, sha256, cache) = self.compile(name, bytes)?;
         let report = self.report(&component, bytes.len(), sha256.clone());
         for import in &report.imports {
-            if !PROVIDED_IMPORTS.iter().any(|prefix| import.starts_with(prefix)) {
-                let hint = if import.starts_with("wasi:http/") {
-                    ": transforms may not make HTTP requests"
-                } else {
-                    ""
-                };
+            if !PROVIDED_IMPORTS.iter().any(|prefix| import.starts_with(prefix))
+                && !crate::deny::is_denied(import)
+            {
                 return Err(LoadError::UnsupportedImport {
                     name: name.into(),
                     import: import.clone(),
-                    hint: hint.into(),
+                    hint: String::new(),
                 });
             }
         }
@@ -193,7 +193,18 @@ impl Engine {
             linker
         };
         #[cfg(feature = "wasi")]
-        let linker = &self.linker;
+        let linker = if report.denied.is_empty() {
+            std::borrow::Cow::Borrowed(&*self.linker)
+        } else {
+            let mut linker = (*self.linker).clone();
+            crate::deny::link(&mut linker, &component, &self.wasmtime).map_err(|err| {
+                LoadError::WrongWorld {
+                    name: name.into(),
+                    detail: format!("{err:#}"),
+                }
+            })?;
+            std::borrow::Cow::Owned(linker)
+        };
         let instance_pre =
             linker
                 .instantiate_pre(&component)
@@ -253,13 +264,19 @@ impl Engine {
 
     fn report(&self, component: &Component, size: usize, sha256: String) -> ComponentReport {
         let ty = component.component_type();
+        let imports: Vec<String> = ty
+            .imports(&self.wasmtime)
+            .map(|(name, _)| name.to_string())
+            .collect();
         ComponentReport {
             size,
             sha256,
-            imports: ty
-                .imports(&self.wasmtime)
-                .map(|(name, _)| name.to_string())
+            denied: imports
+                .iter()
+                .filter(|i| crate::deny::is_denied(i))
+                .cloned()
                 .collect(),
+            imports,
             exports: ty
                 .exports(&self.wasmtime)
                 .map(|(name, _)| name.to_string())

@@ -3,7 +3,8 @@
 //!
 //! A transform gets no preopened directories, no environment, no arguments,
 //! no network (TCP, UDP and name lookup are off and every address is
-//! refused) and no outgoing HTTP (`wasi:http` is not linked at all). Its
+//! refused) and no outgoing HTTP (`wasi:http` is linked only to fail every
+//! call, see [`crate::deny`]). Its
 //! stdout, stderr and `host.log` lines go to one bounded buffer. Clocks
 //! start at the same instant on every call and move only when the guest
 //! sleeps (see `wasi`), and randomness repeats, so the same input always
