@@ -473,8 +473,15 @@ fn bad_uploads_are_refused_with_a_reason_and_change_nothing() {
     assert_eq!(answer.0, 201, "{}", answer.1);
     let fixtures = answer.1["fixtures"].as_array().unwrap();
     assert_eq!(fixtures.len(), 1, "{}", answer.1);
-    assert_eq!((&fixtures[0]["case"], &fixtures[0]["status"]), (&json!("sku-only"), &json!("passed")));
-    assert!(fixtures[0]["usage"]["memory-bytes"].as_u64().unwrap() > 0, "{}", answer.1);
+    assert_eq!(
+        (&fixtures[0]["case"], &fixtures[0]["status"]),
+        (&json!("sku-only"), &json!("passed"))
+    );
+    assert!(
+        fixtures[0]["usage"]["memory-bytes"].as_u64().unwrap() > 0,
+        "{}",
+        answer.1
+    );
     // The module quota (3 names): a fourth name is refused.
     assert_eq!(upload(&sidecar, ACME, "third", &good).0, 201);
     assert_eq!(

@@ -3,6 +3,7 @@
 //! `sluice-engine` and `sluice-server`.
 
 mod admin;
+mod build;
 mod check;
 mod new;
 mod run;
@@ -43,8 +44,12 @@ enum Command {
     /// Check that a file is a component implementing the Sluice world, and
     /// show its imports, exports and size.
     Check(check::CheckArgs),
-    /// Scaffold a new transform crate with one fixture case.
+    /// Scaffold a new transform (Rust, Python or JavaScript) with one fixture case.
     New(new::NewArgs),
+    /// Build transform folders into components: Rust with cargo, Python
+    /// with componentize-py, JavaScript with componentize-js (both
+    /// installed, pinned, on first use).
+    Build(build::BuildArgs),
     /// Run the sidecar for the channels in `sluice.toml`: synchronous
     /// transforms, durable ingest, delivery with retries, dead letters.
     ///
@@ -114,7 +119,7 @@ impl EngineArgs {
     }
 }
 
-fn default_cache_dir() -> PathBuf {
+pub(crate) fn default_cache_dir() -> PathBuf {
     std::env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
@@ -129,6 +134,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::run(args),
         Command::New(args) => new::run(args),
+        Command::Build(args) => build::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Channels(args) => admin::channels(args),
         Command::DeadLetters(args) => admin::dead_letters(args),

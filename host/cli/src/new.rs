@@ -1,5 +1,5 @@
-//! `sluice new`: scaffolds a transform crate that builds and passes its
-//! fixture unchanged.
+//! `sluice new`: scaffolds a transform, in Rust, Python or JavaScript, that
+//! builds and passes its fixture unchanged.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,25 +7,38 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use super::build::{JS_HELPER, PYTHON_HELPER};
+
 /// Arguments of `sluice new`.
 #[derive(Debug, Args)]
 pub struct NewArgs {
     /// The transform's name: lower-case letters, digits and dashes (`acme-marketplace`).
     name: String,
-    /// Folder to create the crate in.
+    /// The language to write it in.
+    #[arg(long, value_enum, default_value_t = Lang::Rust)]
+    lang: Lang,
+    /// Folder to create the transform in.
     #[arg(long, default_value = "transforms")]
     dir: PathBuf,
-    /// Path to the `guest-sdk` folder (the `sluice-guest` crate); found
-    /// automatically when `--dir` is inside a Sluice checkout.
+    /// Rust only: path to the `guest-sdk` folder (the `sluice-guest`
+    /// crate); found automatically when `--dir` is inside a Sluice checkout.
     #[arg(long)]
     sdk_path: Option<PathBuf>,
 }
 
-/// The files of a new transform, from templates next to this module.
-const FILES: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("scaffold/Cargo.toml.tmpl")),
-    ("src/lib.rs", include_str!("scaffold/lib.rs.tmpl")),
-    ("README.md", include_str!("scaffold/README.md.tmpl")),
+/// The languages `sluice new` scaffolds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// A Rust crate using the `sluice-guest` SDK.
+    Rust,
+    /// A Python module (componentize-py).
+    Python,
+    /// A JavaScript module (componentize-js).
+    Js,
+}
+
+/// The fixture every new transform starts with, in every language.
+const FIXTURE: &[(&str, &str)] = &[
     (
         "fixtures/example/input.json",
         include_str!("scaffold/fixtures/input.json"),
@@ -38,7 +51,30 @@ const FILES: &[(&str, &str)] = &[
         "fixtures/example/expected.json",
         include_str!("scaffold/fixtures/expected.json"),
     ),
+    ("README.md", include_str!("scaffold/README.md.tmpl")),
 ];
+
+/// The files of a new transform in `lang`, from templates next to this module.
+fn files(lang: Lang) -> Vec<(&'static str, &'static str)> {
+    let own: &[(&str, &str)] = match lang {
+        Lang::Rust => &[
+            ("Cargo.toml", include_str!("scaffold/Cargo.toml.tmpl")),
+            ("src/lib.rs", include_str!("scaffold/lib.rs.tmpl")),
+            (".gitignore", "target/\n"),
+        ],
+        Lang::Python => &[
+            ("app.py", include_str!("scaffold/python/app.py.tmpl")),
+            (PYTHON_HELPER.0, PYTHON_HELPER.1),
+            (".gitignore", "build/\n__pycache__/\n"),
+        ],
+        Lang::Js => &[
+            ("app.js", include_str!("scaffold/js/app.js.tmpl")),
+            (JS_HELPER.0, JS_HELPER.1),
+            (".gitignore", "build/\n"),
+        ],
+    };
+    own.iter().chain(FIXTURE).copied().collect()
+}
 
 pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     let name = &args.name;
@@ -60,11 +96,12 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
         );
     }
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create `{}`", args.dir.display()))?;
-    let sdk = match &args.sdk_path {
-        Some(path) => path
+    let sdk = match (args.lang, &args.sdk_path) {
+        (Lang::Rust, Some(path)) => path
             .canonicalize()
             .with_context(|| format!("`--sdk-path {}` does not exist", path.display()))?,
-        None => find_sdk(&args.dir)?,
+        (Lang::Rust, None) => find_sdk(&args.dir)?,
+        _ => PathBuf::new(),
     };
     let type_name: String = name
         .split('-')
@@ -76,22 +113,39 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         })
         .collect();
-    for (file, template) in FILES {
-        let text = template
-            .replace("{{name}}", name)
-            .replace("{{type_name}}", &type_name)
-            .replace("{{sdk_path}}", &sdk.display().to_string())
-            .replace("{{dir}}", &crate_dir.display().to_string());
+    let (how, component) = match args.lang {
+        Lang::Rust => (
+            "cargo build --release --target wasm32-wasip2".to_string(),
+            format!("target/wasm32-wasip2/release/{}.wasm", name.replace('-', "_")),
+        ),
+        Lang::Python => (
+            format!("componentize-py {}", super::build::COMPONENTIZE_PY),
+            format!("{}/build/{}.wasm", crate_dir.display(), name.replace('-', "_")),
+        ),
+        Lang::Js => (
+            format!("componentize-js {}", super::build::COMPONENTIZE_JS),
+            format!("{}/build/{}.wasm", crate_dir.display(), name.replace('-', "_")),
+        ),
+    };
+    for (file, template) in files(args.lang) {
+        let text = if file == PYTHON_HELPER.0 || file == JS_HELPER.0 {
+            template.to_string()
+        } else {
+            template
+                .replace("{{name}}", name)
+                .replace("{{type_name}}", &type_name)
+                .replace("{{sdk_path}}", &sdk.display().to_string())
+                .replace("{{dir}}", &crate_dir.display().to_string())
+                .replace("{{how}}", &how)
+                .replace("{{component}}", &component)
+        };
         let path = crate_dir.join(file);
         std::fs::create_dir_all(path.parent().expect("files are in folders"))?;
         std::fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))?;
     }
     println!("created transform `{name}` in {}", crate_dir.display());
     println!("next:");
-    println!(
-        "  cargo build --manifest-path {}/Cargo.toml --target wasm32-wasip2 --release",
-        crate_dir.display()
-    );
+    println!("  sluice build {}", crate_dir.display());
     println!("  sluice test {}", crate_dir.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -19,10 +19,12 @@ use super::EngineArgs;
 /// Arguments of `sluice test`.
 #[derive(Debug, Args)]
 pub struct TestArgs {
-    /// Transform crate folders (`transforms/b2b-portal`) or channel folders
-    /// with a `pipeline.json` (`transforms/channels/b2b-from-magento`), whose
-    /// built components and `fixtures/` are found automatically; or, with
-    /// `--module`, one fixtures folder.
+    /// Transform folders (a Rust crate like `transforms/b2b-portal`, a
+    /// Python or JavaScript transform with `app.py` or `app.js`, built first
+    /// if its sources changed) or channel folders with a `pipeline.json`
+    /// (`transforms/channels/b2b-from-magento`), whose components and
+    /// `fixtures/` are found automatically; or, with `--module`, one
+    /// fixtures folder.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
     /// Test this component against the fixtures folder given as the path.
@@ -58,6 +60,10 @@ pub struct TestArgs {
     /// by more than this (`10%`).
     #[arg(long, value_name = "PERCENT", value_parser = percent, default_value = "10%", requires = "baseline")]
     max_regression: f64,
+    /// Where the Python and JavaScript toolchains are installed, for
+    /// transforms that must be built first.
+    #[arg(long, env = "SLUICE_TOOLS_DIR", default_value_os_t = super::build::default_tools_dir())]
+    tools_dir: PathBuf,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -101,6 +107,7 @@ pub fn run(args: TestArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             for dir in &args.paths {
+                super::build::build_if_needed(dir, &args.tools_dir)?;
                 let (name, target, fixtures) = test_target(dir, &engine, &limits)?;
                 let subject = match target {
                     TestTarget::Module(component) => Subject::Module(Arc::new(load(&component)?)),

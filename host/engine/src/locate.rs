@@ -54,7 +54,7 @@ pub enum LocateError {
     },
     /// No built component of a transform crate.
     #[error(
-        "no built component for `{package}`; looked for:\n  {}\nbuild it with `cargo build -p {package} --target wasm32-wasip2 --profile guest`",
+        "no built component for `{package}`; looked for:\n  {}\nbuild it with `sluice build <its folder>`",
         looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join("\n  ")
     )]
     NotBuilt {
@@ -94,8 +94,9 @@ pub enum TestTarget {
     Pipeline(Pipeline),
 }
 
-/// Resolves a transform crate folder (with `Cargo.toml`) or a channel folder
-/// (with `pipeline.json`) to what to test and its `fixtures/` folder.
+/// Resolves a transform folder (a Rust crate with `Cargo.toml`, a Python
+/// transform with `app.py`, a JavaScript one with `app.js`) or a channel
+/// folder (with `pipeline.json`) to what to test and its `fixtures/` folder.
 pub fn test_target(
     dir: &Path,
     engine: &Engine,
@@ -111,6 +112,17 @@ pub fn test_target(
         return Ok((name, TestTarget::Pipeline(pipeline), fixtures));
     }
     let manifest_path = dir.join("Cargo.toml");
+    if !manifest_path.is_file() && (dir.join("app.py").is_file() || dir.join("app.js").is_file()) {
+        let component = script_component(dir);
+        if !component.is_file() {
+            return Err(LocateError::NotBuilt {
+                package: name,
+                looked: vec![component],
+            });
+        }
+        let name = folder_name(dir);
+        return Ok((name, TestTarget::Module(component), fixtures));
+    }
     let text =
         std::fs::read_to_string(&manifest_path).map_err(|_| LocateError::NothingThere(dir.to_path_buf()))?;
     let manifest: toml::Table = text
@@ -134,6 +146,21 @@ pub fn test_target(
         TestTarget::Module(component(package, dir)?),
         fixtures,
     ))
+}
+
+/// The component a Python (`app.py`) or JavaScript (`app.js`) transform
+/// folder builds to: `build/<folder name>.wasm`, `-` as `_`.
+pub fn script_component(dir: &Path) -> PathBuf {
+    dir.join("build")
+        .join(format!("{}.wasm", folder_name(dir).replace('-', "_")))
+}
+
+/// A folder's own name, `.` and `..` resolved.
+fn folder_name(dir: &Path) -> String {
+    dir.canonicalize()
+        .ok()
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "transform".into())
 }
 
 /// Loads a `pipeline.json`: steps naming built transforms (`"magento-source"`)

@@ -263,8 +263,10 @@ impl Default for RetryPolicy {
     }
 }
 
+/// 64 MiB: a hello-world Python component is 18 MB and a JavaScript one
+/// 12 MB, with room for the tenant's own code and libraries.
 fn default_max_module_bytes() -> usize {
-    16 << 20
+    64 << 20
 }
 fn default_max_modules() -> usize {
     50
