@@ -137,13 +137,24 @@ def log(message: str, level: str = "info") -> None:
 # --- Helpers, as in the Rust SDK ---------------------------------------------
 
 
+def _joins(char: str) -> bool:
+    """Whether a code point belongs to the character before it: a mark, a
+    joiner, a variation selector, a skin tone or an emoji tag."""
+    point = ord(char)
+    return (
+        unicodedata.category(char) in ("Mn", "Mc", "Me")
+        or point in (0x200C, 0x200D)
+        or 0xFE00 <= point <= 0xFE0F
+        or 0x1F3FB <= point <= 0x1F3FF
+        or 0xE0020 <= point <= 0xE007F
+    )
+
+
 def truncate(text: str, limit: int) -> str:
     """At most `limit` characters, never splitting one; an ellipsis marks a cut."""
     clusters: List[str] = []
     for char in text:
-        joins = clusters and (
-            unicodedata.combining(char) or char in "\u200d\ufe0f\ufe0e" or clusters[-1].endswith("\u200d")
-        )
+        joins = clusters and (_joins(char) or clusters[-1].endswith("\u200d"))
         if joins:
             clusters[-1] += char
         else:

@@ -274,12 +274,56 @@ pub fn modules(args: ModulesArgs) -> anyhow::Result<ExitCode> {
                     ("application/x-tar", archive.into_inner()?)
                 }
             };
-            call(
+            let (ok, answer) = send(
                 server,
                 "PUT",
                 &server.url(&format!("/v1/modules/{}", encode(&name))),
                 Some(body),
-            )
+            )?;
+            let json: Value = serde_json::from_str(&answer).unwrap_or(Value::String(answer));
+            if json["code"] == "fixtures-failed" {
+                print_failed_fixtures(&name, &json);
+            } else {
+                println!("{}", serde_json::to_string_pretty(&json)?);
+            }
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// An upload refused for its fixtures, as `sluice test` shows cases: each
+/// case, and for each difference its JSON path, expected and actual.
+fn print_failed_fixtures(module: &str, answer: &Value) {
+    println!("{}", answer["message"].as_str().unwrap_or("the fixtures failed"));
+    let show = |value: &Value| {
+        if value.is_null() {
+            "(missing)".to_string()
+        } else {
+            value.to_string()
+        }
+    };
+    for case in answer["cases"].as_array().into_iter().flatten() {
+        let name = case["case"].as_str().unwrap_or("?");
+        if case["status"] == "passed" {
+            println!("case {module}/{name} ... ok");
+            continue;
+        }
+        println!("case {module}/{name} ... FAILED");
+        if let Some(error) = case["error"].as_str() {
+            println!("    {error}");
+        }
+        for difference in case["differences"].as_array().into_iter().flatten() {
+            println!("      {}", difference["path"].as_str().unwrap_or("$"));
+            println!("        expected: {}", show(&difference["expected"]));
+            println!("        actual:   {}", show(&difference["actual"]));
+        }
+        for overrun in case["over-budget"].as_array().into_iter().flatten() {
+            println!(
+                "    {} {} is over its budget of {}",
+                overrun["figure"].as_str().unwrap_or("?"),
+                overrun["value"],
+                overrun["budget"]
+            );
         }
     }
 }

@@ -105,9 +105,9 @@ pub fn run(args: BuildArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Builds a Python or JavaScript transform when its component is missing
-/// or older than a source file; a Rust one when no component is found.
-/// For `sluice test`.
+/// Builds a Python or JavaScript transform when its component is missing,
+/// older than a source file, or built with another version of the helper
+/// library than this `sluice` ships. For `sluice test`.
 pub fn build_if_needed(dir: &Path, tools_dir: &Path) -> anyhow::Result<()> {
     let Some(language) = Language::of(dir) else {
         return Ok(());
@@ -118,8 +118,12 @@ pub fn build_if_needed(dir: &Path, tools_dir: &Path) -> anyhow::Result<()> {
         _ => {
             let component = component_path(dir);
             let built = std::fs::metadata(&component).and_then(|m| m.modified()).ok();
+            let helper_changed = language.helper().is_some_and(|(file, text)| {
+                std::fs::read_to_string(dir.join(file)).ok().as_deref() != Some(text)
+            });
             match built {
                 None => true,
+                Some(_) if helper_changed => true,
                 Some(built) => newest_source(dir, language).is_some_and(|newest| newest > built),
             }
         }

@@ -157,22 +157,18 @@ pub async fn upload(
     let registry = app.registry.clone();
     let (key, module_name) = (tenant_name.clone(), name.to_string());
     let held = blocking(move || registry.modules(&key, None)).await?;
-    if held.iter().any(|m| m.name == name && m.version == version) {
-        // The same bytes again: nothing to check, but a stored file that
-        // was damaged (a power loss) is repaired by them.
-        let (dir, stored, copy) = (app.modules_dir.clone(), version.clone(), bytes.clone());
-        tokio::task::spawn_blocking(move || store_file(&dir, &stored, &copy))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(store_failed)?;
-        app.metrics.upload(&tenant_name, "unchanged");
-        return Ok(json_response(
-            StatusCode::OK,
-            &json!({"name": name, "version": version, "size": bytes.len(), "created": false}),
-        ));
+    // The same bytes again: nothing to store, but fixtures sent with them
+    // are still run (an upload is also a check), and a stored file that was
+    // damaged (a power loss) is repaired by them.
+    let unchanged = held.iter().any(|m| m.name == name && m.version == version);
+    let has_fixtures = std::fs::read_dir(&fixtures).is_ok_and(|mut d| d.next().is_some());
+    if unchanged && !has_fixtures {
+        return unchanged_upload(app, &tenant_name, name, &version, bytes, json!([])).await;
     }
-    check_quotas(&tenant.config, &tenant_name, name, bytes.len(), &held)
-        .map_err(|err| refused(app, &tenant_name, err))?;
+    if !unchanged {
+        check_quotas(&tenant.config, &tenant_name, name, bytes.len(), &held)
+            .map_err(|err| refused(app, &tenant_name, err))?;
+    }
 
     // At most `upload-concurrency` checks at once: each compiles and runs
     // fixtures. The permit moves into the check itself, so it is held for
@@ -197,6 +193,9 @@ pub async fn upload(
         .map_err(ApiError::internal)?
     };
     let (module, report) = checked.map_err(|err| refused(app, &tenant_name, err))?;
+    if unchanged {
+        return unchanged_upload(app, &tenant_name, name, &version, bytes, report).await;
+    }
 
     let stored = {
         let (dir, version, bytes) = (app.modules_dir.clone(), version.clone(), bytes.clone());
@@ -225,6 +224,29 @@ pub async fn upload(
     Ok(json_response(
         StatusCode::CREATED,
         &json!({"name": name, "version": version, "size": bytes.len(), "created": true, "fixtures": report}),
+    ))
+}
+
+/// Answers an upload of a version the tenant holds already: 200, nothing
+/// stored but the file repaired if it was damaged.
+async fn unchanged_upload(
+    app: &App,
+    tenant: &str,
+    name: &str,
+    version: &str,
+    bytes: Vec<u8>,
+    fixtures: Value,
+) -> Result<Response<Body>, ApiError> {
+    let size = bytes.len();
+    let (dir, stored) = (app.modules_dir.clone(), version.to_string());
+    tokio::task::spawn_blocking(move || store_file(&dir, &stored, &bytes))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(store_failed)?;
+    app.metrics.upload(tenant, "unchanged");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"name": name, "version": version, "size": size, "created": false, "fixtures": fixtures}),
     ))
 }
 
