@@ -446,36 +446,27 @@ fn sluice_check_explains_what_is_wrong() {
 
 #[test]
 fn a_scaffolded_transform_builds_and_passes_its_fixture_unchanged() {
+    // Outside any checkout and without --sdk-path: the SDK the binary carries.
     let dir = tempfile::tempdir().unwrap();
-    let sdk = workspace().join("guest-sdk");
-    let created = sluice(&[
-        "new",
-        "acme-marketplace",
-        "--dir",
-        dir.path().to_str().unwrap(),
-        "--sdk-path",
-        sdk.to_str().unwrap(),
-    ]);
+    let created = sluice(&["new", "acme-marketplace", "--dir", dir.path().to_str().unwrap()]);
     assert!(created.status.success(), "{}", stderr(&created));
+    assert!(
+        stderr(&created).contains("using the Rust SDK this sluice carries"),
+        "{}",
+        stderr(&created)
+    );
     let crate_dir = dir.path().join("acme-marketplace");
     // The workspace's lock file keeps dependency versions equal to the
     // workspace's, so the build reuses what is already downloaded.
     std::fs::copy(workspace().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
     let scaffold_target = target_dir().join("scaffold");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let build = Command::new(cargo)
-        .args([
-            "build",
-            "--target",
-            "wasm32-wasip2",
-            "--release",
-            "--manifest-path",
-        ])
-        .arg(crate_dir.join("Cargo.toml"))
+    let build = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["build", crate_dir.to_str().unwrap()])
         .env("CARGO_TARGET_DIR", &scaffold_target)
         .output()
         .unwrap();
     assert!(build.status.success(), "{}", stderr(&build));
+    assert!(stdout(&build).contains("with cargo"), "{}", stdout(&build));
     let tested = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["test", crate_dir.to_str().unwrap()])
         .env("CARGO_TARGET_DIR", &scaffold_target)

@@ -21,7 +21,8 @@ pub struct NewArgs {
     #[arg(long, default_value = "transforms")]
     dir: PathBuf,
     /// Rust only: path to the `guest-sdk` folder (the `sluice-guest`
-    /// crate); found automatically when `--dir` is inside a Sluice checkout.
+    /// crate). Default: the checkout's when `--dir` is inside one, else the
+    /// SDK this `sluice` carries, written under its cache folder.
     #[arg(long)]
     sdk_path: Option<PathBuf>,
 }
@@ -100,7 +101,10 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
         (Lang::Rust, Some(path)) => path
             .canonicalize()
             .with_context(|| format!("`--sdk-path {}` does not exist", path.display()))?,
-        (Lang::Rust, None) => find_sdk(&args.dir)?,
+        (Lang::Rust, None) => match find_sdk(&args.dir) {
+            Some(sdk) => sdk,
+            None => write_embedded_sdk()?,
+        },
         _ => PathBuf::new(),
     };
     let type_name: String = name
@@ -150,19 +154,134 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The `guest-sdk` folder of the Sluice checkout that contains `dir`.
-fn find_sdk(dir: &Path) -> anyhow::Result<PathBuf> {
-    let start = dir
-        .canonicalize()
-        .with_context(|| format!("cannot resolve `{}`", dir.display()))?;
+/// The `guest-sdk` folder of the Sluice checkout that contains `dir`, if any.
+fn find_sdk(dir: &Path) -> Option<PathBuf> {
+    let start = dir.canonicalize().ok()?;
     start
         .ancestors()
         .map(|a| a.join("guest-sdk"))
         .find(|sdk| sdk.join("Cargo.toml").is_file())
-        .with_context(|| {
-            format!(
-                "`{}` is not inside a Sluice checkout: pass `--sdk-path <path to guest-sdk>`",
-                dir.display()
-            )
-        })
+}
+
+/// The Rust SDK (`sluice-guest`) and the contract, as this `sluice` was built.
+const RUST_SDK: &[(&str, &str)] = &[
+    (
+        "guest-sdk/Cargo.toml",
+        include_str!("scaffold/rust-sdk/Cargo.toml"),
+    ),
+    (
+        "guest-sdk/src/event.rs",
+        include_str!("../../../guest-sdk/src/event.rs"),
+    ),
+    (
+        "guest-sdk/src/gtin.rs",
+        include_str!("../../../guest-sdk/src/gtin.rs"),
+    ),
+    (
+        "guest-sdk/src/lib.rs",
+        include_str!("../../../guest-sdk/src/lib.rs"),
+    ),
+    (
+        "guest-sdk/src/log.rs",
+        include_str!("../../../guest-sdk/src/log.rs"),
+    ),
+    (
+        "guest-sdk/src/mapping.rs",
+        include_str!("../../../guest-sdk/src/mapping.rs"),
+    ),
+    (
+        "guest-sdk/src/money.rs",
+        include_str!("../../../guest-sdk/src/money.rs"),
+    ),
+    (
+        "guest-sdk/src/outcome.rs",
+        include_str!("../../../guest-sdk/src/outcome.rs"),
+    ),
+    (
+        "guest-sdk/src/path.rs",
+        include_str!("../../../guest-sdk/src/path.rs"),
+    ),
+    (
+        "guest-sdk/src/product.rs",
+        include_str!("../../../guest-sdk/src/product.rs"),
+    ),
+    (
+        "guest-sdk/src/source.rs",
+        include_str!("../../../guest-sdk/src/source.rs"),
+    ),
+    (
+        "guest-sdk/src/text.rs",
+        include_str!("../../../guest-sdk/src/text.rs"),
+    ),
+    (
+        "guest-sdk/src/transform.rs",
+        include_str!("../../../guest-sdk/src/transform.rs"),
+    ),
+    (
+        "guest-sdk/src/units.rs",
+        include_str!("../../../guest-sdk/src/units.rs"),
+    ),
+    ("wit/world.wit", include_str!("../../../wit/world.wit")),
+    ("wit/types.wit", include_str!("../../../wit/types.wit")),
+];
+
+/// Writes the embedded Rust SDK under the cache folder (one folder per
+/// content, so an older scaffold keeps building against its own); its
+/// `guest-sdk` folder.
+fn write_embedded_sdk() -> anyhow::Result<PathBuf> {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    for (file, text) in RUST_SDK {
+        digest.update(file.as_bytes());
+        digest.update(text.as_bytes());
+    }
+    let version = hex::encode(digest.finalize());
+    let root = super::default_cache_dir().join("rust-sdk").join(&version[..16]);
+    for (file, text) in RUST_SDK {
+        let path = root.join(file);
+        std::fs::create_dir_all(path.parent().expect("files are in folders"))?;
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
+            std::fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))?;
+        }
+    }
+    eprintln!(
+        "using the Rust SDK this sluice carries, written to {}",
+        root.display()
+    );
+    Ok(root.join("guest-sdk"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every dependency of the embedded SDK manifest is the workspace's, so
+    /// a scaffold outside the checkout builds what CI builds.
+    #[test]
+    fn the_embedded_sdk_manifest_matches_the_workspace() {
+        let read = |text: &str| text.parse::<toml::Table>().unwrap();
+        let embedded = read(include_str!("scaffold/rust-sdk/Cargo.toml"));
+        let sdk = read(include_str!("../../../guest-sdk/Cargo.toml"));
+        let workspace = read(include_str!("../../../Cargo.toml"));
+        let shared = &workspace["workspace"]["dependencies"];
+        for (name, spec) in sdk["dependencies"].as_table().unwrap() {
+            let as_table = |value: toml::Value| match value {
+                toml::Value::String(version) => {
+                    toml::Table::from_iter([("version".to_string(), version.into())])
+                }
+                other => other.as_table().cloned().unwrap_or_default(),
+            };
+            let mut want = as_table(shared.get(name).cloned().unwrap_or_else(|| spec.clone()));
+            if spec.get("optional").is_some() {
+                want.insert("optional".into(), true.into());
+            }
+            let got = as_table(embedded["dependencies"][name].clone());
+            assert_eq!(got, want, "dependency `{name}`");
+        }
+        let files: Vec<&str> = RUST_SDK.iter().map(|(f, _)| *f).collect();
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../guest-sdk/src")).unwrap() {
+            let name = format!("guest-sdk/src/{}", entry.unwrap().file_name().to_string_lossy());
+            assert!(files.contains(&name.as_str()), "{name} is not embedded");
+        }
+    }
 }
