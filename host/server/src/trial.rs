@@ -267,7 +267,10 @@ pub async fn start_recording(
     }
     let mut events = Vec::new();
     let mut from = None::<(i64, String)>;
-    while events.len() < wanted {
+    // Another source's events may fill the log: read at most this many.
+    let mut budget = 100_000_usize;
+    while events.len() < wanted && budget > 0 {
+        budget = budget.saturating_sub(256);
         let queue = app.queue.clone();
         let query = StoredQuery {
             tenant: channel.tenant.clone(),
@@ -283,7 +286,7 @@ pub async fn start_recording(
     }
     events.truncate(wanted);
     events.reverse();
-    let answer = finish(channel.pipeline(), events, redactor).await?;
+    let answer = finish(app, channel, events, redactor).await?;
     Ok(json_response(StatusCode::OK, &answer))
 }
 
@@ -300,7 +303,7 @@ pub async fn recording(app: &App, caller: &Caller, name: &str) -> Result<Respons
         ));
     }
     let redactor = Redactor::new(&recording.redact, &recording.key).map_err(ApiError::internal)?;
-    let answer = finish(channel.pipeline(), recording.events(), redactor).await?;
+    let answer = finish(app, channel, recording.events(), redactor).await?;
     let mut slot = channel.recording.lock().expect("recording lock");
     if slot.as_ref().is_some_and(|now| Arc::ptr_eq(now, &recording)) {
         *slot = None;
@@ -314,17 +317,25 @@ pub async fn stop_recording(app: &App, caller: &Caller, name: &str) -> Result<Re
     let recording = channel.recording.lock().expect("recording lock").take();
     let recording = recording.ok_or_else(|| no_recording(name))?;
     let redactor = Redactor::new(&recording.redact, &recording.key).map_err(ApiError::internal)?;
-    let answer = finish(channel.pipeline(), recording.events(), redactor).await?;
+    let answer = finish(app, channel, recording.events(), redactor).await?;
     Ok(json_response(StatusCode::OK, &answer))
 }
 
-/// The cases of recorded events, run through today's pipeline on a blocking thread.
+/// The cases of recorded events, run through today's pipeline on a
+/// blocking thread under one of the tenant's transform permits.
 async fn finish(
-    pipeline: sluice_engine::Pipeline,
+    app: &App,
+    channel: &super::Channel,
     events: Vec<sluice_engine::event::EventJson>,
     mut redactor: Redactor,
 ) -> Result<serde_json::Value, ApiError> {
-    let cases = tokio::task::spawn_blocking(move || cases(&events, &mut redactor, &pipeline))
+    let pipeline = channel.pipeline();
+    let permit = app.transform_permit(&channel.tenant).await?;
+    let cases = tokio::task::spawn_blocking(move || {
+        let cases = cases(&events, &mut redactor, &pipeline);
+        drop(permit);
+        cases
+    })
         .await
         .map_err(|join| ApiError::internal(format!("the recording task failed: {join}")))?
         .map_err(ApiError::internal)?;
