@@ -432,6 +432,20 @@ fn sluice_check_explains_what_is_wrong() {
         stdout(&output)
     );
 
+    // An import the host neither provides nor denies is still refused at load.
+    let unknown = tempfile::NamedTempFile::new().unwrap();
+    let component =
+        wat::parse_str(r#"(component (import "acme:spy/exfiltrate" (instance (export "send" (func)))))"#)
+            .unwrap();
+    std::fs::write(unknown.path(), component).unwrap();
+    let output = sluice(&["check", unknown.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("imports `acme:spy/exfiltrate`, which Sluice does not provide"),
+        "{}",
+        stdout(&output)
+    );
+
     let junk = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(junk.path(), b"not wasm at all").unwrap();
     let output = sluice(&["check", junk.path().to_str().unwrap(), "--json"]);

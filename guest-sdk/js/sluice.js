@@ -303,7 +303,8 @@ export function money(amount, currency) {
 
 // --- The contract ---------------------------------------------------------------------
 
-const handlers = {};
+// No prototype: a kind named `constructor` or `__proto__` is just a kind.
+const handlers = Object.create(null);
 let config = {};
 
 /** Registers the function for `product` events: fn(product, event, config). */

@@ -20,7 +20,6 @@ None (the event passes unchanged). Written by `sluice new`; `sluice build`
 keeps it up to date: do not edit.
 """
 
-import html as _html
 import json
 import unicodedata
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
@@ -208,7 +207,7 @@ def strip_html(markup: str) -> str:
     parser = _Text()
     parser.feed(markup)
     parser.close()
-    text = _html.unescape("".join(parser.parts)).replace("\xa0", " ")
+    text = "".join(parser.parts).replace("\xa0", " ")
     lines = (" ".join(line.split()) for line in text.split("\n"))
     return "\n".join(line for line in lines if line)
 
@@ -238,21 +237,38 @@ for _spelling in ("fl oz", "fl. oz.", "fluid ounce", "fluid ounces"):
 
 def decimal(value: Any) -> Decimal:
     """An exact Decimal from a JSON number or numeric text ("9.99", 9.99, 10)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
+        raise ValueError(f"{value!r} is not a number")
     try:
-        return Decimal(value if isinstance(value, (str, int)) else repr(value))
-    except (InvalidOperation, TypeError):
+        number = Decimal(value if isinstance(value, (str, int, Decimal)) else repr(value))
+    except InvalidOperation:
         raise ValueError(f"{value!r} is not a number") from None
+    if not number.is_finite():
+        raise ValueError(f"{value!r} is not a number")
+    return number
+
+
+def _plain(number: Decimal) -> Decimal:
+    """Without an exponent: 2E+3 is 2000, 1.50 is 1.5."""
+    number = number.normalize()
+    return number.quantize(Decimal(1)) if number.as_tuple().exponent > 0 else number
 
 
 def convert(value: Any, from_unit: str, to_unit: str) -> Decimal:
     """Exact unit conversion (1 lb = 0.45359237 kg): convert("2", "lbs", "kg") is Decimal("0.90718474")."""
-    try:
-        source, target = _UNITS[from_unit.strip().lower()], _UNITS[to_unit.strip().lower()]
-    except KeyError as missing:
-        raise ValueError(f"unknown unit {missing.args[0]!r}") from None
+    units = []
+    for unit in (from_unit, to_unit):
+        found = _UNITS.get(unit.strip().lower()) if isinstance(unit, str) else None
+        if found is None:
+            raise ValueError(f"unknown unit {unit!r}")
+        units.append(found)
+    source, target = units
     if source[1] != target[1]:
         raise ValueError(f"cannot convert {source[1]} ({from_unit}) to {target[1]} ({to_unit})")
-    return (decimal(value) * source[2] / target[2]).normalize()
+    try:
+        return _plain(decimal(value) * source[2] / target[2])
+    except InvalidOperation:
+        raise ValueError(f"{value!r} is out of range") from None
 
 
 _MINOR = {"BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3, "CLF": 4, "UYW": 4}
@@ -261,8 +277,15 @@ _MINOR.update(dict.fromkeys("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND
 
 def money(amount: Any, currency: str) -> Money:
     """An exact amount rounded half away from zero to the currency's minor units: money("9.995", "USD")."""
+    if not isinstance(currency, str):
+        raise ValueError(f"{currency!r} is not a currency code")
     places = _MINOR.get(currency.upper(), 2)
-    rounded = decimal(amount).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    try:
+        rounded = decimal(amount).quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP)
+    except InvalidOperation:
+        raise ValueError(f"{amount!r} is out of range") from None
+    if rounded.is_zero():
+        rounded = abs(rounded)
     return {"amount": str(rounded), "currency": currency.upper()}
 
 

@@ -172,6 +172,10 @@ fn newest_source(dir: &Path, language: Language) -> Option<std::time::SystemTime
 /// Builds the transform in `dir`; the component's path (none for Rust,
 /// whose component cargo places in its target folder).
 pub fn build(dir: &Path, tools: &Toolchains) -> anyhow::Result<Option<PathBuf>> {
+    // Absolute: a folder named `-x` is never read as an option by a tool.
+    let dir = &dir
+        .canonicalize()
+        .with_context(|| format!("cannot find the folder `{}`", dir.display()))?;
     let language = Language::of(dir).with_context(|| {
         format!(
             "`{}` holds no transform: a Rust crate has a Cargo.toml, a Python transform an app.py, a JavaScript one an app.js",
@@ -203,7 +207,8 @@ pub fn build(dir: &Path, tools: &Toolchains) -> anyhow::Result<Option<PathBuf>> 
         std::fs::write(wit.join(file), text)
             .with_context(|| format!("cannot write {}", wit.join(file).display()))?;
     }
-    let partial = out.with_extension("wasm.partial");
+    // Per process: two builds of one folder never share a half-written file.
+    let partial = out.with_extension(format!("wasm.{}.partial", std::process::id()));
     let (tool, status) = match language {
         Language::Python => {
             let python = tools.componentize_py()?;
@@ -326,6 +331,18 @@ impl Toolchains {
         what: &str,
         install: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<()> {
+        if home.join(COMPLETE).is_file() {
+            return Ok(());
+        }
+        // One installer at a time per toolchain, across processes; the
+        // others wait, then find it complete.
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let lock_path = home.with_extension("lock");
+        let lock = std::fs::File::create(&lock_path)
+            .with_context(|| format!("cannot create {}", lock_path.display()))?;
+        lock.lock()
+            .with_context(|| format!("cannot lock {}", lock_path.display()))?;
         if home.join(COMPLETE).is_file() {
             return Ok(());
         }

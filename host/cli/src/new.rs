@@ -17,9 +17,10 @@ pub struct NewArgs {
     /// The language to write it in.
     #[arg(long, value_enum, default_value_t = Lang::Rust)]
     lang: Lang,
-    /// Folder to create the transform in.
-    #[arg(long, default_value = "transforms")]
-    dir: PathBuf,
+    /// Folder to create the transform in (default: `transforms` for Rust,
+    /// the current folder for Python and JavaScript).
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// Rust only: path to the `guest-sdk` folder (the `sluice-guest`
     /// crate). Default: the checkout's when `--dir` is inside one, else the
     /// SDK this `sluice` carries, written under its cache folder.
@@ -89,19 +90,34 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
             "`{name}` is not a valid transform name: use lower-case letters, digits and dashes, starting with a letter"
         );
     }
-    let crate_dir = args.dir.join(name);
+    let parent = args.dir.clone().unwrap_or_else(|| match args.lang {
+        Lang::Rust => PathBuf::from("transforms"),
+        _ => PathBuf::from("."),
+    });
+    // A checkout's `transforms/*` are all Cargo workspace members: a folder
+    // without a Cargo.toml there would break every cargo command.
+    if args.lang != Lang::Rust
+        && let Some(sdk) = find_sdk(&parent)
+        && let (Ok(at), Some(root)) = (parent.canonicalize(), sdk.parent())
+        && at == root.join("transforms")
+    {
+        bail!(
+            "a Python or JavaScript transform cannot live in this checkout's `transforms/` (every folder there is a Rust crate of the workspace): pick another --dir"
+        );
+    }
+    let crate_dir = parent.join(name);
     if crate_dir.exists() {
         bail!(
             "`{}` already exists; pick another name or remove it",
             crate_dir.display()
         );
     }
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot create `{}`", args.dir.display()))?;
+    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create `{}`", parent.display()))?;
     let sdk = match (args.lang, &args.sdk_path) {
         (Lang::Rust, Some(path)) => path
             .canonicalize()
             .with_context(|| format!("`--sdk-path {}` does not exist", path.display()))?,
-        (Lang::Rust, None) => match find_sdk(&args.dir) {
+        (Lang::Rust, None) => match find_sdk(&parent) {
             Some(sdk) => sdk,
             None => write_embedded_sdk()?,
         },

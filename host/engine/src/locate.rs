@@ -83,7 +83,7 @@ pub enum LocateError {
     },
 }
 
-/// Profiles searched for a built component, most optimised first.
+/// Profiles searched for a built component; the newest file wins.
 const PROFILES: &[&str] = &["guest", "release", "debug"];
 
 /// What a folder given to `sluice test` holds.
@@ -229,8 +229,14 @@ fn component(package: &str, near: &Path) -> Result<PathBuf, LocateError> {
         .iter()
         .map(|profile| target.join("wasm32-wasip2").join(profile).join(&file))
         .collect();
-    match candidates.iter().find(|path| path.is_file()) {
-        Some(found) => Ok(found.clone()),
+    // The newest build of any profile: `sluice build` builds `release`,
+    // `scripts/dev` builds `guest`, and the last one built is the one edited.
+    let newest = candidates
+        .iter()
+        .filter_map(|path| Some((std::fs::metadata(path).ok()?.modified().ok()?, path)))
+        .max_by_key(|(modified, _)| *modified);
+    match newest {
+        Some((_, found)) => Ok(found.clone()),
         None => Err(LocateError::NotBuilt {
             package: package.to_string(),
             looked: candidates,

@@ -377,7 +377,7 @@ fn check(
         let mut error = unprocessable(
             "fixtures-failed",
             format!(
-                "module `{name}` fails {failed} of its {} fixture cases; it was not stored (see `cases`)",
+                "module `{name}` fails {failed} of its {} fixture cases; nothing was stored or changed (see `cases`)",
                 suite.cases.len()
             ),
         );

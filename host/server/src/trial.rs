@@ -336,9 +336,9 @@ async fn finish(
         drop(permit);
         cases
     })
-        .await
-        .map_err(|join| ApiError::internal(format!("the recording task failed: {join}")))?
-        .map_err(ApiError::internal)?;
+    .await
+    .map_err(|join| ApiError::internal(format!("the recording task failed: {join}")))?
+    .map_err(ApiError::internal)?;
     Ok(json!({"state": "done", "cases": cases}))
 }
 

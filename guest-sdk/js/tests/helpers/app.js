@@ -19,6 +19,7 @@ sluice.product((p, event, config) => {
       return sluice.reject(sluice.path('weight', 'unit'), 'unknown-unit', err.message);
     }
     p.weight = { value: kg, unit: 'kg' };
+    p.grams = sluice.convert(kg, 'kg', 'g');
   }
   if (p.price) p.price = sluice.money(p.price.amount, p.price.currency);
   p['quoted-path'] = sluice.path("it's", 0);

@@ -20,6 +20,7 @@ def product(p: sluice.Product, event: sluice.Event, config: dict):
         except ValueError as err:
             return sluice.reject(sluice.path("weight", "unit"), "unknown-unit", str(err))
         p["weight"] = {"value": str(kg), "unit": "kg"}
+        p["grams"] = str(sluice.convert(kg, "kg", "g"))
     if "price" in p:
         p["price"] = sluice.money(p["price"]["amount"], p["price"]["currency"])
     p["quoted-path"] = sluice.path("it's", 0)
