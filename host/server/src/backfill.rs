@@ -113,7 +113,15 @@ impl Backfill {
 
     /// Runs it to the end (or until cancelled), recording how it ended.
     pub async fn run(self: Arc<Self>, app: Arc<App>, channel: String) {
-        let outcome = self.steps(&app, &channel).await;
+        // In a task of its own, so that even a panic ends as `failed` and a
+        // new backfill can start.
+        let steps = {
+            let (me, app, channel) = (self.clone(), app.clone(), channel.clone());
+            tokio::spawn(async move { me.steps(&app, &channel).await })
+        };
+        let outcome = steps
+            .await
+            .unwrap_or_else(|join| Err(format!("the backfill stopped: {join}")));
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         *state = match outcome {
             Err(why) => State::Failed(why),
