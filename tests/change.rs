@@ -378,11 +378,10 @@ fn a_backfill_runs_stored_events_through_a_candidate_and_delivers_nothing() {
 
 /// Runs `sluice channels record …` as acme; its stdout.
 fn record(sidecar: &Sidecar, args: &[&str]) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let output = sidecar
+        .command_as(ACME)
         .args(["channels", "record", "stock"])
         .args(args)
-        .env("SLUICE_SERVER", &sidecar.base)
-        .env("SLUICE_TOKEN", ACME)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
@@ -427,9 +426,10 @@ fn recorded_events_become_fixtures_that_pass_with_emails_redacted_alike() {
 
     // The next 3 events, recorded while they arrive.
     let recorder = {
-        let (base, fixtures, key) = (sidecar.base.clone(), fixtures.clone(), key.clone());
+        let mut command = sidecar.command_as(ACME);
+        let (fixtures, key) = (fixtures.clone(), key.clone());
         std::thread::spawn(move || {
-            Command::new(env!("CARGO_BIN_EXE_sluice"))
+            command
                 .args(["channels", "record", "stock", "--count", "3", "--out"])
                 .arg(&fixtures)
                 .args([
@@ -440,8 +440,6 @@ fn recorded_events_become_fixtures_that_pass_with_emails_redacted_alike() {
                     "--redact-key",
                 ])
                 .arg(&key)
-                .env("SLUICE_SERVER", base)
-                .env("SLUICE_TOKEN", ACME)
                 .output()
                 .unwrap()
         })

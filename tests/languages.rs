@@ -100,7 +100,8 @@ fn python_and_javascript_transforms_go_from_scaffold_to_delivery() {
     for (channel, name) in [("py", "shop-py"), ("js", "shop-js")] {
         // Uploaded with its fixtures under the default module size limit.
         let component = format!("{name}/build/{}.wasm", name.replace('-', "_"));
-        let pushed = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let pushed = sidecar
+            .command_as(ACME)
             .args([
                 "modules",
                 "push",
@@ -111,8 +112,6 @@ fn python_and_javascript_transforms_go_from_scaffold_to_delivery() {
                 &format!("{name}/fixtures"),
             ])
             .current_dir(dir)
-            .env("SLUICE_SERVER", &sidecar.base)
-            .env("SLUICE_TOKEN", ACME)
             .output()
             .unwrap();
         let answer: Value = serde_json::from_slice(&pushed.stdout).unwrap_or(Value::Null);
@@ -155,7 +154,8 @@ fn python_and_javascript_transforms_go_from_scaffold_to_delivery() {
         .unwrap()
         .replace("An example product…", "Something else");
     std::fs::write(&expected, edited).unwrap();
-    let refused = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let refused = sidecar
+        .command_as(ACME)
         .args([
             "modules",
             "push",
@@ -166,8 +166,6 @@ fn python_and_javascript_transforms_go_from_scaffold_to_delivery() {
             "shop-js/fixtures",
         ])
         .current_dir(dir)
-        .env("SLUICE_SERVER", &sidecar.base)
-        .env("SLUICE_TOKEN", ACME)
         .output()
         .unwrap();
     let out = text(&refused);

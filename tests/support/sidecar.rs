@@ -143,14 +143,19 @@ impl Sidecar {
         self.cli_as(ADMIN_TOKEN, args)
     }
 
+    /// The `sluice` CLI, pointed at this sidecar with `token`: for runs
+    /// whose output is not one JSON document.
+    pub fn command_as(&self, token: &str) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        command
+            .env("SLUICE_SERVER", &self.base)
+            .env("SLUICE_TOKEN", token);
+        command
+    }
+
     /// Runs the `sluice` CLI against this sidecar with `token`.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> (bool, Value) {
-        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args(args)
-            .env("SLUICE_SERVER", &self.base)
-            .env("SLUICE_TOKEN", token)
-            .output()
-            .unwrap();
+        let output = self.command_as(token).args(args).output().unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         let json = serde_json::from_str(&stdout).unwrap_or_else(|_| {
             panic!(

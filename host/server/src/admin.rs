@@ -7,7 +7,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::{Value, json};
 
 use super::auth::{Caller, hash_token, new_token};
-use super::http::{ApiError, Body, json_response, query_param};
+use super::http::{ApiError, Body, json_response, query_number, query_param};
 use super::{App, Channel, blocking, versions};
 use crate::store::{DeadLetter, DeadLetterFilter, Replay, ReplayResult};
 
@@ -50,12 +50,7 @@ pub fn channel_history(
     request: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
-    let minutes = match query_param(request, "minutes") {
-        Some(text) => text.parse::<usize>().map_err(|_| {
-            ApiError::bad_request("invalid-query", format!("minutes `{text}` is not a number"), None)
-        })?,
-        None => 60,
-    };
+    let minutes = query_number::<usize>(request, "minutes", "invalid-query")?.unwrap_or(60);
     let recent = app.history.recent(&channel.name, minutes, crate::store::now_ms());
     Ok(json_response(
         StatusCode::OK,
@@ -139,12 +134,7 @@ pub async fn switch_channel(
 
 /// The listing filter; a tenant's is always narrowed to itself.
 fn filter(caller: &Caller, request: &Request<Incoming>) -> Result<DeadLetterFilter, ApiError> {
-    let limit = match query_param(request, "limit") {
-        Some(text) => Some(text.parse().map_err(|_| {
-            ApiError::bad_request("invalid-query", format!("limit `{text}` is not a number"), None)
-        })?),
-        None => None,
-    };
+    let limit = query_number(request, "limit", "invalid-query")?;
     let tenant = match caller.tenant() {
         Some(own) => Some(own.to_string()),
         None => query_param(request, "tenant"),

@@ -195,6 +195,26 @@ pub fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
         .map(|(_, value)| value.into_owned())
 }
 
+/// Query parameter `name` as a whole number (`None` when absent). Text that
+/// is not one of `T` is a 400 with `code` and the parameter named.
+pub fn query_number<T: std::str::FromStr>(
+    request: &Request<Incoming>,
+    name: &str,
+    code: &'static str,
+) -> Result<Option<T>, ApiError> {
+    query_param(request, name)
+        .map(|text| {
+            text.parse::<T>().map_err(|_| {
+                ApiError::bad_request(
+                    code,
+                    format!("`{name}` must be a whole number, not `{text}`"),
+                    None,
+                )
+            })
+        })
+        .transpose()
+}
+
 /// True when query parameter `name` is `true` or `1`.
 pub fn query_flag(request: &Request<Incoming>, name: &str) -> bool {
     query_param(request, name).is_some_and(|v| v == "true" || v == "1")

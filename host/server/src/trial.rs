@@ -12,7 +12,7 @@ use serde_json::json;
 use super::App;
 use super::auth::Caller;
 use super::backfill::{Backfill, channel_event};
-use super::http::{ApiError, Body, json_response, query_param, read_body};
+use super::http::{ApiError, Body, json_response, query_number, read_body};
 use super::modules::{make_active, read_candidate};
 use super::record::{MAX_RECORDED, Recording, cases};
 use super::redact::Redactor;
@@ -30,16 +30,14 @@ pub async fn start(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
-    let canary_percent = match query_param(&request, "canary") {
-        None => 0,
-        Some(text) => text.parse::<u8>().ok().filter(|p| *p <= 100).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid-canary",
-                format!("`canary` must be a whole per cent from 0 to 100, not `{text}`"),
-                None,
-            )
-        })?,
-    };
+    let canary_percent = query_number::<u8>(&request, "canary", "invalid-canary")?.unwrap_or(0);
+    if canary_percent > 100 {
+        return Err(ApiError::bad_request(
+            "invalid-canary",
+            format!("`canary` must be a whole per cent from 0 to 100, not `{canary_percent}`"),
+            None,
+        ));
+    }
     if canary_percent > 0 && channel.destination.is_none() {
         return Err(ApiError::bad_request(
             "invalid-canary",
@@ -112,21 +110,9 @@ pub async fn start_backfill(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
-    let number = |field: &str| -> Result<Option<i64>, ApiError> {
-        query_param(&request, field)
-            .map(|text| {
-                text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                    ApiError::bad_request(
-                        "invalid-backfill",
-                        format!("`{field}` must be a whole number, not `{text}`"),
-                        None,
-                    )
-                })
-            })
-            .transpose()
-    };
-    let since_ms = number("since-ms")?.unwrap_or(0);
-    let limit = number("limit")?.map(|n| n as u64);
+    let since_ms = query_number::<u64>(&request, "since-ms", "invalid-backfill")?
+        .map_or(0, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
+    let limit = query_number::<u64>(&request, "limit", "invalid-backfill")?;
     if channel
         .backfill
         .lock()
