@@ -10,6 +10,11 @@ impl Event {
     /// Parses the payload into `T`. On failure the violation names the JSON
     /// path of the field that did not fit, so the source data can be fixed.
     pub fn payload_as<T: DeserializeOwned>(&self) -> Result<T, Violation> {
+        // Tracking the path costs an allocation per key: only a payload that
+        // failed is parsed again to say where.
+        if let Ok(parsed) = serde_json::from_str(&self.payload) {
+            return Ok(parsed);
+        }
         let mut de = serde_json::Deserializer::from_str(&self.payload);
         serde_path_to_error::deserialize(&mut de).map_err(|err| {
             let path = JsonPath::from_serde(err.path());

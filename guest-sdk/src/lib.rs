@@ -40,6 +40,8 @@ pub mod money;
 mod outcome;
 pub mod path;
 mod product;
+#[cfg(any(target_arch = "wasm32", test))]
+mod size_classes;
 pub mod source;
 pub mod text;
 mod transform;
@@ -62,10 +64,12 @@ pub mod bindings {
 pub use bindings::sluice::transform::types::{Event, EventKind, Outcome, Violation};
 
 /// Transforms allocate for every event (parsed JSON, strings, outputs):
-/// talc's bins beat the default dlmalloc there (see the README's numbers).
+/// small blocks from size-class free lists, the rest from talc, whose bins
+/// beat the default dlmalloc (see the README's numbers).
 #[cfg(target_arch = "wasm32")]
 #[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+static ALLOCATOR: size_classes::SizeClasses<talc::wasm::WasmDynamicTalc> =
+    size_classes::SizeClasses::new(talc::wasm::new_wasm_dynamic_allocator());
 pub use log::{LogLevel, log};
 pub use outcome::Violations;
 pub use path::JsonPath;

@@ -5,12 +5,15 @@
 //! source sent is kept in `extra`, so nothing is lost on the way through.
 //! Ids are strings: 64-bit ids (Shopify's) must never pass through a float.
 
+use std::fmt;
+
 use rust_decimal::Decimal;
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// A product (or one variant of one), independent of where it came from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Product {
     /// The source system's id for the product, as a string.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,7 +98,7 @@ pub struct Dimensions {
 }
 
 /// A stock level at one location.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct InventoryEvent {
     /// The SKU whose stock changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -117,6 +120,110 @@ pub struct InventoryEvent {
     pub extra: Map<String, Value>,
 }
 
+/// A map key of a canonical type: one of its fields, or an attribute for `extra`.
+enum Key {
+    Field(&'static str),
+    Other(String),
+}
+
+/// Reads a key, copying it only when it is not one of `fields`.
+struct KeySeed(&'static [&'static str]);
+
+impl KeySeed {
+    fn key(&self, name: &str) -> Option<Key> {
+        self.0
+            .iter()
+            .find(|field| **field == name)
+            .map(|field| Key::Field(field))
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Key, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed {
+    type Value = Key;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+    fn visit_str<E: de::Error>(self, name: &str) -> Result<Key, E> {
+        Ok(self.key(name).unwrap_or_else(|| Key::Other(name.to_string())))
+    }
+    fn visit_string<E: de::Error>(self, name: String) -> Result<Key, E> {
+        Ok(self.key(&name).unwrap_or(Key::Other(name)))
+    }
+}
+
+/// `Deserialize` for a canonical type whose unnamed attributes go to
+/// `extra`. It does what `#[serde(flatten)]` does (same fields, same errors,
+/// a repeated field refused, a repeated attribute's last value kept) without
+/// first buffering every attribute in serde's private `Content` tree: that
+/// buffer was a tenth of a transform's time under wasmtime.
+macro_rules! deserialize_with_extra {
+    ($ty:ident { $($field:ident),* $(,)? }) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Fields;
+                impl<'de> Visitor<'de> for Fields {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str(concat!("struct ", stringify!($ty)))
+                    }
+                    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<$ty, M::Error> {
+                        $(let mut $field = None;)*
+                        let mut extra = Map::new();
+                        while let Some(key) = map.next_key_seed(KeySeed(&[$(stringify!($field)),*]))? {
+                            match key {
+                                $(Key::Field(stringify!($field)) => {
+                                    if $field.is_some() {
+                                        return Err(de::Error::duplicate_field(stringify!($field)));
+                                    }
+                                    $field = Some(map.next_value()?);
+                                })*
+                                Key::Field(_) => unreachable!("KeySeed returns only listed fields"),
+                                Key::Other(name) => {
+                                    extra.insert(name, map.next_value()?);
+                                }
+                            }
+                        }
+                        Ok($ty { $($field: $field.unwrap_or_default(),)* extra })
+                    }
+                }
+                deserializer.deserialize_map(Fields)
+            }
+        }
+    };
+}
+
+deserialize_with_extra!(Product {
+    id,
+    group_id,
+    sku,
+    title,
+    description,
+    brand,
+    gtin,
+    active,
+    price,
+    quantity,
+    weight,
+    dimensions,
+    images,
+    categories,
+    variants,
+});
+deserialize_with_extra!(InventoryEvent {
+    sku,
+    item_id,
+    location,
+    available,
+    updated_at,
+});
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +236,76 @@ mod tests {
         let back: Value = serde_json::to_value(&product).unwrap();
         let original: Value = serde_json::from_str(json).unwrap();
         assert_eq!(back, original);
+    }
+
+    /// The `Violation` a payload gets, as the SDK reports it.
+    fn violation<T: serde::de::DeserializeOwned + fmt::Debug>(payload: &str) -> (String, String) {
+        let event = crate::Event {
+            id: "e".into(),
+            kind: crate::EventKind::Product,
+            tenant: "t".into(),
+            channel: "c".into(),
+            source: "s".into(),
+            correlation_id: "e".into(),
+            payload: payload.into(),
+        };
+        let violation = event.payload_as::<T>().unwrap_err();
+        (violation.path, violation.message)
+    }
+
+    #[test]
+    fn fields_and_attributes_read_as_flatten_would() {
+        let json = r#"{"s\u006bu":"A-1","title":null,"x":1,"x":2,"variants":[{"sku":"A-1-S","y":true}]}"#;
+        let product: Product = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            product.sku.as_deref(),
+            Some("A-1"),
+            "an escaped field name is the field"
+        );
+        assert_eq!(product.title, None);
+        assert_eq!(product.extra["x"], 2, "a repeated attribute keeps its last value");
+        assert_eq!(product.variants[0].extra["y"], true);
+        let from_value: Product = serde_json::from_value(serde_json::from_str(json).unwrap()).unwrap();
+        assert_eq!(from_value, product);
+        let stock: InventoryEvent =
+            serde_json::from_str(r#"{"sku":"A","available":"3","bin":"B-7"}"#).unwrap();
+        assert_eq!(
+            (stock.available, &stock.extra["bin"]),
+            (Some(Decimal::from(3)), &Value::from("B-7"))
+        );
+    }
+
+    #[test]
+    fn bad_fields_are_named_by_path() {
+        assert_eq!(
+            violation::<Product>(r#"{"sku":"A","sku":"B"}"#),
+            ("$".into(), "duplicate field `sku`".into())
+        );
+        assert_eq!(
+            violation::<Product>(r#"{"variants":[{"price":{"amount":"x"}}]}"#).0,
+            "$['variants'][0]['price']['amount']"
+        );
+        assert_eq!(
+            violation::<Product>(r#"{"images":null}"#),
+            (
+                "$['images']".into(),
+                "invalid type: null, expected a sequence".into()
+            )
+        );
+        assert_eq!(
+            violation::<Product>("[1]"),
+            (
+                "$".into(),
+                "invalid type: sequence, expected struct Product".into()
+            )
+        );
+        assert_eq!(
+            violation::<InventoryEvent>(r#"{"location":7}"#),
+            (
+                "$['location']".into(),
+                "invalid type: integer `7`, expected a string".into()
+            )
+        );
     }
 
     #[test]

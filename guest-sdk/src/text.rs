@@ -49,7 +49,7 @@ const HIDDEN_TAGS: &[&str] = &["script", "style", "head", "template"];
 pub fn strip_html(html: &str) -> String {
     let mut text = String::with_capacity(html.len());
     let mut rest = html;
-    let mut hidden_until: Option<String> = None;
+    let mut hidden_until: Option<&str> = None;
     while let Some(start) = rest.find('<') {
         if hidden_until.is_none() {
             text.push_str(&rest[..start]);
@@ -66,15 +66,16 @@ pub fn strip_html(html: &str) -> String {
         let tag = &after[..end];
         rest = &after[end + 1..];
         let name = tag_name(tag);
-        if let Some(closing) = &hidden_until {
-            if tag.starts_with('/') && name == *closing {
+        if let Some(closing) = hidden_until {
+            if tag.starts_with('/') && name.eq_ignore_ascii_case(closing) {
                 hidden_until = None;
             }
             continue;
         }
-        if !tag.starts_with('/') && HIDDEN_TAGS.contains(&name.as_str()) && !tag.ends_with('/') {
-            hidden_until = Some(name);
-        } else if BLOCK_TAGS.contains(&name.as_str()) {
+        let known = |tags: &[&'static str]| tags.iter().copied().find(|t| name.eq_ignore_ascii_case(t));
+        if let Some(hidden) = known(HIDDEN_TAGS).filter(|_| !tag.starts_with('/') && !tag.ends_with('/')) {
+            hidden_until = Some(hidden);
+        } else if known(BLOCK_TAGS).is_some() {
             text.push('\n');
         }
     }
@@ -82,7 +83,9 @@ pub fn strip_html(html: &str) -> String {
         text.push_str(rest);
     }
     let decoded = html_escape::decode_html_entities(&text);
-    collapse_whitespace(&decoded.replace('\u{a0}', " "))
+    // A no-break space is a space like any other (`split_whitespace` in
+    // `collapse_whitespace` already treats it as one).
+    collapse_whitespace(&decoded)
 }
 
 /// Where the tag that starts right after a `<` ends (the index of its `>`),
@@ -105,23 +108,32 @@ fn tag_end(after_lt: &str) -> Option<usize> {
     None
 }
 
-/// The lower-cased element name of a tag's inside (`/P class=x` → `p`).
-fn tag_name(tag: &str) -> String {
-    tag.trim_start_matches('/')
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric())
-        .collect::<String>()
-        .to_ascii_lowercase()
+/// The element name of a tag's inside, as written (`/P class=x` → `P`).
+fn tag_name(tag: &str) -> &str {
+    let name = tag.trim_start_matches('/');
+    let end = name
+        .find(|c: char| !c.is_ascii_alphanumeric())
+        .unwrap_or(name.len());
+    &name[..end]
 }
 
 /// Collapses runs of spaces and tabs to one space, trims every line, and
 /// removes empty lines.
 pub fn collapse_whitespace(text: &str) -> String {
-    text.lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut collapsed = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let Some(first) = words.next() else { continue };
+        if !collapsed.is_empty() {
+            collapsed.push('\n');
+        }
+        collapsed.push_str(first);
+        for word in words {
+            collapsed.push(' ');
+            collapsed.push_str(word);
+        }
+    }
+    collapsed
 }
 
 /// Cuts `text` to at most `max` user-perceived characters (grapheme
@@ -134,17 +146,25 @@ pub fn collapse_whitespace(text: &str) -> String {
 /// assert_eq!(truncate("short", 80), "short");
 /// ```
 pub fn truncate(text: &str, max: usize) -> String {
-    let mut graphemes = text.grapheme_indices(true);
-    match graphemes.nth(max) {
-        None => text.to_string(),
-        Some(_) if max == 0 => String::new(),
-        Some(_) => {
-            let keep = text.grapheme_indices(true).nth(max - 1).map_or(0, |(i, _)| i);
+    // No more bytes than `max` means no more clusters either.
+    if text.len() <= max {
+        return text.to_string();
+    }
+    // Where the last kept cluster (the `max`-th, counting the "…") starts.
+    let mut keep = 0;
+    for (count, (start, _)) in text.grapheme_indices(true).enumerate() {
+        if count + 1 == max {
+            keep = start;
+        } else if count == max {
+            if max == 0 {
+                return String::new();
+            }
             let mut cut = text[..keep].trim_end().to_string();
             cut.push('…');
-            cut
+            return cut;
         }
     }
+    text.to_string()
 }
 
 #[cfg(test)]

@@ -151,10 +151,19 @@ impl std::error::Error for UnitError {}
 impl Unit {
     /// Finds a unit by any of its spellings (`"LBS"`, `"pounds"`, `"\""`).
     pub fn parse(spelling: &str) -> Result<Unit, UnitError> {
-        let wanted = spelling.trim().to_lowercase();
+        let trimmed = spelling.trim();
+        // Spellings are lower case; ASCII text (nearly all) is compared
+        // without building a lower-cased copy.
+        let lowered;
+        let (wanted, same): (&str, fn(&str, &str) -> bool) = if trimmed.is_ascii() {
+            (trimmed, |a, b| a.eq_ignore_ascii_case(b))
+        } else {
+            lowered = trimmed.to_lowercase();
+            (&lowered, |a, b| a == b)
+        };
         UNITS
             .iter()
-            .find(|(_, spellings)| spellings.contains(&wanted.as_str()))
+            .find(|(_, spellings)| spellings.iter().any(|s| same(s, wanted)))
             .map(|(unit, _)| *unit)
             .ok_or_else(|| UnitError::Unknown(spelling.to_string()))
     }
@@ -185,6 +194,17 @@ mod tests {
 
     fn d(text: &str) -> Decimal {
         Decimal::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn spellings_are_lower_case_and_found_in_any_case() {
+        for (unit, spellings) in UNITS.iter() {
+            for spelling in spellings.iter() {
+                assert_eq!(spelling.to_lowercase(), *spelling, "parse compares lower case");
+                assert_eq!(Unit::parse(&spelling.to_uppercase()).unwrap(), *unit);
+            }
+        }
+        assert_eq!(Unit::parse(" LBS ").unwrap().symbol, "lb");
     }
 
     #[test]
