@@ -66,10 +66,13 @@ pub use bindings::sluice::transform::types::{Event, EventKind, Outcome, Violatio
 /// Transforms allocate for every event (parsed JSON, strings, outputs):
 /// small blocks from size-class free lists, the rest from talc, whose bins
 /// beat the default dlmalloc (see the README's numbers).
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", not(feature = "lever-plain-talc")))]
 #[global_allocator]
 static ALLOCATOR: size_classes::SizeClasses<talc::wasm::WasmDynamicTalc> =
     size_classes::SizeClasses::new(talc::wasm::new_wasm_dynamic_allocator());
+#[cfg(all(target_arch = "wasm32", feature = "lever-plain-talc"))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 pub use log::{LogLevel, log};
 pub use outcome::Violations;
 pub use path::JsonPath;

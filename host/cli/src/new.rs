@@ -222,6 +222,10 @@ const RUST_SDK: &[(&str, &str)] = &[
         include_str!("../../../guest-sdk/src/product.rs"),
     ),
     (
+        "guest-sdk/src/size_classes.rs",
+        include_str!("../../../guest-sdk/src/size_classes.rs"),
+    ),
+    (
         "guest-sdk/src/source.rs",
         include_str!("../../../guest-sdk/src/source.rs"),
     ),
@@ -294,6 +298,7 @@ mod tests {
             let got = as_table(embedded["dependencies"][name].clone());
             assert_eq!(got, want, "dependency `{name}`");
         }
+        assert_eq!(embedded["features"], sdk["features"], "features");
         let files: Vec<&str> = RUST_SDK.iter().map(|(f, _)| *f).collect();
         for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../guest-sdk/src")).unwrap() {
             let name = format!("guest-sdk/src/{}", entry.unwrap().file_name().to_string_lossy());

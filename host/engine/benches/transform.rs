@@ -73,6 +73,12 @@ fn simd_component() -> Option<PathBuf> {
     Some(target().join("simd/wasm32-wasip2/guest/b2b_portal.wasm")).filter(|path| path.is_file())
 }
 
+/// The same guest built with `--features sluice-guest/lever-plain-talc` by
+/// `scripts/dev bench` (into `target/plain-talc`): talc alone as its allocator.
+fn plain_talc_component() -> Option<PathBuf> {
+    Some(target().join("plain-talc/wasm32-wasip2/guest/b2b_portal.wasm")).filter(|path| path.is_file())
+}
+
 /// Bounds checks as explicit compares: each memory slot reserves only the
 /// largest memory a module may have (1 GiB) and no guard pages, so a 32-bit
 /// address can fall outside it. By default a slot reserves 4 GiB plus a
@@ -142,6 +148,12 @@ fn bench(c: &mut Criterion) {
         ];
         if let Some(simd) = simd_component() {
             levers.push(("lever:guest-simd128", pipeline_with(false, None, &simd)));
+        }
+        if let Some(talc) = plain_talc_component() {
+            levers.push((
+                "lever:guest-allocator-talc-alone",
+                pipeline_with(false, None, &talc),
+            ));
         }
         levers
     };
