@@ -760,7 +760,13 @@ fn repeated_faults_pause_the_channel_until_a_new_activation() {
         metrics.contains(r#"sluice_circuit_open{channel="acme-stock"} 1"#),
         "{metrics}"
     );
-    // The faulted events are kept as dead letters, with the per-tenant limit in the fault.
+    // The faulted events are kept as dead letters, with the per-tenant limit
+    // in the fault (the breaker opens as the faults are counted, before the
+    // batch's outcomes are committed).
+    wait_for("the dead letters", PATIENCE, || {
+        let (_, letters) = sidecar.send("GET", "/v1/dead-letters", Some(ACME), b"", "");
+        letters.as_array().is_some_and(|l| l.len() >= 4)
+    });
     let (_, letters) = sidecar.send("GET", "/v1/dead-letters", Some(ACME), b"", "");
     assert_eq!(letters.as_array().unwrap().len(), 4);
     assert!(letters.as_array().unwrap().iter().all(|l| l["reason"] == "fault"));

@@ -40,7 +40,7 @@ pub mod money;
 mod outcome;
 pub mod path;
 mod product;
-#[cfg(any(target_arch = "wasm32", test))]
+#[cfg(any(all(target_arch = "wasm32", not(feature = "lever-plain-talc")), test))]
 mod size_classes;
 pub mod source;
 pub mod text;

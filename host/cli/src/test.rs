@@ -51,7 +51,7 @@ pub struct TestArgs {
     /// Run every case through this older version too (a `.wasm` component,
     /// or a `pipeline.json`), and compare outputs and resources with it
     /// instead of with `expected.json`.
-    #[arg(long, value_name = "OLD")]
+    #[arg(long, value_name = "OLD", conflicts_with_all = ["bless", "bless_budgets"])]
     baseline: Option<PathBuf>,
     /// With `--baseline`: outputs that differ are shown but do not fail.
     #[arg(long, requires = "baseline")]

@@ -46,9 +46,10 @@ pub struct RecordArgs {
     #[arg(long, value_name = "JSONPATH")]
     redact: Vec<String>,
     /// The key placeholders are made with: the same key gives the same
-    /// placeholder for the same value. Created on first use.
-    #[arg(long, value_name = "FILE", default_value_os_t = default_key_file())]
-    redact_key: PathBuf,
+    /// placeholder for the same value. Created on first use (default
+    /// `~/.config/sluice/redact-key`, readable by its owner only).
+    #[arg(long, value_name = "FILE")]
+    redact_key: Option<PathBuf>,
     /// With --count: stop after this many seconds and write what was recorded.
     #[arg(long, value_name = "SECONDS")]
     within: Option<u64>,
@@ -60,12 +61,14 @@ fn rfc3339_ms(text: &str) -> Result<i64, String> {
     Ok((at.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
-fn default_key_file() -> PathBuf {
+/// `~/.config/sluice/redact-key`; never a shared folder such as /tmp,
+/// where another user could plant a key of their choosing.
+fn default_key_file() -> anyhow::Result<PathBuf> {
     std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".config")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("sluice/redact-key")
+        .map(|config| config.join("sluice/redact-key"))
+        .context("no HOME or XDG_CONFIG_HOME to keep the redaction key in: pass --redact-key FILE")
 }
 
 /// How often a job is looked at.
@@ -124,7 +127,11 @@ fn api((ok, body): (bool, String)) -> anyhow::Result<Value> {
 /// Runs `sluice channels record`: records, then writes one case folder
 /// per event into the fixtures folder.
 pub fn record(server: &ServerArgs, args: &RecordArgs) -> anyhow::Result<ExitCode> {
-    let key = redact_key(&args.redact_key)?;
+    let key_file = match &args.redact_key {
+        Some(file) => file.clone(),
+        None => default_key_file()?,
+    };
+    let key = redact_key(&key_file)?;
     let url = server.url(&format!("/v1/channels/{}/record", encode(&args.channel)));
     let mut asked = json!({"redact": args.redact, "key": key});
     match (args.count, args.last) {
@@ -167,7 +174,27 @@ pub fn record(server: &ServerArgs, args: &RecordArgs) -> anyhow::Result<ExitCode
 /// The redaction key in `file` (hex), made on first use (readable by its owner only).
 fn redact_key(file: &Path) -> anyhow::Result<String> {
     if let Ok(text) = std::fs::read_to_string(file) {
-        return Ok(text.trim().to_string());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(file)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                bail!(
+                    "the redaction key {} is readable or writable by others (mode {:o}): \
+                     make it yours alone with `chmod 600`",
+                    file.display(),
+                    mode & 0o777
+                );
+            }
+        }
+        let key = text.trim().to_string();
+        if key.len() < 32 || hex::decode(&key).is_err() {
+            bail!(
+                "the redaction key {} must be at least 32 hex digits (16 bytes)",
+                file.display()
+            );
+        }
+        return Ok(key);
     }
     let key = sluice_server::auth::new_token()
         .trim_start_matches("slc_")

@@ -171,12 +171,13 @@ impl Budget {
 /// Each figure's move from `before` to `after`; fuel only if both metered it.
 pub fn deltas(before: &Usage, after: &Usage) -> Vec<Delta> {
     figures(before)
-        .zip(figures(after))
-        .filter(|((a, _), (b, _))| a == b)
-        .map(|((figure, before), (_, after))| Delta {
-            figure,
-            before,
-            after,
+        .filter_map(|(figure, before)| {
+            let (_, after) = figures(after).find(|(other, _)| *other == figure)?;
+            Some(Delta {
+                figure,
+                before,
+                after,
+            })
         })
         .collect()
 }
@@ -191,6 +192,18 @@ mod tests {
             memory_bytes: memory,
             output_bytes: output,
         }
+    }
+
+    #[test]
+    fn deltas_pair_figures_by_name_when_only_one_side_metered_fuel() {
+        let unmetered = Usage {
+            fuel: None,
+            ..usage(0, 100, 10)
+        };
+        let moved = deltas(&unmetered, &usage(5, 150, 10));
+        assert_eq!(moved.len(), 2, "memory and output, not fuel");
+        assert_eq!((moved[0].before, moved[0].after), (100, 150));
+        assert_eq!((moved[1].before, moved[1].after), (10, 10));
     }
 
     #[test]

@@ -133,6 +133,10 @@ impl Backfill {
 
     async fn steps(&self, app: &Arc<App>, name: &str) -> Result<(), String> {
         let channel = &app.channels[name];
+        // Compared against the pipeline active when it started, all along:
+        // an activation meanwhile (say, promoting this very candidate)
+        // would otherwise compare the candidate with itself.
+        let current = channel.pipeline();
         let mut after = None;
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
@@ -170,7 +174,7 @@ impl Backfill {
                 continue;
             }
             let permit = app.transform_permit(&channel.tenant).await.ok().flatten();
-            let (current, candidate) = (channel.pipeline(), self.pipeline.clone());
+            let (current, candidate) = (current.clone(), self.pipeline.clone());
             let count = events.len() as u64;
             let (events, now, next) = tokio::task::spawn_blocking(move || {
                 let now = current.run(&events);

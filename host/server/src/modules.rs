@@ -621,10 +621,13 @@ pub(crate) async fn read_candidate(
         let path = sluice_engine::diff::path_from_serde(err.path());
         ApiError::bad_request("invalid-pipeline", err.into_inner().to_string(), Some(&path))
     })?;
-    if spec.steps.is_empty() {
+    if spec.steps.is_empty() || spec.steps.len() > MAX_STEPS {
         return Err(ApiError::bad_request(
             "invalid-pipeline",
-            "a pipeline needs at least one step",
+            format!(
+                "a pipeline has from 1 to {MAX_STEPS} steps, not {}",
+                spec.steps.len()
+            ),
             Some("$['steps']"),
         ));
     }
@@ -640,6 +643,10 @@ pub(crate) async fn read_candidate(
     };
     Ok((spec, pipeline))
 }
+
+/// Most steps a pipeline may have: each runs on every event, and each is
+/// looked up and loaded when it is activated.
+pub const MAX_STEPS: usize = 32;
 
 /// Stores `spec` as the channel's active pipeline and swaps `pipeline` in.
 pub(crate) async fn make_active(

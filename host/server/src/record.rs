@@ -13,6 +13,10 @@ use crate::redact::Redactor;
 /// Most events one recording takes.
 pub const MAX_RECORDED: usize = 1000;
 
+/// Most payload bytes one recording holds: a recording ends early, with
+/// what it has, rather than hold `MAX_RECORDED` events of the largest size.
+pub const MAX_RECORDED_BYTES: usize = 16 << 20;
+
 /// A channel's next events, captured as they run.
 pub struct Recording {
     /// How many to take.
@@ -21,7 +25,15 @@ pub struct Recording {
     pub redact: Vec<String>,
     /// The redaction key.
     pub key: Vec<u8>,
-    captured: Mutex<Vec<EventJson>>,
+    captured: Mutex<Captured>,
+}
+
+#[derive(Default)]
+struct Captured {
+    events: Vec<EventJson>,
+    bytes: usize,
+    /// The next event would not have fit in [`MAX_RECORDED_BYTES`].
+    full: bool,
 }
 
 impl Recording {
@@ -37,24 +49,39 @@ impl Recording {
 
     /// Takes events of a batch the channel ran, until it has enough.
     pub fn capture(&self, events: &[EventJson]) {
-        let mut captured = self.captured.lock().unwrap_or_else(|e| e.into_inner());
-        let room = self.wanted.saturating_sub(captured.len());
-        captured.extend(events.iter().take(room).cloned());
+        let mut captured = self.lock();
+        for event in events {
+            if captured.full || captured.events.len() >= self.wanted {
+                return;
+            }
+            let bytes = captured.bytes + event.payload.get().len();
+            if bytes > MAX_RECORDED_BYTES && !captured.events.is_empty() {
+                captured.full = true;
+                return;
+            }
+            captured.bytes = bytes;
+            captured.events.push(event.clone());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Captured> {
+        self.captured.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// How many it has.
     pub fn captured(&self) -> usize {
-        self.captured.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.lock().events.len()
     }
 
-    /// Whether it has all it wanted.
+    /// Whether it has all it wanted, or all it may hold.
     pub fn done(&self) -> bool {
-        self.captured() >= self.wanted
+        let captured = self.lock();
+        captured.full || captured.events.len() >= self.wanted
     }
 
     /// The captured events.
     pub fn events(&self) -> Vec<EventJson> {
-        self.captured.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lock().events.clone()
     }
 }
 
@@ -145,5 +172,18 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["1", "2", "1"]
         );
+    }
+
+    #[test]
+    fn a_recording_ends_with_what_it_has_before_it_holds_too_many_bytes() {
+        let recording = Recording::new(MAX_RECORDED, Vec::new(), Vec::new());
+        let big = "x".repeat(MAX_RECORDED_BYTES / 3);
+        let line = format!("{{\"id\":\"1\",\"kind\":\"product\",\"payload\":{{\"d\":\"{big}\"}}}}\n");
+        let events = sluice_engine::event::parse_events(&line.repeat(2)).unwrap();
+        recording.capture(&events);
+        assert!(!recording.done());
+        recording.capture(&events);
+        assert!(recording.done(), "the third would pass the byte cap");
+        assert_eq!(recording.captured(), 2);
     }
 }

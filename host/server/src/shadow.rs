@@ -201,7 +201,7 @@ impl Comparison {
                 self.candidate_failures.push(CandidateFailure {
                     event: event.id.clone(),
                     outcome: next.tag(),
-                    detail: detail.unwrap_or(Value::Null),
+                    detail: sample(detail.ok()),
                 });
             }
             let differences = sluice_engine::diff::diff(&comparable(now), &comparable(next));
@@ -211,8 +211,10 @@ impl Comparison {
             }
             self.different += 1;
             for difference in differences {
-                let path = if self.paths.len() < MAX_PATHS || self.paths.contains_key(&difference.path) {
-                    difference.path
+                // A candidate's member names can be megabytes long: paths are cut too.
+                let cut = cut_text(difference.path);
+                let path = if self.paths.len() < MAX_PATHS || self.paths.contains_key(&cut) {
+                    cut
                 } else {
                     OTHER_PATHS.to_string()
                 };
@@ -233,7 +235,11 @@ impl Comparison {
 /// An outcome as compared: its JSON, without module versions (which
 /// differ between any two versions by definition).
 fn comparable(outcome: &OutcomeJson) -> Value {
-    let mut value = serde_json::to_value(outcome).unwrap_or(Value::Null);
+    // An outcome that cannot become a value (nested past serde_json's
+    // depth limit) is kept as its text: two such outcomes still differ.
+    let mut value = serde_json::to_value(outcome).unwrap_or_else(|_| {
+        Value::String(serde_json::to_string(outcome).unwrap_or_else(|err| err.to_string()))
+    });
     if let Some(error) = value.get_mut("error").and_then(Value::as_object_mut) {
         error.remove("version");
     }
@@ -247,11 +253,19 @@ fn sample(value: Option<Value>) -> Value {
     if text.len() <= SAMPLE_BYTES {
         return value;
     }
+    Value::String(cut_text(text))
+}
+
+/// `text` cut to [`SAMPLE_BYTES`] (on a character boundary), saying how long it was.
+fn cut_text(text: String) -> String {
+    if text.len() <= SAMPLE_BYTES {
+        return text;
+    }
     let mut cut = SAMPLE_BYTES;
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    Value::String(format!("{}… ({} bytes in all)", &text[..cut], text.len()))
+    format!("{}… ({} bytes in all)", &text[..cut], text.len())
 }
 
 #[cfg(test)]
@@ -313,7 +327,8 @@ mod tests {
         let huge = "x".repeat(100_000);
         for i in 0..(MAX_PATHS + 50) {
             let mut payload = serde_json::Map::new();
-            payload.insert(format!("k{i}"), huge.clone().into());
+            // Long member names too: paths are cut like samples.
+            payload.insert(format!("k{i}{}", &huge[..10_000]), huge.clone().into());
             comparison.add(
                 &events,
                 &[emit("o", serde_json::json!({}))],

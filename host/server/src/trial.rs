@@ -14,7 +14,7 @@ use super::auth::Caller;
 use super::backfill::{Backfill, channel_event};
 use super::http::{ApiError, Body, json_response, query_number, read_body};
 use super::modules::{make_active, read_candidate};
-use super::record::{MAX_RECORDED, Recording, cases};
+use super::record::{MAX_RECORDED, MAX_RECORDED_BYTES, Recording, cases};
 use super::redact::Redactor;
 use super::shadow::Shadow;
 use crate::store::StoredQuery;
@@ -35,6 +35,16 @@ pub async fn start(
         return Err(ApiError::bad_request(
             "invalid-canary",
             format!("`canary` must be a whole per cent from 0 to 100, not `{canary_percent}`"),
+            None,
+        ));
+    }
+    if canary_percent > 0 && app.queue.changes().is_some() {
+        // A shadow lives on one node; the other nodes would deliver the
+        // same entity's events on the current version.
+        return Err(ApiError::bad_request(
+            "invalid-canary",
+            "a canary needs every node to pick alike, and shadows live on one node of a cluster: \
+             run a plain shadow, or a canary on a single sidecar",
             None,
         ));
     }
@@ -78,14 +88,15 @@ pub async fn stop(app: &App, caller: &Caller, name: &str) -> Result<Response<Bod
 /// `activate` would, so `rollback` undoes it) and stops the shadow.
 pub async fn promote(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
-    let shadow = channel.shadow().ok_or_else(|| no_shadow(name))?;
-    make_active(app, channel, &shadow.spec, shadow.pipeline.clone()).await?;
-    // Only this shadow: one started meanwhile keeps running.
-    {
-        let current = channel.shadow();
-        if current.is_some_and(|now| Arc::ptr_eq(&now, &shadow)) {
-            channel.set_shadow(None);
+    // Taken before activating: a second promote (a client's retry) or a
+    // stop meanwhile finds no shadow instead of activating it twice.
+    let shadow = channel.set_shadow(None).ok_or_else(|| no_shadow(name))?;
+    if let Err(err) = make_active(app, channel, &shadow.spec, shadow.pipeline.clone()).await {
+        // Not activated: it goes on, unless another shadow started meanwhile.
+        if channel.shadow().is_none() {
+            channel.set_shadow(Some(shadow));
         }
+        return Err(err);
     }
     let mut answer = super::admin::describe(app, channel).await?;
     answer["promoted"] = json!(shadow.report());
@@ -222,6 +233,15 @@ pub async fn start_recording(
             Some("$['key']"),
         )
     })?;
+    if key.len() < 16 {
+        // An empty or short key makes placeholders guessable: anyone with
+        // the fixture could confirm a guessed email.
+        return Err(ApiError::bad_request(
+            "invalid-recording",
+            "`key` must be at least 16 bytes (32 hex digits)",
+            Some("$['key']"),
+        ));
+    }
     let redactor = Redactor::new(&asked.redact, &key)
         .map_err(|err| ApiError::bad_request("invalid-recording", err.to_string(), Some("$['redact']")))?;
     let (wanted, field) = match (asked.count, asked.last) {
@@ -255,6 +275,7 @@ pub async fn start_recording(
     let mut from = None::<(i64, String)>;
     // Another source's events may fill the log: read at most this many.
     let mut budget = 100_000_usize;
+    let mut bytes = 0;
     while events.len() < wanted && budget > 0 {
         budget = budget.saturating_sub(256);
         let queue = app.queue.clone();
@@ -268,7 +289,14 @@ pub async fn start_recording(
         let page = super::blocking(move || queue.stored_events(&query)).await?;
         let Some(last) = page.last() else { break };
         from = Some((last.received_ms, last.id.clone()));
-        events.extend(page.into_iter().filter_map(|e| channel_event(channel, e)));
+        for event in page.into_iter().filter_map(|e| channel_event(channel, e)) {
+            bytes += event.payload.get().len();
+            if bytes > MAX_RECORDED_BYTES && !events.is_empty() {
+                budget = 0;
+                break;
+            }
+            events.push(event);
+        }
     }
     events.truncate(wanted);
     events.reverse();
@@ -288,12 +316,16 @@ pub async fn recording(app: &App, caller: &Caller, name: &str) -> Result<Respons
             &json!({"state": "recording", "captured": recording.captured(), "wanted": recording.wanted}),
         ));
     }
-    let redactor = Redactor::new(&recording.redact, &recording.key).map_err(ApiError::internal)?;
-    let answer = finish(app, channel, recording.events(), redactor).await?;
-    let mut slot = channel.recording.lock().expect("recording lock");
-    if slot.as_ref().is_some_and(|now| Arc::ptr_eq(now, &recording)) {
+    {
+        // Taken first, so that concurrent GETs run the cases once.
+        let mut slot = channel.recording.lock().expect("recording lock");
+        if !slot.as_ref().is_some_and(|now| Arc::ptr_eq(now, &recording)) {
+            return Err(no_recording(name));
+        }
         *slot = None;
     }
+    let redactor = Redactor::new(&recording.redact, &recording.key).map_err(ApiError::internal)?;
+    let answer = finish(app, channel, recording.events(), redactor).await?;
     Ok(json_response(StatusCode::OK, &answer))
 }
 
