@@ -155,15 +155,15 @@ impl Unit {
         // Spellings are lower case; ASCII text (nearly all) is compared
         // without building a lower-cased copy.
         let lowered;
-        let (wanted, same): (&str, fn(&str, &str) -> bool) = if trimmed.is_ascii() {
-            (trimmed, |a, b| a.eq_ignore_ascii_case(b))
+        let wanted = if trimmed.is_ascii() {
+            trimmed
         } else {
             lowered = trimmed.to_lowercase();
-            (&lowered, |a, b| a == b)
+            &lowered
         };
         UNITS
             .iter()
-            .find(|(_, spellings)| spellings.iter().any(|s| same(s, wanted)))
+            .find(|(_, spellings)| spellings.iter().any(|s| s.eq_ignore_ascii_case(wanted)))
             .map(|(unit, _)| *unit)
             .ok_or_else(|| UnitError::Unknown(spelling.to_string()))
     }

@@ -51,17 +51,35 @@ impl Recording {
     pub fn capture(&self, events: &[EventJson]) {
         let mut captured = self.lock();
         for event in events {
-            if captured.full || captured.events.len() >= self.wanted {
+            if !self.take(&mut captured, event.payload.get().len()) {
                 return;
             }
-            let bytes = captured.bytes + event.payload.get().len();
-            if bytes > MAX_RECORDED_BYTES && !captured.events.is_empty() {
-                captured.full = true;
-                return;
-            }
-            captured.bytes = bytes;
             captured.events.push(event.clone());
         }
+    }
+
+    /// Takes `event` if there is room for it; false once there is not.
+    pub fn offer(&self, event: EventJson) -> bool {
+        let mut captured = self.lock();
+        let room = self.take(&mut captured, event.payload.get().len());
+        if room {
+            captured.events.push(event);
+        }
+        room
+    }
+
+    /// Counts an event of `bytes` in, if it has room for it.
+    fn take(&self, captured: &mut Captured, bytes: usize) -> bool {
+        if captured.full || captured.events.len() >= self.wanted {
+            return false;
+        }
+        let bytes = captured.bytes + bytes;
+        if bytes > MAX_RECORDED_BYTES && !captured.events.is_empty() {
+            captured.full = true;
+            return false;
+        }
+        captured.bytes = bytes;
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Captured> {

@@ -14,7 +14,7 @@ use super::auth::Caller;
 use super::backfill::{Backfill, channel_event};
 use super::http::{ApiError, Body, json_response, query_number, read_body};
 use super::modules::{make_active, read_candidate};
-use super::record::{MAX_RECORDED, MAX_RECORDED_BYTES, Recording, cases};
+use super::record::{MAX_RECORDED, Recording, cases};
 use super::redact::Redactor;
 use super::shadow::Shadow;
 use crate::store::StoredQuery;
@@ -271,12 +271,12 @@ pub async fn start_recording(
             &json!({"state": "recording", "captured": 0, "wanted": wanted}),
         ));
     }
-    let mut events = Vec::new();
+    // Bounded as a recording is: `wanted` events, at most its bytes.
+    let newest = Recording::new(wanted, Vec::new(), Vec::new());
     let mut from = None::<(i64, String)>;
     // Another source's events may fill the log: read at most this many.
     let mut budget = 100_000_usize;
-    let mut bytes = 0;
-    while events.len() < wanted && budget > 0 {
+    while !newest.done() && budget > 0 {
         budget = budget.saturating_sub(256);
         let queue = app.queue.clone();
         let query = StoredQuery {
@@ -290,15 +290,12 @@ pub async fn start_recording(
         let Some(last) = page.last() else { break };
         from = Some((last.received_ms, last.id.clone()));
         for event in page.into_iter().filter_map(|e| channel_event(channel, e)) {
-            bytes += event.payload.get().len();
-            if bytes > MAX_RECORDED_BYTES && !events.is_empty() {
-                budget = 0;
+            if !newest.offer(event) {
                 break;
             }
-            events.push(event);
         }
     }
-    events.truncate(wanted);
+    let mut events = newest.events();
     events.reverse();
     let answer = finish(app, channel, events, redactor).await?;
     Ok(json_response(StatusCode::OK, &answer))
