@@ -595,11 +595,10 @@ fn sleeping_guests_neither_hang_sluice_run_nor_sluice_test() {
     );
 }
 
-/// `examples/embed.rs` of the engine crate, built alone (no `wasi`
-/// feature, as a bare embedder has it) by `scripts/dev test`.
+/// `examples/embed.rs` of the engine crate, built by `scripts/dev test`.
 #[test]
 fn the_embedding_example_runs_a_real_component() {
-    let example = target_dir().join("debug/embed-without-wasi");
+    let example = target_dir().join("debug/examples/embed");
     assert!(
         example.is_file(),
         "{} is missing: `scripts/dev test` builds it",
