@@ -13,7 +13,7 @@ use sluice_engine::event::{EventJson, OutcomeJson};
 use sluice_engine::pipeline::{Pipeline, Step};
 use sluice_engine::{Engine, EngineOptions, Limits};
 use sluice_guest::native::NativeRunner;
-use wasmtime::{Config, OptLevel};
+use wasmtime::{Config, Inlining, OptLevel};
 
 const CONFIG: &str = r#"{"max-title": 80, "currency": "USD"}"#;
 
@@ -67,17 +67,25 @@ fn component() -> PathBuf {
     target().join("wasm32-wasip2/guest/b2b_portal.wasm")
 }
 
-/// The same guest built with `-C target-feature=+simd128` by `scripts/dev
-/// bench` (into `target/simd`); the SIMD lever is skipped without it.
-fn simd_component() -> Option<PathBuf> {
-    Some(target().join("simd/wasm32-wasip2/guest/b2b_portal.wasm")).filter(|path| path.is_file())
+/// The same guest built another way by `scripts/dev bench` into
+/// `target/<dir>`; a lever whose build is missing is skipped.
+fn lever_component(dir: &str) -> Option<PathBuf> {
+    Some(target().join(dir).join("wasm32-wasip2/guest/b2b_portal.wasm")).filter(|path| path.is_file())
 }
 
-/// The same guest built with `--features sluice-guest/lever-plain-talc` by
-/// `scripts/dev bench` (into `target/plain-talc`): talc alone as its allocator.
-fn plain_talc_component() -> Option<PathBuf> {
-    Some(target().join("plain-talc/wasm32-wasip2/guest/b2b_portal.wasm")).filter(|path| path.is_file())
-}
+/// Guests built another way, each a lever against `wasm-epoch`: the
+/// folder under `target/` that `scripts/dev bench` builds it into, and what
+/// differs.
+const GUEST_LEVERS: [(&str, &str); 3] = [
+    // `-C target-feature=+simd128`.
+    ("lever:guest-simd128", "simd"),
+    // `--features sluice-guest/lever-plain-talc`: talc alone as the allocator.
+    ("lever:guest-allocator-talc-alone", "plain-talc"),
+    // `-C target-feature=-bulk-memory,-bulk-memory-opt`: copies of unknown length call the
+    // guest's own `memcpy` instead of `memory.copy`, which Wasmtime
+    // implements as a call out to the host.
+    ("lever:guest-without-bulk-memory", "no-bulk-memory"),
+];
 
 /// Bounds checks as explicit compares: each memory slot reserves only the
 /// largest memory a module may have (1 GiB) and no guard pages, so a 32-bit
@@ -94,6 +102,12 @@ fn explicit_bounds(config: &mut Config) {
 /// Cranelift told to weigh code size as well as speed.
 fn speed_and_size(config: &mut Config) {
     config.cranelift_opt_level(OptLevel::SpeedAndSize);
+}
+
+/// Cranelift inlining small functions, within the guest's module as well as
+/// across modules (Wasmtime's default inlines neither).
+fn inlining(config: &mut Config) {
+    config.compiler_inlining(Inlining::Yes);
 }
 
 fn wasm_pipeline(fuel: bool) -> Pipeline {
@@ -145,15 +159,15 @@ fn bench(c: &mut Criterion) {
                 "lever:cranelift-speed-and-size",
                 pipeline_with(false, Some(speed_and_size), &component()),
             ),
+            (
+                "lever:cranelift-inlining",
+                pipeline_with(false, Some(inlining), &component()),
+            ),
         ];
-        if let Some(simd) = simd_component() {
-            levers.push(("lever:guest-simd128", pipeline_with(false, None, &simd)));
-        }
-        if let Some(talc) = plain_talc_component() {
-            levers.push((
-                "lever:guest-allocator-talc-alone",
-                pipeline_with(false, None, &talc),
-            ));
+        for (name, dir) in GUEST_LEVERS {
+            if let Some(guest) = lever_component(dir) {
+                levers.push((name, pipeline_with(false, None, &guest)));
+            }
         }
         levers
     };
