@@ -890,7 +890,9 @@ use std::io::Read as _;
 fn hostile_tar_uploads_are_refused_without_reading_links_or_showing_paths() {
     let destination = sink();
     let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path(), &config(&destination, "max-module-versions = 2"));
+    // Its own module cache: the test counts the artifacts in it.
+    let sidecar =
+        Sidecar::start_with_module_cache(dir.path(), &config(&destination, "max-module-versions = 2"), None);
     let good = wasm("json-mapping");
     let secret = dir.path().join("secret.json");
     std::fs::write(&secret, r#"{"secret": "do not show"}"#).unwrap();
@@ -1132,5 +1134,68 @@ fn a_module_importing_wasi_http_loads_and_each_request_fails_its_own_event_as_de
             .iter()
             .all(|r| !r.body.windows(2).any(|w| w == b"h-")),
         "nothing was delivered"
+    );
+}
+
+/// The `.cwasm` files in `dir` with their inodes (a recompiled artifact is
+/// written to a new file and renamed over the old one).
+fn artifacts_in(dir: &std::path::Path) -> BTreeMap<String, u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .map(|entry| entry.unwrap())
+                .map(|entry| {
+                    (
+                        entry.file_name().to_string_lossy().into_owned(),
+                        entry.metadata().unwrap().ino(),
+                    )
+                })
+                .filter(|(name, _)| name.ends_with(".cwasm"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn sidecars_sharing_a_module_cache_compile_each_module_once_and_never_prune_it() {
+    let destination = sink();
+    let shared = tempfile::tempdir().unwrap();
+    let cache = shared.path().join("modules");
+    // An artifact this sidecar has no use for, as another sidecar's would be.
+    let foreign = format!("{}-0000000000000000.cwasm", "0".repeat(64));
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join(&foreign), b"another sidecar's").unwrap();
+
+    let first = tempfile::tempdir().unwrap();
+    let _first =
+        Sidecar::start_with_module_cache(first.path(), &config(&destination, ""), Some(cache.clone()));
+    let compiled = artifacts_in(&cache);
+    assert_eq!(
+        compiled.len(),
+        2,
+        "json-mapping's artifact beside the foreign one: {compiled:?}"
+    );
+    assert!(!first.path().join("data/module-cache").exists());
+
+    // A second sidecar loads what the first compiled: no file is rewritten.
+    let second = tempfile::tempdir().unwrap();
+    let _second =
+        Sidecar::start_with_module_cache(second.path(), &config(&destination, ""), Some(cache.clone()));
+    assert_eq!(artifacts_in(&cache), compiled);
+
+    // A sidecar's own cache is collected when it starts; a shared one never is.
+    let own = tempfile::tempdir().unwrap();
+    let own_cache = own.path().join("data/module-cache");
+    std::fs::create_dir_all(&own_cache).unwrap();
+    std::fs::write(own_cache.join(&foreign), b"stale").unwrap();
+    let _own = Sidecar::start_with_module_cache(own.path(), &config(&destination, ""), None);
+    wait_for("the own cache's collection", Duration::from_secs(10), || {
+        !own_cache.join(&foreign).exists()
+    });
+    assert_eq!(
+        artifacts_in(&cache),
+        compiled,
+        "the shared cache keeps every artifact"
     );
 }

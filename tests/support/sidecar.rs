@@ -27,6 +27,8 @@ pub struct Sidecar {
     /// Holds `sluice.toml`, `data/` and the logs.
     pub dir: PathBuf,
     starts: usize,
+    /// `--module-cache`, if not the default in `data/`.
+    module_cache: Option<PathBuf>,
 }
 
 impl Drop for Sidecar {
@@ -41,14 +43,24 @@ impl Sidecar {
     /// channels folder; [`ADMIN_TOKEN`] is made an admin token unless the
     /// config sets its own) and starts `sluice serve` on a free port with
     /// `dir/data` as its data dir.
+    ///
+    /// Test sidecars share one module cache (`--module-cache`), so a module
+    /// is compiled once for the whole run rather than once per test.
     pub fn start(dir: &Path, config: &str) -> Self {
+        Self::start_with_module_cache(dir, config, Some(target_dir().join("sluice-test-sidecar-cache")))
+    }
+
+    /// As [`Sidecar::start`], with the module cache in `cache`, or in
+    /// `dir/data` (a sidecar's default) for `None`.
+    pub fn start_with_module_cache(dir: &Path, config: &str, cache: Option<PathBuf>) -> Self {
         Self::write_config(dir, config);
-        let child_and_base = spawn(dir, 0);
+        let (child, base) = spawn(dir, 0, cache.as_deref());
         Self {
-            child: child_and_base.0,
-            base: child_and_base.1,
+            child,
+            base,
             dir: dir.to_path_buf(),
             starts: 1,
+            module_cache: cache,
         }
     }
 
@@ -83,7 +95,7 @@ impl Sidecar {
 
     /// Starts it again on the same folder (after `kill9` or `terminate`).
     pub fn restart(&mut self) {
-        let (child, base) = spawn(&self.dir, self.starts);
+        let (child, base) = spawn(&self.dir, self.starts, self.module_cache.as_deref());
         self.child = child;
         self.base = base;
         self.starts += 1;
@@ -191,19 +203,21 @@ fn answer(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-fn spawn(dir: &Path, start: usize) -> (Child, String) {
+fn spawn(dir: &Path, start: usize, module_cache: Option<&Path>) -> (Child, String) {
     // Logs go to a file: an unread pipe would fill and block the server.
     let log = std::fs::File::create(dir.join(format!("serve-{start}.log"))).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+    command
         .args(["serve", "--config"])
         .arg(dir.join("sluice.toml"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("data"))
         .env("CARGO_TARGET_DIR", target_dir())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+        .env_remove("SLUICE_MODULE_CACHE");
+    if let Some(cache) = module_cache {
+        command.arg("--module-cache").arg(cache);
+    }
+    let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
     let mut first_line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first_line)

@@ -28,6 +28,11 @@ pub struct ServeArgs {
     /// instead of the config's `queue` (or SQLite when neither is set).
     #[arg(long, env = "SLUICE_QUEUE")]
     queue: Option<String>,
+    /// Keep compiled modules in this directory instead of
+    /// `<data-dir>/module-cache`, shared by the sidecars on this machine (it
+    /// must be private to this user; it is never pruned).
+    #[arg(long, env = "SLUICE_MODULE_CACHE")]
+    module_cache: Option<PathBuf>,
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -39,6 +44,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             data_dir: args.data_dir.clone(),
             fuel: args.fuel,
             queue: args.queue.clone(),
+            module_cache: args.module_cache.clone(),
         },
     )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

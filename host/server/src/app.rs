@@ -262,6 +262,9 @@ pub struct App {
     pub engine: Engine,
     /// Where uploaded components are kept, as `<sha256>.wasm`.
     pub modules_dir: PathBuf,
+    /// Whether the module cache is this sidecar's alone, so that it may
+    /// delete the artifacts it does not use.
+    pub collects_module_cache: bool,
 }
 
 /// The server's own limits and timeouts, from `sluice.toml`.
@@ -407,6 +410,7 @@ impl App {
             registry,
             engine,
             modules_dir: data_dir.join("modules"),
+            collects_module_cache: true,
         };
         for channel in app.channels.values() {
             if channel.tripped().is_some() {
@@ -433,9 +437,12 @@ impl App {
     }
 
     /// Deletes compiled artifacts that no configured or uploaded module
-    /// uses any more (and those of other engine configurations).
+    /// uses any more (and those of other engine configurations), unless
+    /// the cache is shared.
     pub fn collect_artifacts(&self) {
-        let Some(cache) = self.engine.cache() else { return };
+        let Some(cache) = self.engine.cache().filter(|_| self.collects_module_cache) else {
+            return;
+        };
         let mut keep = std::collections::BTreeSet::new();
         for channel in self.channels.values() {
             for pipeline in [self.config_pipeline(channel), channel.pipeline()] {

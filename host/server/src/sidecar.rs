@@ -26,6 +26,11 @@ pub struct SidecarOptions {
     pub fuel: bool,
     /// Use this NATS JetStream (`nats://host:4222`) instead of the config's `queue`.
     pub queue: Option<String>,
+    /// Keep compiled modules here instead of `<data-dir>/module-cache`, so
+    /// that sidecars on one machine compile each module once. A shared
+    /// cache is never collected: another sidecar may need what this one
+    /// does not.
+    pub module_cache: Option<PathBuf>,
 }
 
 /// The store a sidecar keeps its queues and registry in.
@@ -113,7 +118,12 @@ impl Sidecar {
         });
         let engine = Engine::new(&EngineOptions {
             fuel: options.fuel,
-            cache_dir: Some(data_dir.join("module-cache")),
+            cache_dir: Some(
+                options
+                    .module_cache
+                    .clone()
+                    .unwrap_or_else(|| data_dir.join("module-cache")),
+            ),
             ..EngineOptions::default()
         })?;
         let mut channels = Vec::new();
@@ -169,7 +179,9 @@ impl Sidecar {
                     (Store::Sqlite(sqlite.clone()), sqlite.clone(), sqlite, location)
                 }
             };
-        let app = Arc::new(App::new(&config, channels, queue, registry, engine, data_dir)?);
+        let mut app = App::new(&config, channels, queue, registry, engine, data_dir)?;
+        app.collects_module_cache = options.module_cache.is_none();
+        let app = Arc::new(app);
         if config.admin_token_sha256.is_empty() && config.tenants.iter().all(|t| t.token_sha256.is_empty()) {
             tracing::warn!("no admin or tenant token is configured: every /v1 call will answer 401");
         }
