@@ -1137,6 +1137,17 @@ fn a_module_importing_wasi_http_loads_and_each_request_fails_its_own_event_as_de
     );
 }
 
+/// Creates `dir` as a module cache must be: writable by its owner alone,
+/// whatever the umask.
+fn private_dir(dir: &std::path::Path) {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .unwrap();
+}
+
 /// The `.cwasm` files in `dir` with their inodes (a recompiled artifact is
 /// written to a new file and renamed over the old one).
 fn artifacts_in(dir: &std::path::Path) -> BTreeMap<String, u64> {
@@ -1164,7 +1175,7 @@ fn sidecars_sharing_a_module_cache_compile_each_module_once_and_never_prune_it()
     let cache = shared.path().join("modules");
     // An artifact this sidecar has no use for, as another sidecar's would be.
     let foreign = format!("{}-0000000000000000.cwasm", "0".repeat(64));
-    std::fs::create_dir_all(&cache).unwrap();
+    private_dir(&cache);
     std::fs::write(cache.join(&foreign), b"another sidecar's").unwrap();
 
     let first = tempfile::tempdir().unwrap();
@@ -1187,7 +1198,7 @@ fn sidecars_sharing_a_module_cache_compile_each_module_once_and_never_prune_it()
     // A sidecar's own cache is collected when it starts; a shared one never is.
     let own = tempfile::tempdir().unwrap();
     let own_cache = own.path().join("data/module-cache");
-    std::fs::create_dir_all(&own_cache).unwrap();
+    private_dir(&own_cache);
     std::fs::write(own_cache.join(&foreign), b"stale").unwrap();
     let _own = Sidecar::start_with_module_cache(own.path(), &config(&destination, ""), None);
     wait_for("the own cache's collection", Duration::from_secs(10), || {

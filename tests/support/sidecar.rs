@@ -45,13 +45,13 @@ impl Sidecar {
     /// `dir/data` as its data dir.
     ///
     /// Test sidecars share one module cache (`--module-cache`), so a module
-    /// is compiled once for the whole run rather than once per test.
+    /// is compiled about once for the whole run rather than once per test.
     pub fn start(dir: &Path, config: &str) -> Self {
         Self::start_with_module_cache(dir, config, Some(target_dir().join("sluice-test-sidecar-cache")))
     }
 
     /// As [`Sidecar::start`], with the module cache in `cache`, or in
-    /// `dir/data` (a sidecar's default) for `None`.
+    /// `dir/data/module-cache` (a sidecar's default) for `None`.
     pub fn start_with_module_cache(dir: &Path, config: &str, cache: Option<PathBuf>) -> Self {
         Self::write_config(dir, config);
         let (child, base) = spawn(dir, 0, cache.as_deref());

@@ -81,9 +81,10 @@ const GUEST_LEVERS: [(&str, &str); 3] = [
     ("lever:guest-simd128", "simd"),
     // `--features sluice-guest/lever-plain-talc`: talc alone as the allocator.
     ("lever:guest-allocator-talc-alone", "plain-talc"),
-    // `-C target-feature=-bulk-memory,-bulk-memory-opt`: copies of unknown length call the
-    // guest's own `memcpy` instead of `memory.copy`, which Wasmtime
-    // implements as a call out to the host.
+    // `-C target-feature=-bulk-memory,-bulk-memory-opt`: copies of unknown
+    // length in the guest's own code call a `memcpy` in WebAssembly instead
+    // of `memory.copy`, which Wasmtime implements as a call out to the host
+    // (the prebuilt standard library keeps its `memory.copy`s).
     ("lever:guest-without-bulk-memory", "no-bulk-memory"),
 ];
 

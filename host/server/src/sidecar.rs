@@ -27,9 +27,9 @@ pub struct SidecarOptions {
     /// Use this NATS JetStream (`nats://host:4222`) instead of the config's `queue`.
     pub queue: Option<String>,
     /// Keep compiled modules here instead of `<data-dir>/module-cache`, so
-    /// that sidecars on one machine compile each module once. A shared
-    /// cache is never collected: another sidecar may need what this one
-    /// does not.
+    /// that sidecars on one machine compile a module once rather than once
+    /// each. A shared cache is never collected: another sidecar may need
+    /// what this one does not.
     pub module_cache: Option<PathBuf>,
 }
 
@@ -104,7 +104,7 @@ pub struct Sidecar {
 
 impl Sidecar {
     /// Reads `config` and builds everything it describes: the engine (with
-    /// its module cache in the data directory), every channel's pipeline,
+    /// its module cache in the data directory or `module_cache`), every channel's pipeline,
     /// the SQLite store and the app state.
     pub fn build(config_path: &Path, options: &SidecarOptions) -> Result<Self, SidecarError> {
         let config = ServerConfig::load(config_path)?;
