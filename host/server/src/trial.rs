@@ -313,26 +313,74 @@ pub async fn recording(app: &App, caller: &Caller, name: &str) -> Result<Respons
             &json!({"state": "recording", "captured": recording.captured(), "wanted": recording.wanted}),
         ));
     }
-    {
-        // Taken first, so that concurrent GETs run the cases once.
-        let mut slot = channel.recording.lock().expect("recording lock");
-        if !slot.as_ref().is_some_and(|now| Arc::ptr_eq(now, &recording)) {
-            return Err(no_recording(name));
-        }
-        *slot = None;
-    }
-    let redactor = Redactor::new(&recording.redact, &recording.key).map_err(ApiError::internal)?;
-    let answer = finish(app, channel, recording.events(), redactor).await?;
-    Ok(json_response(StatusCode::OK, &answer))
+    // Taken first, so that concurrent GETs run the cases once.
+    let taken =
+        TakenRecording::take(&channel.recording, Some(&recording)).ok_or_else(|| no_recording(name))?;
+    answer_cases(app, channel, taken).await
 }
 
 /// `DELETE /v1/channels/{name}/record`: ends a recording; answers what it has.
 pub async fn stop_recording(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
-    let recording = channel.recording.lock().expect("recording lock").take();
-    let recording = recording.ok_or_else(|| no_recording(name))?;
+    let taken = TakenRecording::take(&channel.recording, None).ok_or_else(|| no_recording(name))?;
+    answer_cases(app, channel, taken).await
+}
+
+/// A recording taken off its channel to be answered as cases. Dropped
+/// before [`TakenRecording::answered`], on an error or when the client
+/// leaves mid-way, it goes back (unless another recording started
+/// meanwhile), so that its events are not lost.
+struct TakenRecording<'a> {
+    slot: &'a Mutex<Option<Arc<Recording>>>,
+    recording: Option<Arc<Recording>>,
+}
+
+impl<'a> TakenRecording<'a> {
+    /// Takes the recording out of `slot`; with `only`, only if it is that one.
+    fn take(slot: &'a Mutex<Option<Arc<Recording>>>, only: Option<&Arc<Recording>>) -> Option<Self> {
+        let mut held = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if only.is_some_and(|only| !held.as_ref().is_some_and(|now| Arc::ptr_eq(now, only))) {
+            return None;
+        }
+        let recording = held.take()?;
+        Some(Self {
+            slot,
+            recording: Some(recording),
+        })
+    }
+
+    fn recording(&self) -> &Recording {
+        self.recording.as_ref().expect("held until answered")
+    }
+
+    /// Its cases were answered: it ends for good.
+    fn answered(mut self) {
+        self.recording = None;
+    }
+}
+
+impl Drop for TakenRecording<'_> {
+    fn drop(&mut self) {
+        if let Some(recording) = self.recording.take() {
+            let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(recording);
+            }
+        }
+    }
+}
+
+/// Runs a taken recording's events into cases and answers them; the
+/// recording ends only once they are answered.
+async fn answer_cases(
+    app: &App,
+    channel: &super::Channel,
+    taken: TakenRecording<'_>,
+) -> Result<Response<Body>, ApiError> {
+    let recording = taken.recording();
     let redactor = Redactor::new(&recording.redact, &recording.key).map_err(ApiError::internal)?;
     let answer = finish(app, channel, recording.events(), redactor).await?;
+    taken.answered();
     Ok(json_response(StatusCode::OK, &answer))
 }
 
@@ -362,4 +410,43 @@ fn no_recording(name: &str) -> ApiError {
         "no-recording",
         format!("channel `{name}` is not recording: start with POST /v1/channels/{name}/record"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot_with(recording: &Arc<Recording>) -> Mutex<Option<Arc<Recording>>> {
+        Mutex::new(Some(recording.clone()))
+    }
+
+    #[test]
+    fn a_taken_recording_goes_back_unless_it_was_answered() {
+        let recording = Arc::new(Recording::new(1, Vec::new(), Vec::new()));
+        let slot = slot_with(&recording);
+        let taken = TakenRecording::take(&slot, None).unwrap();
+        assert!(slot.lock().unwrap().is_none(), "taken off the channel");
+        drop(taken);
+        let back = slot
+            .lock()
+            .unwrap()
+            .clone()
+            .expect("a failed answer loses nothing");
+        assert!(Arc::ptr_eq(&back, &recording));
+
+        let taken = TakenRecording::take(&slot, None).unwrap();
+        taken.answered();
+        assert!(slot.lock().unwrap().is_none(), "an answered recording ends");
+
+        // Only the recording asked for is taken.
+        let other = Arc::new(Recording::new(3, Vec::new(), Vec::new()));
+        let slot = slot_with(&recording);
+        assert!(TakenRecording::take(&slot, Some(&other)).is_none());
+        // A recording started meanwhile is not replaced.
+        let taken = TakenRecording::take(&slot, None).unwrap();
+        let newer = Arc::new(Recording::new(2, Vec::new(), Vec::new()));
+        *slot.lock().unwrap() = Some(newer.clone());
+        drop(taken);
+        assert!(Arc::ptr_eq(slot.lock().unwrap().as_ref().unwrap(), &newer));
+    }
 }
