@@ -150,15 +150,15 @@ pub fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_string();
     }
+    if max == 0 {
+        return String::new();
+    }
     // Where the last kept cluster (the `max`-th, counting the "…") starts.
     let mut keep = 0;
     for (count, (start, _)) in text.grapheme_indices(true).enumerate() {
         if count + 1 == max {
             keep = start;
         } else if count == max {
-            if max == 0 {
-                return String::new();
-            }
             let mut cut = text[..keep].trim_end().to_string();
             cut.push('…');
             return cut;
