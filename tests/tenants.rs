@@ -297,11 +297,25 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
     assert_eq!(sidecar.send("GET", "/metrics", Some(METRICS), b"", "").0, 200);
     assert_eq!(sidecar.send("GET", "/v1/channels", Some(METRICS), b"", "").0, 401);
 
+    // Every route of the route table, probed as another tenant and with no
+    // token: nothing of globex's is reachable, and its answer is the one a
+    // missing resource gets.
+    let (status, theirs) = upload(&sidecar, GLOBEX, "globex-mapper", &wasm("json-mapping"));
+    assert_eq!(status, 201, "{theirs}");
+    let probed = probe_every_route(&sidecar, &letter);
+    let scoped = sluice_server::api::routes::ROUTES
+        .iter()
+        .filter(|r| r.tenant_scoped)
+        .count();
+    assert_eq!(probed, scoped, "every /v1 route was probed");
+
     // Nothing stored was changed by any of it.
     let (_, still) = sidecar.send("GET", "/v1/dead-letters", Some(GLOBEX), b"", "");
     assert_eq!(still, letters);
     let (_, mine) = sidecar.send("GET", "/v1/modules", Some(ACME), b"", "");
     assert_eq!(mine.as_array().unwrap().len(), 1);
+    let (_, globex_modules) = sidecar.send("GET", "/v1/modules", Some(GLOBEX), b"", "");
+    assert_eq!(globex_modules.as_array().unwrap().len(), 1);
     let (_, theirs) = sidecar.send("GET", "/v1/channels/globex-stock", Some(GLOBEX), b"", "");
     assert_eq!(theirs["enabled"], true);
 
@@ -326,6 +340,79 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
     for secret in [ACME, GLOBEX, METRICS, ADMIN_TOKEN, token] {
         assert!(!logs.contains(secret), "a token is in the log");
     }
+}
+
+/// Probes every `/v1` route of the route table: without a token and with
+/// the metrics token it answers 401; as acme against globex's channel,
+/// dead letter `letter`, module or tenant it answers 403 or 404, exactly as
+/// for a resource that does not exist. Returns how many routes it probed.
+fn probe_every_route(sidecar: &Sidecar, letter: &str) -> usize {
+    let mut probed = 0;
+    for route in sluice_server::api::routes::ROUTES
+        .iter()
+        .filter(|r| r.tenant_scoped)
+    {
+        let (method, pattern) = (route.method, route.path);
+        let theirs = if pattern.starts_with("/v1/channels/") {
+            "globex-stock"
+        } else if pattern.starts_with("/v1/dead-letters/") {
+            letter
+        } else if pattern.starts_with("/v1/modules/") {
+            "globex-mapper"
+        } else {
+            "globex"
+        };
+        let path = pattern.replace("{name}", theirs);
+        let body = if pattern == "/v1/events" {
+            event("probe", "globex", json!({"sku": "P"}))
+        } else {
+            json!({"steps": [{"module": "globex-mapper", "config": {}}]}).to_string()
+        };
+        for token in [None, Some("guess"), Some(METRICS)] {
+            assert_eq!(
+                code(&sidecar.send(method, &path, token, body.as_bytes(), "")),
+                (401, "unauthorized"),
+                "{method} {pattern} with {token:?}"
+            );
+        }
+        probed += 1;
+        if !pattern.contains("{name}") {
+            // A listing or ingest: narrowed to the caller (checked above).
+            continue;
+        }
+        if method == "PUT" && pattern == "/v1/modules/{name}" {
+            // Module names are the caller's own: an upload cannot reach another tenant's.
+            continue;
+        }
+        let answer = sidecar.send(method, &path, Some(ACME), body.as_bytes(), "");
+        assert!(
+            matches!(answer.0, 403 | 404),
+            "{method} {pattern} as another tenant: {} {}",
+            answer.0,
+            answer.1
+        );
+        if answer.0 == 404 {
+            let missing_name = if theirs == letter { "999999" } else { "no-such" };
+            let missing = sidecar.send(
+                method,
+                &pattern.replace("{name}", missing_name),
+                Some(ACME),
+                body.as_bytes(),
+                "",
+            );
+            if theirs == letter {
+                // A letter id is a number: compare the codes, not the texts.
+                assert_eq!(code(&missing), code(&answer), "{method} {pattern}");
+            } else {
+                assert_eq!(
+                    missing,
+                    answer_for_missing(&answer, theirs, missing_name),
+                    "{method} {pattern}: another tenant's is indistinguishable from a missing one"
+                );
+            }
+        }
+    }
+    probed
 }
 
 /// The answer expected for a missing channel, given the one for another tenant's.

@@ -10,10 +10,11 @@ use std::time::Duration;
 use sluice_engine::locate::{LocateError, load_pipeline, pipeline_from_steps};
 use sluice_engine::{Engine, EngineError, EngineOptions};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::{ConfigError, ServerConfig};
+use crate::state::{ActivationError, App, Channel};
 use crate::store::{NatsStore, Queue, Registry, SqliteQueue, StoreError};
-use crate::{ActivationError, App, Channel};
 
 /// What may replace the config file's own settings (flags, environment).
 #[derive(Debug, Clone, Default)]
@@ -140,7 +141,7 @@ impl Sidecar {
             channels.push(Channel::new(&channel.name, &channel.tenant, pipeline));
         }
         for destination in &config.destinations {
-            crate::tls::client_config(destination.ca_file.as_deref()).map_err(|err| {
+            crate::workers::tls::client_config(destination.ca_file.as_deref()).map_err(|err| {
                 SidecarError::Destination {
                     destination: destination.name.clone(),
                     detail: err.to_string(),
@@ -209,10 +210,10 @@ impl Sidecar {
         &self.app
     }
 
-    /// Serves on `listener` until `shutdown` completes (see [`crate::run`]).
+    /// Serves on `listener` until `shutdown` completes (see [`run`]).
     pub async fn serve(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         tracing::info!(store = %self.location, "sluice serving");
-        crate::run(listener, self.app.clone(), shutdown).await;
+        run(listener, self.app.clone(), shutdown).await;
         tracing::info!("sluice stopped");
     }
 
@@ -223,4 +224,41 @@ impl Sidecar {
             Store::Nats(nats) => nats.close(),
         }
     }
+}
+
+/// Serves `app` on `listener` with its supervised workers until `shutdown`
+/// completes (see [`shutdown_signal`]). Then it stops accepting, lets
+/// in-flight requests and each worker's current batch finish, and returns;
+/// all of that within the config's `shutdown-grace-ms`, after which it
+/// returns anyway (unfinished work is redone after a restart, since
+/// nothing is acknowledged before it is stored).
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let (stop, stopped) = watch::channel(false);
+    let mut workers = crate::workers::start(&app, &stopped);
+    let grace = app.settings.shutdown_grace;
+    crate::api::serve(listener, app.clone(), shutdown).await;
+    let _ = stop.send(true);
+    let drained = tokio::time::timeout(grace, async { while workers.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_ms = grace.as_millis() as u64,
+            "workers still busy at the end of the shutdown grace; stopping anyway"
+        );
+        workers.abort_all();
+    }
+}
+
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, so call it before announcing that the server listens: a signal
+/// that arrives early is then still a clean shutdown.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }

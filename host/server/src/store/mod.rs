@@ -550,3 +550,14 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Runs blocking store work off the async threads; a store error or a
+/// failed task comes back as its text (workers log it).
+pub(crate) async fn in_store<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result.map_err(|err| err.to_string()),
+        Err(join) => Err(format!("a store task failed: {join}")),
+    }
+}

@@ -4,9 +4,9 @@
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 
-use super::App;
-use super::auth::Caller;
-use super::http::{ApiError, Body, json_bytes_response, query_flag, read_body};
+use crate::api::http::{ApiError, Body, json_bytes_response, query_flag, read_body};
+use crate::state::App;
+use crate::state::auth::Caller;
 use sluice_engine::event::{EventJson, OutcomeJson};
 
 /// Transforms the body's event (or array of events) with `name`'s pipeline.

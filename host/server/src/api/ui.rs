@@ -7,7 +7,7 @@
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Response, StatusCode};
 
-use super::http::Body;
+use crate::api::http::Body;
 
 /// The policy sent with every page asset.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
@@ -16,9 +16,9 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 /// The asset at `path` (`/ui`, `/ui/`, `/ui/app.js`, `/ui/app.css`), if there is one.
 pub fn asset(path: &str) -> Option<Response<Body>> {
     let (body, content_type) = match path {
-        "/ui" | "/ui/" => (include_str!("../ui/index.html"), "text/html; charset=utf-8"),
-        "/ui/app.js" => (include_str!("../ui/app.js"), "text/javascript; charset=utf-8"),
-        "/ui/app.css" => (include_str!("../ui/app.css"), "text/css; charset=utf-8"),
+        "/ui" | "/ui/" => (include_str!("../../ui/index.html"), "text/html; charset=utf-8"),
+        "/ui/app.js" => (include_str!("../../ui/app.js"), "text/javascript; charset=utf-8"),
+        "/ui/app.css" => (include_str!("../../ui/app.css"), "text/css; charset=utf-8"),
         _ => return None,
     };
     let mut response = Response::new(Body::from(body));
@@ -55,8 +55,13 @@ mod tests {
 
     #[test]
     fn the_page_loads_nothing_from_another_host_and_has_no_inline_code() {
-        let html = include_str!("../ui/index.html");
-        let all = [html, include_str!("../ui/app.js"), include_str!("../ui/app.css")].concat();
+        let html = include_str!("../../ui/index.html");
+        let all = [
+            html,
+            include_str!("../../ui/app.js"),
+            include_str!("../../ui/app.css"),
+        ]
+        .concat();
         // The SVG namespace is a name, not a request.
         assert_eq!(
             all.matches("http://").count(),
@@ -67,7 +72,7 @@ mod tests {
         }
         assert!(!html.contains("<script>") && !html.contains(" style=") && !html.contains("onclick="));
         assert!(
-            !include_str!("../ui/app.js").contains("innerHTML"),
+            !include_str!("../../ui/app.js").contains("innerHTML"),
             "tenant data is only set as text"
         );
     }

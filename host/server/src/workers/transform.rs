@@ -13,8 +13,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::history::Count;
-use super::{App, Channel, in_store};
+use crate::observe::history::Count;
+use crate::state::{App, Channel};
+use crate::store::in_store;
 use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key, now_ms};
 use sluice_engine::event::{EventJson, OutcomeJson};
 
@@ -111,7 +112,7 @@ async fn finish_commit(name: &str, commit: tokio::task::JoinHandle<Result<(), St
 /// applies from the next batch, and the versions recorded are the ones that ran.
 async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<Transformed> {
     let pipeline = channel.pipeline();
-    let versions = super::versions(&pipeline);
+    let versions = crate::state::versions(&pipeline);
     let mut inputs = Vec::with_capacity(pending.len());
     let mut results = Vec::with_capacity(pending.len());
     let mut runnable = Vec::with_capacity(pending.len());

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use super::config::{RateLimit, RetryPolicy};
+use crate::config::{RateLimit, RetryPolicy};
 
 /// A token bucket: `rate` tokens a second, holding at most `burst`.
 #[derive(Debug)]

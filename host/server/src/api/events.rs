@@ -6,9 +6,10 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
-use super::auth::Caller;
-use super::http::{ApiError, Body, json_response, read_body};
-use super::{App, blocking};
+use crate::api::blocking;
+use crate::api::http::{ApiError, Body, json_response, read_body};
+use crate::state::App;
+use crate::state::auth::Caller;
 use crate::store::Ingest;
 
 /// Stores the body's events (one JSON event, an array, or JSONL) and queues

@@ -9,14 +9,14 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
-use super::App;
-use super::auth::Caller;
-use super::backfill::{Backfill, channel_event};
-use super::http::{ApiError, Body, json_response, query_number, read_body};
-use super::modules::{make_active, read_candidate};
-use super::record::{MAX_RECORDED, Recording, cases};
-use super::redact::Redactor;
-use super::shadow::Shadow;
+use crate::api::channels::{make_active, read_candidate};
+use crate::api::http::{ApiError, Body, json_response, query_number, read_body};
+use crate::change::backfill::{Backfill, channel_event};
+use crate::change::record::{MAX_RECORDED, Recording, cases};
+use crate::change::redact::Redactor;
+use crate::change::shadow::Shadow;
+use crate::state::App;
+use crate::state::auth::Caller;
 use crate::store::StoredQuery;
 
 /// `POST /v1/channels/{name}/shadow[?canary=N]`: starts running every event
@@ -98,7 +98,7 @@ pub async fn promote(app: &App, caller: &Caller, name: &str) -> Result<Response<
         }
         return Err(err);
     }
-    let mut answer = super::admin::describe(app, channel).await?;
+    let mut answer = crate::api::channels::describe(app, channel).await?;
     answer["promoted"] = json!(shadow.report());
     Ok(json_response(StatusCode::OK, &answer))
 }
@@ -144,7 +144,7 @@ pub async fn start_backfill(
         limit: 1,
         ..StoredQuery::default()
     };
-    super::blocking(move || queue.stored_events(&probe)).await?;
+    crate::api::blocking(move || queue.stored_events(&probe)).await?;
     let (spec, pipeline) = read_candidate(app, channel, request).await?;
     let backfill = Arc::new(Backfill::new(spec, pipeline, since_ms, limit));
     {
@@ -286,7 +286,7 @@ pub async fn start_recording(
             limit: 256,
             ..StoredQuery::default()
         };
-        let page = super::blocking(move || queue.stored_events(&query)).await?;
+        let page = crate::api::blocking(move || queue.stored_events(&query)).await?;
         let Some(last) = page.last() else { break };
         from = Some((last.received_ms, last.id.clone()));
         for event in page.into_iter().filter_map(|e| channel_event(channel, e)) {
@@ -374,7 +374,7 @@ impl Drop for TakenRecording<'_> {
 /// recording ends only once they are answered.
 async fn answer_cases(
     app: &App,
-    channel: &super::Channel,
+    channel: &crate::state::Channel,
     taken: TakenRecording<'_>,
 ) -> Result<Response<Body>, ApiError> {
     let recording = taken.recording();
@@ -388,7 +388,7 @@ async fn answer_cases(
 /// blocking thread under one of the tenant's transform permits.
 async fn finish(
     app: &App,
-    channel: &super::Channel,
+    channel: &crate::state::Channel,
     events: Vec<sluice_engine::event::EventJson>,
     mut redactor: Redactor,
 ) -> Result<serde_json::Value, ApiError> {

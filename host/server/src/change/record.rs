@@ -1,6 +1,6 @@
 //! Recording a channel's live events as fixture cases: the next N events
 //! it runs (a [`Recording`] on the channel), or the newest N of the ingest
-//! log, each with today's outcome, redacted (see [`crate::redact`]).
+//! log, each with today's outcome, redacted (see [`crate::change::redact`]).
 
 use std::sync::Mutex;
 
@@ -8,7 +8,7 @@ use serde_json::Value;
 use sluice_engine::Pipeline;
 use sluice_engine::event::EventJson;
 
-use crate::redact::Redactor;
+use crate::change::redact::Redactor;
 
 /// Most events one recording takes.
 pub const MAX_RECORDED: usize = 1000;

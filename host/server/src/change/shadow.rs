@@ -15,7 +15,7 @@ use serde_json::Value;
 use sluice_engine::event::{EventJson, OutcomeJson};
 use sluice_engine::{Pipeline, PipelineSpec};
 
-use crate::entity_key::EntityKey;
+use crate::state::entity_key::EntityKey;
 
 /// Samples kept per JSON path and for the candidate's own failures.
 const SAMPLES: usize = 5;
@@ -83,7 +83,7 @@ impl Shadow {
             .from_candidate += delivered;
         Some(CanaryPick {
             from_candidate,
-            versions: crate::versions(&self.pipeline),
+            versions: crate::state::versions(&self.pipeline),
         })
     }
 

@@ -2,6 +2,9 @@
 //! switches and circuit breakers), destinations, tenants (limits, quotas,
 //! fairness), tokens, and the stores.
 
+pub mod auth;
+pub(crate) mod entity_key;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -10,17 +13,17 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use super::auth::{Caller, Tokens};
-use super::backfill::Backfill;
-use super::backoff::TokenBucket;
-use super::config::{DestinationConfig, RetryPolicy, ServerConfig, TenantConfig, WhenOff};
-use super::entity_key::EntityKey;
-use super::http::ApiError;
-use super::metrics::Metrics;
-use super::record::Recording;
-use super::shadow::{CanaryPick, Shadow};
-use super::supervisor::WorkerBoard;
+use crate::api::http::ApiError;
+use crate::change::backfill::Backfill;
+use crate::change::record::Recording;
+use crate::change::shadow::{CanaryPick, Shadow};
+use crate::config::{DestinationConfig, RetryPolicy, ServerConfig, TenantConfig, WhenOff};
+use crate::observe::metrics::Metrics;
+use crate::state::auth::{Caller, Tokens};
+use crate::state::entity_key::EntityKey;
 use crate::store::{Queue, Registry, StoreError};
+use crate::workers::backoff::TokenBucket;
+use crate::workers::supervisor::WorkerBoard;
 use sluice_engine::event::{EventJson, OutcomeJson};
 use sluice_engine::pipeline::{Pipeline, PipelineSpec, Step};
 use sluice_engine::{Engine, Limits};
@@ -247,7 +250,7 @@ pub struct App {
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
     /// Per-minute history of every channel (the operations page's plots).
-    pub history: super::history::History,
+    pub history: crate::observe::history::History,
     /// Every background worker's state, for `/readyz`.
     pub workers: Arc<WorkerBoard>,
     /// The server's own limits and timeouts.
@@ -488,7 +491,7 @@ impl App {
     /// every outcome on `path` (`sync` or `ingest`). The events come back
     /// with their outcomes.
     ///
-    /// With a shadow on the channel (see [`crate::shadow`]), the events also
+    /// With a shadow on the channel (see [`crate::change::shadow`]), the events also
     /// run through the candidate on the same blocking thread, and the
     /// outcomes are compared; a canary's share of outcomes comes from the
     /// candidate, as the returned pick says.
@@ -542,7 +545,7 @@ impl App {
             self.metrics.outcome(&channel.name, outcome.tag(), path);
         }
         if path == "ingest" {
-            use super::history::Count;
+            use crate::observe::history::Count;
             let now = crate::store::now_ms();
             let count = |tag| outcomes.iter().filter(|o| o.tag() == tag).count() as u64;
             let counts = [
@@ -601,11 +604,12 @@ impl App {
         for (index, step) in spec.steps.iter().enumerate() {
             let version =
                 self.resolve_version(&channel.tenant, &step.module, step.version.as_deref(), index)?;
-            let bytes = super::modules::read_or_fetch(&self.modules_dir, self.registry.as_ref(), &version)
-                .map_err(|message| ActivationError::Load {
-                    step: index,
-                    message: format!("module `{}` version `{version}`: {message}", step.module),
-                })?;
+            let bytes =
+                crate::modules::files::read_or_fetch(&self.modules_dir, self.registry.as_ref(), &version)
+                    .map_err(|message| ActivationError::Load {
+                        step: index,
+                        message: format!("module `{}` version `{version}`: {message}", step.module),
+                    })?;
             let module = self
                 .engine
                 .load(&step.module, &bytes, channel.limits.clone())

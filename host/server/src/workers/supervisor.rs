@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::metrics::Metrics;
+use crate::observe::metrics::Metrics;
 
 /// What `/readyz` shows of one worker.
 #[derive(Debug, Clone, Default, Serialize)]

@@ -10,9 +10,9 @@ use serde_json::{Value, json};
 use sluice_engine::event::EventJson;
 use sluice_engine::{Pipeline, PipelineSpec};
 
-use crate::shadow::Comparison;
+use crate::change::shadow::Comparison;
+use crate::state::{App, Channel};
 use crate::store::{StoredEvent, StoredQuery};
-use crate::{App, Channel};
 
 /// Events read and run per step.
 const PAGE: usize = 128;
@@ -156,7 +156,7 @@ impl Backfill {
                 limit: PAGE,
             };
             let queue = app.queue.clone();
-            let page = crate::in_store(move || queue.stored_events(&query)).await?;
+            let page = crate::store::in_store(move || queue.stored_events(&query)).await?;
             let Some(last) = page.last() else { return Ok(()) };
             if last.received_ms > self.until_ms && page.iter().all(|e| e.received_ms > self.until_ms) {
                 return Ok(());

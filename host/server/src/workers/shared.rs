@@ -8,9 +8,10 @@ use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
-use super::auth::Caller;
-use super::{App, in_store};
+use crate::state::App;
+use crate::state::auth::Caller;
 use crate::store::SharedChange;
+use crate::store::in_store;
 use sluice_engine::pipeline::PipelineSpec;
 
 /// Runs until `stopped` turns true.

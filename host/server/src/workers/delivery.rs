@@ -30,11 +30,12 @@ use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::backoff::{TokenBucket, backoff, retry_after};
-use super::config::RetryPolicy;
-use super::history::Count;
-use super::{App, Destination, in_store};
+use crate::config::RetryPolicy;
+use crate::observe::history::Count;
+use crate::state::{App, Destination};
+use crate::store::in_store;
 use crate::store::{Attempt, AttemptResult, Delivery, now_ms};
+use crate::workers::backoff::{TokenBucket, backoff, retry_after};
 use sluice_engine::event::EventJson;
 
 /// Longest wait for new work before looking again.
@@ -63,7 +64,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             return;
         }
     };
-    let tls = match super::tls::client_config(destination.config.ca_file.as_deref()) {
+    let tls = match crate::workers::tls::client_config(destination.config.ca_file.as_deref()) {
         Ok(tls) => tls,
         Err(err) => {
             tracing::error!(destination = %name, error = %err, "cannot set up TLS");

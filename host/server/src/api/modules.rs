@@ -1,0 +1,425 @@
+//! Tenants' modules: upload (checked, and its fixtures run, before it is
+//! stored), list, and activation on a channel with rollback.
+//!
+//! Versions are content-addressed: the SHA-256 of the component. The bytes
+//! are kept as `data-dir/modules/<sha256>.wasm`; the registry records which
+//! tenant holds which version under which name.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::api::blocking;
+use crate::api::http::{ApiError, Body, json_response, query_param, read_body};
+use crate::api::tenants::valid_name;
+use crate::state::App;
+use crate::state::auth::Caller;
+use crate::store::{ModuleVersion, now_ms};
+use sluice_engine::fixtures::{CaseResult, Subject, SuiteOptions, run_suite};
+use sluice_engine::{LoadError, Module};
+
+use crate::modules::files::store_file;
+use crate::modules::unpack::{UnpackCaps, UnpackError, unpack};
+
+/// The tenant a caller acts for in module routes: its own, or for an admin `?tenant=`.
+fn acting_tenant(app: &App, caller: &Caller, request: &Request<Incoming>) -> Result<String, ApiError> {
+    let tenant = match caller {
+        Caller::Tenant(own) => own.clone(),
+        _ => query_param(request, "tenant").ok_or_else(|| {
+            ApiError::bad_request(
+                "missing-tenant",
+                "an admin names the tenant with `?tenant=`",
+                None,
+            )
+        })?,
+    };
+    if app.tenant(&tenant).is_none() {
+        return Err(ApiError::not_found(
+            "unknown-tenant",
+            format!("there is no tenant `{tenant}`"),
+        ));
+    }
+    Ok(tenant)
+}
+
+fn refused(app: &App, tenant: &str, error: ApiError) -> ApiError {
+    app.metrics.upload(tenant, "refused");
+    tracing::warn!(tenant = %tenant, code = error.code, reason = %error.message, "module upload refused");
+    error
+}
+
+fn unprocessable(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+}
+
+/// A component load error as an API error with a precise code.
+fn load_error(err: LoadError) -> ApiError {
+    let code = match &err {
+        LoadError::NotWasm { .. } => "not-wasm",
+        LoadError::CoreModule { .. } => "not-a-component",
+        LoadError::WrongWorld { .. } => "wrong-world",
+        LoadError::UnsupportedImport { .. } => "unsupported-import",
+        LoadError::Compile { .. } => "does-not-compile",
+        LoadError::Read { .. } => return ApiError::internal(err),
+    };
+    unprocessable(code, err.to_string())
+}
+
+/// `PUT /v1/modules/{name}`: the body is the component (`application/wasm`),
+/// or a tar (`application/x-tar`) holding `module.wasm` and golden fixtures
+/// under `fixtures/<case>/`. Stored only if every check passes and every
+/// fixture case passes; the same bytes again are a no-op.
+pub async fn upload(
+    app: &App,
+    caller: &Caller,
+    name: &str,
+    request: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let tenant_name = acting_tenant(app, caller, &request)?;
+    let tenant = app.tenant(&tenant_name).expect("checked by acting_tenant");
+    let is_tar = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-tar"));
+    let max_module = tenant.config.max_module_bytes;
+    // A tar may add fixtures up to the request body limit.
+    let limit = if is_tar {
+        max_module + app.max_body_bytes
+    } else {
+        max_module
+    };
+    let body = read_body(request, limit, app.settings.body_timeout)
+        .await
+        .map_err(|mut err| {
+            if err.status == StatusCode::PAYLOAD_TOO_LARGE {
+                err.code = "module-too-large";
+                err.message = format!(
+                    "the upload is larger than tenant `{tenant_name}`'s {max_module}-byte module limit"
+                );
+            }
+            refused(app, &tenant_name, err)
+        })?;
+    // Checked after the (bounded) read, so the client hears the answer rather than a reset.
+    if !valid_name(name) {
+        return Err(refused(
+            app,
+            &tenant_name,
+            ApiError::bad_request(
+                "invalid-name",
+                format!("`{name}` is not a module name: use a-z, 0-9, `-` and `_`, at most 64 characters"),
+                None,
+            ),
+        ));
+    }
+    let unpacked = tempfile::tempdir().map_err(ApiError::internal)?;
+    let fixtures = unpacked.path().join("fixtures");
+    let bytes = if is_tar {
+        let caps = UnpackCaps {
+            module_bytes: max_module,
+            fixture_bytes: app.max_body_bytes,
+        };
+        let (root, body) = (unpacked.path().to_path_buf(), body.clone());
+        tokio::task::spawn_blocking(move || unpack(&body, &root, caps))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|err| refused(app, &tenant_name, unpack_error(err)))?
+    } else {
+        body.to_vec()
+    };
+    if bytes.len() > max_module {
+        return Err(refused(
+            app,
+            &tenant_name,
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "module-too-large",
+                format!(
+                    "the module is {} bytes; tenant `{tenant_name}` may upload {max_module}",
+                    bytes.len()
+                ),
+            ),
+        ));
+    }
+    let version = hex::encode(Sha256::digest(&bytes));
+
+    // One upload of a tenant at a time, from the quota check to the record,
+    // so that parallel uploads cannot pass the quotas together.
+    let _one_at_a_time = tenant
+        .uploads
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    let registry = app.registry.clone();
+    let (key, module_name) = (tenant_name.clone(), name.to_string());
+    let held = blocking(move || registry.modules(&key, None)).await?;
+    // The same bytes again: nothing to store, but fixtures sent with them
+    // are still run (an upload is also a check), and a stored file that was
+    // damaged (a power loss) is repaired by them.
+    let unchanged = held.iter().any(|m| m.name == name && m.version == version);
+    let has_fixtures = std::fs::read_dir(&fixtures).is_ok_and(|mut d| d.next().is_some());
+    if unchanged && !has_fixtures {
+        return unchanged_upload(app, &tenant_name, name, &version, bytes, json!([])).await;
+    }
+    if !unchanged {
+        check_quotas(&tenant.config, &tenant_name, name, bytes.len(), &held)
+            .map_err(|err| refused(app, &tenant_name, err))?;
+    }
+
+    // At most `upload-concurrency` checks at once: each compiles and runs
+    // fixtures. The permit moves into the check itself, so it is held for
+    // as long as the check runs, even if the client leaves.
+    let permit = app
+        .upload_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    let engine = app.engine.clone();
+    let limits = tenant.limits.clone();
+    let checked = {
+        let bytes = bytes.clone();
+        let fixtures = fixtures.clone();
+        tokio::task::spawn_blocking(move || {
+            let checked = check(&engine, &module_name, &bytes, limits, &fixtures);
+            drop(permit);
+            checked
+        })
+        .await
+        .map_err(ApiError::internal)?
+    };
+    let (module, report) = checked.map_err(|err| refused(app, &tenant_name, err))?;
+    if unchanged {
+        return unchanged_upload(app, &tenant_name, name, &version, bytes, report).await;
+    }
+
+    let stored = {
+        let (dir, version, bytes) = (app.modules_dir.clone(), version.clone(), bytes.clone());
+        tokio::task::spawn_blocking(move || store_file(&dir, &version, &bytes)).await
+    };
+    stored.map_err(ApiError::internal)?.map_err(store_failed)?;
+    {
+        let (registry, version, bytes) = (app.registry.clone(), version.clone(), bytes.clone());
+        blocking(move || registry.share_module(&version, &bytes)).await?;
+    }
+    // Only an accepted module leaves a compiled artifact behind.
+    tokio::task::spawn_blocking(move || module.save_artifact())
+        .await
+        .map_err(ApiError::internal)?;
+    let record = ModuleVersion {
+        tenant: tenant_name.clone(),
+        name: name.to_string(),
+        version: version.clone(),
+        size: bytes.len() as u64,
+        created_ms: now_ms(),
+    };
+    let registry = app.registry.clone();
+    blocking(move || registry.add_module(&record)).await?;
+    app.metrics.upload(&tenant_name, "stored");
+    tracing::info!(tenant = %tenant_name, module = %name, version = %version, size = bytes.len(), "module stored");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"name": name, "version": version, "size": bytes.len(), "created": true, "fixtures": report}),
+    ))
+}
+
+/// Answers an upload of a version the tenant holds already: 200, nothing
+/// stored but the file repaired if it was damaged.
+async fn unchanged_upload(
+    app: &App,
+    tenant: &str,
+    name: &str,
+    version: &str,
+    bytes: Vec<u8>,
+    fixtures: Value,
+) -> Result<Response<Body>, ApiError> {
+    let size = bytes.len();
+    let (dir, stored) = (app.modules_dir.clone(), version.to_string());
+    tokio::task::spawn_blocking(move || store_file(&dir, &stored, &bytes))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(store_failed)?;
+    app.metrics.upload(tenant, "unchanged");
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"name": name, "version": version, "size": size, "created": false, "fixtures": fixtures}),
+    ))
+}
+
+/// A module file that cannot be written: logged in full, answered without
+/// server paths.
+fn store_failed(err: std::io::Error) -> ApiError {
+    tracing::error!(error = %err, "cannot store an uploaded module");
+    ApiError::internal(format!("cannot store the module ({})", err.kind()))
+}
+
+/// Most input events the fixtures of one upload may hold: each may run up
+/// to its deadline, so this bounds how long one upload's check can take.
+const MAX_UPLOAD_FIXTURE_EVENTS: usize = 1000;
+
+/// Refuses fixtures with more than [`MAX_UPLOAD_FIXTURE_EVENTS`] input events.
+fn check_fixture_size(fixtures: &Path) -> Result<(), ApiError> {
+    let mut events = 0;
+    for case in std::fs::read_dir(fixtures).into_iter().flatten().flatten() {
+        for input in ["input.json", "input.jsonl"] {
+            if let Ok(text) = std::fs::read_to_string(case.path().join(input)) {
+                events += sluice_engine::event::parse_events(&text).map_or(1, |e| e.len());
+            }
+        }
+    }
+    if events > MAX_UPLOAD_FIXTURE_EVENTS {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "fixtures-too-large",
+            format!(
+                "the fixtures hold {events} input events; an upload may carry at most {MAX_UPLOAD_FIXTURE_EVENTS}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses an upload that would take the tenant past its module quotas:
+/// names, versions (all names together) and bytes.
+fn check_quotas(
+    config: &crate::config::TenantConfig,
+    tenant: &str,
+    name: &str,
+    size: usize,
+    held: &[ModuleVersion],
+) -> Result<(), ApiError> {
+    let over = |code, message: String| Err(ApiError::new(StatusCode::CONFLICT, code, message));
+    let names: std::collections::BTreeSet<&str> = held.iter().map(|m| m.name.as_str()).collect();
+    if !names.contains(name) && names.len() >= config.max_modules {
+        return over(
+            "too-many-modules",
+            format!("tenant `{tenant}` holds {} modules, its limit", names.len()),
+        );
+    }
+    if held.len() >= config.max_module_versions {
+        return over(
+            "too-many-module-versions",
+            format!(
+                "tenant `{tenant}` holds {} module versions, its limit (max-module-versions)",
+                held.len()
+            ),
+        );
+    }
+    let bytes: u64 = held.iter().map(|m| m.size).sum::<u64>() + size as u64;
+    if bytes > config.max_module_storage_bytes {
+        return over(
+            "module-storage-full",
+            format!(
+                "tenant `{tenant}` would hold {bytes} bytes of modules, over its {}-byte limit (max-module-storage-bytes)",
+                config.max_module_storage_bytes
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Loads the component with every check (compiling it, but caching nothing
+/// yet), instantiates it once, and runs the fixtures in `fixtures` (if any)
+/// on fresh instances; any failure refuses it.
+fn check(
+    engine: &sluice_engine::Engine,
+    name: &str,
+    bytes: &[u8],
+    limits: sluice_engine::Limits,
+    fixtures: &Path,
+) -> Result<(Module, Value), ApiError> {
+    let limits = sluice_engine::Limits {
+        calls_per_instance: 1,
+        ..limits
+    };
+    let module: Module = engine.load_unsaved(name, bytes, limits).map_err(load_error)?;
+    module.check_instantiate().map_err(|fault| {
+        let mut error = unprocessable(
+            "cannot-instantiate",
+            format!("module `{name}` cannot start within its limits: {fault}"),
+        );
+        error.detail = Some(json!({ "fault": fault }));
+        error
+    })?;
+    let has_cases = std::fs::read_dir(fixtures)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if !has_cases {
+        return Ok((module, json!([])));
+    }
+    check_fixture_size(fixtures)?;
+    let module = Arc::new(module);
+    let suite = run_suite(
+        name,
+        &Subject::Module(module.clone()),
+        fixtures,
+        &SuiteOptions::default(),
+    )
+    .map_err(|err| {
+        let message = match err {
+            sluice_engine::fixtures::FixtureError::Empty(_) => {
+                "`fixtures/` holds no case folders: add `fixtures/<case>/input.json` and `expected.json`"
+                    .into()
+            }
+            sluice_engine::fixtures::FixtureError::Read { error, .. } => {
+                format!("`fixtures/` cannot be read ({})", error.kind())
+            }
+        };
+        ApiError::bad_request("invalid-fixtures", message, None)
+    })?;
+    let cases: Vec<Value> = suite.cases.iter().map(CaseResult::to_json).collect();
+    let failed = suite.failed();
+    if failed > 0 {
+        let mut error = unprocessable(
+            "fixtures-failed",
+            format!(
+                "module `{name}` fails {failed} of its {} fixture cases; nothing was stored or changed (see `cases`)",
+                suite.cases.len()
+            ),
+        );
+        error.detail = Some(json!({ "cases": cases }));
+        return Err(error);
+    }
+    let module = Arc::into_inner(module).expect("the suite is done with the module");
+    Ok((module, Value::Array(cases)))
+}
+
+/// An archive refusal as the API answers it.
+fn unpack_error(err: UnpackError) -> ApiError {
+    match err {
+        UnpackError::Invalid(message) => ApiError::bad_request("invalid-archive", message, None),
+        UnpackError::TooLarge { code, .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, err.to_string())
+        }
+        UnpackError::Io(err) => ApiError::internal(err),
+    }
+}
+
+/// `GET /v1/modules[/{name}]`: the caller's module versions, oldest first.
+pub async fn list(app: &App, caller: &Caller, name: Option<&str>) -> Result<Response<Body>, ApiError> {
+    let Some(tenant) = caller.tenant().map(str::to_string) else {
+        return Err(ApiError::bad_request(
+            "missing-tenant",
+            "modules belong to tenants: call with a tenant's token",
+            None,
+        ));
+    };
+    let registry = app.registry.clone();
+    let wanted = name.map(str::to_string);
+    let modules = blocking(move || registry.modules(&tenant, wanted.as_deref())).await?;
+    if let Some(name) = name
+        && modules.is_empty()
+    {
+        return Err(ApiError::not_found(
+            "unknown-module",
+            format!("there is no module `{name}`"),
+        ));
+    }
+    Ok(json_response(StatusCode::OK, &json!(modules)))
+}
