@@ -9,6 +9,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod delivery;
+mod docs;
 mod languages;
 mod pipeline;
 mod sandbox;

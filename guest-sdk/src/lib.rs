@@ -65,7 +65,7 @@ pub use bindings::sluice::transform::types::{Event, EventKind, Outcome, Violatio
 
 /// Transforms allocate for every event (parsed JSON, strings, outputs):
 /// small blocks from size-class free lists, the rest from talc, whose bins
-/// beat the default dlmalloc (see the README's numbers).
+/// beat the default dlmalloc (see docs/operations/performance.md).
 #[cfg(all(target_arch = "wasm32", not(feature = "lever-plain-talc")))]
 #[global_allocator]
 static ALLOCATOR: size_classes::SizeClasses<talc::wasm::WasmDynamicTalc> =

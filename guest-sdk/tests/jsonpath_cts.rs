@@ -3,7 +3,7 @@
 //!
 //! Every case must pass, except those listed with a reason in
 //! `jsonpath-cts/known-failures.txt`. The list must be exact: a new failure
-//! or a newly passing case fails this test, so the README's count stays true.
+//! or a newly passing case fails this test, so the count in docs/how-to/map-without-code.md stays true.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;

@@ -88,7 +88,7 @@ pub const MAX_TABLES_PER_COMPONENT: u32 = 32;
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
     /// Meter fuel as well as wall-clock time. Deterministic, but slower
-    /// (see the benchmark numbers in the README).
+    /// (see docs/operations/performance.md).
     pub fuel: bool,
     /// Where to cache compiled components; `None` compiles on every load.
     pub cache_dir: Option<PathBuf>,

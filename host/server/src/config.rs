@@ -21,7 +21,7 @@ pub struct ServerConfig {
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// `nats://host:4222`: share queues and state with every sidecar on
-    /// that NATS JetStream instead of keeping them in SQLite (README "Scale out").
+    /// that NATS JetStream instead of keeping them in SQLite (docs/how-to/scale-out.md).
     #[serde(default)]
     pub queue: Option<String>,
     /// Largest request body accepted, in bytes (larger: 413).
@@ -31,7 +31,7 @@ pub struct ServerConfig {
     #[serde(default = "default_max_events_per_request")]
     pub max_events_per_request: usize,
     /// Batches of at most this many events first try to run inline on the
-    /// async worker that received them (see the README's sandbox section);
+    /// async worker that received them (see docs/operations/sandbox.md);
     /// 0 sends every batch to a blocking thread.
     #[serde(default = "default_inline_batch_events")]
     pub inline_batch_events: usize,
@@ -201,6 +201,19 @@ impl RateLimit {
     /// Requests per second.
     pub fn per_second(&self) -> f64 {
         f64::from(self.count) / self.per.as_secs_f64()
+    }
+}
+
+/// The rate as it was configured (`60/min` stays `60/min`, not `1.000/s`).
+impl std::fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "min",
+            3600 => "h",
+            _ => return write!(f, "{}/{}s", self.count, self.per.as_secs_f64()),
+        };
+        write!(f, "{}/{unit}", self.count)
     }
 }
 
@@ -579,6 +592,14 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_shows_as_it_was_configured() {
+        for text in ["60/min", "10/s", "1000/h"] {
+            assert_eq!(text.parse::<RateLimit>().unwrap().to_string(), text);
+        }
+        assert_eq!("5/second".parse::<RateLimit>().unwrap().to_string(), "5/s");
+    }
 
     const GOOD: &str = r#"
         listen = "127.0.0.1:0"

@@ -46,7 +46,7 @@ pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Bo
             "name": name,
             "channels": channels,
             "history": history,
-            "rate-limit": destination.config.rate_limit.map(|r| format!("{:.3}/s", r.per_second())),
+            "rate-limit": destination.config.rate_limit.map(|r| r.to_string()),
             "burst": destination.config.burst,
             "concurrency": destination.config.concurrency,
             "shared-with-other-tenants": !own,
