@@ -13,11 +13,11 @@
 //!   route table (`api::routes`) that the router, the HTTP reference and the
 //!   isolation test are checked against.
 //! - [`store`]: the queue and the registry, on SQLite or JetStream.
-//! - [`workers`]: what moves events along, each supervised.
-//! - [`modules`]: checking and keeping tenants' uploaded components.
-//! - [`change`]: changing a channel safely (shadow, backfill, record, redact).
-//! - [`observe`]: metrics, per-minute history and the events that are logged and counted.
-//! - [`state`]: the running [`state::App`] with its channels, tenants and destinations.
+//! - `workers/`: what moves events along, each supervised.
+//! - `modules/`: checking and keeping tenants' uploaded components.
+//! - `change/`: changing a channel safely (shadow, backfill, record, redact).
+//! - `observe/`: metrics, per-minute history and the events that are logged and counted.
+//! - `state/`: the running [`App`] with its channels, tenants and destinations.
 //!
 //! The HTTP API is described in `docs/reference/http-api.md`.
 

@@ -1,4 +1,4 @@
-//! The HTTP API, where every request comes in: [`server`] accepts
+//! The HTTP API, where every request comes in: `server` accepts
 //! connections, [`routes`] names each path, and one module per resource
 //! answers it.
 

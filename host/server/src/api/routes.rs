@@ -1,6 +1,6 @@
 //! The sidecar's one route table: every endpoint with its method, path and
 //! a line on what it answers. The router is built from it, the dispatch in
-//! [`super::route`] matches every [`Endpoint`] with no catch-all (so a new
+//! `api::route` matches every `Endpoint` with no catch-all (so a new
 //! endpoint cannot go unanswered), a test checks `docs/reference/http-api.md`
 //! against it, and the cross-tenant isolation test probes every entry.
 

@@ -491,7 +491,7 @@ impl App {
     /// every outcome on `path` (`sync` or `ingest`). The events come back
     /// with their outcomes.
     ///
-    /// With a shadow on the channel (see [`crate::change::shadow`]), the events also
+    /// With a shadow on the channel (see `change::shadow`), the events also
     /// run through the candidate on the same blocking thread, and the
     /// outcomes are compared; a canary's share of outcomes comes from the
     /// candidate, as the returned pick says.
