@@ -188,7 +188,7 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
     // missing resource gets.
     let (status, theirs) = upload(&sidecar, GLOBEX, "globex-mapper", &wasm("json-mapping"));
     assert_eq!(status, 201, "{theirs}");
-    let probed = probe_every_route(&sidecar, &letter);
+    let (probed, listed) = probe_every_route(&sidecar, &letter);
     // Every `/v1` route with a `{name}` but the upload (names are the caller's own).
     let named = sluice_server::api::routes::ROUTES
         .iter()
@@ -200,6 +200,19 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
     assert_eq!(
         probed, named,
         "every /v1 route with a name was probed as another tenant"
+    );
+    let listings = sluice_server::api::routes::ROUTES
+        .iter()
+        .filter(|r| {
+            r.tenant_scoped
+                && r.method == "GET"
+                && !r.path.contains('{')
+                && !r.path.starts_with("/v1/tenants")
+        })
+        .count();
+    assert_eq!(
+        listed, listings,
+        "every listing was checked for another tenant's names"
     );
 
     // Nothing stored was changed by any of it.
@@ -237,10 +250,12 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
 
 /// Probes every `/v1` route of the route table: without a token and with
 /// the metrics token it answers 401; as acme against globex's channel,
-/// dead letter `letter`, module or tenant it answers 403 or 404, exactly as
-/// for a resource that does not exist. Returns how many routes it probed.
-fn probe_every_route(sidecar: &Sidecar, letter: &str) -> usize {
-    let mut probed = 0;
+/// dead letter `letter` or module it answers 404, and on a tenant 403
+/// `admin-only`, exactly as for a resource that does not exist; a listing
+/// shows acme none of globex's. Returns how many named routes it probed and
+/// how many listings it checked.
+fn probe_every_route(sidecar: &Sidecar, letter: &str) -> (usize, usize) {
+    let (mut probed, mut listed) = (0, 0);
     for route in sluice_server::api::routes::ROUTES
         .iter()
         .filter(|r| r.tenant_scoped)
@@ -268,8 +283,26 @@ fn probe_every_route(sidecar: &Sidecar, letter: &str) -> usize {
                 "{method} {pattern} with {token:?}"
             );
         }
+        let admin_only = pattern.starts_with("/v1/tenants");
         if !pattern.contains("{name}") {
-            // A listing or ingest: narrowed to the caller (checked above).
+            if method == "GET" && !admin_only {
+                // A listing: narrowed to the caller, so globex's names show
+                // in its own and never in acme's.
+                let mine = sidecar.send(method, &path, Some(ACME), b"", "");
+                let theirs = sidecar.send(method, &path, Some(GLOBEX), b"", "");
+                assert_eq!((mine.0, theirs.0), (200, 200), "{method} {pattern}");
+                assert!(
+                    !mine.1.to_string().contains("globex"),
+                    "{method} {pattern} as acme: {}",
+                    mine.1
+                );
+                assert!(
+                    theirs.1.to_string().contains("globex"),
+                    "{method} {pattern} as globex: {}",
+                    theirs.1
+                );
+                listed += 1;
+            }
             continue;
         }
         if method == "PUT" && pattern == "/v1/modules/{name}" {
@@ -278,34 +311,42 @@ fn probe_every_route(sidecar: &Sidecar, letter: &str) -> usize {
         }
         let answer = sidecar.send(method, &path, Some(ACME), body.as_bytes(), "");
         probed += 1;
-        assert!(
-            matches!(answer.0, 403 | 404),
-            "{method} {pattern} as another tenant: {} {}",
-            answer.0,
+        let missing_name = if theirs == letter { "999999" } else { "no-such" };
+        let missing = sidecar.send(
+            method,
+            &pattern.replace("{name}", missing_name),
+            Some(ACME),
+            body.as_bytes(),
+            "",
+        );
+        if admin_only {
+            // Tenants are the admin's: any tenant's name, even one that
+            // exists, answers as a missing one does.
+            assert_eq!(
+                code(&answer),
+                (403, "admin-only"),
+                "{method} {pattern} as a tenant"
+            );
+            assert_eq!(code(&missing), code(&answer), "{method} {pattern}");
+            continue;
+        }
+        assert_eq!(
+            answer.0, 404,
+            "{method} {pattern} as another tenant: {}",
             answer.1
         );
-        if answer.0 == 404 {
-            let missing_name = if theirs == letter { "999999" } else { "no-such" };
-            let missing = sidecar.send(
-                method,
-                &pattern.replace("{name}", missing_name),
-                Some(ACME),
-                body.as_bytes(),
-                "",
+        if theirs == letter {
+            // A letter id is a number: compare the codes, not the texts.
+            assert_eq!(code(&missing), code(&answer), "{method} {pattern}");
+        } else {
+            assert_eq!(
+                missing,
+                answer_for_missing(&answer, theirs, missing_name),
+                "{method} {pattern}: another tenant's is indistinguishable from a missing one"
             );
-            if theirs == letter {
-                // A letter id is a number: compare the codes, not the texts.
-                assert_eq!(code(&missing), code(&answer), "{method} {pattern}");
-            } else {
-                assert_eq!(
-                    missing,
-                    answer_for_missing(&answer, theirs, missing_name),
-                    "{method} {pattern}: another tenant's is indistinguishable from a missing one"
-                );
-            }
         }
     }
-    probed
+    (probed, listed)
 }
 
 /// The answer expected for a missing channel, given the one for another tenant's.

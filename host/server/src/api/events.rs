@@ -98,15 +98,13 @@ pub async fn ingest(
 
     let mut duplicates = 0;
     for (receipt, (tenant, correlation_id)) in receipts.iter().zip(&logged) {
-        app.metrics.event_in(tenant, receipt.duplicate);
+        app.emit(crate::observe::events::Accepted {
+            tenant,
+            event_id: &receipt.id,
+            correlation_id,
+            duplicate: receipt.duplicate,
+        });
         duplicates += usize::from(receipt.duplicate);
-        tracing::info!(
-            tenant = %tenant,
-            event_id = %receipt.id,
-            correlation_id = %correlation_id,
-            duplicate = receipt.duplicate,
-            "event accepted"
-        );
     }
     Ok(json_response(
         StatusCode::ACCEPTED,
@@ -127,7 +125,7 @@ struct Prepared {
     stored: String,
 }
 
-/// Longest event id or correlation id accepted, in bytes.
+/// Longest event id, correlation id, kind, source, channel or tenant accepted, in bytes.
 const MAX_ID_BYTES: usize = 512;
 
 /// Parses the body and checks every event: ids present, short and free of
@@ -159,9 +157,7 @@ fn prepare(
     for (index, mut event) in events.into_iter().enumerate() {
         let number = index + 1;
         check_id(number, "id", &event.id)?;
-        if let Some(correlation_id) = &event.correlation_id {
-            check_id(number, "correlation_id", correlation_id)?;
-        }
+        check_text_fields(number, &event)?;
         if event.tenant.is_empty() {
             let Some(tenant) = &default_tenant else {
                 return Err(ApiError::bad_request(
@@ -191,6 +187,31 @@ fn prepare(
         });
     }
     Ok(prepared)
+}
+
+/// Every other text field of an event, if given, is held to an id's
+/// rules: each is copied into queues, logs, recordings and dead letters,
+/// so none may be larger than an id.
+pub(crate) fn check_text_fields(
+    number: usize,
+    event: &sluice_engine::event::EventJson,
+) -> Result<(), ApiError> {
+    let fields = [
+        ("id", &event.id),
+        ("kind", &event.kind),
+        ("source", &event.source),
+        ("channel", &event.channel),
+        ("tenant", &event.tenant),
+    ];
+    for (field, value) in fields {
+        if !value.is_empty() {
+            check_id(number, field, value)?;
+        }
+    }
+    match &event.correlation_id {
+        Some(correlation_id) => check_id(number, "correlation_id", correlation_id),
+        None => Ok(()),
+    }
 }
 
 /// An id must be there, at most [`MAX_ID_BYTES`] long, and hold no control

@@ -219,3 +219,13 @@ pub fn query_number<T: std::str::FromStr>(
 pub fn query_flag(request: &Request<Incoming>, name: &str) -> bool {
     query_param(request, name).is_some_and(|v| v == "true" || v == "1")
 }
+
+impl From<crate::state::StateError> for ApiError {
+    fn from(err: crate::state::StateError) -> Self {
+        use crate::state::StateError;
+        match err {
+            StateError::UnknownChannel(_) => Self::not_found("unknown-channel", err.to_string()),
+            StateError::PermitsClosed => Self::internal(err),
+        }
+    }
+}

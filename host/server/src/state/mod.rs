@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::api::http::ApiError;
 use crate::change::backfill::Backfill;
 use crate::change::record::Recording;
 use crate::change::shadow::{CanaryPick, Shadow};
@@ -27,6 +26,17 @@ use crate::workers::supervisor::WorkerBoard;
 use sluice_engine::event::{EventJson, OutcomeJson};
 use sluice_engine::pipeline::{Pipeline, PipelineSpec, Step};
 use sluice_engine::{Engine, Limits};
+
+/// Why the shared state refused a request; `api/` turns it into an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// No such channel, or one of another tenant's: they are told apart by no one.
+    #[error("there is no channel `{0}`")]
+    UnknownChannel(String),
+    /// The tenant's transform permits were closed, which only a shutdown does.
+    #[error("the tenant's transform permits are closed")]
+    PermitsClosed,
+}
 
 /// What [`App::run_pipeline`] did with a batch.
 pub struct Ran {
@@ -468,7 +478,7 @@ impl App {
 
     /// Waits for one of the tenant's transform permits. Move it into the
     /// work it admits, so that it is held exactly as long as that work runs.
-    pub async fn transform_permit(&self, tenant: &str) -> Result<Option<OwnedSemaphorePermit>, ApiError> {
+    pub async fn transform_permit(&self, tenant: &str) -> Result<Option<OwnedSemaphorePermit>, StateError> {
         match self.tenant(tenant) {
             Some(tenant) => Ok(Some(
                 tenant
@@ -476,7 +486,7 @@ impl App {
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(ApiError::internal)?,
+                    .map_err(|_| StateError::PermitsClosed)?,
             )),
             None => Ok(None),
         }
@@ -541,19 +551,15 @@ impl App {
         if let Some(recording) = recording {
             recording.capture(&events);
         }
-        for outcome in &outcomes {
-            self.metrics.outcome(&channel.name, outcome.tag(), path);
-        }
-        if path == "ingest" {
-            use crate::observe::history::Count;
-            let now = crate::store::now_ms();
-            let count = |tag| outcomes.iter().filter(|o| o.tag() == tag).count() as u64;
-            let counts = [
-                (Count::In, outcomes.len() as u64),
-                (Count::Rejected, count("reject")),
-                (Count::Faulted, count("error")),
-            ];
-            self.history.add_all(&channel.name, &counts, now);
+        for (event, outcome) in events.iter().zip(&outcomes) {
+            self.emit(crate::observe::events::Transformed {
+                tenant: &event.tenant,
+                channel: &channel.name,
+                event_id: &event.id,
+                correlation_id: event.correlation_id.as_deref().unwrap_or(&event.id),
+                outcome: outcome.tag(),
+                path,
+            });
         }
         Ok(Ran {
             events,
@@ -589,11 +595,11 @@ impl App {
 
     /// The channel `name` if `caller` may see it; 404 otherwise, whether or
     /// not it exists, so another tenant's channels stay invisible.
-    pub fn channel_for(&self, caller: &Caller, name: &str) -> Result<&Channel, ApiError> {
+    pub fn channel_for(&self, caller: &Caller, name: &str) -> Result<&Channel, StateError> {
         self.channels
             .get(name)
             .filter(|channel| caller.may_act_for(&channel.tenant))
-            .ok_or_else(|| ApiError::not_found("unknown-channel", format!("there is no channel `{name}`")))
+            .ok_or_else(|| StateError::UnknownChannel(name.to_string()))
     }
 
     /// Loads the pipeline `spec` from the channel tenant's uploaded modules;

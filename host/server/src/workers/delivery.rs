@@ -31,7 +31,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::RetryPolicy;
-use crate::observe::history::Count;
+use crate::observe::events::{AttemptOutcome, DeadLettered, DeliveryAttempted, Stage};
 use crate::state::{App, Destination};
 use crate::store::in_store;
 use crate::store::{Attempt, AttemptResult, Delivery, now_ms};
@@ -56,65 +56,27 @@ struct Sent {
 
 /// Runs until `stopped` turns true; requests in flight finish and are recorded first.
 pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
-    let destination = &app.destinations[&name];
-    let uri: Uri = match destination.config.url.parse() {
-        Ok(uri) => uri,
-        Err(err) => {
-            tracing::error!(destination = %name, error = %err, "the destination url is invalid");
-            return;
-        }
+    let Some(mut worker) = Worker::new(&app, &name) else {
+        return;
     };
-    let tls = match crate::workers::tls::client_config(destination.config.ca_file.as_deref()) {
-        Ok(tls) => tls,
-        Err(err) => {
-            tracing::error!(destination = %name, error = %err, "cannot set up TLS");
-            return;
-        }
-    };
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build(connector);
-    let mut bucket = destination
-        .config
-        .rate_limit
-        .map(|limit| TokenBucket::new(limit, destination.config.burst));
-    let concurrency = destination.config.concurrency;
-    // Several sidecars sharing a store pace a destination together.
-    let shared_rate = app.queue.shares_rate();
     let signal = app.queue.due_signal(&name);
-    let headers = destination_headers(destination);
-    let mut paused_until: Option<Instant> = None;
     loop {
         if *stopped.borrow() {
             return;
         }
-        if shared_rate {
-            // A pause (`Retry-After`) that another sidecar was told holds here too.
-            let (queue, key) = (app.queue.clone(), name.clone());
-            if let Ok(Some(until_ms)) = in_store(move || queue.destination_paused_until(&key)).await {
-                let wait = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
-                let until = Instant::now() + wait;
-                paused_until = Some(paused_until.map_or(until, |p| p.max(until)));
-            }
-        }
-        if let Some(until) = paused_until.take()
-            && until > Instant::now()
-        {
-            paused_until = Some(until);
+        if let Some(until) = worker.paused_until().await {
             tokio::select! {
                 () = tokio::time::sleep_until(until.into()) => {}
                 _ = stopped.changed() => {}
             }
             continue;
         }
-        let queue = app.queue.clone();
-        let worker = name.clone();
-        let due = in_store(move || queue.due(&worker, now_ms(), concurrency * 8))
+        let (queue, key, limit) = (
+            app.queue.clone(),
+            name.clone(),
+            worker.destination.config.concurrency * 8,
+        );
+        let due = in_store(move || queue.due(&key, now_ms(), limit))
             .await
             .unwrap_or_else(|err| {
                 tracing::error!(destination = %name, error = %err, "cannot read the outbox");
@@ -123,36 +85,112 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         if due.is_empty() {
             let idle = next_wait(&app, &name).await;
             tokio::select! {
-                () = destination.wake.notified() => {}
+                () = worker.destination.wake.notified() => {}
                 () = async { signal.as_ref().expect("checked").notified().await }, if signal.is_some() => {}
                 () = tokio::time::sleep(idle) => {}
                 _ = stopped.changed() => {}
             }
             continue;
         }
+        let sent = worker.dispatch(due, &mut stopped).await;
+        worker.pause_for(&sent).await;
+        let results: Vec<(Delivery, AttemptResult)> = sent
+            .into_iter()
+            .map(|done| settle(&app, worker.destination, done))
+            .collect();
+        let queue = app.queue.clone();
+        if let Err(err) = in_store(move || queue.attempted(results)).await {
+            // Unrecorded sends are repeated later with the same key.
+            tracing::error!(destination = %name, error = %err, "cannot record delivery attempts");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
 
+/// One destination's worker: its client, its pacing and its pause.
+struct Worker<'a> {
+    app: &'a Arc<App>,
+    destination: &'a Destination,
+    client: HttpClient,
+    uri: Uri,
+    headers: Arc<Vec<(HeaderName, HeaderValue)>>,
+    bucket: Option<TokenBucket>,
+    /// Several sidecars sharing a store pace a destination together.
+    shared_rate: bool,
+    paused_until: Option<Instant>,
+}
+
+impl<'a> Worker<'a> {
+    /// The worker of destination `name`; `None`, logged, if its URL or TLS
+    /// setup is unusable (both were checked when the config was loaded).
+    fn new(app: &'a Arc<App>, name: &str) -> Option<Self> {
+        let destination = &app.destinations[name];
+        let uri: Uri = match destination.config.url.parse() {
+            Ok(uri) => uri,
+            Err(err) => {
+                tracing::error!(destination = %name, error = %err, "the destination url is invalid");
+                return None;
+            }
+        };
+        let tls = match crate::workers::tls::client_config(destination.config.ca_file.as_deref()) {
+            Ok(tls) => tls,
+            Err(err) => {
+                tracing::error!(destination = %name, error = %err, "cannot set up TLS");
+                return None;
+            }
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Some(Self {
+            app,
+            destination,
+            client,
+            uri,
+            headers: destination_headers(destination),
+            bucket: destination
+                .config
+                .rate_limit
+                .map(|limit| TokenBucket::new(limit, destination.config.burst)),
+            shared_rate: app.queue.shares_rate(),
+            paused_until: None,
+        })
+    }
+
+    fn name(&self) -> &str {
+        &self.destination.config.name
+    }
+
+    /// Until when the destination is paused, if it still is: by a
+    /// `Retry-After` this worker was told, or another sidecar was.
+    async fn paused_until(&mut self) -> Option<Instant> {
+        if self.shared_rate {
+            let (queue, key) = (self.app.queue.clone(), self.name().to_string());
+            if let Ok(Some(until_ms)) = in_store(move || queue.destination_paused_until(&key)).await {
+                let wait = Duration::from_millis((until_ms - now_ms()).max(0) as u64);
+                let until = Instant::now() + wait;
+                self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+            }
+        }
+        self.paused_until = self.paused_until.filter(|until| *until > Instant::now());
+        self.paused_until
+    }
+
+    /// Sends `due`, paced by the rate limit and at most `concurrency` at
+    /// once, and waits for every send it started. It stops starting sends
+    /// when told to stop or when an answer asks for a pause.
+    async fn dispatch(&mut self, due: Vec<Delivery>, stopped: &mut watch::Receiver<bool>) -> Vec<Sent> {
+        let concurrency = self.destination.config.concurrency;
         let mut in_flight = JoinSet::new();
         let mut sent = Vec::with_capacity(due.len());
-        'dispatch: for delivery in due {
-            if let Some(bucket) = bucket.as_mut() {
-                loop {
-                    let wait = if shared_rate {
-                        match take_shared_token(&app, destination).await {
-                            Ok(taken) => taken,
-                            Err(err) => {
-                                tracing::error!(destination = %name, error = %err, "cannot take a shared rate token");
-                                Err(Duration::from_secs(1))
-                            }
-                        }
-                    } else {
-                        bucket.try_take(Instant::now())
-                    };
-                    let Err(wait) = wait else { break };
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        _ = stopped.changed() => break 'dispatch,
-                    }
-                }
+        for delivery in due {
+            if !self.take_token(stopped).await {
+                break;
             }
             while in_flight.len() >= concurrency {
                 if let Some(Ok(done)) = in_flight.join_next().await {
@@ -160,16 +198,16 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
                 }
             }
             if let Some(pause) = pause_from(&sent) {
-                paused_until = Some(pause);
+                self.paused_until = Some(pause);
                 break;
             }
-            destination.status.lock().expect("status lock").in_flight = in_flight.len() + 1;
+            self.destination.status.lock().expect("status lock").in_flight = in_flight.len() + 1;
             in_flight.spawn(send(
-                client.clone(),
-                uri.clone(),
-                headers.clone(),
+                self.client.clone(),
+                self.uri.clone(),
+                self.headers.clone(),
                 delivery,
-                destination.retry.clone(),
+                self.destination.retry.clone(),
             ));
         }
         while let Some(done) = in_flight.join_next().await {
@@ -177,28 +215,50 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
                 sent.push(done);
             }
         }
-        destination.status.lock().expect("status lock").in_flight = 0;
-        if let Some(pause) = pause_from(&sent) {
-            paused_until = Some(paused_until.map_or(pause, |p| p.max(pause)));
-            destination.status.lock().expect("status lock").paused_until =
-                Some(now_ms() + pause.saturating_duration_since(Instant::now()).as_millis() as i64);
-            if shared_rate {
-                let until_ms = now_ms() + pause.saturating_duration_since(Instant::now()).as_millis() as i64;
-                let (queue, key) = (app.queue.clone(), name.clone());
-                if let Err(err) = in_store(move || queue.pause_destination(&key, until_ms)).await {
-                    tracing::error!(destination = %name, error = %err, "cannot share the destination's pause");
+        self.destination.status.lock().expect("status lock").in_flight = 0;
+        sent
+    }
+
+    /// Waits for one send of the rate limit; false if told to stop first.
+    async fn take_token(&mut self, stopped: &mut watch::Receiver<bool>) -> bool {
+        if self.bucket.is_none() {
+            return true;
+        }
+        loop {
+            let wait = if self.shared_rate {
+                match take_shared_token(self.app, self.destination).await {
+                    Ok(taken) => taken,
+                    Err(err) => {
+                        tracing::error!(destination = %self.name(), error = %err, "cannot take a shared rate token");
+                        Err(Duration::from_secs(1))
+                    }
                 }
+            } else {
+                self.bucket
+                    .as_mut()
+                    .expect("checked above")
+                    .try_take(Instant::now())
+            };
+            let Err(wait) = wait else { return true };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                _ = stopped.changed() => return false,
             }
         }
-        let results: Vec<(Delivery, AttemptResult)> = sent
-            .into_iter()
-            .map(|done| settle(&app, destination, done))
-            .collect();
-        let queue = app.queue.clone();
-        if let Err(err) = in_store(move || queue.attempted(results)).await {
-            // Unrecorded sends are repeated later with the same key.
-            tracing::error!(destination = %name, error = %err, "cannot record delivery attempts");
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    /// Pauses the destination for the longest `Retry-After` among `sent`,
+    /// shown on the page and shared with every sidecar of the store.
+    async fn pause_for(&mut self, sent: &[Sent]) {
+        let Some(pause) = pause_from(sent) else { return };
+        self.paused_until = Some(self.paused_until.map_or(pause, |p| p.max(pause)));
+        let until_ms = now_ms() + pause.saturating_duration_since(Instant::now()).as_millis() as i64;
+        self.destination.status.lock().expect("status lock").paused_until = Some(until_ms);
+        if self.shared_rate {
+            let (queue, key) = (self.app.queue.clone(), self.name().to_string());
+            if let Err(err) = in_store(move || queue.pause_destination(&key, until_ms)).await {
+                tracing::error!(destination = %self.name(), error = %err, "cannot share the destination's pause");
+            }
         }
     }
 }
@@ -357,21 +417,8 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
         detail,
         elapsed,
     } = sent;
-    let name = &destination.config.name;
-    app.metrics.delivery_time(name, elapsed.as_secs_f64());
+    let name = destination.config.name.as_str();
     let attempt_number = delivery.attempts + 1;
-    tracing::info!(
-        destination = %destination.config.name,
-        tenant = %delivery.tenant,
-        channel = %delivery.channel,
-        event_id = %delivery.event_id,
-        correlation_id = %delivery.correlation_id,
-        idempotency_key = %delivery.idempotency_key,
-        attempt = attempt_number,
-        status = status.unwrap_or(0),
-        elapsed_ms = elapsed.as_millis() as u64,
-        "delivery attempt"
-    );
     let now = now_ms();
     let attempt = Attempt {
         at_ms: now,
@@ -381,58 +428,65 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
     if !matches!(status, Some(200..=299)) {
         destination.status.lock().expect("status lock").last_error = Some(attempt.clone());
     }
-    let result = match status {
+    let (result, outcome) = match status {
         Some(200..=299) => {
-            let latency_ms = (now - delivery.received_ms).max(0);
-            app.metrics.delivered(name, latency_ms as f64 / 1000.0);
-            app.history.delivered(&delivery.channel, latency_ms as u64, now);
-            AttemptResult::Delivered
+            let end_to_end_ms = (now - delivery.received_ms).max(0) as u64;
+            (
+                AttemptResult::Delivered,
+                AttemptOutcome::Delivered { end_to_end_ms },
+            )
         }
         None | Some(408 | 425 | 429 | 500..=599) => {
             let policy = &destination.retry;
             let age = Duration::from_millis((now - delivery.created_ms).max(0) as u64);
             if attempt_number >= policy.max_attempts {
-                AttemptResult::DeadLetter {
-                    attempt,
-                    reason: "attempts-exhausted".into(),
-                }
+                (dead_letter(attempt, "attempts-exhausted"), AttemptOutcome::Failed)
             } else if age >= Duration::from_secs(policy.max_age_secs) {
-                AttemptResult::DeadLetter {
-                    attempt,
-                    reason: "too-old".into(),
-                }
+                (dead_letter(attempt, "too-old"), AttemptOutcome::Failed)
             } else {
-                app.metrics.retried(name);
                 let wait = backoff(policy, attempt_number).max(retry_after.unwrap_or_default());
-                AttemptResult::Retry {
-                    attempt,
-                    next_ms: now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX)),
-                }
+                let next_ms = now.saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                (AttemptResult::Retry { attempt, next_ms }, AttemptOutcome::Retry)
             }
         }
         // Not sent at all: the stored output cannot become a request.
-        Some(0) => AttemptResult::DeadLetter {
-            attempt,
-            reason: "invalid-output".into(),
-        },
-        Some(_) => AttemptResult::DeadLetter {
-            attempt,
-            reason: "rejected-by-destination".into(),
-        },
+        Some(0) => (dead_letter(attempt, "invalid-output"), AttemptOutcome::Failed),
+        Some(_) => (
+            dead_letter(attempt, "rejected-by-destination"),
+            AttemptOutcome::Failed,
+        ),
     };
+    app.emit(DeliveryAttempted {
+        destination: name,
+        tenant: &delivery.tenant,
+        channel: &delivery.channel,
+        event_id: &delivery.event_id,
+        correlation_id: &delivery.correlation_id,
+        idempotency_key: &delivery.idempotency_key,
+        attempt: attempt_number,
+        status,
+        elapsed,
+        outcome,
+    });
     if let AttemptResult::DeadLetter { reason, .. } = &result {
-        tracing::warn!(
-            destination = %destination.config.name,
-            channel = %delivery.channel,
-            event_id = %delivery.event_id,
-            correlation_id = %delivery.correlation_id,
-            reason = %reason,
-            "delivery dead-lettered"
-        );
-        app.metrics.dead_lettered(&delivery.channel, "delivery");
-        app.history.add(&delivery.channel, Count::DeadLettered, 1, now);
+        app.emit(DeadLettered {
+            stage: Stage::Delivery,
+            tenant: &delivery.tenant,
+            channel: &delivery.channel,
+            event_id: &delivery.event_id,
+            correlation_id: &delivery.correlation_id,
+            destination: Some(name),
+            reason,
+        });
     }
     (delivery, result)
+}
+
+fn dead_letter(attempt: Attempt, reason: &str) -> AttemptResult {
+    AttemptResult::DeadLetter {
+        attempt,
+        reason: reason.into(),
+    }
 }
 
 #[cfg(test)]

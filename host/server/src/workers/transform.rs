@@ -13,10 +13,10 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::observe::history::Count;
+use crate::observe::events::{DeadLettered, Emitted, Stage};
 use crate::state::{App, Channel};
 use crate::store::in_store;
-use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key, now_ms};
+use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key};
 use sluice_engine::event::{EventJson, OutcomeJson};
 
 /// Events taken from the queue per pipeline run.
@@ -171,24 +171,17 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
     let destination = channel.destination.as_ref().and_then(|d| app.destinations.get(d));
     for (index, ((item, input), outcome)) in runnable.into_iter().zip(inputs).zip(outcomes).enumerate() {
         let correlation_id = input.correlation_id.clone().unwrap_or_else(|| input.id.clone());
-        tracing::info!(
-            tenant = %input.tenant,
-            channel = %channel.name,
-            event_id = %input.id,
-            correlation_id = %correlation_id,
-            outcome = outcome.tag(),
-            "event transformed"
-        );
         let disposition = match outcome {
             OutcomeJson::Drop { .. } => Disposition::Dropped,
-            OutcomeJson::Reject { violations } => dead_letter(app, channel, "rejected", &violations),
-            OutcomeJson::Error { error } => dead_letter(app, channel, "fault", &error),
+            OutcomeJson::Reject { violations } => dead_letter(app, channel, &input, "rejected", &violations),
+            OutcomeJson::Error { error } => dead_letter(app, channel, &input, "fault", &error),
             OutcomeJson::Emit { .. } if destination.is_none() => Disposition::Dropped,
             OutcomeJson::Emit { events } => {
                 let destination = destination.expect("checked by the arm above");
-                app.metrics.emitted(&channel.name, events.len());
-                app.history
-                    .add(&channel.name, Count::Emitted, events.len() as u64, now_ms());
+                app.emit(Emitted {
+                    channel: &channel.name,
+                    count: events.len(),
+                });
                 let deliveries = events
                     .iter()
                     .map(|emitted| {
@@ -230,9 +223,22 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
     results
 }
 
-fn dead_letter(app: &App, channel: &Channel, reason: &str, detail: &impl serde::Serialize) -> Disposition {
-    app.metrics.dead_lettered(&channel.name, "transform");
-    app.history.add(&channel.name, Count::DeadLettered, 1, now_ms());
+fn dead_letter(
+    app: &App,
+    channel: &Channel,
+    input: &EventJson,
+    reason: &str,
+    detail: &impl serde::Serialize,
+) -> Disposition {
+    app.emit(DeadLettered {
+        stage: Stage::Transform,
+        tenant: &input.tenant,
+        channel: &channel.name,
+        event_id: &input.id,
+        correlation_id: input.correlation_id.as_deref().unwrap_or(&input.id),
+        destination: None,
+        reason,
+    });
     Disposition::DeadLetter {
         reason: reason.into(),
         detail: serde_json::to_value(detail).unwrap_or(Value::Null),

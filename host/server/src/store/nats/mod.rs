@@ -19,9 +19,13 @@
 //! `Idempotency-Key` to the destination. Acknowledgements are plain
 //! (not double): a lost one only redelivers, which these ids absorb.
 
+mod dead_letters;
+mod ingest;
 mod names;
+mod outbox;
 mod queue;
 mod registry;
+mod switches;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicI64;
@@ -34,7 +38,9 @@ use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use super::{SharedChange, StoreError};
-use queue::{HeldBatch, HeldDelivery, Switch};
+use ingest::HeldBatch;
+use outbox::HeldDelivery;
+use switches::Switch;
 
 /// Why JetStream failed.
 #[derive(Debug, thiserror::Error)]

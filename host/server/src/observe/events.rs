@@ -1,0 +1,190 @@
+//! One typed event for each thing the sidecar logs, counts and records
+//! (in the spirit of Vector's internal events): [`App::emit`] writes the
+//! log line, moves the counters and adds to the channel's history from one
+//! value, so the three cannot drift apart.
+
+use std::time::Duration;
+
+use super::history::{Count, History};
+use super::metrics::Metrics;
+use crate::state::App;
+use crate::store::now_ms;
+
+/// Something that happened, told to the log, the metrics and the history at once.
+pub(crate) trait InternalEvent {
+    fn emit(self, metrics: &Metrics, history: &History);
+}
+
+impl App {
+    /// Logs, counts and records `event`.
+    pub(crate) fn emit(&self, event: impl InternalEvent) {
+        event.emit(&self.metrics, &self.history);
+    }
+}
+
+/// An event stored at ingest, or recognised as a duplicate of one.
+pub(crate) struct Accepted<'a> {
+    pub tenant: &'a str,
+    pub event_id: &'a str,
+    pub correlation_id: &'a str,
+    pub duplicate: bool,
+}
+
+impl InternalEvent for Accepted<'_> {
+    fn emit(self, metrics: &Metrics, _: &History) {
+        metrics.event_in(self.tenant, self.duplicate);
+        tracing::info!(
+            tenant = %self.tenant,
+            event_id = %self.event_id,
+            correlation_id = %self.correlation_id,
+            duplicate = self.duplicate,
+            "event accepted"
+        );
+    }
+}
+
+/// One event's outcome of a pipeline run (`emit`, `drop`, `reject`,
+/// `error`) on a path (`sync`, `ingest`). A fault is the outcome `error`.
+pub(crate) struct Transformed<'a> {
+    pub tenant: &'a str,
+    pub channel: &'a str,
+    pub event_id: &'a str,
+    pub correlation_id: &'a str,
+    pub outcome: &'static str,
+    pub path: &'static str,
+}
+
+impl InternalEvent for Transformed<'_> {
+    fn emit(self, metrics: &Metrics, history: &History) {
+        metrics.outcome(self.channel, self.outcome, self.path);
+        // The durable path is what the page's history shows; a synchronous
+        // caller sees its own answer, and its requests are counted apart.
+        if self.path != "ingest" {
+            return;
+        }
+        let mut counts = vec![(Count::In, 1)];
+        match self.outcome {
+            "reject" => counts.push((Count::Rejected, 1)),
+            "error" => counts.push((Count::Faulted, 1)),
+            _ => {}
+        }
+        history.add_all(self.channel, &counts, now_ms());
+        tracing::info!(
+            tenant = %self.tenant,
+            channel = %self.channel,
+            event_id = %self.event_id,
+            correlation_id = %self.correlation_id,
+            outcome = self.outcome,
+            "event transformed"
+        );
+    }
+}
+
+/// Where an event left the pipeline for the dead letters.
+#[derive(Clone, Copy)]
+pub(crate) enum Stage {
+    Transform,
+    Delivery,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Transform => "transform",
+            Stage::Delivery => "delivery",
+        }
+    }
+}
+
+/// An event that became a dead letter, and why (`rejected`, `fault`,
+/// `attempts-exhausted`, …).
+pub(crate) struct DeadLettered<'a> {
+    pub stage: Stage,
+    pub tenant: &'a str,
+    pub channel: &'a str,
+    pub event_id: &'a str,
+    pub correlation_id: &'a str,
+    pub destination: Option<&'a str>,
+    pub reason: &'a str,
+}
+
+impl InternalEvent for DeadLettered<'_> {
+    fn emit(self, metrics: &Metrics, history: &History) {
+        metrics.dead_lettered(self.channel, self.stage.label());
+        history.add(self.channel, Count::DeadLettered, 1, now_ms());
+        tracing::warn!(
+            stage = self.stage.label(),
+            tenant = %self.tenant,
+            channel = %self.channel,
+            destination = self.destination.unwrap_or(""),
+            event_id = %self.event_id,
+            correlation_id = %self.correlation_id,
+            reason = %self.reason,
+            "event dead-lettered"
+        );
+    }
+}
+
+/// What one delivery attempt came to.
+#[derive(Clone, Copy)]
+pub(crate) enum AttemptOutcome {
+    /// Accepted, this long after ingest.
+    Delivered { end_to_end_ms: u64 },
+    /// Failed and will be tried again.
+    Retry,
+    /// Failed for good; a [`DeadLettered`] follows.
+    Failed,
+}
+
+/// One request to a destination.
+pub(crate) struct DeliveryAttempted<'a> {
+    pub destination: &'a str,
+    pub tenant: &'a str,
+    pub channel: &'a str,
+    pub event_id: &'a str,
+    pub correlation_id: &'a str,
+    pub idempotency_key: &'a str,
+    pub attempt: u32,
+    pub status: Option<u16>,
+    pub elapsed: Duration,
+    pub outcome: AttemptOutcome,
+}
+
+impl InternalEvent for DeliveryAttempted<'_> {
+    fn emit(self, metrics: &Metrics, history: &History) {
+        metrics.delivery_time(self.destination, self.elapsed.as_secs_f64());
+        match self.outcome {
+            AttemptOutcome::Delivered { end_to_end_ms } => {
+                metrics.delivered(self.destination, end_to_end_ms as f64 / 1000.0);
+                history.delivered(self.channel, end_to_end_ms, now_ms());
+            }
+            AttemptOutcome::Retry => metrics.retried(self.destination),
+            AttemptOutcome::Failed => {}
+        }
+        tracing::info!(
+            destination = %self.destination,
+            tenant = %self.tenant,
+            channel = %self.channel,
+            event_id = %self.event_id,
+            correlation_id = %self.correlation_id,
+            idempotency_key = %self.idempotency_key,
+            attempt = self.attempt,
+            status = self.status.unwrap_or(0),
+            elapsed_ms = self.elapsed.as_millis() as u64,
+            "delivery attempt"
+        );
+    }
+}
+
+/// Events a channel's pipeline emitted into its destination's outbox.
+pub(crate) struct Emitted<'a> {
+    pub channel: &'a str,
+    pub count: usize,
+}
+
+impl InternalEvent for Emitted<'_> {
+    fn emit(self, metrics: &Metrics, history: &History) {
+        metrics.emitted(self.channel, self.count);
+        history.add(self.channel, Count::Emitted, self.count as u64, now_ms());
+    }
+}
