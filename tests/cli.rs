@@ -682,3 +682,70 @@ fn sluice_run_on_every_core_keeps_output_line_n_for_input_line_n() {
         }
     }
 }
+
+/// The CLI reads and writes only what it was pointed at: a link inside
+/// the fixtures is refused rather than uploaded, `sluice build` does not
+/// write its helper library through a link, and `sluice new` refuses a
+/// folder whose path could break out of the sources it generates.
+#[test]
+fn the_cli_follows_no_links_and_refuses_paths_that_break_generated_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("credentials");
+    std::fs::write(&secret, "aws_secret_access_key = hunter2").unwrap();
+    let case = dir.path().join("fixtures/leak");
+    std::fs::create_dir_all(&case).unwrap();
+    std::os::unix::fs::symlink(&secret, case.join("input.json")).unwrap();
+    std::os::unix::fs::symlink("/", case.join("root")).unwrap();
+    let module = dir.path().join("module.wasm");
+    std::fs::write(&module, b"\0asm").unwrap();
+    let fixtures = dir.path().join("fixtures");
+    let pushed = sluice(&[
+        "modules",
+        "push",
+        module.to_str().unwrap(),
+        "--fixtures",
+        fixtures.to_str().unwrap(),
+        "--server",
+        "http://127.0.0.1:9",
+    ]);
+    assert!(!pushed.status.success());
+    assert!(
+        stderr(&pushed).contains("is a symbolic link"),
+        "{}",
+        stderr(&pushed)
+    );
+
+    let python = dir.path().join("py");
+    std::fs::create_dir_all(&python).unwrap();
+    std::fs::write(python.join("app.py"), "").unwrap();
+    let target = dir.path().join("elsewhere.txt");
+    std::fs::write(&target, "mine").unwrap();
+    std::os::unix::fs::symlink(&target, python.join("sluice.py")).unwrap();
+    let built = sluice(&["build", python.to_str().unwrap()]);
+    assert!(!built.status.success());
+    assert!(
+        stderr(&built).contains("is a symbolic link"),
+        "{}",
+        stderr(&built)
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "mine");
+
+    for bad in ["x\"\"\"y", "x\ny", "x\\y"] {
+        let parent = dir.path().join(bad);
+        let created = sluice(&[
+            "new",
+            "acme",
+            "--lang",
+            "python",
+            "--dir",
+            parent.to_str().unwrap(),
+        ]);
+        assert!(!created.status.success(), "{bad:?}");
+        assert!(
+            stderr(&created).contains("generated sources cannot carry safely"),
+            "{}",
+            stderr(&created)
+        );
+        assert!(!parent.exists());
+    }
+}

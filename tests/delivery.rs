@@ -104,6 +104,25 @@ fn the_same_event_id_twice_is_delivered_once() {
         (400, Some("unknown-tenant")),
         "{body}"
     );
+
+    // Every text field is capped as an id is, named by its path, on
+    // ingest and on the synchronous path alike; nothing of it is stored.
+    for field in ["kind", "source", "channel", "correlation_id"] {
+        let mut event = json!({"id": "big", "kind": "product", "payload": {}});
+        event[field] = json!("k".repeat(513));
+        for route in ["/v1/events", "/v1/channels/stock/transform"] {
+            let (status, body) = sidecar.post(route, &event.to_string());
+            assert_eq!(
+                (status, body["path"].as_str()),
+                (400, Some(format!("$['{field}']").as_str())),
+                "{route}: {body}"
+            );
+            assert!(
+                body["message"].as_str().unwrap().contains("is 513 bytes long"),
+                "{body}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -82,8 +82,10 @@ impl fmt::Display for JsonPath {
     }
 }
 
-/// Escapes a member name as RFC 9535 §2.7 requires for normalized paths.
-fn write_escaped(f: &mut fmt::Formatter<'_>, name: &str) -> fmt::Result {
+/// Writes a member name escaped as RFC 9535 §2.7 requires for normalized
+/// paths, so a caller that builds a path piece by piece (the host's
+/// bounded diff) writes what [`JsonPath`]'s `Display` would.
+pub fn write_escaped(f: &mut impl fmt::Write, name: &str) -> fmt::Result {
     for c in name.chars() {
         match c {
             '\'' => f.write_str("\\'")?,

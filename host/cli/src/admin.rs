@@ -2,10 +2,10 @@
 //! `sluice token …`: talk to a running sidecar's API and print its JSON
 //! answers (or, for `token`, make tokens for `sluice.toml`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::Value;
 use sluice_server::auth::{hash_token, new_token};
@@ -268,9 +268,7 @@ pub fn modules(args: ModulesArgs) -> anyhow::Result<ExitCode> {
                     header.set_mode(0o644);
                     header.set_cksum();
                     archive.append_data(&mut header, "module.wasm", bytes.as_slice())?;
-                    archive
-                        .append_dir_all("fixtures", dir)
-                        .with_context(|| format!("cannot read fixtures in {}", dir.display()))?;
+                    append_fixtures(&mut archive, dir)?;
                     ("application/x-tar", archive.into_inner()?)
                 }
             };
@@ -289,6 +287,57 @@ pub fn modules(args: ModulesArgs) -> anyhow::Result<ExitCode> {
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+/// Most bytes of fixtures one upload carries (the server's cap).
+const MAX_FIXTURE_BYTES: u64 = 8 << 20;
+
+/// Adds the plain files and folders under `dir` to `archive` as
+/// `fixtures/…`. A symbolic link is refused, not followed: a fixture that
+/// points at `~/.aws/credentials` would upload it, and one that points at
+/// `/` would walk the whole disk. So is more than the server would take.
+fn append_fixtures(archive: &mut tar::Builder<Vec<u8>>, dir: &Path) -> anyhow::Result<()> {
+    let mut total = 0u64;
+    let mut pending = vec![(dir.to_path_buf(), PathBuf::from("fixtures"))];
+    while let Some((path, name)) = pending.pop() {
+        // The folder named on the command line may itself be a link; nothing under it may.
+        let meta = if path == dir {
+            std::fs::metadata(&path)
+        } else {
+            std::fs::symlink_metadata(&path)
+        }
+        .with_context(|| format!("cannot read {}", path.display()))?;
+        if meta.file_type().is_symlink() {
+            bail!(
+                "{} is a symbolic link: fixtures must be plain files and folders",
+                path.display()
+            );
+        }
+        if meta.is_dir() {
+            archive.append_dir(&name, &path)?;
+            let mut entries: Vec<_> = std::fs::read_dir(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .collect::<Result<_, _>>()?;
+            entries.sort_by_key(|entry| std::cmp::Reverse(entry.file_name()));
+            for entry in entries {
+                pending.push((entry.path(), name.join(entry.file_name())));
+            }
+        } else if meta.is_file() {
+            total += meta.len();
+            if total > MAX_FIXTURE_BYTES {
+                bail!(
+                    "the fixtures in {} are over {MAX_FIXTURE_BYTES} bytes, more than an upload may carry",
+                    dir.display()
+                );
+            }
+            let mut file =
+                std::fs::File::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            archive.append_file(&name, &mut file)?;
+        } else {
+            bail!("{} is not a plain file or folder", path.display());
+        }
+    }
+    Ok(())
 }
 
 /// An upload refused for its fixtures, as `sluice test` shows cases: each
@@ -316,6 +365,10 @@ fn print_failed_fixtures(module: &str, answer: &Value) {
             println!("      {}", difference["path"].as_str().unwrap_or("$"));
             println!("        expected: {}", show(&difference["expected"]));
             println!("        actual:   {}", show(&difference["actual"]));
+        }
+        let shown = case["differences"].as_array().map_or(0, Vec::len) as u64;
+        if let Some(total) = case["differences-total"].as_u64().filter(|total| *total > shown) {
+            println!("      … {} more difference(s), not shown", total - shown);
         }
         for overrun in case["over-budget"].as_array().into_iter().flatten() {
             println!(

@@ -151,7 +151,8 @@ fn newest_source(dir: &Path, language: Language) -> Option<std::time::SystemTime
         for entry in std::fs::read_dir(&folder).ok()?.flatten() {
             let path = entry.path();
             let name = entry.file_name();
-            if path.is_dir() {
+            // The entry's own type: a link to a folder (`/`, say) is not walked.
+            if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                 if name != "build"
                     && name != "node_modules"
                     && name != "fixtures"
@@ -202,8 +203,11 @@ pub fn build(dir: &Path, tools: &Toolchains) -> anyhow::Result<Option<PathBuf>> 
     refresh_helper(dir, language)?;
     let out = component_path(dir);
     let wit = dir.join("build/wit");
+    refuse_link(&dir.join("build"))?;
+    refuse_link(&wit)?;
     std::fs::create_dir_all(&wit).with_context(|| format!("cannot create {}", wit.display()))?;
     for (file, text) in WIT {
+        refuse_link(&wit.join(file))?;
         std::fs::write(wit.join(file), text)
             .with_context(|| format!("cannot write {}", wit.join(file).display()))?;
     }
@@ -246,6 +250,20 @@ pub fn build(dir: &Path, tools: &Toolchains) -> anyhow::Result<Option<PathBuf>> 
     Ok(Some(out))
 }
 
+/// Refuses to write through a symbolic link: a transform folder from
+/// elsewhere could point `sluice.py` or `build/` at any file of the user's.
+fn refuse_link(path: &Path) -> anyhow::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            bail!(
+                "{} is a symbolic link: sluice build writes there and will not write through a link",
+                path.display()
+            )
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Writes this `sluice`'s helper library into the transform folder if the
 /// copy there differs.
 fn refresh_helper(dir: &Path, language: Language) -> anyhow::Result<()> {
@@ -253,6 +271,7 @@ fn refresh_helper(dir: &Path, language: Language) -> anyhow::Result<()> {
         return Ok(());
     };
     let path = dir.join(file);
+    refuse_link(&path)?;
     if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {} (the helper library of this sluice)", path.display());

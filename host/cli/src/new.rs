@@ -106,6 +106,12 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let crate_dir = parent.join(name);
+    // The folder is written into generated sources (a Python docstring, a
+    // JS comment, Cargo.toml, the README): a path that could end one of
+    // those early is refused rather than escaped four ways.
+    for path in [&crate_dir, &sdk_hint(&parent, args.lang)] {
+        check_templated_path(path)?;
+    }
     if crate_dir.exists() {
         bail!(
             "`{}` already exists; pick another name or remove it",
@@ -168,6 +174,34 @@ pub fn run(args: NewArgs) -> anyhow::Result<ExitCode> {
     println!("  sluice build {}", crate_dir.display());
     println!("  sluice test {}", crate_dir.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The SDK folder a Rust transform under `parent` would point at, for the
+/// check of templated paths (the embedded SDK's folder is Sluice's own).
+fn sdk_hint(parent: &Path, lang: Lang) -> PathBuf {
+    match lang {
+        Lang::Rust => find_sdk(parent).unwrap_or_default(),
+        _ => PathBuf::new(),
+    }
+}
+
+/// Refuses a path that is not UTF-8 or holds a quote, a backslash, a
+/// backtick or a control character (a newline among them).
+fn check_templated_path(path: &Path) -> anyhow::Result<()> {
+    let Some(text) = path.to_str() else {
+        bail!("`{}` is not UTF-8: pick a --dir whose path is", path.display());
+    };
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_control() || matches!(c, '"' | '\'' | '\\' | '`' | '\u{2028}' | '\u{2029}'))
+    {
+        bail!(
+            "`{}` holds {:?}, which generated sources cannot carry safely: pick a --dir whose path has no quotes, backslashes, backticks or control characters",
+            text.escape_debug(),
+            c
+        );
+    }
+    Ok(())
 }
 
 /// The `guest-sdk` folder of the Sluice checkout that contains `dir`, if any.

@@ -228,8 +228,8 @@ fn print_case(suite: &str, case: &CaseResult, args: &TestArgs) {
                 ""
             };
             println!(
-                "    output changed at {} path(s){allowed}:",
-                baseline.differences.len()
+                "    output changed at {}{allowed}:",
+                baseline.differences.counted("path(s)")
             );
             for difference in &baseline.differences {
                 let text = difference

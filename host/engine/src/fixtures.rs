@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use crate::Module;
 use crate::budget::{BUDGET_FILE, Budget, Delta, Overrun, deltas};
-use crate::diff::{Difference, diff};
+use crate::diff::{Differences, diff};
 use crate::event::parse_events;
 use crate::pipeline::{Pipeline, Step};
 use crate::usage::{Usage, measure};
@@ -62,7 +62,7 @@ pub enum CaseStatus {
     Blessed,
     /// Output differed from `expected.json` (or, with a baseline, from the
     /// baseline's output), at these paths.
-    Differs(Vec<Difference>),
+    Differs(Differences),
     /// The case could not run; the text says why.
     Failed(String),
 }
@@ -79,7 +79,7 @@ impl CaseStatus {
             CaseStatus::Passed | CaseStatus::Blessed => String::new(),
             CaseStatus::Failed(why) => why.clone(),
             CaseStatus::Differs(differences) => {
-                let mut message = format!("{} difference(s) from expected.json:\n", differences.len());
+                let mut message = format!("{} from expected.json:\n", differences.summary());
                 for difference in differences {
                     message.push_str(&difference.to_string());
                     message.push('\n');
@@ -111,7 +111,7 @@ pub struct CaseResult {
 #[derive(Debug, Clone)]
 pub struct BaselineResult {
     /// Where the outputs differ (`expected` is the baseline's).
-    pub differences: Vec<Difference>,
+    pub differences: Differences,
     /// What the baseline's guests cost.
     pub usage: Usage,
     /// Each figure's move from the baseline.
@@ -133,8 +133,8 @@ impl CaseResult {
     pub fn message(&self) -> String {
         let mut message = match (&self.status, &self.baseline) {
             (CaseStatus::Differs(differences), Some(_)) => format!(
-                "output differs from the baseline's at {} path(s); accept it with --allow-output-changes\n",
-                differences.len()
+                "output differs from the baseline's at {}; accept it with --allow-output-changes\n",
+                differences.counted("path(s)")
             ),
             (status, _) => status.message(),
         };
@@ -155,13 +155,9 @@ impl CaseResult {
             CaseStatus::Passed => ("passed", None),
             CaseStatus::Blessed => ("blessed", None),
             CaseStatus::Failed(why) => ("failed", Some(("error", Value::String(why.clone())))),
-            CaseStatus::Differs(differences) => (
-                "failed",
-                Some((
-                    "differences",
-                    differences.iter().map(Difference::to_json).collect(),
-                )),
-            ),
+            CaseStatus::Differs(differences) => {
+                ("failed", Some(("differences", differences.to_json().into())))
+            }
         };
         let status = if status == "passed" && self.failed() {
             "failed"
@@ -177,6 +173,9 @@ impl CaseResult {
         if let Some((key, value)) = extra {
             json[key] = value;
         }
+        if let CaseStatus::Differs(differences) = &self.status {
+            json["differences-total"] = differences.total.into();
+        }
         if !self.over_budget.is_empty() {
             json["over-budget"] = serde_json::json!(self.over_budget);
         }
@@ -185,7 +184,8 @@ impl CaseResult {
                 "usage": baseline.usage,
                 "deltas": baseline.deltas,
                 "regressions": baseline.regressions,
-                "differences": baseline.differences.iter().map(Difference::to_json).collect::<Vec<_>>(),
+                "differences": baseline.differences.to_json(),
+                "differences-total": baseline.differences.total,
             });
         }
         json

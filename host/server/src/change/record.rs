@@ -13,9 +13,24 @@ use crate::change::redact::Redactor;
 /// Most events one recording takes.
 pub const MAX_RECORDED: usize = 1000;
 
-/// Most payload bytes one recording holds: a recording ends early, with
-/// what it has, rather than hold `MAX_RECORDED` events of the largest size.
+/// Most bytes of events one recording holds, every field counted: a
+/// recording ends early, with what it has, rather than hold
+/// `MAX_RECORDED` events of the largest size.
 pub const MAX_RECORDED_BYTES: usize = 16 << 20;
+
+/// What an event holds in memory, in bytes: every text field and the payload.
+fn event_bytes(event: &EventJson) -> usize {
+    let texts = [
+        &event.id,
+        &event.kind,
+        &event.tenant,
+        &event.channel,
+        &event.source,
+    ];
+    texts.iter().map(|text| text.len()).sum::<usize>()
+        + event.correlation_id.as_ref().map_or(0, String::len)
+        + event.payload.get().len()
+}
 
 /// A channel's next events, captured as they run.
 pub struct Recording {
@@ -51,7 +66,7 @@ impl Recording {
     pub fn capture(&self, events: &[EventJson]) {
         let mut captured = self.lock();
         for event in events {
-            if !self.take(&mut captured, event.payload.get().len()) {
+            if !self.take(&mut captured, event_bytes(event)) {
                 return;
             }
             captured.events.push(event.clone());
@@ -61,7 +76,7 @@ impl Recording {
     /// Takes `event` if there is room for it; false once there is not.
     pub fn offer(&self, event: EventJson) -> bool {
         let mut captured = self.lock();
-        let room = self.take(&mut captured, event.payload.get().len());
+        let room = self.take(&mut captured, event_bytes(&event));
         if room {
             captured.events.push(event);
         }
@@ -203,5 +218,18 @@ mod tests {
         recording.capture(&events);
         assert!(recording.done(), "the third would pass the byte cap");
         assert_eq!(recording.captured(), 2);
+    }
+
+    /// The hardening issue's case: events whose `kind` is large and whose
+    /// payload is empty were not counted. Every field counts now.
+    #[test]
+    fn every_field_of_an_event_counts_against_the_byte_cap() {
+        let recording = Recording::new(MAX_RECORDED, Vec::new(), Vec::new());
+        let big = "k".repeat(MAX_RECORDED_BYTES / 4 - 16);
+        let line = format!("{{\"id\":\"1\",\"kind\":\"{big}\",\"payload\":{{}}}}\n");
+        let events = sluice_engine::event::parse_events(&line.repeat(5)).unwrap();
+        recording.capture(&events);
+        assert!(recording.done());
+        assert_eq!(recording.captured(), 4);
     }
 }

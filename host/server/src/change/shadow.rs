@@ -210,7 +210,12 @@ impl Comparison {
                 continue;
             }
             self.different += 1;
-            for difference in differences {
+            // Differences past the diff's own cap are counted with the other paths.
+            let uncounted = differences.total - differences.shown.len() as u64;
+            if uncounted > 0 {
+                self.paths.entry(OTHER_PATHS.to_string()).or_default().count += uncounted;
+            }
+            for difference in differences.shown {
                 // A candidate's member names can be megabytes long: paths are cut too.
                 let cut = cut_text(difference.path);
                 let path = if self.paths.len() < MAX_PATHS || self.paths.contains_key(&cut) {

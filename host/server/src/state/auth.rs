@@ -2,6 +2,7 @@
 //! in constant time. A tenant sees and changes only its own resources; an
 //! admin manages tenants and tokens and may act for every tenant.
 
+use std::collections::HashMap;
 use std::sync::RwLock;
 
 use sha2::{Digest, Sha256};
@@ -49,10 +50,12 @@ pub fn new_token() -> String {
     format!("slc_{}", hex::encode(bytes))
 }
 
-/// Every known token hash with its caller.
+/// Every known token hash with its caller, once each: a token added again
+/// (shared state replayed after a reconnect) replaces itself, so the set
+/// grows only with new tokens.
 #[derive(Default)]
 pub struct Tokens {
-    known: RwLock<Vec<([u8; 32], Caller)>>,
+    known: RwLock<HashMap<[u8; 32], Caller>>,
 }
 
 impl Tokens {
@@ -60,28 +63,50 @@ impl Tokens {
     pub fn add(&self, sha256_hex: &str, caller: Caller) {
         let mut hash = [0u8; 32];
         if hex::decode_to_slice(sha256_hex, &mut hash).is_ok() {
-            self.known.write().expect("tokens lock").push((hash, caller));
+            self.known.write().expect("tokens lock").insert(hash, caller);
         }
     }
 
-    /// The caller of an `Authorization: Bearer …` header, if the token is known.
-    /// Every known hash is compared, in constant time, whatever matches.
+    /// How many tokens are known.
+    pub fn len(&self) -> usize {
+        self.known.read().expect("tokens lock").len()
+    }
+
+    /// Whether no token is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The caller of an `Authorization: Bearer …` header, if the token is
+    /// known. The lookup is by the SHA-256 of the presented token, which
+    /// tells a timing observer nothing about any token; the found hash is
+    /// compared once more in constant time.
     pub fn caller(&self, authorization: Option<&str>) -> Option<Caller> {
         let token = authorization?.strip_prefix("Bearer ")?.trim();
         let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let mut found = None;
-        for (hash, caller) in self.known.read().expect("tokens lock").iter() {
-            if bool::from(hash.ct_eq(&presented)) {
-                found = Some(caller.clone());
-            }
-        }
-        found
+        let known = self.known.read().expect("tokens lock");
+        let (hash, caller) = known.get_key_value(&presented)?;
+        bool::from(hash.ct_eq(&presented)).then(|| caller.clone())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_added_again_is_kept_once() {
+        let tokens = Tokens::default();
+        for _ in 0..1000 {
+            tokens.add(&hash_token("a-secret"), Caller::Tenant("acme".into()));
+        }
+        tokens.add(&hash_token("root"), Caller::Admin);
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(
+            tokens.caller(Some("Bearer a-secret")),
+            Some(Caller::Tenant("acme".into()))
+        );
+    }
 
     #[test]
     fn only_a_known_token_names_its_caller() {
