@@ -411,3 +411,55 @@ fn a_module_importing_wasi_http_loads_and_each_request_fails_its_own_event_as_de
         "nothing was delivered"
     );
 }
+
+/// Peak resident memory of a running process, from `/proc/<pid>/status`.
+fn peak_rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// The hardening issue's measured case, as an upload: an 8 KiB key whose
+/// expected value is 100,000 zeros while the module answers an empty
+/// array took `sluice test` to 2 GB and 60 s of CPU, and the same diff runs
+/// for every upload with fixtures. Now the answer names the first 100 and
+/// counts the rest, and the sidecar's peak memory stays under 512 MiB.
+#[test]
+fn a_fixture_with_a_hundred_thousand_differences_is_cut_and_the_sidecar_stays_small() {
+    let destination = sink();
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(dir.path(), &config(&destination, ""));
+    let key = "k".repeat(8 << 10);
+    let zeros = vec![0; 100_000];
+    let hostile = tar_upload(
+        &wasm("json-mapping"),
+        &[
+            ("huge/input.json", event("h-1", "acme", json!({"list": []}))),
+            ("huge/config.json", json!({"rules": [{"target": key, "source": "$.list"}]}).to_string()),
+            (
+                "huge/expected.json",
+                json!({"outcome": "emit", "events": [{"id": "h-1", "kind": "inventory", "tenant": "acme", "payload": {key.clone(): zeros}}]}).to_string(),
+            ),
+        ],
+    );
+    let answer = sidecar.send(
+        "PUT",
+        "/v1/modules/huge",
+        Some(ACME),
+        &hostile,
+        "application/x-tar",
+    );
+    assert_eq!(code(&answer), (422, "fixtures-failed"), "{}", answer.1);
+    let case = &answer.1["cases"][0];
+    assert_eq!(case["differences-total"], 100_000, "{case}");
+    assert_eq!(case["differences"].as_array().unwrap().len(), 100);
+    for difference in case["differences"].as_array().unwrap() {
+        assert!(
+            difference["path"].as_str().unwrap().len() <= 1024 + 3,
+            "{difference}"
+        );
+    }
+    let peak = peak_rss_bytes(sidecar.child.id());
+    eprintln!("sidecar peak memory after the upload: {} MiB", peak >> 20);
+    assert!(peak < 512 << 20, "the sidecar peaked at {} MiB", peak >> 20);
+}
