@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::api::channels::{make_active, read_candidate};
 use crate::api::http::{ApiError, Body, json_response, query_number, read_body};
-use crate::change::backfill::{Backfill, channel_event};
+use crate::change::backfill::{Backfill, ChannelEvents};
 use crate::change::record::{MAX_RECORDED, Recording, cases};
 use crate::change::redact::Redactor;
 use crate::change::shadow::Shadow;
@@ -271,30 +271,42 @@ pub async fn start_recording(
             &json!({"state": "recording", "captured": 0, "wanted": wanted}),
         ));
     }
-    // Bounded as a recording is: `wanted` events, at most its bytes.
-    let newest = Recording::new(wanted, Vec::new(), Vec::new());
-    let mut from = None::<(i64, String)>;
-    // Another source's events may fill the log: read at most this many.
-    let mut budget = 100_000_usize;
-    while !newest.done() && budget > 0 {
-        budget = budget.saturating_sub(256);
-        let queue = app.queue.clone();
-        let query = StoredQuery {
-            tenant: channel.tenant.clone(),
-            newest_first: true,
-            from: from.clone(),
-            limit: 256,
-            ..StoredQuery::default()
-        };
-        let page = crate::api::blocking(move || queue.stored_events(&query)).await?;
-        let Some(last) = page.last() else { break };
-        from = Some((last.received_ms, last.id.clone()));
-        for event in page.into_iter().filter_map(|e| channel_event(channel, e)) {
-            if !newest.offer(event) {
-                break;
+    // Read, parsed and taken on a blocking thread under one of the
+    // tenant's transform permits, bounded as a recording is: `wanted`
+    // events, at most its bytes, and pages of at most `STORED_PAGE_BYTES`.
+    let permit = app.transform_permit(&channel.tenant).await?;
+    let (queue, tenant, taker) = (
+        app.queue.clone(),
+        channel.tenant.clone(),
+        ChannelEvents::of(channel),
+    );
+    let newest = crate::api::blocking(move || {
+        let newest = Recording::new(wanted, Vec::new(), Vec::new());
+        let mut from = None::<(i64, String)>;
+        // Another source's events may fill the log: read at most this many.
+        let mut budget = 100_000_usize;
+        while !newest.done() && budget > 0 {
+            budget = budget.saturating_sub(256);
+            let query = StoredQuery {
+                tenant: tenant.clone(),
+                newest_first: true,
+                from: from.clone(),
+                limit: 256,
+                ..StoredQuery::default()
+            };
+            let page = queue.stored_events(&query)?;
+            let Some(last) = page.last() else { break };
+            from = Some((last.received_ms, last.id.clone()));
+            for event in page.into_iter().filter_map(|e| taker.event(e)) {
+                if !newest.offer(event) {
+                    break;
+                }
             }
         }
-    }
+        drop(permit);
+        Ok(newest)
+    })
+    .await?;
     let mut events = newest.events();
     events.reverse();
     let answer = finish(app, channel, events, redactor).await?;

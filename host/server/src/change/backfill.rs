@@ -131,7 +131,7 @@ impl Backfill {
         tracing::info!(channel = %channel, processed = self.processed.load(Ordering::Relaxed), "backfill ended");
     }
 
-    async fn steps(&self, app: &Arc<App>, name: &str) -> Result<(), String> {
+    async fn steps(self: Arc<Self>, app: &Arc<App>, name: &str) -> Result<(), String> {
         let channel = &app.channels[name];
         // Compared against the pipeline active when it started, all along:
         // an activation meanwhile (say, promoting this very candidate)
@@ -155,51 +155,93 @@ impl Backfill {
                 newest_first: false,
                 limit: PAGE,
             };
-            let queue = app.queue.clone();
-            let page = crate::store::in_store(move || queue.stored_events(&query)).await?;
-            let Some(last) = page.last() else { return Ok(()) };
-            if last.received_ms > self.until_ms && page.iter().all(|e| e.received_ms > self.until_ms) {
-                return Ok(());
-            }
-            after = Some((last.received_ms, last.id.clone()));
-            self.position_ms
-                .store(last.received_ms.min(self.until_ms), Ordering::Relaxed);
-            let events: Vec<EventJson> = page
-                .into_iter()
-                .filter(|e| e.received_ms <= self.until_ms)
-                .filter_map(|e| channel_event(channel, e))
-                .take(left.min(PAGE as u64) as usize)
-                .collect();
-            if events.is_empty() {
-                continue;
-            }
+            // One of the tenant's transform permits covers the whole step:
+            // reading the page, parsing it, running both pipelines and
+            // comparing their outputs, all on a blocking thread.
             let permit = app.transform_permit(&channel.tenant).await.ok().flatten();
-            let (current, candidate) = (current.clone(), self.pipeline.clone());
-            let count = events.len() as u64;
-            let (events, now, next) = tokio::task::spawn_blocking(move || {
-                let now = current.run(&events);
-                let next = candidate.run(&events);
+            let (me, app, name, current) = (self.clone(), app.clone(), name.to_string(), current.clone());
+            let read = tokio::task::spawn_blocking(move || {
+                let read = me.step(&app, &name, &query, left, &current);
                 drop(permit);
-                (events, now, next)
+                read
             })
             .await
-            .map_err(|join| format!("a backfill step failed: {join}"))?;
-            self.comparison
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .add(&events, &now, &next);
-            self.processed.fetch_add(count, Ordering::Relaxed);
+            .map_err(|join| format!("a backfill step failed: {join}"))??;
+            match read {
+                Some(last) => after = Some(last),
+                None => return Ok(()),
+            }
         }
+    }
+
+    /// Reads one page of the log after `query.from`, runs what the channel
+    /// takes of it through both pipelines and adds the comparison; the
+    /// last event read, or `None` at the end of the range.
+    fn step(
+        &self,
+        app: &App,
+        name: &str,
+        query: &StoredQuery,
+        left: u64,
+        current: &Pipeline,
+    ) -> Result<Option<(i64, String)>, String> {
+        let taker = ChannelEvents::of(&app.channels[name]);
+        let page = app.queue.stored_events(query).map_err(|err| err.to_string())?;
+        let Some(last) = page.last() else { return Ok(None) };
+        if page.iter().all(|e| e.received_ms > self.until_ms) {
+            return Ok(None);
+        }
+        let last = (last.received_ms, last.id.clone());
+        self.position_ms
+            .store(last.0.min(self.until_ms), Ordering::Relaxed);
+        let events: Vec<EventJson> = page
+            .into_iter()
+            .filter(|e| e.received_ms <= self.until_ms)
+            .filter_map(|e| taker.event(e))
+            .take(left.min(PAGE as u64) as usize)
+            .collect();
+        if events.is_empty() {
+            return Ok(Some(last));
+        }
+        let now = current.run(&events);
+        let next = self.pipeline.run(&events);
+        Comparison::add_to(&self.comparison, &events, &now, &next);
+        self.processed.fetch_add(events.len() as u64, Ordering::Relaxed);
+        Ok(Some(last))
     }
 }
 
-/// A stored event as the channel runs it, if the channel takes it.
-pub fn channel_event(channel: &Channel, stored: StoredEvent) -> Option<EventJson> {
-    let mut event = serde_json::from_str::<EventJson>(&stored.event).ok()?;
-    if !channel.takes(&channel.tenant, &event.source) {
-        return None;
+/// What a channel takes of its tenant's ingest log, owned, so that a
+/// blocking thread can sort a page.
+#[derive(Clone)]
+pub struct ChannelEvents {
+    name: String,
+    tenant: String,
+    sources: Vec<String>,
+    delivers: bool,
+}
+
+impl ChannelEvents {
+    /// `channel`'s view of the log.
+    pub fn of(channel: &Channel) -> Self {
+        Self {
+            name: channel.name.clone(),
+            tenant: channel.tenant.clone(),
+            sources: channel.sources.clone(),
+            delivers: channel.destination.is_some(),
+        }
     }
-    event.channel = channel.name.clone();
-    event.tenant = channel.tenant.clone();
-    Some(event)
+
+    /// A stored event as the channel runs it, if the channel takes it
+    /// (as [`Channel::takes`] decides at ingest).
+    pub fn event(&self, stored: StoredEvent) -> Option<EventJson> {
+        let mut event = serde_json::from_str::<EventJson>(&stored.event).ok()?;
+        let source_taken = self.sources.is_empty() || self.sources.contains(&event.source);
+        if !self.delivers || !source_taken {
+            return None;
+        }
+        event.channel = self.name.clone();
+        event.tenant = self.tenant.clone();
+        Some(event)
+    }
 }

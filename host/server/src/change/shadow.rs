@@ -61,10 +61,7 @@ impl Shadow {
         candidate: Vec<OutcomeJson>,
         key: Option<&EntityKey>,
     ) -> Option<CanaryPick> {
-        self.comparison
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(events, current, &candidate);
+        Comparison::add_to(&self.comparison, events, current, &candidate);
         if self.canary_percent == 0 {
             return None;
         }
@@ -180,6 +177,45 @@ pub struct CandidateFailure {
 }
 
 impl Comparison {
+    /// Compares one batch outside `shared`'s lock, then merges it in: the
+    /// lock is held only for the merge, which is bounded by the report's
+    /// caps, so a reader of the report (on an async thread) never waits
+    /// for a comparison of large outputs.
+    pub fn add_to(
+        shared: &Mutex<Comparison>,
+        events: &[EventJson],
+        current: &[OutcomeJson],
+        candidate: &[OutcomeJson],
+    ) {
+        let mut batch = Comparison::default();
+        batch.add(events, current, candidate);
+        shared.lock().unwrap_or_else(|e| e.into_inner()).merge(batch);
+    }
+
+    /// Adds another comparison's counts, paths and samples, within the caps.
+    pub fn merge(&mut self, other: Comparison) {
+        self.compared += other.compared;
+        self.equal += other.equal;
+        self.different += other.different;
+        self.candidate_rejected += other.candidate_rejected;
+        self.candidate_faulted += other.candidate_faulted;
+        self.from_candidate += other.from_candidate;
+        let room = SAMPLES.saturating_sub(self.candidate_failures.len());
+        self.candidate_failures
+            .extend(other.candidate_failures.into_iter().take(room));
+        for (path, found) in other.paths {
+            let path = if self.paths.len() < MAX_PATHS || self.paths.contains_key(&path) {
+                path
+            } else {
+                OTHER_PATHS.to_string()
+            };
+            let at = self.paths.entry(path).or_default();
+            at.count += found.count;
+            let room = SAMPLES.saturating_sub(at.samples.len());
+            at.samples.extend(found.samples.into_iter().take(room));
+        }
+    }
+
     /// Adds one batch: `current[i]` and `candidate[i]` are `events[i]`'s outcomes.
     pub fn add(&mut self, events: &[EventJson], current: &[OutcomeJson], candidate: &[OutcomeJson]) {
         for ((event, now), next) in events.iter().zip(current).zip(candidate) {

@@ -72,9 +72,14 @@ pub struct StoredQuery {
     pub from: Option<(i64, String)>,
     /// The newest first instead of the oldest.
     pub newest_first: bool,
-    /// At most this many.
+    /// At most this many; and a page ends after the event that takes it
+    /// past [`STORED_PAGE_BYTES`], so a page of large events stays small.
     pub limit: usize,
 }
+
+/// Bytes of events one page of the ingest log holds, about: it always
+/// holds at least one event, and ends after the one that passes this.
+pub const STORED_PAGE_BYTES: usize = 16 << 20;
 
 /// One event of the ingest log.
 #[derive(Debug, Clone)]

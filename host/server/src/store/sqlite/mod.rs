@@ -260,6 +260,26 @@ mod tests {
         assert_eq!(due[0].channel, "b");
     }
 
+    /// Each page of a tenant's log is a range scan of one index: no
+    /// table scan, and no sort of the tenant's whole log per page.
+    #[test]
+    fn a_page_of_the_ingest_log_is_a_range_scan_of_an_index() {
+        let (_dir, queue) = queue();
+        for sql in [queue::LOG_PAGE_NEWEST_FIRST, queue::LOG_PAGE_OLDEST_FIRST] {
+            let plan = queue
+                .read(|db| {
+                    let mut statement = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                    let details = statement
+                        .query_map(params!["acme", 0, 0, "", 128], |row| row.get::<_, String>(3))?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Ok(details.join("; "))
+                })
+                .unwrap();
+            assert!(plan.contains("USING INDEX events_by_tenant_received"), "{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        }
+    }
+
     #[test]
     fn the_ingest_log_pages_both_ways_without_repeats_or_gaps() {
         let (_dir, queue) = queue();

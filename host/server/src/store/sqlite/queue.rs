@@ -6,6 +6,17 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::{SqliteQueue, filter_clause, insert_outbox, json_or_text, summary_from_row, versions_text};
 use crate::store::*;
 
+/// A page of a tenant's ingest log, newest first, before a position.
+pub(super) const LOG_PAGE_NEWEST_FIRST: &str =
+    "SELECT received_ms, id, event FROM events WHERE tenant = ?1 AND received_ms >= ?2
+   AND (received_ms < ?3 OR (received_ms = ?3 AND id < ?4))
+ ORDER BY received_ms DESC, id DESC LIMIT ?5";
+/// A page of a tenant's ingest log, oldest first, after a position.
+pub(super) const LOG_PAGE_OLDEST_FIRST: &str =
+    "SELECT received_ms, id, event FROM events WHERE tenant = ?1 AND received_ms >= ?2
+   AND (received_ms, id) > (?3, ?4)
+ ORDER BY received_ms, id LIMIT ?5";
+
 impl Queue for SqliteQueue {
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|db| Ok(db.query_row("SELECT 1", [], |_| Ok(()))?))
@@ -412,21 +423,24 @@ impl Queue for SqliteQueue {
                 (i64::MIN, String::new())
             });
             let sql = if newest_first {
-                "SELECT received_ms, id, event FROM events WHERE tenant = ?1 AND received_ms >= ?2
-                   AND (received_ms < ?3 OR (received_ms = ?3 AND id < ?4))
-                 ORDER BY received_ms DESC, id DESC LIMIT ?5"
+                LOG_PAGE_NEWEST_FIRST
             } else {
-                "SELECT received_ms, id, event FROM events WHERE tenant = ?1 AND received_ms >= ?2
-                   AND (received_ms, id) > (?3, ?4)
-                 ORDER BY received_ms, id LIMIT ?5"
+                LOG_PAGE_OLDEST_FIRST
             };
-            let found = db
-                .prepare_cached(sql)?
-                .query_map(
-                    params![query.tenant, query.since_ms, from_ms, from_id, limit],
-                    row,
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut statement = db.prepare_cached(sql)?;
+            let rows = statement.query_map(
+                params![query.tenant, query.since_ms, from_ms, from_id, limit],
+                row,
+            )?;
+            let (mut found, mut bytes) = (Vec::new(), 0);
+            for stored in rows {
+                let stored: StoredEvent = stored?;
+                bytes += stored.event.len();
+                found.push(stored);
+                if bytes > crate::store::STORED_PAGE_BYTES {
+                    break;
+                }
+            }
             Ok(found)
         })
     }
