@@ -187,6 +187,63 @@ pub async fn read_body(
     }
 }
 
+/// Streams the body into `file`, at most `max` bytes within `timeout`, so
+/// that a large upload is never held in memory; how many bytes it wrote.
+pub async fn body_to_file(
+    request: Request<Incoming>,
+    max: usize,
+    timeout: std::time::Duration,
+    file: &mut tokio::fs::File,
+) -> Result<u64, ApiError> {
+    use tokio::io::AsyncWriteExt;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("the body is larger than the {max}-byte limit"),
+        )
+    };
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > max) {
+        return Err(too_large());
+    }
+    let copy = async {
+        let mut body = request.into_body();
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| {
+                ApiError::bad_request(
+                    "body-read-failed",
+                    format!("the body could not be read: {err}"),
+                    None,
+                )
+            })?;
+            let Ok(data) = frame.into_data() else { continue };
+            written += data.len() as u64;
+            if written > max as u64 {
+                return Err(too_large());
+            }
+            file.write_all(&data).await.map_err(|err| {
+                tracing::error!(error = %err, "cannot write an upload to its temporary file");
+                ApiError::internal(format!("cannot keep the upload ({})", err.kind()))
+            })?;
+        }
+        file.flush().await.map_err(ApiError::internal)?;
+        Ok(written)
+    };
+    tokio::time::timeout(timeout, copy).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            format!("the body did not arrive within {} ms", timeout.as_millis()),
+        )
+    })?
+}
+
 /// The value of query parameter `name`, if given.
 pub fn query_param(request: &Request<Incoming>, name: &str) -> Option<String> {
     let query = request.uri().query()?;

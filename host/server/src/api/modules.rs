@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::api::blocking;
-use crate::api::http::{ApiError, Body, json_response, query_param, read_body};
+use crate::api::http::{ApiError, Body, body_to_file, json_response, query_param, read_body};
 use crate::api::tenants::valid_name;
 use crate::state::App;
 use crate::state::auth::Caller;
@@ -74,6 +74,11 @@ fn load_error(err: LoadError) -> ApiError {
 /// or a tar (`application/x-tar`) holding `module.wasm` and golden fixtures
 /// under `fixtures/<case>/`. Stored only if every check passes and every
 /// fixture case passes; the same bytes again are a no-op.
+///
+/// The permits come before the body is read: one upload of a tenant at a
+/// time, and at most `upload-concurrency` of all tenants, so that parallel
+/// uploads wait unread rather than each hold its body in memory. A tar is
+/// streamed to a capped temporary file and unpacked from there.
 pub async fn upload(
     app: &App,
     caller: &Caller,
@@ -82,29 +87,35 @@ pub async fn upload(
 ) -> Result<Response<Body>, ApiError> {
     let tenant_name = acting_tenant(app, caller, &request)?;
     let tenant = app.tenant(&tenant_name).expect("checked by acting_tenant");
-    let is_tar = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-tar"));
-    let max_module = tenant.config.max_module_bytes;
-    // A tar may add fixtures up to the request body limit.
-    let limit = if is_tar {
-        max_module + app.max_body_bytes
-    } else {
-        max_module
-    };
-    let body = read_body(request, limit, app.settings.body_timeout)
+
+    // One upload of a tenant at a time, from the body to the record, so
+    // that parallel uploads cannot pass the quotas together; then one of
+    // the sidecar's `upload-concurrency` permits, moved into the check so
+    // it is held for as long as the check runs, even if the client leaves.
+    let _one_at_a_time = tenant
+        .uploads
+        .clone()
+        .acquire_owned()
         .await
-        .map_err(|mut err| {
-            if err.status == StatusCode::PAYLOAD_TOO_LARGE {
-                err.code = "module-too-large";
-                err.message = format!(
-                    "the upload is larger than tenant `{tenant_name}`'s {max_module}-byte module limit"
-                );
-            }
-            refused(app, &tenant_name, err)
-        })?;
+        .map_err(ApiError::internal)?;
+    let permit = app
+        .upload_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+
+    let unpacked = tempfile::tempdir().map_err(ApiError::internal)?;
+    let fixtures = unpacked.path().join("fixtures");
+    let bytes = receive(
+        app,
+        &tenant_name,
+        tenant.config.max_module_bytes,
+        request,
+        unpacked.path(),
+    )
+    .await
+    .map_err(|err| refused(app, &tenant_name, err))?;
     // Checked after the (bounded) read, so the client hears the answer rather than a reset.
     if !valid_name(name) {
         return Err(refused(
@@ -117,45 +128,8 @@ pub async fn upload(
             ),
         ));
     }
-    let unpacked = tempfile::tempdir().map_err(ApiError::internal)?;
-    let fixtures = unpacked.path().join("fixtures");
-    let bytes = if is_tar {
-        let caps = UnpackCaps {
-            module_bytes: max_module,
-            fixture_bytes: app.max_body_bytes,
-        };
-        let (root, body) = (unpacked.path().to_path_buf(), body.clone());
-        tokio::task::spawn_blocking(move || unpack(&body, &root, caps))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|err| refused(app, &tenant_name, unpack_error(err)))?
-    } else {
-        body.to_vec()
-    };
-    if bytes.len() > max_module {
-        return Err(refused(
-            app,
-            &tenant_name,
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "module-too-large",
-                format!(
-                    "the module is {} bytes; tenant `{tenant_name}` may upload {max_module}",
-                    bytes.len()
-                ),
-            ),
-        ));
-    }
     let version = hex::encode(Sha256::digest(&bytes));
 
-    // One upload of a tenant at a time, from the quota check to the record,
-    // so that parallel uploads cannot pass the quotas together.
-    let _one_at_a_time = tenant
-        .uploads
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
     let registry = app.registry.clone();
     let (key, module_name) = (tenant_name.clone(), name.to_string());
     let held = blocking(move || registry.modules(&key, None)).await?;
@@ -172,15 +146,6 @@ pub async fn upload(
             .map_err(|err| refused(app, &tenant_name, err))?;
     }
 
-    // At most `upload-concurrency` checks at once: each compiles and runs
-    // fixtures. The permit moves into the check itself, so it is held for
-    // as long as the check runs, even if the client leaves.
-    let permit = app
-        .upload_permits
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
     let engine = app.engine.clone();
     let limits = tenant.limits.clone();
     let checked = {
@@ -227,6 +192,72 @@ pub async fn upload(
         StatusCode::CREATED,
         &json!({"name": name, "version": version, "size": bytes.len(), "created": true, "fixtures": report}),
     ))
+}
+
+/// Reads the upload: a component into memory, at most `max_module`
+/// bytes; a tar streamed to a file beside `root` (at most `max_module` plus
+/// `max-body-bytes`) and unpacked under it on a blocking thread. The module's bytes.
+async fn receive(
+    app: &App,
+    tenant: &str,
+    max_module: usize,
+    request: Request<Incoming>,
+    root: &Path,
+) -> Result<Vec<u8>, ApiError> {
+    let is_tar = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-tar"));
+    let too_large = |mut err: ApiError| {
+        if err.status == StatusCode::PAYLOAD_TOO_LARGE {
+            err.code = "module-too-large";
+            err.message =
+                format!("the upload is larger than tenant `{tenant}`'s {max_module}-byte module limit");
+        }
+        err
+    };
+    let timeout = app.settings.body_timeout;
+    let bytes = if is_tar {
+        let path = root.join("upload.tar");
+        let mut file = tokio::fs::File::create(&path).await.map_err(ApiError::internal)?;
+        // A tar may add fixtures up to the request body limit.
+        body_to_file(request, max_module + app.max_body_bytes, timeout, &mut file)
+            .await
+            .map_err(too_large)?;
+        drop(file);
+        let caps = UnpackCaps {
+            module_bytes: max_module,
+            fixture_bytes: app.max_body_bytes,
+        };
+        let root = root.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let tar = std::fs::File::open(&path)
+                .map_err(|err| UnpackError::Invalid(format!("the upload cannot be read: {}", err.kind())))?;
+            let unpacked = unpack(std::io::BufReader::new(tar), &root, caps);
+            let _ = std::fs::remove_file(&path);
+            unpacked
+        })
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(unpack_error)?
+    } else {
+        read_body(request, max_module, timeout)
+            .await
+            .map_err(too_large)?
+            .to_vec()
+    };
+    if bytes.len() > max_module {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "module-too-large",
+            format!(
+                "the module is {} bytes; tenant `{tenant}` may upload {max_module}",
+                bytes.len()
+            ),
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Answers an upload of a version the tenant holds already: 200, nothing

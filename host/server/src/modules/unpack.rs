@@ -35,12 +35,12 @@ pub(crate) struct UnpackCaps {
 /// `root`) from a tar. Only regular files and folders are accepted (no
 /// links, devices or sparse files), paths must stay inside the archive, and
 /// every entry is read with a cap, checked against its declared size first.
-pub(crate) fn unpack(tar_bytes: &[u8], root: &Path, caps: UnpackCaps) -> Result<Vec<u8>, UnpackError> {
+pub(crate) fn unpack(tar: impl std::io::Read, root: &Path, caps: UnpackCaps) -> Result<Vec<u8>, UnpackError> {
     use std::path::Component;
     use tar::EntryType;
 
     let invalid = UnpackError::Invalid;
-    let mut archive = tar::Archive::new(tar_bytes);
+    let mut archive = tar::Archive::new(tar);
     let mut module = None;
     let mut fixture_bytes = 0usize;
     for entry in archive
@@ -175,7 +175,7 @@ mod tests {
         #[test]
         fn prop_any_bytes_are_refused_or_unpacked(bytes in prop::collection::vec(any::<u8>(), 0..3000)) {
             let root = tempfile::tempdir().unwrap();
-            let _ = unpack(&bytes, root.path(), CAPS);
+            let _ = unpack(bytes.as_slice(), root.path(), CAPS);
         }
 
         /// Archives of random entries: whatever is accepted unpacked only
@@ -201,7 +201,7 @@ mod tests {
             }
             let bytes = archive.into_inner().unwrap();
             let root = tempfile::tempdir().unwrap();
-            if let Ok(module) = unpack(&bytes, root.path(), CAPS) {
+            if let Ok(module) = unpack(bytes.as_slice(), root.path(), CAPS) {
                 prop_assert!(module.len() <= CAPS.module_bytes);
                 let mut total = 0;
                 let mut stack = vec![root.path().to_path_buf()];
