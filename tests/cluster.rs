@@ -405,3 +405,70 @@ fn switches_activations_tokens_and_dead_letters_are_shared_by_every_node() {
     });
     assert_eq!(c.send("GET", "/v1/channels", Some(token), b"", "").1, json!([]));
 }
+
+/// The hardening issue's JetStream case: two nodes, 12 stock updates of 6
+/// SKUs spread over partitions, and a destination that answers its first
+/// request with 429 and a `Retry-After` (20 s) longer than JetStream's
+/// `ack_wait` (15 s). Every message a node holds, in an inbox too, is kept
+/// alive while the destination is paused, so no other node takes it over:
+/// the destination sees each update accepted once, in order per SKU, and
+/// ends on every SKU's latest quantity. (Before, five of 12 were sent twice
+/// and two SKUs ended on a stale quantity.) The 429 and `Retry-After`
+/// follow RFC 6585 §4 and RFC 9110 §10.2.3.
+#[test]
+fn a_retry_after_longer_than_ack_wait_sends_nothing_twice_and_ends_on_the_latest_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let answered = AtomicBool::new(false);
+    let destination = sink(move |_, _| {
+        if answered.swap(true, Ordering::SeqCst) {
+            Reply::status(200)
+        } else {
+            Reply {
+                headers: vec![("Retry-After".into(), "20".into())],
+                ..Reply::status(429)
+            }
+        }
+    });
+    let extra = "[destination.retry]\ninitial-backoff-ms = 100\nmax-backoff-ms = 30000";
+    let nodes = cluster(dir.path(), &nats, &destination, extra, 2);
+
+    const SKUS: usize = 6;
+    let event = |n: usize| stock_event(&format!("u-{n:02}"), &format!("SKU-{}", n % SKUS), n);
+    for (node, updates) in [(0, 0..SKUS), (1, SKUS..2 * SKUS)] {
+        let events: Vec<Value> = updates.map(event).collect();
+        let (status, answer) = ingest(&nodes[node], &events);
+        assert_eq!((status, &answer["accepted"]), (202, &json!(SKUS)), "{answer}");
+    }
+    let accepted = |received: &[Received]| received.len().saturating_sub(1);
+    wait_for("every update accepted", PATIENCE, || {
+        accepted(&destination.received()) >= 2 * SKUS
+    });
+    // Long enough for a message taken over by the other node to arrive too.
+    std::thread::sleep(Duration::from_secs(3));
+
+    let received = destination.received();
+    let mut sent: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in &received {
+        *sent.entry(r.header("idempotency-key").unwrap()).or_default() += 1;
+    }
+    let first_key = received[0].header("idempotency-key").unwrap();
+    for (key, times) in &sent {
+        let expected = if *key == first_key { 2 } else { 1 };
+        assert_eq!(*times, expected, "{key} was sent {times} times: {sent:?}");
+    }
+    assert_eq!(sent.len(), 2 * SKUS);
+    assert_sku_order(&first_deliveries(&received));
+    // The last accepted quantity of each SKU is its latest.
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &received[1..] {
+        let body = r.json();
+        last.insert(
+            body["sku"].as_str().unwrap().to_string(),
+            body["qty"].as_u64().unwrap(),
+        );
+    }
+    for sku in 0..SKUS {
+        assert_eq!(last[&format!("SKU-{sku}")], (sku + SKUS) as u64, "{last:?}");
+    }
+}

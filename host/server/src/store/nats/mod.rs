@@ -35,7 +35,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::PullConsumer, kv, object_store, stream};
 use futures_util::StreamExt;
 use tokio::runtime::{Handle, Runtime, RuntimeFlavor};
-use tokio::sync::{Notify, broadcast, mpsc};
+use tokio::sync::{Notify, broadcast};
 
 use super::{SharedChange, StoreError};
 use ingest::HeldBatch;
@@ -119,8 +119,11 @@ pub struct NatsStore {
     deliveries: Arc<Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>>,
     /// The channels delivering to each destination.
     routes: HashMap<String, Vec<String>>,
-    /// Deliveries JetStream pushed to this node, per destination, not yet held.
-    inboxes: Mutex<HashMap<String, mpsc::UnboundedReceiver<jetstream::Message>>>,
+    /// Deliveries JetStream pushed to this node, per destination, in
+    /// arrival order, not yet held. Kept alive and given back on close as
+    /// held ones are: a message waits here while the delivery worker sleeps
+    /// out a `Retry-After` or works through a rate-limited round.
+    inboxes: Inboxes,
     /// Raised when a destination's inbox receives a delivery.
     signals: HashMap<String, Arc<Notify>>,
     switches: Arc<RwLock<HashMap<String, Switch>>>,
@@ -163,32 +166,25 @@ impl NatsStore {
             transform: Arc::default(),
             deliveries: Arc::default(),
             routes: HashMap::new(),
-            inboxes: Mutex::default(),
+            inboxes: Arc::default(),
             signals: HashMap::new(),
             switches: Arc::default(),
             changes,
             first_listener: Mutex::new(Some(first_listener)),
             next_seq: AtomicI64::new(1),
         };
-        let mut senders = HashMap::new();
         for (channel, destination) in routes {
             store.consumer(&names::transform_consumer(channel), names::inbound(channel))?;
-            let sender = senders.entry(destination.clone()).or_insert_with(|| {
-                let (sender, inbox) = mpsc::unbounded_channel();
-                store
-                    .inboxes
-                    .lock()
-                    .expect("inbox lock")
-                    .insert(destination.clone(), inbox);
-                sender
-            });
             let signal = store.signals.entry(destination.clone()).or_default().clone();
             for partition in 0..PARTITIONS {
                 let consumer = store.consumer(
                     &names::delivery_consumer(destination, channel, partition),
                     names::outbound(destination, partition, channel),
                 )?;
-                store.handle.spawn(pull(consumer, sender.clone(), signal.clone()));
+                let inbox = Arc::downgrade(&store.inboxes);
+                store
+                    .handle
+                    .spawn(pull(consumer, inbox, destination.clone(), signal.clone()));
             }
             store
                 .routes
@@ -202,30 +198,26 @@ impl NatsStore {
         Ok(store)
     }
 
-    /// Reports every held message as in progress every [`KEEP_ALIVE`], so
-    /// that JetStream gives a message to another node only when this one is
-    /// gone, however long a batch or a round of deliveries takes.
+    /// Reports every message this node holds as in progress every
+    /// [`KEEP_ALIVE`], wherever it sits (a transform batch, a held delivery,
+    /// an inbox), so that JetStream gives a message to another node only
+    /// when this one is gone, however long a batch or a round of deliveries
+    /// takes or a `Retry-After` lasts.
     fn keep_alive(&self) {
-        let (transform, deliveries) = (Arc::downgrade(&self.transform), Arc::downgrade(&self.deliveries));
+        let (transform, deliveries, inboxes) = (
+            Arc::downgrade(&self.transform),
+            Arc::downgrade(&self.deliveries),
+            Arc::downgrade(&self.inboxes),
+        );
         self.handle.spawn(async move {
             loop {
                 tokio::time::sleep(KEEP_ALIVE).await;
-                let (Some(transform), Some(deliveries)) = (transform.upgrade(), deliveries.upgrade()) else {
+                let (Some(transform), Some(deliveries), Some(inboxes)) =
+                    (transform.upgrade(), deliveries.upgrade(), inboxes.upgrade())
+                else {
                     return;
                 };
-                let mut held: Vec<jetstream::Message> = transform
-                    .lock()
-                    .expect("transform lock")
-                    .values()
-                    .map(|h| h.message.clone())
-                    .collect();
-                held.extend(
-                    deliveries
-                        .lock()
-                        .expect("deliveries lock")
-                        .values()
-                        .flat_map(|d| d.values().map(|h| h.message.clone())),
-                );
+                let held = held_messages(&transform, &deliveries, &inboxes, false);
                 for message in held {
                     let _ = message.ack_with(jetstream::AckKind::Progress).await;
                 }
@@ -294,20 +286,7 @@ impl NatsStore {
     /// Gives back every held message (so another node takes it at once,
     /// not after `ack_wait`) and closes the connection after flushing.
     pub fn close(&self) {
-        let mut held: Vec<jetstream::Message> = self
-            .transform
-            .lock()
-            .expect("transform lock")
-            .drain()
-            .map(|(_, h)| h.message)
-            .collect();
-        held.extend(
-            self.deliveries
-                .lock()
-                .expect("deliveries lock")
-                .drain()
-                .flat_map(|(_, d)| d.into_values().map(|h| h.message)),
-        );
+        let held = held_messages(&self.transform, &self.deliveries, &self.inboxes, true);
         let client = self.client.clone();
         let _ = self.block("flush", async move {
             for message in held {
@@ -329,11 +308,45 @@ impl Drop for NatsStore {
     }
 }
 
+/// Each destination's inbox: deliveries pushed to this node, in arrival order.
+type Inboxes = Arc<Mutex<HashMap<String, Vec<jetstream::Message>>>>;
+
+/// Every message this node holds: transform batches, held deliveries and
+/// inboxes; with `take`, they are removed too (to be given back).
+fn held_messages(
+    transform: &Mutex<HashMap<String, HeldBatch>>,
+    deliveries: &Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>,
+    inboxes: &Mutex<HashMap<String, Vec<jetstream::Message>>>,
+    take: bool,
+) -> Vec<jetstream::Message> {
+    let mut transform = transform.lock().expect("transform lock");
+    let mut deliveries = deliveries.lock().expect("deliveries lock");
+    let mut inboxes = inboxes.lock().expect("inbox lock");
+    let mut held: Vec<jetstream::Message> = transform.values().map(|h| h.message.clone()).collect();
+    held.extend(
+        deliveries
+            .values()
+            .flat_map(|d| d.values().map(|h| h.message.clone())),
+    );
+    held.extend(inboxes.values().flatten().cloned());
+    if take {
+        transform.clear();
+        deliveries.clear();
+        inboxes.clear();
+    }
+    held
+}
+
 /// Keeps a pull request open on one delivery partition and passes on what
-/// JetStream pushes: with `max_ack_pending = 1` the next delivery of the
-/// partition arrives as soon as the previous one is acknowledged, on
-/// whichever node's request is waiting, without polling.
-async fn pull(consumer: PullConsumer, inbox: mpsc::UnboundedSender<jetstream::Message>, signal: Arc<Notify>) {
+/// JetStream pushes into `destination`'s inbox: with `max_ack_pending = 1`
+/// the next delivery of the partition arrives as soon as the previous one
+/// is acknowledged, on whichever node's request is waiting, without polling.
+async fn pull(
+    consumer: PullConsumer,
+    inbox: std::sync::Weak<Mutex<HashMap<String, Vec<jetstream::Message>>>>,
+    destination: String,
+    signal: Arc<Notify>,
+) {
     loop {
         let stream = consumer
             .stream()
@@ -347,9 +360,14 @@ async fn pull(consumer: PullConsumer, inbox: mpsc::UnboundedSender<jetstream::Me
                 while let Some(message) = messages.next().await {
                     match message {
                         Ok(message) => {
-                            if inbox.send(message).is_err() {
-                                return;
-                            }
+                            // The store is gone: this node holds nothing any more.
+                            let Some(inbox) = inbox.upgrade() else { return };
+                            inbox
+                                .lock()
+                                .expect("inbox lock")
+                                .entry(destination.clone())
+                                .or_default()
+                                .push(message);
                             signal.notify_one();
                         }
                         Err(err) => {
@@ -361,7 +379,7 @@ async fn pull(consumer: PullConsumer, inbox: mpsc::UnboundedSender<jetstream::Me
             }
             Err(err) => tracing::warn!(error = %err, "cannot pull deliveries; retrying"),
         }
-        if inbox.is_closed() {
+        if inbox.strong_count() == 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

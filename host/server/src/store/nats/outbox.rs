@@ -261,14 +261,21 @@ impl NatsStore {
         now_ms: i64,
         limit: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
-        let mut arrived = Vec::new();
-        if let Some(inbox) = self.inboxes.lock().expect("inbox lock").get_mut(destination) {
-            while let Ok(message) = inbox.try_recv() {
-                arrived.push(message);
-            }
-        }
+        // Copies: the messages stay in the inbox, kept alive, until they are held.
+        let arrived = self
+            .inboxes
+            .lock()
+            .expect("inbox lock")
+            .get(destination)
+            .cloned()
+            .unwrap_or_default();
+        let taken = arrived.len();
         let fetched = self.block("take deliveries", self.read_arrived(arrived))?;
         let mut deliveries = self.deliveries.lock().expect("deliveries lock");
+        if let Some(inbox) = self.inboxes.lock().expect("inbox lock").get_mut(destination) {
+            // Only ever appended to meanwhile: the first `taken` are the ones read.
+            inbox.drain(..taken.min(inbox.len()));
+        }
         let held = deliveries.entry(destination.to_string()).or_default();
         for (seq, message, record, retries) in fetched {
             let delivery = delivery_of(seq, &record, &retries);
