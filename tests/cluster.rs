@@ -472,3 +472,73 @@ fn a_retry_after_longer_than_ack_wait_sends_nothing_twice_and_ends_on_the_latest
         assert_eq!(last[&format!("SKU-{sku}")], (sku + SKUS) as u64, "{last:?}");
     }
 }
+
+/// Caps the messages of the events stream (`SLUICE_IN`) at `bytes`, as
+/// JetStream's `max_msg_size` stream setting does, so that one publish of
+/// a request is refused by the real server while the others are stored.
+fn cap_inbound_messages(nats: &Nats, bytes: i32) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let stream = jetstream.get_stream("SLUICE_IN").await.unwrap();
+        let mut config = stream.cached_info().config.clone();
+        config.max_message_size = bytes;
+        jetstream.update_stream(config).await.unwrap();
+    });
+}
+
+/// The hardening issue's failed ingest: a request whose events go out in
+/// several messages, one of which JetStream refuses. Nothing of the
+/// request counts: the batches it stored are inert, its claims are
+/// released, and the client's retry (at once, not after the claims'
+/// lease) is delivered exactly once. (Before, the stored batches were
+/// delivered although the answer was an error, and a retry delivered them
+/// again.)
+#[test]
+fn a_request_that_fails_half_way_delivers_nothing_and_its_retry_delivers_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let destination = sink(|_, _| Reply::status(200));
+    let config = format!(
+        "queue = \"{}\"\nmax-body-bytes = 33554432\n[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n{}",
+        nats.url(),
+        token_hash(ACME),
+        stock_config(destination.addr, "", "qty")
+    );
+    let node = Sidecar::start(dir.path(), &config);
+    // Each 5 MB event is a message of its own (the server takes 8 MB);
+    // the stream takes at most 5.5 MB, so the 6 MB one is refused.
+    cap_inbound_messages(&nats, 5_500_000);
+    let event = |id: &str, sku: &str, padding: usize| json!({"id": id, "kind": "inventory", "tenant": "acme", "payload": {"sku": sku, "qty": 1, "pad": "x".repeat(padding)}});
+    let failing = [
+        event("f-1", "A", 5_000_000),
+        event("f-2", "B", 6_000_000),
+        event("f-3", "C", 5_000_000),
+    ];
+    let (status, answer) = ingest(&node, &failing);
+    assert!(status >= 500, "{status}: {answer}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(destination.count(), 0, "a failed request delivered events");
+
+    // The retry, with the large event made smaller, is taken at once.
+    let retry = [
+        event("f-1", "A", 5_000_000),
+        event("f-2", "B", 10),
+        event("f-3", "C", 5_000_000),
+    ];
+    let (status, answer) = ingest(&node, &retry);
+    assert_eq!((status, &answer["accepted"]), (202, &json!(3)), "{answer}");
+    wait_for("the retry delivered", PATIENCE, || destination.count() >= 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut skus: Vec<String> = destination
+        .received()
+        .iter()
+        .map(|r| r.json()["sku"].as_str().unwrap().to_string())
+        .collect();
+    skus.sort();
+    assert_eq!(skus, ["A", "B", "C"]);
+}
