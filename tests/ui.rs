@@ -275,3 +275,99 @@ fn the_page_stays_usable_with_500_channels_and_10000_dead_letters() {
     browser.find("tr[data-channel='ch-025']");
     browser.screenshot(&target_dir().join("ui-test/6-500-channels.png"));
 }
+
+/// The hardening issue's hostile letters, opened in a real browser: a
+/// violation path of 3.6 MB (1.2 million steps) that the payload lacks,
+/// which the page searched for step by step (quadratic), and a payload
+/// nested 10,000 levels deep, which the recursive drawing could not take
+/// (`RangeError`). Both open, show what they hold, and the page answers
+/// after each.
+#[test]
+fn hostile_dead_letters_open_in_a_real_browser() {
+    let respond: Arc<Responder> = Arc::new(|_, _| Reply::status(400));
+    let destination = Sink::start("127.0.0.1:0".parse().unwrap(), respond).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[limits]\ntimeout-ms = 10000\n[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n\
+         [[destination]]\nname = \"portal\"\nurl = \"http://{}/in\"\nentity-key = \"$.id\"\n\
+         [[channel]]\nname = \"hostile\"\ntenant = \"acme\"\ndestination = \"portal\"\n\
+         [[channel.step]]\nmodule = \"{}\"\n",
+        token_hash(ACME),
+        destination.addr,
+        guest("hostile").display()
+    );
+    let sidecar = Sidecar::start(dir.path(), &config);
+    let huge_path =
+        json!({"id": "huge-path", "kind": "product", "payload": {"attack": "huge-path"}}).to_string();
+    assert_eq!(api(&sidecar, ACME, "POST", "/v1/events", &huge_path).0, 202);
+    // A payload the module cannot read as an order: its fault is a dead letter holding it.
+    let deep = format!(
+        r#"{{"id": "deep-payload", "kind": "product", "payload": {}1{}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    let (status, answer) = api(&sidecar, ACME, "POST", "/v1/events", &deep);
+    assert_eq!(status, 202, "{answer}");
+    wait_for("both dead letters", PATIENCE, || {
+        api(&sidecar, ACME, "GET", "/v1/dead-letters", "")
+            .1
+            .as_array()
+            .is_some_and(|l| l.len() == 2)
+    });
+
+    let browser = Browser::start();
+    browser.open(&format!("{}/ui#token={ACME}", sidecar.base));
+    browser.find("body[data-ready='true']");
+
+    browser.click_on("#dead-letters tr[data-event='huge-path']");
+    browser.wait("the huge-path letter", || {
+        browser.text_of("#dl-title").filter(|t| t.contains("huge-path"))
+    });
+    // The path the payload lacks marks the whole payload, and shows cut.
+    let marked = browser.attribute_of("#dl-original .violation-missing", "data-path");
+    assert_eq!(marked.as_deref(), Some("$"));
+    let listed = browser.text_of("#dl-violations li").unwrap();
+    assert!(
+        listed.contains("(3600001 characters)"),
+        "{}",
+        &listed[..200.min(listed.len())]
+    );
+    assert_eq!(browser.run("return 1 + 1"), json!(2));
+
+    browser.click_on("#dead-letters tr[data-event='deep-payload']");
+    browser.wait("the deep-payload letter", || {
+        browser
+            .text_of("#dl-title")
+            .filter(|t| t.contains("deep-payload"))
+    });
+    // The server answers a payload deeper than its JSON reader takes as
+    // its text, which the page shows as a string.
+    let original = browser.text_of("#dl-original").unwrap();
+    assert!(
+        original.contains("[[[[[[[["),
+        "{}",
+        &original[..80.min(original.len())]
+    );
+    assert_eq!(browser.run("return 1 + 1"), json!(2));
+
+    // The page's own drawing, given such a value parsed (as a future
+    // server may send it) and a flat one of a million members: a tree to
+    // its bounds, the rest as cut text, and no `RangeError`.
+    let drawn = browser.run(
+        "const deep = JSON.parse('['.repeat(10000) + '1' + ']'.repeat(10000));
+         const wide = Array.from({ length: 1000000 }, (_, i) => ({ n: i }));
+         const counts = [deep, wide].map((value) => {
+           const target = document.createElement('div');
+           showJson(target, value, new Map([['$[0][0][0]', 'marked']]));
+           return [target.querySelectorAll('.node').length, target.querySelectorAll('.cut').length,
+                   target.querySelector('.violation') ? 1 : 0];
+         });
+         return counts;",
+    );
+    let [deep, wide] = [&drawn[0], &drawn[1]];
+    assert_eq!(deep[0], json!(101), "{drawn}");
+    assert!(deep[1].as_u64().unwrap() >= 1, "{drawn}");
+    assert_eq!(deep[2], json!(1), "{drawn}");
+    assert!(wide[0].as_u64().unwrap() <= 20_001, "{drawn}");
+    assert!(wide[1].as_u64().unwrap() >= 1, "{drawn}");
+}

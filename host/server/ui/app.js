@@ -243,55 +243,146 @@ function escapeName(name) {
   return [...name].map((c) => named[c] ?? (c.charCodeAt(0) < 0x20 ? `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}` : c)).join("");
 }
 
+// Bounds of drawing a tenant's value: past this depth, this many drawn
+// nodes, or a path this long, the rest shows as compact text of at most
+// TEXT_BYTES. A hostile letter (a payload 10,000 levels deep, a member
+// name of megabytes, a violation path of megabytes) must neither overflow
+// the stack nor freeze the page.
+const TREE_DEPTH = 100;
+const TREE_NODES = 20000;
+const TREE_PATH_BYTES = 8192;
+const TEXT_BYTES = 65536;
+
+// A piece of JSON syntax in compactJson's work list.
+class Syntax {
+  constructor(text) { this.text = text; }
+}
+
+// A value as compact JSON text, cut after `limit` characters, without
+// recursion (JSON.stringify overflows on deep values).
+function compactJson(value, limit = TEXT_BYTES) {
+  const out = [];
+  let size = 0;
+  const work = [value];
+  while (work.length) {
+    if (size > limit) {
+      out.push("…");
+      break;
+    }
+    const item = work.pop();
+    let text;
+    if (item instanceof Syntax) {
+      text = item.text;
+    } else if (Array.isArray(item)) {
+      work.push(new Syntax("]"));
+      for (let i = item.length - 1; i >= 0; i--) {
+        work.push(item[i]);
+        if (i > 0) work.push(new Syntax(","));
+      }
+      text = "[";
+    } else if (item && typeof item === "object") {
+      const keys = Object.keys(item);
+      work.push(new Syntax("}"));
+      for (let i = keys.length - 1; i >= 0; i--) {
+        work.push(item[keys[i]], new Syntax(`${JSON.stringify(keys[i])}:`));
+        if (i > 0) work.push(new Syntax(","));
+      }
+      text = "{";
+    } else {
+      text = JSON.stringify(item) ?? "null";
+    }
+    const room = limit - size + 1;
+    out.push(text.length > room ? text.slice(0, room) : text);
+    size += text.length;
+  }
+  return out.join("");
+}
+
+// A path or message cut for showing (the full text stays in the letter).
+function shortText(text, limit = 512) {
+  return text.length > limit ? `${text.slice(0, limit)}… (${text.length} characters)` : text;
+}
+
 // A JSON value as nested spans, each carrying its JSON path
-// (`$['a'][0]`, as violations name them); tenant data only as text.
-function jsonTree(value, path, marks, depth = 0) {
+// (`$['a'][0]`, as violations name them) and listed in `drawn.index`;
+// tenant data only as text.
+function jsonTree(value, path, marks, drawn, depth = 0) {
   const node = el("span", { class: "node", "data-path": path });
+  drawn.index.set(path, node);
+  drawn.nodes += 1;
   if (marks.has(path)) {
     node.classList.add("violation");
-    node.title = marks.get(path);
+    node.title = shortText(marks.get(path));
+  }
+  const container = value && typeof value === "object";
+  if (container && (depth >= TREE_DEPTH || path.length > TREE_PATH_BYTES)) {
+    node.classList.add("cut");
+    node.append(compactJson(value));
+    return node;
   }
   const pad = (d) => "\n" + "  ".repeat(d);
+  const more = (left) => el("span", { class: "cut" }, `… ${left} more`);
   if (Array.isArray(value)) {
     node.append("[");
-    value.forEach((item, i) => {
-      node.append(pad(depth + 1), jsonTree(item, `${path}[${i}]`, marks, depth + 1), i < value.length - 1 ? "," : "");
-    });
+    for (let i = 0; i < value.length; i++) {
+      if (drawn.nodes >= TREE_NODES) {
+        node.append(pad(depth + 1), more(value.length - i));
+        break;
+      }
+      node.append(pad(depth + 1), jsonTree(value[i], `${path}[${i}]`, marks, drawn, depth + 1), i < value.length - 1 ? "," : "");
+    }
     node.append(value.length ? pad(depth) + "]" : "]");
-  } else if (value && typeof value === "object") {
+  } else if (container) {
     const keys = Object.keys(value);
     node.append("{");
-    keys.forEach((key, i) => {
+    for (let i = 0; i < keys.length; i++) {
+      if (drawn.nodes >= TREE_NODES) {
+        node.append(pad(depth + 1), more(keys.length - i));
+        break;
+      }
+      const key = keys[i];
       const childPath = `${path}['${escapeName(key)}']`;
-      node.append(pad(depth + 1), el("span", { class: "key" }, JSON.stringify(key)), ": ",
-        jsonTree(value[key], childPath, marks, depth + 1), i < keys.length - 1 ? "," : "");
-    });
+      node.append(pad(depth + 1), el("span", { class: "key" }, shortText(JSON.stringify(key), TEXT_BYTES)), ": ",
+        jsonTree(value[key], childPath, marks, drawn, depth + 1), i < keys.length - 1 ? "," : "");
+    }
     node.append(keys.length ? pad(depth) + "}" : "}");
   } else {
-    node.append(JSON.stringify(value));
+    node.append(shortText(JSON.stringify(value) ?? "null", TEXT_BYTES));
   }
   return node;
 }
 
+// The nearest drawn parent of a normalized path, found from one pass over
+// the path's steps and one lookup per parent; a path longer than any drawn
+// one, or not in normalized form, has none.
+function nearestDrawn(path, index) {
+  if (!path.startsWith("$") || path.length > TREE_PATH_BYTES * 2) return null;
+  const step = /\['(?:[^'\\]|\\.)*'\]|\[\d+\]/y;
+  step.lastIndex = 1;
+  const ends = [];
+  while (step.lastIndex < path.length) {
+    if (!step.exec(path)) return null;
+    ends.push(step.lastIndex);
+  }
+  for (let i = ends.length - 2; i >= 0; i--) {
+    const found = index.get(path.slice(0, ends[i]));
+    if (found) return found;
+  }
+  return null;
+}
+
 function showJson(target, value, marks) {
-  target.replaceChildren(jsonTree(value, "$", marks));
-  // Paths a violation names but the payload lacks mark their nearest parent.
+  const drawn = { nodes: 0, index: new Map() };
+  target.replaceChildren(jsonTree(value, "$", marks, drawn));
+  // Paths a violation names but the payload lacks mark their nearest
+  // parent; a path not in normalized form (`$.items[*].w`, or any text a
+  // module sent) marks the whole payload.
   for (const [path, message] of marks) {
-    if (target.querySelector(`[data-path="${CSS.escape(path)}"]`)) continue;
-    // A path not in normalized form (`$.items[*].w`, or any text a module
-    // sent) has no parent to strip: it marks the whole payload.
-    let parent = path;
-    let found = null;
-    while (!found && parent.length > 1) {
-      const next = parent.replace(/(\['(?:[^'\\]|\\.)*'\]|\[\d+\])$/, "");
-      if (next === parent) break;
-      parent = next;
-      found = target.querySelector(`[data-path="${CSS.escape(parent)}"]`);
-    }
-    found = found || target.querySelector('[data-path="$"]');
+    if (drawn.index.has(path)) continue;
+    const found = nearestDrawn(path, drawn.index) || drawn.index.get("$");
     if (found) {
       found.classList.add("violation-missing");
-      found.title = `${path}: ${message}`;
+      found.title = `${shortText(path)}: ${shortText(message)}`;
     }
   }
 }
@@ -315,8 +406,8 @@ async function openLetter(id) {
   const marks = new Map(violations.filter((v) => v && typeof v.path === "string" && onOriginal(v))
     .map((v) => [v.path, v.message || v.code || ""]));
   $("dl-violations").replaceChildren(...(violations.length
-    ? violations.map((v) => el("li", {}, el("code", {}, v.path || ""), ` ${v.message || ""} `, el("span", { class: "code" }, v.code || "")))
-    : [el("li", {}, letter.detail == null ? "–" : typeof letter.detail === "string" ? letter.detail : JSON.stringify(letter.detail))]));
+    ? violations.slice(0, 200).map((v) => el("li", {}, el("code", {}, shortText(String(v.path || ""))), ` ${shortText(String(v.message || ""))} `, el("span", { class: "code" }, shortText(String(v.code || "")))))
+    : [el("li", {}, letter.detail == null ? "–" : typeof letter.detail === "string" ? shortText(letter.detail, TEXT_BYTES) : compactJson(letter.detail))]));
   const original = letter.original && typeof letter.original === "object" ? letter.original.payload ?? letter.original : letter.original;
   showJson($("dl-original"), original, marks);
   showJson($("dl-output"), letter.output ?? null, new Map());

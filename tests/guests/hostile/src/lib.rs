@@ -177,6 +177,14 @@ impl Transform for Hostile {
             "reject" => {
                 Outcome::reject_one(&JsonPath::root().key("attack"), "rejected", "rejected on request")
             }
+            // A violation path of about 3.6 MB (1.2 million `[0]` steps)
+            // that the payload does not have: a page that strips one step
+            // at a time and searches for each parent is quadratic in it.
+            "huge-path" => Outcome::Reject(vec![Violation {
+                path: format!("${}", "[0]".repeat(1_200_000)),
+                code: "rejected".into(),
+                message: "a path the payload does not have".into(),
+            }]),
             // Fan-out: three children; with `fan-out-panic` the second one
             // panics in the next step, with `fan-out-twice` each fans out again.
             "fan-out" | "fan-out-panic" | "fan-out-twice" => Outcome::Emit(
