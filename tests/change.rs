@@ -556,3 +556,85 @@ fn recorded_events_become_fixtures_that_pass_with_emails_redacted_alike() {
     let (status, _) = sidecar.send("GET", "/v1/channels/stock/record", Some(ACME), b"", "");
     assert_eq!(status, 404, "the recording ended");
 }
+
+/// A trial runs on instances of its own: the hostile guest's `count`
+/// answers how many events its instance has seen, so a backfill or a
+/// recording run through the live channel's warm instances would move the
+/// count the live channel emits next.
+#[test]
+fn trials_run_on_instances_of_their_own_and_leave_live_guest_state_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(|_, _| Reply::status(200)),
+    )
+    .unwrap();
+    let config = config(&sink).replace("name = \"stock\"", "name = \"counter\"");
+    let sidecar = Sidecar::start(dir.path(), &config);
+    let module = std::fs::read(guest("hostile")).unwrap();
+    let (status, uploaded) = sidecar.send(
+        "PUT",
+        "/v1/modules/counter",
+        Some(ACME),
+        &module,
+        "application/wasm",
+    );
+    assert_eq!(status, 201, "{uploaded}");
+    let pipeline = json!({"steps": [{"module": "counter", "version": uploaded["version"], "config": {}}]});
+    let (status, answer) = sidecar.send(
+        "POST",
+        "/v1/channels/counter/activate",
+        Some(ACME),
+        pipeline.to_string().as_bytes(),
+        "",
+    );
+    assert_eq!(status, 200, "{answer}");
+    let count = |id: &str| json!({"id": id, "kind": "product", "payload": {"attack": "count"}});
+    let seen = |sink: &Sink| -> Vec<u64> {
+        delivered(sink)
+            .iter()
+            .map(|p| p["seen"].as_u64().unwrap())
+            .collect()
+    };
+
+    for n in 0..3 {
+        ingest(&sidecar, &[count(&format!("c-{n}"))]);
+        wait_for("a delivery", PATIENCE, || sink.received().len() > n);
+    }
+    let before = seen(&sink);
+    let candidate = dir.path().join("candidate.json");
+    std::fs::write(&candidate, pipeline.to_string()).unwrap();
+    let (ok, report) = sidecar.cli_as(
+        ACME,
+        &["channels", "backfill", "counter", candidate.to_str().unwrap()],
+    );
+    assert!(ok && report["processed"] == 3, "{report}");
+    let out = dir.path().join("recorded");
+    let recorded = sidecar
+        .command_as(ACME)
+        .args([
+            "channels",
+            "record",
+            "counter",
+            "--last",
+            "3",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        recorded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&recorded.stderr)
+    );
+
+    ingest(&sidecar, &[count("c-3")]);
+    wait_for("the next delivery", PATIENCE, || sink.received().len() >= 4);
+    let after = seen(&sink);
+    assert_eq!(
+        after[3],
+        before[2] + 1,
+        "the live guest's count moved by a trial: {before:?} then {after:?}"
+    );
+}

@@ -306,6 +306,24 @@ struct CallFailure {
 }
 
 impl Module {
+    /// The same compiled module with instances of its own: warm instances
+    /// keep a guest's state between calls (a dedup cache, say), so a trial
+    /// (a backfill, a recording's expected outputs) run through the live
+    /// module's instances could change what the live channel emits next.
+    pub fn isolated(&self) -> Module {
+        Module {
+            name: self.name.clone(),
+            sha256: self.sha256.clone(),
+            size: self.size,
+            pre: self.pre.clone(),
+            limits: self.limits.clone(),
+            engine: self.engine.clone(),
+            cache: self.cache,
+            warm: Default::default(),
+            slow: SlowMark::default(),
+        }
+    }
+
     /// The module's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -87,6 +87,19 @@ impl Pipeline {
         }])
     }
 
+    /// This pipeline with instances of its own (see [`Module::isolated`]).
+    pub fn isolated(&self) -> Pipeline {
+        Self::new(
+            self.steps
+                .iter()
+                .map(|step| Step {
+                    module: Arc::new(step.module.isolated()),
+                    config: step.config.clone(),
+                })
+                .collect(),
+        )
+    }
+
     /// The steps, in order.
     pub fn steps(&self) -> &[Step] {
         &self.steps

@@ -58,7 +58,8 @@ pub async fn start(
     let (spec, pipeline) = read_candidate(app, channel, request).await?;
     let shadow = Arc::new(Shadow {
         spec,
-        pipeline,
+        // Its own instances: a guest's state must not pass between versions.
+        pipeline: pipeline.isolated(),
         canary_percent,
         started_ms: crate::store::now_ms(),
         comparison: Mutex::default(),
@@ -404,7 +405,8 @@ async fn finish(
     events: Vec<sluice_engine::event::EventJson>,
     mut redactor: Redactor,
 ) -> Result<serde_json::Value, ApiError> {
-    let pipeline = channel.pipeline();
+    // Instances of its own, so the live channel's guests keep their state.
+    let pipeline = channel.pipeline().isolated();
     let permit = app.transform_permit(&channel.tenant).await?;
     let cases = tokio::task::spawn_blocking(move || {
         let cases = cases(&events, &mut redactor, &pipeline);

@@ -49,7 +49,7 @@ impl Backfill {
     pub fn new(spec: PipelineSpec, pipeline: Pipeline, since_ms: i64, limit: Option<u64>) -> Self {
         Self {
             spec,
-            pipeline,
+            pipeline: pipeline.isolated(),
             since_ms,
             limit,
             until_ms: crate::store::now_ms(),
@@ -136,7 +136,8 @@ impl Backfill {
         // Compared against the pipeline active when it started, all along:
         // an activation meanwhile (say, promoting this very candidate)
         // would otherwise compare the candidate with itself.
-        let current = channel.pipeline();
+        // Instances of its own, so the live channel's guests keep their state.
+        let current = channel.pipeline().isolated();
         let mut after = None;
         loop {
             if self.cancelled.load(Ordering::Relaxed) {
