@@ -496,3 +496,49 @@ fn parallel_uploads_are_not_held_in_memory_before_their_permits() {
     );
     assert!(peak < 160 << 20, "the sidecar peaked at {} MiB", peak >> 20);
 }
+
+/// `component` with a custom section added: the same code under a new
+/// version, which is compiled again (a custom section is id 0, a
+/// LEB128 size, a name and bytes, allowed anywhere in a component).
+fn variant(component: &[u8], n: u32) -> Vec<u8> {
+    let name = b"sluice-variant";
+    let payload = n.to_le_bytes();
+    let size = 1 + name.len() + payload.len();
+    let mut out = component.to_vec();
+    out.extend_from_slice(&[0, size as u8, name.len() as u8]);
+    out.extend_from_slice(name);
+    out.extend_from_slice(&payload);
+    out
+}
+
+/// A tenant that uploads new versions back to back spends its budget of
+/// upload-check CPU seconds, then hears 429 with `Retry-After` and the key
+/// to raise; another tenant uploads as before.
+#[test]
+fn uploads_past_a_tenants_compile_budget_wait_and_other_tenants_do_not() {
+    let destination = sink();
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(dir.path(), &config(&destination, "compile-seconds-per-hour = 1"));
+    let module = wasm("json-mapping");
+    let mut refused = None;
+    for n in 0..50 {
+        let answer = upload(&sidecar, ACME, "busy", &variant(&module, n));
+        if answer.0 == 429 {
+            refused = Some(answer);
+            break;
+        }
+        assert_eq!(answer.0, 201, "{}", answer.1);
+    }
+    let (status, body) = refused.expect("a budget of 1 CPU second is spent within 50 compiles");
+    assert_eq!(body["code"], "compile-budget-exhausted", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("compile-seconds-per-hour"),
+        "{body}"
+    );
+    assert_eq!(status, 429);
+    let (status, other) = upload(&sidecar, GLOBEX, "theirs", &variant(&module, 1000));
+    assert_eq!(status, 201, "{other}");
+}

@@ -96,6 +96,11 @@ pub struct EngineOptions {
     pub max_instances: u32,
     /// The largest memory any module may be granted, in bytes.
     pub max_memory_bytes: usize,
+    /// Compile one component on several threads (wasmtime's own pool). A
+    /// sidecar turns it off, so that compiling a tenant's upload takes one
+    /// core, at the priority of the thread that asked, rather than all of
+    /// them. Does not change the compiled code.
+    pub parallel_compilation: bool,
     /// Adjusts wasmtime's configuration before Sluice applies its own, for
     /// measuring speed levers side by side (`benches/transform.rs`). Only
     /// with the `levers` feature: a tuning can change more than speed (stack
@@ -111,6 +116,7 @@ impl Default for EngineOptions {
             cache_dir: None,
             max_instances: 64,
             max_memory_bytes: 1 << 30,
+            parallel_compilation: true,
             #[cfg(feature = "levers")]
             tune: None,
         }
@@ -188,6 +194,7 @@ impl Engine {
             .wasm_component_model(true)
             .epoch_interruption(true)
             .consume_fuel(options.fuel)
+            .parallel_compilation(options.parallel_compilation)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let wasmtime = wasmtime::Engine::new(&config).map_err(|e| EngineError::Config(e.to_string()))?;
 

@@ -123,6 +123,10 @@ pub struct TenantConfig {
     /// Consecutive module faults (traps, limits) after which a channel pauses; 0: never.
     #[serde(default = "default_circuit_breaker")]
     pub circuit_breaker: u32,
+    /// CPU seconds of upload checks (compiling, fixtures) the tenant may
+    /// use per hour; past it, uploads answer 429 until it refills (0: no limit).
+    #[serde(default = "default_compile_seconds")]
+    pub compile_seconds_per_hour: u64,
 }
 
 impl TenantConfig {
@@ -140,6 +144,7 @@ impl TenantConfig {
             ingest_rate: None,
             transform_concurrency: default_transform_concurrency(),
             circuit_breaker: default_circuit_breaker(),
+            compile_seconds_per_hour: default_compile_seconds(),
         }
     }
 }
@@ -320,6 +325,10 @@ fn default_shutdown_grace() -> u64 {
 fn default_transform_concurrency() -> usize {
     1
 }
+fn default_compile_seconds() -> u64 {
+    600
+}
+
 fn default_circuit_breaker() -> u32 {
     10
 }

@@ -125,6 +125,8 @@ impl Sidecar {
                     .clone()
                     .unwrap_or_else(|| data_dir.join("module-cache")),
             ),
+            // A tenant's upload compiles on one low-priority core (see `modules::compile`).
+            parallel_compilation: false,
             ..EngineOptions::default()
         })?;
         let mut channels = Vec::new();

@@ -23,6 +23,7 @@ use crate::store::{ModuleVersion, now_ms};
 use sluice_engine::fixtures::{CaseResult, Subject, SuiteOptions, run_suite};
 use sluice_engine::{LoadError, Module};
 
+use crate::modules::compile::run_check;
 use crate::modules::files::store_file;
 use crate::modules::unpack::{UnpackCaps, UnpackError, unpack};
 
@@ -146,18 +147,39 @@ pub async fn upload(
             .map_err(|err| refused(app, &tenant_name, err))?;
     }
 
+    if let Err(wait) = tenant.compile_budget.admit(std::time::Instant::now()) {
+        let error = ApiError::rate_limited(
+            format!(
+                "tenant `{tenant_name}` has used its {} CPU seconds of upload checks this hour (compile-seconds-per-hour); retry after {} s",
+                tenant.config.compile_seconds_per_hour,
+                wait.as_secs()
+            ),
+            wait,
+        );
+        return Err(refused(
+            app,
+            &tenant_name,
+            ApiError {
+                code: "compile-budget-exhausted",
+                ..error
+            },
+        ));
+    }
     let engine = app.engine.clone();
     let limits = tenant.limits.clone();
     let checked = {
         let bytes = bytes.clone();
         let fixtures = fixtures.clone();
-        tokio::task::spawn_blocking(move || {
+        // On a low-priority thread of its own, the permit held for as long as it runs.
+        let (checked, cpu) = run_check(move || {
             let checked = check(&engine, &module_name, &bytes, limits, &fixtures);
             drop(permit);
             checked
         })
         .await
-        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+        tenant.compile_budget.charge(cpu, std::time::Instant::now());
+        checked
     };
     let (module, report) = checked.map_err(|err| refused(app, &tenant_name, err))?;
     if unchanged {

@@ -215,6 +215,8 @@ pub struct Tenant {
     pub permits: Arc<Semaphore>,
     /// One module upload of this tenant at a time (quotas stay exact).
     pub uploads: Arc<Semaphore>,
+    /// CPU seconds its upload checks may still take this hour.
+    pub compile_budget: crate::modules::compile::CompileBudget,
     ingest: Option<Mutex<TokenBucket>>,
 }
 
@@ -223,6 +225,7 @@ impl Tenant {
         Self {
             permits: Arc::new(Semaphore::new(config.transform_concurrency.max(1))),
             uploads: Arc::new(Semaphore::new(1)),
+            compile_budget: crate::modules::compile::CompileBudget::new(config.compile_seconds_per_hour),
             ingest: config
                 .ingest_rate
                 .map(|rate| Mutex::new(TokenBucket::new(rate, rate.count.max(1)))),
