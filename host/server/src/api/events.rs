@@ -44,6 +44,46 @@ pub async fn ingest(
         .await
         .map_err(|join| ApiError::internal(format!("the ingest task failed: {join}")))??;
 
+    accept(app, parsed).await
+}
+
+/// Queues checked events for the channels that take them, within their
+/// tenants' storage and ingest rate, and stores them; the 202 answer.
+async fn accept(app: &App, parsed: Vec<Prepared>) -> Result<Response<Body>, ApiError> {
+    let (batch, logged, woken) = fan_out(app, parsed);
+    admit(app, &batch)?;
+    let queue = app.queue.clone();
+    let receipts = blocking(move || queue.ingest(batch)).await?;
+    for channel in woken {
+        app.wake_channel(channel);
+    }
+
+    let mut duplicates = 0;
+    for (receipt, (tenant, correlation_id)) in receipts.iter().zip(&logged) {
+        app.emit(crate::observe::events::Accepted {
+            tenant,
+            event_id: &receipt.id,
+            correlation_id,
+            duplicate: receipt.duplicate,
+        });
+        duplicates += usize::from(receipt.duplicate);
+    }
+    Ok(json_response(
+        StatusCode::ACCEPTED,
+        &json!({
+            "accepted": receipts.len() - duplicates,
+            "duplicates": duplicates,
+            "events": receipts,
+        }),
+    ))
+}
+
+/// Each event with the channels it is queued for, what its log line
+/// names, and the channels to wake.
+fn fan_out(
+    app: &App,
+    parsed: Vec<Prepared>,
+) -> (Vec<Ingest>, Vec<(String, String)>, Vec<&crate::state::Channel>) {
     let mut batch = Vec::with_capacity(parsed.len());
     let mut logged = Vec::with_capacity(parsed.len());
     let mut woken = Vec::new();
@@ -69,8 +109,14 @@ pub async fn ingest(
         });
     }
 
+    (batch, logged, woken)
+}
+
+/// Refuses (429) a batch that would take a tenant past its stored events
+/// or its ingest rate; nothing of it is stored then.
+fn admit(app: &App, batch: &[Ingest]) -> Result<(), ApiError> {
     let mut per_tenant = std::collections::BTreeMap::<&str, usize>::new();
-    for item in &batch {
+    for item in batch {
         *per_tenant.entry(item.tenant.as_str()).or_default() += 1;
     }
     for (name, count) in &per_tenant {
@@ -90,30 +136,7 @@ pub async fn ingest(
             ));
         }
     }
-    let queue = app.queue.clone();
-    let receipts = blocking(move || queue.ingest(batch)).await?;
-    for channel in woken {
-        app.wake_channel(channel);
-    }
-
-    let mut duplicates = 0;
-    for (receipt, (tenant, correlation_id)) in receipts.iter().zip(&logged) {
-        app.emit(crate::observe::events::Accepted {
-            tenant,
-            event_id: &receipt.id,
-            correlation_id,
-            duplicate: receipt.duplicate,
-        });
-        duplicates += usize::from(receipt.duplicate);
-    }
-    Ok(json_response(
-        StatusCode::ACCEPTED,
-        &json!({
-            "accepted": receipts.len() - duplicates,
-            "duplicates": duplicates,
-            "events": receipts,
-        }),
-    ))
+    Ok(())
 }
 
 /// One event ready to store: checked, stamped with its tenant, serialised.

@@ -129,10 +129,13 @@ pub async fn upload(
             ),
         ));
     }
-    let version = hex::encode(Sha256::digest(&bytes));
+    // Up to `max-module-bytes` to hash: on a blocking thread.
+    let (version, bytes) = tokio::task::spawn_blocking(move || (hex::encode(Sha256::digest(&bytes)), bytes))
+        .await
+        .map_err(ApiError::internal)?;
 
     let registry = app.registry.clone();
-    let (key, module_name) = (tenant_name.clone(), name.to_string());
+    let key = tenant_name.clone();
     let held = blocking(move || registry.modules(&key, None)).await?;
     // The same bytes again: nothing to store, but fixtures sent with them
     // are still run (an upload is also a check), and a stored file that was
@@ -147,6 +150,25 @@ pub async fn upload(
             .map_err(|err| refused(app, &tenant_name, err))?;
     }
 
+    let checked = run_budgeted_check(app, &tenant, &tenant_name, name, bytes.clone(), fixtures, permit).await;
+    let (module, report) = checked.map_err(|err| refused(app, &tenant_name, err))?;
+    if unchanged {
+        return unchanged_upload(app, &tenant_name, name, &version, bytes, report).await;
+    }
+    store_upload(app, &tenant_name, name, version, bytes, module, report).await
+}
+
+/// Runs the check of an upload within the tenant's compile budget, on a
+/// low-priority thread of its own that holds `permit` for as long as it runs.
+async fn run_budgeted_check(
+    app: &App,
+    tenant: &crate::state::Tenant,
+    tenant_name: &str,
+    name: &str,
+    bytes: Vec<u8>,
+    fixtures: std::path::PathBuf,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) -> Result<(Module, Value), ApiError> {
     if let Err(wait) = tenant.compile_budget.admit(std::time::Instant::now()) {
         let error = ApiError::rate_limited(
             format!(
@@ -156,36 +178,34 @@ pub async fn upload(
             ),
             wait,
         );
-        return Err(refused(
-            app,
-            &tenant_name,
-            ApiError {
-                code: "compile-budget-exhausted",
-                ..error
-            },
-        ));
+        return Err(ApiError {
+            code: "compile-budget-exhausted",
+            ..error
+        });
     }
-    let engine = app.engine.clone();
-    let limits = tenant.limits.clone();
-    let checked = {
-        let bytes = bytes.clone();
-        let fixtures = fixtures.clone();
-        // On a low-priority thread of its own, the permit held for as long as it runs.
-        let (checked, cpu) = run_check(move || {
-            let checked = check(&engine, &module_name, &bytes, limits, &fixtures);
-            drop(permit);
-            checked
-        })
-        .await
-        .map_err(ApiError::internal)?;
-        tenant.compile_budget.charge(cpu, std::time::Instant::now());
+    let (engine, limits, module_name) = (app.engine.clone(), tenant.limits.clone(), name.to_string());
+    let (checked, cpu) = run_check(move || {
+        let checked = check(&engine, &module_name, &bytes, limits, &fixtures);
+        drop(permit);
         checked
-    };
-    let (module, report) = checked.map_err(|err| refused(app, &tenant_name, err))?;
-    if unchanged {
-        return unchanged_upload(app, &tenant_name, name, &version, bytes, report).await;
-    }
+    })
+    .await
+    .map_err(ApiError::internal)?;
+    tenant.compile_budget.charge(cpu, std::time::Instant::now());
+    checked
+}
 
+/// Stores a checked upload: its file, its shared copy, its compiled
+/// artifact, and its record; answers 201.
+async fn store_upload(
+    app: &App,
+    tenant_name: &str,
+    name: &str,
+    version: String,
+    bytes: Vec<u8>,
+    module: Module,
+    report: Value,
+) -> Result<Response<Body>, ApiError> {
     let stored = {
         let (dir, version, bytes) = (app.modules_dir.clone(), version.clone(), bytes.clone());
         tokio::task::spawn_blocking(move || store_file(&dir, &version, &bytes)).await
@@ -200,7 +220,7 @@ pub async fn upload(
         .await
         .map_err(ApiError::internal)?;
     let record = ModuleVersion {
-        tenant: tenant_name.clone(),
+        tenant: tenant_name.to_string(),
         name: name.to_string(),
         version: version.clone(),
         size: bytes.len() as u64,
@@ -208,7 +228,7 @@ pub async fn upload(
     };
     let registry = app.registry.clone();
     blocking(move || registry.add_module(&record)).await?;
-    app.metrics.upload(&tenant_name, "stored");
+    app.metrics.upload(tenant_name, "stored");
     tracing::info!(tenant = %tenant_name, module = %name, version = %version, size = bytes.len(), "module stored");
     Ok(json_response(
         StatusCode::CREATED,

@@ -62,6 +62,32 @@ pub async fn transform(
         .map_err(|join| ApiError::internal(format!("the transform task failed: {join}")))?
         .outcomes;
 
+    // Serialising up to `max-response-bytes` of outcomes: off the async
+    // threads unless they are small.
+    let max_bytes = app.settings.max_response_bytes;
+    let payload_bytes: usize = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            OutcomeJson::Emit { events } => events.iter().map(|e| e.payload.get().len()).sum(),
+            _ => 0,
+        })
+        .sum();
+    if payload_bytes <= INLINE_PARSE_BYTES {
+        return answer(outcomes, strict, single, max_bytes);
+    }
+    tokio::task::spawn_blocking(move || answer(outcomes, strict, single, max_bytes))
+        .await
+        .map_err(|join| ApiError::internal(format!("the answer task failed: {join}")))?
+}
+
+/// The answer to a synchronous transform: the outcomes (one, or an array),
+/// wrapped with a code when `strict` turns a reject or a fault into 422 or 500.
+fn answer(
+    outcomes: Vec<OutcomeJson>,
+    strict: bool,
+    single: bool,
+    max_bytes: usize,
+) -> Result<Response<Body>, ApiError> {
     let status = if strict && outcomes.iter().any(|o| matches!(o, OutcomeJson::Error { .. })) {
         StatusCode::INTERNAL_SERVER_ERROR
     } else if strict && outcomes.iter().any(|o| matches!(o, OutcomeJson::Reject { .. })) {
@@ -77,14 +103,14 @@ pub async fn transform(
         serde_json::to_vec(&outcomes)
     }
     .map_err(|err| ApiError::internal(format!("cannot write the outcomes: {err}")))?;
-    if outcomes.len() > app.settings.max_response_bytes {
+    if outcomes.len() > max_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "response-too-large",
             format!(
                 "the outcomes take {} bytes, over the {}-byte limit for one answer: send fewer events per request",
                 outcomes.len(),
-                app.settings.max_response_bytes
+                max_bytes
             ),
         ));
     }
@@ -105,7 +131,7 @@ pub async fn transform(
 }
 
 /// One event object, or an array of them; errors name the JSON path.
-/// Largest body parsed on the async thread that received it.
+/// Largest body parsed, and about the largest answer written, on the async thread that serves it.
 const INLINE_PARSE_BYTES: usize = 64 << 10;
 
 /// The body's events, each checked as ingest checks them, and whether the

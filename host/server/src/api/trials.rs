@@ -222,6 +222,40 @@ pub async fn start_recording(
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
     let body = read_body(request, app.max_body_bytes, app.settings.body_timeout).await?;
+    let Asked {
+        redact,
+        key,
+        redactor,
+        wanted,
+        field,
+    } = read_recording_request(&body)?;
+    if field == "count" {
+        let recording = Arc::new(Recording::new(wanted, redact, key));
+        *channel.recording.lock().expect("recording lock") = Some(recording);
+        tracing::info!(channel = %channel.name, tenant = %channel.tenant, count = wanted, "recording started");
+        return Ok(json_response(
+            StatusCode::ACCEPTED,
+            &json!({"state": "recording", "captured": 0, "wanted": wanted}),
+        ));
+    }
+    let newest = newest_events(app, channel, wanted).await?;
+    let mut events = newest.events();
+    events.reverse();
+    let answer = finish(app, channel, events, redactor).await?;
+    Ok(json_response(StatusCode::OK, &answer))
+}
+
+/// A recording request, checked.
+struct Asked {
+    redact: Vec<String>,
+    key: Vec<u8>,
+    redactor: Redactor,
+    wanted: usize,
+    field: &'static str,
+}
+
+/// Reads `{"count" | "last", "redact", "key"}`; every refusal names its field.
+fn read_recording_request(body: &[u8]) -> Result<Asked, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(&body);
     let asked: RecordRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = sluice_engine::diff::path_from_serde(err.path());
@@ -263,18 +297,24 @@ pub async fn start_recording(
             Some(&format!("$['{field}']")),
         ));
     }
-    if field == "count" {
-        let recording = Arc::new(Recording::new(wanted, asked.redact, key));
-        *channel.recording.lock().expect("recording lock") = Some(recording);
-        tracing::info!(channel = %channel.name, tenant = %channel.tenant, count = wanted, "recording started");
-        return Ok(json_response(
-            StatusCode::ACCEPTED,
-            &json!({"state": "recording", "captured": 0, "wanted": wanted}),
-        ));
-    }
-    // Read, parsed and taken on a blocking thread under one of the
-    // tenant's transform permits, bounded as a recording is: `wanted`
-    // events, at most its bytes, and pages of at most `STORED_PAGE_BYTES`.
+    Ok(Asked {
+        redact: asked.redact,
+        key,
+        redactor,
+        wanted,
+        field,
+    })
+}
+
+/// The channel's newest `wanted` stored events, newest first: read,
+/// parsed and taken on a blocking thread under one of the tenant's
+/// transform permits, bounded as a recording is (`wanted` events, at most
+/// its bytes, and pages of at most `STORED_PAGE_BYTES`).
+async fn newest_events(
+    app: &App,
+    channel: &crate::state::Channel,
+    wanted: usize,
+) -> Result<Recording, ApiError> {
     let permit = app.transform_permit(&channel.tenant).await?;
     let (queue, tenant, taker) = (
         app.queue.clone(),
@@ -308,10 +348,7 @@ pub async fn start_recording(
         Ok(newest)
     })
     .await?;
-    let mut events = newest.events();
-    events.reverse();
-    let answer = finish(app, channel, events, redactor).await?;
-    Ok(json_response(StatusCode::OK, &answer))
+    Ok(newest)
 }
 
 /// `GET /v1/channels/{name}/record`: a recording's progress; once it has

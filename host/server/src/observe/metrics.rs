@@ -145,6 +145,9 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Default for Metrics {
+    // Longer than most functions on purpose: each metric is declared and
+    // registered with its help text in one place, in the order
+    // docs/reference/metrics-and-logs.md lists them.
     fn default() -> Self {
         let mut registry = Registry::with_prefix("sluice");
         let metrics = Self {

@@ -3,29 +3,33 @@
 //! fairness), tokens, and the stores.
 
 pub mod auth;
+mod channel;
+mod destination;
 pub(crate) mod entity_key;
+mod tenant;
+
+pub use channel::{Channel, versions};
+pub use destination::Destination;
+pub use tenant::Tenant;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::change::backfill::Backfill;
-use crate::change::record::Recording;
-use crate::change::shadow::{CanaryPick, Shadow};
-use crate::config::{DestinationConfig, RetryPolicy, ServerConfig, TenantConfig, WhenOff};
+use crate::change::shadow::CanaryPick;
+use crate::config::ServerConfig;
 use crate::observe::metrics::Metrics;
 use crate::state::auth::{Caller, Tokens};
 use crate::state::entity_key::EntityKey;
 use crate::store::{Queue, Registry, StoreError};
-use crate::workers::backoff::TokenBucket;
 use crate::workers::supervisor::WorkerBoard;
+use sluice_engine::Engine;
 use sluice_engine::event::{EventJson, OutcomeJson};
 use sluice_engine::pipeline::{Pipeline, PipelineSpec, Step};
-use sluice_engine::{Engine, Limits};
 
 /// Why the shared state refused a request; `api/` turns it into an answer.
 #[derive(Debug, thiserror::Error)]
@@ -46,202 +50,6 @@ pub struct Ran {
     pub outcomes: Vec<OutcomeJson>,
     /// With a canary: which outcomes came from the candidate.
     pub canary: Option<CanaryPick>,
-}
-
-/// A channel as served: its tenant, pipeline, destination and switch.
-pub struct Channel {
-    /// The channel's name.
-    pub name: String,
-    /// Its tenant: events are fanned out to the channels of their tenant.
-    pub tenant: String,
-    /// Where ingested events go after the pipeline; none: sync path only.
-    pub destination: Option<String>,
-    /// What happens to events ingested while the channel is off.
-    pub when_off: WhenOff,
-    /// Only events from these sources are fanned out to it (empty: all).
-    pub sources: Vec<String>,
-    /// Limits of the modules activated on this channel.
-    pub limits: Limits,
-    pipeline: RwLock<Pipeline>,
-    config_pipeline: Pipeline,
-    enabled: AtomicBool,
-    faults: AtomicU32,
-    tripped: Mutex<Option<String>>,
-    degraded: Mutex<Option<String>>,
-    active_spec: Mutex<Option<String>>,
-    stored: AtomicU64,
-    shadow: RwLock<Option<Arc<Shadow>>>,
-    /// The backfill running or last run, if any.
-    pub(crate) backfill: Mutex<Option<Arc<Backfill>>>,
-    /// The recording in progress, if any.
-    pub(crate) recording: Mutex<Option<Arc<Recording>>>,
-    pub(super) wake: Notify,
-}
-
-impl Channel {
-    /// A channel running `pipeline`, switched on.
-    pub fn new(name: &str, tenant: &str, pipeline: Pipeline) -> Self {
-        Self {
-            name: name.to_string(),
-            tenant: tenant.to_string(),
-            destination: None,
-            when_off: WhenOff::Hold,
-            sources: Vec::new(),
-            limits: Limits::default(),
-            pipeline: RwLock::new(pipeline.clone()),
-            config_pipeline: pipeline,
-            enabled: AtomicBool::new(true),
-            faults: AtomicU32::new(0),
-            tripped: Mutex::new(None),
-            degraded: Mutex::new(None),
-            active_spec: Mutex::new(None),
-            stored: AtomicU64::new(0),
-            shadow: RwLock::new(None),
-            backfill: Mutex::new(None),
-            recording: Mutex::new(None),
-            wake: Notify::new(),
-        }
-    }
-
-    /// Why the channel cannot run its activated pipeline (a stored module
-    /// is missing or damaged), if it cannot. Its events wait meanwhile.
-    pub fn degraded(&self) -> Option<String> {
-        self.degraded.lock().expect("degraded lock").clone()
-    }
-
-    /// The activated pipeline's spec as stored (`None`: the config's), as last applied here.
-    pub fn active_spec(&self) -> Option<String> {
-        self.active_spec.lock().expect("spec lock").clone()
-    }
-
-    /// Records which stored spec now runs (see [`Channel::active_spec`]).
-    pub fn set_active_spec(&self, spec: Option<String>) {
-        *self.active_spec.lock().expect("spec lock") = spec;
-    }
-
-    /// Events the channel keeps stored (queued and dead letters), as last counted.
-    pub fn stored(&self) -> u64 {
-        self.stored.load(Ordering::Relaxed)
-    }
-
-    pub(super) fn set_stored(&self, count: u64) {
-        self.stored.store(count, Ordering::Relaxed);
-    }
-
-    /// The candidate running beside the active pipeline, if one does.
-    pub fn shadow(&self) -> Option<Arc<Shadow>> {
-        self.shadow.read().expect("shadow lock").clone()
-    }
-
-    /// Starts (`Some`) or stops (`None`) a shadow; returns the one it replaces.
-    pub fn set_shadow(&self, shadow: Option<Arc<Shadow>>) -> Option<Arc<Shadow>> {
-        std::mem::replace(&mut *self.shadow.write().expect("shadow lock"), shadow)
-    }
-
-    /// The pipeline now active. A batch takes it once and finishes on it,
-    /// whatever is activated meanwhile.
-    pub fn pipeline(&self) -> Pipeline {
-        self.pipeline.read().expect("pipeline lock").clone()
-    }
-
-    /// Whether an ingested event of this tenant and source is for this channel.
-    pub fn takes(&self, tenant: &str, source: &str) -> bool {
-        self.destination.is_some()
-            && self.tenant == tenant
-            && (self.sources.is_empty() || self.sources.iter().any(|s| s == source))
-    }
-
-    /// Whether the channel is switched on and can run (not degraded).
-    pub fn enabled(&self) -> bool {
-        self.enabled.load(Ordering::Acquire) && self.degraded().is_none()
-    }
-
-    /// Why the circuit breaker paused the channel, if it did.
-    pub fn tripped(&self) -> Option<String> {
-        self.tripped.lock().expect("breaker lock").clone()
-    }
-
-    /// Whether events ingested now are queued for this channel.
-    pub fn queues_new_events(&self) -> bool {
-        self.enabled()
-            || self.when_off == WhenOff::Hold
-            || self.tripped().is_some()
-            || self.degraded().is_some()
-    }
-}
-
-/// `module@version` of every step of a pipeline, recorded with what it produces.
-pub fn versions(pipeline: &Pipeline) -> Vec<String> {
-    pipeline
-        .steps()
-        .iter()
-        .map(|step| format!("{}@{}", step.module.name(), step.module.version()))
-        .collect()
-}
-
-/// A destination as served: its config, retry policy and compiled entity key.
-pub struct Destination {
-    /// As configured.
-    pub config: DestinationConfig,
-    /// Its retry policy (its own, or the config's default).
-    pub retry: RetryPolicy,
-    /// Selects the entity (SKU) whose order is kept.
-    pub entity_key: Arc<EntityKey>,
-    /// What its delivery worker is doing, for the operations page.
-    pub status: Mutex<DestinationStatus>,
-    pub(super) wake: Notify,
-}
-
-/// A destination's delivery worker as last seen.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct DestinationStatus {
-    /// Requests being sent now.
-    pub in_flight: usize,
-    /// Until when a `Retry-After` pauses it (ms since the Unix epoch).
-    pub paused_until: Option<i64>,
-    /// The last failed attempt: when, the status (if any) and a snippet.
-    pub last_error: Option<crate::store::Attempt>,
-}
-
-/// A tenant as served: its settings and its share of the machine.
-pub struct Tenant {
-    /// As configured (defaults for a tenant named only by channels or the admin API).
-    pub config: TenantConfig,
-    /// Limits of its modules.
-    pub limits: Limits,
-    /// Pipelines of this tenant that may run at once, so that one tenant
-    /// cannot take every core from the others.
-    pub permits: Arc<Semaphore>,
-    /// One module upload of this tenant at a time (quotas stay exact).
-    pub uploads: Arc<Semaphore>,
-    /// CPU seconds its upload checks may still take this hour.
-    pub compile_budget: crate::modules::compile::CompileBudget,
-    ingest: Option<Mutex<TokenBucket>>,
-}
-
-impl Tenant {
-    fn new(config: TenantConfig, limits: Limits) -> Self {
-        Self {
-            permits: Arc::new(Semaphore::new(config.transform_concurrency.max(1))),
-            uploads: Arc::new(Semaphore::new(1)),
-            compile_budget: crate::modules::compile::CompileBudget::new(config.compile_seconds_per_hour),
-            ingest: config
-                .ingest_rate
-                .map(|rate| Mutex::new(TokenBucket::new(rate, rate.count.max(1)))),
-            limits,
-            config,
-        }
-    }
-
-    /// Takes `events` tokens from the tenant's ingest budget; otherwise how long to wait.
-    pub fn admit(&self, events: usize) -> Result<(), Duration> {
-        let Some(bucket) = &self.ingest else {
-            return Ok(());
-        };
-        let mut bucket = bucket.lock().expect("ingest bucket lock");
-        bucket.try_take_many(Instant::now(), events)
-    }
 }
 
 /// Everything a request handler or worker needs; shared by all of them.
@@ -353,24 +161,10 @@ impl App {
         engine: Engine,
         data_dir: PathBuf,
     ) -> Result<Self, ActivationError> {
-        let tokens = Tokens::default();
-        for hash in &config.admin_token_sha256 {
-            tokens.add(hash, Caller::Admin);
-        }
-        for hash in &config.metrics_token_sha256 {
-            tokens.add(hash, Caller::Metrics);
-        }
+        let tokens = Self::tokens(config, registry.as_ref())?;
         let mut tenant_names: Vec<String> = config.tenants.iter().map(|t| t.name.clone()).collect();
         tenant_names.extend(channels.iter().map(|c| c.tenant.clone()));
         tenant_names.extend(registry.tenants()?);
-        for tenant in &config.tenants {
-            for hash in &tenant.token_sha256 {
-                tokens.add(hash, Caller::Tenant(tenant.name.clone()));
-            }
-        }
-        for (tenant, hash) in registry.tokens()? {
-            tokens.add(&hash, Caller::Tenant(tenant));
-        }
         let tenants = tenant_names
             .into_iter()
             .map(|name| {
@@ -378,39 +172,9 @@ impl App {
                 (name, Arc::new(tenant))
             })
             .collect();
-
-        let mut by_name = BTreeMap::new();
-        for mut channel in channels {
-            if let Some(spec) = config.channels.iter().find(|c| c.name == channel.name) {
-                channel.destination = spec.destination.clone();
-                channel.when_off = spec.when_off;
-                channel.sources = spec.sources.clone();
-                channel.limits = config.channel_limits(spec);
-                let enabled = queue.set_enabled(&channel.name, spec.enabled, true)?;
-                channel.enabled.store(enabled, Ordering::Release);
-                *channel.tripped.lock().expect("breaker lock") = queue.tripped(&channel.name)?;
-            }
-            by_name.insert(channel.name.clone(), channel);
-        }
-        let destinations = config
-            .destinations
-            .iter()
-            .map(|spec| {
-                let destination = Destination {
-                    retry: spec.retry.clone().unwrap_or_else(|| config.retry.clone()),
-                    entity_key: Arc::new(
-                        EntityKey::compile(&spec.entity_key).expect("checked when the config was parsed"),
-                    ),
-                    config: spec.clone(),
-                    status: Mutex::default(),
-                    wake: Notify::new(),
-                };
-                (spec.name.clone(), destination)
-            })
-            .collect();
         let app = Self {
-            channels: by_name,
-            destinations,
+            channels: Self::configured_channels(config, channels, queue.as_ref())?,
+            destinations: Self::destinations(config),
             tenants: RwLock::new(tenants),
             config: config.clone(),
             metrics_need_token: !config.metrics_token_sha256.is_empty(),
@@ -428,28 +192,97 @@ impl App {
             modules_dir: data_dir.join("modules"),
             collects_module_cache: true,
         };
-        for channel in app.channels.values() {
-            if channel.tripped().is_some() {
-                app.metrics.set_tripped(&channel.name, true);
+        app.restore_activations()?;
+        Ok(app)
+    }
+
+    /// Every token of the config and of the registry, with its caller.
+    fn tokens(config: &ServerConfig, registry: &dyn Registry) -> Result<Tokens, ActivationError> {
+        let tokens = Tokens::default();
+        for hash in &config.admin_token_sha256 {
+            tokens.add(hash, Caller::Admin);
+        }
+        for hash in &config.metrics_token_sha256 {
+            tokens.add(hash, Caller::Metrics);
+        }
+        for tenant in &config.tenants {
+            for hash in &tenant.token_sha256 {
+                tokens.add(hash, Caller::Tenant(tenant.name.clone()));
             }
-            if let Some(text) = app.registry.active_pipeline(&channel.name)? {
-                channel.set_active_spec(Some(text.clone()));
-                // A channel whose activated modules cannot be loaded is
-                // degraded: the server starts, its events wait, and
-                // `/readyz` and `GET /v1/channels` say why.
-                let loaded = serde_json::from_str::<PipelineSpec>(&text)
-                    .map_err(|err| format!("its stored pipeline is corrupt: {err}"))
-                    .and_then(|spec| app.load_uploaded(channel, &spec).map_err(|err| err.to_string()));
-                match loaded {
-                    Ok(pipeline) => *channel.pipeline.write().expect("pipeline lock") = pipeline,
-                    Err(why) => {
-                        tracing::error!(channel = %channel.name, tenant = %channel.tenant, reason = %why, "channel degraded: its activated pipeline cannot be loaded");
-                        *channel.degraded.lock().expect("degraded lock") = Some(why);
-                    }
+        }
+        for (tenant, hash) in registry.tokens()? {
+            tokens.add(&hash, Caller::Tenant(tenant));
+        }
+        Ok(tokens)
+    }
+
+    /// The loaded channels with their config applied: destination, sources,
+    /// limits, and the ON/OFF switch and breaker as the store holds them.
+    fn configured_channels(
+        config: &ServerConfig,
+        channels: Vec<Channel>,
+        queue: &dyn Queue,
+    ) -> Result<BTreeMap<String, Channel>, ActivationError> {
+        let mut by_name = BTreeMap::new();
+        for mut channel in channels {
+            if let Some(spec) = config.channels.iter().find(|c| c.name == channel.name) {
+                channel.destination = spec.destination.clone();
+                channel.when_off = spec.when_off;
+                channel.sources = spec.sources.clone();
+                channel.limits = config.channel_limits(spec);
+                let enabled = queue.set_enabled(&channel.name, spec.enabled, true)?;
+                channel.enabled.store(enabled, Ordering::Release);
+                *channel.tripped.lock().expect("breaker lock") = queue.tripped(&channel.name)?;
+            }
+            by_name.insert(channel.name.clone(), channel);
+        }
+        Ok(by_name)
+    }
+
+    fn destinations(config: &ServerConfig) -> BTreeMap<String, Destination> {
+        config
+            .destinations
+            .iter()
+            .map(|spec| {
+                let destination = Destination {
+                    retry: spec.retry.clone().unwrap_or_else(|| config.retry.clone()),
+                    entity_key: Arc::new(
+                        EntityKey::compile(&spec.entity_key).expect("checked when the config was parsed"),
+                    ),
+                    config: spec.clone(),
+                    status: Mutex::default(),
+                    wake: Notify::new(),
+                };
+                (spec.name.clone(), destination)
+            })
+            .collect()
+    }
+
+    /// Restores each channel's activated pipeline from the registry. A
+    /// channel whose activated modules cannot be loaded is degraded: the
+    /// server starts, its events wait, and `/readyz` and `GET /v1/channels`
+    /// say why.
+    fn restore_activations(&self) -> Result<(), ActivationError> {
+        for channel in self.channels.values() {
+            if channel.tripped().is_some() {
+                self.metrics.set_tripped(&channel.name, true);
+            }
+            let Some(text) = self.registry.active_pipeline(&channel.name)? else {
+                continue;
+            };
+            channel.set_active_spec(Some(text.clone()));
+            let loaded = serde_json::from_str::<PipelineSpec>(&text)
+                .map_err(|err| format!("its stored pipeline is corrupt: {err}"))
+                .and_then(|spec| self.load_uploaded(channel, &spec).map_err(|err| err.to_string()));
+            match loaded {
+                Ok(pipeline) => *channel.pipeline.write().expect("pipeline lock") = pipeline,
+                Err(why) => {
+                    tracing::error!(channel = %channel.name, tenant = %channel.tenant, reason = %why, "channel degraded: its activated pipeline cannot be loaded");
+                    *channel.degraded.lock().expect("degraded lock") = Some(why);
                 }
             }
         }
-        Ok(app)
+        Ok(())
     }
 
     /// Deletes compiled artifacts that no configured or uploaded module

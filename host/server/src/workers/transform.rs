@@ -107,39 +107,23 @@ async fn finish_commit(name: &str, commit: tokio::task::JoinHandle<Result<(), St
     committed.is_ok()
 }
 
+/// Bytes of a batch's events parsed, and of its outputs serialised and
+/// hashed, on the async thread that runs the worker; a larger batch does
+/// that work on a blocking thread.
+const INLINE_BYTES: usize = 64 << 10;
+
 /// Runs one batch through the channel's pipeline and decides where each
 /// goes. The batch takes the active pipeline once: an activation meanwhile
 /// applies from the next batch, and the versions recorded are the ones that ran.
-async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<Transformed> {
+async fn transform(app: &Arc<App>, channel: &Channel, pending: Vec<Pending>) -> Vec<Transformed> {
     let pipeline = channel.pipeline();
     let versions = crate::state::versions(&pipeline);
-    let mut inputs = Vec::with_capacity(pending.len());
-    let mut results = Vec::with_capacity(pending.len());
-    let mut runnable = Vec::with_capacity(pending.len());
-    for item in pending {
-        match serde_json::from_str::<EventJson>(&item.event) {
-            Ok(mut event) => {
-                event.channel = channel.name.clone();
-                event.tenant = channel.tenant.clone();
-                inputs.push(event);
-                runnable.push(item);
-            }
-            // Stored only after the same parse at ingest: a corrupt row.
-            Err(err) => results.push(Transformed {
-                seq: item.seq,
-                channel: channel.name.clone(),
-                tenant: channel.tenant.clone(),
-                event_id: String::new(),
-                original: item.event.clone(),
-                received_ms: item.received_ms,
-                versions: versions.clone(),
-                disposition: Disposition::DeadLetter {
-                    reason: "invalid-event".into(),
-                    detail: Value::String(err.to_string()),
-                },
-            }),
-        }
-    }
+    let bytes: usize = pending.iter().map(|p| p.event.len()).sum();
+    let (runnable, inputs, mut results) = off_async_if_large(bytes, {
+        let (name, tenant, versions) = (channel.name.clone(), channel.tenant.clone(), versions.clone());
+        move || parse_batch(&name, &tenant, pending, &versions)
+    })
+    .await;
     let ran = match app.run_pipeline(channel, pipeline, inputs, "ingest").await {
         Ok(ran) => ran,
         // The pipeline isolates module faults; a panic here is a host bug.
@@ -151,15 +135,8 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             return results;
         }
     };
-
-    let (inputs, outcomes) = (ran.events, ran.outcomes);
-    let from_candidate = |index: usize| {
-        ran.canary
-            .as_ref()
-            .filter(|pick| pick.from_candidate[index])
-            .map(|pick| pick.versions.clone())
-    };
-    let faults: Vec<Option<String>> = outcomes
+    let faults: Vec<Option<String>> = ran
+        .outcomes
         .iter()
         .map(|outcome| match outcome {
             OutcomeJson::Error { error } => Some(error.to_string()),
@@ -167,14 +144,100 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
         })
         .collect();
     app.record_faults(channel, &faults);
+    let output_bytes: usize = ran.outcomes.iter().map(outcome_bytes).sum();
+    let decided = off_async_if_large(output_bytes, {
+        let (app, name) = (app.clone(), channel.name.clone());
+        move || dispositions(&app, &app.channels[&name], runnable, ran, &versions)
+    })
+    .await;
+    results.extend(decided);
+    results
+}
 
+/// Runs `work` here if `bytes` is small, else on a blocking thread.
+async fn off_async_if_large<T: Send + 'static>(bytes: usize, work: impl FnOnce() -> T + Send + 'static) -> T {
+    if bytes <= INLINE_BYTES {
+        return work();
+    }
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(join) => std::panic::resume_unwind(join.into_panic()),
+    }
+}
+
+/// About how many bytes an outcome's emitted payloads hold.
+fn outcome_bytes(outcome: &OutcomeJson) -> usize {
+    match outcome {
+        OutcomeJson::Emit { events } => events.iter().map(|e| e.payload.get().len()).sum(),
+        _ => 0,
+    }
+}
+
+/// The batch's events as the channel runs them, with the items they came
+/// from; a row that does not parse (stored only after the same parse at
+/// ingest: a corrupt row) is a dead letter at once.
+fn parse_batch(
+    channel: &str,
+    tenant: &str,
+    pending: Vec<Pending>,
+    versions: &[String],
+) -> (Vec<Pending>, Vec<EventJson>, Vec<Transformed>) {
+    let mut inputs = Vec::with_capacity(pending.len());
+    let mut results = Vec::new();
+    let mut runnable = Vec::with_capacity(pending.len());
+    for item in pending {
+        match serde_json::from_str::<EventJson>(&item.event) {
+            Ok(mut event) => {
+                event.channel = channel.to_string();
+                event.tenant = tenant.to_string();
+                inputs.push(event);
+                runnable.push(item);
+            }
+            Err(err) => results.push(Transformed {
+                seq: item.seq,
+                channel: channel.to_string(),
+                tenant: tenant.to_string(),
+                event_id: String::new(),
+                original: item.event.clone(),
+                received_ms: item.received_ms,
+                versions: versions.to_vec(),
+                disposition: Disposition::DeadLetter {
+                    reason: "invalid-event".into(),
+                    detail: Value::String(err.to_string()),
+                },
+            }),
+        }
+    }
+    (runnable, inputs, results)
+}
+
+/// Where each event of a run goes: its deliveries (serialised, keyed and
+/// hashed for idempotency), a dead letter, or nowhere.
+fn dispositions(
+    app: &App,
+    channel: &Channel,
+    runnable: Vec<Pending>,
+    ran: crate::state::Ran,
+    versions: &[String],
+) -> Vec<Transformed> {
+    let from_candidate = |index: usize| {
+        ran.canary
+            .as_ref()
+            .filter(|pick| pick.from_candidate[index])
+            .map(|pick| pick.versions.clone())
+    };
     let destination = channel.destination.as_ref().and_then(|d| app.destinations.get(d));
-    for (index, ((item, input), outcome)) in runnable.into_iter().zip(inputs).zip(outcomes).enumerate() {
-        let correlation_id = input.correlation_id.clone().unwrap_or_else(|| input.id.clone());
+    let mut results = Vec::with_capacity(runnable.len());
+    for (index, ((item, input), outcome)) in runnable
+        .into_iter()
+        .zip(&ran.events)
+        .zip(&ran.outcomes)
+        .enumerate()
+    {
         let disposition = match outcome {
             OutcomeJson::Drop { .. } => Disposition::Dropped,
-            OutcomeJson::Reject { violations } => dead_letter(app, channel, &input, "rejected", &violations),
-            OutcomeJson::Error { error } => dead_letter(app, channel, &input, "fault", &error),
+            OutcomeJson::Reject { violations } => dead_letter(app, channel, input, "rejected", violations),
+            OutcomeJson::Error { error } => dead_letter(app, channel, input, "fault", error),
             OutcomeJson::Emit { .. } if destination.is_none() => Disposition::Dropped,
             OutcomeJson::Emit { events } => {
                 let destination = destination.expect("checked by the arm above");
@@ -182,31 +245,7 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
                     channel: &channel.name,
                     count: events.len(),
                 });
-                let deliveries = events
-                    .iter()
-                    .map(|emitted| {
-                        let output = serde_json::to_string(emitted).unwrap_or_default();
-                        NewDelivery {
-                            payload_at: NewDelivery::payload_offset(&output, emitted.payload.get()),
-                            output_id: emitted.id.clone(),
-                            destination: destination.config.name.clone(),
-                            entity_key: destination.entity_key.of(&emitted.payload, &emitted.id),
-                            idempotency_key: idempotency_key(
-                                &destination.config.name,
-                                &input.tenant,
-                                &channel.name,
-                                &input.id,
-                                &output,
-                            ),
-                            correlation_id: emitted
-                                .correlation_id
-                                .clone()
-                                .unwrap_or_else(|| correlation_id.clone()),
-                            output,
-                        }
-                    })
-                    .collect();
-                Disposition::Deliver(deliveries)
+                Disposition::Deliver(deliveries(destination, channel, input, events))
             }
         };
         results.push(Transformed {
@@ -216,11 +255,45 @@ async fn transform(app: &App, channel: &Channel, pending: Vec<Pending>) -> Vec<T
             event_id: input.id.clone(),
             original: item.event,
             received_ms: item.received_ms,
-            versions: from_candidate(index).unwrap_or_else(|| versions.clone()),
+            versions: from_candidate(index).unwrap_or_else(|| versions.to_vec()),
             disposition,
         });
     }
     results
+}
+
+/// The outbox entries of one input event's emitted events.
+fn deliveries(
+    destination: &crate::state::Destination,
+    channel: &Channel,
+    input: &EventJson,
+    events: &[EventJson],
+) -> Vec<NewDelivery> {
+    let correlation_id = input.correlation_id.clone().unwrap_or_else(|| input.id.clone());
+    events
+        .iter()
+        .map(|emitted| {
+            let output = serde_json::to_string(emitted).unwrap_or_default();
+            NewDelivery {
+                payload_at: NewDelivery::payload_offset(&output, emitted.payload.get()),
+                output_id: emitted.id.clone(),
+                destination: destination.config.name.clone(),
+                entity_key: destination.entity_key.of(&emitted.payload, &emitted.id),
+                idempotency_key: idempotency_key(
+                    &destination.config.name,
+                    &input.tenant,
+                    &channel.name,
+                    &input.id,
+                    &output,
+                ),
+                correlation_id: emitted
+                    .correlation_id
+                    .clone()
+                    .unwrap_or_else(|| correlation_id.clone()),
+                output,
+            }
+        })
+        .collect()
 }
 
 fn dead_letter(
