@@ -79,56 +79,63 @@ fn digest(parts: &[&str]) -> String {
 
 /// How an ingested id stands in `sluice-ids`.
 ///
-/// A claim names the ingest request that holds it: `pending:<ms>:<ingest>`
-/// while that request stores its events, `done:<ingest>` once every event
-/// of the request is stored. JetStream cannot store several messages at
-/// once, so a request whose publishes fail half-way may leave some of its
-/// batches stored; they are inert, because a batch's events are
-/// transformed only while their claims say `done` by the batch's own
-/// request ([`claim_standing`]). A failed request releases its claims, so
-/// the client's retry is taken at once and its copy is the one that counts.
+/// A claim names the ingest request that holds it: `pending:<ms>:<request>`
+/// while that request stores its events, `done:<request>` after. Whether a
+/// request counts is decided once, atomically, by its commit key
+/// `ingest.<request>` in the same bucket: the request creates it `done`
+/// after every publish succeeded, or anyone who gives up on the request (its
+/// own failure path, a consumer or a later request, past the lease) creates
+/// it `aborted`. Create-if-absent lets only one of them win, so a request
+/// is all or nothing whatever the clocks say: JetStream cannot store
+/// several messages at once, so a request that fails half-way may leave
+/// batches stored, and they are inert because their request is aborted.
 enum Claim {
-    New,
+    /// This request holds the id, as of the claim's revision.
+    New(u64),
     Duplicate,
 }
 
-/// What a batch of ingest request `ingest` may do with an event whose
-/// claim reads `value` (`None`: no claim) at `now`.
+/// What a claim's value says.
 #[derive(Debug, PartialEq, Eq)]
-enum Standing {
-    /// The request stored all its events: transform it.
-    Live,
-    /// The request may still be storing: ask again shortly.
-    Undecided,
-    /// The request failed, or another one holds the id: an inert copy.
-    Inert,
+enum ClaimValue<'a> {
+    /// Stored by a committed request.
+    Done,
+    /// Held by a request since this time.
+    Pending { since: i64, request: &'a str },
+    /// Given up by a failed request, or not a claim at all: free to take.
+    Free,
 }
 
-fn claim_standing(value: Option<&str>, ingest: &str, now: i64) -> Standing {
-    let Some(value) = value else {
-        return Standing::Inert;
-    };
-    if let Some(by) = value.strip_prefix("done:") {
-        return if by == ingest {
-            Standing::Live
-        } else {
-            Standing::Inert
-        };
-    }
-    // Stored before claims named their request: the only copy.
-    if value == "done" {
-        return Standing::Live;
+fn read_claim(value: &str) -> ClaimValue<'_> {
+    if value == "done" || value.starts_with("done:") {
+        return ClaimValue::Done;
     }
     match value
         .strip_prefix("pending:")
         .and_then(|rest| rest.split_once(':'))
     {
-        Some((since, by)) if by == ingest => match since.parse::<i64>() {
-            Ok(since) if now - since < CLAIM_LEASE_MS => Standing::Undecided,
-            _ => Standing::Inert,
+        Some((since, request)) => match since.parse() {
+            Ok(since) => ClaimValue::Pending { since, request },
+            Err(_) => ClaimValue::Free,
         },
-        _ => Standing::Inert,
+        None => ClaimValue::Free,
     }
+}
+
+/// A request's commit key in `sluice-ids`.
+fn commit_key(request: &str) -> String {
+    format!("ingest.{request}")
+}
+
+/// Whether a request's stored events count.
+#[derive(Debug, PartialEq, Eq)]
+enum Standing {
+    /// It was committed: transform them.
+    Live,
+    /// It may still be storing: ask again shortly.
+    Undecided,
+    /// It was aborted: its stored copies are inert.
+    Inert,
 }
 
 /// A new ingest request's id: 128 random bits, hex.
@@ -153,16 +160,16 @@ fn event_keys(events: &[Ingest]) -> Vec<(String, bool)> {
 }
 
 impl NatsStore {
-    /// Claims an event id for this ingest: `pending:<ms>` until its events
-    /// are stored, then `done`. An id already done is a duplicate; one
-    /// pending in another ingest for less than [`CLAIM_LEASE_MS`] makes this
-    /// request answer 503 (retry), so one id is never queued by two
-    /// requests at once; an older claim (its ingest died) is taken over.
+    /// Claims an event id for request `ingest`. An id done by a committed
+    /// request is a duplicate; one pending in a request that may still be
+    /// storing makes this one answer 503 (retry), so one id is never queued
+    /// by two requests at once; one whose request was aborted, or gave up
+    /// past [`CLAIM_LEASE_MS`], is taken over.
     async fn claim(&self, key: &str, now: i64, ingest: &str) -> Result<Claim, NatsError> {
         self.connected()?;
         let pending = Bytes::from(format!("pending:{now}:{ingest}"));
         match self.ids.create(key, pending.clone()).await {
-            Ok(_) => return Ok(Claim::New),
+            Ok(revision) => return Ok(Claim::New(revision)),
             Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {}
             Err(err) => return Err(failed("claim an event id", err)),
         }
@@ -174,22 +181,59 @@ impl NatsStore {
         else {
             return Err(NatsError::InFlight);
         };
-        let since = std::str::from_utf8(&entry.value)
-            .ok()
-            .and_then(|v| v.strip_prefix("pending:"))
-            .map(|rest| rest.split_once(':').map_or(rest, |(ms, _)| ms))
-            .and_then(|ms| ms.parse::<i64>().ok());
-        match since {
-            _ if entry.operation != kv::Operation::Put => {}
-            Some(since) if now - since < CLAIM_LEASE_MS => return Err(NatsError::InFlight),
-            Some(_) => {}
-            None => return Ok(Claim::Duplicate),
+        if entry.operation == kv::Operation::Put {
+            match read_claim(std::str::from_utf8(&entry.value).unwrap_or("")) {
+                ClaimValue::Done => return Ok(Claim::Duplicate),
+                ClaimValue::Pending { since, request } => match self.decide(request, since, now).await? {
+                    Standing::Live => return Ok(Claim::Duplicate),
+                    Standing::Undecided => return Err(NatsError::InFlight),
+                    Standing::Inert => {}
+                },
+                ClaimValue::Free => {}
+            }
         }
         match self.ids.update(key, pending, entry.revision).await {
-            Ok(_) => Ok(Claim::New),
+            Ok(revision) => Ok(Claim::New(revision)),
             Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(NatsError::InFlight),
             Err(err) => Err(failed("claim an event id", err)),
         }
+    }
+
+    /// Whether request `request`, pending since `since`, counts: its commit
+    /// key says; with none, it is undecided within the lease, and past it
+    /// this caller aborts it (or learns that it committed meanwhile).
+    async fn decide(&self, request: &str, since: i64, now: i64) -> Result<Standing, NatsError> {
+        let key = commit_key(request);
+        let committed = self.commit_of(&key).await?;
+        match committed {
+            Some(true) => return Ok(Standing::Live),
+            Some(false) => return Ok(Standing::Inert),
+            None if now - since < CLAIM_LEASE_MS => return Ok(Standing::Undecided),
+            None => {}
+        }
+        match self.ids.create(&key, Bytes::from_static(b"aborted")).await {
+            Ok(_) => Ok(Standing::Inert),
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                Ok(if self.commit_of(&key).await? == Some(true) {
+                    Standing::Live
+                } else {
+                    Standing::Inert
+                })
+            }
+            Err(err) => Err(failed("abort an ingest", err)),
+        }
+    }
+
+    /// A commit key's decision: `Some(true)` committed, `Some(false)` aborted.
+    async fn commit_of(&self, key: &str) -> Result<Option<bool>, NatsError> {
+        let entry = self
+            .ids
+            .entry(key)
+            .await
+            .map_err(|err| failed("read an ingest's commit", err))?;
+        Ok(entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| e.value.as_ref() == b"done"))
     }
 
     /// [`Queue::ingest`]: claims the events' ids, stores the new events in
@@ -205,13 +249,16 @@ impl NatsStore {
             let claims = self.claim_all(&keys, now, &ingest).await?;
             let batches = self.batches(&events, &claims);
             let stored = match self.publish_batches(&batches, &received, &ingest).await {
-                Ok(()) => self.mark_done(&keys, &claims, &ingest).await,
+                Ok(()) => self.commit(&ingest).await,
                 Err(err) => Err(err),
             };
             if let Err(err) = stored {
                 self.release(&keys, &claims, &ingest).await;
                 return Err(err);
             }
+            // Committed: the claims' `done` only spares later duplicates a
+            // look at the commit key, so a failure here changes nothing.
+            self.mark_done(&keys, &claims, &ingest).await;
             Ok(events
                 .iter()
                 .zip(&claims)
@@ -245,7 +292,7 @@ impl NatsStore {
             let ours = keys
                 .iter()
                 .zip(&claims)
-                .filter(|(_, c)| matches!(c, Ok(Claim::New)));
+                .filter(|(_, c)| matches!(c, Ok(Claim::New(_))));
             join_all(ours.map(|((key, _), _)| self.ids.purge(key))).await;
             return Err(claims
                 .into_iter()
@@ -261,7 +308,7 @@ impl NatsStore {
     fn batches<'a>(&self, events: &'a [Ingest], claims: &[Claim]) -> Vec<(&'a str, Vec<&'a Ingest>)> {
         let mut by_channel: BTreeMap<&str, Vec<&Ingest>> = BTreeMap::new();
         for (event, claim) in events.iter().zip(claims) {
-            if matches!(claim, Claim::New) {
+            if matches!(claim, Claim::New(_)) {
                 for channel in &event.channels {
                     by_channel.entry(channel).or_default().push(event);
                 }
@@ -306,55 +353,83 @@ impl NatsStore {
         Ok(())
     }
 
-    /// Marks the ids this request claimed as done by it.
-    async fn mark_done(
-        &self,
-        keys: &[(String, bool)],
-        claims: &[Claim],
-        ingest: &str,
-    ) -> Result<(), NatsError> {
-        let done = Bytes::from(format!("done:{ingest}"));
-        try_join_all(
-            keys.iter()
-                .zip(claims)
-                .filter(|(_, claim)| matches!(claim, Claim::New))
-                .map(|((key, _), _)| self.ids.put(key, done.clone())),
-        )
-        .await
-        .map_err(|err| failed("mark ingested event ids as done", err))?;
-        Ok(())
-    }
-
-    /// Releases this request's claims that are not done (best effort: a
-    /// claim left pending lapses after [`CLAIM_LEASE_MS`]), so that the
-    /// client's retry is taken at once.
-    async fn release(&self, keys: &[(String, bool)], claims: &[Claim], ingest: &str) {
-        let ours = keys
-            .iter()
-            .zip(claims)
-            .filter(|(_, claim)| matches!(claim, Claim::New));
-        let released = join_all(ours.map(|((key, _), _)| async move {
-            let entry = self.ids.entry(key).await.ok().flatten()?;
-            let value = std::str::from_utf8(&entry.value).ok()?;
-            // Only our own pending claim, and only as we read it.
-            if claim_standing(Some(value), ingest, now_ms()) == Standing::Undecided {
-                self.ids
-                    .purge_expect_revision(key, Some(entry.revision))
-                    .await
-                    .ok()?;
-            }
-            Some(())
-        }))
-        .await;
-        if released.iter().any(Option::is_none) {
-            tracing::warn!("cannot release every claim of a failed ingest; they lapse after their lease");
+    /// Commits request `ingest`: from here on its stored events count. Fails
+    /// if it was aborted meanwhile (a consumer or another request gave up
+    /// on it past the lease).
+    async fn commit(&self, ingest: &str) -> Result<(), NatsError> {
+        match self
+            .ids
+            .create(commit_key(ingest), Bytes::from_static(b"done"))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => Err(NatsError::InFlight),
+            Err(err) => Err(failed("commit an ingest", err)),
         }
     }
 
-    /// The events of a fetched batch that count, by their claims; `None`
-    /// while its request may still be storing (the batch is asked for
-    /// again shortly, keeping its channel's order).
-    async fn live_events(&self, message: &jetstream::Message, events: Vec<String>) -> Option<Vec<String>> {
+    /// Marks the ids this request claimed as done by it, each only if the
+    /// claim is still the one it made; a failure is only logged, since the
+    /// commit stands for them.
+    async fn mark_done(&self, keys: &[(String, bool)], claims: &[Claim], ingest: &str) {
+        let done = Bytes::from(format!("done:{ingest}"));
+        let marked = join_all(
+            keys.iter()
+                .zip(claims)
+                .filter_map(|((key, _), claim)| match claim {
+                    Claim::New(revision) => Some(self.ids.update(key, done.clone(), *revision)),
+                    Claim::Duplicate => None,
+                }),
+        )
+        .await;
+        if marked.iter().any(Result::is_err) {
+            tracing::warn!("cannot mark every id of a committed ingest as done; its commit stands for them");
+        }
+    }
+
+    /// Gives up a failed request: aborts it (unless a commit that seemed
+    /// to fail did land) and releases its claims, each only if it is still
+    /// the one it made, so that the client's retry is taken at once.
+    async fn release(&self, keys: &[(String, bool)], claims: &[Claim], ingest: &str) {
+        match self
+            .ids
+            .create(commit_key(ingest), Bytes::from_static(b"aborted"))
+            .await
+        {
+            Ok(_) => {}
+            // Committed after all: its events count.
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot abort a failed ingest; it is aborted when its lease ends");
+                return;
+            }
+        }
+        let released = Bytes::from(format!("released:{ingest}"));
+        let done = join_all(
+            keys.iter()
+                .zip(claims)
+                .filter_map(|((key, _), claim)| match claim {
+                    Claim::New(revision) => Some(self.ids.update(key, released.clone(), *revision)),
+                    Claim::Duplicate => None,
+                }),
+        )
+        .await;
+        if done.iter().any(Result::is_err) {
+            tracing::warn!(
+                "cannot release every claim of a failed ingest; they are taken over when their lease ends"
+            );
+        }
+    }
+
+    /// Whether a fetched batch's events count: all of them if its request
+    /// was committed, none if it was aborted; `None` while it may still be
+    /// storing (the batch is asked for again shortly, keeping its channel's
+    /// order).
+    async fn live_events(
+        &self,
+        message: &jetstream::Message,
+        events: Vec<String>,
+    ) -> Result<Option<Vec<String>>, NatsError> {
         // Stored before batches named their request: every event counts.
         let Some(ingest) = message
             .headers
@@ -362,60 +437,29 @@ impl NatsStore {
             .and_then(|h| h.get(INGEST))
             .map(|v| v.as_str().to_string())
         else {
-            return Some(events);
+            return Ok(Some(events));
         };
-        // A batch is usually fetched a moment before its request marks it
-        // done: look again a few times before handing it back.
-        let mut standings = self.standings(&events, &ingest).await;
+        let received: i64 = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(RECEIVED))
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or_else(now_ms);
+        // A batch is usually fetched a moment before its request commits:
+        // look again a few times before handing it back.
+        let mut standing = self.decide(&ingest, received, now_ms()).await?;
         for _ in 0..5 {
-            if !standings.contains(&Standing::Undecided) {
+            if standing != Standing::Undecided {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            standings = self.standings(&events, &ingest).await;
+            standing = self.decide(&ingest, received, now_ms()).await?;
         }
-        if standings.contains(&Standing::Undecided) {
-            return None;
-        }
-        let live: Vec<String> = events
-            .into_iter()
-            .zip(standings)
-            .filter_map(|(event, standing)| (standing == Standing::Live).then_some(event))
-            .collect();
-        Some(live)
-    }
-
-    /// Each event's [`Standing`] for a batch of request `ingest`.
-    async fn standings(&self, events: &[String], ingest: &str) -> Vec<Standing> {
-        let now = now_ms();
-        join_all(events.iter().map(|event| {
-            let ingest = ingest.to_string();
-            async move {
-                #[derive(serde::Deserialize)]
-                struct Named {
-                    #[serde(default)]
-                    id: String,
-                    #[serde(default)]
-                    tenant: String,
-                }
-                // An unreadable event came as the request stored it: the
-                // transform dead-letters it.
-                let Ok(named) = serde_json::from_str::<Named>(event) else {
-                    return Standing::Live;
-                };
-                let key = names::event_id_key(&named.tenant, &named.id);
-                match self.ids.entry(&key).await {
-                    Ok(entry) => {
-                        let value = entry.filter(|e| e.operation == kv::Operation::Put);
-                        let value = value.as_ref().and_then(|e| std::str::from_utf8(&e.value).ok());
-                        claim_standing(value, &ingest, now)
-                    }
-                    // Asked again when the store answers.
-                    Err(_) => Standing::Undecided,
-                }
-            }
-        }))
-        .await
+        Ok(match standing {
+            Standing::Live => Some(events),
+            Standing::Inert => Some(Vec::new()),
+            Standing::Undecided => None,
+        })
     }
 
     /// [`Queue::pending`]: the channel's held batch, or the next one
@@ -443,9 +487,7 @@ impl NatsStore {
             .and_then(|v| v.as_str().parse().ok())
             .unwrap_or_else(now_ms);
         let decoded = decode_batch(&message.payload);
-        let live = self.block("read event claims", async {
-            Ok(self.live_events(&message, decoded).await)
-        })?;
+        let live = self.block("read an ingest's commit", self.live_events(&message, decoded))?;
         let Some(live) = live else {
             // Its request may still be storing: ask again shortly, in order.
             let nak = message.ack_with(jetstream::AckKind::Nak(Some(UNDECIDED_RETRY)));
@@ -487,25 +529,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_counts_only_while_its_own_request_holds_its_claims_as_done() {
-        let now = 1_000_000;
-        assert_eq!(claim_standing(Some("done:a"), "a", now), Standing::Live);
-        assert_eq!(claim_standing(Some("done"), "a", now), Standing::Live);
-        assert_eq!(claim_standing(Some("done:b"), "a", now), Standing::Inert);
-        assert_eq!(claim_standing(None, "a", now), Standing::Inert);
+    fn claims_read_as_done_pending_or_free() {
+        assert_eq!(read_claim("done"), ClaimValue::Done);
+        assert_eq!(read_claim("done:r1"), ClaimValue::Done);
         assert_eq!(
-            claim_standing(Some(&format!("pending:{}:a", now - 10)), "a", now),
-            Standing::Undecided
+            read_claim("pending:17:r1"),
+            ClaimValue::Pending {
+                since: 17,
+                request: "r1"
+            }
         );
-        assert_eq!(
-            claim_standing(Some(&format!("pending:{}:a", now - CLAIM_LEASE_MS)), "a", now),
-            Standing::Inert
-        );
-        assert_eq!(
-            claim_standing(Some(&format!("pending:{}:b", now - 10)), "a", now),
-            Standing::Inert
-        );
-        assert_eq!(claim_standing(Some("garbage"), "a", now), Standing::Inert);
+        assert_eq!(read_claim("released:r1"), ClaimValue::Free);
+        assert_eq!(read_claim("pending:soon:r1"), ClaimValue::Free);
+        assert_eq!(read_claim(""), ClaimValue::Free);
     }
 
     #[test]
