@@ -205,10 +205,19 @@ impl NatsStore {
     async fn decide(&self, request: &str, since: i64, now: i64) -> Result<Standing, NatsError> {
         let key = commit_key(request);
         let committed = self.commit_of(&key).await?;
+        let age = now - since;
         match committed {
             Some(true) => return Ok(Standing::Live),
             Some(false) => return Ok(Standing::Inert),
-            None if now - since < CLAIM_LEASE_MS => return Ok(Standing::Undecided),
+            None if age < CLAIM_LEASE_MS => return Ok(Standing::Undecided),
+            // Older than the bucket remembers (a channel held off for longer
+            // than the idempotency window): the decision is gone, and the
+            // batch counts rather than an accepted event be lost. A copy of
+            // an aborted request then goes out under the same
+            // Idempotency-Key as its retry's.
+            None if age >= i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX) => {
+                return Ok(Standing::Live);
+            }
             None => {}
         }
         match self.ids.create(&key, Bytes::from_static(b"aborted")).await {

@@ -131,6 +131,8 @@ pub struct NatsStore {
     /// Subscribed before the watch starts, so the first listener misses nothing.
     first_listener: Mutex<Option<broadcast::Receiver<SharedChange>>>,
     next_seq: AtomicI64,
+    /// How long `sluice-ids` remembers ids and ingest decisions.
+    pub(super) window: Duration,
     max_payload: usize,
 }
 
@@ -153,6 +155,7 @@ impl NatsStore {
             runtime: Mutex::new(Some(runtime)),
             handle,
             max_payload: setup.client.server_info().max_payload,
+            window,
             client: setup.client,
             inbound: setup.inbound,
             outbound: setup.outbound,
