@@ -465,9 +465,11 @@ fn a_fixture_with_a_hundred_thousand_differences_is_cut_and_the_sidecar_stays_sm
 }
 
 /// Parallel uploads wait for their permits before their bodies are read,
-/// and a tar goes to a capped file, not to memory: 40 uploads of 7 MiB at
-/// once (280 MiB of bodies) leave the sidecar's peak under 160 MiB. Before,
-/// every body was read whole first (1,000 such uploads took about 136 GB).
+/// at most four of one tenant (the rest hear 429 at once, so one tenant
+/// cannot hold every connection), and a tar goes to a capped file in the
+/// data folder, not to memory: 40 uploads of 7 MiB at once (280 MiB of
+/// bodies) leave the sidecar's peak under 160 MiB. Before, every body was
+/// read whole first (1,000 such uploads took about 136 GB).
 #[test]
 fn parallel_uploads_are_not_held_in_memory_before_their_permits() {
     let destination = sink();
@@ -485,9 +487,16 @@ fn parallel_uploads_are_not_held_in_memory_before_their_permits() {
             .collect();
         uploads.into_iter().map(|upload| upload.join().unwrap()).collect()
     });
+    // One is checked at a time and four may wait; the rest hear 429 at once.
     for answer in &answers {
-        assert_eq!(code(answer), (422, "not-wasm"), "{}", answer.1);
+        assert!(
+            matches!(code(answer), (422, "not-wasm") | (429, "too-many-uploads")),
+            "{}",
+            answer.1
+        );
     }
+    let checked = answers.iter().filter(|a| a.0 == 422).count();
+    assert!(checked >= 5 && checked < 40, "{checked} of 40 were checked");
     let peak = peak_rss_bytes(sidecar.child.id());
     eprintln!(
         "sidecar peak memory: {} MiB before, {} MiB after 40 parallel uploads",

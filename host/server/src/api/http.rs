@@ -187,6 +187,23 @@ pub async fn read_body(
     }
 }
 
+/// Reads and drops the body, at most `max` bytes within `timeout`, so that
+/// a request refused before its body was needed still hears its answer
+/// (a server that answers and closes while the client sends, resets it).
+pub async fn discard_body(request: Request<Incoming>, max: usize, timeout: std::time::Duration) {
+    let drain = async {
+        let mut body = request.into_body();
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, Bytes::len);
+            if read > max {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, drain).await;
+}
+
 /// Streams the body into `file`, at most `max` bytes within `timeout`, so
 /// that a large upload is never held in memory; how many bytes it wrote.
 pub async fn body_to_file(

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::api::blocking;
-use crate::api::http::{ApiError, Body, body_to_file, json_response, query_param, read_body};
+use crate::api::http::{ApiError, Body, body_to_file, discard_body, json_response, query_param, read_body};
 use crate::api::tenants::valid_name;
 use crate::state::App;
 use crate::state::auth::Caller;
@@ -89,24 +89,48 @@ pub async fn upload(
     let tenant_name = acting_tenant(app, caller, &request)?;
     let tenant = app.tenant(&tenant_name).expect("checked by acting_tenant");
 
+    // A tenant over its compile budget hears so before its body is kept.
+    let upload_limit = tenant.config.max_module_bytes + app.max_body_bytes;
+    if let Err(wait) = tenant.compile_budget.admit(std::time::Instant::now()) {
+        discard_body(request, upload_limit, app.settings.body_timeout).await;
+        return Err(refused(
+            app,
+            &tenant_name,
+            over_budget(&tenant, &tenant_name, wait),
+        ));
+    }
     // One upload of a tenant at a time, from the body to the record, so
-    // that parallel uploads cannot pass the quotas together; then one of
-    // the sidecar's `upload-concurrency` permits, moved into the check so
-    // it is held for as long as the check runs, even if the client leaves.
-    let _one_at_a_time = tenant
+    // that parallel uploads cannot pass the quotas together. A few may wait
+    // for it; more are refused at once, so that one tenant's uploads cannot
+    // hold every connection of the sidecar.
+    let Some(waiting) = Waiting::enter(&tenant.uploads_waiting) else {
+        discard_body(request, upload_limit, app.settings.body_timeout).await;
+        let busy = ApiError::rate_limited(
+            format!(
+                "tenant `{tenant_name}` has {MAX_WAITING_UPLOADS} uploads waiting already; send one at a time"
+            ),
+            std::time::Duration::from_secs(1),
+        );
+        return Err(refused(
+            app,
+            &tenant_name,
+            ApiError {
+                code: "too-many-uploads",
+                ..busy
+            },
+        ));
+    };
+    let one_at_a_time = tenant
         .uploads
         .clone()
         .acquire_owned()
         .await
         .map_err(ApiError::internal)?;
-    let permit = app
-        .upload_permits
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
+    drop(waiting);
 
-    let unpacked = tempfile::tempdir().map_err(ApiError::internal)?;
+    // Under the data folder, which is on disk (a `/tmp` may be memory).
+    let unpacked = tempfile::tempdir_in(app.modules_dir.parent().unwrap_or(&app.modules_dir))
+        .map_err(|err| ApiError::internal(format!("cannot keep the upload ({})", err.kind())))?;
     let fixtures = unpacked.path().join("fixtures");
     let bytes = receive(
         app,
@@ -150,7 +174,16 @@ pub async fn upload(
             .map_err(|err| refused(app, &tenant_name, err))?;
     }
 
-    let checked = run_budgeted_check(app, &tenant, &tenant_name, name, bytes.clone(), fixtures, permit).await;
+    let (checked, _one_at_a_time) = run_budgeted_check(
+        app,
+        &tenant,
+        &tenant_name,
+        name,
+        bytes.clone(),
+        fixtures,
+        one_at_a_time,
+    )
+    .await?;
     let (module, report) = checked.map_err(|err| refused(app, &tenant_name, err))?;
     if unchanged {
         return unchanged_upload(app, &tenant_name, name, &version, bytes, report).await;
@@ -158,8 +191,50 @@ pub async fn upload(
     store_upload(app, &tenant_name, name, version, bytes, module, report).await
 }
 
+/// Most uploads of one tenant waiting for its permit.
+const MAX_WAITING_UPLOADS: usize = 4;
+
+/// One upload counted as waiting, for as long as it lives.
+struct Waiting(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Waiting {
+    fn enter(count: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        if count.fetch_add(1, Ordering::AcqRel) >= MAX_WAITING_UPLOADS {
+            count.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The 429 of a tenant over its `compile-seconds-per-hour`.
+fn over_budget(tenant: &crate::state::Tenant, tenant_name: &str, wait: std::time::Duration) -> ApiError {
+    ApiError {
+        code: "compile-budget-exhausted",
+        ..ApiError::rate_limited(
+            format!(
+                "tenant `{tenant_name}` has used its {} CPU seconds of upload checks this hour (compile-seconds-per-hour); retry after {} s",
+                tenant.config.compile_seconds_per_hour,
+                wait.as_secs()
+            ),
+            wait,
+        )
+    }
+}
+
 /// Runs the check of an upload within the tenant's compile budget, on a
-/// low-priority thread of its own that holds `permit` for as long as it runs.
+/// low-priority thread of its own. That thread takes one of the sidecar's
+/// `upload-concurrency` permits, holds it and the tenant's `one_at_a_time`
+/// for as long as it runs, and charges the budget itself, so a client that
+/// leaves frees nothing early and is charged all the same. The tenant's
+/// permit comes back for storing.
 async fn run_budgeted_check(
     app: &App,
     tenant: &crate::state::Tenant,
@@ -167,32 +242,38 @@ async fn run_budgeted_check(
     name: &str,
     bytes: Vec<u8>,
     fixtures: std::path::PathBuf,
-    permit: tokio::sync::OwnedSemaphorePermit,
-) -> Result<(Module, Value), ApiError> {
+    one_at_a_time: tokio::sync::OwnedSemaphorePermit,
+) -> Result<
+    (
+        Result<(Module, Value), ApiError>,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    ApiError,
+> {
     if let Err(wait) = tenant.compile_budget.admit(std::time::Instant::now()) {
-        let error = ApiError::rate_limited(
-            format!(
-                "tenant `{tenant_name}` has used its {} CPU seconds of upload checks this hour (compile-seconds-per-hour); retry after {} s",
-                tenant.config.compile_seconds_per_hour,
-                wait.as_secs()
-            ),
-            wait,
-        );
-        return Err(ApiError {
-            code: "compile-budget-exhausted",
-            ..error
-        });
+        return Err(refused(app, tenant_name, over_budget(tenant, tenant_name, wait)));
     }
+    let permit = app
+        .upload_permits
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
     let (engine, limits, module_name) = (app.engine.clone(), tenant.limits.clone(), name.to_string());
-    let (checked, cpu) = run_check(move || {
+    let budget = tenant.compile_budget.clone();
+    let ((checked, one_at_a_time), _cpu) = run_check(move || {
+        let started = crate::modules::compile::thread_cpu_time();
         let checked = check(&engine, &module_name, &bytes, limits, &fixtures);
+        budget.charge(
+            crate::modules::compile::thread_cpu_time().saturating_sub(started),
+            std::time::Instant::now(),
+        );
         drop(permit);
-        checked
+        (checked, one_at_a_time)
     })
     .await
     .map_err(ApiError::internal)?;
-    tenant.compile_budget.charge(cpu, std::time::Instant::now());
-    checked
+    Ok((checked, one_at_a_time))
 }
 
 /// Stores a checked upload: its file, its shared copy, its compiled

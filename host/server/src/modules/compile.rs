@@ -89,7 +89,7 @@ fn lower_priority() {
 }
 
 /// CPU time this thread has used.
-fn thread_cpu_time() -> Duration {
+pub fn thread_cpu_time() -> Duration {
     let time = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }

@@ -21,7 +21,9 @@ pub struct Tenant {
     /// One module upload of this tenant at a time (quotas stay exact).
     pub uploads: Arc<Semaphore>,
     /// CPU seconds its upload checks may still take this hour.
-    pub compile_budget: crate::modules::compile::CompileBudget,
+    pub compile_budget: Arc<crate::modules::compile::CompileBudget>,
+    /// Uploads of this tenant waiting for its permit (see `api::modules`).
+    pub uploads_waiting: Arc<std::sync::atomic::AtomicUsize>,
     pub(super) ingest: Option<Mutex<TokenBucket>>,
 }
 
@@ -30,7 +32,10 @@ impl Tenant {
         Self {
             permits: Arc::new(Semaphore::new(config.transform_concurrency.max(1))),
             uploads: Arc::new(Semaphore::new(1)),
-            compile_budget: crate::modules::compile::CompileBudget::new(config.compile_seconds_per_hour),
+            compile_budget: Arc::new(crate::modules::compile::CompileBudget::new(
+                config.compile_seconds_per_hour,
+            )),
+            uploads_waiting: Arc::default(),
             ingest: config
                 .ingest_rate
                 .map(|rate| Mutex::new(TokenBucket::new(rate, rate.count.max(1)))),
