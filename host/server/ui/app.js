@@ -251,6 +251,7 @@ function escapeName(name) {
 const TREE_DEPTH = 100;
 const TREE_NODES = 20000;
 const TREE_PATH_BYTES = 8192;
+const TREE_PATHS_TOTAL = 4 << 20;
 const TEXT_BYTES = 65536;
 
 // A piece of JSON syntax in compactJson's work list.
@@ -310,6 +311,7 @@ function jsonTree(value, path, marks, drawn, depth = 0) {
   const node = el("span", { class: "node", "data-path": path });
   drawn.index.set(path, node);
   drawn.nodes += 1;
+  drawn.pathBytes += path.length;
   if (marks.has(path)) {
     node.classList.add("violation");
     node.title = shortText(marks.get(path));
@@ -325,7 +327,7 @@ function jsonTree(value, path, marks, drawn, depth = 0) {
   if (Array.isArray(value)) {
     node.append("[");
     for (let i = 0; i < value.length; i++) {
-      if (drawn.nodes >= TREE_NODES) {
+      if (drawn.nodes >= TREE_NODES || drawn.pathBytes >= TREE_PATHS_TOTAL) {
         node.append(pad(depth + 1), more(value.length - i));
         break;
       }
@@ -336,7 +338,7 @@ function jsonTree(value, path, marks, drawn, depth = 0) {
     const keys = Object.keys(value);
     node.append("{");
     for (let i = 0; i < keys.length; i++) {
-      if (drawn.nodes >= TREE_NODES) {
+      if (drawn.nodes >= TREE_NODES || drawn.pathBytes >= TREE_PATHS_TOTAL) {
         node.append(pad(depth + 1), more(keys.length - i));
         break;
       }
@@ -359,20 +361,20 @@ function nearestDrawn(path, index) {
   if (!path.startsWith("$") || path.length > TREE_PATH_BYTES * 2) return null;
   const step = /\['(?:[^'\\]|\\.)*'\]|\[\d+\]/y;
   step.lastIndex = 1;
-  const ends = [];
+  // Shortest first: what is drawn is closed under parents, so the first
+  // prefix not drawn ends the search (at most TREE_DEPTH lookups).
+  let found = null;
   while (step.lastIndex < path.length) {
-    if (!step.exec(path)) return null;
-    ends.push(step.lastIndex);
+    if (!step.exec(path)) return found;
+    const node = index.get(path.slice(0, step.lastIndex));
+    if (!node) return found;
+    found = node;
   }
-  for (let i = ends.length - 2; i >= 0; i--) {
-    const found = index.get(path.slice(0, ends[i]));
-    if (found) return found;
-  }
-  return null;
+  return found;
 }
 
 function showJson(target, value, marks) {
-  const drawn = { nodes: 0, index: new Map() };
+  const drawn = { nodes: 0, pathBytes: 0, index: new Map() };
   target.replaceChildren(jsonTree(value, "$", marks, drawn));
   // Paths a violation names but the payload lacks mark their nearest
   // parent; a path not in normalized form (`$.items[*].w`, or any text a
@@ -403,7 +405,7 @@ async function openLetter(id) {
   // original's only for a one-step pipeline and the event itself (not a
   // fan-out child).
   const onOriginal = (v) => (letter.versions || []).length <= 1 && (!v.event || v.event === letter.event_id);
-  const marks = new Map(violations.filter((v) => v && typeof v.path === "string" && onOriginal(v))
+  const marks = new Map(violations.slice(0, 200).filter((v) => v && typeof v.path === "string" && onOriginal(v))
     .map((v) => [v.path, v.message || v.code || ""]));
   $("dl-violations").replaceChildren(...(violations.length
     ? violations.slice(0, 200).map((v) => el("li", {}, el("code", {}, shortText(String(v.path || ""))), ` ${shortText(String(v.message || ""))} `, el("span", { class: "code" }, shortText(String(v.code || "")))))

@@ -277,8 +277,14 @@ fn read_recording_request(body: &[u8]) -> Result<Asked, ApiError> {
             Some("$['key']"),
         ));
     }
-    let redactor = Redactor::new(&asked.redact, &key)
-        .map_err(|err| ApiError::bad_request("invalid-recording", err.to_string(), Some("$['redact']")))?;
+    let redactor = Redactor::new(&asked.redact, &key).map_err(|err| {
+        let field = if matches!(err, crate::change::redact::RedactError::KeyTooLong) {
+            "$['key']"
+        } else {
+            "$['redact']"
+        };
+        ApiError::bad_request("invalid-recording", err.to_string(), Some(field))
+    })?;
     let (wanted, field) = match (asked.count, asked.last) {
         (Some(count), None) => (count, "count"),
         (None, Some(last)) => (last, "last"),

@@ -20,6 +20,14 @@ use sha2::Sha256;
 pub const MAX_PATHS: usize = 32;
 /// Most segments one redaction path may have.
 pub const MAX_SEGMENTS: usize = 32;
+/// Longest redaction path, in bytes, and most selectors in one segment
+/// (`['a','b',…]`): each child is matched against every selector.
+pub const MAX_PATH_BYTES: usize = 1024;
+/// See [`MAX_PATH_BYTES`].
+pub const MAX_SELECTORS: usize = 16;
+/// Longest redaction key, in bytes: a longer HMAC key is hashed again on
+/// every use.
+pub const MAX_KEY_BYTES: usize = 64;
 
 /// Why redaction cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -41,8 +49,13 @@ pub enum RedactError {
         path: String,
     },
     /// More paths, or a longer path, than redaction takes.
-    #[error("redaction takes at most {MAX_PATHS} paths of at most {MAX_SEGMENTS} segments each")]
+    #[error(
+        "redaction takes at most {MAX_PATHS} paths of at most {MAX_PATH_BYTES} bytes, {MAX_SEGMENTS} segments and {MAX_SELECTORS} selectors per segment"
+    )]
     TooMany,
+    /// A key longer than [`MAX_KEY_BYTES`].
+    #[error("a redaction key is at most {MAX_KEY_BYTES} bytes")]
+    KeyTooLong,
 }
 
 /// Replaces what its paths select; remembers each value's placeholder.
@@ -65,8 +78,11 @@ impl Redactor {
     /// A redactor of these JSONPaths under `key` (any bytes; the same key
     /// gives the same placeholders).
     pub fn new(paths: &[String], key: &[u8]) -> Result<Self, RedactError> {
-        if paths.len() > MAX_PATHS {
+        if paths.len() > MAX_PATHS || paths.iter().any(|path| path.len() > MAX_PATH_BYTES) {
             return Err(RedactError::TooMany);
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(RedactError::KeyTooLong);
         }
         let paths = paths.iter().map(|path| compile(path)).collect::<Result<_, _>>()?;
         Ok(Self {
@@ -181,7 +197,14 @@ fn compile(path: &str) -> Result<Vec<Segment>, RedactError> {
         path: path.to_string(),
         detail: err.to_string(),
     })?;
-    if query.segments.len() > MAX_SEGMENTS {
+    let too_wide = |segment: &Segment| match segment {
+        Segment::Selectors(list) => list.len() > MAX_SELECTORS,
+        Segment::Descendant(inner) => {
+            matches!(&**inner, Segment::Selectors(list) if list.len() > MAX_SELECTORS)
+        }
+        Segment::Selector(_) => false,
+    };
+    if query.segments.len() > MAX_SEGMENTS || query.segments.iter().any(too_wide) {
         return Err(RedactError::TooMany);
     }
     let filter = |selector: &Selector| matches!(selector, Selector::Filter(_));
@@ -359,6 +382,22 @@ mod tests {
         assert!(matches!(
             Redactor::new(&many, b"k").err().unwrap(),
             RedactError::TooMany
+        ));
+        let long = format!("$.{}", "a".repeat(MAX_PATH_BYTES));
+        assert!(matches!(
+            Redactor::new(&[long], b"k").err().unwrap(),
+            RedactError::TooMany
+        ));
+        let names: Vec<String> = (0..=MAX_SELECTORS).map(|n| format!("'n{n}'")).collect();
+        let wide = format!("$[{}]", names.join(","));
+        assert!(matches!(
+            Redactor::new(&[wide], b"k").err().unwrap(),
+            RedactError::TooMany
+        ));
+        let key = vec![7u8; MAX_KEY_BYTES + 1];
+        assert!(matches!(
+            Redactor::new(&["$.a".into()], &key).err().unwrap(),
+            RedactError::KeyTooLong
         ));
     }
 
