@@ -496,7 +496,7 @@ fn parallel_uploads_are_not_held_in_memory_before_their_permits() {
         );
     }
     let checked = answers.iter().filter(|a| a.0 == 422).count();
-    assert!(checked >= 5 && checked < 40, "{checked} of 40 were checked");
+    assert!((5..40).contains(&checked), "{checked} of 40 were checked");
     let peak = peak_rss_bytes(sidecar.child.id());
     eprintln!(
         "sidecar peak memory: {} MiB before, {} MiB after 40 parallel uploads",

@@ -150,6 +150,24 @@ impl OutcomeJson {
             OutcomeJson::Error { .. } => "error",
         }
     }
+
+    /// About how many bytes the outcome takes as JSON, without writing it:
+    /// for a host that decides whether writing it is small enough to do on
+    /// an async thread. A fault counts as its largest (message and log).
+    pub fn approx_bytes(&self) -> usize {
+        match self {
+            OutcomeJson::Emit { events } => events
+                .iter()
+                .map(|e| e.payload.get().len() + e.id.len() + e.kind.len() + e.source.len() + 64)
+                .sum(),
+            OutcomeJson::Drop { reason } => reason.len() + 32,
+            OutcomeJson::Reject { violations } => violations
+                .iter()
+                .map(|v| v.path.len() + v.code.len() + v.message.len() + 48)
+                .sum(),
+            OutcomeJson::Error { .. } => 32 << 10,
+        }
+    }
 }
 
 /// Parses a JSON or JSONL text into events. A JSON array, a single object,

@@ -413,6 +413,9 @@ fn store_failed(err: std::io::Error) -> ApiError {
     ApiError::internal(format!("cannot store the module ({})", err.kind()))
 }
 
+/// Most differences one upload's fixture report shows, over all its cases.
+const MAX_REPORTED_DIFFERENCES: usize = 200;
+
 /// Most input events the fixtures of one upload may hold: each may run up
 /// to its deadline, so this bounds how long one upload's check can take.
 const MAX_UPLOAD_FIXTURE_EVENTS: usize = 1000;
@@ -527,7 +530,21 @@ fn check(
         };
         ApiError::bad_request("invalid-fixtures", message, None)
     })?;
-    let cases: Vec<Value> = suite.cases.iter().map(CaseResult::to_json).collect();
+    // At most this many differences are shown across every case of the
+    // report (each case counts all of its own in `differences-total`).
+    let mut shown_left = MAX_REPORTED_DIFFERENCES;
+    let cases: Vec<Value> = suite
+        .cases
+        .iter()
+        .map(|case| {
+            let mut json = CaseResult::to_json(case);
+            if let Some(differences) = json.get_mut("differences").and_then(Value::as_array_mut) {
+                differences.truncate(shown_left);
+                shown_left -= differences.len();
+            }
+            json
+        })
+        .collect();
     let failed = suite.failed();
     if failed > 0 {
         let mut error = unprocessable(

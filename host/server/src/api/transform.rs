@@ -65,13 +65,7 @@ pub async fn transform(
     // Serialising up to `max-response-bytes` of outcomes: off the async
     // threads unless they are small.
     let max_bytes = app.settings.max_response_bytes;
-    let payload_bytes: usize = outcomes
-        .iter()
-        .map(|outcome| match outcome {
-            OutcomeJson::Emit { events } => events.iter().map(|e| e.payload.get().len()).sum(),
-            _ => 0,
-        })
-        .sum();
+    let payload_bytes: usize = outcomes.iter().map(OutcomeJson::approx_bytes).sum();
     if payload_bytes <= INLINE_PARSE_BYTES {
         return answer(outcomes, strict, single, max_bytes);
     }

@@ -241,8 +241,7 @@ pub async fn start_recording(
     let newest = newest_events(app, channel, wanted).await?;
     let mut events = newest.events();
     events.reverse();
-    let answer = finish(app, channel, events, redactor).await?;
-    Ok(json_response(StatusCode::OK, &answer))
+    finish(app, channel, events, redactor).await
 }
 
 /// A recording request, checked.
@@ -256,7 +255,7 @@ struct Asked {
 
 /// Reads `{"count" | "last", "redact", "key"}`; every refusal names its field.
 fn read_recording_request(body: &[u8]) -> Result<Asked, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(&body);
+    let mut de = serde_json::Deserializer::from_slice(body);
     let asked: RecordRequest = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = sluice_engine::diff::path_from_serde(err.path());
         ApiError::bad_request("invalid-recording", err.into_inner().to_string(), Some(&path))
@@ -437,7 +436,7 @@ async fn answer_cases(
     let redactor = Redactor::new(&recording.redact, &recording.key).map_err(ApiError::internal)?;
     let answer = finish(app, channel, recording.events(), redactor).await?;
     taken.answered();
-    Ok(json_response(StatusCode::OK, &answer))
+    Ok(answer)
 }
 
 /// The cases of recorded events, run through today's pipeline on a
@@ -447,19 +446,21 @@ async fn finish(
     channel: &crate::state::Channel,
     events: Vec<sluice_engine::event::EventJson>,
     mut redactor: Redactor,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<Response<Body>, ApiError> {
     // Instances of its own, so the live channel's guests keep their state.
     let pipeline = channel.pipeline().isolated();
     let permit = app.transform_permit(&channel.tenant).await?;
-    let cases = tokio::task::spawn_blocking(move || {
+    // The answer is written there too: its cases hold every recorded event.
+    let answer = tokio::task::spawn_blocking(move || {
         let cases = cases(&events, &mut redactor, &pipeline);
         drop(permit);
-        cases
+        let cases = cases?;
+        serde_json::to_vec(&json!({"state": "done", "cases": cases})).map_err(|err| err.to_string())
     })
     .await
     .map_err(|join| ApiError::internal(format!("the recording task failed: {join}")))?
     .map_err(ApiError::internal)?;
-    Ok(json!({"state": "done", "cases": cases}))
+    Ok(crate::api::http::json_bytes_response(StatusCode::OK, answer))
 }
 
 fn no_recording(name: &str) -> ApiError {

@@ -144,7 +144,7 @@ async fn transform(app: &Arc<App>, channel: &Channel, pending: Vec<Pending>) -> 
         })
         .collect();
     app.record_faults(channel, &faults);
-    let output_bytes: usize = ran.outcomes.iter().map(outcome_bytes).sum();
+    let output_bytes: usize = ran.outcomes.iter().map(OutcomeJson::approx_bytes).sum();
     let decided = off_async_if_large(output_bytes, {
         let (app, name) = (app.clone(), channel.name.clone());
         move || dispositions(&app, &app.channels[&name], runnable, ran, &versions)
@@ -162,14 +162,6 @@ async fn off_async_if_large<T: Send + 'static>(bytes: usize, work: impl FnOnce()
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
         Err(join) => std::panic::resume_unwind(join.into_panic()),
-    }
-}
-
-/// About how many bytes an outcome's emitted payloads hold.
-fn outcome_bytes(outcome: &OutcomeJson) -> usize {
-    match outcome {
-        OutcomeJson::Emit { events } => events.iter().map(|e| e.payload.get().len()).sum(),
-        _ => 0,
     }
 }
 
