@@ -165,6 +165,11 @@ impl Pipeline {
         }
     }
 
+    // Longer than most functions on purpose: one pass per step, in chunks,
+    // charging each input's caps as its results arrive; each phase reads
+    // and writes the same `progress`, and split into helpers that borrow
+    // it in turn the order of the checks (fault, caps, outcome) would no
+    // longer read top to bottom.
     fn run_on<'m>(
         &'m self,
         inputs: &[EventJson],

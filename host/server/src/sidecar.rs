@@ -129,19 +129,7 @@ impl Sidecar {
             parallel_compilation: false,
             ..EngineOptions::default()
         })?;
-        let mut channels = Vec::new();
-        for channel in &config.channels {
-            let limits = config.channel_limits(channel);
-            let pipeline = match &channel.pipeline {
-                Some(file) => load_pipeline(&base.join(file), &engine, &limits),
-                None => pipeline_from_steps(&channel.steps, base, &engine, &limits),
-            }
-            .map_err(|error| SidecarError::Channel {
-                channel: channel.name.clone(),
-                error: Box::new(error),
-            })?;
-            channels.push(Channel::new(&channel.name, &channel.tenant, pipeline));
-        }
+        let channels = load_channels(&config, base, &engine)?;
         for destination in &config.destinations {
             crate::workers::tls::client_config(destination.ca_file.as_deref()).map_err(|err| {
                 SidecarError::Destination {
@@ -154,34 +142,7 @@ impl Sidecar {
             path: data_dir.clone(),
             error,
         })?;
-        let (store, queue, registry, location): (Store, Arc<dyn Queue>, Arc<dyn Registry>, String) =
-            match options.queue.clone().or_else(|| config.queue.clone()) {
-                Some(url) => {
-                    let routes: Vec<(String, String)> = config
-                        .channels
-                        .iter()
-                        .filter_map(|c| Some((c.name.clone(), c.destination.clone()?)))
-                        .collect();
-                    let window = Duration::from_secs(config.idempotency_window_hours * 3600);
-                    let nats =
-                        NatsStore::connect(&url, window, &routes).map_err(|error| SidecarError::Queue {
-                            url: url.clone(),
-                            error,
-                        })?;
-                    let nats = Arc::new(nats);
-                    (Store::Nats(nats.clone()), nats.clone(), nats, url)
-                }
-                None => {
-                    let database = data_dir.join("sluice.db");
-                    let sqlite =
-                        Arc::new(SqliteQueue::open(&database).map_err(|error| SidecarError::Store {
-                            path: database.clone(),
-                            error,
-                        })?);
-                    let location = database.display().to_string();
-                    (Store::Sqlite(sqlite.clone()), sqlite.clone(), sqlite, location)
-                }
-            };
+        let (store, queue, registry, location) = open_store(&config, options, &data_dir)?;
         let mut app = App::new(&config, channels, queue, registry, engine, data_dir)?;
         app.collects_module_cache = options.module_cache.is_none();
         let app = Arc::new(app);
@@ -263,4 +224,63 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
             _ = interrupt.recv() => {}
         }
     })
+}
+
+/// Every configured channel with its pipeline loaded.
+fn load_channels(config: &ServerConfig, base: &Path, engine: &Engine) -> Result<Vec<Channel>, SidecarError> {
+    let mut channels = Vec::new();
+    for channel in &config.channels {
+        let limits = config.channel_limits(channel);
+        let pipeline = match &channel.pipeline {
+            Some(file) => load_pipeline(&base.join(file), engine, &limits),
+            None => pipeline_from_steps(&channel.steps, base, engine, &limits),
+        }
+        .map_err(|error| SidecarError::Channel {
+            channel: channel.name.clone(),
+            error: Box::new(error),
+        })?;
+        channels.push(Channel::new(&channel.name, &channel.tenant, pipeline));
+    }
+    Ok(channels)
+}
+
+/// An open store: the handle the sidecar closes, its queue and registry,
+/// and where it is (for the log).
+type OpenStore = (Store, Arc<dyn Queue>, Arc<dyn Registry>, String);
+
+/// The store the config (or `--queue`) names: NATS JetStream, or the
+/// embedded SQLite file in the data folder.
+fn open_store(
+    config: &ServerConfig,
+    options: &SidecarOptions,
+    data_dir: &Path,
+) -> Result<OpenStore, SidecarError> {
+    let store: (Store, Arc<dyn Queue>, Arc<dyn Registry>, String) =
+        match options.queue.clone().or_else(|| config.queue.clone()) {
+            Some(url) => {
+                let routes: Vec<(String, String)> = config
+                    .channels
+                    .iter()
+                    .filter_map(|c| Some((c.name.clone(), c.destination.clone()?)))
+                    .collect();
+                let window = Duration::from_secs(config.idempotency_window_hours * 3600);
+                let nats =
+                    NatsStore::connect(&url, window, &routes).map_err(|error| SidecarError::Queue {
+                        url: url.clone(),
+                        error,
+                    })?;
+                let nats = Arc::new(nats);
+                (Store::Nats(nats.clone()), nats.clone(), nats, url)
+            }
+            None => {
+                let database = data_dir.join("sluice.db");
+                let sqlite = Arc::new(SqliteQueue::open(&database).map_err(|error| SidecarError::Store {
+                    path: database.clone(),
+                    error,
+                })?);
+                let location = database.display().to_string();
+                (Store::Sqlite(sqlite.clone()), sqlite.clone(), sqlite, location)
+            }
+        };
+    Ok(store)
 }
