@@ -89,44 +89,7 @@ pub async fn upload(
     let tenant_name = acting_tenant(app, caller, &request)?;
     let tenant = app.tenant(&tenant_name).expect("checked by acting_tenant");
 
-    // A tenant over its compile budget hears so before its body is kept.
-    let upload_limit = tenant.config.max_module_bytes + app.max_body_bytes;
-    if let Err(wait) = tenant.compile_budget.admit(std::time::Instant::now()) {
-        discard_body(request, upload_limit, app.settings.body_timeout).await;
-        return Err(refused(
-            app,
-            &tenant_name,
-            over_budget(&tenant, &tenant_name, wait),
-        ));
-    }
-    // One upload of a tenant at a time, from the body to the record, so
-    // that parallel uploads cannot pass the quotas together. A few may wait
-    // for it; more are refused at once, so that one tenant's uploads cannot
-    // hold every connection of the sidecar.
-    let Some(waiting) = Waiting::enter(&tenant.uploads_waiting) else {
-        discard_body(request, upload_limit, app.settings.body_timeout).await;
-        let busy = ApiError::rate_limited(
-            format!(
-                "tenant `{tenant_name}` has {MAX_WAITING_UPLOADS} uploads waiting already; send one at a time"
-            ),
-            std::time::Duration::from_secs(1),
-        );
-        return Err(refused(
-            app,
-            &tenant_name,
-            ApiError {
-                code: "too-many-uploads",
-                ..busy
-            },
-        ));
-    };
-    let one_at_a_time = tenant
-        .uploads
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(ApiError::internal)?;
-    drop(waiting);
+    let (one_at_a_time, request) = wait_for_turn(app, &tenant, &tenant_name, request).await?;
 
     // Under the data folder, which is on disk (a `/tmp` may be memory).
     let unpacked = tempfile::tempdir_in(app.modules_dir.parent().unwrap_or(&app.modules_dir))
@@ -189,6 +152,53 @@ pub async fn upload(
         return unchanged_upload(app, &tenant_name, name, &version, bytes, report).await;
     }
     store_upload(app, &tenant_name, name, version, bytes, module, report).await
+}
+
+/// Waits for the tenant's upload permit, after the cheap refusals: a
+/// tenant over its compile budget, or with too many uploads waiting, hears
+/// so before its body is kept (the body is drained so it hears it at all).
+async fn wait_for_turn(
+    app: &App,
+    tenant: &crate::state::Tenant,
+    tenant_name: &str,
+    request: Request<Incoming>,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, Request<Incoming>), ApiError> {
+    // A tenant over its compile budget hears so before its body is kept.
+    let upload_limit = tenant.config.max_module_bytes + app.max_body_bytes;
+    if let Err(wait) = tenant.compile_budget.admit(std::time::Instant::now()) {
+        discard_body(request, upload_limit, app.settings.body_timeout).await;
+        return Err(refused(app, tenant_name, over_budget(tenant, tenant_name, wait)));
+    }
+    // One upload of a tenant at a time, from the body to the record, so
+    // that parallel uploads cannot pass the quotas together. A few may wait
+    // for it; more are refused at once, so that one tenant's uploads cannot
+    // hold every connection of the sidecar.
+    let Some(waiting) = Waiting::enter(&tenant.uploads_waiting) else {
+        discard_body(request, upload_limit, app.settings.body_timeout).await;
+        let busy = ApiError::rate_limited(
+            format!(
+                "tenant `{tenant_name}` has {MAX_WAITING_UPLOADS} uploads waiting already; send one at a time"
+            ),
+            std::time::Duration::from_secs(1),
+        );
+        return Err(refused(
+            app,
+            tenant_name,
+            ApiError {
+                code: "too-many-uploads",
+                ..busy
+            },
+        ));
+    };
+    let one_at_a_time = tenant
+        .uploads
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(ApiError::internal)?;
+    drop(waiting);
+
+    Ok((one_at_a_time, request))
 }
 
 /// Most uploads of one tenant waiting for its permit.
