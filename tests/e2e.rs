@@ -14,5 +14,6 @@ mod languages;
 mod pipeline;
 mod sandbox;
 mod serve;
+mod sources;
 mod tenants;
 mod ui;

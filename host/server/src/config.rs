@@ -83,6 +83,99 @@ pub struct ServerConfig {
     /// The channels this sidecar serves.
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
+    /// Webhook sources: platforms that deliver signed webhooks to
+    /// `POST /v1/sources/{tenant}/{source}`.
+    #[serde(default, rename = "source")]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// How a source's platform signs its webhooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    /// `X-Shopify-Hmac-Sha256` over the body.
+    Shopify,
+    /// `X-WC-Webhook-Signature` over the body; its creation ping is answered.
+    Woocommerce,
+    /// `x-square-hmacsha256-signature` over the notification URL and the body.
+    Square,
+    /// `webhook-id`, `webhook-timestamp`, `webhook-signature` (Standard Webhooks v1).
+    StandardWebhooks,
+    /// An HMAC-SHA256 in a header of the tenant's choosing.
+    Hmac,
+    /// A static secret in a header.
+    SharedSecret,
+}
+
+impl SourceKind {
+    /// Its name in `sluice.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SourceKind::Shopify => "shopify",
+            SourceKind::Woocommerce => "woocommerce",
+            SourceKind::Square => "square",
+            SourceKind::StandardWebhooks => "standard-webhooks",
+            SourceKind::Hmac => "hmac",
+            SourceKind::SharedSecret => "shared-secret",
+        }
+    }
+}
+
+/// One webhook source of a tenant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Unique per tenant; also the `source` of its events.
+    pub name: String,
+    /// Whose events it makes.
+    pub tenant: String,
+    /// How its platform signs.
+    pub kind: SourceKind,
+    /// The environment variable holding the secret (secrets are never inline).
+    #[serde(default)]
+    pub secret_env: Option<String>,
+    /// Or a file holding it, relative to this file.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// During a rotation: the environment variable of the previous secret,
+    /// also accepted until it is removed.
+    #[serde(default)]
+    pub previous_secret_env: Option<String>,
+    /// Or a file holding the previous secret.
+    #[serde(default)]
+    pub previous_secret_file: Option<PathBuf>,
+    /// `square`: the notification URL exactly as configured at Square (it is signed).
+    #[serde(default)]
+    pub notification_url: Option<String>,
+    /// `standard-webhooks`: how far `webhook-timestamp` may be from now.
+    #[serde(default = "default_tolerance")]
+    pub tolerance_secs: u64,
+    /// `hmac` and `shared-secret`: the header that carries the signature or secret.
+    #[serde(default)]
+    pub header: Option<String>,
+    /// `hmac`: text before the signature in its header (`sha256=`).
+    #[serde(default)]
+    pub prefix: String,
+    /// `hmac`: `hex` or `base64`.
+    #[serde(default = "default_encoding")]
+    pub encoding: String,
+    /// `hmac` and `shared-secret`: the header with the delivery's id (none: the body's hash).
+    #[serde(default)]
+    pub id_header: Option<String>,
+    /// `hmac` and `shared-secret`: the header with the delivery's topic.
+    #[serde(default)]
+    pub topic_header: Option<String>,
+    /// Event kinds by topic, before the defaults (`products/update` → `product`).
+    #[serde(default)]
+    pub kinds: std::collections::BTreeMap<String, String>,
+}
+
+fn default_tolerance() -> u64 {
+    300
+}
+
+fn default_encoding() -> String {
+    "hex".into()
 }
 
 /// One tenant: who may act for it, and how much it may use.
@@ -492,6 +585,7 @@ impl ServerConfig {
         config.check_tokens()?;
         config.check_tenants()?;
         config.check_channels()?;
+        config.check_sources()?;
         Ok(config)
     }
 
@@ -587,6 +681,39 @@ impl ServerConfig {
             }
             if let Err(err) = self.limits.with_overrides(&tenant.limits) {
                 return Err(format!("tenant `{}`: limits: {err}", tenant.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Source names are unique per tenant and safe in a path.
+    fn check_sources(&self) -> Result<(), String> {
+        let mut names = std::collections::BTreeSet::new();
+        for source in &self.sources {
+            let safe = |text: &str| {
+                !text.is_empty()
+                    && text.len() <= 64
+                    && text
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            };
+            if !safe(&source.name) || !safe(&source.tenant) {
+                return Err(format!(
+                    "source `{}` of `{}`: names are a-z, 0-9, `-` and `_`",
+                    source.name, source.tenant
+                ));
+            }
+            if !self.tenants.iter().any(|tenant| tenant.name == source.tenant) {
+                return Err(format!(
+                    "source `{}`: tenant `{}` is not defined (add a [[tenant]] with that name)",
+                    source.name, source.tenant
+                ));
+            }
+            if !names.insert((source.tenant.as_str(), source.name.as_str())) {
+                return Err(format!(
+                    "source `{}` of tenant `{}` is defined twice",
+                    source.name, source.tenant
+                ));
             }
         }
         Ok(())

@@ -28,6 +28,7 @@ mod modules;
 mod observe;
 pub mod sidecar;
 pub mod sink;
+mod sources;
 mod state;
 pub mod store;
 mod workers;

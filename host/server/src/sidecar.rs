@@ -65,6 +65,14 @@ pub enum SidecarError {
         /// Why.
         detail: String,
     },
+    /// A source cannot be set up (a secret is missing, a setting is wrong).
+    #[error("source `{name}`: {detail}")]
+    Source {
+        /// `tenant/source`.
+        name: String,
+        /// Why.
+        detail: String,
+    },
     /// The data directory cannot be created.
     #[error("cannot create the data directory `{}`: {error}", path.display())]
     DataDir {
@@ -145,6 +153,15 @@ impl Sidecar {
         let (store, queue, registry, location) = open_store(&config, options, &data_dir)?;
         let mut app = App::new(&config, channels, queue, registry, engine, data_dir)?;
         app.collects_module_cache = options.module_cache.is_none();
+        for source in &config.sources {
+            let loaded =
+                crate::sources::Source::load(source, base).map_err(|detail| SidecarError::Source {
+                    name: format!("{}/{}", source.tenant, source.name),
+                    detail,
+                })?;
+            app.sources
+                .insert((source.tenant.clone(), source.name.clone()), Arc::new(loaded));
+        }
         let app = Arc::new(app);
         if config.admin_token_sha256.is_empty() && config.tenants.iter().all(|t| t.token_sha256.is_empty()) {
             tracing::warn!("no admin or tenant token is configured: every /v1 call will answer 401");

@@ -47,6 +47,22 @@ pub async fn ingest(
     accept(app, parsed).await
 }
 
+/// Ingests one event a source made (`api::sources`), for its tenant,
+/// through the same checks and the same durable, idempotent path as
+/// `POST /v1/events`.
+pub(crate) async fn ingest_from_source(
+    app: &App,
+    tenant: &str,
+    envelope: String,
+) -> Result<Response<Body>, ApiError> {
+    let allowed = std::collections::BTreeSet::from([tenant.to_string()]);
+    let default_tenant = Some(tenant.to_string());
+    let parsed = tokio::task::spawn_blocking(move || prepare(envelope.as_bytes(), default_tenant, &allowed))
+        .await
+        .map_err(|join| ApiError::internal(format!("the ingest task failed: {join}")))??;
+    accept(app, parsed).await
+}
+
 /// Queues checked events for the channels that take them, within their
 /// tenants' storage and ingest rate, and stores them; the 202 answer.
 async fn accept(app: &App, parsed: Vec<Prepared>) -> Result<Response<Body>, ApiError> {

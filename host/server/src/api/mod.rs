@@ -11,6 +11,7 @@ pub(crate) mod http;
 pub(crate) mod modules;
 pub mod routes;
 mod server;
+mod sources;
 mod tenants;
 mod timed_io;
 pub(crate) mod transform;
@@ -72,6 +73,8 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
                 Err(ApiError::unauthorized())
             };
         }
+        // Signed by its platform: no Bearer token.
+        Some(E::SourceDelivery) => return sources::deliver(app, &name, found.source, request).await,
         None if !scoped => return Err(method_not_allowed(&method, &path)),
         endpoint => endpoint,
     };
@@ -83,7 +86,9 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
         return Err(method_not_allowed(&method, &path));
     };
     match endpoint {
-        E::Healthz | E::Readyz | E::Metrics => unreachable!("answered before the token check"),
+        E::Healthz | E::Readyz | E::Metrics | E::SourceDelivery => {
+            unreachable!("answered before the token check")
+        }
         E::Transform => {
             let response = transform::transform(app, &caller, &name, request).await;
             // Only configured names become labels: a caller cannot grow the metrics.

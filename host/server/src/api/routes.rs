@@ -44,6 +44,7 @@ pub(crate) enum Endpoint {
     Replay,
     CreateTenant,
     CreateToken,
+    SourceDelivery,
 }
 
 /// One row of the route table.
@@ -66,7 +67,8 @@ macro_rules! table {
             method: stringify!($method),
             path: $path,
             summary: $summary,
-            tenant_scoped: $path.as_bytes()[1] == b'v',
+            // Sources are signed by their platform, not by a Bearer token.
+            tenant_scoped: $path.as_bytes()[1] == b'v' && !matches!(Endpoint::$endpoint, Endpoint::SourceDelivery),
             endpoint: Endpoint::$endpoint,
         }),*]
     };
@@ -107,6 +109,7 @@ pub const ROUTES: &[RouteEntry] = table! {
     POST "/v1/dead-letters/{name}/replay" => Replay, "requeue a dead letter";
     PUT "/v1/tenants/{name}" => CreateTenant, "admin: create a tenant";
     POST "/v1/tenants/{name}/tokens" => CreateToken, "admin: issue a tenant a token";
+    POST "/v1/sources/{name}/{source}" => SourceDelivery, "a platform's signed webhook for tenant {name}'s source: 202 as ingest, 401 unless its signature holds";
 };
 
 /// A path's routes: the method → endpoint pairs one pattern answers.
@@ -133,6 +136,8 @@ static ROUTER: LazyLock<matchit::Router<Methods>> = LazyLock::new(|| {
 pub(crate) struct Found<'a> {
     pub endpoint: Option<Endpoint>,
     pub name: &'a str,
+    /// A second name, where the path has one (`{source}`).
+    pub source: &'a str,
 }
 
 /// The route of `method` on `path`, or `None` when the path is no route.
@@ -148,6 +153,7 @@ pub(crate) fn find<'a>(method: &Method, path: &'a str) -> Option<Found<'a>> {
     Some(Found {
         endpoint,
         name: found.params.get("name").unwrap_or(""),
+        source: found.params.get("source").unwrap_or(""),
     })
 }
 

@@ -62,6 +62,15 @@ struct DeadLetterLabels {
     pub stage: String,
 }
 
+/// Labels of refused source deliveries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    /// The source, as `tenant/source` (configured names only).
+    pub source: String,
+    /// `missing`, `malformed`, `mismatch` or `stale`.
+    pub reason: String,
+}
+
 /// Labels of module-upload counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct UploadLabels {
@@ -130,6 +139,7 @@ pub struct Metrics {
     worker_restarts: Family<WorkerLabels, Counter>,
     /// Ingest requests refused because the tenant holds its `max-stored-events`.
     storage_refused: Family<TenantLabels, Counter>,
+    source_refused: Family<SourceLabels, Counter>,
     /// Time spent running a channel's pipeline per batch, in seconds.
     transform_seconds: Histograms<ChannelLabels>,
     /// Pipeline runs, by where they ran.
@@ -166,6 +176,7 @@ impl Default for Metrics {
             uploads: Family::default(),
             worker_restarts: Family::default(),
             storage_refused: Family::default(),
+            source_refused: Family::default(),
             transform_seconds: Family::new_with_constructor(latency_histogram),
             placements: Family::default(),
             delivery_seconds: Family::new_with_constructor(latency_histogram),
@@ -249,6 +260,11 @@ impl Default for Metrics {
             m.worker_restarts.clone(),
         );
         registry.register(
+            "source_refused",
+            "Source deliveries refused for their signature, per source and reason",
+            m.source_refused.clone(),
+        );
+        registry.register(
             "ingest_storage_refused",
             "Ingest requests refused because the tenant holds its max-stored-events",
             m.storage_refused.clone(),
@@ -321,6 +337,16 @@ impl Metrics {
     /// Counts an ingest request refused by the tenant's `ingest-rate`.
     pub fn rate_limited(&self, tenant_name: &str) {
         self.rate_limited.get_or_create(&tenant(tenant_name)).inc();
+    }
+
+    /// Counts a source delivery refused for its signature.
+    pub fn source_refused(&self, source: &str, reason: &str) {
+        self.source_refused
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Counts an ingest request refused by the tenant's `max-stored-events`.

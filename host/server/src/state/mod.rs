@@ -89,6 +89,8 @@ pub struct App {
     /// Whether the module cache is this sidecar's alone, so that it may
     /// delete the artifacts it does not use.
     pub collects_module_cache: bool,
+    /// Webhook sources, by (tenant, name), their secrets loaded.
+    pub(crate) sources: BTreeMap<(String, String), Arc<crate::sources::Source>>,
 }
 
 /// The server's own limits and timeouts, from `sluice.toml`.
@@ -191,6 +193,7 @@ impl App {
             engine,
             modules_dir: data_dir.join("modules"),
             collects_module_cache: true,
+            sources: BTreeMap::new(),
         };
         app.restore_activations()?;
         Ok(app)
