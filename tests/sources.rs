@@ -251,3 +251,67 @@ fn signed_platform_webhooks_become_events_and_anything_else_is_refused_alike() {
     );
     assert!(metrics.contains(r#"sluice_source_refused_total{source="acme/shop",reason="missing"} 1"#));
 }
+
+/// `sluice import` runs a 10,000-row CSV (a BOM, CRLF line endings, a
+/// quoted cell with a newline) into a real sidecar in batches; the same
+/// file again is all duplicates; a ragged row and an oversized line are
+/// refused with their line.
+#[test]
+fn a_catalog_file_imports_once_and_a_second_run_is_all_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n",
+        token_hash(ACME)
+    );
+    let sidecar = Sidecar::start(dir.path(), &config);
+    let mut csv = String::from("\u{feff}sku,title,qty\r\n");
+    for n in 0..10_000 {
+        if n == 5 {
+            csv.push_str("SKU-5,\"A title\r\nover two lines\",5\r\n");
+        } else {
+            csv.push_str(&format!("SKU-{n},Title {n},{}\r\n", n % 7));
+        }
+    }
+    let file = dir.path().join("catalog.csv");
+    std::fs::write(&file, csv).unwrap();
+    let import = |args: &[&str]| {
+        let output = sidecar
+            .command_as(ACME)
+            .arg("import")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let path = file.to_str().unwrap();
+    let (ok, out, err) = import(&["--source", "catalog", "--id-column", "sku", path]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("10000 rows from") && out.contains(": 10000 accepted, 0 duplicates"),
+        "{out}"
+    );
+    let (ok, out, err) = import(&["--source", "catalog", "--id-column", "sku", path]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(": 0 accepted, 10000 duplicates"), "{out}");
+    // Without an id column, a row's content is its id: unchanged rows are duplicates.
+    let (ok, out, _) = import(&["--source", "catalog-by-content", path]);
+    assert!(ok && out.contains(": 10000 accepted"), "{out}");
+    let (ok, out, _) = import(&["--source", "catalog-by-content", path]);
+    assert!(ok && out.contains(": 0 accepted, 10000 duplicates"), "{out}");
+
+    let ragged = dir.path().join("ragged.csv");
+    std::fs::write(&ragged, "sku,qty\nA,1\nB,2,extra\n").unwrap();
+    let (ok, _, err) = import(&["--source", "catalog", ragged.to_str().unwrap()]);
+    assert!(!ok && err.contains("line 3"), "{err}");
+    let huge = dir.path().join("huge.jsonl");
+    std::fs::write(&huge, format!("{{\"sku\": \"{}\"}}\n", "x".repeat(5 << 20))).unwrap();
+    let (ok, _, err) = import(&["--source", "catalog", huge.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("line 1") && err.contains("over 4194304 bytes"),
+        "{err}"
+    );
+}

@@ -447,6 +447,30 @@ fn call(
 }
 
 /// Sends the request: whether the API accepted it, and the answer's text.
+/// Sends a JSONL body and answers the status, a `Retry-After` in seconds
+/// if there was one, and the body: for callers that retry on 429 and 503.
+pub(crate) fn send_status(
+    server: &ServerArgs,
+    method: &str,
+    url: &str,
+    body: &[u8],
+) -> anyhow::Result<(u16, Option<std::time::Duration>, String)> {
+    let mut request = ureq::request(method, url).set("content-type", "application/x-ndjson");
+    if let Some(token) = &server.token {
+        request = request.set("authorization", &format!("Bearer {token}"));
+    }
+    let response = match request.send_bytes(body) {
+        Ok(response) | Err(ureq::Error::Status(_, response)) => response,
+        Err(err) => anyhow::bail!("cannot reach the sidecar at {url}: {err}"),
+    };
+    let status = response.status();
+    let retry_after = response
+        .header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(std::time::Duration::from_secs);
+    Ok((status, retry_after, response.into_string()?))
+}
+
 pub(crate) fn send(
     server: &ServerArgs,
     method: &str,

@@ -5,6 +5,7 @@
 mod admin;
 mod build;
 mod check;
+mod import;
 mod new;
 mod run;
 mod serve;
@@ -66,6 +67,11 @@ enum Command {
     Token(admin::TokenArgs),
     /// A local destination that prints every request it receives as a JSON line.
     Sink(sink::SinkArgs),
+    /// Send a catalog file (CSV with a header row, or JSONL) to a running
+    /// sidecar as events of one source, in batches that wait out 429 and
+    /// 503. A row's id is its `--id-column`, or a hash of its content, so
+    /// running the same file again sends only duplicates.
+    Import(import::ImportArgs),
 }
 
 /// Engine and limit settings shared by the commands that run modules.
@@ -141,6 +147,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Modules(args) => admin::modules(args),
         Command::Token(args) => admin::token(args),
         Command::Sink(args) => sink::run(args),
+        Command::Import(args) => import::run(args),
     }
 }
 
