@@ -124,6 +124,9 @@ pub struct NatsStore {
     /// held ones are: a message waits here while the delivery worker sleeps
     /// out a `Retry-After` or works through a rate-limited round.
     inboxes: Inboxes,
+    /// Set by [`NatsStore::close`]: a delivery that arrives afterwards is
+    /// given back at once instead of waiting in an inbox nobody reads.
+    closing: Arc<std::sync::atomic::AtomicBool>,
     /// Raised when a destination's inbox receives a delivery.
     signals: HashMap<String, Arc<Notify>>,
     switches: Arc<RwLock<HashMap<String, Switch>>>,
@@ -170,6 +173,7 @@ impl NatsStore {
             deliveries: Arc::default(),
             routes: HashMap::new(),
             inboxes: Arc::default(),
+            closing: Arc::default(),
             signals: HashMap::new(),
             switches: Arc::default(),
             changes,
@@ -185,9 +189,13 @@ impl NatsStore {
                     names::outbound(destination, partition, channel),
                 )?;
                 let inbox = Arc::downgrade(&store.inboxes);
-                store
-                    .handle
-                    .spawn(pull(consumer, inbox, destination.clone(), signal.clone()));
+                store.handle.spawn(pull(
+                    consumer,
+                    inbox,
+                    store.closing.clone(),
+                    destination.clone(),
+                    signal.clone(),
+                ));
             }
             store
                 .routes
@@ -289,6 +297,7 @@ impl NatsStore {
     /// Gives back every held message (so another node takes it at once,
     /// not after `ack_wait`) and closes the connection after flushing.
     pub fn close(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::Release);
         let held = held_messages(&self.transform, &self.deliveries, &self.inboxes, true);
         let client = self.client.clone();
         let _ = self.block("flush", async move {
@@ -347,6 +356,7 @@ fn held_messages(
 async fn pull(
     consumer: PullConsumer,
     inbox: std::sync::Weak<Mutex<HashMap<String, Vec<jetstream::Message>>>>,
+    closing: Arc<std::sync::atomic::AtomicBool>,
     destination: String,
     signal: Arc<Notify>,
 ) {
@@ -365,12 +375,16 @@ async fn pull(
                         Ok(message) => {
                             // The store is gone: this node holds nothing any more.
                             let Some(inbox) = inbox.upgrade() else { return };
-                            inbox
-                                .lock()
-                                .expect("inbox lock")
-                                .entry(destination.clone())
-                                .or_default()
-                                .push(message);
+                            // Checked under the inbox's lock, which `close` takes after
+                            // setting the flag: a message is either taken by it or given back here.
+                            let mut inboxes = inbox.lock().expect("inbox lock");
+                            if closing.load(std::sync::atomic::Ordering::Acquire) {
+                                drop(inboxes);
+                                let _ = message.ack_with(jetstream::AckKind::Nak(None)).await;
+                                return;
+                            }
+                            inboxes.entry(destination.clone()).or_default().push(message);
+                            drop(inboxes);
                             signal.notify_one();
                         }
                         Err(err) => {
