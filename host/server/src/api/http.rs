@@ -148,6 +148,29 @@ pub fn text(status: StatusCode, body: &str) -> Response<Body> {
     response
 }
 
+/// The 413 of a body over `max` bytes.
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload-too-large",
+        format!("the body is larger than the {max}-byte limit"),
+    )
+}
+
+/// Refuses a request whose declared `Content-Length` is over `max`, before
+/// any of its body is read.
+fn refuse_declared(request: &Request<Incoming>, max: usize) -> Result<(), ApiError> {
+    let declared = request
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    match declared {
+        Some(length) if length > max => Err(too_large(max)),
+        _ => Ok(()),
+    }
+}
+
 /// Reads the whole body, refusing one above `max` bytes with 413 before
 /// reading it when its declared length is already too large, and a body
 /// that does not arrive within `timeout` with 408.
@@ -156,21 +179,8 @@ pub async fn read_body(
     max: usize,
     timeout: std::time::Duration,
 ) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            format!("the body is larger than the {max}-byte limit"),
-        )
-    };
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > max) {
-        return Err(too_large());
-    }
+    let too_large = || too_large(max);
+    refuse_declared(&request, max)?;
     match tokio::time::timeout(timeout, Limited::new(request.into_body(), max).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(err)) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
@@ -213,21 +223,8 @@ pub async fn body_to_file(
     file: &mut tokio::fs::File,
 ) -> Result<u64, ApiError> {
     use tokio::io::AsyncWriteExt;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload-too-large",
-            format!("the body is larger than the {max}-byte limit"),
-        )
-    };
-    let declared = request
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|length| length > max) {
-        return Err(too_large());
-    }
+    let too_large = || too_large(max);
+    refuse_declared(&request, max)?;
     let copy = async {
         let mut body = request.into_body();
         let mut written = 0u64;

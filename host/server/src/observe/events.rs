@@ -62,13 +62,13 @@ impl InternalEvent for Transformed<'_> {
         if self.path != "ingest" {
             return;
         }
-        let mut counts = vec![(Count::In, 1)];
-        match self.outcome {
-            "reject" => counts.push((Count::Rejected, 1)),
-            "error" => counts.push((Count::Faulted, 1)),
-            _ => {}
-        }
-        history.add_all(self.channel, &counts, now_ms());
+        // On the per-event path: no allocation, one lock of the history.
+        let counts: &[(Count, u64)] = match self.outcome {
+            "reject" => &[(Count::In, 1), (Count::Rejected, 1)],
+            "error" => &[(Count::In, 1), (Count::Faulted, 1)],
+            _ => &[(Count::In, 1)],
+        };
+        history.add_all(self.channel, counts, now_ms());
         tracing::info!(
             tenant = %self.tenant,
             channel = %self.channel,

@@ -382,18 +382,24 @@ impl NatsStore {
     /// commit stands for them.
     async fn mark_done(&self, keys: &[(String, bool)], claims: &[Claim], ingest: &str) {
         let done = Bytes::from(format!("done:{ingest}"));
-        let marked = join_all(
+        if !self.set_own_claims(keys, claims, done).await {
+            tracing::warn!("cannot mark every id of a committed ingest as done; its commit stands for them");
+        }
+    }
+
+    /// Sets every claim this request made to `value`, each only at the
+    /// revision it made (so never over another request's claim); whether all were set.
+    async fn set_own_claims(&self, keys: &[(String, bool)], claims: &[Claim], value: Bytes) -> bool {
+        let set = join_all(
             keys.iter()
                 .zip(claims)
                 .filter_map(|((key, _), claim)| match claim {
-                    Claim::New(revision) => Some(self.ids.update(key, done.clone(), *revision)),
+                    Claim::New(revision) => Some(self.ids.update(key, value.clone(), *revision)),
                     Claim::Duplicate => None,
                 }),
         )
         .await;
-        if marked.iter().any(Result::is_err) {
-            tracing::warn!("cannot mark every id of a committed ingest as done; its commit stands for them");
-        }
+        set.iter().all(Result::is_ok)
     }
 
     /// Gives up a failed request: aborts it (unless a commit that seemed
@@ -414,16 +420,7 @@ impl NatsStore {
             }
         }
         let released = Bytes::from(format!("released:{ingest}"));
-        let done = join_all(
-            keys.iter()
-                .zip(claims)
-                .filter_map(|((key, _), claim)| match claim {
-                    Claim::New(revision) => Some(self.ids.update(key, released.clone(), *revision)),
-                    Claim::Duplicate => None,
-                }),
-        )
-        .await;
-        if done.iter().any(Result::is_err) {
+        if !self.set_own_claims(keys, claims, released).await {
             tracing::warn!(
                 "cannot release every claim of a failed ingest; they are taken over when their lease ends"
             );
