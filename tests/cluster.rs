@@ -404,6 +404,43 @@ fn switches_activations_tokens_and_dead_letters_are_shared_by_every_node() {
         c.send("GET", "/v1/channels", Some(token), b"", "").0 == 200
     });
     assert_eq!(c.send("GET", "/v1/channels", Some(token), b"", "").1, json!([]));
+
+    // A source a tenant makes on A takes B's webhooks at once; deleted on
+    // B, C refuses them. (Shopify's scheme: base64 HMAC-SHA256 of the body.)
+    let (status, made) = a.send(
+        "PUT",
+        "/v1/sources/shop",
+        Some(ACME),
+        br#"{"kind": "shopify", "secret": "cluster-shop-secret-01"}"#,
+        "application/json",
+    );
+    assert_eq!(status, 201, "{made}");
+    let webhook = |node: &Sidecar, id: &str| {
+        use base64::Engine as _;
+        use hmac::Mac;
+        let body = br#"{"sku": "HOOK", "qty": 1}"#;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"cluster-shop-secret-01").unwrap();
+        mac.update(body);
+        let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        match ureq::post(&format!("{}/v1/sources/acme/shop", node.base))
+            .set("x-shopify-hmac-sha256", &signature)
+            .set("x-shopify-event-id", id)
+            .set("x-shopify-topic", "inventory_levels/update")
+            .send_bytes(body)
+        {
+            Ok(answer) => answer.status(),
+            Err(ureq::Error::Status(status, _)) => status,
+            Err(err) => panic!("{err}"),
+        }
+    };
+    wait_for("B takes the source's webhooks", PATIENCE, || {
+        webhook(b, "hook-1") == 202
+    });
+    let (status, _) = b.send("DELETE", "/v1/sources/shop", Some(ACME), b"", "");
+    assert_eq!(status, 200);
+    wait_for("C refuses them once it is deleted", PATIENCE, || {
+        webhook(c, "hook-2") == 401
+    });
 }
 
 /// The hardening issue's JetStream case: two nodes, 12 stock updates of 6
@@ -541,4 +578,83 @@ fn a_request_that_fails_half_way_delivers_nothing_and_its_retry_delivers_once() 
         .collect();
     skus.sort();
     assert_eq!(skus, ["A", "B", "C"]);
+}
+
+/// A poll source on a shared store: one node polls at a time (under a
+/// lease), the cursor is shared, and when that node is killed another
+/// takes over from the page it had not finished.
+#[test]
+fn one_node_polls_a_source_at_a_time_and_another_takes_over_when_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let destination = sink(|_, _| Reply::status(200));
+    // Two pages, the second held back (429) until the test lets it through.
+    let hold = Arc::new(AtomicBool::new(true));
+    let held = hold.clone();
+    let catalog = sink(move |request, _| {
+        let page = |items: Value, next: Value| Reply {
+            status: 200,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: json!({"items": items, "next": next}).to_string(),
+        };
+        if request.query.contains("cursor=p2") {
+            if held.load(Ordering::SeqCst) {
+                return Reply {
+                    status: 429,
+                    headers: vec![("retry-after".into(), "1".into())],
+                    body: String::new(),
+                };
+            }
+            return page(json!([{"id": 3, "sku": "P-3", "qty": 3}]), Value::Null);
+        }
+        page(
+            json!([{"id": 1, "sku": "P-1", "qty": 1}, {"id": 2, "sku": "P-2", "qty": 2}]),
+            json!("p2"),
+        )
+    });
+    let source = format!(
+        "[[source]]\nname = \"pos\"\ntenant = \"acme\"\nkind = \"poll\"\nurl = \"http://{}/items\"\nevery = \"1h\"\n\
+         records = \"$.items[*]\"\ntimeout-ms = 1000\nnext = {{ cursor = \"$.next\", param = \"cursor\" }}\n",
+        catalog.addr
+    );
+    let config = format!(
+        "queue = \"{}\"\n[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n{}{source}",
+        nats.url(),
+        token_hash(ACME),
+        stock_config(destination.addr, "", "qty")
+    );
+    let mut nodes: Vec<Sidecar> = (0..2)
+        .map(|node| {
+            let folder = dir.path().join(format!("node{node}"));
+            std::fs::create_dir_all(&folder).unwrap();
+            Sidecar::start(&folder, &config)
+        })
+        .collect();
+    wait_for("page 1 delivered", PATIENCE, || destination.count() == 2);
+    wait_for("page 2 tried", PATIENCE, || {
+        catalog.count_where(|r| r.query.contains("cursor=p2")) >= 2
+    });
+    // Only the lease holder reads: page 1 once, not once per node.
+    assert_eq!(catalog.count_where(|r| !r.query.contains("cursor")), 1);
+    // Find the holder by its log, kill it, and let page 2 through.
+    let holder = nodes
+        .iter()
+        .position(|node| node.logs().iter().any(|line| line["source"] == "acme/pos"))
+        .expect("the polling node logged page 2's 429");
+    nodes[holder].kill9();
+    hold.store(false, Ordering::SeqCst);
+    wait_for("the other node delivers page 2", PATIENCE, || {
+        destination.count() == 3
+    });
+    // It resumed from the shared cursor: page 1 was not read again.
+    assert_eq!(catalog.count_where(|r| !r.query.contains("cursor")), 1);
+    let skus: BTreeSet<String> = destination
+        .received()
+        .iter()
+        .map(|r| r.json()["sku"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(skus, BTreeSet::from(["P-1".into(), "P-2".into(), "P-3".into()]));
+    let (status, shown) = nodes[1 - holder].send("GET", "/v1/sources/pos", Some(ACME), b"", "");
+    assert_eq!(status, 200, "{shown}");
+    assert!(shown["cursor"]["completed_ms"].is_i64(), "{shown}");
 }

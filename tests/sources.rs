@@ -315,3 +315,115 @@ fn a_catalog_file_imports_once_and_a_second_run_is_all_duplicates() {
         "{err}"
     );
 }
+
+/// The source transforms' fixtures hold real signed deliveries
+/// (`delivery.json`: the platform's headers, with a signature made as the
+/// platform documents it, and the raw body) whose `input.json` is the
+/// event the source endpoint makes of them. Each delivery goes through a
+/// real source endpoint into a channel of that transform alone, and what
+/// reaches the destination is the fixture's expected output.
+#[test]
+fn the_source_transforms_accept_exactly_what_the_source_endpoints_make() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../transforms");
+    let mut cases = Vec::new();
+    for transform in ["shopify-source", "woocommerce-source", "square-source"] {
+        for fixture in std::fs::read_dir(root.join(transform).join("fixtures")).unwrap() {
+            let dir = fixture.unwrap().path();
+            if dir.join("delivery.json").is_file() {
+                cases.push((transform, dir));
+            }
+        }
+    }
+    assert!(cases.len() >= 4, "{cases:?}");
+    for (transform, dir) in cases {
+        let read = |name: &str| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
+        };
+        let delivery = read("delivery.json");
+        let input = read("input.json");
+        let expected = read("expected.json");
+        let config = std::fs::read_to_string(dir.join("config.json")).unwrap_or_else(|_| "{}".into());
+        let platform = delivery["platform"].as_str().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        std::fs::write(
+            work.path().join("fixture.secret"),
+            delivery["secret"].as_str().unwrap(),
+        )
+        .unwrap();
+        let sink = Sink::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(|_, _| Reply::status(200)),
+        )
+        .unwrap();
+        let notification = delivery["notification-url"]
+            .as_str()
+            .map(|url| format!("notification-url = \"{url}\"\n"))
+            .unwrap_or_default();
+        let config = format!(
+            "[limits]\ntimeout-ms = 10000\n[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n\
+             [[destination]]\nname = \"out\"\nurl = \"http://{}/out\"\nentity-key = \"$.no_such_key\"\n\
+             [[source]]\nname = \"{platform}\"\ntenant = \"acme\"\nkind = \"{platform}\"\nsecret-file = \"fixture.secret\"\n{notification}\n{}",
+            token_hash(ACME),
+            sink.addr,
+            channel_toml(transform, &serde_json::from_str(&config).unwrap()),
+        );
+        let sidecar = Sidecar::start(work.path(), &config);
+        let headers: Vec<(&str, &str)> = delivery["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+            .collect();
+        let (status, answer) = deliver(
+            &sidecar,
+            &format!("/v1/sources/acme/{platform}"),
+            &headers,
+            delivery["body"].as_str().unwrap().as_bytes(),
+        );
+        assert_eq!(status, 202, "{}: {answer}", dir.display());
+        assert_eq!(
+            answer["events"][0]["id"],
+            input["id"],
+            "{}: the endpoint's event id",
+            dir.display()
+        );
+        let wanted: Vec<&Value> = expected["events"]
+            .as_array()
+            .map(|e| e.iter().collect())
+            .unwrap_or_default();
+        wait_for("the fixture's output delivered", Duration::from_secs(20), || {
+            sink.count() >= wanted.len()
+        });
+        let got: Vec<(String, Value)> = sink
+            .received()
+            .iter()
+            .map(|r| (r.header("x-sluice-event-id").unwrap().to_string(), r.json()))
+            .collect();
+        let wanted: Vec<(String, Value)> = wanted
+            .iter()
+            .map(|event| {
+                (
+                    event["id"].as_str().unwrap().to_string(),
+                    event["payload"].clone(),
+                )
+            })
+            .collect();
+        let sorted = |mut list: Vec<(String, Value)>| {
+            list.sort_by(|a, b| a.0.cmp(&b.0));
+            list
+        };
+        assert_eq!(sorted(got), sorted(wanted), "{}", dir.display());
+        drop(sidecar);
+    }
+}
+
+/// The one channel `test` of `transform` with this step config, as TOML.
+fn channel_toml(transform: &str, config: &Value) -> String {
+    let channel = json!({"channel": [{
+        "name": "test",
+        "tenant": "acme",
+        "destination": "out",
+        "step": [{"module": transform, "config": config}],
+    }]});
+    toml::to_string(&channel).unwrap()
+}

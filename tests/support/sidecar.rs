@@ -217,6 +217,16 @@ fn spawn(dir: &Path, start: usize, module_cache: Option<&Path>) -> (Child, Strin
     if let Some(cache) = module_cache {
         command.arg("--module-cache").arg(cache);
     }
+    // `dir/sluice.env` (`NAME=value` lines), if a test wrote one: the
+    // environment of a sidecar whose config names `*-env` secrets.
+    for line in std::fs::read_to_string(dir.join("sluice.env"))
+        .unwrap_or_default()
+        .lines()
+    {
+        if let Some((name, value)) = line.split_once('=') {
+            command.env(name, value);
+        }
+    }
     let mut child = command.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
     let mut first_line = String::new();
     BufReader::new(child.stdout.take().unwrap())

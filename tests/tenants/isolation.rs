@@ -27,6 +27,15 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
     });
     let (_, letters) = sidecar.send("GET", "/v1/dead-letters", Some(GLOBEX), b"", "");
     let letter = letters[0]["id"].to_string();
+    // And globex keeps a source of its own.
+    let (status, made) = sidecar.send(
+        "PUT",
+        "/v1/sources/globex-shop",
+        Some(GLOBEX),
+        br#"{"kind": "shopify", "secret": "globex-secret-0000001"}"#,
+        "application/json",
+    );
+    assert_eq!(status, 201, "{made}");
     let (status, module) = upload(&sidecar, ACME, "mapper", &wasm("json-mapping"));
     assert_eq!(status, 201, "{module}");
 
@@ -267,6 +276,8 @@ fn probe_every_route(sidecar: &Sidecar, letter: &str) -> (usize, usize) {
             letter
         } else if pattern.starts_with("/v1/modules/") {
             "globex-mapper"
+        } else if pattern.starts_with("/v1/sources/") {
+            "globex-shop"
         } else {
             "globex"
         };
@@ -305,8 +316,8 @@ fn probe_every_route(sidecar: &Sidecar, letter: &str) -> (usize, usize) {
             }
             continue;
         }
-        if method == "PUT" && pattern == "/v1/modules/{name}" {
-            // Module names are the caller's own: an upload cannot reach another tenant's.
+        if method == "PUT" && matches!(pattern, "/v1/modules/{name}" | "/v1/sources/{name}") {
+            // Module and source names are the caller's own: a PUT cannot reach another tenant's.
             continue;
         }
         let answer = sidecar.send(method, &path, Some(ACME), body.as_bytes(), "");

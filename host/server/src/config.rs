@@ -87,95 +87,10 @@ pub struct ServerConfig {
     /// `POST /v1/sources/{tenant}/{source}`.
     #[serde(default, rename = "source")]
     pub sources: Vec<SourceConfig>,
-}
-
-/// How a source's platform signs its webhooks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SourceKind {
-    /// `X-Shopify-Hmac-Sha256` over the body.
-    Shopify,
-    /// `X-WC-Webhook-Signature` over the body; its creation ping is answered.
-    Woocommerce,
-    /// `x-square-hmacsha256-signature` over the notification URL and the body.
-    Square,
-    /// `webhook-id`, `webhook-timestamp`, `webhook-signature` (Standard Webhooks v1).
-    StandardWebhooks,
-    /// An HMAC-SHA256 in a header of the tenant's choosing.
-    Hmac,
-    /// A static secret in a header.
-    SharedSecret,
-}
-
-impl SourceKind {
-    /// Its name in `sluice.toml`.
-    pub fn name(self) -> &'static str {
-        match self {
-            SourceKind::Shopify => "shopify",
-            SourceKind::Woocommerce => "woocommerce",
-            SourceKind::Square => "square",
-            SourceKind::StandardWebhooks => "standard-webhooks",
-            SourceKind::Hmac => "hmac",
-            SourceKind::SharedSecret => "shared-secret",
-        }
-    }
-}
-
-/// One webhook source of a tenant.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub struct SourceConfig {
-    /// Unique per tenant; also the `source` of its events.
-    pub name: String,
-    /// Whose events it makes.
-    pub tenant: String,
-    /// How its platform signs.
-    pub kind: SourceKind,
-    /// The environment variable holding the secret (secrets are never inline).
+    /// Address ranges that URLs set by tenants (polled sources, token
+    /// endpoints) may reach although they are not public (`10.1.0.0/16`).
     #[serde(default)]
-    pub secret_env: Option<String>,
-    /// Or a file holding it, relative to this file.
-    #[serde(default)]
-    pub secret_file: Option<PathBuf>,
-    /// During a rotation: the environment variable of the previous secret,
-    /// also accepted until it is removed.
-    #[serde(default)]
-    pub previous_secret_env: Option<String>,
-    /// Or a file holding the previous secret.
-    #[serde(default)]
-    pub previous_secret_file: Option<PathBuf>,
-    /// `square`: the notification URL exactly as configured at Square (it is signed).
-    #[serde(default)]
-    pub notification_url: Option<String>,
-    /// `standard-webhooks`: how far `webhook-timestamp` may be from now.
-    #[serde(default = "default_tolerance")]
-    pub tolerance_secs: u64,
-    /// `hmac` and `shared-secret`: the header that carries the signature or secret.
-    #[serde(default)]
-    pub header: Option<String>,
-    /// `hmac`: text before the signature in its header (`sha256=`).
-    #[serde(default)]
-    pub prefix: String,
-    /// `hmac`: `hex` or `base64`.
-    #[serde(default = "default_encoding")]
-    pub encoding: String,
-    /// `hmac` and `shared-secret`: the header with the delivery's id (none: the body's hash).
-    #[serde(default)]
-    pub id_header: Option<String>,
-    /// `hmac` and `shared-secret`: the header with the delivery's topic.
-    #[serde(default)]
-    pub topic_header: Option<String>,
-    /// Event kinds by topic, before the defaults (`products/update` → `product`).
-    #[serde(default)]
-    pub kinds: std::collections::BTreeMap<String, String>,
-}
-
-fn default_tolerance() -> u64 {
-    300
-}
-
-fn default_encoding() -> String {
-    "hex".into()
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 /// One tenant: who may act for it, and how much it may use.
@@ -220,6 +135,9 @@ pub struct TenantConfig {
     /// use per hour; past it, uploads answer 429 until it refills (0: no limit).
     #[serde(default = "default_compile_seconds")]
     pub compile_seconds_per_hour: u64,
+    /// Most sources the tenant may keep through the API.
+    #[serde(default = "default_max_sources")]
+    pub max_sources: usize,
 }
 
 impl TenantConfig {
@@ -238,6 +156,7 @@ impl TenantConfig {
             transform_concurrency: default_transform_concurrency(),
             circuit_breaker: default_circuit_breaker(),
             compile_seconds_per_hour: default_compile_seconds(),
+            max_sources: default_max_sources(),
         }
     }
 }
@@ -259,7 +178,10 @@ pub enum WhenOff {
 pub struct DestinationConfig {
     /// The destination's name, used in metrics, logs and dead letters.
     pub name: String,
-    /// `https://host/path` (or `http://` on a private network) that receives each emitted payload as a POST.
+    /// `https://host/path` (or `http://` on a private network) that receives
+    /// each emitted payload. `{$.sku}` takes a value from the payload,
+    /// percent-encoded as one path segment or query value; `{env:NAME}` an
+    /// environment variable, read when the config is loaded.
     pub url: String,
     /// Extra trusted CA certificates (PEM) for an `https://` url, besides
     /// the system's; relative to the config file.
@@ -284,6 +206,42 @@ pub struct DestinationConfig {
     /// This destination's own retry policy.
     #[serde(default)]
     pub retry: Option<RetryPolicy>,
+    /// The request's method: `POST`, `PUT` (create or replace), `PATCH` or `DELETE`.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// How Sluice authenticates to it.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// How Sluice signs each request.
+    #[serde(default)]
+    pub sign: Option<SignConfig>,
+    /// A response header announcing the rate the destination applies, in
+    /// requests per second (`x-amzn-RateLimit-Limit`): the token bucket
+    /// follows it, never above `rate-limit`.
+    #[serde(default)]
+    pub rate_limit_header: Option<String>,
+}
+
+fn default_method() -> String {
+    "POST".into()
+}
+
+impl DestinationConfig {
+    /// The compiled `url`, its `{env:…}` read now.
+    pub(crate) fn target(&self) -> Result<crate::outbound::target::UrlTemplate, String> {
+        crate::outbound::target::UrlTemplate::parse(&self.url, |name| std::env::var(name).ok())
+    }
+
+    /// The `method`, if it is one a destination may use.
+    pub fn method(&self) -> Option<hyper::Method> {
+        match self.method.to_ascii_uppercase().as_str() {
+            "POST" => Some(hyper::Method::POST),
+            "PUT" => Some(hyper::Method::PUT),
+            "PATCH" => Some(hyper::Method::PATCH),
+            "DELETE" => Some(hyper::Method::DELETE),
+            _ => None,
+        }
+    }
 }
 
 /// A steady request rate: `count` requests per `per`.
@@ -379,6 +337,10 @@ impl Default for RetryPolicy {
 fn default_max_module_bytes() -> usize {
     64 << 20
 }
+fn default_max_sources() -> usize {
+    20
+}
+
 fn default_max_modules() -> usize {
     50
 }
@@ -571,6 +533,16 @@ impl ServerConfig {
             {
                 destination.ca_file = Some(dir.join(file));
             }
+            if let Some(sign) = &mut destination.sign {
+                for file in [&mut sign.secret_file, &mut sign.previous_secret_file]
+                    .into_iter()
+                    .flatten()
+                {
+                    if file.is_relative() {
+                        *file = dir.join(&*file);
+                    }
+                }
+            }
         }
     }
 
@@ -597,16 +569,25 @@ impl ServerConfig {
             if !destinations.insert(destination.name.as_str()) {
                 return Err(format!("destination `{}` is defined twice", destination.name));
             }
-            if !destination.url.starts_with("http://") && !destination.url.starts_with("https://") {
+            if let Err(err) = destination.target() {
+                return Err(format!("destination `{}`: url: {err}", destination.name));
+            }
+            if destination.method().is_none() {
                 return Err(format!(
-                    "destination `{}`: url `{}` must start with https:// or http://",
-                    destination.name, destination.url
+                    "destination `{}`: method `{}` is not POST, PUT, PATCH or DELETE",
+                    destination.name, destination.method
                 ));
             }
-            if let Err(err) = destination.url.parse::<hyper::Uri>() {
+            if let Some(auth) = &destination.auth {
+                auth.check(false)
+                    .map_err(|err| format!("destination `{}`: auth: {err}", destination.name))?;
+            }
+            if let Some(header) = &destination.rate_limit_header
+                && hyper::header::HeaderName::try_from(header.as_str()).is_err()
+            {
                 return Err(format!(
-                    "destination `{}`: url `{}` is not a URL: {err}",
-                    destination.name, destination.url
+                    "destination `{}`: rate-limit-header `{header}` is not a header name",
+                    destination.name
                 ));
             }
             if let Err(err) = sluice_guest::mapping::CompiledPath::compile(&destination.entity_key) {
@@ -690,19 +671,9 @@ impl ServerConfig {
     fn check_sources(&self) -> Result<(), String> {
         let mut names = std::collections::BTreeSet::new();
         for source in &self.sources {
-            let safe = |text: &str| {
-                !text.is_empty()
-                    && text.len() <= 64
-                    && text
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            };
-            if !safe(&source.name) || !safe(&source.tenant) {
-                return Err(format!(
-                    "source `{}` of `{}`: names are a-z, 0-9, `-` and `_`",
-                    source.name, source.tenant
-                ));
-            }
+            source
+                .check(false)
+                .map_err(|err| format!("source `{}` of `{}`: {err}", source.name, source.tenant))?;
             if !self.tenants.iter().any(|tenant| tenant.name == source.tenant) {
                 return Err(format!(
                     "source `{}`: tenant `{}` is not defined (add a [[tenant]] with that name)",
@@ -750,6 +721,16 @@ impl ServerConfig {
         Ok(())
     }
 }
+
+mod auth;
+mod secrets;
+mod sign;
+mod source;
+
+pub use auth::{AUTH_SECRETS, AuthConfig, AuthKind, Grant};
+pub use secrets::InlineSecrets;
+pub use sign::{SignConfig, SignKind};
+pub use source::{NextPageConfig, SourceConfig, SourceKind};
 
 #[cfg(test)]
 mod keys_in_step;

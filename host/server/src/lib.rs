@@ -26,6 +26,7 @@ mod change;
 pub mod config;
 mod modules;
 mod observe;
+mod outbound;
 pub mod sidecar;
 pub mod sink;
 mod sources;

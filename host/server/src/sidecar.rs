@@ -102,6 +102,20 @@ pub enum SidecarError {
     Restore(#[from] ActivationError),
 }
 
+/// Whether a destination's TLS, credential and signature can be set up
+/// (its secrets are there): checked before the sidecar starts.
+fn check_destination(destination: &crate::config::DestinationConfig, base: &Path) -> Result<(), String> {
+    let client = crate::outbound::client(destination.ca_file.as_deref(), None)?;
+    let none = crate::config::InlineSecrets::default();
+    if let Some(auth) = &destination.auth {
+        crate::outbound::auth::Authenticator::new(auth, &none, base, client)?;
+    }
+    if let Some(sign) = &destination.sign {
+        crate::outbound::sign::Signer::new(sign, &none, base)?;
+    }
+    Ok(())
+}
+
 /// A sidecar ready to serve.
 pub struct Sidecar {
     app: Arc<App>,
@@ -139,11 +153,9 @@ impl Sidecar {
         })?;
         let channels = load_channels(&config, base, &engine)?;
         for destination in &config.destinations {
-            crate::workers::tls::client_config(destination.ca_file.as_deref()).map_err(|err| {
-                SidecarError::Destination {
-                    destination: destination.name.clone(),
-                    detail: err.to_string(),
-                }
+            check_destination(destination, base).map_err(|detail| SidecarError::Destination {
+                destination: destination.name.clone(),
+                detail,
             })?;
         }
         std::fs::create_dir_all(&data_dir).map_err(|error| SidecarError::DataDir {
@@ -155,13 +167,19 @@ impl Sidecar {
         app.collects_module_cache = options.module_cache.is_none();
         for source in &config.sources {
             let loaded =
-                crate::sources::Source::load(source, base).map_err(|detail| SidecarError::Source {
-                    name: format!("{}/{}", source.tenant, source.name),
-                    detail,
+                crate::sources::Source::load(source, None, base, &app.network_policy).map_err(|detail| {
+                    SidecarError::Source {
+                        name: format!("{}/{}", source.tenant, source.name),
+                        detail,
+                    }
                 })?;
-            app.sources
-                .insert((source.tenant.clone(), source.name.clone()), Arc::new(loaded));
+            app.sources.insert(loaded);
         }
+        let stored = app
+            .registry
+            .settings(crate::sources::catalog::SETTING_KIND)
+            .map_err(crate::state::ActivationError::Store)?;
+        app.sources.sync(&stored, base, &app.network_policy);
         let app = Arc::new(app);
         if config.admin_token_sha256.is_empty() && config.tenants.iter().all(|t| t.token_sha256.is_empty()) {
             tracing::warn!("no admin or tenant token is configured: every /v1 call will answer 401");

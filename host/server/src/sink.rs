@@ -21,6 +21,8 @@ pub struct Received {
     pub at: Instant,
     /// The request path.
     pub path: String,
+    /// The query string, without `?` (empty if none).
+    pub query: String,
     /// Its headers, names in lower case.
     pub headers: BTreeMap<String, String>,
     /// Its body.
@@ -161,6 +163,7 @@ async fn answer(
     request: hyper::Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or_default().to_string();
     let headers = request
         .headers()
         .iter()
@@ -175,6 +178,7 @@ async fn answer(
     let received = Received {
         at: Instant::now(),
         path,
+        query,
         headers,
         body,
     };

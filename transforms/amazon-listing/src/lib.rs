@@ -1,5 +1,11 @@
-//! Canonical product to an Amazon SP-API `JSON_LISTINGS_FEED` message
-//! (`operationType: UPDATE`, listings feed schema v2).
+//! Canonical product to an Amazon SP-API listing: by default the body of
+//! a Listings Items API 2021-08-01 `putListingsItem` request
+//! (`productType`, `requirements`, `attributes`, as the
+//! `ListingsItemPutRequest` model defines them), for a destination with
+//! `method = "PUT"` and the URL `…/items/{sellerId}/{$.sku}`; with
+//! `request = "feed-message"`, a `JSON_LISTINGS_FEED` message
+//! (`operationType: UPDATE`, listings feed schema v2). Either way the
+//! payload keeps `sku`, which the destination's URL and entity key read.
 //!
 //! Attributes are arrays of `{value, marketplace_id, language_tag}`, as
 //! Amazon requires. The product-id type comes from a validated GTIN (UPC,
@@ -35,6 +41,20 @@ pub struct Config {
     /// Currency when the product's price has none.
     #[serde(default = "default_currency")]
     pub currency: String,
+    /// What to emit: a `put` request body (the default) or a `feed-message`.
+    #[serde(default)]
+    pub request: Request,
+}
+
+/// The shape of the emitted listing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Request {
+    /// The body of `PUT /listings/2021-08-01/items/{sellerId}/{sku}`.
+    #[default]
+    Put,
+    /// A `JSON_LISTINGS_FEED` message with `operationType: UPDATE`.
+    FeedMessage,
 }
 
 fn default_language() -> String {
@@ -148,16 +168,16 @@ impl Transform for AmazonListing {
                 attributes.insert(name.clone(), self.value(value.clone()));
             }
         }
-        Outcome::emit(
-            event,
-            &json!({
-                "sku": sku,
-                "operationType": "UPDATE",
-                "productType": self.cfg.product_type,
-                "requirements": "LISTING",
-                "attributes": attributes,
-            }),
-        )
+        let mut listing = json!({
+            "sku": sku,
+            "productType": self.cfg.product_type,
+            "requirements": "LISTING",
+            "attributes": attributes,
+        });
+        if self.cfg.request == Request::FeedMessage {
+            listing["operationType"] = "UPDATE".into();
+        }
+        Outcome::emit(event, &listing)
     }
 }
 

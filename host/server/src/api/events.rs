@@ -10,7 +10,7 @@ use crate::api::blocking;
 use crate::api::http::{ApiError, Body, json_response, read_body};
 use crate::state::App;
 use crate::state::auth::Caller;
-use crate::store::Ingest;
+use crate::store::{Ingest, Receipt};
 
 /// Stores the body's events (one JSON event, an array, or JSONL) and queues
 /// each for every channel of its tenant (and source, if the channel names
@@ -55,17 +55,30 @@ pub(crate) async fn ingest_from_source(
     tenant: &str,
     envelope: String,
 ) -> Result<Response<Body>, ApiError> {
+    let receipts = ingest_text(app, tenant, envelope).await?;
+    Ok(accepted_response(&receipts))
+}
+
+/// Ingests events of one tenant (one JSON event, an array, or JSONL)
+/// made by Sluice itself (a source), as `POST /v1/events` would.
+pub(crate) async fn ingest_text(app: &App, tenant: &str, text: String) -> Result<Vec<Receipt>, ApiError> {
     let allowed = std::collections::BTreeSet::from([tenant.to_string()]);
     let default_tenant = Some(tenant.to_string());
-    let parsed = tokio::task::spawn_blocking(move || prepare(envelope.as_bytes(), default_tenant, &allowed))
+    let parsed = tokio::task::spawn_blocking(move || prepare(text.as_bytes(), default_tenant, &allowed))
         .await
         .map_err(|join| ApiError::internal(format!("the ingest task failed: {join}")))??;
-    accept(app, parsed).await
+    store(app, parsed).await
 }
 
 /// Queues checked events for the channels that take them, within their
 /// tenants' storage and ingest rate, and stores them; the 202 answer.
 async fn accept(app: &App, parsed: Vec<Prepared>) -> Result<Response<Body>, ApiError> {
+    let receipts = store(app, parsed).await?;
+    Ok(accepted_response(&receipts))
+}
+
+/// Stores checked events (see [`accept`]) and says what became of each.
+async fn store(app: &App, parsed: Vec<Prepared>) -> Result<Vec<Receipt>, ApiError> {
     let (batch, logged, woken) = fan_out(app, parsed);
     admit(app, &batch)?;
     let queue = app.queue.clone();
@@ -73,8 +86,6 @@ async fn accept(app: &App, parsed: Vec<Prepared>) -> Result<Response<Body>, ApiE
     for channel in woken {
         app.wake_channel(channel);
     }
-
-    let mut duplicates = 0;
     for (receipt, (tenant, correlation_id)) in receipts.iter().zip(&logged) {
         app.emit(crate::observe::events::Accepted {
             tenant,
@@ -82,16 +93,20 @@ async fn accept(app: &App, parsed: Vec<Prepared>) -> Result<Response<Body>, ApiE
             correlation_id,
             duplicate: receipt.duplicate,
         });
-        duplicates += usize::from(receipt.duplicate);
     }
-    Ok(json_response(
+    Ok(receipts)
+}
+
+fn accepted_response(receipts: &[Receipt]) -> Response<Body> {
+    let duplicates = receipts.iter().filter(|r| r.duplicate).count();
+    json_response(
         StatusCode::ACCEPTED,
         &json!({
             "accepted": receipts.len() - duplicates,
             "duplicates": duplicates,
             "events": receipts,
         }),
-    ))
+    )
 }
 
 /// Each event with the channels it is queued for, what its log line

@@ -136,6 +136,10 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
         }
         E::CreateTenant => tenants::create_tenant(app, &caller, &name).await,
         E::CreateToken => tenants::create_token(app, &caller, &name).await,
+        E::ListSources => sources::list(app, &caller, &request).await,
+        E::ShowSource => sources::show(app, &caller, &name, &request).await,
+        E::PutSource => sources::put(app, &caller, &name, request).await,
+        E::DeleteSource => sources::delete(app, &caller, &name, &request).await,
     }
 }
 

@@ -28,7 +28,11 @@ use crate::modules::files::store_file;
 use crate::modules::unpack::{UnpackCaps, UnpackError, unpack};
 
 /// The tenant a caller acts for in module routes: its own, or for an admin `?tenant=`.
-fn acting_tenant(app: &App, caller: &Caller, request: &Request<Incoming>) -> Result<String, ApiError> {
+pub(crate) fn acting_tenant(
+    app: &App,
+    caller: &Caller,
+    request: &Request<Incoming>,
+) -> Result<String, ApiError> {
     let tenant = match caller {
         Caller::Tenant(own) => own.clone(),
         _ => query_param(request, "tenant").ok_or_else(|| {

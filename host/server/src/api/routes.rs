@@ -45,6 +45,10 @@ pub(crate) enum Endpoint {
     CreateTenant,
     CreateToken,
     SourceDelivery,
+    ListSources,
+    ShowSource,
+    PutSource,
+    DeleteSource,
 }
 
 /// One row of the route table.
@@ -109,6 +113,10 @@ pub const ROUTES: &[RouteEntry] = table! {
     POST "/v1/dead-letters/{name}/replay" => Replay, "requeue a dead letter";
     PUT "/v1/tenants/{name}" => CreateTenant, "admin: create a tenant";
     POST "/v1/tenants/{name}/tokens" => CreateToken, "admin: issue a tenant a token";
+    GET "/v1/sources" => ListSources, "the caller's sources: the operator's (read-only) and its own";
+    GET "/v1/sources/{name}" => ShowSource, "one source, its secrets shown as \"set\", with a poll source's cursor";
+    PUT "/v1/sources/{name}" => PutSource, "create or replace one of the caller's sources (the fields of a [[source]] table, secrets inline)";
+    DELETE "/v1/sources/{name}" => DeleteSource, "delete one of the caller's sources";
     POST "/v1/sources/{name}/{source}" => SourceDelivery, "a platform's signed webhook for tenant {name}'s source: 202 as ingest, 401 unless its signature holds";
 };
 

@@ -58,10 +58,14 @@ fn accepted() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("tenant.limits", fields_of::<Limits>()),
         ("destination", fields_of::<DestinationConfig>()),
         ("destination.retry", fields_of::<RetryPolicy>()),
+        ("destination.auth", fields_of::<AuthConfig>()),
+        ("destination.sign", fields_of::<SignConfig>()),
         ("channel", fields_of::<ChannelConfig>()),
         ("channel.step", fields_of::<StepSpec>()),
         ("channel.limits", fields_of::<Limits>()),
         ("source", fields_of::<SourceConfig>()),
+        ("source.next", fields_of::<NextPageConfig>()),
+        ("source.auth", fields_of::<AuthConfig>()),
     ])
 }
 
@@ -71,6 +75,7 @@ fn same_keys_as(table: &str) -> Option<&'static str> {
     match table.rsplit_once('.') {
         Some((_, "limits")) => Some("limits"),
         Some((_, "retry")) => Some("retry"),
+        Some(("destination", "auth")) => Some("source.auth"),
         _ => None,
     }
 }
@@ -118,7 +123,12 @@ fn documented() -> BTreeMap<String, BTreeSet<String>> {
         let first = cells[1].trim();
         if first.starts_with("`[") {
             let table = first.trim_matches(|c| "`[]".contains(c)).to_string();
-            tables.entry(String::new()).or_default().insert(table.clone());
+            // A subtable's own row (`[source.next]`) is a key of its parent.
+            let parent = table
+                .rsplit_once('.')
+                .map_or("", |(parent, _)| parent)
+                .to_string();
+            tables.entry(parent).or_default().insert(table.clone());
             tables
                 .entry(table)
                 .or_default()
@@ -230,6 +240,17 @@ fn every_accepted_key_is_documented_and_every_documented_key_is_accepted() {
             "shared-secret",
             "hex",
             "base64",
+            "poll",
+            "product",
+            "bearer",
+            "basic",
+            "oauth2",
+            "client-credentials",
+            "refresh-token",
+            "webhook-id",
+            "webhook-timestamp",
+            "webhook-signature",
+            "x-signature",
         ];
         for key in keys {
             assert!(

@@ -60,7 +60,7 @@ fn destinations_and_rates_parse_and_are_checked() {
     let err = ServerConfig::parse(&text.replace("name = \"portal\"", "name = \"other\"")).unwrap_err();
     assert!(err.contains("destination `portal` is not defined"), "{err}");
     let err = ServerConfig::parse(&text.replace("http://", "ftp://")).unwrap_err();
-    assert!(err.contains("must start with https:// or http://"), "{err}");
+    assert!(err.contains("must be an http:// or https:// URL"), "{err}");
     assert!(ServerConfig::parse(&text.replace("http://", "https://")).is_ok());
 }
 

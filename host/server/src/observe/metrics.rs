@@ -140,6 +140,10 @@ pub struct Metrics {
     /// Ingest requests refused because the tenant holds its `max-stored-events`.
     storage_refused: Family<TenantLabels, Counter>,
     source_refused: Family<SourceLabels, Counter>,
+    /// Records read from polled sources.
+    source_polled: Family<SourceLabels, Counter>,
+    /// Failed page reads of polled sources, by reason.
+    source_poll_failures: Family<SourceLabels, Counter>,
     /// Time spent running a channel's pipeline per batch, in seconds.
     transform_seconds: Histograms<ChannelLabels>,
     /// Pipeline runs, by where they ran.
@@ -177,6 +181,8 @@ impl Default for Metrics {
             worker_restarts: Family::default(),
             storage_refused: Family::default(),
             source_refused: Family::default(),
+            source_polled: Family::default(),
+            source_poll_failures: Family::default(),
             transform_seconds: Family::new_with_constructor(latency_histogram),
             placements: Family::default(),
             delivery_seconds: Family::new_with_constructor(latency_histogram),
@@ -265,6 +271,16 @@ impl Default for Metrics {
             m.source_refused.clone(),
         );
         registry.register(
+            "source_polled_records",
+            "Records read from polled sources, per source (reason `ok`) or refused (`no-id`, `bad-id`)",
+            m.source_polled.clone(),
+        );
+        registry.register(
+            "source_poll_failures",
+            "Failed page reads of polled sources, per source and reason",
+            m.source_poll_failures.clone(),
+        );
+        registry.register(
             "ingest_storage_refused",
             "Ingest requests refused because the tenant holds its max-stored-events",
             m.storage_refused.clone(),
@@ -342,6 +358,55 @@ impl Metrics {
     /// Counts a source delivery refused for its signature.
     pub fn source_refused(&self, source: &str, reason: &str) {
         self.source_refused
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts records read from a polled source (`ok`) or refused without an event.
+    pub fn source_polled(&self, source: &str, reason: &str, records: u64) {
+        self.source_polled
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc_by(records);
+    }
+
+    /// Forgets a deleted source's series, so that sources made and deleted
+    /// under new names do not grow the metrics without end.
+    pub fn forget_source(&self, source: &str) {
+        let labels = |reason: &str| SourceLabels {
+            source: source.to_string(),
+            reason: reason.to_string(),
+        };
+        for reason in ["missing", "malformed", "mismatch", "stale"] {
+            self.source_refused.remove(&labels(reason));
+        }
+        for reason in ["ok", "no-id"] {
+            self.source_polled.remove(&labels(reason));
+        }
+        for reason in [
+            "status",
+            "retry-after",
+            "timeout",
+            "connection",
+            "too-large",
+            "not-json",
+            "pagination",
+            "auth",
+            "refused-address",
+            "refused",
+        ] {
+            self.source_poll_failures.remove(&labels(reason));
+        }
+    }
+
+    /// Counts a failed page read of a polled source.
+    pub fn source_poll_failed(&self, source: &str, reason: &str) {
+        self.source_poll_failures
             .get_or_create(&SourceLabels {
                 source: source.to_string(),
                 reason: reason.to_string(),

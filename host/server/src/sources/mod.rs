@@ -5,24 +5,40 @@
 //! duplicate; its kind comes from the topic; its payload is the raw body,
 //! verbatim.
 
+pub(crate) mod catalog;
+pub(crate) mod poll;
 pub(crate) mod verify;
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::HeaderMap;
 
-use crate::config::{SourceConfig, SourceKind};
+use crate::config::{InlineSecrets, SourceConfig, SourceKind};
+use crate::outbound::guard::NetworkPolicy;
+pub use catalog::Catalog;
 use verify::{Encoding, Refusal, Scheme, Verifier};
 
 /// Longest topic header read, in bytes.
 const MAX_TOPIC_BYTES: usize = 256;
 
-/// A configured source, its secrets loaded.
+/// A source, its secrets loaded.
 pub struct Source {
     /// As configured.
     pub config: SourceConfig,
-    verifier: Verifier,
+    /// Its secrets, when a tenant sent them through the API (`None`: from `sluice.toml`).
+    pub inline: Option<InlineSecrets>,
+    how: How,
+}
+
+/// How a source's events arrive.
+enum How {
+    /// Signed webhooks, checked by this verifier.
+    Webhook(Verifier),
+    /// Pages read from an API.
+    Poll(Arc<poll::Poller>),
 }
 
 /// What a verified delivery is.
@@ -57,66 +73,55 @@ pub enum SourceError {
     },
 }
 
+/// The secrets a source entry may carry inline through the API.
+pub const INLINE_SECRETS: &[&str] = &[
+    "secret",
+    "previous-secret",
+    "auth.bearer",
+    "auth.password",
+    "auth.client-secret",
+    "auth.refresh-token",
+];
+
 impl Source {
-    /// The source of `config`, its secrets read from the environment or a file.
-    pub fn load(config: &SourceConfig, base: &std::path::Path) -> Result<Self, String> {
-        let mut secrets = vec![read_secret(
-            config.secret_env.as_deref(),
-            config.secret_file.as_deref(),
-            base,
-        )?];
-        if config.previous_secret_env.is_some() || config.previous_secret_file.is_some() {
-            secrets.push(read_secret(
-                config.previous_secret_env.as_deref(),
-                config.previous_secret_file.as_deref(),
-                base,
-            )?);
-        }
-        if matches!(config.kind, SourceKind::Hmac | SourceKind::SharedSecret) && config.id_header.is_none() {
-            // A body's hash is no delivery id: the same body twice (stock
-            // 5, 4, then 5 again) would be taken for a duplicate.
-            return Err(format!(
-                "a `{}` source needs `id-header`, the header with each delivery's id",
-                config.kind.name()
-            ));
-        }
-        let scheme = match config.kind {
-            SourceKind::Shopify => Scheme::Shopify,
-            SourceKind::Woocommerce => Scheme::WooCommerce,
-            SourceKind::Square => Scheme::Square {
-                notification_url: config
-                    .notification_url
-                    .clone()
-                    .ok_or("a square source needs `notification-url`, exactly as configured at Square")?,
-            },
-            SourceKind::StandardWebhooks => Scheme::StandardWebhooks {
-                tolerance: Duration::from_secs(config.tolerance_secs),
-            },
-            SourceKind::Hmac => Scheme::Hmac {
-                header: config
-                    .header
-                    .clone()
-                    .ok_or("an hmac source needs `header`")?
-                    .to_ascii_lowercase(),
-                prefix: config.prefix.clone(),
-                encoding: match config.encoding.as_str() {
-                    "hex" => Encoding::Hex,
-                    "base64" => Encoding::Base64,
-                    other => return Err(format!("`encoding` is `hex` or `base64`, not `{other}`")),
-                },
-            },
-            SourceKind::SharedSecret => Scheme::SharedSecret {
-                header: config
-                    .header
-                    .clone()
-                    .ok_or("a shared-secret source needs `header`")?
-                    .to_ascii_lowercase(),
-            },
+    /// The source of `config`: an operator's (`inline` `None`: secrets from
+    /// the environment or files under `base`, any address reachable) or a
+    /// tenant's (secrets inline, addresses under `policy`).
+    pub fn load(
+        config: &SourceConfig,
+        inline: Option<InlineSecrets>,
+        base: &Path,
+        policy: &Arc<NetworkPolicy>,
+    ) -> Result<Self, String> {
+        config.check(inline.is_some())?;
+        let secrets = inline.clone().unwrap_or_default();
+        let how = if config.kind == SourceKind::Poll {
+            let policy = inline.is_some().then(|| policy.clone());
+            How::Poll(Arc::new(poll::Poller::new(config, &secrets, base, policy)?))
+        } else {
+            How::Webhook(verifier(config, &secrets, base)?)
         };
         Ok(Self {
             config: config.clone(),
-            verifier: Verifier::new(scheme, &secrets)?,
+            inline,
+            how,
         })
+    }
+
+    /// The poller, for a poll source.
+    pub fn poller(&self) -> Option<&Arc<poll::Poller>> {
+        match &self.how {
+            How::Poll(poller) => Some(poller),
+            How::Webhook(_) => None,
+        }
+    }
+
+    fn verifier(&self) -> Result<&Verifier, SourceError> {
+        match &self.how {
+            How::Webhook(verifier) => Ok(verifier),
+            // A poll source takes no webhooks: refused like an unknown one.
+            How::Poll(_) => Err(SourceError::Unsigned(Refusal::Missing)),
+        }
     }
 
     /// What can be refused from the headers alone (see [`Verifier::precheck`]).
@@ -125,7 +130,7 @@ impl Source {
             // Perhaps the creation ping, which is unsigned: decided on its body.
             return Ok(());
         }
-        self.verifier
+        self.verifier()?
             .precheck(headers, std::time::SystemTime::now())
             .map_err(SourceError::Unsigned)
     }
@@ -138,7 +143,7 @@ impl Source {
         {
             return Ok(Delivery::Ping);
         }
-        self.verifier
+        self.verifier()?
             .verify(headers, body, std::time::SystemTime::now())
             .map_err(SourceError::Unsigned)?;
         let payload: serde_json::Value = serde_json::from_slice(body).map_err(|_| SourceError::NotJson {
@@ -205,6 +210,7 @@ impl Source {
                 header("webhook-id").ok_or(SourceError::NoId { field: "webhook-id" })?,
                 topic(field("type")),
             )),
+            SourceKind::Poll => Err(SourceError::NoId { field: "webhook" }),
             SourceKind::Hmac | SourceKind::SharedSecret => {
                 let name = self
                     .config
@@ -230,6 +236,72 @@ impl Source {
         }
         default_kind(topic)
     }
+}
+
+fn verifier(config: &SourceConfig, inline: &InlineSecrets, base: &Path) -> Result<Verifier, String> {
+    let mut secrets = vec![
+        inline
+            .resolve(
+                "secret",
+                config.secret_env.as_deref(),
+                config.secret_file.as_deref(),
+                base,
+            )?
+            .ok_or(
+                "a source needs `secret-env` or `secret-file` (secrets are never inline in sluice.toml)",
+            )?,
+    ];
+    if let Some(previous) = inline.resolve(
+        "previous-secret",
+        config.previous_secret_env.as_deref(),
+        config.previous_secret_file.as_deref(),
+        base,
+    )? {
+        secrets.push(previous);
+    }
+    if matches!(config.kind, SourceKind::Hmac | SourceKind::SharedSecret) && config.id_header.is_none() {
+        // A body's hash is no delivery id: the same body twice (stock
+        // 5, 4, then 5 again) would be taken for a duplicate.
+        return Err(format!(
+            "a `{}` source needs `id-header`, the header with each delivery's id",
+            config.kind.name()
+        ));
+    }
+    let scheme = match config.kind {
+        SourceKind::Poll => return Err("a poll source takes no webhooks".into()),
+        SourceKind::Shopify => Scheme::Shopify,
+        SourceKind::Woocommerce => Scheme::WooCommerce,
+        SourceKind::Square => Scheme::Square {
+            notification_url: config
+                .notification_url
+                .clone()
+                .ok_or("a square source needs `notification-url`, exactly as configured at Square")?,
+        },
+        SourceKind::StandardWebhooks => Scheme::StandardWebhooks {
+            tolerance: Duration::from_secs(config.tolerance_secs),
+        },
+        SourceKind::Hmac => Scheme::Hmac {
+            header: config
+                .header
+                .clone()
+                .ok_or("an hmac source needs `header`")?
+                .to_ascii_lowercase(),
+            prefix: config.prefix.clone(),
+            encoding: match config.encoding.as_str() {
+                "hex" => Encoding::Hex,
+                "base64" => Encoding::Base64,
+                other => return Err(format!("`encoding` is `hex` or `base64`, not `{other}`")),
+            },
+        },
+        SourceKind::SharedSecret => Scheme::SharedSecret {
+            header: config
+                .header
+                .clone()
+                .ok_or("a shared-secret source needs `header`")?
+                .to_ascii_lowercase(),
+        },
+    };
+    Verifier::new(scheme, &secrets)
 }
 
 /// `inventory` for stock topics (`inventory_levels/update`,
@@ -262,29 +334,6 @@ fn is_woocommerce_ping(body: &[u8]) -> bool {
         && pairs
             .get("webhook_id")
             .is_some_and(|id| id.bytes().all(|b| b.is_ascii_digit()))
-}
-
-fn read_secret(
-    env: Option<&str>,
-    file: Option<&std::path::Path>,
-    base: &std::path::Path,
-) -> Result<String, String> {
-    match (env, file) {
-        (Some(name), _) => std::env::var(name)
-            .map(|secret| secret.trim().to_string())
-            .map_err(|_| format!("the environment variable `{name}` is not set")),
-        (None, Some(file)) => {
-            let path = if file.is_relative() {
-                base.join(file)
-            } else {
-                file.to_path_buf()
-            };
-            std::fs::read_to_string(&path)
-                .map(|text| text.trim().to_string())
-                .map_err(|err| format!("the secret file cannot be read ({})", err.kind()))
-        }
-        (None, None) => Err("a source needs `secret-env` or `secret-file` (secrets are never inline)".into()),
-    }
 }
 
 #[cfg(test)]

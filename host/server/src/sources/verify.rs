@@ -92,6 +92,14 @@ impl Refusal {
     }
 }
 
+/// The key of a Standard Webhooks secret: `whsec_` and base64 (spec v1).
+pub(crate) fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    BASE64
+        .decode(encoded)
+        .map_err(|_| "a Standard Webhooks secret is `whsec_` and base64".to_string())
+}
+
 /// A scheme with its secrets (the current one, and the previous one
 /// during a rotation).
 pub struct Verifier {
@@ -109,12 +117,7 @@ impl Verifier {
         let keys: Vec<Vec<u8>> = secrets
             .iter()
             .map(|secret| match scheme {
-                Scheme::StandardWebhooks { .. } => {
-                    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-                    BASE64
-                        .decode(encoded)
-                        .map_err(|_| "a Standard Webhooks secret is `whsec_` and base64".to_string())
-                }
+                Scheme::StandardWebhooks { .. } => standard_webhooks_key(secret),
                 _ => Ok(secret.as_bytes().to_vec()),
             })
             .collect::<Result<_, _>>()?;

@@ -15,6 +15,10 @@ pub struct Destination {
     pub retry: RetryPolicy,
     /// Selects the entity (SKU) whose order is kept.
     pub entity_key: Arc<EntityKey>,
+    /// Where each payload goes: its URL, from the payload's values.
+    pub(crate) target: Arc<crate::outbound::target::UrlTemplate>,
+    /// The request's method.
+    pub(crate) method: hyper::Method,
     /// What its delivery worker is doing, for the operations page.
     pub status: Mutex<DestinationStatus>,
     pub(crate) wake: Notify,

@@ -89,8 +89,10 @@ pub struct App {
     /// Whether the module cache is this sidecar's alone, so that it may
     /// delete the artifacts it does not use.
     pub collects_module_cache: bool,
-    /// Webhook sources, by (tenant, name), their secrets loaded.
-    pub(crate) sources: BTreeMap<(String, String), Arc<crate::sources::Source>>,
+    /// Sources, the operator's and the tenants', their secrets loaded.
+    pub(crate) sources: crate::sources::Catalog,
+    /// Which addresses the URLs tenants set may reach.
+    pub(crate) network_policy: Arc<crate::outbound::guard::NetworkPolicy>,
 }
 
 /// The server's own limits and timeouts, from `sluice.toml`.
@@ -193,7 +195,10 @@ impl App {
             engine,
             modules_dir: data_dir.join("modules"),
             collects_module_cache: true,
-            sources: BTreeMap::new(),
+            sources: Default::default(),
+            network_policy: Arc::new(crate::outbound::guard::NetworkPolicy {
+                allow: config.allow_networks.clone(),
+            }),
         };
         app.restore_activations()?;
         Ok(app)
@@ -217,6 +222,18 @@ impl App {
             tokens.add(&hash, Caller::Tenant(tenant));
         }
         Ok(tokens)
+    }
+
+    /// Reads the tenants' sources from the store again and applies what
+    /// changed (another sidecar on a shared store changed them).
+    pub(crate) async fn sync_sources(&self) {
+        let registry = self.registry.clone();
+        match crate::store::in_store(move || registry.settings(crate::sources::catalog::SETTING_KIND)).await {
+            Ok(stored) => self
+                .sources
+                .sync(&stored, std::path::Path::new("."), &self.network_policy),
+            Err(err) => tracing::error!(error = %err, "cannot read the tenants' sources"),
+        }
     }
 
     /// The loaded channels with their config applied: destination, sources,
@@ -252,6 +269,8 @@ impl App {
                     entity_key: Arc::new(
                         EntityKey::compile(&spec.entity_key).expect("checked when the config was parsed"),
                     ),
+                    target: Arc::new(spec.target().expect("checked when the config was parsed")),
+                    method: spec.method().expect("checked when the config was parsed"),
                     config: spec.clone(),
                     status: Mutex::default(),
                     wake: Notify::new(),

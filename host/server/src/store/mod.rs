@@ -489,6 +489,11 @@ pub enum SharedChange {
     },
     /// A tenant was created.
     Tenant(String),
+    /// An entry tenants keep through the API was made, changed or deleted.
+    Setting {
+        /// Its kind (`source`).
+        kind: String,
+    },
     /// A token was issued.
     Token {
         /// Its tenant.
@@ -514,7 +519,19 @@ pub struct ModuleVersion {
     pub created_ms: i64,
 }
 
-/// Tenants, tokens, uploaded modules and channels' activated pipelines.
+/// One entry a tenant keeps through the API, as JSON text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The owning tenant.
+    pub tenant: String,
+    /// Its name, unique per tenant and kind.
+    pub name: String,
+    /// Its settings, as JSON text.
+    pub spec: String,
+}
+
+/// Tenants, tokens, uploaded modules, channels' activated pipelines, and
+/// the entries tenants keep through the API.
 pub trait Registry: Send + Sync {
     /// Tenants created through the admin API.
     fn tenants(&self) -> Result<Vec<String>, StoreError>;
@@ -535,6 +552,22 @@ pub trait Registry: Send + Sync {
     fn pop_pipeline(&self, channel: &str) -> Result<Option<Option<String>>, StoreError>;
     /// The channel's active pipeline, if one was activated.
     fn active_pipeline(&self, channel: &str) -> Result<Option<String>, StoreError>;
+    /// Every entry of one kind that tenants keep through the API
+    /// (`source`, and a poll source's `poll-cursor`), oldest first.
+    fn settings(&self, kind: &str) -> Result<Vec<Setting>, StoreError>;
+    /// One entry, if it is kept.
+    fn setting(&self, kind: &str, tenant: &str, name: &str) -> Result<Option<String>, StoreError>;
+    /// Creates or replaces an entry.
+    fn put_setting(&self, kind: &str, tenant: &str, name: &str, spec: &str) -> Result<(), StoreError>;
+    /// Deletes an entry; false if there was none.
+    fn delete_setting(&self, kind: &str, tenant: &str, name: &str) -> Result<bool, StoreError>;
+    /// Takes or keeps the lease `name` for `holder` for `ttl`: false while
+    /// another holder's lease runs. A store only this sidecar uses has one
+    /// holder, which always has the lease.
+    fn take_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let _ = (name, holder, ttl);
+        Ok(true)
+    }
     /// Shares an accepted module's bytes with other sidecars (a shared
     /// registry keeps them; the SQLite one has the data dir's file).
     fn share_module(&self, version: &str, bytes: &[u8]) -> Result<(), StoreError> {

@@ -5,6 +5,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{RateLimit, RetryPolicy};
 
+/// The lowest rate a bucket is lowered to: one send in 100 s.
+pub const MIN_RATE: f64 = 0.01;
+
 /// A token bucket: `rate` tokens a second, holding at most `burst`.
 #[derive(Debug)]
 pub struct TokenBucket {
@@ -23,6 +26,19 @@ impl TokenBucket {
             tokens: f64::from(burst),
             last: Instant::now(),
         }
+    }
+
+    /// Tokens a second, now.
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Changes the rate from `now` on (the tokens earned so far are kept).
+    pub fn set_rate(&mut self, now: Instant, per_second: f64) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.last = now;
+        self.rate = per_second.max(MIN_RATE);
     }
 
     /// Takes a token if one is there; otherwise says how long until one is.

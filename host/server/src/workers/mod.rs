@@ -7,6 +7,7 @@
 pub(crate) mod backoff;
 pub(crate) mod delivery;
 mod housekeeping;
+mod polls;
 pub(crate) mod shared;
 pub(crate) mod supervisor;
 pub(crate) mod tls;
@@ -53,6 +54,13 @@ pub(crate) fn start(app: &Arc<App>, stopped: &watch::Receiver<bool>) -> JoinSet<
         start(
             "shared-state".into(),
             Box::new(move || Box::pin(shared::run(app.clone(), stopped.clone()))),
+        );
+    }
+    {
+        let (app, stopped) = (app.clone(), stopped.clone());
+        start(
+            "polls".into(),
+            Box::new(move || Box::pin(polls::run(app.clone(), stopped.clone()))),
         );
     }
     {

@@ -71,6 +71,7 @@ async fn resync(app: &App) {
     for channel in app.channels.keys() {
         reload_pipeline(app, channel).await;
     }
+    app.sync_sources().await;
 }
 
 async fn apply(app: &App, change: SharedChange) {
@@ -86,6 +87,10 @@ async fn apply(app: &App, change: SharedChange) {
         }
         SharedChange::Pipeline { channel } => reload_pipeline(app, &channel).await,
         SharedChange::Tenant(name) => app.add_tenant(&name),
+        SharedChange::Setting { kind } if kind == crate::sources::catalog::SETTING_KIND => {
+            app.sync_sources().await
+        }
+        SharedChange::Setting { .. } => {}
         SharedChange::Token { tenant, sha256 } => {
             app.add_tenant(&tenant);
             app.tokens.add(&sha256, Caller::Tenant(tenant));

@@ -45,6 +45,11 @@ impl WorkerBoard {
             .collect()
     }
 
+    /// Forgets a worker that was stopped for good (a deleted source's poller).
+    pub(crate) fn remove(&self, name: &str) {
+        self.states.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+    }
+
     fn update(&self, name: &str, change: impl FnOnce(&mut WorkerState)) {
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
         change(states.entry(name.to_string()).or_default());

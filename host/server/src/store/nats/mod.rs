@@ -554,6 +554,9 @@ async fn watch_once(
         let Some(entry) = entry else { return Ok(()) };
         let entry = entry.map_err(|e| failed("watch shared state", e))?;
         if entry.operation != kv::Operation::Put {
+            if let Some(change) = registry::setting_change(&entry) {
+                let _ = changes.send(change);
+            }
             continue;
         }
         let change = if entry.bucket == "sluice-state" {

@@ -7,6 +7,8 @@
 //! | `token.<sha256>` | the tenant |
 //! | `module.<tenant>.<name>.<version>` | the [`ModuleVersion`] as JSON |
 //! | `pipeline.<channel>` | the channel's activated pipelines, oldest first, as a JSON array |
+//! | `setting.<kind>.<tenant>.<name>` | an entry a tenant keeps through the API, as JSON |
+//! | `lease.<name>` | who holds the lease and until when, as JSON |
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -20,6 +22,8 @@ const TENANT: &str = "tenant.";
 const TOKEN: &str = "token.";
 const MODULE: &str = "module.";
 const PIPELINE: &str = "pipeline.";
+const SETTING: &str = "setting.";
+const LEASE: &str = "lease.";
 
 /// The shared change a registry entry makes, if others must apply it.
 pub(super) fn change(entry: &kv::Entry) -> Option<SharedChange> {
@@ -36,7 +40,30 @@ pub(super) fn change(entry: &kv::Entry) -> Option<SharedChange> {
     if let Some(channel) = key.strip_prefix(PIPELINE) {
         return names::decode_key(Some(channel)).map(|channel| SharedChange::Pipeline { channel });
     }
-    None
+    setting_change(entry)
+}
+
+/// The change a made, changed or deleted setting makes; a poll cursor
+/// (which every page of a sweep rewrites) makes none.
+pub(super) fn setting_change(entry: &kv::Entry) -> Option<SharedChange> {
+    let kind = names::decode_key(entry.key.strip_prefix(SETTING)?.split('.').next())?;
+    (kind != "poll-cursor").then_some(SharedChange::Setting { kind })
+}
+
+fn setting_key(kind: &str, tenant: &str, name: &str) -> String {
+    format!(
+        "{SETTING}{}.{}.{}",
+        names::token(kind),
+        names::token(tenant),
+        names::token(name)
+    )
+}
+
+/// Who holds a lease, and until when.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Lease {
+    holder: String,
+    until_ms: i64,
 }
 
 impl NatsStore {
@@ -192,6 +219,93 @@ impl Registry for NatsStore {
     fn active_pipeline(&self, channel: &str) -> Result<Option<String>, StoreError> {
         let (stack, _) = self.block("read activations", self.pipelines(channel))?;
         Ok(stack.last().cloned())
+    }
+
+    fn settings(&self, kind: &str) -> Result<Vec<Setting>, StoreError> {
+        let prefix = format!("{SETTING}{}.", names::token(kind));
+        let found = self.block("list settings", async move { self.entries(&prefix).await })?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let mut parts = key.split('.').skip(2);
+                Some(Setting {
+                    tenant: names::decode_key(parts.next())?,
+                    name: names::decode_key(parts.next())?,
+                    spec: String::from_utf8(value.to_vec()).ok()?,
+                })
+            })
+            .collect())
+    }
+
+    fn setting(&self, kind: &str, tenant: &str, name: &str) -> Result<Option<String>, StoreError> {
+        let key = setting_key(kind, tenant, name);
+        let value = self.block("read a setting", async move {
+            self.registry
+                .get(&key)
+                .await
+                .map_err(|e| failed("read a setting", e))
+        })?;
+        Ok(value.and_then(|v| String::from_utf8(v.to_vec()).ok()))
+    }
+
+    fn put_setting(&self, kind: &str, tenant: &str, name: &str, spec: &str) -> Result<(), StoreError> {
+        let key = setting_key(kind, tenant, name);
+        let value = Bytes::from(spec.to_string());
+        self.block("store a setting", async move {
+            self.registry
+                .put(&key, value)
+                .await
+                .map(drop)
+                .map_err(|e| failed("store a setting", e))
+        })
+    }
+
+    fn delete_setting(&self, kind: &str, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        let key = setting_key(kind, tenant, name);
+        self.block("delete a setting", async move {
+            let existed = self
+                .registry
+                .get(&key)
+                .await
+                .map_err(|e| failed("delete a setting", e))?
+                .is_some();
+            if existed {
+                self.registry
+                    .delete(&key)
+                    .await
+                    .map_err(|e| failed("delete a setting", e))?;
+            }
+            Ok(existed)
+        })
+    }
+
+    fn take_lease(&self, name: &str, holder: &str, ttl: std::time::Duration) -> Result<bool, StoreError> {
+        let key = format!("{LEASE}{}", names::token(name));
+        let lease = Lease {
+            holder: holder.to_string(),
+            until_ms: now_ms() + ttl.as_millis() as i64,
+        };
+        let value = Bytes::from(serde_json::to_vec(&lease).expect("a lease serialises"));
+        self.block("take a lease", async move {
+            let current = self
+                .registry
+                .entry(&key)
+                .await
+                .map_err(|e| failed("read a lease", e))?;
+            let written = match current {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    let held: Option<Lease> = serde_json::from_slice(&entry.value).ok();
+                    if held.is_some_and(|held| held.holder != lease.holder && held.until_ms > now_ms()) {
+                        return Ok(false);
+                    }
+                    self.registry.update(&key, value, entry.revision).await.is_ok()
+                }
+                Some(entry) => self.registry.update(&key, value, entry.revision).await.is_ok(),
+                None => self.registry.create(&key, value).await.is_ok(),
+            };
+            // Losing the compare-and-set means another holder took it first.
+            Ok(written)
+        })
     }
 
     fn share_module(&self, version: &str, bytes: &[u8]) -> Result<(), StoreError> {

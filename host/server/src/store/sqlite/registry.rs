@@ -7,6 +7,59 @@ use super::queue::active_pipeline;
 use crate::store::*;
 
 impl Registry for SqliteQueue {
+    fn settings(&self, kind: &str) -> Result<Vec<Setting>, StoreError> {
+        self.read(|db| {
+            let mut query = db.prepare_cached(
+                "SELECT tenant, name, spec FROM settings WHERE kind = ?1 ORDER BY updated_ms, tenant, name",
+            )?;
+            let rows = query.query_map([kind], |row| {
+                Ok(Setting {
+                    tenant: row.get(0)?,
+                    name: row.get(1)?,
+                    spec: row.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn setting(&self, kind: &str, tenant: &str, name: &str) -> Result<Option<String>, StoreError> {
+        use rusqlite::OptionalExtension;
+        self.read(|db| {
+            Ok(db
+                .prepare_cached("SELECT spec FROM settings WHERE kind = ?1 AND tenant = ?2 AND name = ?3")?
+                .query_row(params![kind, tenant, name], |row| row.get(0))
+                .optional()?)
+        })
+    }
+
+    fn put_setting(&self, kind: &str, tenant: &str, name: &str, spec: &str) -> Result<(), StoreError> {
+        let row = (
+            kind.to_string(),
+            tenant.to_string(),
+            name.to_string(),
+            spec.to_string(),
+        );
+        self.call(move |db| {
+            db.execute(
+                "INSERT INTO settings (kind, tenant, name, spec, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (kind, tenant, name) DO UPDATE SET spec = excluded.spec, updated_ms = excluded.updated_ms",
+                params![row.0, row.1, row.2, row.3, now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn delete_setting(&self, kind: &str, tenant: &str, name: &str) -> Result<bool, StoreError> {
+        let row = (kind.to_string(), tenant.to_string(), name.to_string());
+        self.call(move |db| {
+            Ok(db.execute(
+                "DELETE FROM settings WHERE kind = ?1 AND tenant = ?2 AND name = ?3",
+                params![row.0, row.1, row.2],
+            )? == 1)
+        })
+    }
+
     fn tenants(&self) -> Result<Vec<String>, StoreError> {
         self.read(|db| {
             let mut query = db.prepare("SELECT name FROM tenants ORDER BY name")?;

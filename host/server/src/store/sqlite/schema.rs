@@ -57,6 +57,17 @@ const MIGRATIONS: &[Migration] = &[
     // `record --last` is a range scan; without it every page read and
     // sorted the tenant's whole log (144 ms a page at 100k events).
     Migration::Sql("CREATE INDEX events_by_tenant_received ON events (tenant, received_ms, id);"),
+    // 7: entries tenants keep through the API (sources, and poll cursors).
+    Migration::Sql(
+        "CREATE TABLE settings (
+             kind TEXT NOT NULL,
+             tenant TEXT NOT NULL,
+             name TEXT NOT NULL,
+             spec TEXT NOT NULL,
+             updated_ms INTEGER NOT NULL,
+             PRIMARY KEY (kind, tenant, name)
+         );",
+    ),
 ];
 
 /// Why the schema cannot be brought up to date.

@@ -1,5 +1,6 @@
-//! The delivery worker of one destination: sends due outbox entries as
-//! HTTP POSTs, paced by the destination's token bucket, and records each
+//! The delivery worker of one destination: sends due outbox entries (see
+//! [`send`]: a URL per payload, the destination's method, credential and
+//! signature), paced by the destination's token bucket, and records each
 //! attempt. Per round it takes at most one entry per entity key (the
 //! oldest), so a later stock level never overtakes an earlier one, and
 //! sends up to `concurrency` of them at once.
@@ -17,42 +18,30 @@
 //! A crash after a send and before its record repeats the send after
 //! restart with the same `Idempotency-Key`.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+mod send;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
-use hyper::{Method, Request, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::header::HeaderName;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::config::RetryPolicy;
+use crate::config::InlineSecrets;
 use crate::observe::events::{AttemptOutcome, DeadLettered, DeliveryAttempted, Stage};
+use crate::outbound::auth::{AuthError, Authenticator};
+use crate::outbound::sign::Signer;
 use crate::state::{App, Destination};
 use crate::store::in_store;
 use crate::store::{Attempt, AttemptResult, Delivery, now_ms};
-use crate::workers::backoff::{TokenBucket, backoff, retry_after};
-use sluice_engine::event::EventJson;
+use crate::workers::backoff::{TokenBucket, backoff};
+use send::{Outbound, Sent, send};
 
+/// The most a followed rate may be without a `rate-limit`, per second.
+const UNCONFIGURED_RATE: f64 = 1000.0;
 /// Longest wait for new work before looking again.
 const IDLE: Duration = Duration::from_millis(250);
-/// Most response bytes kept with an attempt.
-const SNIPPET: usize = 512;
-
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// What one request came back with.
-struct Sent {
-    delivery: Delivery,
-    status: Option<u16>,
-    retry_after: Option<Duration>,
-    detail: String,
-    elapsed: Duration,
-}
 
 /// Runs until `stopped` turns true; requests in flight finish and are recorded first.
 pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
@@ -94,6 +83,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         }
         let sent = worker.dispatch(due, &mut stopped).await;
         worker.pause_for(&sent).await;
+        worker.learn(&sent).await;
         let results: Vec<(Delivery, AttemptResult)> = sent
             .into_iter()
             .map(|done| settle(&app, worker.destination, done))
@@ -107,56 +97,83 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
     }
 }
 
-/// One destination's worker: its client, its pacing and its pause.
+/// One destination's worker: its requests' shared parts, its credential,
+/// its pacing and its pause.
 struct Worker<'a> {
     app: &'a Arc<App>,
     destination: &'a Destination,
-    client: HttpClient,
-    uri: Uri,
-    headers: Arc<Vec<(HeaderName, HeaderValue)>>,
+    out: Arc<Outbound>,
+    auth: Option<Authenticator>,
     bucket: Option<TokenBucket>,
+    /// The most the bucket's rate may be: `rate-limit`, and the rate last announced.
+    rate_cap: f64,
     /// Several sidecars sharing a store pace a destination together.
     shared_rate: bool,
     paused_until: Option<Instant>,
 }
 
 impl<'a> Worker<'a> {
-    /// The worker of destination `name`; `None`, logged, if its URL or TLS
-    /// setup is unusable (both were checked when the config was loaded).
+    /// The worker of destination `name`; `None`, logged, if its TLS,
+    /// credential or signature setup is unusable (each was checked when
+    /// the sidecar started).
     fn new(app: &'a Arc<App>, name: &str) -> Option<Self> {
         let destination = &app.destinations[name];
-        let uri: Uri = match destination.config.url.parse() {
-            Ok(uri) => uri,
+        let setup = || -> Result<(Outbound, Option<Authenticator>), String> {
+            let config = &destination.config;
+            let client = crate::outbound::client(config.ca_file.as_deref(), None)?;
+            let none = InlineSecrets::default();
+            let auth = match &config.auth {
+                Some(auth) => Some(Authenticator::new(auth, &none, Path::new("."), client.clone())?),
+                None => None,
+            };
+            let signer = match &config.sign {
+                Some(sign) => Some(Signer::new(sign, &none, Path::new("."))?),
+                None => None,
+            };
+            let rate_header = match &config.rate_limit_header {
+                Some(header) => Some(HeaderName::try_from(header.as_str()).map_err(|err| err.to_string())?),
+                None => None,
+            };
+            let out = Outbound {
+                client,
+                target: destination.target.clone(),
+                method: destination.method.clone(),
+                headers: Outbound::headers_of(destination),
+                signer,
+                rate_header,
+            };
+            Ok((out, auth))
+        };
+        let (out, auth) = match setup() {
+            Ok(found) => found,
             Err(err) => {
-                tracing::error!(destination = %name, error = %err, "the destination url is invalid");
+                tracing::error!(destination = %name, error = %err, "the destination cannot be set up");
                 return None;
             }
         };
-        let tls = match crate::workers::tls::client_config(destination.config.ca_file.as_deref()) {
-            Ok(tls) => tls,
-            Err(err) => {
-                tracing::error!(destination = %name, error = %err, "cannot set up TLS");
-                return None;
-            }
+        let config = &destination.config;
+        let rate_cap = config
+            .rate_limit
+            .map_or(UNCONFIGURED_RATE, |limit| limit.per_second());
+        let bucket = match (config.rate_limit, &config.rate_limit_header) {
+            (Some(limit), _) => Some(TokenBucket::new(limit, config.burst)),
+            // Following an announced rate needs a bucket even with no configured one.
+            (None, Some(_)) => Some(TokenBucket::new(
+                crate::config::RateLimit {
+                    count: UNCONFIGURED_RATE as u32,
+                    per: Duration::from_secs(1),
+                },
+                config.burst,
+            )),
+            (None, None) => None,
         };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         Some(Self {
             app,
             destination,
-            client,
-            uri,
-            headers: destination_headers(destination),
-            bucket: destination
-                .config
-                .rate_limit
-                .map(|limit| TokenBucket::new(limit, destination.config.burst)),
+            out: Arc::new(out),
+            auth,
+            bucket,
+            rate_cap,
             shared_rate: app.queue.shares_rate(),
             paused_until: None,
         })
@@ -201,12 +218,29 @@ impl<'a> Worker<'a> {
                 self.paused_until = Some(pause);
                 break;
             }
+            let credential = match &self.auth {
+                None => None,
+                Some(auth) => match auth.header().await {
+                    Ok(credential) => Some(credential),
+                    // The token endpoint fails: nothing is sent, so no
+                    // delivery spends an attempt or becomes a dead letter.
+                    Err(AuthError::TokenEndpoint { retry_in, .. }) => {
+                        let until = Instant::now() + retry_in;
+                        self.paused_until = Some(until);
+                        self.destination.status.lock().expect("status lock").paused_until =
+                            Some(now_ms() + retry_in.as_millis() as i64);
+                        break;
+                    }
+                },
+            };
             self.destination.status.lock().expect("status lock").in_flight = in_flight.len() + 1;
+            // Only a token that can be renewed is taken for expired on a 401.
+            let renews = self.auth.as_ref().is_some_and(Authenticator::renews);
+            let credential = credential.map(|c| (c, renews));
             in_flight.spawn(send(
-                self.client.clone(),
-                self.uri.clone(),
-                self.headers.clone(),
+                self.out.clone(),
                 delivery,
+                credential,
                 self.destination.retry.clone(),
             ));
         }
@@ -226,7 +260,8 @@ impl<'a> Worker<'a> {
         }
         loop {
             let wait = if self.shared_rate {
-                match take_shared_token(self.app, self.destination).await {
+                let rate = self.bucket.as_ref().expect("checked above").rate();
+                match take_shared_token(self.app, self.destination, rate).await {
                     Ok(taken) => taken,
                     Err(err) => {
                         tracing::error!(destination = %self.name(), error = %err, "cannot take a shared rate token");
@@ -244,6 +279,45 @@ impl<'a> Worker<'a> {
                 () = tokio::time::sleep(wait) => {}
                 _ = stopped.changed() => return false,
             }
+        }
+    }
+
+    /// Drops a token the destination said has expired, and follows the
+    /// rate it announces: never above `rate-limit`, halved by every 429,
+    /// and back up by 5 % per success.
+    async fn learn(&mut self, sent: &[Sent]) {
+        if let Some(auth) = &self.auth {
+            for used in sent.iter().filter_map(|done| done.expired.as_ref()) {
+                auth.expired(used).await;
+            }
+        }
+        if self.out.rate_header.is_none() {
+            return;
+        }
+        let Some(bucket) = self.bucket.as_mut() else {
+            return;
+        };
+        let mut rate = bucket.rate();
+        for done in sent {
+            if let Some(announced) = done.announced_rate {
+                let configured = self
+                    .destination
+                    .config
+                    .rate_limit
+                    .map_or(UNCONFIGURED_RATE, |limit| limit.per_second());
+                self.rate_cap = announced.min(configured);
+                rate = self.rate_cap;
+            }
+            rate = match done.status {
+                Some(429) => rate / 2.0,
+                Some(200..=299) => (rate * 1.05).min(self.rate_cap),
+                _ => rate,
+            };
+        }
+        let rate = rate.min(self.rate_cap);
+        if (rate - bucket.rate()).abs() > f64::EPSILON {
+            tracing::info!(destination = %self.destination.config.name, per_second = rate, "the delivery rate follows the destination");
+            bucket.set_rate(Instant::now(), rate);
         }
     }
 
@@ -267,16 +341,14 @@ impl<'a> Worker<'a> {
 async fn take_shared_token(
     app: &Arc<App>,
     destination: &Destination,
+    per_second: f64,
 ) -> Result<Result<(), Duration>, String> {
-    let Some(limit) = destination.config.rate_limit else {
-        return Ok(Ok(()));
-    };
     let (queue, name, burst) = (
         app.queue.clone(),
         destination.config.name.clone(),
         destination.config.burst,
     );
-    let interval = Duration::from_secs_f64(1.0 / limit.per_second());
+    let interval = Duration::from_secs_f64(1.0 / per_second.max(crate::workers::backoff::MIN_RATE));
     in_store(move || queue.take_rate_token(&name, interval, burst)).await
 }
 
@@ -299,115 +371,6 @@ fn pause_from(sent: &[Sent]) -> Option<Instant> {
         .and_then(|wait| Instant::now().checked_add(wait))
 }
 
-/// The destination's configured headers, parsed once per worker (they
-/// were checked when the config was loaded).
-fn destination_headers(destination: &Destination) -> Arc<Vec<(HeaderName, HeaderValue)>> {
-    let headers = destination
-        .config
-        .headers
-        .iter()
-        .filter_map(|(key, value)| {
-            Some((
-                HeaderName::try_from(key.as_str()).ok()?,
-                HeaderValue::try_from(value.as_str()).ok()?,
-            ))
-        })
-        .collect();
-    Arc::new(headers)
-}
-
-/// Sends one delivery and reports what came back. A `Retry-After` counts
-/// only on 429 and 503, and never for longer than the policy's `max-backoff-ms`.
-async fn send(
-    client: HttpClient,
-    uri: Uri,
-    extra: Arc<Vec<(HeaderName, HeaderValue)>>,
-    delivery: Delivery,
-    policy: RetryPolicy,
-) -> Sent {
-    let timeout_ms = policy.timeout_ms;
-    let longest = Duration::from_millis(policy.max_backoff_ms);
-    let started = Instant::now();
-    let finish = |status, retry_after, detail: String| Sent {
-        status,
-        retry_after,
-        detail,
-        elapsed: started.elapsed(),
-        delivery: delivery.clone(),
-    };
-    let (event_id, body) = match stored_body(&delivery) {
-        Ok(found) => found,
-        Err(err) => return finish(Some(0), None, format!("stored output is not an event: {err}")),
-    };
-    let mut request = Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(CONTENT_TYPE, "application/json")
-        .header("idempotency-key", &delivery.idempotency_key)
-        .header("x-correlation-id", &delivery.correlation_id)
-        .header("x-sluice-tenant", &delivery.tenant)
-        .header("x-sluice-channel", &delivery.channel)
-        .header("x-sluice-event-id", &event_id)
-        .header("x-sluice-source-event-id", &delivery.event_id)
-        .header("x-sluice-attempt", (delivery.attempts + 1).to_string())
-        .header("x-sluice-module-versions", versions_header(&delivery.versions));
-    for (key, value) in extra.iter() {
-        request = request.header(key, value);
-    }
-    let request = match request.body(Full::new(body)) {
-        Ok(request) => request,
-        Err(err) => return finish(Some(0), None, format!("cannot build the request: {err}")),
-    };
-    let exchange = async {
-        let response = client.request(request).await.map_err(|err| format!("{err:?}"))?;
-        let status = response.status().as_u16();
-        let wait = response
-            .headers()
-            .get(RETRY_AFTER)
-            .filter(|_| matches!(status, 429 | 503))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| retry_after(v, SystemTime::now()))
-            .map(|wait| wait.min(longest));
-        let body = Limited::new(response.into_body(), 64 * 1024)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let snippet: String = String::from_utf8_lossy(&body).chars().take(SNIPPET).collect();
-        Ok::<_, String>((status, wait, snippet))
-    };
-    match tokio::time::timeout(Duration::from_millis(timeout_ms), exchange).await {
-        Ok(Ok((status, wait, snippet))) => finish(Some(status), wait, snippet),
-        Ok(Err(err)) => finish(None, None, format!("connection failed: {err}")),
-        Err(_) => finish(None, None, format!("no response within {timeout_ms} ms")),
-    }
-}
-
-/// The emitted event's id and the request body: the payload's stored
-/// bytes, sent as they are. Only rows that do not say where the payload
-/// is (stored before schema migration 4, or resent from a dead letter)
-/// are parsed.
-fn stored_body(delivery: &Delivery) -> Result<(String, Bytes), serde_json::Error> {
-    let output = &delivery.output;
-    if let (Some(id), Some(at)) = (&delivery.output_id, delivery.payload_at)
-        && at < output.len()
-        && output.is_char_boundary(at)
-        && output.ends_with('}')
-    {
-        let body = Bytes::copy_from_slice(&output.as_bytes()[at..output.len() - 1]);
-        return Ok((id.clone(), body));
-    }
-    let event: EventJson = serde_json::from_str(output)?;
-    Ok((event.id, Bytes::from(event.payload.get().to_string())))
-}
-
-/// `a@1234abcd5678,b@…`: the versions that produced a delivery.
-fn versions_header(json: &str) -> String {
-    serde_json::from_str::<Vec<String>>(json)
-        .map(|versions| versions.join(","))
-        .unwrap_or_default()
-}
-
 /// Decides what one attempt means for its delivery, logs it and counts it.
 fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, AttemptResult) {
     let Sent {
@@ -416,6 +379,8 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
         retry_after,
         detail,
         elapsed,
+        expired,
+        ..
     } = sent;
     let name = destination.config.name.as_str();
     let attempt_number = delivery.attempts + 1;
@@ -436,7 +401,8 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
                 AttemptOutcome::Delivered { end_to_end_ms },
             )
         }
-        None | Some(408 | 425 | 429 | 500..=599) => {
+        // An expired token is renewed, and the delivery tried again with the new one.
+        _ if expired.is_some() || matches!(status, None | Some(408 | 425 | 429 | 500..=599)) => {
             let policy = &destination.retry;
             let age = Duration::from_millis((now - delivery.created_ms).max(0) as u64);
             if attempt_number >= policy.max_attempts {
@@ -451,7 +417,7 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
         }
         // Not sent at all: the stored output cannot become a request.
         Some(0) => (dead_letter(attempt, "invalid-output"), AttemptOutcome::Failed),
-        Some(_) => (
+        Some(_) | None => (
             dead_letter(attempt, "rejected-by-destination"),
             AttemptOutcome::Failed,
         ),
@@ -486,55 +452,5 @@ fn dead_letter(attempt: Attempt, reason: &str) -> AttemptResult {
     AttemptResult::DeadLetter {
         attempt,
         reason: reason.into(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn delivery(output: &str, output_id: Option<&str>, payload_at: Option<usize>) -> Delivery {
-        Delivery {
-            seq: 1,
-            destination: "d".into(),
-            channel: "c".into(),
-            tenant: "t".into(),
-            event_id: "in-1".into(),
-            entity_key: "k".into(),
-            idempotency_key: "i".into(),
-            correlation_id: "c".into(),
-            output: output.into(),
-            output_id: output_id.map(Into::into),
-            payload_at,
-            attempts: 0,
-            versions: "[]".into(),
-            created_ms: 0,
-            received_ms: 0,
-        }
-    }
-
-    #[test]
-    fn the_stored_payload_bytes_are_sent_without_parsing_the_output() {
-        // Everything before the payload is deliberately not JSON: a parse would fail.
-        let output = r#"{"id":"out-1","kind":NOT JSON,"payload":{"sku":"A", "spaced" : 1}}"#;
-        let at = crate::store::NewDelivery::payload_offset(output, r#"{"sku":"A", "spaced" : 1}"#);
-        let (id, body) = stored_body(&delivery(output, Some("out-1"), at)).unwrap();
-        assert_eq!(id, "out-1");
-        assert_eq!(&body[..], br#"{"sku":"A", "spaced" : 1}"#);
-    }
-
-    #[test]
-    fn rows_that_do_not_say_where_the_payload_is_are_parsed() {
-        let output = r#"{"id":"out-1","kind":"product","payload":{"sku":"A"}}"#;
-        let (id, body) = stored_body(&delivery(output, None, None)).unwrap();
-        assert_eq!((id.as_str(), &body[..]), ("out-1", &br#"{"sku":"A"}"#[..]));
-        // A place past the end is not trusted either.
-        let (_, body) = stored_body(&delivery(output, Some("out-1"), Some(10_000))).unwrap();
-        assert_eq!(&body[..], br#"{"sku":"A"}"#);
-        assert!(stored_body(&delivery("not json", None, None)).is_err());
-        assert_eq!(
-            crate::store::NewDelivery::payload_offset(output, r#"{"sku":"B"}"#),
-            None
-        );
     }
 }

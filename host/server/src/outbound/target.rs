@@ -1,0 +1,264 @@
+//! A destination's URL per event: `{$.…}` placeholders take a value from
+//! the emitted payload (a URL per SKU, as SP-API's Listings Items and
+//! Magento's `PUT /V1/products/{sku}` want), and `{env:…}` placeholders
+//! come from the environment when the config is loaded.
+
+use hyper::Uri;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+use serde_json::Value;
+use sluice_guest::mapping::CompiledPath;
+
+/// Bytes escaped in a path segment: everything but RFC 3986's unreserved
+/// characters, so a value can never add a segment, a query or a fragment.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'\\')
+    .add(b'^')
+    .add(b'|')
+    .add(b'[')
+    .add(b']')
+    .add(b'@')
+    .add(b':')
+    .add(b';')
+    .add(b'=')
+    .add(b'&')
+    .add(b'+')
+    .add(b',')
+    .add(b'$')
+    .add(b'!')
+    .add(b'\'')
+    .add(b'(')
+    .add(b')')
+    .add(b'*');
+
+/// Longest value placed in a URL, in bytes.
+const MAX_VALUE_BYTES: usize = 1024;
+
+/// One piece of a template.
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Value { path: CompiledPath, text: String },
+}
+
+/// A compiled URL template.
+#[derive(Debug, Clone)]
+pub struct UrlTemplate {
+    parts: Vec<Part>,
+}
+
+/// Why an event has no URL.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RenderError {
+    /// A placeholder's JSONPath selects nothing usable (nothing, null, an object or an array).
+    #[error("the URL's `{{{path}}}` has no value in the payload (a string, number or boolean at {path})")]
+    Missing {
+        /// The placeholder's JSONPath.
+        path: String,
+    },
+    /// The value is longer than a URL may carry.
+    #[error("the URL's `{{{path}}}` is over {MAX_VALUE_BYTES} bytes")]
+    TooLong {
+        /// The placeholder's JSONPath.
+        path: String,
+    },
+    /// The value is `.` or `..`, which would move the request up the path.
+    #[error("the URL's `{{{path}}}` is `.` or `..`, which would change the path")]
+    DotSegment {
+        /// The placeholder's JSONPath.
+        path: String,
+    },
+    /// The payload is not JSON.
+    #[error("the payload is not JSON, so the URL's placeholders have no values")]
+    NotJson,
+}
+
+impl UrlTemplate {
+    /// Compiles `template`; `env` reads the environment. The error names
+    /// the placeholder or variable that is wrong.
+    pub fn parse(template: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
+        let mut parts = Vec::new();
+        let mut so_far = String::new();
+        let mut rest = template;
+        while let Some(open) = rest.find('{') {
+            let (text, after) = rest.split_at(open);
+            so_far.push_str(text);
+            let close = after
+                .find('}')
+                .ok_or_else(|| format!("`{after}`: a `{{` without its `}}`"))?;
+            let inner = &after[1..close];
+            if let Some(name) = inner.strip_prefix("env:") {
+                let value =
+                    env(name).ok_or_else(|| format!("the environment variable `{name}` is not set"))?;
+                let value = encode(&value);
+                so_far.push_str(&value);
+                parts.push(Part::Text(text.to_string() + &value));
+            } else if inner.starts_with('$') {
+                // A payload's value may fill a path segment or a query value, never the host.
+                let in_path = so_far
+                    .split_once("://")
+                    .is_some_and(|(_, after_scheme)| after_scheme.contains('/'));
+                if !in_path {
+                    return Err(format!("`{{{inner}}}` cannot stand in the scheme or host"));
+                }
+                let path = CompiledPath::compile(inner)
+                    .map_err(|err| format!("`{{{inner}}}` is not a JSONPath: {err}"))?;
+                so_far.push('x');
+                parts.push(Part::Text(text.to_string()));
+                parts.push(Part::Value {
+                    path,
+                    text: inner.to_string(),
+                });
+            } else {
+                return Err(format!(
+                    "`{{{inner}}}` is neither a JSONPath (`{{$.sku}}`) nor a variable (`{{env:NAME}}`)"
+                ));
+            }
+            rest = &after[close + 1..];
+        }
+        so_far.push_str(rest);
+        parts.push(Part::Text(rest.to_string()));
+        let uri: Uri = so_far
+            .parse()
+            .map_err(|err| format!("`{template}` is not a URL: {err}"))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            return Err(format!("`{template}` must be an http:// or https:// URL"));
+        }
+        Ok(Self { parts })
+    }
+
+    /// The URL when it has no payload placeholders.
+    pub fn fixed(&self) -> Option<Uri> {
+        match self.parts.as_slice() {
+            [Part::Text(text)] => text.parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The URL of one payload (its JSON text).
+    pub fn render(&self, payload: &[u8]) -> Result<Uri, RenderError> {
+        if let Some(uri) = self.fixed() {
+            return Ok(uri);
+        }
+        let document: Value = serde_json::from_slice(payload).map_err(|_| RenderError::NotJson)?;
+        let mut url = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Text(text) => url.push_str(text),
+                Part::Value { path, text } => {
+                    let found = path
+                        .select(&document)
+                        .first()
+                        .and_then(|(value, _)| match value {
+                            Value::String(text) if !text.is_empty() => Some(text.clone()),
+                            Value::Number(number) => Some(number.to_string()),
+                            Value::Bool(flag) => Some(flag.to_string()),
+                            _ => None,
+                        })
+                        .ok_or_else(|| RenderError::Missing { path: text.clone() })?;
+                    if found.len() > MAX_VALUE_BYTES {
+                        return Err(RenderError::TooLong { path: text.clone() });
+                    }
+                    // `.` and `..` are unreserved, so encoding leaves them as
+                    // they are, and a server takes them for the path's own.
+                    if found == "." || found == ".." {
+                        return Err(RenderError::DotSegment { path: text.clone() });
+                    }
+                    url.push_str(&encode(&found));
+                }
+            }
+        }
+        // Every value is encoded: the URL parses as the template did.
+        url.parse().map_err(|_| RenderError::NotJson)
+    }
+}
+
+/// `value` percent-encoded as one path segment or one query value (the
+/// same set serves both: neither may add `/`, `&`, `=`, `?` or `#`).
+fn encode(value: &str) -> String {
+    utf8_percent_encode(value, SEGMENT).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "SELLER_ID").then(|| "A1 SELLER".to_string())
+    }
+
+    #[test]
+    fn placeholders_take_payload_values_encoded_as_one_segment_or_query_value() {
+        let template = UrlTemplate::parse(
+            "https://sellingpartnerapi-na.amazon.com/listings/2021-08-01/items/{env:SELLER_ID}/{$.sku}?marketplaceIds={$.marketplace}",
+            env,
+        )
+        .unwrap();
+        let uri = template
+            .render(br#"{"sku": "TEE/RED 1?x#y", "marketplace": "ATVPDKIKX0DER"}"#)
+            .unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "https://sellingpartnerapi-na.amazon.com/listings/2021-08-01/items/A1%20SELLER/TEE%2FRED%201%3Fx%23y?marketplaceIds=ATVPDKIKX0DER"
+        );
+        assert_eq!(
+            template.render(br#"{"marketplace": "X"}"#),
+            Err(RenderError::Missing { path: "$.sku".into() })
+        );
+        assert_eq!(
+            template.render(br#"{"sku": null, "marketplace": "X"}"#),
+            Err(RenderError::Missing { path: "$.sku".into() })
+        );
+        assert_eq!(
+            UrlTemplate::parse("https://m.example/rest/V1/products/{$.sku}", env)
+                .unwrap()
+                .render(br#"{"sku": 42}"#)
+                .unwrap()
+                .path(),
+            "/rest/V1/products/42"
+        );
+        assert!(
+            UrlTemplate::parse("https://x.example/a", env)
+                .unwrap()
+                .fixed()
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn dot_segments_are_refused() {
+        let items = UrlTemplate::parse("https://x.example/items/{$.sku}", env).unwrap();
+        for dots in ["..", "."] {
+            assert_eq!(
+                items.render(format!(r#"{{"sku": "{dots}"}}"#).as_bytes()),
+                Err(RenderError::DotSegment { path: "$.sku".into() })
+            );
+        }
+        assert_eq!(items.render(br#"{"sku": "..."}"#).unwrap().path(), "/items/...");
+    }
+
+    #[test]
+    fn bad_templates_are_refused_at_load_by_name() {
+        for (template, says) in [
+            ("https://{$.host}/x", "scheme or host"),
+            ("https://x.example/{env:NOPE}", "`NOPE` is not set"),
+            ("https://x.example/{sku}", "neither a JSONPath"),
+            ("https://x.example/{$.sku", "without its"),
+            ("https://x.example/{$[?}", "not a JSONPath"),
+            ("ftp://x.example/{$.sku}", "http:// or https://"),
+        ] {
+            let err = UrlTemplate::parse(template, env).unwrap_err();
+            assert!(err.contains(says), "{template}: {err}");
+        }
+    }
+}

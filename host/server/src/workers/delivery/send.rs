@@ -1,0 +1,250 @@
+//! One delivery request: its URL from the payload, its method, the
+//! destination's headers, credential and signature, and what came back.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use hyper::{Method, Request};
+
+use crate::config::RetryPolicy;
+use crate::outbound::HttpClient;
+use crate::outbound::sign::Signer;
+use crate::outbound::target::UrlTemplate;
+use crate::state::Destination;
+use crate::store::Delivery;
+use crate::workers::backoff::retry_after;
+use sluice_engine::event::EventJson;
+
+/// Most response bytes kept with an attempt.
+const SNIPPET: usize = 512;
+/// Most response bytes read, to find an expired-token answer.
+const READ_BYTES: usize = 64 * 1024;
+
+/// What every request to one destination shares.
+pub(super) struct Outbound {
+    pub client: HttpClient,
+    pub target: Arc<UrlTemplate>,
+    pub method: Method,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub signer: Option<Signer>,
+    pub rate_header: Option<HeaderName>,
+}
+
+impl Outbound {
+    /// The destination's configured headers, parsed once per worker (they
+    /// were checked when the config was loaded).
+    pub fn headers_of(destination: &Destination) -> Vec<(HeaderName, HeaderValue)> {
+        destination
+            .config
+            .headers
+            .iter()
+            .filter_map(|(key, value)| {
+                Some((
+                    HeaderName::try_from(key.as_str()).ok()?,
+                    HeaderValue::try_from(value.as_str()).ok()?,
+                ))
+            })
+            .collect()
+    }
+}
+
+/// What one request came back with.
+pub(super) struct Sent {
+    pub delivery: Delivery,
+    pub status: Option<u16>,
+    pub retry_after: Option<Duration>,
+    pub detail: String,
+    pub elapsed: Duration,
+    /// The credential sent, when the answer says it has expired (401, or a
+    /// 403 that says so, as SP-API answers an expired access token).
+    pub expired: Option<HeaderValue>,
+    /// The rate the destination announced in `rate-limit-header`, per second.
+    pub announced_rate: Option<f64>,
+}
+
+/// Sends one delivery and reports what came back. A `Retry-After` counts
+/// only on 429 and 503, and never for longer than the policy's `max-backoff-ms`.
+pub(super) async fn send(
+    out: Arc<Outbound>,
+    delivery: Delivery,
+    credential: Option<((HeaderName, HeaderValue), bool)>,
+    policy: RetryPolicy,
+) -> Sent {
+    let timeout_ms = policy.timeout_ms;
+    let longest = Duration::from_millis(policy.max_backoff_ms);
+    let started = Instant::now();
+    let finish = |status, retry_after, detail: String| Sent {
+        status,
+        retry_after,
+        detail,
+        elapsed: started.elapsed(),
+        delivery: delivery.clone(),
+        expired: None,
+        announced_rate: None,
+    };
+    let (event_id, body) = match stored_body(&delivery) {
+        Ok(found) => found,
+        Err(err) => return finish(Some(0), None, format!("stored output is not an event: {err}")),
+    };
+    // Not sent at all: a dead letter that names the placeholder.
+    let uri = match out.target.render(&body) {
+        Ok(uri) => uri,
+        Err(err) => return finish(Some(0), None, err.to_string()),
+    };
+    let mut request = Request::builder()
+        .method(out.method.clone())
+        .uri(uri)
+        .header("idempotency-key", &delivery.idempotency_key)
+        .header("x-correlation-id", &delivery.correlation_id)
+        .header("x-sluice-tenant", &delivery.tenant)
+        .header("x-sluice-channel", &delivery.channel)
+        .header("x-sluice-event-id", &event_id)
+        .header("x-sluice-source-event-id", &delivery.event_id)
+        .header("x-sluice-attempt", (delivery.attempts + 1).to_string())
+        .header("x-sluice-module-versions", versions_header(&delivery.versions));
+    // A DELETE carries no body (SP-API's deleteListingsItem, Magento's DELETE /V1/products/{sku}).
+    let body = if out.method == Method::DELETE {
+        Bytes::new()
+    } else {
+        request = request.header(CONTENT_TYPE, "application/json");
+        body
+    };
+    for (key, value) in &out.headers {
+        request = request.header(key, value);
+    }
+    if let Some(signer) = &out.signer {
+        for (key, value) in signer.headers(&delivery.idempotency_key, &body, SystemTime::now()) {
+            request = request.header(key, value);
+        }
+    }
+    // Only a credential that can be renewed is worth a retry when refused.
+    let used = credential
+        .as_ref()
+        .filter(|(_, renews)| *renews)
+        .map(|((_, value), _)| value.clone());
+    if let Some(((key, value), _)) = credential {
+        request = request.header(key, value);
+    }
+    let request = match request.body(Full::new(body)) {
+        Ok(request) => request,
+        Err(err) => return finish(Some(0), None, format!("cannot build the request: {err}")),
+    };
+    let exchange = async {
+        let response = out
+            .client
+            .request(request)
+            .await
+            .map_err(|err| format!("{err:?}"))?;
+        let status = response.status().as_u16();
+        let headers = response.headers();
+        let wait = headers
+            .get(RETRY_AFTER)
+            .filter(|_| matches!(status, 429 | 503))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| retry_after(v, SystemTime::now()))
+            .map(|wait| wait.min(longest));
+        let announced = out
+            .rate_header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|rate| rate.is_finite() && *rate > 0.0);
+        let body = Limited::new(response.into_body(), READ_BYTES)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        let expired = status == 401 || (status == 403 && text.to_ascii_lowercase().contains("expired"));
+        let snippet: String = text.chars().take(SNIPPET).collect();
+        Ok::<_, String>((status, wait, snippet, expired, announced))
+    };
+    match tokio::time::timeout(Duration::from_millis(timeout_ms), exchange).await {
+        Ok(Ok((status, wait, snippet, expired, announced))) => Sent {
+            expired: used.filter(|_| expired),
+            announced_rate: announced,
+            ..finish(Some(status), wait, snippet)
+        },
+        Ok(Err(err)) => finish(None, None, format!("connection failed: {err}")),
+        Err(_) => finish(None, None, format!("no response within {timeout_ms} ms")),
+    }
+}
+
+/// The emitted event's id and the request body: the payload's stored
+/// bytes, sent as they are. Only rows that do not say where the payload
+/// is (stored before schema migration 4, or resent from a dead letter)
+/// are parsed.
+fn stored_body(delivery: &Delivery) -> Result<(String, Bytes), serde_json::Error> {
+    let output = &delivery.output;
+    if let (Some(id), Some(at)) = (&delivery.output_id, delivery.payload_at)
+        && at < output.len()
+        && output.is_char_boundary(at)
+        && output.ends_with('}')
+    {
+        let body = Bytes::copy_from_slice(&output.as_bytes()[at..output.len() - 1]);
+        return Ok((id.clone(), body));
+    }
+    let event: EventJson = serde_json::from_str(output)?;
+    Ok((event.id, Bytes::from(event.payload.get().to_string())))
+}
+
+/// `a@1234abcd5678,b@…`: the versions that produced a delivery.
+fn versions_header(json: &str) -> String {
+    serde_json::from_str::<Vec<String>>(json)
+        .map(|versions| versions.join(","))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(output: &str, output_id: Option<&str>, payload_at: Option<usize>) -> Delivery {
+        Delivery {
+            seq: 1,
+            destination: "d".into(),
+            channel: "c".into(),
+            tenant: "t".into(),
+            event_id: "in-1".into(),
+            entity_key: "k".into(),
+            idempotency_key: "i".into(),
+            correlation_id: "c".into(),
+            output: output.into(),
+            output_id: output_id.map(Into::into),
+            payload_at,
+            attempts: 0,
+            versions: "[]".into(),
+            created_ms: 0,
+            received_ms: 0,
+        }
+    }
+
+    #[test]
+    fn the_stored_payload_bytes_are_sent_without_parsing_the_output() {
+        // Everything before the payload is deliberately not JSON: a parse would fail.
+        let output = r#"{"id":"out-1","kind":NOT JSON,"payload":{"sku":"A", "spaced" : 1}}"#;
+        let at = crate::store::NewDelivery::payload_offset(output, r#"{"sku":"A", "spaced" : 1}"#);
+        let (id, body) = stored_body(&delivery(output, Some("out-1"), at)).unwrap();
+        assert_eq!(id, "out-1");
+        assert_eq!(&body[..], br#"{"sku":"A", "spaced" : 1}"#);
+    }
+
+    #[test]
+    fn rows_that_do_not_say_where_the_payload_is_are_parsed() {
+        let output = r#"{"id":"out-1","kind":"product","payload":{"sku":"A"}}"#;
+        let (id, body) = stored_body(&delivery(output, None, None)).unwrap();
+        assert_eq!((id.as_str(), &body[..]), ("out-1", &br#"{"sku":"A"}"#[..]));
+        // A place past the end is not trusted either.
+        let (_, body) = stored_body(&delivery(output, Some("out-1"), Some(10_000))).unwrap();
+        assert_eq!(&body[..], br#"{"sku":"A"}"#);
+        assert!(stored_body(&delivery("not json", None, None)).is_err());
+        assert_eq!(
+            crate::store::NewDelivery::payload_offset(output, r#"{"sku":"B"}"#),
+            None
+        );
+    }
+}
