@@ -7,6 +7,16 @@
       {"items": [...], "total_count": N}; past the last page it answers the
       last page again, as Magento does.
 
+  demo_platforms.py lwa PORT SECRETS_DIR
+      A Login with Amazon token endpoint on 127.0.0.1:PORT: POST
+      /auth/o2/token with grant_type=refresh_token, refresh_token,
+      client_id and client_secret in the form answers an access token
+      (expires_in 3600); anything else answers 400 invalid_grant.
+
+  demo_platforms.py show SINK.jsonl
+      One line per request `sluice sink` received: method, URL, the
+      credential headers sent (never their values), and the body's start.
+
   demo_platforms.py send BASE SECRETS_DIR FIXTURES...
       Sends each fixture's payload to BASE/v1/sources/acme/<platform>,
       signed as the platform documents it: Shopify (X-Shopify-Hmac-Sha256,
@@ -43,6 +53,36 @@ def catalog(port, path):
                 "total_count": len(products),
             }).encode()
             self.send_response(200 if url.path == "/V1/products" else 404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    http.server.ThreadingHTTPServer(("127.0.0.1", int(port)), Handler).serve_forever()
+
+
+def lwa(port, secrets):
+    expected = {
+        "grant_type": "refresh_token",
+        "refresh_token": open(f"{secrets}/lwa-refresh-token").read().strip(),
+        "client_secret": open(f"{secrets}/lwa-client-secret").read().strip(),
+    }
+    issued = [0]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            length = int(self.headers.get("content-length", "0"))
+            form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+            if self.path == "/auth/o2/token" and all(form.get(k) == v for k, v in expected.items()):
+                issued[0] += 1
+                status, answer = 200, {"access_token": f"Atza|demo-access-token-{issued[0]}", "token_type": "bearer", "expires_in": 3600}
+            else:
+                status, answer = 400, {"error": "invalid_grant"}
+            body = json.dumps(answer).encode()
+            self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
@@ -109,8 +149,20 @@ def send(base, secrets, fixtures):
     print(f"{'forged':<12} {status}   <- a bad signature: 401, nothing stored")
 
 
+def show(path):
+    for line in open(path):
+        received = json.loads(line)
+        url = received["path"] + ("?" + received["query"] if received["query"] else "")
+        credentials = ",".join(received["credentials"]) or "-"
+        print(f"{received['method']:<5} {url}  [{credentials}]  {json.dumps(received['body'])[:80]}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "catalog":
         catalog(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "show":
+        show(sys.argv[2])
+    elif sys.argv[1] == "lwa":
+        lwa(sys.argv[2], sys.argv[3])
     else:
         send(sys.argv[2], sys.argv[3], sys.argv[4:])

@@ -20,14 +20,23 @@ pub struct SinkArgs {
     status: u16,
 }
 
-/// Prints one JSON line per request: path, idempotency key, correlation id, body.
+/// Prints one JSON line per request: method, path and query, idempotency
+/// key, correlation id, which credential headers came (never their
+/// values), and the body.
 pub fn run(args: SinkArgs) -> anyhow::Result<ExitCode> {
     let status = args.status;
     let sink = Sink::start(
         args.listen,
         Arc::new(move |received, _| {
+            let credentials: Vec<&str> = ["authorization", "x-amz-access-token", "webhook-signature"]
+                .into_iter()
+                .filter(|name| received.header(name).is_some())
+                .collect();
             let line = json!({
+                "method": received.method,
                 "path": received.path,
+                "query": received.query,
+                "credentials": credentials,
                 "idempotency-key": received.header("idempotency-key"),
                 "correlation-id": received.header("x-correlation-id"),
                 "channel": received.header("x-sluice-channel"),

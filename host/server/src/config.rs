@@ -533,6 +533,9 @@ impl ServerConfig {
             {
                 destination.ca_file = Some(dir.join(file));
             }
+            if let Some(auth) = &mut destination.auth {
+                auth.resolve_paths(dir);
+            }
             if let Some(sign) = &mut destination.sign {
                 for file in [&mut sign.secret_file, &mut sign.previous_secret_file]
                     .into_iter()

@@ -153,7 +153,8 @@ impl Sidecar {
         })?;
         let channels = load_channels(&config, base, &engine)?;
         for destination in &config.destinations {
-            check_destination(destination, base).map_err(|detail| SidecarError::Destination {
+            // Its paths were made relative to the config's folder when it was loaded.
+            check_destination(destination, Path::new(".")).map_err(|detail| SidecarError::Destination {
                 destination: destination.name.clone(),
                 detail,
             })?;

@@ -19,6 +19,8 @@ use hyper_util::rt::TokioIo;
 pub struct Received {
     /// When it arrived.
     pub at: Instant,
+    /// The request's method.
+    pub method: String,
     /// The request path.
     pub path: String,
     /// The query string, without `?` (empty if none).
@@ -162,6 +164,7 @@ async fn answer(
     respond: Arc<Responder>,
     request: hyper::Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = request.method().to_string();
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or_default().to_string();
     let headers = request
@@ -177,6 +180,7 @@ async fn answer(
         .unwrap_or_default();
     let received = Received {
         at: Instant::now(),
+        method,
         path,
         query,
         headers,

@@ -1,6 +1,8 @@
 //! `auth = { … }`: how Sluice authenticates to an API it calls (a polled
 //! source's, and a destination's).
 
+use std::path::PathBuf;
+
 use serde::{Deserialize, Serialize};
 
 /// Which scheme.
@@ -37,12 +39,18 @@ pub struct AuthConfig {
     /// `bearer`: the environment variable holding the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bearer_env: Option<String>,
+    /// Or a file holding it (relative to `sluice.toml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_file: Option<PathBuf>,
     /// `basic`: the user name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     /// `basic`: the environment variable holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_env: Option<String>,
+    /// Or a file holding it (relative to `sluice.toml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
     /// `oauth2`: the grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<Grant>,
@@ -55,9 +63,15 @@ pub struct AuthConfig {
     /// `oauth2`: the environment variable holding the client secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_secret_env: Option<String>,
+    /// Or a file holding it (relative to `sluice.toml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret_file: Option<PathBuf>,
     /// `oauth2` with `grant = "refresh-token"`: the environment variable holding the refresh token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token_env: Option<String>,
+    /// Or a file holding it (relative to `sluice.toml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token_file: Option<PathBuf>,
     /// `oauth2`: the scopes asked for, space-separated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
@@ -77,6 +91,23 @@ pub const AUTH_SECRETS: &[(&str, &str)] = &[
 ];
 
 impl AuthConfig {
+    /// Makes its secret files relative to `dir` (the config file's folder).
+    pub fn resolve_paths(&mut self, dir: &std::path::Path) {
+        for file in [
+            &mut self.bearer_file,
+            &mut self.password_file,
+            &mut self.client_secret_file,
+            &mut self.refresh_token_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if file.is_relative() {
+                *file = dir.join(&*file);
+            }
+        }
+    }
+
     /// The scheme, as set or as the keys say.
     pub fn kind(&self) -> Result<AuthKind, String> {
         if let Some(kind) = self.kind {
@@ -86,7 +117,7 @@ impl AuthConfig {
             Ok(AuthKind::Oauth2)
         } else if self.username.is_some() {
             Ok(AuthKind::Basic)
-        } else if self.bearer_env.is_some() {
+        } else if self.bearer_env.is_some() || self.bearer_file.is_some() {
             Ok(AuthKind::Bearer)
         } else {
             Err("set `kind` (`bearer`, `basic` or `oauth2`)".into())
@@ -97,20 +128,28 @@ impl AuthConfig {
     /// with the config (then no `*-env` key may be set: a tenant may not
     /// read the server's environment).
     pub fn check(&self, inline: bool) -> Result<(), String> {
-        let from_env = |key: &'static str, set: bool| -> Result<(), String> {
-            match (inline, set) {
+        let from_env = |key: &'static str, env: bool, file: bool| -> Result<(), String> {
+            match (inline, env || file) {
                 (true, true) => Err(format!(
-                    "`{key}` reads the server's environment; send the secret itself instead"
+                    "`{key}` (or its `-file`) reads the server's environment or files; send the secret itself instead"
                 )),
-                (false, false) => Err(format!("`{key}` is needed")),
+                (false, false) => Err(format!("`{key}` or its `-file` is needed")),
                 _ => Ok(()),
             }
         };
         match self.kind()? {
-            AuthKind::Bearer => from_env("bearer-env", self.bearer_env.is_some()),
+            AuthKind::Bearer => from_env(
+                "bearer-env",
+                self.bearer_env.is_some(),
+                self.bearer_file.is_some(),
+            ),
             AuthKind::Basic => {
                 self.username.as_ref().ok_or("`basic` needs `username`")?;
-                from_env("password-env", self.password_env.is_some())
+                from_env(
+                    "password-env",
+                    self.password_env.is_some(),
+                    self.password_file.is_some(),
+                )
             }
             AuthKind::Oauth2 => {
                 let url = self.token_url.as_deref().ok_or("`oauth2` needs `token-url`")?;
@@ -120,12 +159,20 @@ impl AuthConfig {
                 url.parse::<hyper::Uri>()
                     .map_err(|err| format!("`token-url` is not a URL: {err}"))?;
                 self.client_id.as_ref().ok_or("`oauth2` needs `client-id`")?;
-                from_env("client-secret-env", self.client_secret_env.is_some())?;
+                from_env(
+                    "client-secret-env",
+                    self.client_secret_env.is_some(),
+                    self.client_secret_file.is_some(),
+                )?;
                 match self
                     .grant
                     .ok_or("`oauth2` needs `grant` (`client-credentials` or `refresh-token`)")?
                 {
-                    Grant::RefreshToken => from_env("refresh-token-env", self.refresh_token_env.is_some()),
+                    Grant::RefreshToken => from_env(
+                        "refresh-token-env",
+                        self.refresh_token_env.is_some(),
+                        self.refresh_token_file.is_some(),
+                    ),
                     Grant::ClientCredentials => Ok(()),
                 }
             }

@@ -78,9 +78,12 @@ impl Authenticator {
         base: &Path,
         client: HttpClient,
     ) -> Result<Self, String> {
-        let secret = |inline: &str, env: &Option<String>| -> Result<String, String> {
+        let secret = |inline: &str,
+                      env: &Option<String>,
+                      file: &Option<std::path::PathBuf>|
+         -> Result<String, String> {
             secrets
-                .resolve(&format!("auth.{inline}"), env.as_deref(), None, base)?
+                .resolve(&format!("auth.{inline}"), env.as_deref(), file.as_deref(), base)?
                 .ok_or_else(|| format!("auth: `{inline}` is not set"))
         };
         let header_name = |default: HeaderName| -> Result<HeaderName, String> {
@@ -99,12 +102,12 @@ impl Authenticator {
         let scheme = match config.kind()? {
             AuthKind::Bearer => {
                 let header = header_name(AUTHORIZATION)?;
-                let token = secret("bearer", &config.bearer_env)?;
+                let token = secret("bearer", &config.bearer_env, &config.bearer_file)?;
                 Scheme::Fixed(header.clone(), sensitive(token_text(&header, &token))?)
             }
             AuthKind::Basic => {
                 let user = config.username.clone().unwrap_or_default();
-                let password = secret("password", &config.password_env)?;
+                let password = secret("password", &config.password_env, &config.password_file)?;
                 Scheme::Fixed(AUTHORIZATION, sensitive(basic(&user, &password))?)
             }
             AuthKind::Oauth2 => {
@@ -115,12 +118,20 @@ impl Authenticator {
                     .parse()
                     .map_err(|err| format!("auth: `token-url` is not a URL: {err}"))?;
                 let client_id = config.client_id.clone().unwrap_or_default();
-                let client_secret = secret("client-secret", &config.client_secret_env)?;
+                let client_secret = secret(
+                    "client-secret",
+                    &config.client_secret_env,
+                    &config.client_secret_file,
+                )?;
                 let mut form = form_urlencoded::Serializer::new(String::new());
                 let basic_header = match config.grant {
                     Some(Grant::RefreshToken) => {
                         // Login with Amazon takes the client's credentials in the form.
-                        let refresh = secret("refresh-token", &config.refresh_token_env)?;
+                        let refresh = secret(
+                            "refresh-token",
+                            &config.refresh_token_env,
+                            &config.refresh_token_file,
+                        )?;
                         form.append_pair("grant_type", "refresh_token")
                             .append_pair("refresh_token", &refresh)
                             .append_pair("client_id", &client_id)
