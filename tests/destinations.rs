@@ -328,3 +328,104 @@ fn the_rate_follows_what_the_destination_announces() {
     let paths: Vec<String> = portal.received().iter().map(|r| r.path.clone()).collect();
     assert!(paths.contains(&"/items/R12".to_string()), "{paths:?}");
 }
+
+/// The issue's SP-API run: three SKUs with three updates each, a token
+/// endpoint whose tokens SP-API takes for expired after five uses, and a
+/// usage plan that answers every fourth request 429 with
+/// `x-amzn-RateLimit-Limit`. Every update is accepted as a PUT at its
+/// SKU's URL with a token the endpoint issued, in order per SKU.
+#[test]
+fn sp_api_with_429s_and_tokens_expiring_mid_run_gets_every_update_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let issued = Arc::new(AtomicU32::new(0));
+    let counter = issued.clone();
+    let lwa = Sink::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(move |_, _| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            Reply {
+                status: 200,
+                headers: vec![],
+                body:
+                    json!({"access_token": format!("Atza|t{n}"), "token_type": "bearer", "expires_in": 3600})
+                        .to_string(),
+            }
+        }),
+    )
+    .unwrap();
+    let requests = Arc::new(AtomicU32::new(0));
+    let seen = requests.clone();
+    let accepted = Arc::new(std::sync::Mutex::new(Vec::<(String, i64)>::new()));
+    let record = accepted.clone();
+    let sp_api = Sink::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(move |request, earlier| {
+            let token = request.header("x-amz-access-token").unwrap_or_default().to_string();
+            let uses = earlier.iter().filter(|r| r.header("x-amz-access-token") == Some(token.as_str())).count();
+            if uses >= 5 {
+                return Reply {
+                    status: 403,
+                    headers: vec![],
+                    body: json!({"errors": [{"code": "Unauthorized", "message": "Access to requested resource is denied.", "details": "The access token you provided has expired."}]}).to_string(),
+                };
+            }
+            let limit = vec![("x-amzn-RateLimit-Limit".to_string(), "20.0".to_string())];
+            if seen.fetch_add(1, Ordering::SeqCst) % 4 == 3 {
+                return Reply { status: 429, headers: limit, body: r#"{"errors":[{"code":"QuotaExceeded","message":"You exceeded your quota for the requested resource."}]}"#.into() };
+            }
+            record.lock().unwrap().push((request.path.clone(), request.json()["qty"].as_i64().unwrap_or(-1)));
+            Reply { status: 200, headers: limit, body: r#"{"status":"ACCEPTED"}"#.into() }
+        }),
+    )
+    .unwrap();
+    let destination = format!(
+        "[[destination]]\nname = \"marketplace\"\n\
+         url = \"http://{}/listings/2021-08-01/items/SELLER1/{{$.sku}}?marketplaceIds=ATVPDKIKX0DER\"\n\
+         method = \"PUT\"\nrate-limit = \"50/s\"\nrate-limit-header = \"x-amzn-RateLimit-Limit\"\n\
+         [destination.auth]\ngrant = \"refresh-token\"\ntoken-url = \"http://{}/auth/o2/token\"\n\
+         client-id = \"c\"\nclient-secret-env = \"LWA_SECRET\"\nrefresh-token-env = \"LWA_REFRESH\"\nheader = \"x-amz-access-token\"\n",
+        sp_api.addr, lwa.addr
+    );
+    let sidecar = start(
+        dir.path(),
+        &destination,
+        &[("LWA_SECRET", "s"), ("LWA_REFRESH", "r")],
+    );
+    let mut events = Vec::new();
+    for round in 1..=3 {
+        for sku in ["A-1", "B/2", "C 3"] {
+            events.push((format!("{sku}-{round}"), json!({"sku": sku, "qty": round})));
+        }
+    }
+    let refs: Vec<(&str, Value)> = events.iter().map(|(id, p)| (id.as_str(), p.clone())).collect();
+    ingest(&sidecar, &refs);
+    wait_for("nine updates accepted", Duration::from_secs(60), || {
+        accepted.lock().unwrap().len() >= 9
+    });
+    let all = sp_api.received();
+    assert!(issued.load(Ordering::SeqCst) >= 2, "the token was renewed");
+    for request in &all {
+        assert_eq!(request.method, "PUT");
+        let token = request.header("x-amz-access-token").unwrap();
+        let n: u32 = token.strip_prefix("Atza|t").unwrap().parse().unwrap();
+        assert!(
+            n >= 1 && n <= issued.load(Ordering::SeqCst),
+            "a token the endpoint issued: {token}"
+        );
+    }
+    // Requests that were not accepted (and not refused for an expired
+    // token) were the usage plan's 429s: retried, never lost.
+    assert!(requests.load(Ordering::SeqCst) > 9, "429s were answered");
+    // Per SKU, each update accepted once, in order, at the SKU's own URL.
+    let accepted = accepted.lock().unwrap().clone();
+    for path in ["A-1", "B%2F2", "C%203"] {
+        let qty: Vec<i64> = accepted
+            .iter()
+            .filter(|(p, _)| *p == format!("/listings/2021-08-01/items/SELLER1/{path}"))
+            .map(|(_, qty)| *qty)
+            .collect();
+        assert_eq!(qty, [1, 2, 3], "{path}");
+    }
+    let (_, letters) = sidecar.send("GET", "/v1/dead-letters", Some(ACME), b"", "");
+    assert_eq!(letters, json!([]));
+}

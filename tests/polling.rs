@@ -506,21 +506,45 @@ fn a_tenants_poll_source_cannot_reach_private_addresses() {
             "application/json",
         )
     };
-    for url in [
-        format!("http://{}/", internal.addr),
-        "http://169.254.169.254/latest/meta-data/".to_string(),
-        "http://[::1]:8080/".to_string(),
-        "http://localhost/".to_string(),
+    for (url, class) in [
+        (format!("http://{}/", internal.addr), "loopback"),
+        (
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            "link-local (cloud metadata)",
+        ),
+        ("http://[::1]:8080/".to_string(), "loopback"),
+        ("http://localhost/".to_string(), "loopback"),
+        ("http://10.1.2.3/".to_string(), "private"),
+        ("http://[fd00:ec2::254]/".to_string(), "unique-local"),
+        ("http://100.64.0.1/".to_string(), "CGNAT"),
     ] {
         let (status, refused) = put(url.clone());
         assert_eq!(status, 400, "{url}: {refused}");
+        let message = refused["message"].as_str().unwrap();
         assert!(
-            refused["message"]
-                .as_str()
-                .unwrap()
-                .contains("not a public address"),
-            "{refused}"
+            message.contains(&format!("a {class} address")),
+            "{url}: {message}"
         );
+    }
+    // A decimal or octal IP is a name to the URL parser and an address to
+    // the resolver: refused where the connection is made.
+    for (name, url) in [
+        ("decimal", format!("http://2130706433:{}/", internal.addr.port())),
+        ("octal", format!("http://0177.0.0.1:{}/", internal.addr.port())),
+    ] {
+        let (status, made) = sidecar.send(
+            "PUT",
+            &format!("/v1/sources/{name}"),
+            Some(ACME),
+            json!({"kind": "poll", "url": url}).to_string().as_bytes(),
+            "application/json",
+        );
+        assert_eq!(status, 201, "{made}");
+        wait_for("the connection refused", Duration::from_secs(20), || {
+            sidecar.metrics().contains(&format!(
+                r#"sluice_source_poll_failures_total{{source="acme/{name}",reason="refused-address"}}"#
+            ))
+        });
     }
     assert_eq!(internal.count(), 0, "the internal API was never reached");
 }

@@ -689,8 +689,14 @@ fn a_batch_that_traps_inline_goes_to_a_blocking_thread_without_marking_the_modul
         "{:?}",
         outcomes[1]
     );
-    // A trap is no sign of slowness: the next small batch runs inline.
-    assert!(try_inline_on_a_worker(&pipeline, vec![attack("evt-later", "none")]).is_some());
+    // A trap is no sign of slowness: the next small batch runs inline. (An
+    // inline run also gives up when its CPU slice runs out, which a machine
+    // loaded by other tests can cause once; a module marked slow never runs
+    // inline again, so one success in a few tries is the proof.)
+    assert!(
+        (0..5).any(|_| try_inline_on_a_worker(&pipeline, vec![attack("evt-later", "none")]).is_some()),
+        "the module was marked slow by a trap"
+    );
 }
 
 /// The hostile guest as both steps of one pipeline (one module, two steps).

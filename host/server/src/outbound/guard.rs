@@ -32,7 +32,8 @@ pub struct NetworkPolicy {
 /// Why a tenant's URL was not called.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "`{host}` resolves to {address}, which is not a public address (the operator may open it with `allow-networks`)"
+    "`{host}` resolves to {address}, a {} address, which is not public (the operator may open it with `allow-networks`)",
+    class(*address).unwrap_or("refused")
 )]
 pub struct Refused {
     /// The host as named.
@@ -45,7 +46,7 @@ impl NetworkPolicy {
     /// Whether `address` may be reached.
     pub fn allows(&self, address: IpAddr) -> bool {
         let address = address.to_canonical();
-        self.allow.iter().any(|net| net.contains(&address)) || is_public(address)
+        self.allow.iter().any(|net| net.contains(&address)) || class(address).is_none()
     }
 
     /// `Ok` if `host` is a name (checked when it resolves) or an allowed
@@ -71,49 +72,66 @@ impl NetworkPolicy {
     }
 }
 
-/// Not loopback, private, link-local (cloud metadata's 169.254.169.254),
+/// The kind of non-public address `address` is, or `None` for a public
+/// one: loopback, private, link-local (cloud metadata's 169.254.169.254),
 /// CGNAT, unique-local, multicast, unspecified, documentation, benchmarking
-/// or reserved.
-fn is_public(address: IpAddr) -> bool {
-    match address {
+/// or reserved. IPv4-compatible and 6to4 addresses are judged by the IPv4
+/// address they carry.
+pub fn class(address: IpAddr) -> Option<&'static str> {
+    match address.to_canonical() {
         IpAddr::V4(v4) => {
             let [a, b, c, _] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_multicast()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0 && c == 0)
-                || (a == 198 && (b == 18 || b == 19))
-                || a >= 240)
+            Some(if v4.is_loopback() {
+                "loopback"
+            } else if v4.is_private() {
+                "private"
+            } else if v4.is_link_local() {
+                "link-local (cloud metadata)"
+            } else if a == 100 && (64..128).contains(&b) {
+                "CGNAT"
+            } else if v4.is_multicast() {
+                "multicast"
+            } else if v4.is_unspecified() || a == 0 {
+                "unspecified"
+            } else if v4.is_broadcast() || a >= 240 || (a == 192 && b == 0 && c == 0) {
+                "reserved"
+            } else if v4.is_documentation() || (a == 198 && (b == 18 || b == 19)) {
+                "documentation or benchmarking"
+            } else {
+                return None;
+            })
         }
         IpAddr::V6(v6) => {
             let segments = v6.segments();
             let first = segments[0];
-            // IPv4-compatible (`::a.b.c.d`) and 6to4 (`2002:aabb:ccdd::`)
-            // addresses carry an IPv4 address, judged as that address.
+            let embedded = |high: u16, low: u16| {
+                let [a, b] = high.to_be_bytes();
+                let [c, d] = low.to_be_bytes();
+                IpAddr::from([a, b, c, d])
+            };
             if segments[..6].iter().all(|s| *s == 0) && !v6.is_loopback() && !v6.is_unspecified() {
-                let [a, b] = segments[6].to_be_bytes();
-                let [c, d] = segments[7].to_be_bytes();
-                return is_public(IpAddr::from([a, b, c, d]));
+                return class(embedded(segments[6], segments[7]));
             }
             if first == 0x2002 {
-                let [a, b] = segments[1].to_be_bytes();
-                let [c, d] = segments[2].to_be_bytes();
-                return is_public(IpAddr::from([a, b, c, d]));
+                return class(embedded(segments[1], segments[2]));
             }
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                || (first & 0xffc0) == 0xfec0
-                || first == 0x2001 && segments[1] == 0x0db8
-                || first == 0x0064 && segments[1] == 0xff9b)
+            Some(if v6.is_loopback() {
+                "loopback"
+            } else if v6.is_unspecified() {
+                "unspecified"
+            } else if v6.is_multicast() {
+                "multicast"
+            } else if (first & 0xfe00) == 0xfc00 {
+                "unique-local"
+            } else if (first & 0xffc0) == 0xfe80 || (first & 0xffc0) == 0xfec0 {
+                "link-local"
+            } else if first == 0x2001 && segments[1] == 0x0db8 {
+                "documentation or benchmarking"
+            } else if first == 0x0064 && segments[1] == 0xff9b {
+                "reserved"
+            } else {
+                return None;
+            })
         }
     }
 }
