@@ -38,7 +38,7 @@ pub(super) async fn describe(app: &App, channel: &Channel) -> Result<Value, ApiE
 pub async fn list_channels(app: &App, caller: &Caller) -> Result<Response<Body>, ApiError> {
     let mut channels = Vec::new();
     for channel in app.channels.values().filter(|c| caller.may_act_for(&c.tenant)) {
-        channels.push(describe(app, channel).await?);
+        channels.push(describe(app, &channel).await?);
     }
     Ok(json_response(StatusCode::OK, &Value::Array(channels)))
 }
@@ -52,6 +52,7 @@ pub fn channel_history(
     request: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let minutes = query_number::<usize>(request, "minutes", "invalid-query")?.unwrap_or(60);
     let recent = app.history.recent(&channel.name, minutes, crate::store::now_ms());
     Ok(json_response(
@@ -63,6 +64,7 @@ pub fn channel_history(
 /// `GET /v1/channels/{name}`.
 pub async fn show_channel(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
 }
 
@@ -75,6 +77,7 @@ pub async fn switch_channel(
     enabled: bool,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let queue = app.queue.clone();
     let key = channel.name.clone();
     blocking(move || queue.set_enabled(&key, enabled, false)).await?;
@@ -105,6 +108,7 @@ pub async fn activate(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let (spec, pipeline) = read_candidate(app, channel, request).await?;
     make_active(app, channel, &spec, pipeline).await?;
     Ok(json_response(StatusCode::OK, &describe(app, channel).await?))
@@ -175,6 +179,7 @@ pub(crate) async fn make_active(
 /// the last activation (in the end, the config's).
 pub async fn rollback(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let registry = app.registry.clone();
     let key = channel.name.clone();
     let popped = blocking(move || registry.pop_pipeline(&key)).await?;

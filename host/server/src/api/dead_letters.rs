@@ -132,7 +132,7 @@ pub async fn replay_dead_letter(
     let queue = app.queue.clone();
     match blocking(move || queue.replay(id, how)).await? {
         ReplayResult::Queued => {
-            app.wake_channel(channel);
+            app.wake_channel(&channel);
             tracing::info!(
                 dead_letter = id,
                 channel = %channel.name,

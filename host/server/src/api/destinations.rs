@@ -12,12 +12,12 @@ use crate::state::auth::Caller;
 /// their limits and what their delivery workers are doing.
 pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Body>, ApiError> {
     let mut listed = Vec::new();
-    for (name, destination) in &app.destinations {
-        let channels: Vec<&str> = app
+    for (name, destination) in app.destinations.entries() {
+        let channels: Vec<String> = app
             .channels
             .values()
-            .filter(|c| c.destination.as_deref() == Some(name) && caller.may_act_for(&c.tenant))
-            .map(|c| c.name.as_str())
+            .filter(|c| c.destination.as_deref() == Some(name.as_str()) && caller.may_act_for(&c.tenant))
+            .map(|c| c.name.clone())
             .collect();
         if channels.is_empty() && !matches!(caller, Caller::Admin) {
             continue;
@@ -28,7 +28,7 @@ pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Bo
             || app
                 .channels
                 .values()
-                .filter(|c| c.destination.as_deref() == Some(name))
+                .filter(|c| c.destination.as_deref() == Some(name.as_str()))
                 .all(|c| caller.may_act_for(&c.tenant));
         let (queue, key) = (app.queue.clone(), name.clone());
         let backlog = if own {
@@ -41,7 +41,8 @@ pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Bo
         } else {
             Default::default()
         };
-        let history = app.history.recent_of(&channels, 60, crate::store::now_ms());
+        let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+        let history = app.history.recent_of(&names, 60, crate::store::now_ms());
         listed.push(json!({
             "name": name,
             "channels": channels,

@@ -84,7 +84,7 @@ async fn store(app: &App, parsed: Vec<Prepared>) -> Result<Vec<Receipt>, ApiErro
     let queue = app.queue.clone();
     let receipts = blocking(move || queue.ingest(batch)).await?;
     for channel in woken {
-        app.wake_channel(channel);
+        app.wake_channel(&channel);
     }
     for (receipt, (tenant, correlation_id)) in receipts.iter().zip(&logged) {
         app.emit(crate::observe::events::Accepted {
@@ -110,23 +110,31 @@ fn accepted_response(receipts: &[Receipt]) -> Response<Body> {
 }
 
 /// Each event with the channels it is queued for, what its log line
-/// names, and the channels to wake.
-fn fan_out(
-    app: &App,
-    parsed: Vec<Prepared>,
-) -> (Vec<Ingest>, Vec<(String, String)>, Vec<&crate::state::Channel>) {
+/// names (tenant, correlation id), and the channels to wake.
+type FannedOut = (
+    Vec<Ingest>,
+    Vec<(String, String)>,
+    Vec<std::sync::Arc<crate::state::Channel>>,
+);
+
+/// See [`FannedOut`].
+fn fan_out(app: &App, parsed: Vec<Prepared>) -> FannedOut {
     let mut batch = Vec::with_capacity(parsed.len());
     let mut logged = Vec::with_capacity(parsed.len());
-    let mut woken = Vec::new();
+    let mut woken: Vec<std::sync::Arc<crate::state::Channel>> = Vec::new();
+    // One look at the channels per request, not per event.
+    let all: Vec<std::sync::Arc<crate::state::Channel>> = app.channels.values().collect();
     for event in parsed {
         let mut channels = Vec::new();
-        for channel in app.channels.values() {
+        for channel in &all {
             if !channel.takes(&event.tenant, &event.source) {
                 continue;
             }
             if channel.queues_new_events() {
                 channels.push(channel.name.clone());
-                woken.push(channel);
+                if !woken.iter().any(|w| std::sync::Arc::ptr_eq(w, channel)) {
+                    woken.push(channel.clone());
+                }
             } else {
                 app.metrics.skipped(&channel.name);
             }

@@ -19,6 +19,7 @@ pub async fn transform(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     if !channel.enabled() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

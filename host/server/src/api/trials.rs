@@ -30,6 +30,7 @@ pub async fn start(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let canary_percent = query_number::<u8>(&request, "canary", "invalid-canary")?.unwrap_or(0);
     if canary_percent > 100 {
         return Err(ApiError::bad_request(
@@ -73,6 +74,7 @@ pub async fn start(
 /// `GET /v1/channels/{name}/shadow`: how the candidate compares so far.
 pub async fn report(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let shadow = channel.shadow().ok_or_else(|| no_shadow(name))?;
     Ok(json_response(StatusCode::OK, &shadow.report()))
 }
@@ -80,6 +82,7 @@ pub async fn report(app: &App, caller: &Caller, name: &str) -> Result<Response<B
 /// `DELETE /v1/channels/{name}/shadow`: stops the shadow; answers its last report.
 pub async fn stop(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let shadow = channel.set_shadow(None).ok_or_else(|| no_shadow(name))?;
     tracing::info!(channel = %channel.name, tenant = %channel.tenant, "shadow stopped");
     Ok(json_response(StatusCode::OK, &shadow.report()))
@@ -89,6 +92,7 @@ pub async fn stop(app: &App, caller: &Caller, name: &str) -> Result<Response<Bod
 /// `activate` would, so `rollback` undoes it) and stops the shadow.
 pub async fn promote(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     // Taken before activating: a second promote (a client's retry) or a
     // stop meanwhile finds no shadow instead of activating it twice.
     let shadow = channel.set_shadow(None).ok_or_else(|| no_shadow(name))?;
@@ -122,6 +126,7 @@ pub async fn start_backfill(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let since_ms = query_number::<u64>(&request, "since-ms", "invalid-backfill")?
         .map_or(0, |ms| i64::try_from(ms).unwrap_or(i64::MAX));
     let limit = query_number::<u64>(&request, "limit", "invalid-backfill")?;
@@ -168,6 +173,7 @@ pub async fn start_backfill(
 /// `GET /v1/channels/{name}/backfill`: the running or last backfill's progress and comparison.
 pub async fn backfill_report(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let backfill = channel.backfill.lock().expect("backfill lock").clone();
     let backfill = backfill.ok_or_else(|| {
         ApiError::not_found(
@@ -181,6 +187,7 @@ pub async fn backfill_report(app: &App, caller: &Caller, name: &str) -> Result<R
 /// `DELETE /v1/channels/{name}/backfill`: cancels the running backfill.
 pub async fn cancel_backfill(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let backfill = channel.backfill.lock().expect("backfill lock").clone();
     match backfill {
         Some(backfill) if backfill.running() => {
@@ -221,6 +228,7 @@ pub async fn start_recording(
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let body = read_body(request, app.max_body_bytes, app.settings.body_timeout).await?;
     let Asked {
         redact,
@@ -360,6 +368,7 @@ async fn newest_events(
 /// every event, its cases (and the recording ends).
 pub async fn recording(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let recording = channel.recording.lock().expect("recording lock").clone();
     let recording = recording.ok_or_else(|| no_recording(name))?;
     if !recording.done() {
@@ -377,6 +386,7 @@ pub async fn recording(app: &App, caller: &Caller, name: &str) -> Result<Respons
 /// `DELETE /v1/channels/{name}/record`: ends a recording; answers what it has.
 pub async fn stop_recording(app: &App, caller: &Caller, name: &str) -> Result<Response<Body>, ApiError> {
     let channel = app.channel_for(caller, name)?;
+    let channel = &*channel;
     let taken = TakenRecording::take(&channel.recording, None).ok_or_else(|| no_recording(name))?;
     answer_cases(app, channel, taken).await
 }

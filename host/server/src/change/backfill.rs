@@ -132,7 +132,7 @@ impl Backfill {
     }
 
     async fn steps(self: Arc<Self>, app: &Arc<App>, name: &str) -> Result<(), String> {
-        let channel = &app.channels[name];
+        let channel = app.channels.get(name).ok_or("the channel was deleted")?;
         // Compared against the pipeline active when it started, all along:
         // an activation meanwhile (say, promoting this very candidate)
         // would otherwise compare the candidate with itself.
@@ -186,7 +186,8 @@ impl Backfill {
         left: u64,
         current: &Pipeline,
     ) -> Result<Option<(i64, String)>, String> {
-        let taker = ChannelEvents::of(&app.channels[name]);
+        let channel = app.channels.get(name).ok_or("the channel was deleted")?;
+        let taker = ChannelEvents::of(&channel);
         let page = app.queue.stored_events(query).map_err(|err| err.to_string())?;
         let Some(last) = page.last() else { return Ok(None) };
         if page.iter().all(|e| e.received_ms > self.until_ms) {

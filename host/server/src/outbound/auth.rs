@@ -277,11 +277,19 @@ impl Authenticator {
         #[derive(Deserialize)]
         struct Granted {
             access_token: String,
-            expires_in: Option<u64>,
+            /// Seconds; some endpoints send it as a string, some out of range.
+            expires_in: Option<serde_json::Value>,
         }
         let granted: Granted = serde_json::from_slice(&answer.body)
             .map_err(|_| "the answer is not a token (RFC 6749 §5.1)".to_string())?;
-        let life = Duration::from_secs(granted.expires_in.unwrap_or(3600).clamp(1, 86_400 * 30));
+        let seconds = match &granted.expires_in {
+            Some(serde_json::Value::Number(n)) => n.as_f64(),
+            Some(serde_json::Value::String(text)) => text.trim().parse::<f64>().ok(),
+            _ => None,
+        }
+        .filter(|s| s.is_finite())
+        .unwrap_or(3600.0);
+        let life = Duration::from_secs(seconds.clamp(1.0, 86_400.0 * 30.0) as u64);
         // Renewed ahead of its expiry: a tenth of its life before, at most a minute.
         let early = (life / 10).min(Duration::from_secs(60));
         let mut value = HeaderValue::from_str(&token_text(header, &granted.access_token))
@@ -310,4 +318,104 @@ fn basic(user: &str, password: &str) -> String {
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::sink::{Reply, Sink};
+
+    /// A token endpoint answering `answer` to every request, and the
+    /// authenticator of a client-credentials grant against it.
+    fn endpoint(answer: Reply) -> (Sink, Authenticator, Arc<AtomicU32>) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counter = calls.clone();
+        let sink = Sink::start(
+            "127.0.0.1:0".parse().unwrap(),
+            Arc::new(move |_, _| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                answer.clone()
+            }),
+        )
+        .unwrap();
+        let config = AuthConfig {
+            grant: Some(Grant::ClientCredentials),
+            token_url: Some(format!("http://{}/token", sink.addr)),
+            client_id: Some("client".into()),
+            ..Default::default()
+        };
+        let secrets = InlineSecrets([("auth.client-secret".to_string(), "secret".to_string())].into());
+        let client = crate::outbound::client(None, None).unwrap();
+        let auth = Authenticator::new(&config, &secrets, Path::new("."), client).unwrap();
+        (sink, auth, calls)
+    }
+
+    fn token(expires_in: &str) -> Reply {
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: format!(r#"{{"access_token": "tok", "token_type": "Bearer", "expires_in": {expires_in}}}"#),
+        }
+    }
+
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn hostile_token_endpoints_get_a_bounded_retry_and_never_a_panic() {
+        for answer in [
+            Reply {
+                status: 200,
+                headers: vec![],
+                body: "not json".into(),
+            },
+            Reply {
+                status: 200,
+                headers: vec![],
+                body: format!(r#"{{"access_token": "{}"}}"#, "x".repeat(100 << 10)),
+            },
+            Reply {
+                status: 401,
+                headers: vec![],
+                body: r#"{"error": "invalid_client"}"#.into(),
+            },
+            Reply {
+                status: 500,
+                headers: vec![],
+                body: "<html>".into(),
+            },
+        ] {
+            let (_sink, auth, calls) = endpoint(answer.clone());
+            let Err(AuthError::TokenEndpoint { detail, retry_in }) = auth.header().await else {
+                panic!("{answer:?} gave a token");
+            };
+            assert!(!detail.contains("secret"), "{detail}");
+            assert!(retry_in >= Duration::from_secs(1));
+            // Within the backoff the endpoint is not asked again.
+            assert!(auth.header().await.is_err());
+            assert_eq!(calls.load(Ordering::SeqCst), 1, "{answer:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn lifetimes_of_zero_and_ten_to_the_twelve_are_clamped_and_the_token_is_shared() {
+        for expires_in in ["0", "1000000000000", "-5", "\"3600\"", "1e308", "3600"] {
+            let (_sink, auth, calls) = endpoint(token(expires_in));
+            let (name, value) = auth
+                .header()
+                .await
+                .unwrap_or_else(|err| panic!("{expires_in}: {err}"));
+            assert_eq!((name, value.to_str().unwrap()), (AUTHORIZATION, "Bearer tok"));
+            let _ = auth.header().await;
+            assert!(calls.load(Ordering::SeqCst) <= 2, "{expires_in}");
+        }
+        // Expired by the API: the next caller asks again, once.
+        let (_sink, auth, calls) = endpoint(token("3600"));
+        let (_, used) = auth.header().await.unwrap();
+        auth.expired(&used).await;
+        auth.header().await.unwrap();
+        auth.header().await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
 }

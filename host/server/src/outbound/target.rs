@@ -245,6 +245,14 @@ mod tests {
             );
         }
         assert_eq!(items.render(br#"{"sku": "..."}"#).unwrap().path(), "/items/...");
+        // CRLF cannot split the request line or add a header; a megabyte is refused.
+        let crlf = items.render(br#"{"sku": "A\r\nHost: evil.example"}"#).unwrap();
+        assert_eq!(crlf.path(), "/items/A%0D%0AHost%3A%20evil.example");
+        let huge = format!(r#"{{"sku": "{}"}}"#, "x".repeat(1 << 20));
+        assert_eq!(
+            items.render(huge.as_bytes()),
+            Err(RenderError::TooLong { path: "$.sku".into() })
+        );
     }
 
     #[test]

@@ -6,10 +6,12 @@ pub mod auth;
 mod channel;
 mod destination;
 pub(crate) mod entity_key;
+mod named;
 mod tenant;
 
 pub use channel::{Channel, versions};
 pub use destination::Destination;
+pub use named::Named;
 pub use tenant::Tenant;
 
 use std::collections::BTreeMap;
@@ -55,9 +57,9 @@ pub struct Ran {
 /// Everything a request handler or worker needs; shared by all of them.
 pub struct App {
     /// Channels by name.
-    pub channels: BTreeMap<String, Channel>,
+    pub channels: Named<Channel>,
     /// Destinations by name.
-    pub destinations: BTreeMap<String, Destination>,
+    pub destinations: Named<Destination>,
     tenants: RwLock<BTreeMap<String, Arc<Tenant>>>,
     config: ServerConfig,
     /// Who may call.
@@ -177,8 +179,8 @@ impl App {
             })
             .collect();
         let app = Self {
-            channels: Self::configured_channels(config, channels, queue.as_ref())?,
-            destinations: Self::destinations(config),
+            channels: Named::new(Self::configured_channels(config, channels, queue.as_ref())?),
+            destinations: Named::new(Self::destinations(config)),
             tenants: RwLock::new(tenants),
             config: config.clone(),
             metrics_need_token: !config.metrics_token_sha256.is_empty(),
@@ -295,7 +297,7 @@ impl App {
             channel.set_active_spec(Some(text.clone()));
             let loaded = serde_json::from_str::<PipelineSpec>(&text)
                 .map_err(|err| format!("its stored pipeline is corrupt: {err}"))
-                .and_then(|spec| self.load_uploaded(channel, &spec).map_err(|err| err.to_string()));
+                .and_then(|spec| self.load_uploaded(&channel, &spec).map_err(|err| err.to_string()));
             match loaded {
                 Ok(pipeline) => *channel.pipeline.write().expect("pipeline lock") = pipeline,
                 Err(why) => {
@@ -316,7 +318,7 @@ impl App {
         };
         let mut keep = std::collections::BTreeSet::new();
         for channel in self.channels.values() {
-            for pipeline in [self.config_pipeline(channel), channel.pipeline()] {
+            for pipeline in [self.config_pipeline(&channel), channel.pipeline()] {
                 keep.extend(pipeline.steps().iter().map(|s| s.module.sha256().to_string()));
             }
         }
@@ -453,7 +455,7 @@ impl App {
 
     /// The channel `name` if `caller` may see it; 404 otherwise, whether or
     /// not it exists, so another tenant's channels stay invisible.
-    pub fn channel_for(&self, caller: &Caller, name: &str) -> Result<&Channel, StateError> {
+    pub fn channel_for(&self, caller: &Caller, name: &str) -> Result<Arc<Channel>, StateError> {
         self.channels
             .get(name)
             .filter(|channel| caller.may_act_for(&channel.tenant))

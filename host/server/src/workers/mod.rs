@@ -6,6 +6,7 @@
 
 pub(crate) mod backoff;
 pub(crate) mod delivery;
+pub(crate) mod fleet;
 mod housekeeping;
 mod polls;
 pub(crate) mod shared;
@@ -35,18 +36,11 @@ pub(crate) fn start(app: &Arc<App>, stopped: &watch::Receiver<bool>) -> JoinSet<
             make,
         ));
     };
-    for channel in app.channels.values().filter(|c| c.destination.is_some()) {
-        let (app, name, stopped) = (app.clone(), channel.name.clone(), stopped.clone());
+    {
+        let (app, stopped) = (app.clone(), stopped.clone());
         start(
-            format!("transform:{}", channel.name),
-            Box::new(move || Box::pin(transform::run(app.clone(), name.clone(), stopped.clone()))),
-        );
-    }
-    for destination in app.destinations.keys() {
-        let (app, name, stopped) = (app.clone(), destination.clone(), stopped.clone());
-        start(
-            format!("delivery:{destination}"),
-            Box::new(move || Box::pin(delivery::run(app.clone(), name.clone(), stopped.clone()))),
+            "pipelines".into(),
+            Box::new(move || Box::pin(pipelines(app.clone(), stopped.clone()))),
         );
     }
     if app.queue.changes().is_some() {
@@ -72,4 +66,47 @@ pub(crate) fn start(app: &Arc<App>, stopped: &watch::Receiver<bool>) -> JoinSet<
     }
 
     workers
+}
+
+/// How often the channels and destinations are looked at even when nothing
+/// said they changed.
+const RESCAN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps one transform worker per channel with a destination and one
+/// delivery worker per destination, each supervised, as channels and
+/// destinations are made, replaced or deleted.
+async fn pipelines(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
+    let mut fleet = fleet::Fleet::new(stopped.clone());
+    loop {
+        let mut wanted = Vec::new();
+        for channel in app.channels.values().filter(|c| c.destination.is_some()) {
+            let (worker_app, name) = (app.clone(), channel.name.clone());
+            wanted.push(fleet::Wanted {
+                name: format!("transform:{}", channel.name),
+                entry: channel.clone(),
+                start: Arc::new(move |stop| Box::pin(transform::run(worker_app.clone(), name.clone(), stop))),
+            });
+        }
+        for (name, destination) in app.destinations.entries() {
+            let worker_app = app.clone();
+            wanted.push(fleet::Wanted {
+                name: format!("delivery:{name}"),
+                entry: destination.clone(),
+                start: Arc::new(move |stop| Box::pin(delivery::run(worker_app.clone(), name.clone(), stop))),
+            });
+        }
+        if !*stopped.borrow() {
+            fleet.reconcile(&app, wanted).await;
+        }
+        tokio::select! {
+            biased;
+            _ = stopped.changed() => {
+                fleet.stop_all(&app).await;
+                return;
+            }
+            _ = app.channels.changed.notified() => {}
+            _ = app.destinations.changed.notified() => {}
+            _ = tokio::time::sleep(RESCAN) => {}
+        }
+    }
 }

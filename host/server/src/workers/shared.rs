@@ -59,17 +59,17 @@ async fn resync(app: &App) {
         let (queue, name) = (app.queue.clone(), channel.name.clone());
         // `set_enabled` with the config's value changes nothing that an
         // operator set; it answers the switch as stored.
-        let configured = app.configured_enabled(channel);
+        let configured = app.configured_enabled(&channel);
         match in_store(move || Ok((queue.set_enabled(&name, configured, true)?, queue.tripped(&name)?))).await
         {
-            Ok((enabled, tripped)) => app.apply_shared_switch(channel, enabled, tripped),
+            Ok((enabled, tripped)) => app.apply_shared_switch(&channel, enabled, tripped),
             Err(err) => {
                 tracing::error!(channel = %channel.name, error = %err, "cannot read the channel's switch")
             }
         }
     }
     for channel in app.channels.keys() {
-        reload_pipeline(app, channel).await;
+        reload_pipeline(app, &channel).await;
     }
     app.sync_sources().await;
 }
@@ -82,7 +82,7 @@ async fn apply(app: &App, change: SharedChange) {
             tripped,
         } => {
             if let Some(channel) = app.channels.get(&channel) {
-                app.apply_shared_switch(channel, enabled, tripped);
+                app.apply_shared_switch(&channel, enabled, tripped);
             }
         }
         SharedChange::Pipeline { channel } => reload_pipeline(app, &channel).await,
@@ -117,23 +117,23 @@ async fn reload_pipeline(app: &App, name: &str) {
         return;
     }
     let pipeline = match &text {
-        None => Ok(app.config_pipeline(channel)),
+        None => Ok(app.config_pipeline(&channel)),
         Some(text) => serde_json::from_str::<PipelineSpec>(text)
             .map_err(|err| format!("its stored pipeline is corrupt: {err}"))
             .and_then(|spec| {
-                tokio::task::block_in_place(|| app.load_uploaded(channel, &spec))
+                tokio::task::block_in_place(|| app.load_uploaded(&channel, &spec))
                     .map_err(|err| err.to_string())
             }),
     };
     match pipeline {
         Ok(pipeline) => {
-            app.swap_pipeline(channel, pipeline);
+            app.swap_pipeline(&channel, pipeline);
             channel.set_active_spec(text);
             tracing::info!(channel = %name, "pipeline changed by another node applied");
         }
         Err(why) => {
             tracing::error!(channel = %name, reason = %why, "channel degraded: the pipeline activated on another node cannot be loaded");
-            app.degrade(channel, why);
+            app.degrade(&channel, why);
         }
     }
 }

@@ -33,7 +33,12 @@ const IDLE: Duration = Duration::from_millis(250);
 /// ahead are dropped and the worker reads again from the start of the
 /// queue (the pipeline is deterministic).
 pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
-    let channel = &app.channels[&name];
+    let Some(channel) = app.channels.get(&name) else {
+        // Deleted before its worker started: wait for the fleet to stop it
+        // (returning would look like a death to the supervisor).
+        let _ = stopped.wait_for(|stop| *stop).await;
+        return;
+    };
     let mut after = 0;
     let mut committing: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
     let mut read_ahead: Option<tokio::task::JoinHandle<Result<Vec<Pending>, String>>> = None;
@@ -66,7 +71,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
                 if !finish_commit(&name, commit).await {
                     after = 0;
                 }
-                app.wake_channel(channel);
+                app.wake_channel(&channel);
                 continue;
             }
             after = 0;
@@ -81,10 +86,10 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         if pending.len() == BATCH {
             read_ahead = Some(read(last));
         }
-        let results = transform(&app, channel, pending).await;
+        let results = transform(&app, &channel, pending).await;
         if let Some(commit) = committing.take() {
             let committed = finish_commit(&name, commit).await;
-            app.wake_channel(channel);
+            app.wake_channel(&channel);
             if !committed {
                 read_ahead = None;
                 after = 0;
@@ -115,7 +120,7 @@ const INLINE_BYTES: usize = 64 << 10;
 /// Runs one batch through the channel's pipeline and decides where each
 /// goes. The batch takes the active pipeline once: an activation meanwhile
 /// applies from the next batch, and the versions recorded are the ones that ran.
-async fn transform(app: &Arc<App>, channel: &Channel, pending: Vec<Pending>) -> Vec<Transformed> {
+async fn transform(app: &Arc<App>, channel: &Arc<Channel>, pending: Vec<Pending>) -> Vec<Transformed> {
     let pipeline = channel.pipeline();
     let versions = crate::state::versions(&pipeline);
     let bytes: usize = pending.iter().map(|p| p.event.len()).sum();
@@ -146,8 +151,9 @@ async fn transform(app: &Arc<App>, channel: &Channel, pending: Vec<Pending>) -> 
     app.record_faults(channel, &faults);
     let output_bytes: usize = ran.outcomes.iter().map(OutcomeJson::approx_bytes).sum();
     let decided = off_async_if_large(output_bytes, {
-        let (app, name) = (app.clone(), channel.name.clone());
-        move || dispositions(&app, &app.channels[&name], runnable, ran, &versions)
+        // The channel this batch ran for, even if it was replaced meanwhile.
+        let (app, channel) = (app.clone(), channel.clone());
+        move || dispositions(&app, &channel, runnable, ran, &versions)
     })
     .await;
     results.extend(decided);
@@ -230,9 +236,21 @@ fn dispositions(
             OutcomeJson::Drop { .. } => Disposition::Dropped,
             OutcomeJson::Reject { violations } => dead_letter(app, channel, input, "rejected", violations),
             OutcomeJson::Error { error } => dead_letter(app, channel, input, "fault", error),
-            OutcomeJson::Emit { .. } if destination.is_none() => Disposition::Dropped,
+            // A channel for synchronous transforms only delivers nothing.
+            OutcomeJson::Emit { .. } if channel.destination.is_none() => Disposition::Dropped,
+            // Its destination is gone: kept as a dead letter, never dropped.
+            OutcomeJson::Emit { .. } if destination.is_none() => dead_letter(
+                app,
+                channel,
+                input,
+                "no-destination",
+                &format!(
+                    "destination `{}` no longer exists",
+                    channel.destination.as_deref().unwrap_or_default()
+                ),
+            ),
             OutcomeJson::Emit { events } => {
-                let destination = destination.expect("checked by the arm above");
+                let destination = destination.as_ref().expect("checked by the arm above");
                 app.emit(Emitted {
                     channel: &channel.name,
                     count: events.len(),

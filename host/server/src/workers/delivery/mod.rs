@@ -45,6 +45,13 @@ const IDLE: Duration = Duration::from_millis(250);
 
 /// Runs until `stopped` turns true; requests in flight finish and are recorded first.
 pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
+    if !app.destinations.contains_key(&name) {
+        // Deleted: wait for the fleet to stop it (returning would look like
+        // a death to the supervisor, which would restart it).
+        let _ = stopped.wait_for(|stop| *stop).await;
+        return;
+    }
+    // Unusable (logged): returning makes it a worker that is down on /readyz.
     let Some(mut worker) = Worker::new(&app, &name) else {
         return;
     };
@@ -86,7 +93,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         worker.learn(&sent).await;
         let results: Vec<(Delivery, AttemptResult)> = sent
             .into_iter()
-            .map(|done| settle(&app, worker.destination, done))
+            .map(|done| settle(&app, &worker.destination, done))
             .collect();
         let queue = app.queue.clone();
         if let Err(err) = in_store(move || queue.attempted(results)).await {
@@ -101,7 +108,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
 /// its pacing and its pause.
 struct Worker<'a> {
     app: &'a Arc<App>,
-    destination: &'a Destination,
+    destination: Arc<Destination>,
     out: Arc<Outbound>,
     auth: Option<Authenticator>,
     bucket: Option<TokenBucket>,
@@ -117,7 +124,7 @@ impl<'a> Worker<'a> {
     /// credential or signature setup is unusable (each was checked when
     /// the sidecar started).
     fn new(app: &'a Arc<App>, name: &str) -> Option<Self> {
-        let destination = &app.destinations[name];
+        let destination = app.destinations.get(name)?;
         let setup = || -> Result<(Outbound, Option<Authenticator>), String> {
             let config = &destination.config;
             let client = crate::outbound::client(config.ca_file.as_deref(), None)?;
@@ -138,7 +145,7 @@ impl<'a> Worker<'a> {
                 client,
                 target: destination.target.clone(),
                 method: destination.method.clone(),
-                headers: Outbound::headers_of(destination),
+                headers: Outbound::headers_of(&destination),
                 signer,
                 rate_header,
             };
@@ -261,7 +268,7 @@ impl<'a> Worker<'a> {
         loop {
             let wait = if self.shared_rate {
                 let rate = self.bucket.as_ref().expect("checked above").rate();
-                match take_shared_token(self.app, self.destination, rate).await {
+                match take_shared_token(self.app, &self.destination, rate).await {
                     Ok(taken) => taken,
                     Err(err) => {
                         tracing::error!(destination = %self.name(), error = %err, "cannot take a shared rate token");
