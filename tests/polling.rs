@@ -353,6 +353,25 @@ fn tenants_keep_their_own_sources_through_the_api() {
     assert_eq!(made["origin"], "api");
     assert_eq!(made["receives-at"], "/v1/sources/acme/store2");
     assert!(!made.to_string().contains("tenant-secret-0001"));
+    // The CLI says the same.
+    let (ok, shown) = sidecar.cli_as(ACME, &["sources", "show", "store2"]);
+    assert!(ok, "{shown}");
+    assert_eq!(
+        (&shown["secret"], &shown["origin"]),
+        (&json!("set"), &json!("api"))
+    );
+    let file = dir.path().join("webhook.json");
+    std::fs::write(
+        &file,
+        r#"{"kind": "standard-webhooks", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}"#,
+    )
+    .unwrap();
+    let (ok, made_by_cli) = sidecar.cli_as(ACME, &["sources", "put", "svix", file.to_str().unwrap()]);
+    assert!(ok, "{made_by_cli}");
+    let (ok, _) = sidecar.cli_as(ACME, &["sources", "delete", "svix"]);
+    assert!(ok);
+    let (ok, missing) = sidecar.cli_as(ACME, &["sources", "show", "svix"]);
+    assert!(!ok && missing["code"] == "unknown-source", "{missing}");
     let body = br#"{"sku": "W-1", "qty": 2}"#;
     let signature = {
         use base64::Engine as _;

@@ -130,6 +130,39 @@ enum ModulesCommand {
     List,
 }
 
+/// `sluice sources`.
+#[derive(Debug, Args)]
+pub struct SourcesArgs {
+    #[command(subcommand)]
+    command: SourcesCommand,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum SourcesCommand {
+    /// Your sources: the operator's (read-only) and your own.
+    List,
+    /// One source, its secrets shown as "set", with a poll source's cursor.
+    Show {
+        /// The source's name.
+        name: String,
+    },
+    /// Create or replace one of your sources from a JSON file: the keys of
+    /// a `[[source]]` table, secrets inline (`secret`, `auth.bearer`, …).
+    Put {
+        /// The source's name.
+        name: String,
+        /// The JSON file.
+        file: PathBuf,
+    },
+    /// Delete one of your sources (the events it made stay).
+    Delete {
+        /// The source's name.
+        name: String,
+    },
+}
+
 /// `sluice token`.
 #[derive(Debug, Args)]
 pub struct TokenArgs {
@@ -242,6 +275,21 @@ pub fn channels(args: ChannelsArgs) -> anyhow::Result<ExitCode> {
         }
         ChannelsCommand::Backfill(backfill) => crate::trial::backfill(server, backfill),
         ChannelsCommand::Record(record) => crate::trial::record(server, record),
+    }
+}
+
+/// Runs `sluice sources …`.
+pub fn sources(args: SourcesArgs) -> anyhow::Result<ExitCode> {
+    let server = &args.server;
+    let one = |name: &str| server.url(&format!("/v1/sources/{}", encode(name)));
+    match &args.command {
+        SourcesCommand::List => call(server, "GET", &server.url("/v1/sources"), None),
+        SourcesCommand::Show { name } => call(server, "GET", &one(name), None),
+        SourcesCommand::Put { name, file } => {
+            let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            call(server, "PUT", &one(name), Some(("application/json", body)))
+        }
+        SourcesCommand::Delete { name } => call(server, "DELETE", &one(name), None),
     }
 }
 

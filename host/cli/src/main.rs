@@ -63,6 +63,9 @@ enum Command {
     DeadLetters(admin::DeadLettersArgs),
     /// Upload transform modules to a running sidecar, and list them.
     Modules(admin::ModulesArgs),
+    /// Your sources on a running sidecar: list, show, create or replace
+    /// from a JSON file, delete.
+    Sources(admin::SourcesArgs),
     /// Make API tokens and their hashes for `sluice.toml`.
     Token(admin::TokenArgs),
     /// A local destination that prints every request it receives as a JSON line.
@@ -145,6 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Channels(args) => admin::channels(args),
         Command::DeadLetters(args) => admin::dead_letters(args),
         Command::Modules(args) => admin::modules(args),
+        Command::Sources(args) => admin::sources(args),
         Command::Token(args) => admin::token(args),
         Command::Sink(args) => sink::run(args),
         Command::Import(args) => import::run(args),
