@@ -32,7 +32,7 @@ fn cluster(
     nodes: usize,
 ) -> Vec<Sidecar> {
     let config = format!(
-        "queue = \"{}\"\n[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\ncircuit-breaker = 3\n{}",
+        "queue = \"{}\"\nallow-networks = [\"127.0.0.0/8\"]\n[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\ncircuit-breaker = 3\n{}",
         nats.url(),
         token_hash(ACME),
         stock_config(destination.addr, extra, "qty")
@@ -440,6 +440,37 @@ fn switches_activations_tokens_and_dead_letters_are_shared_by_every_node() {
     assert_eq!(status, 200);
     wait_for("C refuses them once it is deleted", PATIENCE, || {
         webhook(c, "hook-2") == 401
+    });
+
+    // A destination and a channel the tenant makes on A deliver what B
+    // ingests, with no restart anywhere.
+    let own = sink(|_, _| Reply::status(200));
+    let (status, made) = a.send(
+        "PUT",
+        "/v1/destinations/own",
+        Some(ACME),
+        json!({"url": format!("http://{}/own/{{$.sku}}", own.addr), "method": "PUT"})
+            .to_string()
+            .as_bytes(),
+        "application/json",
+    );
+    assert_eq!(status, 201, "{made}");
+    let (status, made) = a.send(
+        "PUT",
+        "/v1/channels/own",
+        Some(ACME),
+        json!({"destination": "own", "steps": pipeline["steps"]})
+            .to_string()
+            .as_bytes(),
+        "application/json",
+    );
+    assert_eq!(status, 201, "{made}");
+    wait_for("B has the channel", PATIENCE, || {
+        b.get("/v1/channels/own").0 == 200
+    });
+    assert_eq!(ingest(b, &[stock_event("own-1", "OWN", 7)]).0, 202);
+    wait_for("the tenant's own channel delivers", PATIENCE, || {
+        own.count_where(|r| r.path == "/own/OWN") == 1
     });
 }
 

@@ -30,6 +30,7 @@ use sluice_server::sink::{Received, Reply, Sink};
 use crate::support::sidecar::{Sidecar, token_hash, wait_for};
 
 const ACME: &str = "acme-destinations-token";
+const GLOBEX: &str = "globex-destinations-token";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn form(received: &Received) -> std::collections::BTreeMap<String, String> {
@@ -428,4 +429,164 @@ fn sp_api_with_429s_and_tokens_expiring_mid_run_gets_every_update_in_order() {
     }
     let (_, letters) = sidecar.send("GET", "/v1/dead-letters", Some(ACME), b"", "");
     assert_eq!(letters, json!([]));
+}
+
+/// A tenant makes its own destination and channels through the API, with
+/// its own uploaded module as the step: they deliver at once, with no
+/// restart, and again after `kill -9`. A channel made with no steps holds
+/// its events until its first activation; names are shared by every tenant.
+#[test]
+fn a_tenants_own_destination_and_channel_deliver_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let portal = Sink::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(|_, _| Reply::status(200)),
+    )
+    .unwrap();
+    let config = format!(
+        "allow-networks = [\"127.0.0.0/8\"]\n[limits]\ntimeout-ms = 10000\n[retry]\ninitial-backoff-ms = 100\nmax-backoff-ms = 1000\n\
+         [[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n[[tenant]]\nname = \"globex\"\ntoken-sha256 = [\"{}\"]\n",
+        token_hash(ACME),
+        token_hash(GLOBEX)
+    );
+    let mut sidecar = Sidecar::start(dir.path(), &config);
+    let send = |sidecar: &Sidecar, method: &str, path: &str, token: &str, body: Value| {
+        sidecar.send(
+            method,
+            path,
+            Some(token),
+            body.to_string().as_bytes(),
+            "application/json",
+        )
+    };
+    let module = crate::support::guest("json-mapping");
+    let (ok, pushed) = sidecar.cli_as(
+        ACME,
+        &["modules", "push", module.to_str().unwrap(), "--name", "mapper"],
+    );
+    assert!(ok, "{pushed}");
+
+    let (status, made) = send(
+        &sidecar,
+        "PUT",
+        "/v1/destinations/portal",
+        ACME,
+        json!({"url": format!("http://{}/items/{{$.sku}}", portal.addr), "method": "PUT", "auth": {"bearer": "tenant-token-1"}}),
+    );
+    assert_eq!(status, 201, "{made}");
+    assert_eq!(
+        (&made["auth"]["bearer"], &made["origin"]),
+        (&json!("set"), &json!("api"))
+    );
+    let version = pushed["version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{pushed}"))
+        .to_string();
+    let steps = json!([{"module": "mapper", "version": version, "config": {"rules": [{"target": "sku", "source": "$.sku"}, {"target": "qty", "source": "$.qty"}]}}]);
+    let (status, made) = send(
+        &sidecar,
+        "PUT",
+        "/v1/channels/mine",
+        ACME,
+        json!({"destination": "portal", "steps": steps}),
+    );
+    assert_eq!(status, 201, "{made}");
+    // One with no steps holds what it gets until it is activated.
+    let (status, made) = send(
+        &sidecar,
+        "PUT",
+        "/v1/channels/held",
+        ACME,
+        json!({"destination": "portal"}),
+    );
+    assert_eq!(status, 201, "{made}");
+
+    ingest(&sidecar, &[("o-1", json!({"sku": "OWN-1", "qty": 1}))]);
+    wait_for("delivered through the tenant's own channel", PATIENCE, || {
+        portal.count() == 1
+    });
+    let first = &portal.received()[0];
+    assert_eq!(
+        (first.method.as_str(), first.path.as_str()),
+        ("PUT", "/items/OWN-1")
+    );
+    assert_eq!(first.header("authorization"), Some("Bearer tenant-token-1"));
+    assert_eq!(first.header("x-sluice-channel"), Some("mine"));
+    let (status, refused) = sidecar.send("DELETE", "/v1/channels/held", Some(ACME), b"", "");
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("not-empty")),
+        "{refused}"
+    );
+    let (status, _) = send(
+        &sidecar,
+        "POST",
+        "/v1/channels/held/activate",
+        ACME,
+        json!({"steps": steps}),
+    );
+    assert_eq!(status, 200);
+    wait_for("the held event delivered once activated", PATIENCE, || {
+        portal.count() == 2
+    });
+
+    // Names are everyone's; another tenant sees none of it.
+    let (status, taken) = send(
+        &sidecar,
+        "PUT",
+        "/v1/channels/mine",
+        GLOBEX,
+        json!({"destination": "portal"}),
+    );
+    assert_eq!(
+        (status, taken["code"].as_str()),
+        (409, Some("name-taken")),
+        "{taken}"
+    );
+    let (status, _) = sidecar.send("GET", "/v1/destinations/portal", Some(GLOBEX), b"", "");
+    assert_eq!(status, 404);
+    let (status, refused) = send(
+        &sidecar,
+        "PUT",
+        "/v1/destinations/inside",
+        ACME,
+        json!({"url": "http://10.0.0.1/x"}),
+    );
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("a private address"),
+        "{refused}"
+    );
+    let (status, refused) = send(
+        &sidecar,
+        "PUT",
+        "/v1/destinations/env",
+        ACME,
+        json!({"url": "https://x.example/{env:HOME}"}),
+    );
+    assert_eq!(status, 400, "{refused}");
+    let (status, in_use) = sidecar.send("DELETE", "/v1/destinations/portal", Some(ACME), b"", "");
+    assert_eq!(
+        (status, in_use["code"].as_str()),
+        (409, Some("in-use")),
+        "{in_use}"
+    );
+
+    // Durable: after kill -9 both channels are there and deliver.
+    sidecar.kill9();
+    sidecar.restart();
+    ingest(&sidecar, &[("o-2", json!({"sku": "OWN-2", "qty": 2}))]);
+    wait_for("both channels deliver after the restart", PATIENCE, || {
+        portal.count() == 4
+    });
+    let (status, _) = sidecar.send("DELETE", "/v1/channels/held", Some(ACME), b"", "");
+    assert_eq!(status, 200);
+    let (_, listed) = sidecar.send("GET", "/v1/channels", Some(ACME), b"", "");
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["mine"]);
 }

@@ -316,8 +316,17 @@ fn probe_every_route(sidecar: &Sidecar, letter: &str) -> (usize, usize) {
             }
             continue;
         }
-        if method == "PUT" && matches!(pattern, "/v1/modules/{name}" | "/v1/sources/{name}") {
-            // Module and source names are the caller's own: a PUT cannot reach another tenant's.
+        if method == "PUT"
+            && matches!(
+                pattern,
+                "/v1/modules/{name}"
+                    | "/v1/sources/{name}"
+                    | "/v1/destinations/{name}"
+                    | "/v1/channels/{name}"
+            )
+        {
+            // A PUT makes the caller's own: it cannot reach another tenant's
+            // (a channel or destination name taken by anyone answers 409).
             continue;
         }
         let answer = sidecar.send(method, &path, Some(ACME), body.as_bytes(), "");

@@ -138,6 +138,12 @@ pub struct TenantConfig {
     /// Most sources the tenant may keep through the API.
     #[serde(default = "default_max_sources")]
     pub max_sources: usize,
+    /// Most destinations the tenant may keep through the API.
+    #[serde(default = "default_max_destinations")]
+    pub max_destinations: usize,
+    /// Most channels the tenant may keep through the API.
+    #[serde(default = "default_max_channels")]
+    pub max_channels: usize,
 }
 
 impl TenantConfig {
@@ -157,12 +163,14 @@ impl TenantConfig {
             circuit_breaker: default_circuit_breaker(),
             compile_seconds_per_hour: default_compile_seconds(),
             max_sources: default_max_sources(),
+            max_destinations: default_max_destinations(),
+            max_channels: default_max_channels(),
         }
     }
 }
 
 /// What happens to events ingested while their channel is switched off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WhenOff {
     /// They wait in the channel's queue and flow, in order, once it is on again.
@@ -173,7 +181,7 @@ pub enum WhenOff {
 }
 
 /// An HTTP endpoint that receives a channel's emitted events, one POST each.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct DestinationConfig {
     /// The destination's name, used in metrics, logs and dead letters.
@@ -227,6 +235,58 @@ fn default_method() -> String {
 }
 
 impl DestinationConfig {
+    /// What is wrong with it, if anything; `inline` says it is a tenant's
+    /// (through the API): then it may read neither the server's environment
+    /// nor its files, and its concurrency and burst are capped.
+    pub fn check(&self, inline: bool) -> Result<(), String> {
+        if inline {
+            if self.url.contains("{env:") {
+                return Err("url: `{env:…}` reads the server's environment".into());
+            }
+            if self.ca_file.is_some() {
+                return Err("`ca-file` reads the server's files".into());
+            }
+            if let Some(sign) = &self.sign
+                && (sign.secret_env.is_some()
+                    || sign.secret_file.is_some()
+                    || sign.previous_secret_env.is_some()
+                    || sign.previous_secret_file.is_some())
+            {
+                return Err("sign: `*-env` and `*-file` read the server's environment or files; send the secret itself".into());
+            }
+            if self.concurrency > 16 || self.burst > 100 {
+                return Err("`concurrency` is at most 16 and `burst` at most 100".into());
+            }
+        }
+        self.target().map_err(|err| format!("url: {err}"))?;
+        if self.method().is_none() {
+            return Err(format!(
+                "method `{}` is not POST, PUT, PATCH or DELETE",
+                self.method
+            ));
+        }
+        if let Some(auth) = &self.auth {
+            auth.check(inline).map_err(|err| format!("auth: {err}"))?;
+        }
+        if let Some(header) = &self.rate_limit_header
+            && hyper::header::HeaderName::try_from(header.as_str()).is_err()
+        {
+            return Err(format!("rate-limit-header `{header}` is not a header name"));
+        }
+        sluice_guest::mapping::CompiledPath::compile(&self.entity_key)
+            .map_err(|err| format!("entity-key `{}` is not a JSONPath: {err}", self.entity_key))?;
+        for (key, value) in &self.headers {
+            hyper::header::HeaderName::try_from(key.as_str())
+                .map_err(|err| format!("header name `{key}` is invalid: {err}"))?;
+            hyper::header::HeaderValue::try_from(value.as_str())
+                .map_err(|err| format!("the value of header `{key}` is invalid: {err}"))?;
+        }
+        if self.concurrency == 0 || self.burst == 0 {
+            return Err("concurrency and burst must be at least 1".into());
+        }
+        Ok(())
+    }
+
     /// The compiled `url`, its `{env:…}` read now.
     pub(crate) fn target(&self) -> Result<crate::outbound::target::UrlTemplate, String> {
         crate::outbound::target::UrlTemplate::parse(&self.url, |name| std::env::var(name).ok())
@@ -293,6 +353,12 @@ impl std::str::FromStr for RateLimit {
     }
 }
 
+impl serde::Serialize for RateLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
 impl<'de> Deserialize<'de> for RateLimit {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
@@ -300,7 +366,7 @@ impl<'de> Deserialize<'de> for RateLimit {
 }
 
 /// When a failed delivery is tried again, and when it becomes a dead letter.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct RetryPolicy {
     /// Attempts in all (the first included) before the event is dead-lettered.
@@ -338,6 +404,14 @@ fn default_max_module_bytes() -> usize {
     64 << 20
 }
 fn default_max_sources() -> usize {
+    20
+}
+
+fn default_max_destinations() -> usize {
+    10
+}
+
+fn default_max_channels() -> usize {
     20
 }
 
@@ -572,53 +646,9 @@ impl ServerConfig {
             if !destinations.insert(destination.name.as_str()) {
                 return Err(format!("destination `{}` is defined twice", destination.name));
             }
-            if let Err(err) = destination.target() {
-                return Err(format!("destination `{}`: url: {err}", destination.name));
-            }
-            if destination.method().is_none() {
-                return Err(format!(
-                    "destination `{}`: method `{}` is not POST, PUT, PATCH or DELETE",
-                    destination.name, destination.method
-                ));
-            }
-            if let Some(auth) = &destination.auth {
-                auth.check(false)
-                    .map_err(|err| format!("destination `{}`: auth: {err}", destination.name))?;
-            }
-            if let Some(header) = &destination.rate_limit_header
-                && hyper::header::HeaderName::try_from(header.as_str()).is_err()
-            {
-                return Err(format!(
-                    "destination `{}`: rate-limit-header `{header}` is not a header name",
-                    destination.name
-                ));
-            }
-            if let Err(err) = sluice_guest::mapping::CompiledPath::compile(&destination.entity_key) {
-                return Err(format!(
-                    "destination `{}`: entity-key `{}` is not a JSONPath: {err}",
-                    destination.name, destination.entity_key
-                ));
-            }
-            for (key, value) in &destination.headers {
-                if let Err(err) = hyper::header::HeaderName::try_from(key.as_str()) {
-                    return Err(format!(
-                        "destination `{}`: header name `{key}` is invalid: {err}",
-                        destination.name
-                    ));
-                }
-                if let Err(err) = hyper::header::HeaderValue::try_from(value.as_str()) {
-                    return Err(format!(
-                        "destination `{}`: the value of header `{key}` is invalid: {err}",
-                        destination.name
-                    ));
-                }
-            }
-            if destination.concurrency == 0 || destination.burst == 0 {
-                return Err(format!(
-                    "destination `{}`: concurrency and burst must be at least 1",
-                    destination.name
-                ));
-            }
+            destination
+                .check(false)
+                .map_err(|err| format!("destination `{}`: {err}", destination.name))?;
         }
         Ok(())
     }

@@ -181,6 +181,7 @@ impl Sidecar {
             .settings(crate::sources::catalog::SETTING_KIND)
             .map_err(crate::state::ActivationError::Store)?;
         app.sources.sync(&stored, base, &app.network_policy);
+        app.sync_owned();
         let app = Arc::new(app);
         if config.admin_token_sha256.is_empty() && config.tenants.iter().all(|t| t.token_sha256.is_empty()) {
             tracing::warn!("no admin or tenant token is configured: every /v1 call will answer 401");

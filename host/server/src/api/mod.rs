@@ -9,6 +9,7 @@ pub(crate) mod events;
 mod health;
 pub(crate) mod http;
 pub(crate) mod modules;
+mod owned;
 pub mod routes;
 mod server;
 mod sources;
@@ -136,6 +137,11 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
         }
         E::CreateTenant => tenants::create_tenant(app, &caller, &name).await,
         E::CreateToken => tenants::create_token(app, &caller, &name).await,
+        E::PutDestination => owned::put_destination(app, &caller, &name, request).await,
+        E::ShowDestination => owned::show_destination(app, &caller, &name, &request).await,
+        E::DeleteDestination => owned::delete_destination(app, &caller, &name, &request).await,
+        E::PutChannel => owned::put_channel(app, &caller, &name, request).await,
+        E::DeleteChannel => owned::delete_channel(app, &caller, &name, &request).await,
         E::ListSources => sources::list(app, &caller, &request).await,
         E::ShowSource => sources::show(app, &caller, &name, &request).await,
         E::PutSource => sources::put(app, &caller, &name, request).await,

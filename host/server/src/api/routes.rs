@@ -45,6 +45,11 @@ pub(crate) enum Endpoint {
     CreateTenant,
     CreateToken,
     SourceDelivery,
+    PutDestination,
+    ShowDestination,
+    DeleteDestination,
+    PutChannel,
+    DeleteChannel,
     ListSources,
     ShowSource,
     PutSource,
@@ -87,6 +92,8 @@ pub const ROUTES: &[RouteEntry] = table! {
     POST "/v1/channels/{name}/transform" => Transform, "the channel pipeline's outcomes; nothing is stored";
     GET "/v1/channels" => ListChannels, "the caller's channels with their switch and queue depth";
     GET "/v1/channels/{name}" => ShowChannel, "one channel";
+    PUT "/v1/channels/{name}" => PutChannel, "create or replace one of the caller's channels: its destination and uploaded modules as steps";
+    DELETE "/v1/channels/{name}" => DeleteChannel, "delete one of the caller's channels (409 while it holds undelivered events)";
     GET "/v1/channels/{name}/history" => History, "the channel's per-minute counts";
     POST "/v1/channels/{name}/enable" => Enable, "switch the channel on (also closes a tripped circuit breaker)";
     POST "/v1/channels/{name}/disable" => Disable, "switch the channel off";
@@ -103,6 +110,9 @@ pub const ROUTES: &[RouteEntry] = table! {
     GET "/v1/channels/{name}/record" => Recording, "the recorded cases so far";
     DELETE "/v1/channels/{name}/record" => StopRecording, "stop the recording and answer its cases";
     GET "/v1/destinations" => ListDestinations, "the destinations of the caller's channels";
+    PUT "/v1/destinations/{name}" => PutDestination, "create or replace one of the caller's destinations (the fields of a [[destination]] table, secrets inline)";
+    GET "/v1/destinations/{name}" => ShowDestination, "one destination, its secrets and header values shown as \"set\"";
+    DELETE "/v1/destinations/{name}" => DeleteDestination, "delete one of the caller's destinations that no channel uses";
     GET "/v1/modules" => ListModules, "the caller's module versions";
     GET "/v1/modules/{name}" => ListModuleVersions, "the versions of one module";
     PUT "/v1/modules/{name}" => Upload, "upload a module (checked, and its fixtures run, before it is stored)";

@@ -122,7 +122,7 @@ pub async fn put(
     check_name(name)?;
     let current = app.sources.get(&tenant, name);
     if current.as_ref().is_some_and(|source| source.inline.is_none()) {
-        return Err(read_only(name));
+        return Err(crate::api::owned::read_only("source", name));
     }
     let body = read_body(request, MAX_SOURCE_BYTES, app.settings.body_timeout).await?;
     let mut entry: Value = serde_json::from_slice(&body).map_err(|err| {
@@ -231,7 +231,7 @@ pub async fn delete(
     let tenant = acting_tenant(app, caller, request)?;
     let source = app.sources.get(&tenant, name).ok_or_else(|| no_source(name))?;
     if source.inline.is_none() {
-        return Err(read_only(name));
+        return Err(crate::api::owned::read_only("source", name));
     }
     // Out of the catalog first, so that this sidecar's poller stops before its cursor goes.
     app.sources.remove(&tenant, name);
@@ -309,12 +309,4 @@ fn check_name(name: &str) -> Result<(), ApiError> {
 
 fn no_source(name: &str) -> ApiError {
     ApiError::not_found("unknown-source", format!("there is no source `{name}`"))
-}
-
-fn read_only(name: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::CONFLICT,
-        "read-only",
-        format!("source `{name}` is set in sluice.toml, which only the operator changes"),
-    )
 }

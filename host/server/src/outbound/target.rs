@@ -137,6 +137,22 @@ impl UrlTemplate {
         Ok(Self { parts })
     }
 
+    /// The host it names (no payload value can stand there).
+    pub fn host(&self) -> Option<String> {
+        let Some(Part::Text(first)) = self.parts.first() else {
+            return None;
+        };
+        let (_, rest) = first.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+        let host = if authority.starts_with('[') {
+            authority.split_once(']').map(|(host, _)| format!("{host}]"))?
+        } else {
+            authority.split(':').next()?.to_string()
+        };
+        (!host.is_empty()).then_some(host)
+    }
+
     /// The URL when it has no payload placeholders.
     pub fn fixed(&self) -> Option<Uri> {
         match self.parts.as_slice() {
@@ -233,6 +249,17 @@ mod tests {
                 .fixed()
                 .is_some()
         );
+    }
+
+    #[test]
+    fn the_host_is_known_before_any_payload() {
+        let host = |t: &str| UrlTemplate::parse(t, env).unwrap().host();
+        assert_eq!(
+            host("https://a.example:8443/x/{$.sku}").as_deref(),
+            Some("a.example")
+        );
+        assert_eq!(host("http://[::1]:9/{$.sku}").as_deref(), Some("[::1]"));
+        assert_eq!(host("http://u@10.0.0.1/").as_deref(), Some("10.0.0.1"));
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub struct Channel {
     /// The recording in progress, if any.
     pub(crate) recording: Mutex<Option<Arc<Recording>>>,
     pub(crate) wake: Notify,
+    /// What was stored, when a tenant made it through the API; `None` for the operator's.
+    pub(crate) owned: Option<String>,
+    /// A channel made with no steps holds its events until its first activation.
+    pub(crate) awaiting_activation: AtomicBool,
 }
 
 impl Channel {
@@ -64,7 +68,14 @@ impl Channel {
             backfill: Mutex::new(None),
             recording: Mutex::new(None),
             wake: Notify::new(),
+            owned: None,
+            awaiting_activation: AtomicBool::new(false),
         }
+    }
+
+    /// Whether it holds its events until its first activation.
+    pub fn awaiting_activation(&self) -> bool {
+        self.awaiting_activation.load(Ordering::Acquire)
     }
 
     /// Why the channel cannot run its activated pipeline (a stored module

@@ -22,6 +22,9 @@ pub struct Destination {
     /// What its delivery worker is doing, for the operations page.
     pub status: Mutex<DestinationStatus>,
     pub(crate) wake: Notify,
+    /// Whose it is and what was stored, when a tenant made it through the
+    /// API; `None` for the operator's, from `sluice.toml`.
+    pub(crate) owned: Option<super::owned::Owned>,
 }
 
 /// A destination's delivery worker as last seen.

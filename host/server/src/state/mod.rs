@@ -7,6 +7,7 @@ mod channel;
 mod destination;
 pub(crate) mod entity_key;
 mod named;
+pub(crate) mod owned;
 mod tenant;
 
 pub use channel::{Channel, versions};
@@ -276,6 +277,7 @@ impl App {
                     config: spec.clone(),
                     status: Mutex::default(),
                     wake: Notify::new(),
+                    owned: None,
                 };
                 (spec.name.clone(), destination)
             })
@@ -288,22 +290,38 @@ impl App {
     /// say why.
     fn restore_activations(&self) -> Result<(), ActivationError> {
         for channel in self.channels.values() {
-            if channel.tripped().is_some() {
-                self.metrics.set_tripped(&channel.name, true);
+            self.restore_activation_of(&channel)?;
+        }
+        Ok(())
+    }
+
+    /// Restores one channel's activated pipeline (see [`App::new`]); a
+    /// store failure is logged.
+    pub(crate) fn restore_activation(&self, channel: &Channel) {
+        if let Err(err) = self.restore_activation_of(channel) {
+            tracing::error!(channel = %channel.name, error = %err, "cannot read the channel's activation");
+        }
+    }
+
+    fn restore_activation_of(&self, channel: &Channel) -> Result<(), ActivationError> {
+        if channel.tripped().is_some() {
+            self.metrics.set_tripped(&channel.name, true);
+        }
+        let Some(text) = self.registry.active_pipeline(&channel.name)? else {
+            return Ok(());
+        };
+        channel.set_active_spec(Some(text.clone()));
+        let loaded = serde_json::from_str::<PipelineSpec>(&text)
+            .map_err(|err| format!("its stored pipeline is corrupt: {err}"))
+            .and_then(|spec| self.load_uploaded(channel, &spec).map_err(|err| err.to_string()));
+        match loaded {
+            Ok(pipeline) => {
+                *channel.pipeline.write().expect("pipeline lock") = pipeline;
+                channel.awaiting_activation.store(false, Ordering::Release);
             }
-            let Some(text) = self.registry.active_pipeline(&channel.name)? else {
-                continue;
-            };
-            channel.set_active_spec(Some(text.clone()));
-            let loaded = serde_json::from_str::<PipelineSpec>(&text)
-                .map_err(|err| format!("its stored pipeline is corrupt: {err}"))
-                .and_then(|spec| self.load_uploaded(&channel, &spec).map_err(|err| err.to_string()));
-            match loaded {
-                Ok(pipeline) => *channel.pipeline.write().expect("pipeline lock") = pipeline,
-                Err(why) => {
-                    tracing::error!(channel = %channel.name, tenant = %channel.tenant, reason = %why, "channel degraded: its activated pipeline cannot be loaded");
-                    *channel.degraded.lock().expect("degraded lock") = Some(why);
-                }
+            Err(why) => {
+                tracing::error!(channel = %channel.name, tenant = %channel.tenant, reason = %why, "channel degraded: its activated pipeline cannot be loaded");
+                *channel.degraded.lock().expect("degraded lock") = Some(why);
             }
         }
         Ok(())
@@ -529,6 +547,7 @@ impl App {
     /// the pipeline they took.
     pub fn swap_pipeline(&self, channel: &Channel, pipeline: Pipeline) {
         *channel.pipeline.write().expect("pipeline lock") = pipeline;
+        channel.awaiting_activation.store(false, Ordering::Release);
         *channel.degraded.lock().expect("degraded lock") = None;
         self.close_breaker(channel);
     }

@@ -463,6 +463,13 @@ pub trait Queue: Send + Sync {
         let _ = destination;
         Ok(None)
     }
+    /// Sets up what a channel made while the sidecar runs needs: for a
+    /// shared store, the consumers of its queue and of its deliveries to
+    /// `destination`. A store only this sidecar uses needs nothing.
+    fn add_route(&self, channel: &str, destination: &str) -> Result<(), StoreError> {
+        let _ = (channel, destination);
+        Ok(())
+    }
     /// Changes that other sidecars made to shared state, for a store that
     /// is shared; `None` for one that only this sidecar uses.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<SharedChange>> {

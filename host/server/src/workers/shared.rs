@@ -72,6 +72,7 @@ async fn resync(app: &App) {
         reload_pipeline(app, &channel).await;
     }
     app.sync_sources().await;
+    tokio::task::block_in_place(|| app.sync_owned());
 }
 
 async fn apply(app: &App, change: SharedChange) {
@@ -89,6 +90,11 @@ async fn apply(app: &App, change: SharedChange) {
         SharedChange::Tenant(name) => app.add_tenant(&name),
         SharedChange::Setting { kind } if kind == crate::sources::catalog::SETTING_KIND => {
             app.sync_sources().await
+        }
+        SharedChange::Setting { kind }
+            if kind == crate::state::owned::DESTINATION_KIND || kind == crate::state::owned::CHANNEL_KIND =>
+        {
+            tokio::task::block_in_place(|| app.sync_owned())
         }
         SharedChange::Setting { .. } => {}
         SharedChange::Token { tenant, sha256 } => {

@@ -55,7 +55,7 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             return;
         }
         let next = read_ahead.take();
-        let pending = if channel.enabled() {
+        let pending = if channel.enabled() && !channel.awaiting_activation() {
             next.unwrap_or_else(|| read(after))
                 .await
                 .unwrap_or_else(|join| Err(join.to_string()))

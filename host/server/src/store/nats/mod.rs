@@ -117,8 +117,8 @@ pub struct NatsStore {
     consumers: Mutex<HashMap<String, PullConsumer>>,
     transform: Arc<Mutex<HashMap<String, HeldBatch>>>,
     deliveries: Arc<Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>>,
-    /// The channels delivering to each destination.
-    routes: HashMap<String, Vec<String>>,
+    /// The (channel, destination) pairs whose consumers this node pulls from.
+    routes: Mutex<std::collections::HashSet<(String, String)>>,
     /// Deliveries JetStream pushed to this node, per destination, in
     /// arrival order, not yet held. Kept alive and given back on close as
     /// held ones are: a message waits here while the delivery worker sleeps
@@ -128,7 +128,7 @@ pub struct NatsStore {
     /// given back at once instead of waiting in an inbox nobody reads.
     closing: Arc<std::sync::atomic::AtomicBool>,
     /// Raised when a destination's inbox receives a delivery.
-    signals: HashMap<String, Arc<Notify>>,
+    signals: Mutex<HashMap<String, Arc<Notify>>>,
     switches: Arc<RwLock<HashMap<String, Switch>>>,
     changes: broadcast::Sender<SharedChange>,
     /// Subscribed before the watch starts, so the first listener misses nothing.
@@ -154,7 +154,7 @@ impl NatsStore {
         let handle = runtime.handle().clone();
         let setup = on_runtime(&handle, "connect to NATS", setup(url, window))?;
         let (changes, first_listener) = broadcast::channel(4096);
-        let mut store = Self {
+        let store = Self {
             runtime: Mutex::new(Some(runtime)),
             handle,
             max_payload: setup.client.server_info().max_payload,
@@ -171,42 +171,55 @@ impl NatsStore {
             consumers: Mutex::default(),
             transform: Arc::default(),
             deliveries: Arc::default(),
-            routes: HashMap::new(),
+            routes: Mutex::default(),
             inboxes: Arc::default(),
             closing: Arc::default(),
-            signals: HashMap::new(),
+            signals: Mutex::default(),
             switches: Arc::default(),
             changes,
             first_listener: Mutex::new(Some(first_listener)),
             next_seq: AtomicI64::new(1),
         };
         for (channel, destination) in routes {
-            store.consumer(&names::transform_consumer(channel), names::inbound(channel))?;
-            let signal = store.signals.entry(destination.clone()).or_default().clone();
-            for partition in 0..PARTITIONS {
-                let consumer = store.consumer(
-                    &names::delivery_consumer(destination, channel, partition),
-                    names::outbound(destination, partition, channel),
-                )?;
-                let inbox = Arc::downgrade(&store.inboxes);
-                store.handle.spawn(pull(
-                    consumer,
-                    inbox,
-                    store.closing.clone(),
-                    destination.clone(),
-                    signal.clone(),
-                ));
-            }
-            store
-                .routes
-                .entry(destination.clone())
-                .or_default()
-                .push(channel.clone());
+            store.route(channel, destination)?;
         }
         store.load_switches()?;
         store.watch();
         store.keep_alive();
         Ok(store)
+    }
+
+    /// Makes the consumers of `channel`'s queue and of its deliveries to
+    /// `destination`, and pulls those deliveries; once per pair.
+    pub(crate) fn route(&self, channel: &str, destination: &str) -> Result<(), StoreError> {
+        let pair = (channel.to_string(), destination.to_string());
+        if self.routes.lock().expect("routes lock").contains(&pair) {
+            return Ok(());
+        }
+        self.consumer(&names::transform_consumer(channel), names::inbound(channel))?;
+        let signal = self
+            .signals
+            .lock()
+            .expect("signals lock")
+            .entry(destination.to_string())
+            .or_default()
+            .clone();
+        for partition in 0..PARTITIONS {
+            let consumer = self.consumer(
+                &names::delivery_consumer(destination, channel, partition),
+                names::outbound(destination, partition, channel),
+            )?;
+            let inbox = Arc::downgrade(&self.inboxes);
+            self.handle.spawn(pull(
+                consumer,
+                inbox,
+                self.closing.clone(),
+                destination.to_string(),
+                signal.clone(),
+            ));
+        }
+        self.routes.lock().expect("routes lock").insert(pair);
+        Ok(())
     }
 
     /// Reports every message this node holds as in progress every

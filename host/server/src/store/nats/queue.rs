@@ -127,7 +127,11 @@ impl Queue for NatsStore {
     }
 
     fn due_signal(&self, destination: &str) -> Option<std::sync::Arc<tokio::sync::Notify>> {
-        self.signals.get(destination).cloned()
+        self.signals
+            .lock()
+            .expect("signals lock")
+            .get(destination)
+            .cloned()
     }
 
     fn next_due_ms(&self, destination: &str) -> Result<Option<i64>, StoreError> {
@@ -322,6 +326,10 @@ impl Queue for NatsStore {
         Ok(value
             .and_then(|v| std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()))
             .filter(|until| *until > now_ms()))
+    }
+
+    fn add_route(&self, channel: &str, destination: &str) -> Result<(), StoreError> {
+        self.route(channel, destination)
     }
 
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<SharedChange>> {

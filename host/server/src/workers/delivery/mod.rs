@@ -127,14 +127,17 @@ impl<'a> Worker<'a> {
         let destination = app.destinations.get(name)?;
         let setup = || -> Result<(Outbound, Option<Authenticator>), String> {
             let config = &destination.config;
-            let client = crate::outbound::client(config.ca_file.as_deref(), None)?;
+            // A tenant's destination reaches only the addresses the policy allows.
+            let policy = destination.owned.is_some().then(|| app.network_policy.clone());
+            let client = crate::outbound::client(config.ca_file.as_deref(), policy)?;
             let none = InlineSecrets::default();
+            let secrets = destination.owned.as_ref().map_or(&none, |owned| &owned.secrets);
             let auth = match &config.auth {
-                Some(auth) => Some(Authenticator::new(auth, &none, Path::new("."), client.clone())?),
+                Some(auth) => Some(Authenticator::new(auth, secrets, Path::new("."), client.clone())?),
                 None => None,
             };
             let signer = match &config.sign {
-                Some(sign) => Some(Signer::new(sign, &none, Path::new("."))?),
+                Some(sign) => Some(Signer::new(sign, secrets, Path::new("."))?),
                 None => None,
             };
             let rate_header = match &config.rate_limit_header {
