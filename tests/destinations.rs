@@ -491,15 +491,14 @@ fn a_tenants_own_destination_and_channel_deliver_without_a_restart() {
         json!({"destination": "portal", "steps": steps}),
     );
     assert_eq!(status, 201, "{made}");
-    // One with no steps holds what it gets until it is activated.
-    let (status, made) = send(
-        &sidecar,
-        "PUT",
-        "/v1/channels/held",
-        ACME,
-        json!({"destination": "portal"}),
-    );
-    assert_eq!(status, 201, "{made}");
+    // One with no steps holds what it gets until it is activated (made with the CLI).
+    let file = dir.path().join("held.json");
+    std::fs::write(&file, r#"{"destination": "portal"}"#).unwrap();
+    let (ok, made) = sidecar.cli_as(ACME, &["channels", "create", "held", file.to_str().unwrap()]);
+    assert!(ok, "{made}");
+    let (ok, shown) = sidecar.cli_as(ACME, &["destinations", "show", "portal"]);
+    assert!(ok && shown["auth"]["bearer"] == "set", "{shown}");
+    assert!(!shown.to_string().contains("tenant-token-1"));
 
     ingest(&sidecar, &[("o-1", json!({"sku": "OWN-1", "qty": 1}))]);
     wait_for("delivered through the tenant's own channel", PATIENCE, || {
@@ -579,8 +578,8 @@ fn a_tenants_own_destination_and_channel_deliver_without_a_restart() {
     wait_for("both channels deliver after the restart", PATIENCE, || {
         portal.count() == 4
     });
-    let (status, _) = sidecar.send("DELETE", "/v1/channels/held", Some(ACME), b"", "");
-    assert_eq!(status, 200);
+    let (ok, deleted) = sidecar.cli_as(ACME, &["channels", "delete", "held"]);
+    assert!(ok, "{deleted}");
     let (_, listed) = sidecar.send("GET", "/v1/channels", Some(ACME), b"", "");
     let names: Vec<&str> = listed
         .as_array()

@@ -45,6 +45,20 @@ pub struct ChannelsArgs {
 enum ChannelsCommand {
     /// Every channel with its switch, modules and queue depth.
     List,
+    /// Create or replace one of your channels from a JSON file:
+    /// `destination`, `steps` (uploaded modules, as `activate` takes them),
+    /// `sources`, `enabled`, `when-off`.
+    Create {
+        /// The channel.
+        channel: String,
+        /// The JSON file.
+        file: PathBuf,
+    },
+    /// Delete one of your channels (refused while it holds undelivered events).
+    Delete {
+        /// The channel.
+        channel: String,
+    },
     /// Switch a channel on: its held events flow again, in order.
     Enable {
         /// The channel.
@@ -128,6 +142,39 @@ enum ModulesCommand {
     },
     /// Your modules and their versions.
     List,
+}
+
+/// `sluice destinations`.
+#[derive(Debug, Args)]
+pub struct DestinationsArgs {
+    #[command(subcommand)]
+    command: DestinationsCommand,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum DestinationsCommand {
+    /// The destinations of your channels and your own, with what their workers are doing.
+    List,
+    /// One destination, its secrets and header values shown as "set".
+    Show {
+        /// The destination's name.
+        name: String,
+    },
+    /// Create or replace one of your destinations from a JSON file: the
+    /// keys of a `[[destination]]` table, secrets inline (`auth.client-secret`, …).
+    Put {
+        /// The destination's name.
+        name: String,
+        /// The JSON file.
+        file: PathBuf,
+    },
+    /// Delete one of your destinations that no channel uses.
+    Delete {
+        /// The destination's name.
+        name: String,
+    },
 }
 
 /// `sluice sources`.
@@ -236,6 +283,17 @@ pub fn channels(args: ChannelsArgs) -> anyhow::Result<ExitCode> {
         |channel: &str, action: &str| server.url(&format!("/v1/channels/{}/{action}", encode(channel)));
     match &args.command {
         ChannelsCommand::List => call(server, "GET", &server.url("/v1/channels"), None),
+        ChannelsCommand::Create { channel, file } => {
+            let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let url = server.url(&format!("/v1/channels/{}", encode(channel)));
+            call(server, "PUT", &url, Some(("application/json", body)))
+        }
+        ChannelsCommand::Delete { channel } => call(
+            server,
+            "DELETE",
+            &server.url(&format!("/v1/channels/{}", encode(channel))),
+            None,
+        ),
         ChannelsCommand::Enable { channel } => call(server, "POST", &channel_url(channel, "enable"), None),
         ChannelsCommand::Disable { channel } => call(server, "POST", &channel_url(channel, "disable"), None),
         ChannelsCommand::Activate { channel, pipeline } => {
@@ -275,6 +333,21 @@ pub fn channels(args: ChannelsArgs) -> anyhow::Result<ExitCode> {
         }
         ChannelsCommand::Backfill(backfill) => crate::trial::backfill(server, backfill),
         ChannelsCommand::Record(record) => crate::trial::record(server, record),
+    }
+}
+
+/// Runs `sluice destinations …`.
+pub fn destinations(args: DestinationsArgs) -> anyhow::Result<ExitCode> {
+    let server = &args.server;
+    let one = |name: &str| server.url(&format!("/v1/destinations/{}", encode(name)));
+    match &args.command {
+        DestinationsCommand::List => call(server, "GET", &server.url("/v1/destinations"), None),
+        DestinationsCommand::Show { name } => call(server, "GET", &one(name), None),
+        DestinationsCommand::Put { name, file } => {
+            let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            call(server, "PUT", &one(name), Some(("application/json", body)))
+        }
+        DestinationsCommand::Delete { name } => call(server, "DELETE", &one(name), None),
     }
 }
 

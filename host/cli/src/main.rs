@@ -63,6 +63,9 @@ enum Command {
     DeadLetters(admin::DeadLettersArgs),
     /// Upload transform modules to a running sidecar, and list them.
     Modules(admin::ModulesArgs),
+    /// Destinations on a running sidecar: list, show, and your own: create
+    /// or replace from a JSON file, delete.
+    Destinations(admin::DestinationsArgs),
     /// Your sources on a running sidecar: list, show, create or replace
     /// from a JSON file, delete.
     Sources(admin::SourcesArgs),
@@ -149,6 +152,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetters(args) => admin::dead_letters(args),
         Command::Modules(args) => admin::modules(args),
         Command::Sources(args) => admin::sources(args),
+        Command::Destinations(args) => admin::destinations(args),
         Command::Token(args) => admin::token(args),
         Command::Sink(args) => sink::run(args),
         Command::Import(args) => import::run(args),
