@@ -580,6 +580,29 @@ fn a_tenants_own_destination_and_channel_deliver_without_a_restart() {
     });
     let (ok, deleted) = sidecar.cli_as(ACME, &["channels", "delete", "held"]);
     assert!(ok, "{deleted}");
+    // Deleted while it holds events, with ?discard=true: each becomes a dead letter.
+    let (status, _) = send(
+        &sidecar,
+        "PUT",
+        "/v1/channels/doomed",
+        ACME,
+        json!({"destination": "portal"}),
+    );
+    assert_eq!(status, 201);
+    ingest(&sidecar, &[("o-3", json!({"sku": "OWN-3", "qty": 3}))]);
+    wait_for("the event held by `doomed`", PATIENCE, || {
+        sidecar.send("GET", "/v1/channels/doomed", Some(ACME), b"", "").1["queued"]["transform"] == 1
+    });
+    let (status, _) = sidecar.send("DELETE", "/v1/channels/doomed", Some(ACME), b"", "");
+    assert_eq!(status, 409);
+    let (status, deleted) = sidecar.send("DELETE", "/v1/channels/doomed?discard=true", Some(ACME), b"", "");
+    assert_eq!(status, 200, "{deleted}");
+    let (_, letters) = sidecar.send("GET", "/v1/dead-letters?channel=doomed", Some(ACME), b"", "");
+    assert_eq!(letters.as_array().map(Vec::len), Some(1), "{letters}");
+    assert_eq!(
+        (&letters[0]["reason"], &letters[0]["event_id"]),
+        (&json!("discarded"), &json!("o-3"))
+    );
     let (_, listed) = sidecar.send("GET", "/v1/channels", Some(ACME), b"", "");
     let names: Vec<&str> = listed
         .as_array()

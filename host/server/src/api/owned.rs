@@ -246,8 +246,8 @@ pub async fn put_channel(
 
 /// `DELETE /v1/channels/{name}`: deletes one of the tenant's channels. One
 /// that still holds undelivered events answers 409 `not-empty`, unless
-/// `?discard=true`; its events then stay in the store until they are
-/// delivered or dead-lettered by hand, never deleted in silence.
+/// `?discard=true`: then each becomes a dead letter (reason `discarded`),
+/// and nothing vanishes. (On JetStream that is not built yet: 501.)
 pub async fn delete_channel(
     app: &App,
     caller: &Caller,
@@ -272,11 +272,16 @@ pub async fn delete_channel(
         ));
     }
     if waiting > 0 {
-        return Err(ApiError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "not-supported",
-            "discarding a channel's undelivered events into dead letters is not built yet: let them drain",
-        ));
+        // Off first, so that its worker takes nothing more; then every
+        // event it holds becomes a dead letter, in one commit.
+        app.set_enabled_in_memory(&channel, false);
+        let (queue, key) = (app.queue.clone(), name.to_string());
+        let discarded = blocking(move || {
+            queue.set_enabled(&key, false, false)?;
+            queue.discard_channel(&key)
+        })
+        .await?;
+        tracing::warn!(channel = %name, discarded, "channel deleted: its undelivered events are dead letters");
     }
     let (registry, key) = (app.registry.clone(), name.to_string());
     blocking(move || registry.delete_setting(CHANNEL_KIND, &tenant, &key)).await?;

@@ -463,6 +463,14 @@ pub trait Queue: Send + Sync {
         let _ = destination;
         Ok(None)
     }
+    /// Moves every event `channel` still holds (to transform or to deliver)
+    /// into dead letters (reason `discarded`), atomically; how many.
+    fn discard_channel(&self, channel: &str) -> Result<u64, StoreError> {
+        let _ = channel;
+        Err(StoreError::Unsupported(
+            "discard a channel's events into dead letters",
+        ))
+    }
     /// Sets up what a channel made while the sidecar runs needs: for a
     /// shared store, the consumers of its queue and of its deliveries to
     /// `destination`. A store only this sidecar uses needs nothing.

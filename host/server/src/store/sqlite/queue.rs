@@ -445,6 +445,37 @@ impl Queue for SqliteQueue {
         })
     }
 
+    fn discard_channel(&self, channel: &str) -> Result<u64, StoreError> {
+        let channel = channel.to_string();
+        self.call(move |db| {
+            let now = now_ms();
+            let detail = serde_json::json!("the channel was deleted with ?discard=true").to_string();
+            let queued = db.execute(
+                "INSERT INTO dead_letters (tenant, channel, event_id, stage, reason, original, detail, versions, attempts, created_ms)
+                 SELECT i.tenant, i.channel, i.event_id, 'transform', 'discarded', e.event, ?2, '[]', '[]', ?3
+                 FROM inbox i JOIN events e ON e.tenant = i.tenant AND e.id = i.event_id
+                 WHERE i.channel = ?1 ORDER BY i.seq",
+                params![channel, detail, now],
+            )?;
+            db.execute("DELETE FROM inbox WHERE channel = ?1", params![channel])?;
+            let outgoing = db.execute(
+                "INSERT INTO dead_letters (tenant, channel, destination, event_id, stage, reason, original, output,
+                     detail, versions, attempts, entity_key, idempotency_key, correlation_id, created_ms)
+                 SELECT o.tenant, o.channel, o.destination, o.event_id, 'delivery', 'discarded', COALESCE(e.event, 'null'),
+                     o.output, ?2, o.versions, '[]', o.entity_key, o.idempotency_key, o.correlation_id, ?3
+                 FROM outbox o LEFT JOIN events e ON e.tenant = o.tenant AND e.id = o.event_id
+                 WHERE o.channel = ?1 ORDER BY o.seq",
+                params![channel, detail, now],
+            )?;
+            db.execute(
+                "DELETE FROM attempts WHERE outbox_seq IN (SELECT seq FROM outbox WHERE channel = ?1)",
+                params![channel],
+            )?;
+            db.execute("DELETE FROM outbox WHERE channel = ?1", params![channel])?;
+            Ok((queued + outgoing) as u64)
+        })
+    }
+
     fn forget_before(&self, before_ms: i64) -> Result<u64, StoreError> {
         self.call(move |db| {
             Ok(db.execute(
