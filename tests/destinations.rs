@@ -564,6 +564,21 @@ fn a_tenants_own_destination_and_channel_deliver_without_a_restart() {
         json!({"url": "https://x.example/{env:HOME}"}),
     );
     assert_eq!(status, 400, "{refused}");
+    // A tenant's retry policy cannot spin, nor its headers frame the request.
+    for (entry, says) in [
+        (
+            json!({"url": "https://x.example/", "retry": {"initial-backoff-ms": 0}}),
+            "initial-backoff-ms",
+        ),
+        (
+            json!({"url": "https://x.example/", "headers": {"Host": "internal"}}),
+            "frames the request",
+        ),
+    ] {
+        let (status, refused) = send(&sidecar, "PUT", "/v1/destinations/spin", ACME, entry);
+        assert_eq!(status, 400, "{refused}");
+        assert!(refused["message"].as_str().unwrap().contains(says), "{refused}");
+    }
     let (status, in_use) = sidecar.send("DELETE", "/v1/destinations/portal", Some(ACME), b"", "");
     assert_eq!(
         (status, in_use["code"].as_str()),

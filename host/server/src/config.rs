@@ -257,6 +257,32 @@ impl DestinationConfig {
             if self.concurrency > 16 || self.burst > 100 {
                 return Err("`concurrency` is at most 16 and `burst` at most 100".into());
             }
+            if let Some(retry) = &self.retry
+                && (retry.max_attempts > 100
+                    || retry.max_age_secs > 7 * 86_400
+                    || retry.initial_backoff_ms < 100
+                    || retry.max_backoff_ms > 3_600_000
+                    || retry.timeout_ms > 60_000)
+            {
+                return Err("retry: `max-attempts` is at most 100, `max-age-secs` 604800, `initial-backoff-ms` at least 100, `max-backoff-ms` at most 3600000 and `timeout-ms` at most 60000".into());
+            }
+            let framing = [
+                "host",
+                "content-length",
+                "transfer-encoding",
+                "connection",
+                "te",
+                "upgrade",
+            ];
+            if let Some(key) = self
+                .headers
+                .keys()
+                .find(|k| framing.contains(&k.to_ascii_lowercase().as_str()))
+            {
+                return Err(format!(
+                    "header `{key}` frames the request; a destination may not set it"
+                ));
+            }
         }
         self.target().map_err(|err| format!("url: {err}"))?;
         if self.method().is_none() {

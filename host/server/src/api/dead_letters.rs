@@ -114,16 +114,21 @@ pub async fn replay_dead_letter(
 ) -> Result<Response<Body>, ApiError> {
     let letter = letter_for(app, caller, id).await?;
     let id = letter.summary.id;
-    let channel = app.channels.get(&letter.summary.channel).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            "unknown-channel",
-            format!(
-                "dead letter {id} belongs to channel `{}`, which this server no longer has",
-                letter.summary.channel
-            ),
-        )
-    })?;
+    let channel = app
+        .channels
+        .get(&letter.summary.channel)
+        // A channel of that name made since by another tenant is not the letter's.
+        .filter(|channel| channel.tenant == letter.summary.tenant)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "unknown-channel",
+                format!(
+                    "dead letter {id} belongs to channel `{}`, which this server no longer has",
+                    letter.summary.channel
+                ),
+            )
+        })?;
     let how = if retransform {
         Replay::Retransform
     } else {

@@ -33,6 +33,10 @@ pub async fn put_destination(
 ) -> Result<Response<Body>, ApiError> {
     let tenant = acting_tenant(app, caller, &request)?;
     check_name(name)?;
+    let mut entry = read_entry(app, request).await?;
+    // Checked, stored and swapped in under one lock: a slow request cannot
+    // replace a name another tenant took meanwhile.
+    let _change = app.owned_changes.lock().await;
     let current = app.destinations.get(name);
     let previous = match &current {
         None => None,
@@ -41,7 +45,6 @@ pub async fn put_destination(
             _ => return Err(name_taken(name)),
         },
     };
-    let mut entry = read_entry(app, request).await?;
     entry["name"] = name.into();
     let mut secrets = InlineSecrets::split(&mut entry, DESTINATION_SECRETS)
         .map_err(|err| ApiError::bad_request("invalid-destination", err, None))?;
@@ -81,6 +84,8 @@ pub async fn put_destination(
             None,
         )
     };
+    // Checked as a tenant's before anything reads the environment.
+    config.check(true).map_err(&invalid)?;
     let target = config.target().map_err(&invalid)?;
     if let Some(host) = target.host() {
         app.network_policy
@@ -138,6 +143,7 @@ pub async fn delete_destination(
     request: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let tenant = acting_tenant(app, caller, request)?;
+    let _change = app.owned_changes.lock().await;
     let destination = app
         .destinations
         .get(name)
@@ -179,13 +185,14 @@ pub async fn put_channel(
 ) -> Result<Response<Body>, ApiError> {
     let tenant = acting_tenant(app, caller, &request)?;
     check_name(name)?;
+    let entry = read_entry(app, request).await?;
+    let _change = app.owned_changes.lock().await;
     let current = app.channels.get(name);
     if let Some(channel) = &current
         && (channel.owned.is_none() || channel.tenant != tenant)
     {
         return Err(name_taken(name));
     }
-    let entry = read_entry(app, request).await?;
     let mut entry: ChannelEntry = serde_path_to_error::deserialize(&entry).map_err(|err| {
         let path = format!("$.{}", err.path());
         ApiError::bad_request("invalid-channel", err.into_inner().to_string(), Some(&path))
@@ -230,7 +237,12 @@ pub async fn put_channel(
     let text = serde_json::to_string(&stored).map_err(ApiError::internal)?;
     let channel = tokio::task::block_in_place(|| app.owned_channel(name, &stored, &text)).map_err(invalid)?;
     let (registry, key, spec) = (app.registry.clone(), name.to_string(), text.clone());
-    blocking(move || registry.put_setting(CHANNEL_KIND, &tenant, &key, &spec)).await?;
+    blocking(move || {
+        registry.put_setting(CHANNEL_KIND, &tenant, &key, &spec)?;
+        // Its steps are what it runs now, on every node: earlier activations go.
+        clear_activations(registry.as_ref(), &key)
+    })
+    .await?;
     let channel = app.channels.insert(name.to_string(), channel);
     tracing::info!(channel = %name, tenant = %channel.tenant, "channel stored");
     let status = if current.is_some() {
@@ -254,39 +266,64 @@ pub async fn delete_channel(
     name: &str,
     request: &Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let tenant = acting_tenant(app, caller, request)?;
+    let _change = app.owned_changes.lock().await;
     let channel = app.channel_for(caller, name)?;
     if channel.owned.is_none() {
         return Err(read_only("channel", name));
     }
+    let tenant = channel.tenant.clone();
+    // Out of the map first, so that ingest queues nothing more for it.
+    app.channels.remove(name);
+    let put_back = || app.channels.insert_arc(name.to_string(), channel.clone());
     let (queue, key) = (app.queue.clone(), name.to_string());
-    let depth = blocking(move || queue.depth(&key)).await?;
+    let depth = blocking(move || queue.depth(&key))
+        .await
+        .inspect_err(|_| put_back())?;
     let waiting = depth.to_transform + depth.to_deliver;
-    if waiting > 0 && !query_flag(request, "discard") {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not-empty",
-            format!(
-                "channel `{name}` holds {waiting} undelivered events: let them drain, or delete with ?discard=true"
-            ),
-        ));
-    }
     if waiting > 0 {
-        // Off first, so that its worker takes nothing more; then every
-        // event it holds becomes a dead letter, in one commit.
+        if !query_flag(request, "discard") {
+            put_back();
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "not-empty",
+                format!(
+                    "channel `{name}` holds {waiting} undelivered events: let them drain, or delete with ?discard=true"
+                ),
+            ));
+        }
+        // Every event it holds becomes a dead letter, in one commit.
         app.set_enabled_in_memory(&channel, false);
         let (queue, key) = (app.queue.clone(), name.to_string());
         let discarded = blocking(move || {
             queue.set_enabled(&key, false, false)?;
             queue.discard_channel(&key)
         })
-        .await?;
+        .await
+        .inspect_err(|_| put_back())?;
         tracing::warn!(channel = %name, discarded, "channel deleted: its undelivered events are dead letters");
     }
     let (registry, key) = (app.registry.clone(), name.to_string());
-    blocking(move || registry.delete_setting(CHANNEL_KIND, &tenant, &key)).await?;
-    app.channels.remove(name);
+    blocking(move || {
+        registry.delete_setting(CHANNEL_KIND, &tenant, &key)?;
+        clear_activations(registry.as_ref(), &key)
+    })
+    .await?;
     Ok(json_response(StatusCode::OK, &json!({ "deleted": name })))
+}
+
+/// Drops every activation stored for a channel, so that a channel made
+/// again under that name (or replaced) does not run an old one.
+fn clear_activations(
+    registry: &dyn crate::store::Registry,
+    channel: &str,
+) -> Result<(), crate::store::StoreError> {
+    for _ in 0..10_000 {
+        match registry.pop_pipeline(channel)? {
+            Some(Some(_)) => continue,
+            None | Some(None) => return Ok(()),
+        }
+    }
+    Ok(())
 }
 
 /// What a tenant reads of a destination: never a secret or a header's value.

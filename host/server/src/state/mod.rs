@@ -96,6 +96,9 @@ pub struct App {
     pub(crate) sources: crate::sources::Catalog,
     /// Which addresses the URLs tenants set may reach.
     pub(crate) network_policy: Arc<crate::outbound::guard::NetworkPolicy>,
+    /// Held while a tenant's destination or channel is checked, stored and
+    /// swapped in, so two requests for one name cannot interleave.
+    pub(crate) owned_changes: tokio::sync::Mutex<()>,
 }
 
 /// The server's own limits and timeouts, from `sluice.toml`.
@@ -202,6 +205,7 @@ impl App {
             network_policy: Arc::new(crate::outbound::guard::NetworkPolicy {
                 allow: config.allow_networks.clone(),
             }),
+            owned_changes: tokio::sync::Mutex::new(()),
         };
         app.restore_activations()?;
         Ok(app)

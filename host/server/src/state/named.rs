@@ -61,6 +61,15 @@ impl<T> Named<T> {
         entry
     }
 
+    /// Puts back an entry taken out (see [`Named::remove`]).
+    pub fn insert_arc(&self, name: String, entry: Arc<T>) {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name, entry);
+        self.changed.notify_one();
+    }
+
     /// Removes `name`; the entry it was, if any.
     pub fn remove(&self, name: &str) -> Option<Arc<T>> {
         let removed = self

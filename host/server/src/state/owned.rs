@@ -120,6 +120,22 @@ impl App {
         text: &str,
     ) -> Result<Channel, String> {
         let entry = &stored.entry;
+        let own = self
+            .destinations
+            .get(&entry.destination)
+            .is_some_and(|d| d.owned.as_ref().is_some_and(|o| o.tenant == stored.tenant));
+        if !own {
+            return Err(format!(
+                "there is no destination `{}` of tenant `{}`",
+                entry.destination, stored.tenant
+            ));
+        }
+        if entry.steps.len() > crate::api::channels::MAX_STEPS {
+            return Err(format!(
+                "a channel has at most {} steps",
+                crate::api::channels::MAX_STEPS
+            ));
+        }
         // On a shared store, its queue and deliveries need consumers of their own.
         self.queue
             .add_route(name, &entry.destination)

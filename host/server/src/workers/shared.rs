@@ -56,6 +56,10 @@ async fn resync(app: &App) {
         Err(err) => tracing::error!(error = %err, "cannot read shared tenants and tokens"),
     }
     for channel in app.channels.values() {
+        if channel.owned.is_some() {
+            // A tenant's channel has no config value: its switch stays as stored.
+            continue;
+        }
         let (queue, name) = (app.queue.clone(), channel.name.clone());
         // `set_enabled` with the config's value changes nothing that an
         // operator set; it answers the switch as stored.

@@ -224,7 +224,12 @@ fn dispositions(
             .filter(|pick| pick.from_candidate[index])
             .map(|pick| pick.versions.clone())
     };
-    let destination = channel.destination.as_ref().and_then(|d| app.destinations.get(d));
+    // A tenant's channel delivers only to that tenant's own destination.
+    let destination = channel
+        .destination
+        .as_ref()
+        .and_then(|d| app.destinations.get(d))
+        .filter(|d| channel.owned.is_none() || d.owned.as_ref().is_some_and(|o| o.tenant == channel.tenant));
     let mut results = Vec::with_capacity(runnable.len());
     for (index, ((item, input), outcome)) in runnable
         .into_iter()
