@@ -334,8 +334,16 @@ fn destination_view(destination: &crate::state::Destination) -> Value {
             *value = "set".into();
         }
     }
-    if let Some(owned) = &destination.owned {
-        owned.secrets.mask(&mut shown);
+    match &destination.owned {
+        Some(owned) => owned.secrets.mask(&mut shown),
+        // The operator's: which variables and files hold its secrets is the operator's business.
+        None => {
+            for table in ["auth", "sign"] {
+                if shown.get(table).is_some_and(|t| !t.is_null()) {
+                    shown[table] = "set".into();
+                }
+            }
+        }
     }
     shown["origin"] = if destination.owned.is_some() {
         "api"

@@ -136,10 +136,6 @@ impl App {
                 crate::api::channels::MAX_STEPS
             ));
         }
-        // On a shared store, its queue and deliveries need consumers of their own.
-        self.queue
-            .add_route(name, &entry.destination)
-            .map_err(|err| err.to_string())?;
         let mut channel = Channel::new(name, &stored.tenant, Pipeline::new(Vec::new()));
         channel.destination = Some(entry.destination.clone());
         channel.sources = entry.sources.clone();
@@ -158,6 +154,11 @@ impl App {
             channel.config_pipeline = pipeline.clone();
             *channel.pipeline.write().expect("pipeline lock") = pipeline;
         }
+        // On a shared store, its queue and deliveries need consumers of
+        // their own: made once everything else of it checked out.
+        self.queue
+            .add_route(name, &entry.destination)
+            .map_err(|err| err.to_string())?;
         let enabled = self
             .queue
             .set_enabled(name, entry.enabled, true)
