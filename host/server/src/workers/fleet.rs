@@ -8,11 +8,40 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use super::WorkerFuture;
 use crate::state::App;
+
+/// How often the entries are looked at even when nothing said they changed.
+const RESCAN: Duration = Duration::from_secs(30);
+
+/// Keeps the workers `wanted` names running until `stopped` turns true,
+/// looking again whenever one of `changes` is raised (or every [`RESCAN`]).
+pub async fn keep(
+    app: Arc<App>,
+    mut stopped: watch::Receiver<bool>,
+    changes: &[&Notify],
+    wanted: impl Fn() -> Vec<Wanted>,
+) {
+    let mut fleet = Fleet::new(stopped.clone());
+    loop {
+        if !*stopped.borrow() {
+            fleet.reconcile(&app, wanted()).await;
+        }
+        let changed = futures_util::future::select_all(changes.iter().map(|n| Box::pin(n.notified())));
+        tokio::select! {
+            biased;
+            _ = stopped.changed() => {
+                fleet.stop_all(&app).await;
+                return;
+            }
+            _ = changed => {}
+            _ = tokio::time::sleep(RESCAN) => {}
+        }
+    }
+}
 
 /// How long a worker stopped while the sidecar runs (its entry replaced or
 /// removed) may take to finish what it has in flight.

@@ -68,16 +68,11 @@ pub(crate) fn start(app: &Arc<App>, stopped: &watch::Receiver<bool>) -> JoinSet<
     workers
 }
 
-/// How often the channels and destinations are looked at even when nothing
-/// said they changed.
-const RESCAN: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Keeps one transform worker per channel with a destination and one
 /// delivery worker per destination, each supervised, as channels and
 /// destinations are made, replaced or deleted.
-async fn pipelines(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
-    let mut fleet = fleet::Fleet::new(stopped.clone());
-    loop {
+async fn pipelines(app: Arc<App>, stopped: watch::Receiver<bool>) {
+    let wanted = || {
         let mut wanted = Vec::new();
         for channel in app.channels.values().filter(|c| c.destination.is_some()) {
             let (worker_app, name) = (app.clone(), channel.name.clone());
@@ -95,18 +90,8 @@ async fn pipelines(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
                 start: Arc::new(move |stop| Box::pin(delivery::run(worker_app.clone(), name.clone(), stop))),
             });
         }
-        if !*stopped.borrow() {
-            fleet.reconcile(&app, wanted).await;
-        }
-        tokio::select! {
-            biased;
-            _ = stopped.changed() => {
-                fleet.stop_all(&app).await;
-                return;
-            }
-            _ = app.channels.changed.notified() => {}
-            _ = app.destinations.changed.notified() => {}
-            _ = tokio::time::sleep(RESCAN) => {}
-        }
-    }
+        wanted
+    };
+    let changes = [&app.channels.changed, &app.destinations.changed];
+    fleet::keep(app.clone(), stopped, &changes, wanted).await;
 }

@@ -2,23 +2,17 @@
 //! and stops them as sources are made, changed or deleted.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::fleet::{Fleet, Wanted};
+use super::fleet::{self, Wanted};
 use crate::sources::poll;
 use crate::state::App;
 
-/// How often the sources are looked at even when nothing said they changed.
-const RESCAN: Duration = Duration::from_secs(30);
-
 /// Keeps one supervised poller per poll source until `stopped` turns true.
-pub async fn run(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
-    let mut fleet = Fleet::new(stopped.clone());
-    loop {
-        let wanted = app
-            .sources
+pub async fn run(app: Arc<App>, stopped: watch::Receiver<bool>) {
+    let wanted = || {
+        app.sources
             .all()
             .into_iter()
             .filter_map(|source| {
@@ -32,18 +26,7 @@ pub async fn run(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
                     }),
                 })
             })
-            .collect();
-        if !*stopped.borrow() {
-            fleet.reconcile(&app, wanted).await;
-        }
-        tokio::select! {
-            biased;
-            _ = stopped.changed() => {
-                fleet.stop_all(&app).await;
-                return;
-            }
-            _ = app.sources.changed.notified() => {}
-            _ = tokio::time::sleep(RESCAN) => {}
-        }
-    }
+            .collect()
+    };
+    fleet::keep(app.clone(), stopped, &[&app.sources.changed], wanted).await;
 }
