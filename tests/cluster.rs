@@ -472,6 +472,67 @@ fn switches_activations_tokens_and_dead_letters_are_shared_by_every_node() {
     wait_for("the tenant's own channel delivers", PATIENCE, || {
         own.count_where(|r| r.path == "/own/OWN") == 1
     });
+
+    // Deleted with ?discard=true on JetStream: what it holds to transform
+    // (a channel with no steps holds its events) and to deliver (a
+    // destination that answers 503) becomes dead letters on every node.
+    let down = sink(|_, _| Reply::status(503));
+    for (path, entry) in [
+        (
+            "/v1/destinations/down",
+            json!({"url": format!("http://{}/down", down.addr), "retry": {"max-attempts": 100}}),
+        ),
+        (
+            "/v1/channels/failing",
+            json!({"destination": "down", "steps": pipeline["steps"]}),
+        ),
+        ("/v1/channels/holding", json!({"destination": "own"})),
+    ] {
+        let (status, made) = a.send(
+            "PUT",
+            path,
+            Some(ACME),
+            entry.to_string().as_bytes(),
+            "application/json",
+        );
+        assert_eq!(status, 201, "{path}: {made}");
+    }
+    wait_for("B has both channels", PATIENCE, || {
+        b.get("/v1/channels/failing").0 == 200 && b.get("/v1/channels/holding").0 == 200
+    });
+    let doomed: Vec<Value> = (0..3)
+        .map(|n| stock_event(&format!("doomed-{n}"), &format!("D{n}"), n))
+        .collect();
+    assert_eq!(ingest(b, &doomed).0, 202);
+    // (JetStream counts what waits for a transform in batches: one here.)
+    wait_for("the events held by each channel", PATIENCE, || {
+        b.get("/v1/channels/holding").1["queued"]["transform"] == 1
+            && b.get("/v1/channels/failing").1["queued"]["delivery"] == 3
+            && down.count() >= 3
+    });
+    for channel in ["holding", "failing"] {
+        let path = format!("/v1/channels/{channel}");
+        assert_eq!(a.send("DELETE", &path, Some(ACME), b"", "").0, 409, "{channel}");
+        let (status, deleted) = a.send("DELETE", &format!("{path}?discard=true"), Some(ACME), b"", "");
+        assert_eq!(status, 200, "{channel}: {deleted}");
+        let letters = c.get(&format!("/v1/dead-letters?channel={channel}")).1;
+        let mut ids: Vec<&str> = letters
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["reason"] == "discarded")
+            .map(|l| l["event_id"].as_str().unwrap())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["doomed-0", "doomed-1", "doomed-2"], "{channel}: {letters}");
+    }
+    let failed_before = down.count();
+    std::thread::sleep(Duration::from_secs(3));
+    // An attempt in flight at the delete may finish (one per partition); none follows.
+    assert!(
+        down.count() <= failed_before + 3,
+        "discarded deliveries are not retried"
+    );
 }
 
 /// The hardening issue's JetStream case: two nodes, 12 stock updates of 6
@@ -688,4 +749,86 @@ fn one_node_polls_a_source_at_a_time_and_another_takes_over_when_it_dies() {
     let (status, shown) = nodes[1 - holder].send("GET", "/v1/sources/pos", Some(ACME), b"", "");
     assert_eq!(status, 200, "{shown}");
     assert!(shown["cursor"]["completed_ms"].is_i64(), "{shown}");
+}
+
+/// The consistency issue on JetStream: two nodes, 20 SKUs × 10 stock
+/// updates in one burst to a destination limited to 20 requests a second,
+/// with `coalesce` and `skip-unchanged`. One node is killed with -9 in the
+/// middle: the destination still ends on every SKU's latest state, never
+/// goes back in time for a SKU, spends far fewer requests than updates,
+/// and every update is either delivered or superseded. The final states
+/// sent again cost no request.
+#[test]
+fn coalescing_on_jetstream_ends_on_the_latest_state_through_a_kill_9() {
+    use crate::consistency::counter;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let destination = sink(|_, _| Reply::status(200));
+    let extra = "rate-limit = \"20/s\"\nburst = 1\ncoalesce = true\nskip-unchanged = true";
+    let mut nodes = cluster(dir.path(), &nats, &destination, extra, 2);
+    const SKUS: usize = 20;
+    const UPDATES: usize = 10;
+    let mut events = Vec::new();
+    for qty in 1..=UPDATES {
+        for sku in 0..SKUS {
+            events.push(stock_event(&format!("c-{sku}-{qty}"), &format!("SKU-{sku}"), qty));
+        }
+    }
+    let (status, answer) = ingest(&nodes[0], &events);
+    assert_eq!(status, 202, "{answer}");
+    wait_for("a few deliveries", PATIENCE, || destination.count() >= 5);
+    nodes[1].kill9();
+    let state = |received: &[Received]| -> BTreeMap<String, u64> {
+        received
+            .iter()
+            .map(|r| {
+                let body = r.json();
+                (
+                    body["sku"].as_str().unwrap().to_string(),
+                    body["qty"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let wanted: BTreeMap<String, u64> = (0..SKUS).map(|s| (format!("SKU-{s}"), UPDATES as u64)).collect();
+    wait_for("every SKU at its latest state", PATIENCE, || {
+        state(&destination.received()) == wanted
+    });
+    nodes[1].restart();
+    wait_for("nothing left queued", PATIENCE, || {
+        nodes[0].get("/v1/channels/stock").1["queued"]["delivery"] == 0
+    });
+    let requests = destination.count();
+    println!("{SKUS} SKUs x {UPDATES} updates on JetStream: {requests} requests");
+    assert!(requests < SKUS * UPDATES / 2, "{requests} requests");
+    // A repeat after the kill resends the same output with the same key;
+    // per SKU nothing older ever follows something newer.
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for r in destination.received() {
+        let body = r.json();
+        let (sku, qty) = (
+            body["sku"].as_str().unwrap().to_string(),
+            body["qty"].as_u64().unwrap(),
+        );
+        assert!(
+            last.get(&sku).is_none_or(|before| *before <= qty),
+            "{sku}: {qty} after {last:?}"
+        );
+        last.insert(sku, qty);
+    }
+    let total = |name: &str| -> u64 { nodes.iter().map(|n| counter(&n.metrics(), name)).sum() };
+    assert!(
+        total(r#"sluice_deliveries_superseded_total{destination="portal"}"#) > 0,
+        "superseded deliveries are counted"
+    );
+
+    // The final states again, under new ids, through both nodes: no request.
+    let again: Vec<Value> = (0..SKUS)
+        .map(|sku| stock_event(&format!("again-{sku}"), &format!("SKU-{sku}"), UPDATES))
+        .collect();
+    assert_eq!(ingest(&nodes[1], &again).0, 202);
+    wait_for("every resent state counted unchanged", PATIENCE, || {
+        total(r#"sluice_deliveries_unchanged_total{destination="portal"}"#) == SKUS as u64
+    });
+    assert_eq!(destination.count(), requests, "an unchanged state was sent");
 }

@@ -7,6 +7,7 @@ mod support;
 mod change;
 mod cli;
 mod cluster;
+mod consistency;
 mod crash;
 mod delivery;
 mod destinations;

@@ -371,3 +371,132 @@ fn hostile_dead_letters_open_in_a_real_browser() {
     assert!(wide[0].as_u64().unwrap() <= 20_001, "{drawn}");
     assert!(wide[1].as_u64().unwrap() >= 1, "{drawn}");
 }
+
+/// A tenant makes, edits and deletes its own destination and channel on
+/// the page (the destinations issue's self-service, item 5): what it saves
+/// delivers at once, a header's value it cannot read back is kept when the
+/// entry is edited, a bad field is named with its path, and the operator's
+/// entries show no edit or delete.
+#[test]
+fn a_tenant_makes_edits_and_deletes_its_own_destination_and_channel_in_a_real_browser() {
+    let respond: Arc<Responder> = Arc::new(|_, _| Reply::status(200));
+    let own = Sink::start("127.0.0.1:0".parse().unwrap(), respond.clone()).unwrap();
+    let destination = Sink::start("127.0.0.1:0".parse().unwrap(), respond).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A tenant's destinations may reach loopback only because the operator allows it.
+    let config = format!("allow-networks = [\"127.0.0.0/8\"]\n{}", config(&destination));
+    let sidecar = Sidecar::start(dir.path(), &config);
+    let shots = target_dir().join("ui-test");
+    let module = std::fs::read(guest("json-mapping")).unwrap();
+    let (status, uploaded) = sidecar.send(
+        "PUT",
+        "/v1/modules/mapper",
+        Some(ACME),
+        &module,
+        "application/wasm",
+    );
+    assert_eq!(status, 201, "{uploaded}");
+
+    let browser = Browser::start();
+    browser.open(&format!("{}/ui#token={ACME}", sidecar.base));
+    browser.find("body[data-ready='true']");
+    // The operator's entries are listed, with nothing to edit or delete.
+    browser.find("tr[data-entry='destination:portal']");
+    assert_eq!(
+        browser
+            .text_of("tr[data-entry='channel:stock'] td:nth-child(3)")
+            .as_deref(),
+        Some("config")
+    );
+    assert!(
+        browser
+            .all("tr[data-entry='destination:portal'] button")
+            .is_empty()
+    );
+
+    // A destination, typed in and saved.
+    let url = format!("http://{}/own/{{$.sku}}", own.addr);
+    browser.fill("#entry-name", "shop");
+    browser.fill(
+        "#entry-body",
+        &json!({"url": url, "method": "PUT", "headers": {"X-Api-Key": "k-123"}}).to_string(),
+    );
+    browser.click_on("#entry-save");
+    browser.find("tr[data-entry='destination:shop'] button[data-action='edit']");
+    let (status, shown) = api(&sidecar, ACME, "GET", "/v1/destinations/shop", "");
+    assert_eq!((status, &shown["method"]), (200, &json!("PUT")), "{shown}");
+
+    // A channel onto it, with the uploaded module as its step.
+    let steps = json!([{"module": "mapper", "version": uploaded["version"],
+        "config": {"rules": [{"target": "sku", "source": "$.sku"}, {"target": "qty", "source": "$.qty"}]}}]);
+    browser.click_on("#entry-new");
+    browser.run("const k = document.getElementById('entry-kind'); k.value = 'channel'; k.dispatchEvent(new Event('change')); return null;");
+    browser.fill("#entry-name", "shop-stock");
+    browser.fill(
+        "#entry-body",
+        &json!({"destination": "shop", "steps": steps}).to_string(),
+    );
+    browser.click_on("#entry-save");
+    browser.find("tr[data-entry='channel:shop-stock'] button[data-action='edit']");
+    browser.screenshot(&shots.join("6-own-entries.png"));
+    let first = event("own-1", "acme", json!({"sku": "A-1", "qty": 4}));
+    assert_eq!(api(&sidecar, ACME, "POST", "/v1/events", &first).0, 202);
+    wait_for("the PUT at the tenant's own destination", PATIENCE, || {
+        own.count_where(|r| {
+            r.method == "PUT" && r.path == "/own/A-1" && r.header("x-api-key") == Some("k-123")
+        }) == 1
+    });
+
+    // Edited: the header's value reads "set" and is kept; the method changes.
+    browser.click_on("tr[data-entry='destination:shop'] button[data-action='edit']");
+    browser.wait("the entry in the editor", || {
+        (browser.run("return document.getElementById('entry-name').value") == "shop").then_some(())
+    });
+    let shown: Value = serde_json::from_str(
+        browser
+            .run("return document.getElementById('entry-body').value")
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shown["headers"]["X-Api-Key"], "set", "{shown}");
+    let mut edited = shown.clone();
+    edited["method"] = "POST".into();
+    browser.fill("#entry-body", &edited.to_string());
+    browser.click_on("#entry-save");
+    wait_for("the edit stored", PATIENCE, || {
+        api(&sidecar, ACME, "GET", "/v1/destinations/shop", "").1["method"] == "POST"
+    });
+    let second = event("own-2", "acme", json!({"sku": "A-2", "qty": 5}));
+    assert_eq!(api(&sidecar, ACME, "POST", "/v1/events", &second).0, 202);
+    wait_for("the POST, with the header kept", PATIENCE, || {
+        own.count_where(|r| {
+            r.method == "POST" && r.path == "/own/A-2" && r.header("x-api-key") == Some("k-123")
+        }) == 1
+    });
+
+    // A bad field is named, with its path.
+    browser.fill("#entry-body", r#"{"url": 5}"#);
+    browser.click_on("#entry-save");
+    let error = browser.wait("the error under the editor", || {
+        browser.text_of("#entry-error").filter(|t| !t.is_empty())
+    });
+    assert!(error.contains("(at $.url)"), "{error}");
+    browser.screenshot(&shots.join("7-entry-error.png"));
+
+    // Deleted, each after a confirmation: the channel, then its destination.
+    for entry in ["channel:shop-stock", "destination:shop"] {
+        browser.click_on(&format!("tr[data-entry='{entry}'] button[data-action='delete']"));
+        browser.click_on(&format!(
+            "tr[data-entry='{entry}'] button[data-action='confirm-delete']"
+        ));
+        browser.wait("the row gone", || {
+            browser
+                .all(&format!("tr[data-entry='{entry}']"))
+                .is_empty()
+                .then_some(())
+        });
+    }
+    assert_eq!(api(&sidecar, ACME, "GET", "/v1/destinations/shop", "").0, 404);
+    assert_eq!(api(&sidecar, ACME, "GET", "/v1/channels/shop-stock", "").0, 404);
+}

@@ -203,6 +203,13 @@ impl Browser {
         );
     }
 
+    /// Empties the first field matching `selector` and types `text` into it.
+    pub fn fill(&self, selector: &str, text: &str) {
+        let element = self.find(selector);
+        self.call("POST", &format!("/element/{}/clear", element.0), Some(json!({})));
+        self.type_into(&element, text);
+    }
+
     /// Saves a PNG of the window to `path`.
     pub fn screenshot(&self, path: &Path) {
         use base64::Engine;

@@ -228,6 +228,16 @@ pub struct DestinationConfig {
     /// follows it, never above `rate-limit`.
     #[serde(default)]
     pub rate_limit_header: Option<String>,
+    /// Latest wins: of one (channel, entity key)'s queued deliveries, only
+    /// the newest is sent; the older ones still queued are `superseded`
+    /// (counted, never dead letters). One in flight is never cancelled.
+    #[serde(default)]
+    pub coalesce: bool,
+    /// An output whose method, URL and body equal those of the last one
+    /// the destination accepted for its (channel, entity key) is not sent,
+    /// but counted `unchanged`. A dead letter resent by hand always goes.
+    #[serde(default)]
+    pub skip_unchanged: bool,
 }
 
 fn default_method() -> String {

@@ -13,6 +13,7 @@ const state = {
   letterPages: [],      // the `before` id of each page opened, newest first
   letterBefore: null,
   openLetter: null,
+  confirming: null,     // "kind:name" of the entry whose delete asks to be confirmed
   timer: null,
   generation: 0,
   firstPaint: null,
@@ -57,7 +58,8 @@ async function api(path, options = {}) {
     throw new Error("unauthorized");
   }
   if (!response.ok) {
-    const message = body && body.message ? body.message : `${response.status}`;
+    let message = body && body.message ? body.message : `${response.status}`;
+    if (body && body.path) message += ` (at ${body.path})`;
     throw new Error(message);
   }
   return body;
@@ -482,6 +484,106 @@ async function rollback(channel) {
   await refresh();
 }
 
+// ---- the tenant's own destinations and channels ---------------------------
+
+const TEMPLATES = {
+  destination: {
+    url: "https://api.example.com/items/{$.sku}",
+    method: "PUT",
+    "rate-limit": "10/s",
+    auth: { kind: "bearer", bearer: "paste the token here" },
+  },
+  channel: { destination: "", steps: [] },
+};
+
+function entryPath(kind, name) {
+  return `/v1/${kind}s/${encodeURIComponent(name)}`;
+}
+
+function editEntry(kind, name, fields) {
+  $("entry-kind").value = kind;
+  $("entry-name").value = name;
+  $("entry-name").readOnly = name !== "";
+  $("entry-title").textContent = name ? `Edit ${kind} ${name}` : `New ${kind}`;
+  $("entry-body").value = JSON.stringify(fields, null, 2);
+  $("entry-error").textContent = "";
+}
+
+async function openEntry(kind, name, channel) {
+  try {
+    let fields;
+    if (kind === "destination") {
+      fields = await api(entryPath(kind, name));
+      delete fields.name;
+      delete fields.origin;
+    } else {
+      fields = channel.entry;
+    }
+    editEntry(kind, name, fields);
+    $("entry-body").focus();
+  } catch (err) {
+    say(`cannot open ${kind} ${name}: ${err.message}`, true);
+  }
+}
+
+async function saveEntry() {
+  const kind = $("entry-kind").value;
+  const name = $("entry-name").value.trim();
+  let text = $("entry-body").value;
+  try {
+    JSON.parse(text);
+  } catch (err) {
+    $("entry-error").textContent = `not JSON: ${err.message}`;
+    return;
+  }
+  try {
+    await api(entryPath(kind, name), { method: "PUT", body: text, headers: { "Content-Type": "application/json" } });
+    $("entry-error").textContent = "";
+    say(`${kind} ${name} saved`);
+    editEntry(kind, name, JSON.parse(text));
+  } catch (err) {
+    $("entry-error").textContent = `${kind} ${name}: ${err.message}`;
+  }
+  await refresh();
+}
+
+async function deleteEntry(kind, name) {
+  const discard = kind === "channel" && $("entry-discard").checked ? "?discard=true" : "";
+  try {
+    await api(entryPath(kind, name) + discard, { method: "DELETE" });
+    say(`${kind} ${name} deleted`);
+  } catch (err) {
+    say(`cannot delete ${kind} ${name}: ${err.message}`, true);
+  }
+  state.confirming = null;
+  await refresh();
+}
+
+function renderSetup(channels, destinations, isTenant) {
+  $("entry-form").hidden = !isTenant;
+  $("setup-hint").textContent = isTenant
+    ? "Entries from sluice.toml are the operator's and read-only; yours take effect at once."
+    : "Destinations and channels belong to tenants: sign in with a tenant's token to make and edit them.";
+  const rows = [];
+  const add = (kind, name, origin, where, channel) => {
+    const key = `${kind}:${name}`;
+    const actions = el("td", {});
+    if (origin === "api" && isTenant) {
+      actions.append(
+        el("button", { type: "button", "data-action": "edit", onclick: () => openEntry(kind, name, channel) }, "Edit"),
+        " ",
+        state.confirming === key
+          ? el("button", { type: "button", class: "danger", "data-action": "confirm-delete", onclick: () => deleteEntry(kind, name) }, "Confirm delete")
+          : el("button", { type: "button", class: "danger", "data-action": "delete", onclick: () => { state.confirming = key; refresh(); } }, "Delete"));
+    }
+    rows.push(el("tr", { "data-entry": key },
+      el("td", {}, kind), el("td", {}, name), el("td", {}, origin), el("td", { class: "where" }, where), actions));
+  };
+  for (const d of destinations) add("destination", d.name, d.origin, `${d.method || "POST"} · ${d.channels.length} channels`, null);
+  for (const c of channels) add("channel", c.name, c.origin, `→ ${c.destination ?? "–"}`, c);
+  $("own-entries").tBodies[0].replaceChildren(...rows);
+}
+
 // ---- the loop ------------------------------------------------------------
 
 let modulesShownFor = null;
@@ -493,12 +595,12 @@ async function refresh() {
   // at once never leaves two loops running.
   const generation = ++state.generation;
   try {
-    const [channels, destinations] = await Promise.all([api("/v1/channels"), api("/v1/destinations")]);
-    const tenants = [...new Set(channels.map((c) => c.tenant))];
-    const isTenant = channels.length > 0 && tenants.length === 1 && destinations.every((d) => d.channels.length > 0);
-    $("who").textContent = channels.length ? `signed in: ${isTenant ? `tenant ${tenants[0]}` : "admin or several tenants"}` : "signed in: no channels";
+    const [who, channels, destinations] = await Promise.all([api("/v1/whoami"), api("/v1/channels"), api("/v1/destinations")]);
+    const isTenant = who.tenant != null;
+    $("who").textContent = `signed in: ${isTenant ? `tenant ${who.tenant}` : "admin"}`;
     await renderChannels(channels);
     renderDestinations(destinations);
+    renderSetup(channels, destinations, isTenant);
     await loadLetters();
     const key = JSON.stringify(channels.map((c) => [c.name, c.modules]));
     if (modulesShownFor !== key) {
@@ -533,5 +635,11 @@ document.addEventListener("DOMContentLoaded", () => {
   $("dl-retransform").addEventListener("click", () => letterAction("retransform"));
   $("dl-purge").addEventListener("click", () => letterAction("purge"));
   $("dl-close").addEventListener("click", () => { $("dl-detail").hidden = true; state.openLetter = null; });
+  $("entry-form").addEventListener("submit", (event) => { event.preventDefault(); saveEntry(); });
+  $("entry-new").addEventListener("click", () => editEntry($("entry-kind").value, "", TEMPLATES[$("entry-kind").value]));
+  $("entry-kind").addEventListener("change", () => {
+    if (!$("entry-name").readOnly) editEntry($("entry-kind").value, "", TEMPLATES[$("entry-kind").value]);
+  });
+  editEntry("destination", "", TEMPLATES.destination);
   start();
 });

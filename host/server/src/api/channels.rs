@@ -31,6 +31,13 @@ pub(super) async fn describe(app: &App, channel: &Channel) -> Result<Value, ApiE
         "circuit-breaker": channel.tripped(),
         "queued": {"transform": depth.to_transform, "delivery": depth.to_deliver},
         "dead-letters": depth.dead_letters,
+        "origin": if channel.owned.is_some() { "api" } else { "config" },
+        // What a tenant PUT, to edit it: its own data, with no secret in it.
+        "entry": channel
+            .owned
+            .as_deref()
+            .and_then(|text| serde_json::from_str::<crate::state::owned::StoredChannel>(text).ok())
+            .map(|stored| stored.entry),
     }))
 }
 

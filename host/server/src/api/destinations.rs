@@ -8,8 +8,9 @@ use crate::api::http::{ApiError, Body, json_response};
 use crate::state::App;
 use crate::state::auth::Caller;
 
-/// `GET /v1/destinations`: the destinations of the caller's channels, with
-/// their limits and what their delivery workers are doing.
+/// `GET /v1/destinations`: the destinations of the caller's channels and
+/// the caller's own (made through the API), with their limits and what
+/// their delivery workers are doing.
 pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Body>, ApiError> {
     let mut listed = Vec::new();
     for (name, destination) in app.destinations.entries() {
@@ -19,7 +20,11 @@ pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Bo
             .filter(|c| c.destination.as_deref() == Some(name.as_str()) && caller.may_act_for(&c.tenant))
             .map(|c| c.name.clone())
             .collect();
-        if channels.is_empty() && !matches!(caller, Caller::Admin) {
+        let mine = destination
+            .owned
+            .as_ref()
+            .is_some_and(|owned| caller.may_act_for(&owned.tenant));
+        if channels.is_empty() && !mine && !matches!(caller, Caller::Admin) {
             continue;
         }
         // What the worker does covers every tenant's deliveries: a tenant sees
@@ -45,6 +50,8 @@ pub async fn list_destinations(app: &App, caller: &Caller) -> Result<Response<Bo
         let history = app.history.recent_of(&names, 60, crate::store::now_ms());
         listed.push(json!({
             "name": name,
+            "origin": if destination.owned.is_some() { "api" } else { "config" },
+            "method": destination.config.method,
             "channels": channels,
             "history": history,
             "rate-limit": destination.config.rate_limit.map(|r| r.to_string()),

@@ -146,6 +146,13 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
         E::ShowSource => sources::show(app, &caller, &name, &request).await,
         E::PutSource => sources::put(app, &caller, &name, request).await,
         E::DeleteSource => sources::delete(app, &caller, &name, &request).await,
+        E::Whoami => Ok(http::json_response(
+            StatusCode::OK,
+            &match &caller {
+                Caller::Tenant(tenant) => serde_json::json!({ "tenant": tenant }),
+                _ => serde_json::json!({ "admin": true }),
+            },
+        )),
     }
 }
 

@@ -46,6 +46,14 @@ pub async fn put_destination(
         },
     };
     entry["name"] = name.into();
+    // What GET shows besides the fields: sent back as read, it is no field.
+    if let Some(object) = entry.as_object_mut() {
+        object.remove("origin");
+    }
+    let old = previous
+        .as_ref()
+        .and_then(|p| serde_json::from_str::<StoredDestination>(&p.stored).ok());
+    leave_out_set_secrets(&mut entry);
     let mut secrets = InlineSecrets::split(&mut entry, DESTINATION_SECRETS)
         .map_err(|err| ApiError::bad_request("invalid-destination", err, None))?;
     if let Some(auth) = entry.get_mut("auth").and_then(Value::as_object_mut)
@@ -54,14 +62,14 @@ pub async fn put_destination(
     {
         auth.insert("kind".into(), "bearer".into());
     }
-    let config: DestinationConfig = serde_path_to_error::deserialize(&entry).map_err(|err| {
+    let mut config: DestinationConfig = serde_path_to_error::deserialize(&entry).map_err(|err| {
         let path = format!("$.{}", err.path());
         ApiError::bad_request("invalid-destination", err.into_inner().to_string(), Some(&path))
     })?;
-    if let Some(previous) = previous
-        && let Ok(old) = serde_json::from_str::<StoredDestination>(&previous.stored)
-        && secrets_go_to(&old.config) == secrets_go_to(&config)
-    {
+    // The stored secrets and header values may go only where they went.
+    let same = old.filter(|old| secrets_go_to(&old.config) == secrets_go_to(&config));
+    fill_set_headers(&mut config, same.as_ref().map(|o| &o.config))?;
+    if let (Some(previous), Some(_)) = (previous, same) {
         for (key, secret) in previous.secrets.0 {
             secrets.0.entry(key).or_insert(secret);
         }
@@ -259,7 +267,7 @@ pub async fn put_channel(
 /// `DELETE /v1/channels/{name}`: deletes one of the tenant's channels. One
 /// that still holds undelivered events answers 409 `not-empty`, unless
 /// `?discard=true`: then each becomes a dead letter (reason `discarded`),
-/// and nothing vanishes. (On JetStream that is not built yet: 501.)
+/// and nothing vanishes.
 pub async fn delete_channel(
     app: &App,
     caller: &Caller,
@@ -352,6 +360,55 @@ fn destination_view(destination: &crate::state::Destination) -> Value {
     }
     .into();
     shown
+}
+
+/// `"set"`, as a tenant reads its secrets and header values back, stands
+/// for the stored value, so an entry read, edited and sent back keeps
+/// them. A secret reading `"set"` is left out: the stored one is kept
+/// while the URL and token endpoint stay the same.
+fn leave_out_set_secrets(entry: &mut Value) {
+    for key in DESTINATION_SECRETS {
+        let (table, field) = key.split_once('.').unwrap_or(("", key));
+        let holder = if table.is_empty() {
+            Some(&mut *entry)
+        } else {
+            entry.get_mut(table)
+        };
+        if let Some(object) = holder.and_then(Value::as_object_mut)
+            && object.get(field).is_some_and(|v| v == "set")
+        {
+            object.remove(field);
+        }
+    }
+}
+
+/// A header reading `"set"` takes the stored header's value, if `old` (the
+/// replaced entry, when its secrets may go where this one's go) has it.
+fn fill_set_headers(config: &mut DestinationConfig, old: Option<&DestinationConfig>) -> Result<(), ApiError> {
+    for (header, value) in config.headers.iter_mut() {
+        if value != "set" {
+            continue;
+        }
+        let stored = old.and_then(|o| {
+            o.headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(header))
+        });
+        match stored {
+            Some((_, stored)) => value.clone_from(stored),
+            None => {
+                return Err(ApiError::bad_request(
+                    "invalid-destination",
+                    format!(
+                        "`headers.{header}` reads \"set\", but there is no stored value for it here \
+                         (it is kept only while the URL and token endpoint stay the same): send its value"
+                    ),
+                    Some(&format!("$.headers.{header}")),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where a destination's secrets go: its URL, and its token endpoint and header.

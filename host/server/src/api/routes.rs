@@ -54,6 +54,7 @@ pub(crate) enum Endpoint {
     ShowSource,
     PutSource,
     DeleteSource,
+    Whoami,
 }
 
 /// One row of the route table.
@@ -88,6 +89,7 @@ pub const ROUTES: &[RouteEntry] = table! {
     GET "/healthz" => Healthz, "200 while the process runs";
     GET "/readyz" => Readyz, "200 when the store answers, every worker runs and no channel is degraded; else 503";
     GET "/metrics" => Metrics, "Prometheus text";
+    GET "/v1/whoami" => Whoami, "who the token is: `{\"admin\": true}` or `{\"tenant\": \"acme\"}`";
     POST "/v1/events" => Ingest, "stores events durably (one JSON event, an array, or JSONL); 202 after the commit";
     POST "/v1/channels/{name}/transform" => Transform, "the channel pipeline's outcomes; nothing is stored";
     GET "/v1/channels" => ListChannels, "the caller's channels with their switch and queue depth";

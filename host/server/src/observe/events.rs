@@ -188,3 +188,38 @@ impl InternalEvent for Emitted<'_> {
         history.add(self.channel, Count::Emitted, self.count as u64, now_ms());
     }
 }
+
+/// Deliveries that were not sent: a newer one of their key went instead
+/// (`superseded`), or the destination already had the same (`unchanged`).
+pub(crate) struct NotSent<'a> {
+    pub destination: &'a str,
+    pub channel: &'a str,
+    pub superseded: u64,
+    pub unchanged: u64,
+}
+
+impl InternalEvent for NotSent<'_> {
+    fn emit(self, metrics: &Metrics, history: &History) {
+        if self.superseded > 0 {
+            metrics.superseded(self.destination, self.superseded);
+        }
+        if self.unchanged > 0 {
+            metrics.unchanged(self.destination, self.unchanged);
+        }
+        history.add_all(
+            self.channel,
+            &[
+                (Count::Superseded, self.superseded),
+                (Count::Unchanged, self.unchanged),
+            ],
+            now_ms(),
+        );
+        tracing::debug!(
+            destination = %self.destination,
+            channel = %self.channel,
+            superseded = self.superseded,
+            unchanged = self.unchanged,
+            "deliveries not sent"
+        );
+    }
+}

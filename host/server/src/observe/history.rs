@@ -28,12 +28,16 @@ pub enum Count {
     Faulted,
     /// Events and deliveries that became dead letters.
     DeadLettered,
+    /// Queued deliveries a newer one of their entity key replaced (`coalesce`).
+    Superseded,
+    /// Deliveries not sent: the destination had accepted the same (`skip-unchanged`).
+    Unchanged,
 }
 
 #[derive(Debug, Clone, Default)]
 struct Minute {
     at: i64,
-    counts: [u64; 6],
+    counts: [u64; 8],
     latency: [u64; BUCKETS],
 }
 
@@ -55,6 +59,10 @@ pub struct MinuteView {
     pub faulted: u64,
     /// Dead letters made.
     pub dead_lettered: u64,
+    /// Deliveries superseded by a newer one of their key.
+    pub superseded: u64,
+    /// Deliveries not sent, being unchanged.
+    pub unchanged: u64,
     /// End-to-end latency of this minute's deliveries, median (ms, bucket bound).
     pub latency_p50_ms: Option<u64>,
     /// 99th percentile (ms, bucket bound).
@@ -193,6 +201,8 @@ fn view(minute: &Minute) -> MinuteView {
         rejected: c[Count::Rejected as usize],
         faulted: c[Count::Faulted as usize],
         dead_lettered: c[Count::DeadLettered as usize],
+        superseded: c[Count::Superseded as usize],
+        unchanged: c[Count::Unchanged as usize],
         latency_p50_ms: quantile(0.50),
         latency_p99_ms: quantile(0.99),
     }

@@ -125,6 +125,10 @@ pub struct Metrics {
     delivered: Family<DestinationLabels, Counter>,
     /// Delivery attempts that failed and will be retried.
     retried: Family<DestinationLabels, Counter>,
+    /// Queued deliveries replaced by a newer one of their entity key.
+    superseded: Family<DestinationLabels, Counter>,
+    /// Deliveries not sent because the destination accepted the same last.
+    unchanged: Family<DestinationLabels, Counter>,
     /// Events moved to dead letters, by channel and stage.
     dead_lettered: Family<DeadLetterLabels, Counter>,
     /// Events waiting, by channel and queue.
@@ -173,6 +177,8 @@ impl Default for Metrics {
             emitted: Family::default(),
             delivered: Family::default(),
             retried: Family::default(),
+            superseded: Family::default(),
+            unchanged: Family::default(),
             dead_lettered: Family::default(),
             depth: Family::default(),
             circuit_open: Family::default(),
@@ -234,6 +240,16 @@ impl Default for Metrics {
             "retried",
             "Delivery attempts that failed and will be retried",
             m.retried.clone(),
+        );
+        registry.register(
+            "deliveries_superseded",
+            "Queued deliveries replaced by a newer one of their entity key (coalesce)",
+            m.superseded.clone(),
+        );
+        registry.register(
+            "deliveries_unchanged",
+            "Deliveries not sent because the destination accepted the same output last (skip-unchanged)",
+            m.unchanged.clone(),
         );
         registry.register(
             "dead_lettered",
@@ -483,6 +499,20 @@ impl Metrics {
     /// Counts a failed delivery attempt that will be retried.
     pub fn retried(&self, destination_name: &str) {
         self.retried.get_or_create(&destination(destination_name)).inc();
+    }
+
+    /// Counts deliveries a newer one of their key replaced.
+    pub fn superseded(&self, destination_name: &str, n: u64) {
+        self.superseded
+            .get_or_create(&destination(destination_name))
+            .inc_by(n);
+    }
+
+    /// Counts deliveries not sent, being unchanged.
+    pub fn unchanged(&self, destination_name: &str, n: u64) {
+        self.unchanged
+            .get_or_create(&destination(destination_name))
+            .inc_by(n);
     }
 
     /// Counts a module upload by its result (`stored`, `unchanged`, `refused`).

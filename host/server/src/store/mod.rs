@@ -244,6 +244,46 @@ pub struct Delivery {
     pub created_ms: i64,
     /// When its input event was ingested.
     pub received_ms: i64,
+    /// Resent by hand from a dead letter: sent even if unchanged.
+    pub replayed: bool,
+}
+
+/// Superseded deliveries, per (destination, channel), counted by the store
+/// until the destination's worker takes them for its metrics.
+#[derive(Debug, Default)]
+pub(crate) struct Tally(std::sync::Mutex<std::collections::HashMap<(String, String), u64>>);
+
+impl Tally {
+    pub(crate) fn add(&self, destination: &str, channel: &str, n: u64) {
+        if n > 0 {
+            *self
+                .0
+                .lock()
+                .expect("tally lock")
+                .entry((destination.to_string(), channel.to_string()))
+                .or_default() += n;
+        }
+    }
+
+    pub(crate) fn take(&self, destination: &str) -> Vec<(String, u64)> {
+        let mut counts = self.0.lock().expect("tally lock");
+        let keys: Vec<_> = counts.keys().filter(|(d, _)| d == destination).cloned().collect();
+        keys.into_iter()
+            .filter_map(|key| counts.remove(&key).map(|n| (key.1, n)))
+            .collect()
+    }
+}
+
+/// The fingerprint of one output as sent: a digest of its method, URL and body.
+pub fn fingerprint(method: &str, url: &str, body: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(method.as_bytes());
+    hasher.update([0]);
+    hasher.update(url.as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    hex::encode(&hasher.finalize()[..16])
 }
 
 /// One delivery attempt that did not succeed.
@@ -260,8 +300,15 @@ pub struct Attempt {
 /// What became of one delivery attempt.
 #[derive(Debug, Clone)]
 pub enum AttemptResult {
-    /// The destination accepted it: remove it from the outbox.
-    Delivered,
+    /// The destination accepted it: remove it from the outbox, and keep
+    /// what was sent's fingerprint when the destination skips unchanged
+    /// outputs.
+    Delivered {
+        /// The digest of the method, URL and body sent.
+        fingerprint: Option<String>,
+    },
+    /// Not sent: the destination accepted the same output last time.
+    Unchanged,
     /// Try again at `next_ms`.
     Retry {
         /// The failed attempt.
@@ -382,9 +429,27 @@ pub trait Queue: Send + Sync {
     /// Records transform results: removes them from the queue and moves each
     /// to the outbox or dead letters, atomically.
     fn transformed(&self, results: Vec<Transformed>) -> Result<(), StoreError>;
-    /// Deliveries for `destination` that are due at `now_ms`: for each entity
-    /// key only the oldest, and none from a switched-off channel.
-    fn due(&self, destination: &str, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+    /// Deliveries for `destination` that are due at `now_ms`: for each
+    /// entity key only the oldest, or with `coalesce` only the newest (its
+    /// key's turn is its oldest's), and none from a switched-off channel.
+    /// A delivery settled for good (delivered, unchanged or dead-lettered)
+    /// supersedes the older ones of its key still queued.
+    fn due(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        limit: usize,
+        coalesce: bool,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// Deliveries to `destination` superseded since the last call, per channel.
+    fn take_superseded(&self, destination: &str) -> Vec<(String, u64)>;
+    /// The fingerprint of the last output `destination` accepted for each
+    /// `(channel, entity key)`, in order; `None` where there is none.
+    fn fingerprints(
+        &self,
+        destination: &str,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Option<String>>, StoreError>;
     /// Deliveries to `destination` that failed at least once and wait for a retry.
     fn retry_backlog(&self, destination: &str) -> Result<u64, StoreError>;
     /// Raised when a delivery to `destination` arrives from outside this

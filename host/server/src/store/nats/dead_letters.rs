@@ -227,6 +227,7 @@ impl NatsStore {
                         return Ok(ReplayResult::NothingToResend);
                     };
                     delivery.created_ms = now_ms();
+                    delivery.replayed = true;
                     let subject = names::outbound(
                         &delivery.destination,
                         names::partition(&delivery.entity_key),

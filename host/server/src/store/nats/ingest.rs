@@ -45,7 +45,7 @@ pub(super) fn encode_batch(events: &[&str]) -> Bytes {
 
 /// The events of a batch message; a damaged message is one (invalid) event,
 /// which the transform worker dead-letters.
-fn decode_batch(bytes: &[u8]) -> Vec<String> {
+pub(super) fn decode_batch(bytes: &[u8]) -> Vec<String> {
     let mut events = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -431,23 +431,19 @@ impl NatsStore {
     /// was committed, none if it was aborted; `None` while it may still be
     /// storing (the batch is asked for again shortly, keeping its channel's
     /// order).
-    async fn live_events(
+    pub(super) async fn live_events(
         &self,
-        message: &jetstream::Message,
+        headers: Option<&async_nats::HeaderMap>,
         events: Vec<String>,
     ) -> Result<Option<Vec<String>>, NatsError> {
         // Stored before batches named their request: every event counts.
-        let Some(ingest) = message
-            .headers
-            .as_ref()
+        let Some(ingest) = headers
             .and_then(|h| h.get(INGEST))
             .map(|v| v.as_str().to_string())
         else {
             return Ok(Some(events));
         };
-        let received: i64 = message
-            .headers
-            .as_ref()
+        let received: i64 = headers
             .and_then(|h| h.get(RECEIVED))
             .and_then(|v| v.as_str().parse().ok())
             .unwrap_or_else(now_ms);
@@ -493,7 +489,10 @@ impl NatsStore {
             .and_then(|v| v.as_str().parse().ok())
             .unwrap_or_else(now_ms);
         let decoded = decode_batch(&message.payload);
-        let live = self.block("read an ingest's commit", self.live_events(&message, decoded))?;
+        let live = self.block(
+            "read an ingest's commit",
+            self.live_events(message.headers.as_ref(), decoded),
+        )?;
         let Some(live) = live else {
             // Its request may still be storing: ask again shortly, in order.
             let nak = message.ack_with(jetstream::AckKind::Nak(Some(UNDECIDED_RETRY)));

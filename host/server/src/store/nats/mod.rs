@@ -11,6 +11,8 @@
 //! | switches, circuit breakers, shared rate limits | bucket `sluice-state` | compare-and-set updates; every node watches the bucket |
 //! | failed attempts of a delivery | bucket `sluice-attempts` | a node that takes over a redelivered message continues the count |
 //! | tenants, tokens, module versions, activations | bucket `sluice-registry` | watched by every node |
+//! | coalescing: how far each entity key is settled | bucket `sluice-attempts`, `w.<destination>.<channel>.<key digest>` | written before the held message is acknowledged; a queued message at or below it is acknowledged unsent (see `latest`) |
+//! | what each destination last accepted per entity key (`skip-unchanged`) | bucket `sluice-fingerprints`, no age limit | written before the delivery is acknowledged |
 //! | module bytes | object store `sluice-modules` | fetched by a node that does not have a version yet |
 //!
 //! Every publish carries a `Nats-Msg-Id` derived from what it says, so a
@@ -20,7 +22,9 @@
 //! (not double): a lost one only redelivers, which these ids absorb.
 
 mod dead_letters;
+mod discard;
 mod ingest;
+mod latest;
 mod names;
 mod outbox;
 mod queue;
@@ -113,7 +117,11 @@ pub struct NatsStore {
     state: kv::Store,
     attempts: kv::Store,
     registry: kv::Store,
+    /// What each destination last accepted per (channel, entity key), for `skip-unchanged`.
+    fingerprints: kv::Store,
     modules: object_store::ObjectStore,
+    /// Deliveries superseded on this node, until their workers count them.
+    superseded: super::Tally,
     consumers: Mutex<HashMap<String, PullConsumer>>,
     transform: Arc<Mutex<HashMap<String, HeldBatch>>>,
     deliveries: Arc<Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>>,
@@ -167,7 +175,9 @@ impl NatsStore {
             state: setup.state,
             attempts: setup.attempts,
             registry: setup.registry,
+            fingerprints: setup.fingerprints,
             modules: setup.modules,
+            superseded: super::Tally::default(),
             consumers: Mutex::default(),
             transform: Arc::default(),
             deliveries: Arc::default(),
@@ -459,6 +469,7 @@ struct Setup {
     state: kv::Store,
     attempts: kv::Store,
     registry: kv::Store,
+    fingerprints: kv::Store,
     modules: object_store::ObjectStore,
 }
 
@@ -521,6 +532,10 @@ async fn setup(url: &str, window: Duration) -> Result<Setup, NatsError> {
         .create_key_value(bucket("sluice-registry", Duration::ZERO))
         .await
         .map_err(|e| failed("create bucket sluice-registry", e))?;
+    let fingerprints = js
+        .create_key_value(bucket("sluice-fingerprints", Duration::ZERO))
+        .await
+        .map_err(|e| failed("create bucket sluice-fingerprints", e))?;
     let modules = js
         .create_object_store(object_store::Config {
             bucket: "sluice-modules".into(),
@@ -538,6 +553,7 @@ async fn setup(url: &str, window: Duration) -> Result<Setup, NatsError> {
         state,
         attempts,
         registry,
+        fingerprints,
         modules,
     })
 }

@@ -21,6 +21,9 @@ pub(super) struct HeldDelivery {
     pub(super) delivery: Delivery,
     pub(super) history: Vec<Attempt>,
     pub(super) next_ms: i64,
+    /// Coalescing: the position of the newer message of the key sent in
+    /// its place, whose record `record` and `delivery` now hold.
+    pub(super) replaced_up_to: Option<u64>,
 }
 
 /// What `sluice-attempts` keeps of a delivery that failed: its attempts and
@@ -48,6 +51,9 @@ pub(super) struct OutRecord {
     pub(super) original: String,
     pub(super) created_ms: i64,
     pub(super) received_ms: i64,
+    /// Resent by hand from a dead letter.
+    #[serde(default)]
+    pub(super) replayed: bool,
 }
 
 /// A message to store: its subject, headers and payload.
@@ -64,6 +70,8 @@ struct AttemptToRecord {
     message: jetstream::Message,
     record: OutRecord,
     retries: Retries,
+    /// The newer message of the key that was sent in its place.
+    replaced_up_to: Option<u64>,
 }
 
 /// The dead letter of a transform result, made at `now`.
@@ -101,6 +109,7 @@ fn out_record(result: &Transformed, new: &NewDelivery, now: i64) -> OutRecord {
         original: result.original.clone(),
         created_ms: now,
         received_ms: result.received_ms,
+        replayed: false,
     }
 }
 
@@ -122,6 +131,7 @@ fn delivery_of(seq: u64, record: &OutRecord, retries: &Retries) -> Delivery {
         versions: record.versions.clone(),
         created_ms: record.created_ms,
         received_ms: record.received_ms,
+        replayed: record.replayed,
     }
 }
 
@@ -241,12 +251,7 @@ impl NatsStore {
         messages: Vec<Outgoing>,
         message: &jetstream::Message,
     ) -> Result<(), NatsError> {
-        try_join_all(
-            messages
-                .into_iter()
-                .map(|(subject, headers, payload)| self.store(subject, headers, payload)),
-        )
-        .await?;
+        self.store_in_order(messages).await?;
         message
             .ack()
             .await
@@ -260,6 +265,7 @@ impl NatsStore {
         destination: &str,
         now_ms: i64,
         limit: usize,
+        coalesce: bool,
     ) -> Result<Vec<Delivery>, StoreError> {
         // Copies: the messages stay in the inbox, kept alive, until they are held.
         let arrived = self
@@ -270,7 +276,7 @@ impl NatsStore {
             .cloned()
             .unwrap_or_default();
         let taken = arrived.len();
-        let fetched = self.block("take deliveries", self.read_arrived(arrived))?;
+        let fetched = self.block("take deliveries", self.read_arrived(arrived, coalesce))?;
         let mut deliveries = self.deliveries.lock().expect("deliveries lock");
         if let Some(inbox) = self.inboxes.lock().expect("inbox lock").get_mut(destination) {
             // Only ever appended to meanwhile: the first `taken` are the ones read.
@@ -287,20 +293,65 @@ impl NatsStore {
                     delivery,
                     history: retries.history,
                     next_ms: retries.next_ms,
+                    replaced_up_to: None,
                 },
             );
         }
-        Ok(held
-            .values()
-            .filter(|h| h.next_ms <= now_ms && self.enabled(&h.record.channel))
+        let due: Vec<u64> = held
+            .iter()
+            .filter(|(_, h)| h.next_ms <= now_ms && self.enabled(&h.record.channel))
             .take(limit)
-            .map(|h| h.delivery.clone())
-            .collect())
+            .map(|(seq, _)| *seq)
+            .collect();
+        if !coalesce {
+            return Ok(due.iter().map(|seq| held[seq].delivery.clone()).collect());
+        }
+        // Each sends the newest message queued for its key instead.
+        let looks: Vec<(u64, u64, OutRecord)> = due
+            .iter()
+            .map(|seq| {
+                let h = &held[seq];
+                (*seq, h.replaced_up_to.unwrap_or(*seq), h.record.clone())
+            })
+            .collect();
+        drop(deliveries);
+        let newer = self.block("look for newer deliveries", async {
+            try_join_all(
+                looks
+                    .iter()
+                    .map(|(_, from, record)| self.newest_of_key(*from, record)),
+            )
+            .await
+        })?;
+        let mut deliveries = self.deliveries.lock().expect("deliveries lock");
+        let held = deliveries.entry(destination.to_string()).or_default();
+        let mut sent = Vec::with_capacity(due.len());
+        for ((seq, _, _), newer) in looks.into_iter().zip(newer) {
+            let Some(h) = held.get_mut(&seq) else { continue };
+            if let Some((at, record)) = newer {
+                let retries = Retries {
+                    history: h.history.clone(),
+                    next_ms: h.next_ms,
+                };
+                h.delivery = Delivery {
+                    seq: seq as i64,
+                    ..delivery_of(seq, &record, &retries)
+                };
+                h.record = record;
+                h.replaced_up_to = Some(at);
+            }
+            sent.push(h.delivery.clone());
+        }
+        Ok(sent)
     }
 
     /// Reads the record of each arrived message (a corrupt one is dropped)
     /// and, for a redelivered one, the attempts made on another node.
-    async fn read_arrived(&self, arrived: Vec<jetstream::Message>) -> Result<Vec<Arrived>, NatsError> {
+    async fn read_arrived(
+        &self,
+        arrived: Vec<jetstream::Message>,
+        coalesce: bool,
+    ) -> Result<Vec<Arrived>, NatsError> {
         let mut fetched = Vec::new();
         for message in arrived {
             let (seq, redelivered) = message
@@ -312,6 +363,20 @@ impl NatsStore {
                 let _ = message.ack_with(AckKind::Term).await;
                 continue;
             };
+            // Coalescing: a newer one of its key went instead (or it went itself).
+            if coalesce
+                && let Some(up_to) = self.settled_up_to(&record).await?
+                && seq <= up_to
+            {
+                if seq < up_to {
+                    self.superseded.add(&record.destination, &record.channel, 1);
+                }
+                message
+                    .ack()
+                    .await
+                    .map_err(|e| failed("acknowledge a superseded delivery", e))?;
+                continue;
+            }
             // A node that takes over a redelivered message continues its
             // count and keeps its backoff.
             let retries: Retries = if redelivered {
@@ -358,7 +423,7 @@ impl NatsStore {
                     held.delivery.attempts += 1;
                 }
                 AttemptResult::DeadLetter { attempt, .. } => held.history.push(attempt.clone()),
-                AttemptResult::Delivered => {}
+                AttemptResult::Delivered { .. } | AttemptResult::Unchanged => {}
             }
             let retries = Retries {
                 history: held.history.clone(),
@@ -370,6 +435,7 @@ impl NatsStore {
                 message: held.message.clone(),
                 record: held.record.clone(),
                 retries,
+                replaced_up_to: held.replaced_up_to,
             });
         }
         work
@@ -384,8 +450,23 @@ impl NatsStore {
             message,
             record,
             retries,
+            replaced_up_to,
         } = attempt;
         let key = format!("o{}", delivery.seq);
+        // Settled for good: first what later messages of its key must know.
+        if !matches!(result, AttemptResult::Retry { .. }) {
+            if let AttemptResult::Delivered {
+                fingerprint: Some(digest),
+            } = result
+            {
+                self.keep_fingerprint(record, digest).await?;
+            }
+            if let Some(up_to) = replaced_up_to {
+                self.settle_up_to(record, *up_to).await?;
+                // The held message itself was superseded by the one sent.
+                self.superseded.add(&record.destination, &record.channel, 1);
+            }
+        }
         match result {
             AttemptResult::Retry { .. } => {
                 let value = serde_json::to_vec(retries).expect("attempts serialise");
@@ -395,7 +476,7 @@ impl NatsStore {
                     .map(|_| false)
                     .map_err(|e| failed("record an attempt", e))
             }
-            AttemptResult::Delivered => {
+            AttemptResult::Delivered { .. } | AttemptResult::Unchanged => {
                 message
                     .ack()
                     .await

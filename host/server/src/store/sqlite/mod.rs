@@ -25,6 +25,7 @@ pub struct SqliteQueue {
     writer: Mutex<Option<JoinHandle<()>>>,
     path: std::path::PathBuf,
     readers: Mutex<Vec<Connection>>,
+    superseded: std::sync::Arc<crate::store::Tally>,
 }
 
 /// Idle read connections kept.
@@ -51,6 +52,7 @@ impl SqliteQueue {
             writer: Mutex::new(Some(writer)),
             path: path.to_path_buf(),
             readers: Mutex::new(Vec::new()),
+            superseded: std::sync::Arc::default(),
         })
     }
 
@@ -255,9 +257,90 @@ mod tests {
             .unwrap();
         // Channel a (say, another tenant's) emits SKU-1 first, then switches off.
         queue.set_enabled("a", false, false).unwrap();
-        let due = queue.due("d", now_ms(), 10).unwrap();
+        let due = queue.due("d", now_ms(), 10, false).unwrap();
         assert_eq!(due.len(), 1, "{due:?}");
         assert_eq!(due[0].channel, "b");
+    }
+
+    /// Coalescing: of one key's queued deliveries only the newest is due,
+    /// in the key's turn; once it is settled the older ones are gone and
+    /// counted superseded, and another key is untouched. Not coalescing,
+    /// the oldest is due and nothing is superseded.
+    #[test]
+    fn coalescing_sends_the_newest_of_a_key_and_supersedes_the_older() {
+        let (_dir, queue) = queue();
+        queue
+            .ingest((0..4).map(|n| ingest(&format!("e{n}"), &["a"])).collect())
+            .unwrap();
+        let pending = queue.pending("a", 0, 10).unwrap();
+        let keys = ["SKU-1", "SKU-2", "SKU-1", "SKU-1"];
+        queue
+            .transformed(
+                pending
+                    .iter()
+                    .zip(keys)
+                    .map(|(p, key)| deliver(p, "a", key))
+                    .collect(),
+            )
+            .unwrap();
+        let oldest = queue.due("d", now_ms(), 10, false).unwrap();
+        assert_eq!(oldest.iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2]);
+        let newest = queue.due("d", now_ms(), 10, true).unwrap();
+        // SKU-1's turn comes first (its oldest is 1), with its newest, 4.
+        assert_eq!(newest.iter().map(|d| d.seq).collect::<Vec<_>>(), [4, 2]);
+        queue
+            .attempted(vec![(
+                newest[0].clone(),
+                AttemptResult::Delivered {
+                    fingerprint: Some("f1".into()),
+                },
+            )])
+            .unwrap();
+        assert_eq!(queue.take_superseded("d"), [("a".to_string(), 2)]);
+        assert!(queue.take_superseded("d").is_empty(), "taken once");
+        let left = queue.due("d", now_ms(), 10, true).unwrap();
+        assert_eq!(left.iter().map(|d| d.seq).collect::<Vec<_>>(), [2]);
+        let prints = queue
+            .fingerprints("d", &[("a".into(), "SKU-1".into()), ("a".into(), "SKU-2".into())])
+            .unwrap();
+        assert_eq!(prints, [Some("f1".to_string()), None]);
+        // Unchanged settles too: nothing older of its key survives it.
+        queue
+            .attempted(vec![(left[0].clone(), AttemptResult::Unchanged)])
+            .unwrap();
+        assert!(queue.due("d", now_ms(), 10, true).unwrap().is_empty());
+    }
+
+    /// A coalesced key whose newest is waiting for a retry sends nothing
+    /// older meanwhile: the stale state never overtakes.
+    #[test]
+    fn a_retrying_newest_holds_its_key() {
+        let (_dir, queue) = queue();
+        queue
+            .ingest(vec![ingest("1", &["a"]), ingest("2", &["a"])])
+            .unwrap();
+        let pending = queue.pending("a", 0, 10).unwrap();
+        queue
+            .transformed(pending.iter().map(|p| deliver(p, "a", "SKU-1")).collect())
+            .unwrap();
+        let newest = queue.due("d", now_ms(), 10, true).unwrap();
+        assert_eq!(newest[0].seq, 2);
+        let attempt = Attempt {
+            at_ms: now_ms(),
+            status: Some(503),
+            detail: String::new(),
+        };
+        queue
+            .attempted(vec![(
+                newest[0].clone(),
+                AttemptResult::Retry {
+                    attempt,
+                    next_ms: now_ms() + 60_000,
+                },
+            )])
+            .unwrap();
+        assert!(queue.due("d", now_ms(), 10, true).unwrap().is_empty());
+        assert!(queue.take_superseded("d").is_empty());
     }
 
     /// Each page of a tenant's log is a range scan of one index: no
@@ -335,7 +418,7 @@ mod tests {
             .unwrap();
         // Everything is older than the window, but the delivery still waits.
         assert_eq!(queue.forget_before(now_ms() + 60_000).unwrap(), 0);
-        let due = queue.due("d", now_ms(), 10).unwrap();
+        let due = queue.due("d", now_ms(), 10, false).unwrap();
         reject(&queue, &due[0], now_ms(), "no");
         let letters = queue.dead_letters(&DeadLetterFilter::default()).unwrap();
         let letter = queue.dead_letter(letters[0].id).unwrap().unwrap();
@@ -378,7 +461,7 @@ mod tests {
             ])
             .unwrap();
         assert!(queue.pending("a", 0, 10).unwrap().is_empty());
-        let due = queue.due("d", now_ms(), 10).unwrap();
+        let due = queue.due("d", now_ms(), 10, false).unwrap();
         assert_eq!(
             due.iter().map(|d| d.entity_key.as_str()).collect::<Vec<_>>(),
             ["SKU-1", "SKU-2"]
@@ -399,12 +482,12 @@ mod tests {
                 },
             )])
             .unwrap();
-        let due = queue.due("d", now_ms(), 10).unwrap();
+        let due = queue.due("d", now_ms(), 10, false).unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].entity_key, "SKU-2");
         // Switching the channel off holds its deliveries.
         queue.set_enabled("a", false, false).unwrap();
-        assert!(queue.due("d", now_ms(), 10).unwrap().is_empty());
+        assert!(queue.due("d", now_ms(), 10, false).unwrap().is_empty());
     }
 
     #[test]
@@ -415,7 +498,7 @@ mod tests {
         queue
             .transformed(vec![deliver(&pending[0], "a", "SKU-1")])
             .unwrap();
-        let due = queue.due("d", now_ms(), 10).unwrap();
+        let due = queue.due("d", now_ms(), 10, false).unwrap();
         reject(&queue, &due[0], 1, "bad sku");
         let letters = queue.dead_letters(&DeadLetterFilter::default()).unwrap();
         assert_eq!(letters.len(), 1);
@@ -431,7 +514,7 @@ mod tests {
             queue.replay(letter.summary.id, Replay::Resend).unwrap(),
             ReplayResult::NotFound
         );
-        let due = queue.due("d", now_ms(), 10).unwrap();
+        let due = queue.due("d", now_ms(), 10, false).unwrap();
         assert_eq!(due[0].idempotency_key, "k-1");
     }
 

@@ -107,21 +107,43 @@ impl Queue for SqliteQueue {
         })
     }
 
-    fn due(&self, destination: &str, now_ms: i64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+    fn due(
+        &self,
+        destination: &str,
+        now_ms: i64,
+        limit: usize,
+        coalesce: bool,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let destination = destination.to_string();
         self.read(move |db| {
-            let mut query = db.prepare_cached(
+            // The oldest of each key; coalescing, the newest, in its key's
+            // turn (its oldest's position), so a busy key is not starved.
+            let mut query = db.prepare_cached(if coalesce {
                 "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
                         correlation_id, output, attempts, created_ms, received_ms, versions,
-                        payload_at, output_id
+                        payload_at, output_id, replayed
+                 FROM outbox o
+                 WHERE destination = ?1 AND next_ms <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM outbox p
+                                   WHERE p.destination = o.destination AND p.channel = o.channel
+                                     AND p.entity_key = o.entity_key AND p.seq > o.seq)
+                   AND channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
+                 ORDER BY (SELECT MIN(f.seq) FROM outbox f
+                           WHERE f.destination = o.destination AND f.channel = o.channel
+                             AND f.entity_key = o.entity_key)
+                 LIMIT ?3"
+            } else {
+                "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
+                        correlation_id, output, attempts, created_ms, received_ms, versions,
+                        payload_at, output_id, replayed
                  FROM outbox o
                  WHERE destination = ?1 AND next_ms <= ?2
                    AND NOT EXISTS (SELECT 1 FROM outbox p
                                    WHERE p.destination = o.destination AND p.channel = o.channel
                                      AND p.entity_key = o.entity_key AND p.seq < o.seq)
                    AND channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
-                 ORDER BY seq LIMIT ?3",
-            )?;
+                 ORDER BY seq LIMIT ?3"
+            })?;
             let rows = query.query_map(params![destination, now_ms, limit as i64], |row| {
                 Ok(Delivery {
                     seq: row.get(0)?,
@@ -141,9 +163,36 @@ impl Queue for SqliteQueue {
                         .get::<_, Option<i64>>(13)?
                         .and_then(|at| usize::try_from(at).ok()),
                     output_id: row.get(14)?,
+                    replayed: row.get(15)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn take_superseded(&self, destination: &str) -> Vec<(String, u64)> {
+        self.superseded.take(destination)
+    }
+
+    fn fingerprints(
+        &self,
+        destination: &str,
+        keys: &[(String, String)],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let (destination, keys) = (destination.to_string(), keys.to_vec());
+        self.read(move |db| {
+            let mut query = db.prepare_cached(
+                "SELECT digest FROM fingerprints WHERE destination = ?1 AND channel = ?2 AND entity_key = ?3",
+            )?;
+            let mut found = Vec::with_capacity(keys.len());
+            for (channel, key) in &keys {
+                found.push(
+                    query
+                        .query_row(params![destination, channel, key], |row| row.get(0))
+                        .optional()?,
+                );
+            }
+            Ok(found)
         })
     }
 
@@ -157,15 +206,29 @@ impl Queue for SqliteQueue {
     }
 
     fn attempted(&self, results: Vec<(Delivery, AttemptResult)>) -> Result<(), StoreError> {
+        let tally = self.superseded.clone();
         self.call(move |db| {
+            let mut superseded = Vec::new();
             for (delivery, result) in &results {
                 match result {
-                    AttemptResult::Delivered => {
-                        db.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
-                            .execute([delivery.seq])?;
-                        db.prepare_cached("DELETE FROM attempts WHERE outbox_seq = ?1")?
-                            .execute([delivery.seq])?;
+                    AttemptResult::Delivered { fingerprint } => {
+                        remove_delivery(db, delivery.seq)?;
+                        if let Some(digest) = fingerprint {
+                            db.prepare_cached(
+                                "INSERT INTO fingerprints (destination, channel, entity_key, digest, at_ms)
+                                 VALUES (?1, ?2, ?3, ?4, ?5)
+                                 ON CONFLICT DO UPDATE SET digest = ?4, at_ms = ?5",
+                            )?
+                            .execute(params![
+                                delivery.destination,
+                                delivery.channel,
+                                delivery.entity_key,
+                                digest,
+                                now_ms()
+                            ])?;
+                        }
                     }
+                    AttemptResult::Unchanged => remove_delivery(db, delivery.seq)?,
                     AttemptResult::Retry { attempt, next_ms } => {
                         record_attempt(db, delivery.seq, attempt)?;
                         db.prepare_cached(
@@ -178,8 +241,17 @@ impl Queue for SqliteQueue {
                         dead_letter_delivery(db, delivery, reason)?;
                     }
                 }
+                if !matches!(result, AttemptResult::Retry { .. }) {
+                    superseded.push((delivery.clone(), supersede_older(db, delivery)?));
+                }
             }
-            Ok(())
+            // Counted once the commit holds.
+            Ok(superseded)
+        })
+        .map(|superseded| {
+            for (delivery, n) in superseded {
+                tally.add(&delivery.destination, &delivery.channel, n);
+            }
         })
     }
 
@@ -347,8 +419,8 @@ impl Queue for SqliteQueue {
                     db.execute(
                         "INSERT INTO outbox (destination, channel, tenant, event_id, entity_key,
                              idempotency_key, correlation_id, output, versions, next_ms, created_ms,
-                             received_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10)",
+                             received_ms, replayed)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10, 1)",
                         params![
                             destination,
                             channel,
@@ -495,6 +567,37 @@ pub(super) fn active_pipeline(db: &Connection, channel: &str) -> rusqlite::Resul
         |row| row.get(0),
     )
     .optional()
+}
+
+/// Takes a delivery and its attempts out of the outbox.
+fn remove_delivery(db: &Connection, seq: i64) -> rusqlite::Result<()> {
+    db.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+        .execute([seq])?;
+    db.prepare_cached("DELETE FROM attempts WHERE outbox_seq = ?1")?
+        .execute([seq])?;
+    Ok(())
+}
+
+/// Removes the deliveries of `settled`'s key queued before it (only
+/// coalescing leaves any): the latest won. How many.
+fn supersede_older(db: &Connection, settled: &Delivery) -> rusqlite::Result<u64> {
+    let keys = params![
+        settled.destination,
+        settled.channel,
+        settled.entity_key,
+        settled.seq
+    ];
+    db.prepare_cached(
+        "DELETE FROM attempts WHERE outbox_seq IN (SELECT seq FROM outbox
+           WHERE destination = ?1 AND channel = ?2 AND entity_key = ?3 AND seq < ?4)",
+    )?
+    .execute(keys)?;
+    let removed = db
+        .prepare_cached(
+            "DELETE FROM outbox WHERE destination = ?1 AND channel = ?2 AND entity_key = ?3 AND seq < ?4",
+        )?
+        .execute(keys)?;
+    Ok(removed as u64)
 }
 
 fn record_attempt(db: &Connection, seq: i64, attempt: &Attempt) -> rusqlite::Result<()> {

@@ -68,6 +68,20 @@ const MIGRATIONS: &[Migration] = &[
              PRIMARY KEY (kind, tenant, name)
          );",
     ),
+    // 8: deliveries resent by hand (sent even if unchanged), and the
+    // fingerprint of the last output each destination accepted per
+    // (channel, entity key), for `skip-unchanged`.
+    Migration::Sql(
+        "ALTER TABLE outbox ADD COLUMN replayed INTEGER NOT NULL DEFAULT 0;
+         CREATE TABLE fingerprints (
+             destination TEXT NOT NULL,
+             channel TEXT NOT NULL,
+             entity_key TEXT NOT NULL,
+             digest TEXT NOT NULL,
+             at_ms INTEGER NOT NULL,
+             PRIMARY KEY (destination, channel, entity_key)
+         ) WITHOUT ROWID;",
+    ),
 ];
 
 /// Why the schema cannot be brought up to date.

@@ -20,6 +20,7 @@
 
 mod send;
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::InlineSecrets;
-use crate::observe::events::{AttemptOutcome, DeadLettered, DeliveryAttempted, Stage};
+use crate::observe::events::{AttemptOutcome, DeadLettered, DeliveryAttempted, NotSent, Stage};
 use crate::outbound::auth::{AuthError, Authenticator};
 use crate::outbound::sign::Signer;
 use crate::state::{App, Destination};
@@ -67,18 +68,21 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             }
             continue;
         }
-        let (queue, key, limit) = (
+        let (queue, key, limit, coalesce) = (
             app.queue.clone(),
             name.clone(),
             worker.destination.config.concurrency * 8,
+            worker.destination.config.coalesce,
         );
-        let due = in_store(move || queue.due(&key, now_ms(), limit))
+        let due = in_store(move || queue.due(&key, now_ms(), limit, coalesce))
             .await
             .unwrap_or_else(|err| {
                 tracing::error!(destination = %name, error = %err, "cannot read the outbox");
                 Vec::new()
             });
         if due.is_empty() {
+            // A coalescing store may have superseded some as they arrived.
+            report_not_sent(&app, &name, BTreeMap::new());
             let idle = next_wait(&app, &name).await;
             tokio::select! {
                 () = worker.destination.wake.notified() => {}
@@ -88,19 +92,46 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             }
             continue;
         }
+        let (due, unchanged, mut fingerprints) = worker.split_unchanged(due).await;
         let sent = worker.dispatch(due, &mut stopped).await;
         worker.pause_for(&sent).await;
         worker.learn(&sent).await;
-        let results: Vec<(Delivery, AttemptResult)> = sent
+        let mut results: Vec<(Delivery, AttemptResult)> = sent
             .into_iter()
-            .map(|done| settle(&app, &worker.destination, done))
+            .map(|done| {
+                let fingerprint = fingerprints.remove(&done.delivery.seq);
+                settle(&app, &worker.destination, done, fingerprint)
+            })
             .collect();
+        let mut not_sent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for delivery in unchanged {
+            not_sent.entry(delivery.channel.clone()).or_default().1 += 1;
+            results.push((delivery, AttemptResult::Unchanged));
+        }
         let queue = app.queue.clone();
         if let Err(err) = in_store(move || queue.attempted(results)).await {
             // Unrecorded sends are repeated later with the same key.
             tracing::error!(destination = %name, error = %err, "cannot record delivery attempts");
             tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
+        report_not_sent(&app, &name, not_sent);
+    }
+}
+
+/// Counts what was not sent: `unchanged` per channel, and what the store
+/// superseded since it was last asked.
+fn report_not_sent(app: &App, destination: &str, mut not_sent: BTreeMap<String, (u64, u64)>) {
+    for (channel, n) in app.queue.take_superseded(destination) {
+        not_sent.entry(channel).or_default().0 += n;
+    }
+    for (channel, (superseded, unchanged)) in not_sent {
+        app.emit(NotSent {
+            destination,
+            channel: &channel,
+            superseded,
+            unchanged,
+        });
     }
 }
 
@@ -206,6 +237,45 @@ impl<'a> Worker<'a> {
         }
         self.paused_until = self.paused_until.filter(|until| *until > Instant::now());
         self.paused_until
+    }
+
+    /// With `skip-unchanged`, takes out of `due` the deliveries whose
+    /// method, URL and body equal what the destination last accepted for
+    /// their (channel, entity key), unless resent by hand; the rest, the
+    /// unchanged ones, and the fingerprint of each of the rest by position.
+    async fn split_unchanged(
+        &self,
+        due: Vec<Delivery>,
+    ) -> (Vec<Delivery>, Vec<Delivery>, HashMap<i64, String>) {
+        let mut prints = HashMap::new();
+        if !self.destination.config.skip_unchanged || due.is_empty() {
+            return (due, Vec::new(), prints);
+        }
+        let keys: Vec<(String, String)> = due
+            .iter()
+            .map(|d| (d.channel.clone(), d.entity_key.clone()))
+            .collect();
+        let (queue, name, count) = (self.app.queue.clone(), self.name().to_string(), due.len());
+        // Unreadable: everything is sent, which costs requests and loses nothing.
+        let stored = in_store(move || queue.fingerprints(&name, &keys))
+            .await
+            .unwrap_or_else(|err| {
+                tracing::error!(destination = %self.name(), error = %err, "cannot read fingerprints; sending anyway");
+                vec![None; count]
+            });
+        let (mut send, mut unchanged) = (Vec::new(), Vec::new());
+        for (delivery, last) in due.into_iter().zip(stored) {
+            let print = self.out.fingerprint(&delivery);
+            if !delivery.replayed && print.is_some() && print == last {
+                unchanged.push(delivery);
+                continue;
+            }
+            if let Some(print) = print {
+                prints.insert(delivery.seq, print);
+            }
+            send.push(delivery);
+        }
+        (send, unchanged, prints)
     }
 
     /// Sends `due`, paced by the rate limit and at most `concurrency` at
@@ -382,7 +452,12 @@ fn pause_from(sent: &[Sent]) -> Option<Instant> {
 }
 
 /// Decides what one attempt means for its delivery, logs it and counts it.
-fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, AttemptResult) {
+fn settle(
+    app: &App,
+    destination: &Destination,
+    sent: Sent,
+    fingerprint: Option<String>,
+) -> (Delivery, AttemptResult) {
     let Sent {
         delivery,
         status,
@@ -407,7 +482,7 @@ fn settle(app: &App, destination: &Destination, sent: Sent) -> (Delivery, Attemp
         Some(200..=299) => {
             let end_to_end_ms = (now - delivery.received_ms).max(0) as u64;
             (
-                AttemptResult::Delivered,
+                AttemptResult::Delivered { fingerprint },
                 AttemptOutcome::Delivered { end_to_end_ms },
             )
         }

@@ -51,6 +51,21 @@ impl Outbound {
     }
 }
 
+impl Outbound {
+    /// The fingerprint of what `delivery` would send (method, URL, body);
+    /// `None` if it cannot become a request (the send says why).
+    pub fn fingerprint(&self, delivery: &Delivery) -> Option<String> {
+        let (_, body) = stored_body(delivery).ok()?;
+        let uri = self.target.render(&body).ok()?;
+        let body: &[u8] = if self.method == Method::DELETE { &[] } else { &body };
+        Some(crate::store::fingerprint(
+            self.method.as_str(),
+            &uri.to_string(),
+            body,
+        ))
+    }
+}
+
 /// What one request came back with.
 pub(super) struct Sent {
     pub delivery: Delivery,
@@ -220,6 +235,7 @@ mod tests {
             versions: "[]".into(),
             created_ms: 0,
             received_ms: 0,
+            replayed: false,
         }
     }
 
