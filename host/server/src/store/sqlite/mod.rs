@@ -311,6 +311,24 @@ mod tests {
         assert!(queue.due("d", now_ms(), 10, true).unwrap().is_empty());
     }
 
+    /// Coalescing walks the outbox in position order by an index and stops
+    /// at the limit, as the plain order does: no sort of every queued row.
+    #[test]
+    fn the_coalescing_order_uses_the_indexes_and_sorts_nothing() {
+        let (_dir, queue) = queue();
+        let plan = queue
+            .read(|db| {
+                let mut statement = db.prepare(&format!("EXPLAIN QUERY PLAN {}", queue::DUE_COALESCED))?;
+                let details = statement
+                    .query_map(params!["d", 0, 10], |row| row.get::<_, String>(3))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(details.join("; "))
+            })
+            .unwrap();
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        assert!(plan.contains("outbox_due") || plan.contains("INTEGER PRIMARY KEY"), "{plan}");
+    }
+
     /// A coalesced key whose newest is waiting for a retry sends nothing
     /// older meanwhile: the stale state never overtakes.
     #[test]

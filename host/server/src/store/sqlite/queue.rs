@@ -17,6 +17,34 @@ pub(super) const LOG_PAGE_OLDEST_FIRST: &str =
    AND (received_ms, id) > (?3, ?4)
  ORDER BY received_ms, id LIMIT ?5";
 
+/// Each entity key's oldest due delivery, in queue order.
+pub(super) const DUE_OLDEST: &str = "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
+                        correlation_id, output, attempts, created_ms, received_ms, versions,
+                        payload_at, output_id, replayed
+                 FROM outbox o
+                 WHERE destination = ?1 AND next_ms <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM outbox p
+                                   WHERE p.destination = o.destination AND p.channel = o.channel
+                                     AND p.entity_key = o.entity_key AND p.seq < o.seq)
+                   AND channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
+                 ORDER BY seq LIMIT ?3";
+/// Coalescing: each key's newest delivery, if due, in the order of the
+/// key's oldest. It walks the keys in their oldest delivery's order (an
+/// index scan that stops at the limit) and takes each key's newest.
+pub(super) const DUE_COALESCED: &str = "SELECT n.seq, n.destination, n.channel, n.tenant, n.event_id, n.entity_key,
+                        n.idempotency_key, n.correlation_id, n.output, n.attempts, n.created_ms,
+                        n.received_ms, n.versions, n.payload_at, n.output_id, n.replayed
+                 FROM outbox o
+                 JOIN outbox n ON n.seq = (SELECT MAX(m.seq) FROM outbox m
+                                           WHERE m.destination = o.destination AND m.channel = o.channel
+                                             AND m.entity_key = o.entity_key)
+                 WHERE o.destination = ?1 AND n.next_ms <= ?2
+                   AND NOT EXISTS (SELECT 1 FROM outbox p
+                                   WHERE p.destination = o.destination AND p.channel = o.channel
+                                     AND p.entity_key = o.entity_key AND p.seq < o.seq)
+                   AND o.channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
+                 ORDER BY o.seq LIMIT ?3";
+
 impl Queue for SqliteQueue {
     fn ping(&self) -> Result<(), StoreError> {
         self.read(|db| Ok(db.query_row("SELECT 1", [], |_| Ok(()))?))
@@ -118,32 +146,7 @@ impl Queue for SqliteQueue {
         self.read(move |db| {
             // The oldest of each key; coalescing, the newest, in its key's
             // turn (its oldest's position), so a busy key is not starved.
-            let mut query = db.prepare_cached(if coalesce {
-                "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
-                        correlation_id, output, attempts, created_ms, received_ms, versions,
-                        payload_at, output_id, replayed
-                 FROM outbox o
-                 WHERE destination = ?1 AND next_ms <= ?2
-                   AND NOT EXISTS (SELECT 1 FROM outbox p
-                                   WHERE p.destination = o.destination AND p.channel = o.channel
-                                     AND p.entity_key = o.entity_key AND p.seq > o.seq)
-                   AND channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
-                 ORDER BY (SELECT MIN(f.seq) FROM outbox f
-                           WHERE f.destination = o.destination AND f.channel = o.channel
-                             AND f.entity_key = o.entity_key)
-                 LIMIT ?3"
-            } else {
-                "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
-                        correlation_id, output, attempts, created_ms, received_ms, versions,
-                        payload_at, output_id, replayed
-                 FROM outbox o
-                 WHERE destination = ?1 AND next_ms <= ?2
-                   AND NOT EXISTS (SELECT 1 FROM outbox p
-                                   WHERE p.destination = o.destination AND p.channel = o.channel
-                                     AND p.entity_key = o.entity_key AND p.seq < o.seq)
-                   AND channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
-                 ORDER BY seq LIMIT ?3"
-            })?;
+            let mut query = db.prepare_cached(if coalesce { DUE_COALESCED } else { DUE_OLDEST })?;
             let rows = query.query_map(params![destination, now_ms, limit as i64], |row| {
                 Ok(Delivery {
                     seq: row.get(0)?,
