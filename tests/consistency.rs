@@ -231,3 +231,38 @@ fn kill_9_while_coalescing_loses_nothing() {
         "coalesced across the restart"
     );
 }
+
+/// Priority within one destination's budget (item 3): 20 product updates
+/// queued ahead of 5 stock updates, to a destination that takes one
+/// request at a time: the stock updates go first (inventory has 4 shares
+/// to a product's 1 by default), and the products still get their share.
+#[test]
+fn stock_updates_go_ahead_of_queued_product_updates_and_products_still_move() {
+    let destination = sink(|_, _| Reply::status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "rate-limit = \"10/s\"\nburst = 1";
+    let sidecar = Sidecar::start(dir.path(), &stock_config(destination.addr, extra, "qty"));
+    let mut events: Vec<Value> = (0..20)
+        .map(|n| json!({"id": format!("p-{n}"), "kind": "product", "tenant": "acme", "payload": {"sku": format!("P-{n}"), "qty": n}}))
+        .collect();
+    events.extend((0..5).map(|n| stock_event(&format!("i-{n}"), &format!("I-{n}"), n)));
+    assert_eq!(sidecar.post("/v1/events", &jsonl(&events)).0, 202);
+    wait_for("every update delivered", PATIENCE, || destination.count() == 25);
+    let order: String = destination
+        .received()
+        .iter()
+        .map(|r| {
+            if r.json()["sku"].as_str().unwrap().starts_with('I') {
+                'i'
+            } else {
+                'p'
+            }
+        })
+        .collect();
+    let last_stock = order.rfind('i').unwrap();
+    assert!(last_stock < 8, "stock updates waited behind products: {order}");
+    assert!(
+        order[..last_stock].contains('p'),
+        "products got no share: {order}"
+    );
+}

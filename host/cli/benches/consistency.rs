@@ -129,7 +129,9 @@ config = {{ rules = [ {{ target = "sku", source = "$.sku" }}, {{ target = "qty",
 
     // The final states again, under new ids, and as long again to settle.
     let before = sink.count();
-    let again: Vec<String> = (0..skus).map(|sku| event(format!("again-{sku}"), sku, updates)).collect();
+    let again: Vec<String> = (0..skus)
+        .map(|sku| event(format!("again-{sku}"), sku, updates))
+        .collect();
     for chunk in again.chunks(PER_REQUEST) {
         post(&server, &chunk.join("\n"));
     }

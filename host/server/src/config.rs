@@ -238,6 +238,17 @@ pub struct DestinationConfig {
     /// but counted `unchanged`. A dead letter resent by hand always goes.
     #[serde(default)]
     pub skip_unchanged: bool,
+    /// Shares of the destination's requests per event kind, when several
+    /// kinds wait: a kind not listed has 1. By default inventory and price
+    /// have 4 each (an oversold SKU costs more than a stale description);
+    /// every kind that waits gets its share, so none starves.
+    #[serde(default = "default_priority")]
+    pub priority: std::collections::BTreeMap<String, u32>,
+}
+
+/// Inventory and price 4 shares each; every other kind 1.
+pub(crate) fn default_priority() -> std::collections::BTreeMap<String, u32> {
+    [("inventory".to_string(), 4), ("price".to_string(), 4)].into()
 }
 
 fn default_method() -> String {
@@ -308,6 +319,19 @@ impl DestinationConfig {
             && hyper::header::HeaderName::try_from(header.as_str()).is_err()
         {
             return Err(format!("rate-limit-header `{header}` is not a header name"));
+        }
+        if self.coalesce && self.method.eq_ignore_ascii_case("PATCH") {
+            return Err("`coalesce` sends only a key's latest output, so each must be a whole state: not with method PATCH".into());
+        }
+        if let Some((kind, share)) = self
+            .priority
+            .iter()
+            .find(|(_, share)| !(1..=100).contains(*share))
+        {
+            return Err(format!("priority.{kind} is {share}: a share is 1 to 100"));
+        }
+        if self.priority.len() > 32 {
+            return Err("priority lists at most 32 kinds".into());
         }
         sluice_guest::mapping::CompiledPath::compile(&self.entity_key)
             .map_err(|err| format!("entity-key `{}` is not a JSONPath: {err}", self.entity_key))?;

@@ -488,7 +488,7 @@ async function rollback(channel) {
 
 const TEMPLATES = {
   destination: {
-    url: "https://api.example.com/items/{$.sku}",
+    url: "the destination's URL, with {$.sku} where the SKU goes",
     method: "PUT",
     "rate-limit": "10/s",
     auth: { kind: "bearer", bearer: "paste the token here" },
@@ -504,6 +504,7 @@ function editEntry(kind, name, fields) {
   $("entry-kind").value = kind;
   $("entry-name").value = name;
   $("entry-name").readOnly = name !== "";
+  $("entry-kind").disabled = name !== "";
   $("entry-title").textContent = name ? `Edit ${kind} ${name}` : `New ${kind}`;
   $("entry-body").value = JSON.stringify(fields, null, 2);
   $("entry-error").textContent = "";
@@ -540,7 +541,9 @@ async function saveEntry() {
     await api(entryPath(kind, name), { method: "PUT", body: text, headers: { "Content-Type": "application/json" } });
     $("entry-error").textContent = "";
     say(`${kind} ${name} saved`);
-    editEntry(kind, name, JSON.parse(text));
+    // Read back as stored: a secret just typed in is not shown again.
+    const channel = kind === "channel" ? { entry: JSON.parse(text) } : null;
+    await openEntry(kind, name, channel);
   } catch (err) {
     $("entry-error").textContent = `${kind} ${name}: ${err.message}`;
   }

@@ -301,10 +301,10 @@ pub async fn delete_channel(
         }
         // Every event it holds becomes a dead letter, in one commit.
         app.set_enabled_in_memory(&channel, false);
-        let (queue, key) = (app.queue.clone(), name.to_string());
+        let (queue, key, owner) = (app.queue.clone(), name.to_string(), tenant.clone());
         let discarded = blocking(move || {
             queue.set_enabled(&key, false, false)?;
-            queue.discard_channel(&key)
+            queue.discard_channel(&owner, &key)
         })
         .await
         .inspect_err(|_| put_back())?;

@@ -242,6 +242,8 @@ fn every_accepted_key_is_documented_and_every_documented_key_is_accepted() {
             "base64",
             "poll",
             "product",
+            "inventory",
+            "price",
             "bearer",
             "basic",
             "oauth2",

@@ -62,6 +62,16 @@ fn destinations_and_rates_parse_and_are_checked() {
     let err = ServerConfig::parse(&text.replace("http://", "ftp://")).unwrap_err();
     assert!(err.contains("must be an http:// or https:// URL"), "{err}");
     assert!(ServerConfig::parse(&text.replace("http://", "https://")).is_ok());
+
+    // Coalescing keeps only a key's latest output: a PATCH is no whole state.
+    let latest = text.replace("rate-limit = \"60/min\"", "coalesce = true\nmethod = \"PATCH\"");
+    let err = ServerConfig::parse(&latest).unwrap_err();
+    assert!(err.contains("coalesce") && err.contains("PATCH"), "{err}");
+    assert!(ServerConfig::parse(&latest.replace("PATCH", "PUT")).is_ok());
+    // Shares are 1 to 100.
+    let shares = text.replace("rate-limit = \"60/min\"", "priority = { inventory = 0 }");
+    let err = ServerConfig::parse(&shares).unwrap_err();
+    assert!(err.contains("priority.inventory"), "{err}");
 }
 
 #[test]

@@ -180,6 +180,8 @@ pub struct NewDelivery {
     /// Where the payload starts in `output`; it runs to the closing brace.
     /// Delivery sends those bytes as they are, without parsing `output`.
     pub payload_at: Option<usize>,
+    /// The emitted event's kind.
+    pub kind: String,
 }
 
 impl NewDelivery {
@@ -246,6 +248,9 @@ pub struct Delivery {
     pub received_ms: i64,
     /// Resent by hand from a dead letter: sent even if unchanged.
     pub replayed: bool,
+    /// The emitted event's kind (`inventory`, `product`…), for the
+    /// destination's `priority`; empty in rows stored before it was kept.
+    pub kind: String,
 }
 
 /// Superseded deliveries, per (destination, channel), counted by the store
@@ -528,10 +533,10 @@ pub trait Queue: Send + Sync {
         let _ = destination;
         Ok(None)
     }
-    /// Moves every event `channel` still holds (to transform or to deliver)
-    /// into dead letters (reason `discarded`), atomically; how many.
-    fn discard_channel(&self, channel: &str) -> Result<u64, StoreError> {
-        let _ = channel;
+    /// Moves every event `channel` (of `tenant`) still holds (to transform
+    /// or to deliver) into dead letters (reason `discarded`); how many.
+    fn discard_channel(&self, tenant: &str, channel: &str) -> Result<u64, StoreError> {
+        let _ = (tenant, channel);
         Err(StoreError::Unsupported(
             "discard a channel's events into dead letters",
         ))

@@ -292,6 +292,7 @@ fn deliveries(
             NewDelivery {
                 payload_at: NewDelivery::payload_offset(&output, emitted.payload.get()),
                 output_id: emitted.id.clone(),
+                kind: emitted.kind.clone(),
                 destination: destination.config.name.clone(),
                 entity_key: destination.entity_key.of(&emitted.payload, &emitted.id),
                 idempotency_key: idempotency_key(

@@ -24,8 +24,6 @@ const DETAIL: &str = "the channel was deleted with ?discard=true";
 #[derive(Deserialize)]
 struct Stored {
     #[serde(default)]
-    tenant: String,
-    #[serde(default)]
     id: String,
 }
 
@@ -44,7 +42,7 @@ enum Side {
 
 impl NatsStore {
     /// [`crate::store::Queue::discard_channel`]: how many events became dead letters.
-    pub(super) fn discard_channel_events(&self, channel: &str) -> Result<u64, StoreError> {
+    pub(super) fn discard_channel_events(&self, tenant: &str, channel: &str) -> Result<u64, StoreError> {
         // What this node holds of the channel is given up: it is purged below.
         self.transform.lock().expect("transform lock").remove(channel);
         for held in self.deliveries.lock().expect("deliveries lock").values_mut() {
@@ -52,9 +50,24 @@ impl NatsStore {
         }
         let mut discarded = 0;
         for queue in [Side::Inbound, Side::Outbound] {
+            // Up to what is stored now: a node that still queues for the
+            // channel (it learns of the delete a moment later) cannot keep
+            // this going.
+            let stream = match queue {
+                Side::Inbound => self.inbound.clone(),
+                Side::Outbound => self.outbound.clone(),
+            };
+            let last = self.block("read a stream's last position", async move {
+                let mut stream = stream;
+                stream
+                    .info()
+                    .await
+                    .map(|info| info.state.last_sequence)
+                    .map_err(|e| failed("read a stream's last position", e))
+            })?;
             let mut start = 1;
-            loop {
-                let round = self.discard_round(queue, channel, start);
+            while start <= last {
+                let round = self.discard_round(queue, tenant, channel, start, last);
                 let Some((last, letters)) = self.block("discard a channel's events", round)? else {
                     break;
                 };
@@ -71,14 +84,17 @@ impl NatsStore {
     async fn discard_round(
         &self,
         queue: Side,
+        tenant: &str,
         channel: &str,
         start: u64,
+        last: u64,
     ) -> Result<Option<(u64, u64)>, NatsError> {
         let (stream, subject) = match queue {
             Side::Inbound => (&self.inbound, names::inbound(channel)),
             Side::Outbound => (&self.outbound, names::outbound_of_channel(channel)),
         };
-        let read = read_some(stream, &subject, start).await?;
+        let mut read = read_some(stream, &subject, start).await?;
+        read.retain(|(seq, _)| *seq <= last);
         let Some(last) = read.last().map(|(seq, _)| *seq) else {
             return Ok(None);
         };
@@ -95,14 +111,21 @@ impl NatsStore {
                     for (index, event) in events.into_iter().enumerate() {
                         letters.push((
                             format!("discard.in.{seq}.{index}"),
-                            inbound_letter(channel, event),
+                            inbound_letter(tenant, channel, event),
                         ));
                     }
                 }
                 Side::Outbound => {
-                    if let Ok(record) = serde_json::from_slice::<OutRecord>(&message.payload) {
-                        letters.push((format!("discard.out.{seq}"), outbound_letter(record)));
-                    }
+                    let letter = match serde_json::from_slice::<OutRecord>(&message.payload) {
+                        Ok(record) => outbound_letter(record),
+                        // Unreadable: kept as it is, so nothing vanishes.
+                        Err(_) => inbound_letter(
+                            tenant,
+                            channel,
+                            String::from_utf8_lossy(&message.payload).into_owned(),
+                        ),
+                    };
+                    letters.push((format!("discard.out.{seq}"), letter));
                 }
             }
         }
@@ -126,13 +149,11 @@ impl NatsStore {
 }
 
 /// The letter of an event that was waiting for its transform.
-fn inbound_letter(channel: &str, event: String) -> DeadRecord {
-    let stored: Stored = serde_json::from_str(&event).unwrap_or(Stored {
-        tenant: String::new(),
-        id: String::new(),
-    });
+fn inbound_letter(tenant: &str, channel: &str, event: String) -> DeadRecord {
+    let stored: Stored = serde_json::from_str(&event).unwrap_or(Stored { id: String::new() });
     DeadRecord {
-        tenant: stored.tenant,
+        // The channel's tenant: a letter its owner could not see would vanish.
+        tenant: tenant.to_string(),
         channel: channel.to_string(),
         destination: None,
         event_id: stored.id,

@@ -13,7 +13,7 @@
 //! the held message to another node, which finds the same newest message
 //! and sends it again with the same key.
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use sha2::{Digest, Sha256};
 
 use super::outbox::OutRecord;
@@ -23,7 +23,9 @@ use crate::store::StoreError;
 /// Queued messages of a partition looked through for a newer one of the
 /// same key, per send. A key whose newest is further back is coalesced
 /// in steps.
-const LOOK_AHEAD: usize = 200;
+const LOOK_AHEAD: usize = 64;
+/// The longest one look ahead takes (it runs inside a store call's 10 s).
+const LOOK_AHEAD_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The first message on `subject` at or after stream position `from`.
 pub(super) async fn next_on_subject(
@@ -38,6 +40,16 @@ pub(super) async fn next_on_subject(
     }
 }
 
+/// The watermark key of `record`'s (destination, channel, entity key, kind).
+fn watermark_key(record: &OutRecord) -> String {
+    entity_key(
+        "w.",
+        &record.destination,
+        &record.channel,
+        &format!("{}\u{0}{}", record.kind, record.entity_key),
+    )
+}
+
 /// The bucket key of what is kept for one (destination, channel, entity key).
 fn entity_key(prefix: &str, destination: &str, channel: &str, key: &str) -> String {
     let digest = Sha256::digest(key.as_bytes());
@@ -50,54 +62,94 @@ fn entity_key(prefix: &str, destination: &str, channel: &str, key: &str) -> Stri
 }
 
 impl NatsStore {
-    /// The newest message queued after `seq` for `record`'s entity key, if
-    /// there is one.
+    /// The newest message of `record`'s entity key and kind queued after
+    /// position `from`, if there is one before a resend by hand of the key
+    /// (which keeps its place), and the last position looked at.
     pub(super) async fn newest_of_key(
         &self,
-        seq: u64,
+        from: u64,
         record: &OutRecord,
-    ) -> Result<Option<(u64, OutRecord)>, NatsError> {
+    ) -> Result<(Option<(u64, OutRecord)>, u64), NatsError> {
+        if record.replayed {
+            return Ok((None, from));
+        }
         let subject = names::outbound(
             &record.destination,
             names::partition(&record.entity_key),
             &record.channel,
         );
-        let (mut newest, mut at) = (None, seq + 1);
+        let (mut newest, mut looked) = (None, from);
+        let deadline = tokio::time::Instant::now() + LOOK_AHEAD_TIME;
         // A work-queue stream takes no second consumer on a subject: read
         // message by message (a direct get each, none once nothing is left).
         for _ in 0..LOOK_AHEAD {
-            let Some(message) = next_on_subject(&self.outbound, &subject, at).await? else {
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            let Some(message) = next_on_subject(&self.outbound, &subject, looked + 1).await? else {
                 break;
             };
             if let Ok(later) = serde_json::from_slice::<OutRecord>(&message.payload)
                 && later.entity_key == record.entity_key
             {
-                newest = Some((message.sequence, later));
+                if later.replayed {
+                    break;
+                }
+                if later.kind == record.kind {
+                    newest = Some((message.sequence, later));
+                }
             }
-            at = message.sequence + 1;
+            looked = message.sequence;
         }
-        Ok(newest)
+        Ok((newest, looked))
     }
 
-    /// The position at or below which `record`'s key is settled, if any.
+    /// The position at or below which `record`'s key and kind are
+    /// settled, if any.
     pub(super) async fn settled_up_to(&self, record: &OutRecord) -> Result<Option<u64>, NatsError> {
-        let key = entity_key("w.", &record.destination, &record.channel, &record.entity_key);
         let value = self
             .attempts
-            .get(key)
+            .get(watermark_key(record))
             .await
             .map_err(|e| failed("read a key's watermark", e))?;
         Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
     }
 
-    /// Stores that `record`'s key is settled up to position `seq`.
+    /// Raises the watermark of `record`'s key and kind to `seq`; never
+    /// lowers it (a node that took over a message past `ack_wait` may have
+    /// settled a newer one meanwhile).
     pub(super) async fn settle_up_to(&self, record: &OutRecord, seq: u64) -> Result<(), NatsError> {
-        let key = entity_key("w.", &record.destination, &record.channel, &record.entity_key);
-        self.attempts
-            .put(key, seq.to_string().into())
-            .await
-            .map(drop)
-            .map_err(|e| failed("store a key's watermark", e))
+        let key = watermark_key(record);
+        for _ in 0..10 {
+            let entry = self
+                .attempts
+                .entry(&key)
+                .await
+                .map_err(|e| failed("read a key's watermark", e))?;
+            let written = match entry.filter(|e| e.operation == kv::Operation::Put) {
+                Some(entry) => {
+                    let current: u64 = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if current >= seq {
+                        return Ok(());
+                    }
+                    self.attempts
+                        .update(&key, seq.to_string().into(), entry.revision)
+                        .await
+                        .is_ok()
+                }
+                None => self.attempts.create(&key, seq.to_string().into()).await.is_ok(),
+            };
+            if written {
+                return Ok(());
+            }
+        }
+        Err(NatsError::Failed {
+            what: "store a key's watermark",
+            detail: "it kept changing under concurrent writers".into(),
+        })
     }
 
     /// Stores the fingerprint of the output `record`'s destination accepted.

@@ -24,6 +24,8 @@ pub(super) struct HeldDelivery {
     /// Coalescing: the position of the newer message of the key sent in
     /// its place, whose record `record` and `delivery` now hold.
     pub(super) replaced_up_to: Option<u64>,
+    /// Coalescing: the last position looked at for a newer message of the key.
+    pub(super) looked_up_to: u64,
 }
 
 /// What `sluice-attempts` keeps of a delivery that failed: its attempts and
@@ -54,6 +56,9 @@ pub(super) struct OutRecord {
     /// Resent by hand from a dead letter.
     #[serde(default)]
     pub(super) replayed: bool,
+    /// The emitted event's kind, for the destination's `priority`.
+    #[serde(default)]
+    pub(super) kind: String,
 }
 
 /// A message to store: its subject, headers and payload.
@@ -110,6 +115,7 @@ fn out_record(result: &Transformed, new: &NewDelivery, now: i64) -> OutRecord {
         created_ms: now,
         received_ms: result.received_ms,
         replayed: false,
+        kind: new.kind.clone(),
     }
 }
 
@@ -132,6 +138,7 @@ fn delivery_of(seq: u64, record: &OutRecord, retries: &Retries) -> Delivery {
         created_ms: record.created_ms,
         received_ms: record.received_ms,
         replayed: record.replayed,
+        kind: record.kind.clone(),
     }
 }
 
@@ -294,6 +301,7 @@ impl NatsStore {
                     history: retries.history,
                     next_ms: retries.next_ms,
                     replaced_up_to: None,
+                    looked_up_to: seq,
                 },
             );
         }
@@ -311,7 +319,7 @@ impl NatsStore {
             .iter()
             .map(|seq| {
                 let h = &held[seq];
-                (*seq, h.replaced_up_to.unwrap_or(*seq), h.record.clone())
+                (*seq, h.looked_up_to, h.record.clone())
             })
             .collect();
         drop(deliveries);
@@ -326,8 +334,9 @@ impl NatsStore {
         let mut deliveries = self.deliveries.lock().expect("deliveries lock");
         let held = deliveries.entry(destination.to_string()).or_default();
         let mut sent = Vec::with_capacity(due.len());
-        for ((seq, _, _), newer) in looks.into_iter().zip(newer) {
+        for ((seq, _, _), (newer, looked)) in looks.into_iter().zip(newer) {
             let Some(h) = held.get_mut(&seq) else { continue };
+            h.looked_up_to = h.looked_up_to.max(looked);
             if let Some((at, record)) = newer {
                 let retries = Retries {
                     history: h.history.clone(),
@@ -365,6 +374,7 @@ impl NatsStore {
             };
             // Coalescing: a newer one of its key went instead (or it went itself).
             if coalesce
+                && !record.replayed
                 && let Some(up_to) = self.settled_up_to(&record).await?
                 && seq <= up_to
             {

@@ -378,8 +378,8 @@ impl Queue for NatsStore {
             .filter(|until| *until > now_ms()))
     }
 
-    fn discard_channel(&self, channel: &str) -> Result<u64, StoreError> {
-        self.discard_channel_events(channel)
+    fn discard_channel(&self, tenant: &str, channel: &str) -> Result<u64, StoreError> {
+        self.discard_channel_events(tenant, channel)
     }
 
     fn add_route(&self, channel: &str, destination: &str) -> Result<(), StoreError> {

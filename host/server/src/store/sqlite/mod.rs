@@ -159,8 +159,8 @@ pub(super) fn insert_outbox(
 ) -> rusqlite::Result<()> {
     db.prepare_cached(
         "INSERT INTO outbox (destination, channel, tenant, event_id, entity_key, idempotency_key,
-             correlation_id, output, versions, next_ms, created_ms, received_ms, payload_at, output_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13)",
+             correlation_id, output, versions, next_ms, created_ms, received_ms, payload_at, output_id, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?11, ?12, ?13, ?14)",
     )?
     .execute(params![
         delivery.destination,
@@ -176,6 +176,7 @@ pub(super) fn insert_outbox(
         received_ms,
         delivery.payload_at.map(|at| at as i64),
         delivery.output_id,
+        delivery.kind,
     ])?;
     Ok(())
 }
@@ -240,6 +241,7 @@ mod tests {
                     r#"{"id":"o","kind":"product","payload":{"sku":"A"}}"#,
                     r#"{"sku":"A"}"#,
                 ),
+                kind: "product".into(),
             }]),
         }
     }
@@ -320,13 +322,58 @@ mod tests {
             .read(|db| {
                 let mut statement = db.prepare(&format!("EXPLAIN QUERY PLAN {}", queue::DUE_COALESCED))?;
                 let details = statement
-                    .query_map(params!["d", 0, 10], |row| row.get::<_, String>(3))?
+                    .query_map(params!["d", 0, 10, "inventory"], |row| row.get::<_, String>(3))?
                     .collect::<Result<Vec<_>, _>>()?;
                 Ok(details.join("; "))
             })
             .unwrap();
         assert!(!plan.contains("TEMP B-TREE"), "{plan}");
-        assert!(plan.contains("outbox_due") || plan.contains("INTEGER PRIMARY KEY"), "{plan}");
+        assert!(
+            plan.contains("outbox_due") || plan.contains("INTEGER PRIMARY KEY"),
+            "{plan}"
+        );
+    }
+
+    /// A dead letter resent by hand keeps its place while coalescing: the
+    /// newer output queued before it still goes first, the resend replaces
+    /// nothing, and it is sent itself afterwards.
+    #[test]
+    fn a_resend_by_hand_keeps_its_place_while_coalescing() {
+        let (_dir, queue) = queue();
+        queue.ingest(vec![ingest("1", &["a"])]).unwrap();
+        let first = queue.pending("a", 0, 10).unwrap();
+        queue.transformed(vec![deliver(&first[0], "a", "SKU-1")]).unwrap();
+        let due = queue.due("d", now_ms(), 10, true).unwrap();
+        reject(&queue, &due[0], now_ms(), "refused");
+        queue.ingest(vec![ingest("2", &["a"])]).unwrap();
+        let second = queue.pending("a", first[0].seq, 10).unwrap();
+        queue
+            .transformed(vec![deliver(&second[0], "a", "SKU-1")])
+            .unwrap();
+        let newer = queue.due("d", now_ms(), 10, true).unwrap();
+        let letter = queue.dead_letters(&DeadLetterFilter::default()).unwrap()[0].id;
+        assert_eq!(
+            queue.replay(letter, Replay::Resend).unwrap(),
+            ReplayResult::Queued
+        );
+        let due = queue.due("d", now_ms(), 10, true).unwrap();
+        assert_eq!(
+            due.iter().map(|d| (d.seq, d.replayed)).collect::<Vec<_>>(),
+            [(newer[0].seq, false)]
+        );
+        queue
+            .attempted(vec![(
+                due[0].clone(),
+                AttemptResult::Delivered { fingerprint: None },
+            )])
+            .unwrap();
+        assert!(
+            queue.take_superseded("d").is_empty(),
+            "the resend is not superseded"
+        );
+        let resend = queue.due("d", now_ms(), 10, true).unwrap();
+        assert_eq!(resend.len(), 1);
+        assert!(resend[0].replayed && resend[0].seq > newer[0].seq, "{resend:?}");
     }
 
     /// A coalesced key whose newest is waiting for a retry sends nothing

@@ -17,32 +17,56 @@ pub(super) const LOG_PAGE_OLDEST_FIRST: &str =
    AND (received_ms, id) > (?3, ?4)
  ORDER BY received_ms, id LIMIT ?5";
 
-/// Each entity key's oldest due delivery, in queue order.
-pub(super) const DUE_OLDEST: &str = "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
+/// Kinds queried one by one per round; a destination with more (a
+/// tenant's own kinds) has the rest queried together.
+const KINDS_APART: usize = 8;
+/// The kinds a destination's queued deliveries have, at most one more than
+/// [`KINDS_APART`]: an index seek per kind.
+const KINDS: &str = "WITH RECURSIVE k(kind, n) AS (
+        SELECT MIN(kind), 1 FROM outbox WHERE destination = ?1
+        UNION ALL
+        SELECT (SELECT MIN(kind) FROM outbox WHERE destination = ?1 AND kind > k.kind), n + 1
+        FROM k WHERE k.kind IS NOT NULL AND n <= ?2
+     )
+     SELECT kind FROM k WHERE kind IS NOT NULL";
+/// Each entity key's oldest due delivery of one kind, in queue order (the
+/// key's oldest delivery decides its kind).
+pub(super) const DUE_OLDEST: &str =
+    "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
                         correlation_id, output, attempts, created_ms, received_ms, versions,
-                        payload_at, output_id, replayed
+                        payload_at, output_id, replayed, kind
                  FROM outbox o
                  WHERE destination = ?1 AND next_ms <= ?2
                    AND NOT EXISTS (SELECT 1 FROM outbox p
                                    WHERE p.destination = o.destination AND p.channel = o.channel
                                      AND p.entity_key = o.entity_key AND p.seq < o.seq)
                    AND channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
+                   AND (?4 IS NULL OR kind = ?4)
                  ORDER BY seq LIMIT ?3";
-/// Coalescing: each key's newest delivery, if due, in the order of the
-/// key's oldest. It walks the keys in their oldest delivery's order (an
-/// index scan that stops at the limit) and takes each key's newest.
-pub(super) const DUE_COALESCED: &str = "SELECT n.seq, n.destination, n.channel, n.tenant, n.event_id, n.entity_key,
+/// Coalescing: each key's newest delivery of the same kind as its oldest,
+/// if due, in the order of the key's oldest. It walks the keys in their
+/// oldest delivery's order (an index scan that stops at the limit) and
+/// takes each key's newest. A dead letter resent by hand keeps its place:
+/// it is sent as it is, and coalescing stops at it.
+pub(super) const DUE_COALESCED: &str =
+    "SELECT n.seq, n.destination, n.channel, n.tenant, n.event_id, n.entity_key,
                         n.idempotency_key, n.correlation_id, n.output, n.attempts, n.created_ms,
-                        n.received_ms, n.versions, n.payload_at, n.output_id, n.replayed
+                        n.received_ms, n.versions, n.payload_at, n.output_id, n.replayed, n.kind
                  FROM outbox o
-                 JOIN outbox n ON n.seq = (SELECT MAX(m.seq) FROM outbox m
-                                           WHERE m.destination = o.destination AND m.channel = o.channel
-                                             AND m.entity_key = o.entity_key)
+                 JOIN outbox n ON n.seq = CASE WHEN o.replayed THEN o.seq ELSE
+                     (SELECT MAX(m.seq) FROM outbox m
+                      WHERE m.destination = o.destination AND m.channel = o.channel
+                        AND m.entity_key = o.entity_key AND m.kind = o.kind AND m.replayed = 0
+                        AND m.seq < COALESCE((SELECT MIN(r.seq) FROM outbox r
+                                              WHERE r.destination = o.destination AND r.channel = o.channel
+                                                AND r.entity_key = o.entity_key AND r.replayed = 1
+                                                AND r.seq > o.seq), 9223372036854775807)) END
                  WHERE o.destination = ?1 AND n.next_ms <= ?2
                    AND NOT EXISTS (SELECT 1 FROM outbox p
                                    WHERE p.destination = o.destination AND p.channel = o.channel
                                      AND p.entity_key = o.entity_key AND p.seq < o.seq)
                    AND o.channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
+                   AND (?4 IS NULL OR o.kind = ?4)
                  ORDER BY o.seq LIMIT ?3";
 
 impl Queue for SqliteQueue {
@@ -146,30 +170,55 @@ impl Queue for SqliteQueue {
         self.read(move |db| {
             // The oldest of each key; coalescing, the newest, in its key's
             // turn (its oldest's position), so a busy key is not starved.
+            let mut kinds: Vec<Option<String>> = db
+                .prepare_cached(KINDS)?
+                .query_map(params![&destination, KINDS_APART as i64], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            if kinds.len() > KINDS_APART {
+                // Every kind at once; the ones apart again are dropped below.
+                kinds.truncate(KINDS_APART);
+                kinds.push(None);
+            }
+            // Up to `limit` of each kind: the worker orders them by the
+            // destination's priority and takes its round from them.
             let mut query = db.prepare_cached(if coalesce { DUE_COALESCED } else { DUE_OLDEST })?;
-            let rows = query.query_map(params![destination, now_ms, limit as i64], |row| {
-                Ok(Delivery {
-                    seq: row.get(0)?,
-                    destination: row.get(1)?,
-                    channel: row.get(2)?,
-                    tenant: row.get(3)?,
-                    event_id: row.get(4)?,
-                    entity_key: row.get(5)?,
-                    idempotency_key: row.get(6)?,
-                    correlation_id: row.get(7)?,
-                    output: row.get(8)?,
-                    attempts: row.get(9)?,
-                    created_ms: row.get(10)?,
-                    received_ms: row.get(11)?,
-                    versions: row.get(12)?,
-                    payload_at: row
-                        .get::<_, Option<i64>>(13)?
-                        .and_then(|at| usize::try_from(at).ok()),
-                    output_id: row.get(14)?,
-                    replayed: row.get(15)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            let mut due = Vec::new();
+            for kind in kinds {
+                let rows = query.query_map(params![destination, now_ms, limit as i64, kind], |row| {
+                    Ok(Delivery {
+                        seq: row.get(0)?,
+                        destination: row.get(1)?,
+                        channel: row.get(2)?,
+                        tenant: row.get(3)?,
+                        event_id: row.get(4)?,
+                        entity_key: row.get(5)?,
+                        idempotency_key: row.get(6)?,
+                        correlation_id: row.get(7)?,
+                        output: row.get(8)?,
+                        attempts: row.get(9)?,
+                        created_ms: row.get(10)?,
+                        received_ms: row.get(11)?,
+                        versions: row.get(12)?,
+                        payload_at: row
+                            .get::<_, Option<i64>>(13)?
+                            .and_then(|at| usize::try_from(at).ok()),
+                        output_id: row.get(14)?,
+                        replayed: row.get(15)?,
+                        kind: row.get(16)?,
+                    })
+                })?;
+                for row in rows {
+                    due.push(row?);
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            due.retain(|d: &Delivery| seen.insert(d.seq));
+            // Queue order across kinds, for a destination whose kinds share
+            // alike (coalescing keeps each kind's order of keys' turns).
+            if !coalesce {
+                due.sort_by_key(|d: &Delivery| d.seq);
+            }
+            Ok(due)
         })
     }
 
@@ -422,8 +471,9 @@ impl Queue for SqliteQueue {
                     db.execute(
                         "INSERT INTO outbox (destination, channel, tenant, event_id, entity_key,
                              idempotency_key, correlation_id, output, versions, next_ms, created_ms,
-                             received_ms, replayed)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10, 1)",
+                             received_ms, replayed, kind)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10, ?10, 1,
+                                 COALESCE(json_extract(?8, '$.kind'), ''))",
                         params![
                             destination,
                             channel,
@@ -520,7 +570,7 @@ impl Queue for SqliteQueue {
         })
     }
 
-    fn discard_channel(&self, channel: &str) -> Result<u64, StoreError> {
+    fn discard_channel(&self, _tenant: &str, channel: &str) -> Result<u64, StoreError> {
         let channel = channel.to_string();
         self.call(move |db| {
             let now = now_ms();
@@ -581,24 +631,29 @@ fn remove_delivery(db: &Connection, seq: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Removes the deliveries of `settled`'s key queued before it (only
-/// coalescing leaves any): the latest won. How many.
+/// Removes the deliveries of `settled`'s key and kind queued before it
+/// (only coalescing leaves any; never a resend by hand): the latest won.
+/// How many.
 fn supersede_older(db: &Connection, settled: &Delivery) -> rusqlite::Result<u64> {
+    // A resend by hand replaces nothing, and nothing replaces one.
+    if settled.replayed {
+        return Ok(0);
+    }
     let keys = params![
         settled.destination,
         settled.channel,
         settled.entity_key,
-        settled.seq
+        settled.seq,
+        settled.kind
     ];
-    db.prepare_cached(
-        "DELETE FROM attempts WHERE outbox_seq IN (SELECT seq FROM outbox
-           WHERE destination = ?1 AND channel = ?2 AND entity_key = ?3 AND seq < ?4)",
-    )?
+    let older =
+        "destination = ?1 AND channel = ?2 AND entity_key = ?3 AND seq < ?4 AND kind = ?5 AND replayed = 0";
+    db.prepare_cached(&format!(
+        "DELETE FROM attempts WHERE outbox_seq IN (SELECT seq FROM outbox WHERE {older})"
+    ))?
     .execute(keys)?;
     let removed = db
-        .prepare_cached(
-            "DELETE FROM outbox WHERE destination = ?1 AND channel = ?2 AND entity_key = ?3 AND seq < ?4",
-        )?
+        .prepare_cached(&format!("DELETE FROM outbox WHERE {older}"))?
         .execute(keys)?;
     Ok(removed as u64)
 }

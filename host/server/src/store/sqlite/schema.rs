@@ -82,6 +82,12 @@ const MIGRATIONS: &[Migration] = &[
              PRIMARY KEY (destination, channel, entity_key)
          ) WITHOUT ROWID;",
     ),
+    // 9: each delivery's event kind, for the destination's `priority`
+    // (rows from before read as the empty kind, with a share of 1).
+    Migration::Sql(
+        "ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT '';
+         CREATE INDEX outbox_kind ON outbox (destination, kind, seq);",
+    ),
 ];
 
 /// Why the schema cannot be brought up to date.

@@ -19,6 +19,7 @@
 //! restart with the same `Idempotency-Key`.
 
 mod send;
+mod shares;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -68,10 +69,10 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             }
             continue;
         }
-        let (queue, key, limit, coalesce) = (
+        let limit = worker.destination.config.concurrency * 8;
+        let (queue, key, coalesce) = (
             app.queue.clone(),
             name.clone(),
-            worker.destination.config.concurrency * 8,
             worker.destination.config.coalesce,
         );
         let due = in_store(move || queue.due(&key, now_ms(), limit, coalesce))
@@ -92,6 +93,9 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             }
             continue;
         }
+        // The store gives up to `limit` of each kind; a round takes `limit`.
+        let mut due = shares::by_shares(due, &worker.destination.config.priority);
+        due.truncate(limit);
         let (due, unchanged, mut fingerprints) = worker.split_unchanged(due).await;
         let sent = worker.dispatch(due, &mut stopped).await;
         worker.pause_for(&sent).await;

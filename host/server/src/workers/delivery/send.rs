@@ -236,6 +236,7 @@ mod tests {
             created_ms: 0,
             received_ms: 0,
             replayed: false,
+            kind: "inventory".into(),
         }
     }
 
