@@ -626,4 +626,13 @@ fn a_tenants_own_destination_and_channel_deliver_without_a_restart() {
         .map(|c| c["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["mine"]);
+    // Made again under the name, it starts on: the discard's switch is gone.
+    let (status, made) = send(
+        &sidecar,
+        "PUT",
+        "/v1/channels/doomed",
+        ACME,
+        json!({"destination": "portal"}),
+    );
+    assert_eq!((status, &made["enabled"]), (201, &json!(true)), "{made}");
 }

@@ -175,8 +175,12 @@ pub async fn delete_destination(
             ),
         ));
     }
-    let (registry, key) = (app.registry.clone(), name.to_string());
-    blocking(move || registry.delete_setting(DESTINATION_KIND, &tenant, &key)).await?;
+    let (registry, queue, key) = (app.registry.clone(), app.queue.clone(), name.to_string());
+    blocking(move || {
+        registry.delete_setting(DESTINATION_KIND, &tenant, &key)?;
+        queue.forget_fingerprints(Some(&key), None)
+    })
+    .await?;
     app.destinations.remove(name);
     Ok(json_response(StatusCode::OK, &json!({ "deleted": name })))
 }
@@ -243,6 +247,13 @@ pub async fn put_channel(
         entry,
     };
     let text = serde_json::to_string(&stored).map_err(ApiError::internal)?;
+    if current.is_none() {
+        // A name used before may have left its switch behind (a channel
+        // deleted with ?discard=true is switched off first): a new one
+        // starts as its entry says.
+        let (queue, key, on) = (app.queue.clone(), name.to_string(), stored.entry.enabled);
+        blocking(move || queue.set_enabled(&key, on, false)).await?;
+    }
     let channel = tokio::task::block_in_place(|| app.owned_channel(name, &stored, &text)).map_err(invalid)?;
     let (registry, key, spec) = (app.registry.clone(), name.to_string(), text.clone());
     blocking(move || {
@@ -310,10 +321,11 @@ pub async fn delete_channel(
         .inspect_err(|_| put_back())?;
         tracing::warn!(channel = %name, discarded, "channel deleted: its undelivered events are dead letters");
     }
-    let (registry, key) = (app.registry.clone(), name.to_string());
+    let (registry, queue, key) = (app.registry.clone(), app.queue.clone(), name.to_string());
     blocking(move || {
         registry.delete_setting(CHANNEL_KIND, &tenant, &key)?;
-        clear_activations(registry.as_ref(), &key)
+        clear_activations(registry.as_ref(), &key)?;
+        queue.forget_fingerprints(None, Some(&key))
     })
     .await?;
     Ok(json_response(StatusCode::OK, &json!({ "deleted": name })))

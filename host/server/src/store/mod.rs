@@ -541,6 +541,11 @@ pub trait Queue: Send + Sync {
             "discard a channel's events into dead letters",
         ))
     }
+    /// Forgets the fingerprints kept for `skip-unchanged` of a deleted
+    /// destination or channel (whichever is given), so one made again
+    /// under the name starts with none.
+    fn forget_fingerprints(&self, destination: Option<&str>, channel: Option<&str>)
+    -> Result<(), StoreError>;
     /// Sets up what a channel made while the sidecar runs needs: for a
     /// shared store, the consumers of its queue and of its deliveries to
     /// `destination`. A store only this sidecar uses needs nothing.

@@ -20,6 +20,9 @@ use super::outbox::OutRecord;
 use super::{NatsError, NatsStore, failed, names};
 use crate::store::StoreError;
 
+/// The bucket of what each destination last accepted.
+pub(super) const FINGERPRINTS: &str = "sluice-fingerprints";
+
 /// Queued messages of a partition looked through for a newer one of the
 /// same key, per send. A key whose newest is further back is coalesced
 /// in steps.
@@ -160,6 +163,33 @@ impl NatsStore {
             .await
             .map(drop)
             .map_err(|e| failed("store a fingerprint", e))
+    }
+
+    /// [`crate::store::Queue::forget_fingerprints`]: one purge of the
+    /// bucket's stream by subject.
+    pub(super) fn forget_fingerprints_of(
+        &self,
+        destination: Option<&str>,
+        channel: Option<&str>,
+    ) -> Result<(), StoreError> {
+        if destination.is_none() && channel.is_none() {
+            return Ok(());
+        }
+        let part = |name: Option<&str>| name.map_or("*".to_string(), names::token);
+        let subject = format!("$KV.{FINGERPRINTS}.{}.{}.*", part(destination), part(channel));
+        let js = jetstream::new(self.client.clone());
+        self.block("forget fingerprints", async move {
+            let stream = js
+                .get_stream(format!("KV_{FINGERPRINTS}"))
+                .await
+                .map_err(|e| failed("forget fingerprints", e))?;
+            stream
+                .purge()
+                .filter(subject)
+                .await
+                .map(drop)
+                .map_err(|e| failed("forget fingerprints", e))
+        })
     }
 
     /// [`crate::store::Queue::fingerprints`].

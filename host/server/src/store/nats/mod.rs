@@ -533,7 +533,7 @@ async fn setup(url: &str, window: Duration) -> Result<Setup, NatsError> {
         .await
         .map_err(|e| failed("create bucket sluice-registry", e))?;
     let fingerprints = js
-        .create_key_value(bucket("sluice-fingerprints", Duration::ZERO))
+        .create_key_value(bucket(latest::FINGERPRINTS, Duration::ZERO))
         .await
         .map_err(|e| failed("create bucket sluice-fingerprints", e))?;
     let modules = js

@@ -48,18 +48,22 @@ impl NatsStore {
         Ok(())
     }
 
-    /// Publishes `messages` in their order, then waits until JetStream has
-    /// stored them all. Their stream positions follow that order: a
-    /// partition's messages are delivered by position, so two updates of
-    /// one SKU in one batch must not swap. (Concurrent publishes did: a
-    /// burst of 200 stored a SKU's fourth update after its tenth.)
+    /// Publishes `messages` in their order and waits until JetStream has
+    /// stored them all. Messages on one subject (a partition, which is
+    /// delivered by stream position) are stored strictly in order: each
+    /// waits for the one before it on its subject to be stored, so a
+    /// failure half-way stores nothing after it there, and the redone batch
+    /// cannot put an update behind a later one of the same SKU. (Concurrent
+    /// publishes did: a burst of 200 stored a SKU's fourth update after its
+    /// tenth.) Messages on different subjects go out without waiting.
     pub(super) async fn store_in_order(
         &self,
         messages: Vec<(String, HeaderMap, Bytes)>,
     ) -> Result<(), NatsError> {
         self.connected()?;
         let js = jetstream::new(self.client.clone());
-        let mut acks = Vec::with_capacity(messages.len());
+        let mut acks: Vec<Option<jetstream::context::PublishAckFuture>> = Vec::with_capacity(messages.len());
+        let mut last_on: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for (subject, headers, payload) in messages {
             if payload.len() + HEADROOM > self.max_payload {
                 return Err(NatsError::TooLarge {
@@ -68,15 +72,27 @@ impl NatsStore {
                     max: self.max_payload,
                 });
             }
+            if let Some(before) = last_on
+                .get(&subject)
+                .and_then(|&i| acks.get_mut(i))
+                .and_then(Option::take)
+            {
+                before.await.map_err(|err| failed("store a message", err))?;
+            }
             let ack = js
-                .publish_with_headers(subject, headers, payload)
+                .publish_with_headers(subject.clone(), headers, payload)
                 .await
                 .map_err(|err| failed("publish", err))?;
-            acks.push(std::future::IntoFuture::into_future(ack));
+            last_on.insert(subject, acks.len());
+            acks.push(Some(ack));
         }
-        futures_util::future::try_join_all(acks)
-            .await
-            .map_err(|err| failed("store a message", err))?;
+        futures_util::future::try_join_all(
+            acks.into_iter()
+                .flatten()
+                .map(std::future::IntoFuture::into_future),
+        )
+        .await
+        .map_err(|err| failed("store a message", err))?;
         Ok(())
     }
 
@@ -162,6 +178,14 @@ impl Queue for NatsStore {
         coalesce: bool,
     ) -> Result<Vec<Delivery>, StoreError> {
         self.due_deliveries(destination, now_ms, limit, coalesce)
+    }
+
+    fn forget_fingerprints(
+        &self,
+        destination: Option<&str>,
+        channel: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.forget_fingerprints_of(destination, channel)
     }
 
     fn take_superseded(&self, destination: &str) -> Vec<(String, u64)> {

@@ -306,6 +306,17 @@ mod tests {
             .fingerprints("d", &[("a".into(), "SKU-1".into()), ("a".into(), "SKU-2".into())])
             .unwrap();
         assert_eq!(prints, [Some("f1".to_string()), None]);
+        // A deleted channel's fingerprints go with it; another's stay.
+        queue.forget_fingerprints(Some("elsewhere"), None).unwrap();
+        assert_eq!(
+            queue.fingerprints("d", &[("a".into(), "SKU-1".into())]).unwrap(),
+            [Some("f1".to_string())]
+        );
+        queue.forget_fingerprints(None, Some("a")).unwrap();
+        assert_eq!(
+            queue.fingerprints("d", &[("a".into(), "SKU-1".into())]).unwrap(),
+            [None]
+        );
         // Unchanged settles too: nothing older of its key survives it.
         queue
             .attempted(vec![(left[0].clone(), AttemptResult::Unchanged)])

@@ -222,6 +222,22 @@ impl Queue for SqliteQueue {
         })
     }
 
+    fn forget_fingerprints(
+        &self,
+        destination: Option<&str>,
+        channel: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let (destination, channel) = (destination.map(str::to_string), channel.map(str::to_string));
+        self.call(move |db| {
+            db.execute(
+                "DELETE FROM fingerprints WHERE (?1 IS NULL OR destination = ?1) AND (?2 IS NULL OR channel = ?2)
+                   AND (?1 IS NOT NULL OR ?2 IS NOT NULL)",
+                params![destination, channel],
+            )?;
+            Ok(())
+        })
+    }
+
     fn take_superseded(&self, destination: &str) -> Vec<(String, u64)> {
         self.superseded.take(destination)
     }
