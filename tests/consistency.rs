@@ -101,6 +101,16 @@ fn a_burst_reaches_every_skus_latest_state_in_few_requests_and_unchanged_states_
         (skus * updates as usize) as u64,
         "{metrics}"
     );
+    // A coalesced delivery carries the newest output's own identity and
+    // key: the key a plain delivery of that output would carry.
+    let mut keys = std::collections::BTreeSet::new();
+    for request in destination.received() {
+        let body = request.json();
+        let (sku, qty) = (body["sku"].as_str().unwrap(), body["qty"].as_u64().unwrap());
+        let source = request.header("x-sluice-source-event-id").unwrap();
+        assert_eq!(source, format!("a-{}-{qty}", &sku[4..]), "{sku} {qty}");
+        assert!(keys.insert(request.header("idempotency-key").unwrap().to_string()));
+    }
     // Per SKU, what arrived never went back in time.
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
     for request in destination.received() {
@@ -265,4 +275,44 @@ fn stock_updates_go_ahead_of_queued_product_updates_and_products_still_move() {
         order[..last_stock].contains('p'),
         "products got no share: {order}"
     );
+}
+
+/// Coalescing while the destination is down: updates keep arriving during
+/// the outage; once it is back, each SKU is sent its latest state, with
+/// no dead letter and a handful of requests.
+#[test]
+fn coalescing_while_the_destination_is_down_sends_only_the_latest_once_it_is_back() {
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let answer = down.clone();
+    let destination = sink(move |_, _| {
+        if answer.load(std::sync::atomic::Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let extra = "coalesce = true\n[destination.retry]\ninitial-backoff-ms = 100\nmax-backoff-ms = 500\nmax-attempts = 100";
+    let sidecar = Sidecar::start(dir.path(), &stock_config(destination.addr, extra, "qty"));
+    let (skus, updates) = (10, 10);
+    for qty in 1..=updates {
+        let round: Vec<Value> = (0..skus)
+            .map(|sku| stock_event(&format!("d-{sku}-{qty}"), &format!("SKU-{sku}"), qty))
+            .collect();
+        assert_eq!(sidecar.post("/v1/events", &jsonl(&round)).0, 202);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let failed = destination.count();
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_for("every SKU at its latest state", PATIENCE, || {
+        let accepted: Vec<Received> = destination.received().into_iter().skip(failed).collect();
+        destination_state(&accepted) == all_at(skus, updates as u64)
+    });
+    wait_for("nothing left queued", PATIENCE, || {
+        sidecar.get("/v1/channels/stock").1["queued"]["delivery"] == 0
+    });
+    let after = destination.count() - failed;
+    println!("down: {failed} refused attempts; back: {after} requests for {skus} SKUs");
+    assert!(after <= 2 * skus, "{after} requests once it was back");
+    assert_eq!(sidecar.get("/v1/dead-letters").1, json!([]));
 }

@@ -46,11 +46,18 @@ pub(super) const DUE_OLDEST: &str =
 /// Coalescing: each key's newest delivery of the same kind as its oldest,
 /// if due, in the order of the key's oldest. It walks the keys in their
 /// oldest delivery's order (an index scan that stops at the limit) and
-/// takes each key's newest. A dead letter resent by hand keeps its place:
-/// it is sent as it is, and coalescing stops at it.
+/// takes each key's newest. A key waits out the backoff of any of its
+/// deliveries, and
+/// its newest carries the key's attempts, so updates arriving while a
+/// destination is down neither bring its retries forward nor start its
+/// count again. A dead letter resent by hand keeps its place: it is sent as it
+/// is, and coalescing stops at it.
 pub(super) const DUE_COALESCED: &str =
     "SELECT n.seq, n.destination, n.channel, n.tenant, n.event_id, n.entity_key,
-                        n.idempotency_key, n.correlation_id, n.output, n.attempts, n.created_ms,
+                        n.idempotency_key, n.correlation_id, n.output,
+                        (SELECT MAX(a.attempts) FROM outbox a
+                         WHERE a.destination = o.destination AND a.channel = o.channel
+                           AND a.entity_key = o.entity_key), n.created_ms,
                         n.received_ms, n.versions, n.payload_at, n.output_id, n.replayed, n.kind
                  FROM outbox o
                  JOIN outbox n ON n.seq = CASE WHEN o.replayed THEN o.seq ELSE
@@ -62,6 +69,9 @@ pub(super) const DUE_COALESCED: &str =
                                                 AND r.entity_key = o.entity_key AND r.replayed = 1
                                                 AND r.seq > o.seq), 9223372036854775807)) END
                  WHERE o.destination = ?1 AND n.next_ms <= ?2
+                   AND (SELECT MAX(b.next_ms) FROM outbox b
+                        WHERE b.destination = o.destination AND b.channel = o.channel
+                          AND b.entity_key = o.entity_key) <= ?2
                    AND NOT EXISTS (SELECT 1 FROM outbox p
                                    WHERE p.destination = o.destination AND p.channel = o.channel
                                      AND p.entity_key = o.entity_key AND p.seq < o.seq)
@@ -300,9 +310,14 @@ impl Queue for SqliteQueue {
                     AttemptResult::Retry { attempt, next_ms } => {
                         record_attempt(db, delivery.seq, attempt)?;
                         db.prepare_cached(
-                            "UPDATE outbox SET attempts = attempts + 1, next_ms = ?2 WHERE seq = ?1",
+                            // The count as sent (a coalesced newest carries its key's).
+                            "UPDATE outbox SET attempts = ?3, next_ms = ?2 WHERE seq = ?1",
                         )?
-                        .execute(params![delivery.seq, next_ms])?;
+                        .execute(params![
+                            delivery.seq,
+                            next_ms,
+                            delivery.attempts + 1
+                        ])?;
                     }
                     AttemptResult::DeadLetter { attempt, reason } => {
                         record_attempt(db, delivery.seq, attempt)?;
