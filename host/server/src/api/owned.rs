@@ -177,8 +177,8 @@ pub async fn delete_destination(
     }
     let (registry, queue, key) = (app.registry.clone(), app.queue.clone(), name.to_string());
     blocking(move || {
-        registry.delete_setting(DESTINATION_KIND, &tenant, &key)?;
-        queue.forget_fingerprints(Some(&key), None)
+        queue.forget_fingerprints(Some(&key), None)?;
+        registry.delete_setting(DESTINATION_KIND, &tenant, &key).map(drop)
     })
     .await?;
     app.destinations.remove(name);
@@ -323,9 +323,9 @@ pub async fn delete_channel(
     }
     let (registry, queue, key) = (app.registry.clone(), app.queue.clone(), name.to_string());
     blocking(move || {
+        queue.forget_fingerprints(None, Some(&key))?;
         registry.delete_setting(CHANNEL_KIND, &tenant, &key)?;
-        clear_activations(registry.as_ref(), &key)?;
-        queue.forget_fingerprints(None, Some(&key))
+        clear_activations(registry.as_ref(), &key)
     })
     .await?;
     Ok(json_response(StatusCode::OK, &json!({ "deleted": name })))

@@ -65,9 +65,10 @@ fn entity_key(prefix: &str, destination: &str, channel: &str, key: &str) -> Stri
 }
 
 impl NatsStore {
-    /// The newest message of `record`'s entity key and kind queued after
-    /// position `from`, if there is one before a resend by hand of the key
-    /// (which keeps its place), and the last position looked at.
+    /// The newest message of `record`'s entity key queued after position
+    /// `from` in the unbroken run of its kind (a message of another kind of
+    /// the key, or a resend by hand, ends it and keeps its place), if there
+    /// is one, and the last position looked at.
     pub(super) async fn newest_of_key(
         &self,
         from: u64,
@@ -95,12 +96,11 @@ impl NatsStore {
             if let Ok(later) = serde_json::from_slice::<OutRecord>(&message.payload)
                 && later.entity_key == record.entity_key
             {
-                if later.replayed {
+                // Another kind of the key, or a resend by hand, ends the run.
+                if later.replayed || later.kind != record.kind {
                     break;
                 }
-                if later.kind == record.kind {
-                    newest = Some((message.sequence, later));
-                }
+                newest = Some((message.sequence, later));
             }
             looked = message.sequence;
         }

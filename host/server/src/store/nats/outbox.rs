@@ -378,13 +378,12 @@ impl NatsStore {
                 && let Some(up_to) = self.settled_up_to(&record).await?
                 && seq <= up_to
             {
-                if seq < up_to {
-                    self.superseded.add(&record.destination, &record.channel, 1);
+                // Counted once acknowledged; one that fails comes back and is counted then.
+                match message.ack().await {
+                    Ok(()) if seq < up_to => self.superseded.add(&record.destination, &record.channel, 1),
+                    Ok(()) => {}
+                    Err(err) => tracing::warn!(seq, error = %err, "cannot acknowledge a superseded delivery"),
                 }
-                message
-                    .ack()
-                    .await
-                    .map_err(|e| failed("acknowledge a superseded delivery", e))?;
                 continue;
             }
             // A node that takes over a redelivered message continues its
@@ -473,11 +472,9 @@ impl NatsStore {
             }
             if let Some(up_to) = replaced_up_to {
                 self.settle_up_to(record, *up_to).await?;
-                // The held message itself was superseded by the one sent.
-                self.superseded.add(&record.destination, &record.channel, 1);
             }
         }
-        match result {
+        let finished = match result {
             AttemptResult::Retry { .. } => {
                 let value = serde_json::to_vec(retries).expect("attempts serialise");
                 self.attempts
@@ -509,7 +506,12 @@ impl NatsStore {
                 let _ = self.attempts.purge(&key).await;
                 Ok(true)
             }
+        };
+        // Counted once acknowledged: the held message itself was superseded by the one sent.
+        if replaced_up_to.is_some() && matches!(finished, Ok(true)) {
+            self.superseded.add(&record.destination, &record.channel, 1);
         }
+        finished
     }
 
     /// Lets go of each delivery whose attempt finished it; fails with the

@@ -49,7 +49,7 @@ impl NatsStore {
     }
 
     /// Publishes `messages` in their order and waits until JetStream has
-    /// stored them all. Messages on one subject (a partition, which is
+    /// stored them all. Deliveries on one subject (a partition, which is
     /// delivered by stream position) are stored strictly in order: each
     /// waits for the one before it on its subject to be stored, so a
     /// failure half-way stores nothing after it there, and the redone batch
@@ -72,10 +72,14 @@ impl NatsStore {
                     max: self.max_payload,
                 });
             }
-            if let Some(before) = last_on
-                .get(&subject)
-                .and_then(|&i| acks.get_mut(i))
-                .and_then(Option::take)
+            // Only a partition is delivered by position; dead letters and
+            // the rest go out without waiting.
+            let ordered = subject.starts_with("sluice.out.");
+            if ordered
+                && let Some(before) = last_on
+                    .get(&subject)
+                    .and_then(|&i| acks.get_mut(i))
+                    .and_then(Option::take)
             {
                 before.await.map_err(|err| failed("store a message", err))?;
             }
@@ -83,7 +87,9 @@ impl NatsStore {
                 .publish_with_headers(subject.clone(), headers, payload)
                 .await
                 .map_err(|err| failed("publish", err))?;
-            last_on.insert(subject, acks.len());
+            if ordered {
+                last_on.insert(subject, acks.len());
+            }
             acks.push(Some(ack));
         }
         futures_util::future::try_join_all(

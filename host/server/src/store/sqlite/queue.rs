@@ -29,55 +29,75 @@ const KINDS: &str = "WITH RECURSIVE k(kind, n) AS (
         FROM k WHERE k.kind IS NOT NULL AND n <= ?2
      )
      SELECT kind FROM k WHERE kind IS NOT NULL";
-/// Each entity key's oldest due delivery of one kind, in queue order (the
-/// key's oldest delivery decides its kind).
-pub(super) const DUE_OLDEST: &str =
-    "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
-                        correlation_id, output, attempts, created_ms, received_ms, versions,
-                        payload_at, output_id, replayed, kind
-                 FROM outbox o
-                 WHERE destination = ?1 AND next_ms <= ?2
-                   AND NOT EXISTS (SELECT 1 FROM outbox p
-                                   WHERE p.destination = o.destination AND p.channel = o.channel
-                                     AND p.entity_key = o.entity_key AND p.seq < o.seq)
-                   AND channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
-                   AND (?4 IS NULL OR kind = ?4)
-                 ORDER BY seq LIMIT ?3";
-/// Coalescing: each key's newest delivery of the same kind as its oldest,
-/// if due, in the order of the key's oldest. It walks the keys in their
-/// oldest delivery's order (an index scan that stops at the limit) and
-/// takes each key's newest. A key waits out the backoff of any of its
-/// deliveries, and
-/// its newest carries the key's attempts, so updates arriving while a
-/// destination is down neither bring its retries forward nor start its
-/// count again. A dead letter resent by hand keeps its place: it is sent as it
-/// is, and coalescing stops at it.
-pub(super) const DUE_COALESCED: &str =
-    "SELECT n.seq, n.destination, n.channel, n.tenant, n.event_id, n.entity_key,
-                        n.idempotency_key, n.correlation_id, n.output,
-                        (SELECT MAX(a.attempts) FROM outbox a
-                         WHERE a.destination = o.destination AND a.channel = o.channel
-                           AND a.entity_key = o.entity_key), n.created_ms,
-                        n.received_ms, n.versions, n.payload_at, n.output_id, n.replayed, n.kind
-                 FROM outbox o
-                 JOIN outbox n ON n.seq = CASE WHEN o.replayed THEN o.seq ELSE
-                     (SELECT MAX(m.seq) FROM outbox m
-                      WHERE m.destination = o.destination AND m.channel = o.channel
-                        AND m.entity_key = o.entity_key AND m.kind = o.kind AND m.replayed = 0
-                        AND m.seq < COALESCE((SELECT MIN(r.seq) FROM outbox r
-                                              WHERE r.destination = o.destination AND r.channel = o.channel
-                                                AND r.entity_key = o.entity_key AND r.replayed = 1
-                                                AND r.seq > o.seq), 9223372036854775807)) END
-                 WHERE o.destination = ?1 AND n.next_ms <= ?2
-                   AND (SELECT MAX(b.next_ms) FROM outbox b
-                        WHERE b.destination = o.destination AND b.channel = o.channel
-                          AND b.entity_key = o.entity_key) <= ?2
-                   AND NOT EXISTS (SELECT 1 FROM outbox p
-                                   WHERE p.destination = o.destination AND p.channel = o.channel
-                                     AND p.entity_key = o.entity_key AND p.seq < o.seq)
-                   AND o.channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0)
-                   AND (?4 IS NULL OR o.kind = ?4)
-                 ORDER BY o.seq LIMIT ?3";
+/// Each entity key's oldest due delivery, in queue order, with a filter
+/// on its kind (`?4`) appended.
+macro_rules! due_oldest {
+    ($kind:literal) => {
+        concat!(
+            "SELECT seq, destination, channel, tenant, event_id, entity_key, idempotency_key,
+                    correlation_id, output, attempts, created_ms, received_ms, versions,
+                    payload_at, output_id, replayed, kind
+             FROM outbox o
+             WHERE destination = ?1 AND next_ms <= ?2
+               AND NOT EXISTS (SELECT 1 FROM outbox p
+                               WHERE p.destination = o.destination AND p.channel = o.channel
+                                 AND p.entity_key = o.entity_key AND p.seq < o.seq)
+               AND channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0) ",
+            $kind,
+            " ORDER BY seq LIMIT ?3"
+        )
+    };
+}
+
+/// Coalescing: each key's newest delivery of the unbroken run of its
+/// oldest's kind (a delivery of another kind, or a dead letter resent by
+/// hand, ends the run and keeps its place), if due, in the order of the
+/// key's oldest. It walks the keys in their oldest delivery's order (an
+/// index scan that stops at the limit). A key waits out the backoff of any
+/// of its deliveries, and its newest carries the key's attempts, so updates
+/// arriving while a destination is down neither bring its retries forward
+/// nor start its count again. A filter on the oldest's kind is appended.
+macro_rules! due_coalesced {
+    ($kind:literal) => {
+        concat!(
+            "SELECT n.seq, n.destination, n.channel, n.tenant, n.event_id, n.entity_key,
+                    n.idempotency_key, n.correlation_id, n.output,
+                    (SELECT MAX(a.attempts) FROM outbox a
+                     WHERE a.destination = o.destination AND a.channel = o.channel
+                       AND a.entity_key = o.entity_key), n.created_ms,
+                    n.received_ms, n.versions, n.payload_at, n.output_id, n.replayed, n.kind
+             FROM outbox o
+             JOIN outbox n ON n.seq = CASE WHEN o.replayed THEN o.seq ELSE
+                 (SELECT MAX(m.seq) FROM outbox m
+                  WHERE m.destination = o.destination AND m.channel = o.channel
+                    AND m.entity_key = o.entity_key
+                    AND m.seq < COALESCE((SELECT MIN(r.seq) FROM outbox r
+                                          WHERE r.destination = o.destination AND r.channel = o.channel
+                                            AND r.entity_key = o.entity_key AND r.seq > o.seq
+                                            AND (r.replayed = 1 OR r.kind <> o.kind)),
+                                         9223372036854775807)) END
+             WHERE o.destination = ?1 AND n.next_ms <= ?2
+               AND (SELECT MAX(b.next_ms) FROM outbox b
+                    WHERE b.destination = o.destination AND b.channel = o.channel
+                      AND b.entity_key = o.entity_key) <= ?2
+               AND NOT EXISTS (SELECT 1 FROM outbox p
+                               WHERE p.destination = o.destination AND p.channel = o.channel
+                                 AND p.entity_key = o.entity_key AND p.seq < o.seq)
+               AND o.channel NOT IN (SELECT channel FROM channel_state WHERE enabled = 0) ",
+            $kind,
+            " ORDER BY o.seq LIMIT ?3"
+        )
+    };
+}
+
+/// The oldest of each key whose oldest is of kind `?4` (index `outbox_kind`).
+pub(super) const DUE_OLDEST_OF_KIND: &str = due_oldest!("AND kind = ?4");
+/// The oldest of each key, whatever its kind (`?4` is NULL).
+const DUE_OLDEST: &str = due_oldest!("AND ?4 IS NULL");
+/// Coalescing, the keys whose oldest is of kind `?4` (index `outbox_kind`).
+pub(super) const DUE_COALESCED_OF_KIND: &str = due_coalesced!("AND o.kind = ?4");
+/// Coalescing, every key (`?4` is NULL).
+pub(super) const DUE_COALESCED: &str = due_coalesced!("AND ?4 IS NULL");
 
 impl Queue for SqliteQueue {
     fn ping(&self) -> Result<(), StoreError> {
@@ -180,6 +200,9 @@ impl Queue for SqliteQueue {
         self.read(move |db| {
             // The oldest of each key; coalescing, the newest, in its key's
             // turn (its oldest's position), so a busy key is not starved.
+            // One snapshot for every query of the round.
+            let snapshot = db.unchecked_transaction()?;
+            let db: &Connection = &snapshot;
             let mut kinds: Vec<Option<String>> = db
                 .prepare_cached(KINDS)?
                 .query_map(params![&destination, KINDS_APART as i64], |row| row.get(0))?
@@ -191,9 +214,14 @@ impl Queue for SqliteQueue {
             }
             // Up to `limit` of each kind: the worker orders them by the
             // destination's priority and takes its round from them.
-            let mut query = db.prepare_cached(if coalesce { DUE_COALESCED } else { DUE_OLDEST })?;
             let mut due = Vec::new();
             for kind in kinds {
+                let mut query = db.prepare_cached(match (coalesce, kind.is_some()) {
+                    (true, true) => DUE_COALESCED_OF_KIND,
+                    (true, false) => DUE_COALESCED,
+                    (false, true) => DUE_OLDEST_OF_KIND,
+                    (false, false) => DUE_OLDEST,
+                })?;
                 let rows = query.query_map(params![destination, now_ms, limit as i64, kind], |row| {
                     Ok(Delivery {
                         seq: row.get(0)?,
@@ -221,8 +249,10 @@ impl Queue for SqliteQueue {
                     due.push(row?);
                 }
             }
+            // One delivery per key in a round (the query of every kind
+            // meets the kinds queried apart again).
             let mut seen = std::collections::HashSet::new();
-            due.retain(|d: &Delivery| seen.insert(d.seq));
+            due.retain(|d: &Delivery| seen.insert((d.channel.clone(), d.entity_key.clone())));
             // Queue order across kinds, for a destination whose kinds share
             // alike (coalescing keeps each kind's order of keys' turns).
             if !coalesce {

@@ -44,6 +44,8 @@ use send::{Outbound, Sent, send};
 const UNCONFIGURED_RATE: f64 = 1000.0;
 /// Longest wait for new work before looking again.
 const IDLE: Duration = Duration::from_millis(250);
+/// Shortest wait when nothing is due on a coalescing destination.
+const COALESCED_IDLE: Duration = Duration::from_millis(50);
 
 /// Runs until `stopped` turns true; requests in flight finish and are recorded first.
 pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>) {
@@ -84,7 +86,11 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         if due.is_empty() {
             // A coalescing store may have superseded some as they arrived.
             report_not_sent(&app, &name, BTreeMap::new());
-            let idle = next_wait(&app, &name).await;
+            // Coalescing, a key waits for the backoff of all of its
+            // deliveries, which the earliest due time does not show: no
+            // spinning on it.
+            let floor = if coalesce { COALESCED_IDLE } else { Duration::ZERO };
+            let idle = next_wait(&app, &name).await.max(floor);
             tokio::select! {
                 () = worker.destination.wake.notified() => {}
                 () = async { signal.as_ref().expect("checked").notified().await }, if signal.is_some() => {}
