@@ -533,6 +533,35 @@ fn switches_activations_tokens_and_dead_letters_are_shared_by_every_node() {
         down.count() <= failed_before + 3,
         "discarded deliveries are not retried"
     );
+    // Nothing of the deleted channels is left in JetStream: no consumer of
+    // their queues or of any partition of their deliveries, on any node.
+    wait_for("the deleted channels' consumers gone", PATIENCE, || {
+        let left = consumer_names(&nats);
+        left.iter()
+            .all(|name| !name.contains("holding") && !name.contains("failing"))
+            && left.iter().any(|name| name == "transform_own")
+    });
+}
+
+/// The durable consumers of both queue streams.
+fn consumer_names(nats: &Nats) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let jetstream = async_nats::jetstream::new(client);
+        let mut names = Vec::new();
+        for stream in ["SLUICE_IN", "SLUICE_OUT"] {
+            let stream = jetstream.get_stream(stream).await.unwrap();
+            let mut listed = stream.consumer_names();
+            while let Some(name) = futures_util::StreamExt::next(&mut listed).await {
+                names.push(name.unwrap());
+            }
+        }
+        names
+    })
 }
 
 /// The hardening issue's JetStream case: two nodes, 12 stock updates of 6

@@ -325,7 +325,12 @@ pub async fn delete_channel(
     blocking(move || {
         queue.forget_fingerprints(None, Some(&key))?;
         registry.delete_setting(CHANNEL_KIND, &tenant, &key)?;
-        clear_activations(registry.as_ref(), &key)
+        clear_activations(registry.as_ref(), &key)?;
+        // Nothing is left to pull for it; what fails here is only logged.
+        if let Err(err) = queue.drop_route(&key) {
+            tracing::warn!(channel = %key, error = %err, "cannot drop a deleted channel's consumers");
+        }
+        Ok(())
     })
     .await?;
     Ok(json_response(StatusCode::OK, &json!({ "deleted": name })))

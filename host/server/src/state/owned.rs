@@ -212,6 +212,10 @@ impl App {
                 for channel in self.channels.values() {
                     if channel.owned.is_some() && !wanted.contains_key(&channel.name) {
                         self.channels.remove(&channel.name);
+                        // Deleted on another node: no consumer or pull task stays here.
+                        if let Err(err) = self.queue.drop_route(&channel.name) {
+                            tracing::warn!(channel = %channel.name, error = %err, "cannot drop a deleted channel's consumers");
+                        }
                     }
                 }
                 for (name, text) in wanted {

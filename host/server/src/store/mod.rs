@@ -553,6 +553,13 @@ pub trait Queue: Send + Sync {
         let _ = (channel, destination);
         Ok(())
     }
+    /// Undoes [`Queue::add_route`] for a deleted channel (every destination
+    /// of it): a shared store stops pulling for it and deletes its
+    /// consumers. A store only this sidecar uses needs nothing.
+    fn drop_route(&self, channel: &str) -> Result<(), StoreError> {
+        let _ = channel;
+        Ok(())
+    }
     /// Changes that other sidecars made to shared state, for a store that
     /// is shared; `None` for one that only this sidecar uses.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<SharedChange>> {

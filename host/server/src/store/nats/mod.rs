@@ -125,8 +125,9 @@ pub struct NatsStore {
     consumers: Mutex<HashMap<String, PullConsumer>>,
     transform: Arc<Mutex<HashMap<String, HeldBatch>>>,
     deliveries: Arc<Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>>,
-    /// The (channel, destination) pairs whose consumers this node pulls from.
-    routes: Mutex<std::collections::HashSet<(String, String)>>,
+    /// The (channel, destination) pairs whose consumers this node pulls
+    /// from, with the tasks that pull them.
+    routes: Mutex<HashMap<(String, String), Vec<tokio::task::JoinHandle<()>>>>,
     /// Deliveries JetStream pushed to this node, per destination, in
     /// arrival order, not yet held. Kept alive and given back on close as
     /// held ones are: a message waits here while the delivery worker sleeps
@@ -203,7 +204,7 @@ impl NatsStore {
     /// `destination`, and pulls those deliveries; once per pair.
     pub(crate) fn route(&self, channel: &str, destination: &str) -> Result<(), StoreError> {
         let pair = (channel.to_string(), destination.to_string());
-        if self.routes.lock().expect("routes lock").contains(&pair) {
+        if self.routes.lock().expect("routes lock").contains_key(&pair) {
             return Ok(());
         }
         self.consumer(&names::transform_consumer(channel), names::inbound(channel))?;
@@ -214,22 +215,69 @@ impl NatsStore {
             .entry(destination.to_string())
             .or_default()
             .clone();
+        let mut pulls = Vec::with_capacity(PARTITIONS as usize);
         for partition in 0..PARTITIONS {
             let consumer = self.consumer(
                 &names::delivery_consumer(destination, channel, partition),
                 names::outbound(destination, partition, channel),
             )?;
             let inbox = Arc::downgrade(&self.inboxes);
-            self.handle.spawn(pull(
+            pulls.push(self.handle.spawn(pull(
                 consumer,
                 inbox,
                 self.closing.clone(),
                 destination.to_string(),
                 signal.clone(),
-            ));
+            )));
         }
-        self.routes.lock().expect("routes lock").insert(pair);
+        self.routes.lock().expect("routes lock").insert(pair, pulls);
         Ok(())
+    }
+
+    /// Undoes [`NatsStore::route`] for every destination of a deleted
+    /// `channel`: its pull tasks stop, and its durable consumers (its
+    /// queue's and each partition's of its deliveries) are deleted from
+    /// JetStream, so channels made and deleted through the API leave no
+    /// consumer or task behind. Every node does it when it learns of the
+    /// delete; a consumer already gone is fine.
+    pub(crate) fn unroute(&self, channel: &str) -> Result<(), StoreError> {
+        let gone: Vec<((String, String), Vec<tokio::task::JoinHandle<()>>)> = {
+            let mut routes = self.routes.lock().expect("routes lock");
+            let pairs: Vec<(String, String)> = routes.keys().filter(|(c, _)| c == channel).cloned().collect();
+            pairs
+                .into_iter()
+                .filter_map(|pair| routes.remove_entry(&pair))
+                .collect()
+        };
+        let mut names = vec![(true, names::transform_consumer(channel))];
+        for ((_, destination), pulls) in gone {
+            for task in pulls {
+                task.abort();
+            }
+            names
+                .extend((0..PARTITIONS).map(|p| (false, names::delivery_consumer(&destination, channel, p))));
+        }
+        self.transform.lock().expect("transform lock").remove(channel);
+        {
+            let mut consumers = self.consumers.lock().expect("consumers lock");
+            for (_, name) in &names {
+                consumers.remove(name);
+            }
+        }
+        let (inbound, outbound) = (self.inbound.clone(), self.outbound.clone());
+        self.block("delete a channel's consumers", async move {
+            for (of_queue, name) in names {
+                let stream = if of_queue { &inbound } else { &outbound };
+                match stream.delete_consumer(&name).await {
+                    Ok(_) => {}
+                    Err(err)
+                        if matches!(err.kind(), jetstream::stream::ConsumerErrorKind::JetStream(e)
+                            if e.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
+                    Err(err) => return Err(failed("delete a consumer", err)),
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Reports every message this node holds as in progress every

@@ -412,6 +412,10 @@ impl Queue for NatsStore {
         self.discard_channel_events(tenant, channel)
     }
 
+    fn drop_route(&self, channel: &str) -> Result<(), StoreError> {
+        self.unroute(channel)
+    }
+
     fn add_route(&self, channel: &str, destination: &str) -> Result<(), StoreError> {
         self.route(channel, destination)
     }
