@@ -127,7 +127,7 @@ pub struct NatsStore {
     deliveries: Arc<Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>>,
     /// The (channel, destination) pairs whose consumers this node pulls
     /// from, with the tasks that pull them.
-    routes: Mutex<HashMap<(String, String), Vec<tokio::task::JoinHandle<()>>>>,
+    routes: Mutex<HashMap<Route, Pulls>>,
     /// Deliveries JetStream pushed to this node, per destination, in
     /// arrival order, not yet held. Kept alive and given back on close as
     /// held ones are: a message waits here while the delivery worker sleeps
@@ -241,7 +241,7 @@ impl NatsStore {
     /// consumer or task behind. Every node does it when it learns of the
     /// delete; a consumer already gone is fine.
     pub(crate) fn unroute(&self, channel: &str) -> Result<(), StoreError> {
-        let gone: Vec<((String, String), Vec<tokio::task::JoinHandle<()>>)> = {
+        let gone: Vec<(Route, Pulls)> = {
             let mut routes = self.routes.lock().expect("routes lock");
             let pairs: Vec<(String, String)> = routes.keys().filter(|(c, _)| c == channel).cloned().collect();
             pairs
@@ -390,6 +390,11 @@ impl Drop for NatsStore {
         }
     }
 }
+
+/// A (channel, destination) pair this node pulls deliveries for.
+type Route = (String, String);
+/// The tasks pulling one route's partitions.
+type Pulls = Vec<tokio::task::JoinHandle<()>>;
 
 /// Each destination's inbox: deliveries pushed to this node, in arrival order.
 type Inboxes = Arc<Mutex<HashMap<String, Vec<jetstream::Message>>>>;
