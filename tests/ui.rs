@@ -419,7 +419,8 @@ fn a_tenant_makes_edits_and_deletes_its_own_destination_and_channel_in_a_real_br
     browser.fill("#entry-name", "shop");
     browser.fill(
         "#entry-body",
-        &json!({"url": url, "method": "PUT", "headers": {"X-Api-Key": "k-123"}}).to_string(),
+        &json!({"url": url, "method": "PUT", "headers": {"X-Api-Key": "k-123"}, "skip-unchanged": true})
+            .to_string(),
     );
     browser.click_on("#entry-save");
     browser.find("tr[data-entry='destination:shop'] button[data-action='edit']");
@@ -446,6 +447,20 @@ fn a_tenant_makes_edits_and_deletes_its_own_destination_and_channel_in_a_real_br
             r.method == "PUT" && r.path == "/own/A-1" && r.header("x-api-key") == Some("k-123")
         }) == 1
     });
+    // The same state again is not sent, and the page says so.
+    let again = event("own-1-again", "acme", json!({"sku": "A-1", "qty": 4}));
+    assert_eq!(api(&sidecar, ACME, "POST", "/v1/events", &again).0, 202);
+    browser.wait("the unchanged delivery on the page", || {
+        let cells = browser.run(
+            "return [...document.querySelectorAll('#destinations tbody tr')].filter(r => r.firstChild.textContent === 'shop').map(r => r.querySelector(\"td[data-field='not-sent']\").textContent)",
+        );
+        (cells == json!(["0 / 1"])).then_some(())
+    });
+    assert_eq!(
+        own.count_where(|r| r.path == "/own/A-1"),
+        1,
+        "the unchanged state was sent"
+    );
 
     // Edited: the header's value reads "set" and is kept; the method changes.
     browser.click_on("tr[data-entry='destination:shop'] button[data-action='edit']");

@@ -123,9 +123,16 @@ function sparkline(minutes) {
   const title = svg("title");
   title.textContent = `last hour: ${total((m) => m.in)} in, ${total((m) => m.emitted)} emitted, ` +
     `${total((m) => m.delivered)} delivered, ${total((m) => m.rejected)} rejected, ` +
-    `${total((m) => m.faulted)} faulted, ${total((m) => m["dead-lettered"])} dead-lettered`;
+    `${total((m) => m.faulted)} faulted, ${total((m) => m["dead-lettered"])} dead-lettered, ` +
+    `${total((m) => m.superseded ?? 0)} superseded, ${total((m) => m.unchanged ?? 0)} unchanged`;
   chart.append(title);
   return chart;
+}
+
+// What `coalesce` and `skip-unchanged` spared the destination in the last hour.
+function notSent(minutes) {
+  const sum = (field) => minutes.reduce((total, m) => total + (m[field] ?? 0), 0);
+  return `${sum("superseded")} / ${sum("unchanged")}`;
 }
 
 function latency(minutes) {
@@ -200,6 +207,7 @@ function renderDestinations(destinations) {
       el("td", {}, when(d["paused-until"])),
       el("td", { class: "snippet" }, error ? `${when(error.at_ms)} ${error.status ?? "no answer"}: ${error.detail}` : "–"),
       el("td", {}, sparkline(d.history || [])),
+      el("td", { class: "num", "data-field": "not-sent" }, notSent(d.history || [])),
       el("td", {}, latency(d.history || [])));
   }));
 }
