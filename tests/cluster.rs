@@ -789,7 +789,7 @@ fn one_node_polls_a_source_at_a_time_and_another_takes_over_when_it_dies() {
 /// sent again cost no request.
 #[test]
 fn coalescing_on_jetstream_ends_on_the_latest_state_through_a_kill_9() {
-    use crate::consistency::counter;
+    use crate::consistency::{counter, destination_state};
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
     let destination = sink(|_, _| Reply::status(200));
@@ -807,21 +807,9 @@ fn coalescing_on_jetstream_ends_on_the_latest_state_through_a_kill_9() {
     assert_eq!(status, 202, "{answer}");
     wait_for("a few deliveries", PATIENCE, || destination.count() >= 5);
     nodes[1].kill9();
-    let state = |received: &[Received]| -> BTreeMap<String, u64> {
-        received
-            .iter()
-            .map(|r| {
-                let body = r.json();
-                (
-                    body["sku"].as_str().unwrap().to_string(),
-                    body["qty"].as_u64().unwrap(),
-                )
-            })
-            .collect()
-    };
     let wanted: BTreeMap<String, u64> = (0..SKUS).map(|s| (format!("SKU-{s}"), UPDATES as u64)).collect();
     wait_for("every SKU at its latest state", PATIENCE, || {
-        state(&destination.received()) == wanted
+        destination_state(&destination.received()) == wanted
     });
     nodes[1].restart();
     wait_for("nothing left queued", PATIENCE, || {

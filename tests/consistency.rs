@@ -45,7 +45,7 @@ fn burst(run: &str, skus: usize, updates: u32) -> Vec<Value> {
 }
 
 /// The state the destination holds: each SKU's last accepted quantity.
-fn destination_state(received: &[Received]) -> BTreeMap<String, u64> {
+pub fn destination_state(received: &[Received]) -> BTreeMap<String, u64> {
     let mut state = BTreeMap::new();
     for request in received {
         let body = request.json();

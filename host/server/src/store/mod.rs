@@ -535,12 +535,7 @@ pub trait Queue: Send + Sync {
     }
     /// Moves every event `channel` (of `tenant`) still holds (to transform
     /// or to deliver) into dead letters (reason `discarded`); how many.
-    fn discard_channel(&self, tenant: &str, channel: &str) -> Result<u64, StoreError> {
-        let _ = (tenant, channel);
-        Err(StoreError::Unsupported(
-            "discard a channel's events into dead letters",
-        ))
-    }
+    fn discard_channel(&self, tenant: &str, channel: &str) -> Result<u64, StoreError>;
     /// Forgets the fingerprints kept for `skip-unchanged` of a deleted
     /// destination or channel (whichever is given), so one made again
     /// under the name starts with none.
