@@ -417,9 +417,17 @@ fn sluice_check_accepts_a_transform_and_lists_its_imports() {
     let output = sluice(&["check", guest("b2b-portal").to_str().unwrap()]);
     let out = stdout(&output);
     assert!(output.status.success(), "{out}");
-    assert!(out.contains("ok, implements sluice:transform@0.1.0"), "{out}");
+    assert!(out.contains("ok, implements sluice:transform@0.2.0\n"), "{out}");
     assert!(out.contains("- wasi:cli/stderr@"), "{out}");
-    assert!(out.contains("- apply"), "{out}");
+    assert!(out.contains("- sluice:transform/step@0.2.0"), "{out}");
+    let old = stdout(&sluice(&["check", guest("contract-0-1").to_str().unwrap()]));
+    assert!(old.contains("ok, implements sluice:transform@0.1.0\n"), "{old}");
+    assert!(old.contains("- apply"), "{old}");
+    let stateful = stdout(&sluice(&["check", guest("changed-fields").to_str().unwrap()]));
+    assert!(
+        stateful.contains("ok, implements sluice:transform@0.2.0, keeps state"),
+        "{stateful}"
+    );
 }
 
 #[test]
@@ -427,7 +435,9 @@ fn sluice_check_explains_what_is_wrong() {
     let output = sluice(&["check", guest("other-world").to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        stdout(&output).contains("it does not export `init` and `apply`; it exports [greet]"),
+        stdout(&output).contains(
+            "it exports neither `init` and `apply` (0.1.0) nor `sluice:transform/step@0.2.0`; it exports [greet]"
+        ),
         "{}",
         stdout(&output)
     );

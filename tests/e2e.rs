@@ -8,6 +8,7 @@ mod change;
 mod cli;
 mod cluster;
 mod consistency;
+mod contract;
 mod crash;
 mod delivery;
 mod destinations;

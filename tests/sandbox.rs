@@ -257,8 +257,25 @@ fn a_component_of_another_world_is_refused_with_what_it_exports() {
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
     assert_eq!(
         err.to_string(),
-        "module `other-world` does not implement the `sluice:transform@0.1.0` world: \
-         it does not export `init` and `apply`; it exports [greet]"
+        "module `other-world` does not implement a `sluice:transform` world (0.1.0 or 0.2.0): \
+         it exports neither `init` and `apply` (0.1.0) nor `sluice:transform/step@0.2.0`; it exports [greet]"
+    );
+}
+
+#[test]
+fn a_component_of_a_newer_contract_is_refused_by_its_version() {
+    let err = engine()
+        .load_file(&guest("contract-0-3"), Limits::default())
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, LoadError::UnknownContract { version, .. } if version == "0.3.0"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "module `contract-0-3` is built for contract `sluice:transform@0.3.0`, which this Sluice does not \
+         run (it runs 0.1.0 and 0.2.0): upgrade Sluice, or build the module against a contract it runs"
     );
 }
 

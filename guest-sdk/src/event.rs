@@ -4,7 +4,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::path::JsonPath;
-use crate::{Event, EventKind, Violation};
+use crate::{DeliveryHint, Event, EventKind, Method, Violation};
 
 impl Event {
     /// Parses the payload into `T`. On failure the violation names the JSON
@@ -27,7 +27,8 @@ impl Event {
     }
 
     /// A new event with this event's identity (id, kind, tenant, channel,
-    /// source, correlation id) and `payload` as its body.
+    /// source, correlation id, topic, headers, delivery hint) and `payload`
+    /// as its body.
     pub fn with_payload<T: Serialize + ?Sized>(&self, payload: &T) -> Event {
         Event {
             id: self.id.clone(),
@@ -38,7 +39,42 @@ impl Event {
             correlation_id: self.correlation_id.clone(),
             payload: serde_json::to_string(payload)
                 .unwrap_or_else(|err| format!("{{\"serialize-error\":{:?}}}", err.to_string())),
+            topic: self.topic.clone(),
+            headers: self.headers.clone(),
+            delivery: self.delivery.clone(),
         }
+    }
+
+    /// The value of a header the source kept (`x-shopify-shop-domain`);
+    /// the name is matched without regard to case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
+    }
+
+    /// This event, delivered with `method` instead of the destination's
+    /// (a discontinued product becomes a `Method::Delete`).
+    pub fn deliver_as(mut self, method: Method) -> Event {
+        self.delivery.get_or_insert_with(empty_hint).method = Some(method);
+        self
+    }
+
+    /// This event, with `value` for the destination URL's `{param:NAME}`
+    /// placeholder (percent-encoded by the host).
+    pub fn with_param(mut self, name: &str, value: impl Into<String>) -> Event {
+        let hint = self.delivery.get_or_insert_with(empty_hint);
+        hint.params.retain(|(key, _)| key != name);
+        hint.params.push((name.to_string(), value.into()));
+        self
+    }
+}
+
+fn empty_hint() -> DeliveryHint {
+    DeliveryHint {
+        method: None,
+        params: Vec::new(),
     }
 }
 

@@ -2,8 +2,14 @@
 //!
 //! A transform is one step of a channel's pipeline: it receives events
 //! (products, stock levels, prices) and answers, for each, with an
-//! [`Outcome`]: emit the reshaped event(s), drop it with a reason, or reject
-//! it with [`Violation`]s that carry the JSON path of the bad field.
+//! [`Outcome`]: emit the reshaped event(s), drop it with a reason, reject
+//! it with [`Violation`]s that carry the JSON path of the bad field, or
+//! emit some parts and reject the rest ([`Outcome::partial`]).
+//!
+//! It builds components for contract `sluice:transform@0.2.0`
+//! (`wit/v0.2/`): besides the event, a transform may keep [`state`] across
+//! batches, read [`lookup`] tables, and choose how an emitted event is
+//! delivered ([`Event::deliver_as`], [`Event::with_param`]).
 //!
 //! ```ignore
 //! use sluice_guest::prelude::*;
@@ -34,6 +40,7 @@ extern crate self as sluice_guest;
 mod event;
 pub mod gtin;
 mod log;
+pub mod lookup;
 #[cfg(feature = "mapping")]
 pub mod mapping;
 pub mod money;
@@ -43,6 +50,7 @@ mod product;
 #[cfg(any(all(target_arch = "wasm32", not(feature = "lever-plain-talc")), test))]
 mod size_classes;
 pub mod source;
+pub mod state;
 pub mod text;
 mod transform;
 pub mod units;
@@ -51,7 +59,7 @@ pub mod units;
 #[allow(missing_docs, unsafe_code, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/v0.2",
         world: "transform",
         pub_export_macro: true,
         export_macro_name: "__export_sluice_world",
@@ -61,7 +69,9 @@ pub mod bindings {
     });
 }
 
-pub use bindings::sluice::transform::types::{Event, EventKind, Outcome, Violation};
+pub use bindings::sluice::transform::types::{
+    DeliveryHint, Event, EventKind, Method, Outcome, Partial, Violation,
+};
 
 /// Transforms allocate for every event (parsed JSON, strings, outputs):
 /// small blocks from size-class free lists, the rest from talc, whose bins
@@ -84,8 +94,9 @@ pub use transform::{InitError, Transform};
 pub mod prelude {
     pub use crate::path::JsonPath;
     pub use crate::{
-        Decimal, Dimensions, Event, EventKind, InitError, InventoryEvent, Measure, Money, Outcome, Product,
-        Transform, Violation, Violations, export_transform, gtin, money, source, text, units,
+        Decimal, Dimensions, Event, EventKind, InitError, InventoryEvent, Measure, Method, Money, Outcome,
+        Product, Transform, Violation, Violations, export_transform, gtin, lookup, money, source, state,
+        text, units,
     };
     pub use serde::{Deserialize, Serialize};
 }
@@ -117,7 +128,7 @@ macro_rules! export_transform {
             #[allow(dead_code)]
             struct SluiceExport;
 
-            impl $crate::bindings::Guest for SluiceExport {
+            impl $crate::bindings::exports::sluice::transform::step::Guest for SluiceExport {
                 fn init(config: ::std::string::String) -> ::std::result::Result<(), ::std::string::String> {
                     SLUICE_STATE.with(|state| $crate::__rt::run_init::<$transform>(state, &config))
                 }

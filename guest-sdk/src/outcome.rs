@@ -1,9 +1,9 @@
-//! Building outcomes: emit, drop and reject.
+//! Building outcomes: emit, drop, reject and partial.
 
 use serde::Serialize;
 
 use crate::path::JsonPath;
-use crate::{Event, Outcome, Violation};
+use crate::{Event, Outcome, Partial, Violation};
 
 impl Outcome {
     /// Emits one event: `input`'s identity with `payload` as its body.
@@ -19,6 +19,27 @@ impl Outcome {
     /// Drops the event on purpose, with a reason an operator can read.
     pub fn skip(reason: impl Into<String>) -> Outcome {
         Outcome::Drop(reason.into())
+    }
+
+    /// Sends `emit` on and rejects the rest of the input with `reject`
+    /// (the violations name what was left out). With nothing to reject it is
+    /// a plain emit.
+    pub fn partial(emit: Vec<Event>, reject: Vec<Violation>) -> Outcome {
+        if reject.is_empty() {
+            return Outcome::Emit(emit);
+        }
+        Outcome::Partial(Partial { emit, reject })
+    }
+
+    /// Leaves this event out of its input's delivery, with these
+    /// violations, and lets the input's other parts go on: a variant that
+    /// breaks a rule, in a product fanned out per variant by an earlier
+    /// step. The input is rejected only if no part of it is left.
+    pub fn leave_out(violations: Vec<Violation>) -> Outcome {
+        Outcome::Partial(Partial {
+            emit: Vec::new(),
+            reject: violations,
+        })
     }
 
     /// Rejects the event with one violation.
@@ -65,6 +86,15 @@ impl Violations {
     /// True when nothing was recorded.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// `Ok(())` when nothing was recorded, otherwise [`Outcome::leave_out`].
+    pub fn into_left_out(self) -> Result<(), Outcome> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Outcome::leave_out(self.0))
+        }
     }
 
     /// `Ok(())` when nothing was recorded, otherwise the rejection outcome.

@@ -248,6 +248,9 @@ mod tests {
             source: "s".into(),
             correlation_id: "e".into(),
             payload: payload.into(),
+            topic: String::new(),
+            headers: Vec::new(),
+            delivery: None,
         };
         let violation = event.payload_as::<T>().unwrap_err();
         (violation.path, violation.message)

@@ -51,6 +51,9 @@ fn main() {
         source: "magento".into(),
         correlation_id: "c".into(),
         payload: parsed["payload"].to_string(),
+        topic: String::new(),
+        headers: Vec::new(),
+        delivery: None,
     };
     let native_started = Instant::now();
     let mut native_count = 0u64;

@@ -134,7 +134,7 @@ fn native(lines: &[String], configs: &[String; 2]) -> usize {
                 Outcome::Drop(reason) => {
                     serde_json::to_writer(&mut out, &json!({"outcome": "drop", "reason": reason})).unwrap()
                 }
-                Outcome::Reject(_) => panic!("magento-source should not reject"),
+                Outcome::Reject(_) | Outcome::Partial(_) => panic!("magento-source should not reject"),
             }
             out.push(b'\n');
         }
@@ -164,6 +164,9 @@ fn wit_event(line: &str) -> Event {
         channel: line.channel,
         source: line.source,
         payload: line.payload.get().to_string(),
+        topic: String::new(),
+        headers: Vec::new(),
+        delivery: None,
     }
 }
 

@@ -27,19 +27,26 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         std::fs::read(&args.file).with_context(|| format!("cannot read `{}`", args.file.display()))?;
     let name = args.file.display().to_string();
     let report = engine.inspect(&name, &bytes);
-    let verdict = engine.load(&name, &bytes, Limits::default()).map(|_| ());
+    let verdict = engine
+        .load(&name, &bytes, Limits::default())
+        .map(|module| (module.contract(), module.stateful()));
 
     if args.json {
         let json = serde_json::json!({
             "file": name,
             "ok": verdict.is_ok(),
+            "contract": verdict.as_ref().ok().map(|(contract, _)| contract),
+            "stateful": verdict.as_ref().ok().map(|(_, stateful)| stateful),
             "error": verdict.as_ref().err().map(ToString::to_string),
             "component": report.as_ref().ok(),
         });
         println!("{json:#}");
     } else {
         match &verdict {
-            Ok(()) => println!("{name}: ok, implements sluice:transform@0.1.0"),
+            Ok((contract, stateful)) => println!(
+                "{name}: ok, implements sluice:transform@{contract}{}",
+                if *stateful { ", keeps state" } else { "" }
+            ),
             Err(err) => println!("{name}: NOT a usable Sluice transform\n  why: {err}"),
         }
         if let Ok(report) = &report {

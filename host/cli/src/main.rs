@@ -38,7 +38,11 @@ enum Command {
     /// Each case is a folder with `input.json` (one event) or `input.jsonl`
     /// (many), an optional `config.json`, `expected.json`, and an optional
     /// `budget.json` (`{"fuel": N, "memory-bytes": N, "output-bytes": N}`;
-    /// one in the fixtures folder applies to every case).
+    /// one in the fixtures folder applies to every case). A contract 0.2
+    /// transform's case may add `state.json` (the state before, key to JSON
+    /// value), `expected-state.json` (the state after) and `lookups.json`
+    /// (table to key to JSON value); for a channel, each is keyed by step
+    /// name first. State lives in memory only.
     Test(test::TestArgs),
     /// Transform events from JSONL (stdin or a file) and print outcomes as JSONL.
     Run(run::RunArgs),

@@ -236,6 +236,10 @@ const RUST_SDK: &[(&str, &str)] = &[
         include_str!("../../../guest-sdk/src/log.rs"),
     ),
     (
+        "guest-sdk/src/lookup.rs",
+        include_str!("../../../guest-sdk/src/lookup.rs"),
+    ),
+    (
         "guest-sdk/src/mapping.rs",
         include_str!("../../../guest-sdk/src/mapping.rs"),
     ),
@@ -264,6 +268,10 @@ const RUST_SDK: &[(&str, &str)] = &[
         include_str!("../../../guest-sdk/src/source.rs"),
     ),
     (
+        "guest-sdk/src/state.rs",
+        include_str!("../../../guest-sdk/src/state.rs"),
+    ),
+    (
         "guest-sdk/src/text.rs",
         include_str!("../../../guest-sdk/src/text.rs"),
     ),
@@ -277,6 +285,8 @@ const RUST_SDK: &[(&str, &str)] = &[
     ),
     ("wit/world.wit", include_str!("../../../wit/world.wit")),
     ("wit/types.wit", include_str!("../../../wit/types.wit")),
+    ("wit/v0.2/world.wit", include_str!("../../../wit/v0.2/world.wit")),
+    ("wit/v0.2/types.wit", include_str!("../../../wit/v0.2/types.wit")),
 ];
 
 /// Writes the embedded Rust SDK under the cache folder (one folder per

@@ -31,7 +31,8 @@ pub struct TestArgs {
     #[arg(long)]
     module: Option<PathBuf>,
     /// Rewrite every `expected.json` from the actual output instead of
-    /// comparing. Budgets are left alone.
+    /// comparing, and `expected-state.json` where a case has state. Budgets
+    /// are left alone.
     #[arg(long, env = "BLESS", value_parser = clap::builder::FalseyValueParser::new())]
     bless: bool,
     /// Write every case's `budget.json` from its measured fuel, memory and

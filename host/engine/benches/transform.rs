@@ -145,6 +145,9 @@ fn bench(c: &mut Criterion) {
             source: e.source.clone(),
             correlation_id: e.id.clone(),
             payload: e.payload.get().to_string(),
+            topic: String::new(),
+            headers: Vec::new(),
+            delivery: None,
         })
         .collect();
     let epoch = wasm_pipeline(false);

@@ -30,6 +30,14 @@ fn run(args: &[String]) -> Result<(), Box<dyn std::error::Error>> {
             OutcomeJson::Reject { violations } => violations
                 .iter()
                 .for_each(|v| println!("reject {} {}", v.path, v.code)),
+            OutcomeJson::Partial { events, violations } => {
+                events
+                    .iter()
+                    .for_each(|e| println!("emit {} {}", e.id, e.payload.get()));
+                violations
+                    .iter()
+                    .for_each(|v| println!("reject {} {}", v.path, v.code));
+            }
             OutcomeJson::Error { error } => println!("fault {error}"),
         }
     }

@@ -5,11 +5,13 @@
 //! re-serializes them, so numbers (64-bit ids, prices) arrive exactly as
 //! the source wrote them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::Fault;
-use crate::bindings::{self, EventKind};
+use crate::bindings::{self, EventKind, Method};
 
 /// An event as JSON. `tenant`, `channel`, `source` and `correlation_id`
 /// may be left out; the correlation id then defaults to the event id.
@@ -34,6 +36,80 @@ pub struct EventJson {
     pub correlation_id: Option<String>,
     /// The body, any JSON value, kept verbatim.
     pub payload: Box<RawValue>,
+    /// The source's topic (`products/update`); empty when it had none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topic: String,
+    /// Request headers a webhook source kept for transforms, names in lower case.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// How to deliver the event, as a contract 0.2 step chose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<DeliveryJson>,
+}
+
+/// A delivery hint: the method and the URL's `{param:NAME}` values for one event.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryJson {
+    /// `post`, `put`, `patch` or `delete`; the destination's own method when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<MethodJson>,
+    /// Values for the URL's `{param:NAME}` placeholders.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, String>,
+}
+
+/// The methods a delivery hint may choose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodJson {
+    /// `POST`.
+    Post,
+    /// `PUT`.
+    Put,
+    /// `PATCH`.
+    Patch,
+    /// `DELETE`.
+    Delete,
+}
+
+impl MethodJson {
+    /// The HTTP method's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodJson::Post => "POST",
+            MethodJson::Put => "PUT",
+            MethodJson::Patch => "PATCH",
+            MethodJson::Delete => "DELETE",
+        }
+    }
+}
+
+impl DeliveryJson {
+    fn to_wit(&self) -> bindings::DeliveryHint {
+        bindings::DeliveryHint {
+            method: self.method.map(|method| match method {
+                MethodJson::Post => Method::Post,
+                MethodJson::Put => Method::Put,
+                MethodJson::Patch => Method::Patch,
+                MethodJson::Delete => Method::Delete,
+            }),
+            params: self.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+
+    fn from_wit(hint: bindings::DeliveryHint) -> Self {
+        Self {
+            method: hint.method.map(|method| match method {
+                Method::Post => MethodJson::Post,
+                Method::Put => MethodJson::Put,
+                Method::Patch => MethodJson::Patch,
+                Method::Delete => MethodJson::Delete,
+            }),
+            // A name given twice: the last value wins.
+            params: hint.params.into_iter().collect(),
+        }
+    }
 }
 
 impl EventJson {
@@ -47,6 +123,9 @@ impl EventJson {
             source: self.source.clone(),
             correlation_id: self.correlation_id.clone().unwrap_or_else(|| self.id.clone()),
             payload: self.payload.get().to_string(),
+            topic: self.topic.clone(),
+            headers: self.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            delivery: self.delivery.as_ref().map(DeliveryJson::to_wit),
         }
     }
 
@@ -63,6 +142,9 @@ impl EventJson {
             source: event.source,
             correlation_id,
             payload,
+            topic: event.topic,
+            headers: event.headers.into_iter().collect(),
+            delivery: event.delivery.map(DeliveryJson::from_wit),
         })
     }
 }
@@ -133,6 +215,14 @@ pub enum OutcomeJson {
         /// Every rule broken, with paths.
         violations: Vec<ViolationJson>,
     },
+    /// Deliver these events, and dead-letter the rest of the input with
+    /// these violations (contract 0.2).
+    Partial {
+        /// The events to deliver, in order.
+        events: Vec<EventJson>,
+        /// What was left out, with paths.
+        violations: Vec<ViolationJson>,
+    },
     /// A technical fault: the module trapped, hit a limit or broke the contract.
     Error {
         /// Which module, on which event, and what happened.
@@ -147,6 +237,7 @@ impl OutcomeJson {
             OutcomeJson::Emit { .. } => "emit",
             OutcomeJson::Drop { .. } => "drop",
             OutcomeJson::Reject { .. } => "reject",
+            OutcomeJson::Partial { .. } => "partial",
             OutcomeJson::Error { .. } => "error",
         }
     }
@@ -155,16 +246,28 @@ impl OutcomeJson {
     /// for a host that decides whether writing it is small enough to do on
     /// an async thread. A fault counts as its largest (message and log).
     pub fn approx_bytes(&self) -> usize {
-        match self {
-            OutcomeJson::Emit { events } => events
+        let events = |events: &[EventJson]| -> usize {
+            events
                 .iter()
-                .map(|e| e.payload.get().len() + e.id.len() + e.kind.len() + e.source.len() + 64)
-                .sum(),
-            OutcomeJson::Drop { reason } => reason.len() + 32,
-            OutcomeJson::Reject { violations } => violations
+                .map(|e| {
+                    e.payload.get().len() + e.id.len() + e.kind.len() + e.source.len() + e.topic.len() + 64
+                })
+                .sum()
+        };
+        let violations = |found: &[ViolationJson]| -> usize {
+            found
                 .iter()
                 .map(|v| v.path.len() + v.code.len() + v.message.len() + 48)
-                .sum(),
+                .sum()
+        };
+        match self {
+            OutcomeJson::Emit { events: emitted } => events(emitted),
+            OutcomeJson::Drop { reason } => reason.len() + 32,
+            OutcomeJson::Reject { violations: found } => violations(found),
+            OutcomeJson::Partial {
+                events: emitted,
+                violations: found,
+            } => events(emitted) + violations(found),
             OutcomeJson::Error { .. } => 32 << 10,
         }
     }

@@ -101,6 +101,13 @@ pub enum FaultKind {
         /// What wasmtime said.
         detail: String,
     },
+    /// A state call ended the call: too many keys written for one event,
+    /// or the state store could not be read.
+    #[error("state: {detail}")]
+    State {
+        /// What happened.
+        detail: String,
+    },
     /// The module called an import that is linked but denied (an outgoing
     /// HTTP request): nothing was sent.
     #[error("{}", crate::deny::Denied { import: import.clone() })]
@@ -117,6 +124,11 @@ impl FaultKind {
         if let Some(exceeded) = err.downcast_ref::<MemoryLimitExceeded>() {
             return FaultKind::MemoryLimit {
                 limit_bytes: exceeded.limit,
+            };
+        }
+        if let Some(fault) = err.downcast_ref::<crate::state::StateFault>() {
+            return FaultKind::State {
+                detail: fault.to_string(),
             };
         }
         if let Some(denied) = err.downcast_ref::<crate::deny::Denied>() {

@@ -9,7 +9,16 @@
 //!     config.json      optional: the step's config
 //!     expected.json    the outcome (an array of outcomes for input.jsonl)
 //!     budget.json      optional: the most the case may cost (see [`crate::budget`])
+//!     state.json       optional: the step's state before the case (contract 0.2)
+//!     expected-state.json  optional: its state after the case
+//!     lookups.json     optional: the step's lookup tables
 //! ```
+//!
+//! For one module, `state.json` and `expected-state.json` map keys to
+//! JSON values (`{"TEE-1": {"qty": 4}}`) and `lookups.json` maps table
+//! names to tables (`{"asin": {"TEE-1": "B00X"}}`). For a pipeline, each
+//! is keyed by step name first ([`Pipeline::step_names`]). A case's state
+//! lives only in memory: it never touches a sidecar's.
 //!
 //! Every case is measured ([`Usage`]): fuel when the engine meters it,
 //! peak memory and bytes returned. A case over its budget fails. With a
@@ -33,6 +42,7 @@ use crate::budget::{BUDGET_FILE, Budget, Delta, Overrun, deltas};
 use crate::diff::{Differences, diff};
 use crate::event::parse_events;
 use crate::pipeline::{Pipeline, Step};
+use crate::state::{MemoryState, RunContext};
 use crate::usage::{Usage, measure};
 
 /// Why a fixtures directory could not be run at all.
@@ -63,6 +73,8 @@ pub enum CaseStatus {
     /// Output differed from `expected.json` (or, with a baseline, from the
     /// baseline's output), at these paths.
     Differs(Differences),
+    /// The state after the case differed from `expected-state.json`.
+    StateDiffers(Differences),
     /// The case could not run; the text says why.
     Failed(String),
 }
@@ -70,7 +82,10 @@ pub enum CaseStatus {
 impl CaseStatus {
     /// Whether the case failed (differed or could not run).
     pub fn failed(&self) -> bool {
-        matches!(self, CaseStatus::Differs(_) | CaseStatus::Failed(_))
+        matches!(
+            self,
+            CaseStatus::Differs(_) | CaseStatus::StateDiffers(_) | CaseStatus::Failed(_)
+        )
     }
 
     /// Why the case failed, as `sluice test` prints it; empty if it did not.
@@ -78,8 +93,12 @@ impl CaseStatus {
         match self {
             CaseStatus::Passed | CaseStatus::Blessed => String::new(),
             CaseStatus::Failed(why) => why.clone(),
-            CaseStatus::Differs(differences) => {
-                let mut message = format!("{} from expected.json:\n", differences.summary());
+            CaseStatus::Differs(differences) | CaseStatus::StateDiffers(differences) => {
+                let file = match self {
+                    CaseStatus::StateDiffers(_) => "expected-state.json",
+                    _ => "expected.json",
+                };
+                let mut message = format!("{} from {file}:\n", differences.summary());
                 for difference in differences {
                     message.push_str(&difference.to_string());
                     message.push('\n');
@@ -158,6 +177,10 @@ impl CaseResult {
             CaseStatus::Differs(differences) => {
                 ("failed", Some(("differences", differences.to_json().into())))
             }
+            CaseStatus::StateDiffers(differences) => (
+                "failed",
+                Some(("state-differences", differences.to_json().into())),
+            ),
         };
         let status = if status == "passed" && self.failed() {
             "failed"
@@ -173,7 +196,7 @@ impl CaseResult {
         if let Some((key, value)) = extra {
             json[key] = value;
         }
-        if let CaseStatus::Differs(differences) = &self.status {
+        if let CaseStatus::Differs(differences) | CaseStatus::StateDiffers(differences) = &self.status {
             json["differences-total"] = differences.total.into();
         }
         if !self.over_budget.is_empty() {
@@ -308,6 +331,10 @@ struct Case {
     config: Option<String>,
     /// `input.json`: one event, and one outcome expected rather than an array.
     single: bool,
+    /// `state.json`, as the file holds it.
+    state: Option<Value>,
+    /// `lookups.json`, as the file holds it.
+    lookups: Option<Value>,
 }
 
 impl Case {
@@ -333,24 +360,130 @@ impl Case {
         } else {
             None
         };
+        let optional = |file: &str| -> Result<Option<Value>, String> {
+            if !dir.join(file).is_file() {
+                return Ok(None);
+            }
+            let text = read(dir, file)?;
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|err| format!("{case}/{file}: {err}"))
+        };
         Ok(Case {
             inputs,
             config,
             single,
+            state: optional("state.json")?,
+            lookups: optional("lookups.json")?,
         })
     }
 
     /// The outcomes of `subject` on this case, as `expected.json` holds
-    /// them, and what its guests cost.
-    fn run(&self, subject: &Subject) -> Result<(Value, Usage), String> {
+    /// them, what its guests cost, and the state after it, as
+    /// `expected-state.json` holds it.
+    fn run(&self, subject: &Subject) -> Result<(Value, Usage, Value), String> {
         let pipeline = subject.pipeline_for(self.config.clone());
-        let (outcomes, usage) = measure(|| pipeline.run(&self.inputs));
-        let mut actual = serde_json::to_value(&outcomes).map_err(|err| err.to_string())?;
+        let names = pipeline.step_names();
+        let mut state = MemoryState::default();
+        if let Some(file) = &self.state {
+            for (step, values) in by_step(subject, &names, file, "state.json")? {
+                for (key, value) in values {
+                    state.insert(&step, &key, value.to_string());
+                }
+            }
+        }
+        let mut context = RunContext {
+            usage: state.usage(),
+            ..RunContext::empty()
+        };
+        if let Some(file) = &self.lookups {
+            for (step, tables) in by_step(subject, &names, file, "lookups.json")? {
+                let mut step_tables = crate::state::StepLookups::new();
+                for (table, rows) in tables {
+                    let Value::Object(rows) = rows else {
+                        return Err(format!(
+                            "lookups.json: table `{table}` is not an object of key to value"
+                        ));
+                    };
+                    let rows = rows
+                        .into_iter()
+                        .map(|(k, v)| (k, v.to_string().into_boxed_str()))
+                        .collect();
+                    step_tables.insert(table, Arc::new(rows));
+                }
+                context.lookups.insert(step, step_tables);
+            }
+        }
+        let start = Arc::new(state.clone());
+        context.store = Some(start);
+        let (run, usage) = measure(|| pipeline.run_in(&self.inputs, &context));
+        for writes in &run.writes {
+            state.apply(writes);
+        }
+        let mut actual = serde_json::to_value(&run.outcomes).map_err(|err| err.to_string())?;
         forget_module_versions(&mut actual);
         if self.single {
             actual = actual.as_array_mut().and_then(|a| a.pop()).unwrap_or(Value::Null);
         }
-        Ok((actual, usage))
+        Ok((actual, usage, state_file(subject, &state)))
+    }
+}
+
+/// A JSON object, as a fixture file holds one.
+type JsonObject = serde_json::Map<String, Value>;
+
+/// A fixture file's contents per step: for one module the file is the
+/// step's, for a pipeline it is keyed by step name.
+fn by_step(
+    subject: &Subject,
+    names: &[String],
+    file: &Value,
+    file_name: &str,
+) -> Result<Vec<(String, JsonObject)>, String> {
+    let Value::Object(top) = file else {
+        return Err(format!("{file_name} is not a JSON object"));
+    };
+    match subject {
+        Subject::Module(_) => Ok(vec![(names[0].clone(), top.clone())]),
+        Subject::Pipeline(_) => top
+            .iter()
+            .map(|(step, values)| {
+                if !names.contains(step) {
+                    return Err(format!(
+                        "{file_name}: the pipeline has no step `{step}` (its steps: {})",
+                        names.join(", ")
+                    ));
+                }
+                match values {
+                    Value::Object(values) => Ok((step.clone(), values.clone())),
+                    _ => Err(format!("{file_name}: step `{step}` is not an object")),
+                }
+            })
+            .collect(),
+    }
+}
+
+/// The state as `expected-state.json` holds it: values as JSON (every
+/// value a step stores is a JSON text), keyed by step for a pipeline.
+fn state_file(subject: &Subject, state: &MemoryState) -> Value {
+    let mut steps = serde_json::Map::new();
+    for ((step, key), text) in state.values() {
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        let entry = steps
+            .entry(step)
+            .or_insert_with(|| Value::Object(Default::default()));
+        entry
+            .as_object_mut()
+            .expect("made as an object")
+            .insert(key, value);
+    }
+    match subject {
+        Subject::Module(_) => steps
+            .into_iter()
+            .next()
+            .map(|(_, v)| v)
+            .unwrap_or(Value::Object(Default::default())),
+        Subject::Pipeline(_) => Value::Object(steps),
     }
 }
 
@@ -364,7 +497,7 @@ fn run_case(
 ) -> Result<(), String> {
     let name = result.name.clone();
     let case = Case::read(dir)?;
-    let (actual, usage) = case.run(subject)?;
+    let (actual, usage, state_after) = case.run(subject)?;
     result.usage = usage;
 
     match options.bless_budgets {
@@ -385,7 +518,7 @@ fn run_case(
     }
 
     if let Some(baseline) = options.baseline {
-        let (before, before_usage) = case.run(baseline)?;
+        let (before, before_usage, _) = case.run(baseline)?;
         let differences = diff(&before, &actual);
         let deltas = deltas(&before_usage, &usage);
         let regressions = match options.max_regression {
@@ -405,10 +538,19 @@ fn run_case(
     }
 
     let expected_path = dir.join("expected.json");
+    let state_path = dir.join("expected-state.json");
     if options.bless {
         let mut text = serde_json::to_string_pretty(&actual).map_err(|err| err.to_string())?;
         text.push('\n');
         fs::write(&expected_path, text).map_err(|err| format!("cannot write expected.json: {err}"))?;
+        // Written where the case has state, or had an expected state.
+        let stateful =
+            case.state.is_some() || state_path.is_file() || state_after != Value::Object(Default::default());
+        if stateful {
+            let mut text = serde_json::to_string_pretty(&state_after).map_err(|err| err.to_string())?;
+            text.push('\n');
+            fs::write(&state_path, text).map_err(|err| format!("cannot write expected-state.json: {err}"))?;
+        }
         result.status = CaseStatus::Blessed;
         return Ok(());
     }
@@ -423,6 +565,16 @@ fn run_case(
     let differences = diff(&expected, &actual);
     if !differences.is_empty() {
         result.status = CaseStatus::Differs(differences);
+        return Ok(());
+    }
+    if state_path.is_file() {
+        let text = read(dir, "expected-state.json")?;
+        let expected: Value =
+            serde_json::from_str(&text).map_err(|err| format!("{name}/expected-state.json: {err}"))?;
+        let differences = diff(&expected, &state_after);
+        if !differences.is_empty() {
+            result.status = CaseStatus::StateDiffers(differences);
+        }
     }
     Ok(())
 }

@@ -16,6 +16,9 @@
 //!         OutcomeJson::Emit { events } => println!("deliver {} events", events.len()),
 //!         OutcomeJson::Drop { reason } => println!("dropped: {reason}"),
 //!         OutcomeJson::Reject { violations } => println!("rejected at {}", violations[0].path),
+//!         OutcomeJson::Partial { events, violations } => {
+//!             println!("deliver {} events, {} left out", events.len(), violations.len())
+//!         }
 //!         OutcomeJson::Error { error } => println!("fault: {error}"),
 //!     }
 //! }
@@ -38,6 +41,7 @@
 pub mod bindings;
 pub mod budget;
 mod cache;
+mod contract;
 pub mod deny;
 pub mod diff;
 pub mod event;
@@ -50,6 +54,7 @@ pub mod pipeline;
 mod placement;
 mod sandbox;
 mod slots;
+pub mod state;
 pub mod usage;
 #[cfg(feature = "wasi")]
 pub mod wasi;
@@ -201,11 +206,7 @@ impl Engine {
         let mut linker = Linker::<Sandbox>::new(&wasmtime);
         #[cfg(feature = "wasi")]
         wasi::add_to_linker(&mut linker).map_err(|e| EngineError::Config(e.to_string()))?;
-        bindings::sluice::transform::host::add_to_linker::<Sandbox, wasmtime::component::HasSelf<Sandbox>>(
-            &mut linker,
-            |sandbox| sandbox,
-        )
-        .map_err(|e| EngineError::Config(e.to_string()))?;
+        contract::add_to_linker(&mut linker).map_err(|e| EngineError::Config(e.to_string()))?;
 
         let cache = match &options.cache_dir {
             Some(dir) => Some(ArtifactCache::open(dir)?),

@@ -214,7 +214,7 @@ pub fn pipeline_from_steps(
             })?;
         steps.push(Step {
             module: Arc::new(module),
-            config: step.config.to_string(),
+            config: step.config_text(),
         });
     }
     Ok(Pipeline::new(steps))

@@ -11,8 +11,10 @@ use wasmtime::{Store, UpdateDeadline};
 use super::placement::{BudgetSpent, GiveUp, Placement, SlowMark};
 use super::slots::Slot;
 use super::{CacheOutcome, EPOCH_TICK, Engine, Fault, FaultKind, Limits, Sandbox};
-use crate::bindings::{Event, Outcome, Transform, TransformPre};
+use crate::bindings::{Event, Outcome};
+use crate::contract::{self, Bindings, Pre, Unknown};
 use crate::event::EventJson;
+use crate::state::{CallContext, CallState, Staged};
 
 /// Import namespaces the host provides. WASI is linked with no
 /// capabilities, so these give a transform nothing of the outside world.
@@ -61,12 +63,26 @@ pub enum LoadError {
         detail: String,
     },
     /// It is a component, but of another world.
-    #[error("module `{name}` does not implement the `sluice:transform@0.1.0` world: {detail}")]
+    #[error("module `{name}` does not implement a `sluice:transform` world (0.1.0 or 0.2.0): {detail}")]
     WrongWorld {
         /// The module's name.
         name: String,
         /// What is missing or mistyped.
         detail: String,
+    },
+    /// It was built for a contract version this host does not run (a
+    /// newer Sluice's): upgrade the host, or build it for a version it runs.
+    #[error(
+        "module `{name}` is built for contract `sluice:transform@{version}`, which this Sluice \
+         does not run (it runs {known}): upgrade Sluice, or build the module against a contract it runs"
+    )]
+    UnknownContract {
+        /// The module's name.
+        name: String,
+        /// The version it was built for.
+        version: String,
+        /// The versions this host runs.
+        known: &'static str,
     },
     /// It needs something the host does not give transforms.
     #[error("module `{name}` imports `{import}`, which Sluice does not provide to transforms{hint}")]
@@ -104,7 +120,10 @@ pub struct Module {
     name: String,
     sha256: String,
     size: usize,
-    pre: TransformPre<Sandbox>,
+    pre: Pre,
+    /// It imports `state`: each event is its own call, so that its writes
+    /// can be kept or dropped with its outcome.
+    stateful: bool,
     limits: Limits,
     engine: Engine,
     cache: CacheOutcome,
@@ -161,24 +180,30 @@ impl Engine {
                 });
             }
         }
-        let missing: Vec<&str> = ["init", "apply"]
-            .into_iter()
-            .filter(|export| !report.exports.iter().any(|e| e == export))
-            .collect();
-        if !missing.is_empty() {
-            return Err(LoadError::WrongWorld {
-                name: name.into(),
-                detail: format!(
-                    "it does not export {}; it exports [{}]",
-                    missing
-                        .iter()
-                        .map(|m| format!("`{m}`"))
-                        .collect::<Vec<_>>()
-                        .join(" and "),
-                    report.exports.join(", ")
-                ),
-            });
-        }
+        let version = match contract::detect(&report.exports) {
+            Ok(version) => version,
+            Err(Unknown::Version(version)) => {
+                return Err(LoadError::UnknownContract {
+                    name: name.into(),
+                    version,
+                    known: contract::KNOWN,
+                });
+            }
+            Err(Unknown::NoTransform) => {
+                return Err(LoadError::WrongWorld {
+                    name: name.into(),
+                    detail: format!(
+                        "it exports neither `init` and `apply` (0.1.0) nor `{}`; it exports [{}]",
+                        contract::V0_2_EXPORT,
+                        report.exports.join(", ")
+                    ),
+                });
+            }
+        };
+        let stateful = report
+            .imports
+            .iter()
+            .any(|import| import.starts_with("sluice:transform/state@"));
         // Without WASI linked, its imports are traps: a guest that imports
         // it (as every Rust guest does, for panics) runs until it calls one.
         #[cfg(not(feature = "wasi"))]
@@ -213,7 +238,7 @@ impl Engine {
                     import: format!("{err:#}"),
                     hint: String::new(),
                 })?;
-        let pre = TransformPre::new(instance_pre).map_err(|err| LoadError::WrongWorld {
+        let pre = Pre::new(version, instance_pre).map_err(|err| LoadError::WrongWorld {
             name: name.into(),
             detail: format!("{err:#}"),
         })?;
@@ -222,6 +247,7 @@ impl Engine {
             sha256,
             size: bytes.len(),
             pre,
+            stateful,
             limits,
             engine: self.clone(),
             cache,
@@ -289,7 +315,7 @@ impl Engine {
 /// one of the engine's instance slots while it lives.
 struct Instance {
     store: Store<Sandbox>,
-    bindings: Transform,
+    bindings: Bindings,
     _slot: Slot,
 }
 
@@ -316,6 +342,7 @@ impl Module {
             sha256: self.sha256.clone(),
             size: self.size,
             pre: self.pre.clone(),
+            stateful: self.stateful,
             limits: self.limits.clone(),
             engine: self.engine.clone(),
             cache: self.cache,
@@ -342,6 +369,16 @@ impl Module {
     /// Size of the component, in bytes.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// The contract version it was built for (`0.1.0`, `0.2.0`).
+    pub fn contract(&self) -> &'static str {
+        self.pre.version().as_str()
+    }
+
+    /// Whether it imports `state` (contract 0.2).
+    pub fn stateful(&self) -> bool {
+        self.stateful
     }
 
     /// The limits every call runs under.
@@ -375,23 +412,29 @@ impl Module {
     /// event at a time on fresh instances, so that only the events that
     /// really fail get a fault.
     pub fn run(&self, config: &str, batch: &[Event]) -> Vec<StepResult> {
-        self.run_on(config, batch, Placement::Blocking)
+        self.run_on(config, batch, Placement::Blocking, None)
             .unwrap_or_else(|_| unreachable!("a blocking call never needs another thread"))
             .into_iter()
             .zip(batch)
-            .map(|(result, event)| result.and_then(|outcome| self.check_payloads(outcome, event)))
+            .map(|((result, _), event)| result.and_then(|outcome| self.check_payloads(outcome, event)))
             .collect()
     }
 
     /// [`Module::run`], on the calling thread or only where it may block,
     /// without checking that emitted payloads are JSON: a pipeline checks
     /// them once, where it next reads them (see [`Module::check_payloads`]).
+    ///
+    /// Each result comes with the state its event wrote (see
+    /// [`crate::state`]); a stateful module runs one event per call, so
+    /// that the writes belong to one event, and never inline, since a read
+    /// may wait for the store.
     pub(crate) fn run_on<'m>(
         &'m self,
         config: &str,
         batch: &[Event],
         placement: Placement<'_, 'm>,
-    ) -> Result<Vec<StepResult>, GiveUp> {
+        context: Option<&CallContext>,
+    ) -> Result<Vec<(StepResult, Staged)>, GiveUp> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -400,12 +443,18 @@ impl Module {
         {
             return Err(GiveUp::Slow);
         }
+        if self.stateful {
+            if matches!(placement, Placement::Inline(_)) {
+                return Err(GiveUp::Slow);
+            }
+            return Ok(self.run_one_by_one(config, batch, context));
+        }
         let whole = match self.take_warm(config) {
             Some((instance, calls)) => Ok((instance, calls)),
             None => self.instantiate(config, placement).map(|instance| (instance, 0)),
         }
         .and_then(|(mut instance, calls)| {
-            let outcomes = instance.apply(self, batch, placement)?;
+            let (outcomes, _) = instance.apply(self, batch, placement, context)?;
             match placement {
                 Placement::Blocking => self.keep_warm(config, instance, calls + 1),
                 // Back to the pool only if the whole attempt succeeds: an
@@ -421,7 +470,7 @@ impl Module {
             Ok(outcomes) => outcomes
                 .into_iter()
                 .zip(batch)
-                .map(|(outcome, event)| self.check_output(outcome, event))
+                .map(|(outcome, event)| (self.check_output(outcome, event), Staged::default()))
                 .collect(),
             Err(CallFailure {
                 needs_thread: Some(give_up),
@@ -429,11 +478,11 @@ impl Module {
             }) => return Err(give_up),
             Err(failure) if batch.len() == 1 || failure.at_start => batch
                 .iter()
-                .map(|event| Err(self.fault(event, failure.clone())))
+                .map(|event| (Err(self.fault(event, failure.clone())), Staged::default()))
                 .collect(),
             // Re-running event by event may take as long as the batch's deadlines.
             Err(_) if matches!(placement, Placement::Inline(_)) => return Err(GiveUp::Trapped),
-            Err(_) => self.run_one_by_one(config, batch),
+            Err(_) => self.run_one_by_one(config, batch, context),
         })
     }
 
@@ -485,25 +534,49 @@ impl Module {
         }
     }
 
-    /// Re-runs a batch event by event, reusing an instance until it traps
-    /// (on a blocking thread only).
-    fn run_one_by_one(&self, config: &str, batch: &[Event]) -> Vec<StepResult> {
-        let mut instance: Option<Instance> = None;
+    /// Runs a batch event by event, reusing an instance until it traps (on
+    /// a blocking thread only). An event's state writes are kept only if
+    /// its call succeeds and its outcome is within the caps; then the rest
+    /// of the run sees them.
+    fn run_one_by_one(
+        &self,
+        config: &str,
+        batch: &[Event],
+        context: Option<&CallContext>,
+    ) -> Vec<(StepResult, Staged)> {
+        let mut instance: Option<(Instance, u32)> = None;
         let mut results = Vec::with_capacity(batch.len());
         for event in batch {
             let live = match instance.take() {
                 Some(live) => Ok(live),
-                None => self.instantiate(config, Placement::Blocking),
+                None if self.stateful => match self.take_warm(config) {
+                    Some(warm) => Ok(warm),
+                    None => self.instantiate(config, Placement::Blocking).map(|i| (i, 0)),
+                },
+                None => self.instantiate(config, Placement::Blocking).map(|i| (i, 0)),
             };
-            let result = live.and_then(|mut live| {
-                let outcome = live.apply(self, slice::from_ref(event), Placement::Blocking)?;
-                instance = Some(live);
+            let result = live.and_then(|(mut live, calls)| {
+                let outcome = live.apply(self, slice::from_ref(event), Placement::Blocking, context)?;
+                instance = Some((live, calls + 1));
                 Ok(outcome)
             });
             results.push(match result {
-                Ok(mut outcomes) => self.check_output(outcomes.remove(0), event),
-                Err(failure) => Err(self.fault(event, failure)),
+                Ok((mut outcomes, staged)) => match self.check_output(outcomes.remove(0), event) {
+                    Ok(outcome) => {
+                        if let Some(context) = context {
+                            context.run.merge(&context.step, &staged);
+                        }
+                        (Ok(outcome), staged)
+                    }
+                    Err(fault) => (Err(fault), Staged::default()),
+                },
+                Err(failure) => (Err(self.fault(event, failure)), Staged::default()),
             });
+        }
+        if let Some((live, calls)) = instance
+            && self.stateful
+        {
+            self.keep_warm(config, live, calls);
         }
         results
     }
@@ -695,7 +768,7 @@ impl Module {
     /// Checks that every payload `event`'s outcome emits is JSON; the fault
     /// names the emitted event.
     pub(crate) fn check_payloads(&self, outcome: Outcome, event: &Event) -> StepResult {
-        if let Outcome::Emit(events) = &outcome {
+        if let Some(events) = emitted(&outcome) {
             for emitted in events {
                 if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&emitted.payload) {
                     return Err(self.output_fault(event, invalid_payload(&emitted.id, &err)));
@@ -726,25 +799,41 @@ pub(crate) fn invalid_payload(emitted_id: &str, err: &serde_json::Error) -> Faul
     }
 }
 
-/// How many outputs an outcome holds: emitted events or violations.
+/// The events an outcome sends on, if any (`emit`, or `partial`'s).
+pub(crate) fn emitted(outcome: &Outcome) -> Option<&[Event]> {
+    match outcome {
+        Outcome::Emit(events) => Some(events),
+        Outcome::Partial(partial) => Some(&partial.emit),
+        Outcome::Drop(_) | Outcome::Reject(_) => None,
+    }
+}
+
+/// How many outputs an outcome holds: emitted events and violations.
 pub(crate) fn outcome_count(outcome: &Outcome) -> usize {
     match outcome {
         Outcome::Emit(events) => events.len(),
         Outcome::Drop(_) => 0,
         Outcome::Reject(violations) => violations.len(),
+        Outcome::Partial(partial) => partial.emit.len() + partial.reject.len(),
     }
 }
 
 /// Every byte an outcome carries: all the text of every emitted event, the
 /// drop reason, or every violation.
 pub fn outcome_bytes(outcome: &Outcome) -> usize {
+    let violations = |found: &[crate::bindings::Violation]| -> usize {
+        found
+            .iter()
+            .map(|v| v.path.len() + v.code.len() + v.message.len())
+            .sum()
+    };
     match outcome {
         Outcome::Emit(events) => events.iter().map(event_bytes).sum(),
         Outcome::Drop(reason) => reason.len(),
-        Outcome::Reject(violations) => violations
-            .iter()
-            .map(|v| v.path.len() + v.code.len() + v.message.len())
-            .sum(),
+        Outcome::Reject(found) => violations(found),
+        Outcome::Partial(partial) => {
+            partial.emit.iter().map(event_bytes).sum::<usize>() + violations(&partial.reject)
+        }
     }
 }
 
@@ -754,6 +843,7 @@ pub fn event_bytes(event: &Event) -> usize {
         crate::bindings::EventKind::Other(name) => name.len(),
         _ => 0,
     };
+    let pairs = |pairs: &[(String, String)]| -> usize { pairs.iter().map(|(k, v)| k.len() + v.len()).sum() };
     event.id.len()
         + kind
         + event.tenant.len()
@@ -761,6 +851,9 @@ pub fn event_bytes(event: &Event) -> usize {
         + event.source.len()
         + event.correlation_id.len()
         + event.payload.len()
+        + event.topic.len()
+        + pairs(&event.headers)
+        + event.delivery.as_ref().map_or(0, |hint| pairs(&hint.params))
 }
 
 impl Drop for Module {
@@ -774,21 +867,31 @@ impl Drop for Module {
 }
 
 impl Instance {
+    /// Calls `apply`; the outcomes come with the state the call wrote.
     fn apply(
         &mut self,
         module: &Module,
         batch: &[Event],
         placement: Placement,
-    ) -> Result<Vec<Outcome>, CallFailure> {
+        context: Option<&CallContext>,
+    ) -> Result<(Vec<Outcome>, Staged), CallFailure> {
         self.store.data_mut().reset_for_call();
+        self.store.data_mut().call = context.map(|context| CallState::new(context.clone()));
         module.arm(&mut self.store, batch.len(), placement);
         let applied = self.bindings.call_apply(&mut self.store, batch);
+        let staged = self
+            .store
+            .data_mut()
+            .call
+            .take()
+            .map(|call| call.staged)
+            .unwrap_or_default();
         let returned = applied
             .as_ref()
             .map_or(0, |outcomes| outcomes.iter().map(outcome_bytes).sum());
         module.meter(&self.store, batch.len(), returned);
         match applied {
-            Ok(outcomes) if outcomes.len() == batch.len() => Ok(outcomes),
+            Ok(outcomes) if outcomes.len() == batch.len() => Ok((outcomes, staged)),
             Ok(outcomes) => Err(CallFailure {
                 kind: FaultKind::OutcomeCount {
                     got: outcomes.len(),

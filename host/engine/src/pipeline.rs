@@ -6,11 +6,20 @@
 //!   with the reasons joined;
 //! - `reject` on any branch rejects the whole input event, with every
 //!   violation found in that step;
+//! - `partial` (contract 0.2) passes its events on and keeps its
+//!   violations: the input ends `partial` (or `reject`, if nothing is left
+//!   to deliver);
 //! - a fault on any branch fails the whole input event with that fault;
 //! - an input event whose branches together produce more outputs (events
 //!   and violations) or more bytes (drop reasons included) in one step than
 //!   the step's `max-fan-out` and `output-bytes-per-event` fails with a
 //!   fault of that step, so fan-outs cannot multiply past the caps.
+//!
+//! State (contract 0.2): each step has its own, named by
+//! [`Pipeline::step_names`]. The writes an input's branches made come back
+//! with its outcome ([`Run::writes`]) when it ends `emit`, `drop` or
+//! `partial`; a rejected or faulted input keeps none, though later events
+//! of the same run may have read them.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -20,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::bindings::{Event, Outcome};
 use crate::event::{EventJson, OutcomeJson, ViolationJson};
 use crate::placement::{GiveUp, InlineAttempt, NeedsBlockingThread, Placement};
+use crate::state::{CallContext, RunContext, RunState, StateWrites};
 use crate::{Fault, FaultKind, Module};
 
 /// One step: a loaded module and the config its `init` receives.
@@ -55,6 +65,16 @@ pub struct StepSpec {
     pub config: serde_json::Value,
 }
 
+impl StepSpec {
+    /// The configuration as `init` receives it: `{}` when none is given.
+    pub fn config_text(&self) -> String {
+        match &self.config {
+            serde_json::Value::Null => "{}".into(),
+            config => config.to_string(),
+        }
+    }
+}
+
 /// The ordered steps of one channel.
 #[derive(Clone, Default)]
 pub struct Pipeline {
@@ -70,7 +90,20 @@ struct Progress {
     done: Vec<EventJson>,
     dropped: Vec<String>,
     violations: Vec<ViolationJson>,
+    /// What `partial` outcomes left out.
+    left_out: Vec<ViolationJson>,
     fault: Option<Box<Fault>>,
+    writes: StateWrites,
+}
+
+/// What a run made of its inputs: one outcome each, in order, and the
+/// state each one's steps wrote, to commit with its outcome.
+#[derive(Debug, Default)]
+pub struct Run {
+    /// One outcome per input.
+    pub outcomes: Vec<OutcomeJson>,
+    /// Per input, the state writes to keep with its outcome.
+    pub writes: Vec<StateWrites>,
 }
 
 impl Pipeline {
@@ -105,11 +138,41 @@ impl Pipeline {
         &self.steps
     }
 
+    /// Each step's name in state and lookups: its module's name, and
+    /// `#2`, `#3`… after it when the module appears again. A step keeps its
+    /// state through new versions of its module and moves in the pipeline.
+    pub fn step_names(&self) -> Vec<String> {
+        let mut seen: std::collections::HashMap<&str, usize> = Default::default();
+        self.steps
+            .iter()
+            .map(|step| {
+                let count = seen.entry(step.module.name()).or_default();
+                *count += 1;
+                match *count {
+                    1 => step.module.name().to_string(),
+                    n => format!("{}#{n}", step.module.name()),
+                }
+            })
+            .collect()
+    }
+
+    /// Whether any step imports `state`.
+    pub fn stateful(&self) -> bool {
+        self.steps.iter().any(|step| step.module.stateful())
+    }
+
     /// Runs a batch of events through every step; one outcome per input, in order.
     /// It may block until the steps' deadlines: on an async runtime, call it
     /// from a blocking thread, or try [`Pipeline::try_run_inline`] first.
     pub fn run(&self, inputs: &[EventJson]) -> Vec<OutcomeJson> {
-        self.run_on(inputs, Placement::Blocking)
+        self.run_in(inputs, &RunContext::empty()).outcomes
+    }
+
+    /// [`Pipeline::run`] with state and lookup tables: reads go to the
+    /// context's store, and the writes come back per input, for the caller
+    /// to commit with the outcomes.
+    pub fn run_in(&self, inputs: &[EventJson], context: &RunContext) -> Run {
+        self.run_on(inputs, Placement::Blocking, context)
             .unwrap_or_else(|_| unreachable!("a blocking run never needs another thread"))
     }
 
@@ -130,14 +193,19 @@ impl Pipeline {
     /// # }
     /// ```
     pub fn try_run_inline(&self, inputs: &[EventJson]) -> Result<Vec<OutcomeJson>, NeedsBlockingThread> {
-        if self.steps.iter().any(|step| step.module.recently_slow()) {
+        // A state read may wait for the store.
+        if self
+            .steps
+            .iter()
+            .any(|step| step.module.recently_slow() || step.module.stateful())
+        {
             return Err(NeedsBlockingThread);
         }
         let attempt = InlineAttempt::start();
         // A WASI call that needs a blocking thread panics on an async
         // worker; that ends the attempt like any other inline limit.
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.run_on(inputs, Placement::Inline(&attempt))
+            self.run_on(inputs, Placement::Inline(&attempt), &RunContext::empty())
         }))
         .unwrap_or_else(|panic| {
             let message = panic
@@ -157,9 +225,9 @@ impl Pipeline {
             self.steps.iter().for_each(|step| step.module.mark_slow());
         }
         match ran {
-            Ok(outcomes) => {
+            Ok(run) => {
                 attempt.succeed();
-                Ok(outcomes)
+                Ok(run.outcomes)
             }
             Err(_) => Err(NeedsBlockingThread),
         }
@@ -174,7 +242,10 @@ impl Pipeline {
         &'m self,
         inputs: &[EventJson],
         placement: Placement<'_, 'm>,
-    ) -> Result<Vec<OutcomeJson>, GiveUp> {
+        context: &RunContext,
+    ) -> Result<Run, GiveUp> {
+        let run_state = RunState::new(context);
+        let names = self.step_names();
         let mut progress: Vec<Progress> = inputs
             .iter()
             .map(|input| Progress {
@@ -183,7 +254,12 @@ impl Pipeline {
                 ..Progress::default()
             })
             .collect();
-        for (index, step) in self.steps.iter().enumerate() {
+        for (index, (step, name)) in self.steps.iter().zip(&names).enumerate() {
+            let call = CallContext {
+                run: run_state.clone(),
+                step: name.as_str().into(),
+                lookups: context.lookups.get(name).cloned().map(std::sync::Arc::new),
+            };
             // Payloads are checked once: a middle step's before the next
             // step reads them, the last step's as they become JSON values.
             let last = index + 1 == self.steps.len();
@@ -214,14 +290,18 @@ impl Pipeline {
                 if batch.is_empty() {
                     continue;
                 }
-                let mut results = step.module.run_on(&step.config, &batch, placement)?;
+                let (mut results, staged): (Vec<_>, Vec<_>) = step
+                    .module
+                    .run_on(&step.config, &batch, placement, Some(&call))?
+                    .into_iter()
+                    .unzip();
                 let mut finished: Vec<Option<Vec<EventJson>>> = vec![None; results.len()];
                 for ((result, event), done) in results.iter_mut().zip(&batch).zip(&mut finished) {
                     if let Ok(outcome) = result {
                         if !last {
                             let outcome = std::mem::replace(outcome, Outcome::Drop(String::new()));
                             *result = step.module.check_payloads(outcome, event);
-                        } else if let Outcome::Emit(events) = outcome {
+                        } else if let Some(events) = crate::module::emitted(outcome) {
                             match step.module.to_json(events, event) {
                                 Ok(json) => *done = Some(json),
                                 Err(fault) => *result = Err(fault),
@@ -234,8 +314,12 @@ impl Pipeline {
                 {
                     return Err(GiveUp::Slow);
                 }
-                for (((owner, event), result), done) in
-                    owners.into_iter().zip(&batch).zip(results).zip(finished)
+                for ((((owner, event), result), done), staged) in owners
+                    .into_iter()
+                    .zip(&batch)
+                    .zip(results)
+                    .zip(finished)
+                    .zip(staged)
                 {
                     // A rejected input still collects every violation of this
                     // step; a faulted one is done.
@@ -249,11 +333,24 @@ impl Pipeline {
                         state.fail(step, kind);
                         continue;
                     }
+                    state.writes.extend(staged.into_writes(name));
                     match result {
                         Ok(Outcome::Emit(events)) => match done {
                             Some(json) => state.done.extend(json),
                             None => state.live.extend(events),
                         },
+                        Ok(Outcome::Partial(partial)) => {
+                            state.left_out.extend(
+                                partial
+                                    .reject
+                                    .into_iter()
+                                    .map(|v| ViolationJson::new(v, &event.id, &state.input_id)),
+                            );
+                            match done {
+                                Some(json) => state.done.extend(json),
+                                None => state.live.extend(partial.emit),
+                            }
+                        }
                         Ok(Outcome::Drop(reason)) => state.dropped.push(reason),
                         Ok(Outcome::Reject(found)) => state.violations.extend(
                             found
@@ -272,7 +369,8 @@ impl Pipeline {
                 }
             }
         }
-        Ok(progress.into_iter().map(finish).collect())
+        let (outcomes, writes) = progress.into_iter().map(finish).unzip();
+        Ok(Run { outcomes, writes })
     }
 }
 
@@ -324,12 +422,22 @@ impl Progress {
     }
 }
 
-/// The final outcome for one input event.
-fn finish(state: Progress) -> OutcomeJson {
+/// The final outcome for one input event, and the state writes kept with it.
+fn finish(mut state: Progress) -> (OutcomeJson, StateWrites) {
+    let writes = std::mem::take(&mut state.writes);
+    let outcome = outcome_of(state);
+    match outcome {
+        OutcomeJson::Error { .. } | OutcomeJson::Reject { .. } => (outcome, StateWrites::new()),
+        _ => (outcome, writes),
+    }
+}
+
+fn outcome_of(mut state: Progress) -> OutcomeJson {
     if let Some(error) = state.fault {
         return OutcomeJson::Error { error: *error };
     }
     if !state.violations.is_empty() {
+        state.violations.append(&mut state.left_out);
         return OutcomeJson::Reject {
             violations: state.violations,
         };
@@ -353,9 +461,20 @@ fn finish(state: Progress) -> OutcomeJson {
             }
         }
     }
+    if events.is_empty() && !state.left_out.is_empty() {
+        return OutcomeJson::Reject {
+            violations: state.left_out,
+        };
+    }
     if events.is_empty() {
         return OutcomeJson::Drop {
             reason: state.dropped.join("; "),
+        };
+    }
+    if !state.left_out.is_empty() {
+        return OutcomeJson::Partial {
+            events,
+            violations: state.left_out,
         };
     }
     OutcomeJson::Emit { events }

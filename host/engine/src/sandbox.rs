@@ -14,8 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::Limits;
-use crate::bindings::{LogLevel, sluice};
+use crate::bindings::{LogLevel, StateError, v0_1, v0_2};
 use crate::limits::MemoryBudget;
+use crate::state::CallState;
 
 /// Store data for one instance of one module.
 pub struct Sandbox {
@@ -31,6 +32,8 @@ pub struct Sandbox {
     pub(crate) deadline: Instant,
     /// The call runs inline on an async worker: host calls must not wait.
     pub(crate) inline: bool,
+    /// The step's state and lookup tables during a call (contract 0.2).
+    pub(crate) call: Option<CallState>,
 }
 
 impl Sandbox {
@@ -44,6 +47,7 @@ impl Sandbox {
             log,
             deadline: Instant::now(),
             inline: false,
+            call: None,
         }
     }
 
@@ -57,7 +61,17 @@ impl Sandbox {
     }
 }
 
-impl sluice::transform::host::Host for Sandbox {
+impl Sandbox {
+    fn write_log(&mut self, level: &str, message: &str) {
+        // Written in parts: a message as large as the guest's memory is
+        // never copied again, only what the log still has room for.
+        self.log.write(format!("[{level}] ").as_bytes());
+        self.log.write(message.as_bytes());
+        self.log.write(b"\n");
+    }
+}
+
+impl v0_2::sluice::transform::host::Host for Sandbox {
     fn log(&mut self, level: LogLevel, message: String) {
         let level = match level {
             LogLevel::Debug => "debug",
@@ -65,11 +79,51 @@ impl sluice::transform::host::Host for Sandbox {
             LogLevel::Warn => "warn",
             LogLevel::Error => "error",
         };
-        // Written in parts: a message as large as the guest's memory is
-        // never copied again, only what the log still has room for.
-        self.log.write(format!("[{level}] ").as_bytes());
-        self.log.write(message.as_bytes());
-        self.log.write(b"\n");
+        self.write_log(level, &message);
+    }
+}
+
+impl v0_1::sluice::transform::host::Host for Sandbox {
+    fn log(&mut self, level: v0_1::sluice::transform::host::LogLevel, message: String) {
+        use v0_1::sluice::transform::host::LogLevel;
+        let level = match level {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        };
+        self.write_log(level, &message);
+    }
+}
+
+impl v0_2::sluice::transform::state::Host for Sandbox {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        match &self.call {
+            Some(call) => Ok(call.get(&key)?),
+            None => Ok(None),
+        }
+    }
+
+    fn set(&mut self, key: String, value: String) -> wasmtime::Result<Result<(), StateError>> {
+        match &mut self.call {
+            Some(call) => Ok(call.set(key, value)?),
+            None => Ok(Err(StateError::Quota(
+                "state cannot be written during `init`".into(),
+            ))),
+        }
+    }
+
+    fn delete(&mut self, key: String) -> wasmtime::Result<()> {
+        match &mut self.call {
+            Some(call) => Ok(call.delete(key)?),
+            None => Ok(()),
+        }
+    }
+}
+
+impl v0_2::sluice::transform::lookup::Host for Sandbox {
+    fn get(&mut self, table: String, key: String) -> Option<String> {
+        self.call.as_ref()?.lookup(&table, &key)
     }
 }
 

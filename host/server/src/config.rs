@@ -35,6 +35,10 @@ pub struct ServerConfig {
     /// 0 sends every batch to a blocking thread.
     #[serde(default = "default_inline_batch_events")]
     pub inline_batch_events: usize,
+    /// Caps on transform state (contract 0.2): key and value sizes, keys
+    /// and bytes per tenant, keys written per event (`[server.state-quota]`).
+    #[serde(default)]
+    pub state_quota: sluice_engine::state::StateQuota,
     /// Largest synchronous transform answer, in bytes (larger: 413).
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,

@@ -12,7 +12,9 @@
 //! EAN or GTIN-14), prices are rounded to the currency's minor unit, stock
 //! is clamped at zero, inactive products are dropped, and every attribute the configured product type
 //! requires must be present: each missing one is a violation with its path.
-//! The feed's `messageId` is assigned when messages are assembled into a feed.
+//! A product that breaks a rule is left out (a contract 0.2 `partial`
+//! outcome): of a product fanned out per variant, the good variants are
+//! listed and only the bad one becomes a dead letter. The feed's `messageId` is assigned when messages are assembled into a feed.
 
 use std::collections::BTreeMap;
 
@@ -119,8 +121,9 @@ impl Transform for AmazonListing {
             }
             None => None,
         };
-        if let Err(rejection) = violations.into_result() {
-            return rejection;
+        // One variant that breaks a rule is left out; its siblings are listed.
+        if let Err(left_out) = violations.into_left_out() {
+            return left_out;
         }
         let (Some(sku), Some(title)) = (sku, title) else {
             unreachable!("violations were empty, so sku and title are present");

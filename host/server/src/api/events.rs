@@ -270,10 +270,66 @@ pub(crate) fn check_text_fields(
             check_id(number, field, value)?;
         }
     }
-    match &event.correlation_id {
-        Some(correlation_id) => check_id(number, "correlation_id", correlation_id),
-        None => Ok(()),
+    if let Some(correlation_id) = &event.correlation_id {
+        check_id(number, "correlation_id", correlation_id)?;
     }
+    if !event.topic.is_empty() {
+        check_id(number, "topic", &event.topic)?;
+    }
+    check_headers(number, event)?;
+    if event.delivery.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid-event",
+            format!("event {number}: `delivery` is chosen by a transform, never sent with an event"),
+            Some("$['delivery']"),
+        ));
+    }
+    Ok(())
+}
+
+/// Most headers an event may carry for its transforms.
+const MAX_HEADERS: usize = 32;
+/// Longest header value an event may carry, in bytes.
+const MAX_HEADER_VALUE_BYTES: usize = 512;
+
+/// An event's `headers`: at most [`MAX_HEADERS`], names in lower-case
+/// header syntax, values short and free of control characters.
+fn check_headers(number: usize, event: &sluice_engine::event::EventJson) -> Result<(), ApiError> {
+    let bad = |path: String, problem: String| {
+        Err(ApiError::bad_request(
+            "invalid-event",
+            format!("event {number}: {problem}"),
+            Some(&path),
+        ))
+    };
+    if event.headers.len() > MAX_HEADERS {
+        return bad(
+            "$['headers']".into(),
+            format!(
+                "`headers` holds {} headers; at most {MAX_HEADERS} are allowed",
+                event.headers.len()
+            ),
+        );
+    }
+    for (name, value) in &event.headers {
+        let path = format!("$['headers']['{}']", name.escape_default());
+        let token = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        if name.is_empty() || name.len() > 64 || !name.chars().all(token) {
+            return bad(
+                path,
+                "a header name is 1 to 64 lower-case letters, digits, `-` or `_`".into(),
+            );
+        }
+        if value.len() > MAX_HEADER_VALUE_BYTES || value.chars().any(char::is_control) {
+            return bad(
+                path,
+                format!(
+                    "a header value is at most {MAX_HEADER_VALUE_BYTES} bytes, with no control characters"
+                ),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// An id must be there, at most [`MAX_ID_BYTES`] long, and hold no control

@@ -68,6 +68,7 @@ fn load_error(err: LoadError) -> ApiError {
         LoadError::NotWasm { .. } => "not-wasm",
         LoadError::CoreModule { .. } => "not-a-component",
         LoadError::WrongWorld { .. } => "wrong-world",
+        LoadError::UnknownContract { .. } => "unknown-contract",
         LoadError::UnsupportedImport { .. } => "unsupported-import",
         LoadError::Compile { .. } => "does-not-compile",
         LoadError::Read { .. } => return ApiError::internal(err),

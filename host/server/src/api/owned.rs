@@ -324,6 +324,7 @@ pub async fn delete_channel(
     let (registry, queue, key) = (app.registry.clone(), app.queue.clone(), name.to_string());
     blocking(move || {
         queue.forget_fingerprints(None, Some(&key))?;
+        queue.forget_state(&tenant, &key)?;
         registry.delete_setting(CHANNEL_KIND, &tenant, &key)?;
         clear_activations(registry.as_ref(), &key)?;
         // Nothing is left to pull for it; what fails here is only logged.

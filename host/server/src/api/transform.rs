@@ -58,7 +58,7 @@ pub async fn transform(
     }
 
     let outcomes = app
-        .run_pipeline(channel, channel.pipeline(), events, "sync")
+        .run_pipeline(channel, channel.pipeline(), events, "sync", None)
         .await
         .map_err(|join| ApiError::internal(format!("the transform task failed: {join}")))?
         .outcomes;

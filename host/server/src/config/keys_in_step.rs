@@ -54,6 +54,7 @@ fn accepted() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("", fields_of::<ServerConfig>()),
         ("limits", fields_of::<Limits>()),
         ("retry", fields_of::<RetryPolicy>()),
+        ("state-quota", fields_of::<sluice_engine::state::StateQuota>()),
         ("tenant", fields_of::<TenantConfig>()),
         ("tenant.limits", fields_of::<Limits>()),
         ("destination", fields_of::<DestinationConfig>()),

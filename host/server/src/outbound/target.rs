@@ -1,7 +1,11 @@
 //! A destination's URL per event: `{$.…}` placeholders take a value from
 //! the emitted payload (a URL per SKU, as SP-API's Listings Items and
-//! Magento's `PUT /V1/products/{sku}` want), and `{env:…}` placeholders
-//! come from the environment when the config is loaded.
+//! Magento's `PUT /V1/products/{sku}` want), `{param:…}` placeholders
+//! take a value the transform chose for the event (a contract 0.2
+//! delivery hint), and `{env:…}` placeholders come from the environment
+//! when the config is loaded.
+
+use std::collections::BTreeMap;
 
 use hyper::Uri;
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -49,6 +53,7 @@ const MAX_VALUE_BYTES: usize = 1024;
 enum Part {
     Text(String),
     Value { path: CompiledPath, text: String },
+    Param { name: String },
 }
 
 /// A compiled URL template.
@@ -81,6 +86,12 @@ pub enum RenderError {
     /// The payload is not JSON.
     #[error("the payload is not JSON, so the URL's placeholders have no values")]
     NotJson,
+    /// The transform gave no value for a `{param:…}` placeholder.
+    #[error("the URL's `{{param:{name}}}` has no value: the transform's delivery hint does not set `{name}`")]
+    MissingParam {
+        /// The placeholder's name.
+        name: String,
+    },
 }
 
 impl UrlTemplate {
@@ -103,6 +114,27 @@ impl UrlTemplate {
                 let value = encode(&value);
                 so_far.push_str(&value);
                 parts.push(Part::Text(text.to_string() + &value));
+            } else if let Some(name) = inner.strip_prefix("param:") {
+                let in_path = so_far
+                    .split_once("://")
+                    .is_some_and(|(_, after_scheme)| after_scheme.contains('/'));
+                if !in_path {
+                    return Err(format!("`{{{inner}}}` cannot stand in the scheme or host"));
+                }
+                if name.is_empty()
+                    || !name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                {
+                    return Err(format!(
+                        "`{{{inner}}}`: a parameter's name is letters, digits, `-` and `_`"
+                    ));
+                }
+                so_far.push('x');
+                parts.push(Part::Text(text.to_string()));
+                parts.push(Part::Param {
+                    name: name.to_string(),
+                });
             } else if inner.starts_with('$') {
                 // A payload's value may fill a path segment or a query value, never the host.
                 let in_path = so_far
@@ -121,7 +153,7 @@ impl UrlTemplate {
                 });
             } else {
                 return Err(format!(
-                    "`{{{inner}}}` is neither a JSONPath (`{{$.sku}}`) nor a variable (`{{env:NAME}}`)"
+                    "`{{{inner}}}` is neither a JSONPath (`{{$.sku}}`), a parameter (`{{param:NAME}}`) nor a variable (`{{env:NAME}}`)"
                 ));
             }
             rest = &after[close + 1..];
@@ -161,16 +193,39 @@ impl UrlTemplate {
         }
     }
 
-    /// The URL of one payload (its JSON text).
-    pub fn render(&self, payload: &[u8]) -> Result<Uri, RenderError> {
+    /// The URL of one payload (its JSON text), with the transform's
+    /// `{param:…}` values.
+    pub fn render(&self, payload: &[u8], params: &BTreeMap<String, String>) -> Result<Uri, RenderError> {
         if let Some(uri) = self.fixed() {
             return Ok(uri);
         }
-        let document: Value = serde_json::from_slice(payload).map_err(|_| RenderError::NotJson)?;
+        let needs_payload = self.parts.iter().any(|part| matches!(part, Part::Value { .. }));
+        let document: Value = if needs_payload {
+            serde_json::from_slice(payload).map_err(|_| RenderError::NotJson)?
+        } else {
+            Value::Null
+        };
         let mut url = String::new();
         for part in &self.parts {
             match part {
                 Part::Text(text) => url.push_str(text),
+                Part::Param { name } => {
+                    let found = params
+                        .get(name)
+                        .filter(|value| !value.is_empty())
+                        .ok_or_else(|| RenderError::MissingParam { name: name.clone() })?;
+                    if found.len() > MAX_VALUE_BYTES {
+                        return Err(RenderError::TooLong {
+                            path: format!("param:{name}"),
+                        });
+                    }
+                    if found == "." || found == ".." {
+                        return Err(RenderError::DotSegment {
+                            path: format!("param:{name}"),
+                        });
+                    }
+                    url.push_str(&encode(found));
+                }
                 Part::Value { path, text } => {
                     let found = path
                         .select(&document)
@@ -221,24 +276,27 @@ mod tests {
         )
         .unwrap();
         let uri = template
-            .render(br#"{"sku": "TEE/RED 1?x#y", "marketplace": "ATVPDKIKX0DER"}"#)
+            .render(
+                br#"{"sku": "TEE/RED 1?x#y", "marketplace": "ATVPDKIKX0DER"}"#,
+                &BTreeMap::new(),
+            )
             .unwrap();
         assert_eq!(
             uri.to_string(),
             "https://sellingpartnerapi-na.amazon.com/listings/2021-08-01/items/A1%20SELLER/TEE%2FRED%201%3Fx%23y?marketplaceIds=ATVPDKIKX0DER"
         );
         assert_eq!(
-            template.render(br#"{"marketplace": "X"}"#),
+            template.render(br#"{"marketplace": "X"}"#, &BTreeMap::new()),
             Err(RenderError::Missing { path: "$.sku".into() })
         );
         assert_eq!(
-            template.render(br#"{"sku": null, "marketplace": "X"}"#),
+            template.render(br#"{"sku": null, "marketplace": "X"}"#, &BTreeMap::new()),
             Err(RenderError::Missing { path: "$.sku".into() })
         );
         assert_eq!(
             UrlTemplate::parse("https://m.example/rest/V1/products/{$.sku}", env)
                 .unwrap()
-                .render(br#"{"sku": 42}"#)
+                .render(br#"{"sku": 42}"#, &BTreeMap::new())
                 .unwrap()
                 .path(),
             "/rest/V1/products/42"
@@ -267,17 +325,25 @@ mod tests {
         let items = UrlTemplate::parse("https://x.example/items/{$.sku}", env).unwrap();
         for dots in ["..", "."] {
             assert_eq!(
-                items.render(format!(r#"{{"sku": "{dots}"}}"#).as_bytes()),
+                items.render(format!(r#"{{"sku": "{dots}"}}"#).as_bytes(), &BTreeMap::new()),
                 Err(RenderError::DotSegment { path: "$.sku".into() })
             );
         }
-        assert_eq!(items.render(br#"{"sku": "..."}"#).unwrap().path(), "/items/...");
+        assert_eq!(
+            items
+                .render(br#"{"sku": "..."}"#, &BTreeMap::new())
+                .unwrap()
+                .path(),
+            "/items/..."
+        );
         // CRLF cannot split the request line or add a header; a megabyte is refused.
-        let crlf = items.render(br#"{"sku": "A\r\nHost: evil.example"}"#).unwrap();
+        let crlf = items
+            .render(br#"{"sku": "A\r\nHost: evil.example"}"#, &BTreeMap::new())
+            .unwrap();
         assert_eq!(crlf.path(), "/items/A%0D%0AHost%3A%20evil.example");
         let huge = format!(r#"{{"sku": "{}"}}"#, "x".repeat(1 << 20));
         assert_eq!(
-            items.render(huge.as_bytes()),
+            items.render(huge.as_bytes(), &BTreeMap::new()),
             Err(RenderError::TooLong { path: "$.sku".into() })
         );
     }
@@ -295,5 +361,25 @@ mod tests {
             let err = UrlTemplate::parse(template, env).unwrap_err();
             assert!(err.contains(says), "{template}: {err}");
         }
+    }
+
+    #[test]
+    fn params_come_from_the_delivery_hint_encoded_as_one_segment() {
+        let template = UrlTemplate::parse("https://x.example/v1/{param:id}/stock?sku={$.sku}", env).unwrap();
+        let params = BTreeMap::from([("id".to_string(), "42/a?b".to_string())]);
+        let uri = template.render(br#"{"sku": "A"}"#, &params).unwrap();
+        assert_eq!(uri.to_string(), "https://x.example/v1/42%2Fa%3Fb/stock?sku=A");
+        assert_eq!(
+            template.render(br#"{"sku": "A"}"#, &BTreeMap::new()),
+            Err(RenderError::MissingParam { name: "id".into() })
+        );
+        let only_param = UrlTemplate::parse("https://x.example/{param:id}", env).unwrap();
+        let dots = BTreeMap::from([("id".to_string(), "..".to_string())]);
+        assert!(matches!(
+            only_param.render(b"not json", &dots),
+            Err(RenderError::DotSegment { .. })
+        ));
+        assert!(UrlTemplate::parse("https://{param:host}/x", env).is_err());
+        assert!(UrlTemplate::parse("https://x.example/{param:a b}", env).is_err());
     }
 }

@@ -23,6 +23,8 @@ use verify::{Encoding, Refusal, Scheme, Verifier};
 
 /// Longest topic header read, in bytes.
 const MAX_TOPIC_BYTES: usize = 256;
+/// Longest header value kept for transforms, in bytes.
+const MAX_HEADER_BYTES: usize = 512;
 
 /// A source, its secrets loaded.
 pub struct Source {
@@ -158,14 +160,62 @@ impl Source {
         let kind = self.kind_of(&topic);
         let text = std::str::from_utf8(body).expect("JSON is UTF-8");
         let envelope = format!(
-            r#"{{"id":{},"kind":{},"tenant":{},"source":{},"payload":{}}}"#,
+            r#"{{"id":{},"kind":{},"tenant":{},"source":{},"topic":{},"headers":{},"payload":{}}}"#,
             serde_json::Value::from(id),
             serde_json::Value::from(kind),
             serde_json::Value::from(self.config.tenant.as_str()),
             serde_json::Value::from(self.config.name.as_str()),
+            serde_json::Value::from(topic),
+            serde_json::Value::Object(self.kept_headers(headers)),
             text
         );
         Ok(Delivery::Event(envelope))
+    }
+
+    /// The request headers a transform may read (contract 0.2): the
+    /// platform's context (the shop, the API version, the topic) and the
+    /// source's own id and topic headers. A value over 512 bytes or with a
+    /// control character is left out, never an error.
+    fn kept_headers(&self, headers: &HeaderMap) -> serde_json::Map<String, serde_json::Value> {
+        let platform: &[&str] = match self.config.kind {
+            SourceKind::Shopify => &[
+                "x-shopify-shop-domain",
+                "x-shopify-topic",
+                "x-shopify-api-version",
+                "x-shopify-webhook-id",
+                "x-shopify-event-id",
+                "x-shopify-triggered-at",
+            ],
+            SourceKind::Woocommerce => &[
+                "x-wc-webhook-source",
+                "x-wc-webhook-topic",
+                "x-wc-webhook-resource",
+                "x-wc-webhook-event",
+                "x-wc-webhook-id",
+                "x-wc-webhook-delivery-id",
+            ],
+            SourceKind::Square => &["square-initial-delivery-timestamp"],
+            SourceKind::StandardWebhooks => &["webhook-id", "webhook-timestamp"],
+            SourceKind::Hmac | SourceKind::SharedSecret | SourceKind::Poll => &[],
+        };
+        let own = [
+            self.config.id_header.as_deref(),
+            self.config.topic_header.as_deref(),
+        ];
+        let names = platform
+            .iter()
+            .map(|name| name.to_string())
+            .chain(own.into_iter().flatten().map(str::to_ascii_lowercase));
+        let mut kept = serde_json::Map::new();
+        for name in names {
+            let Some(value) = headers.get(name.as_str()).and_then(|v| v.to_str().ok()) else {
+                continue;
+            };
+            if value.len() <= MAX_HEADER_BYTES && !value.chars().any(char::is_control) {
+                kept.insert(name, value.into());
+            }
+        }
+        kept
     }
 
     /// The delivery's id (the platform's own, so a retry is a duplicate) and its topic.

@@ -53,6 +53,10 @@ pub struct Ran {
     pub outcomes: Vec<OutcomeJson>,
     /// With a canary: which outcomes came from the candidate.
     pub canary: Option<CanaryPick>,
+    /// Per event, the state its steps wrote (contract 0.2), to commit with
+    /// its outcome; a canary's share has the candidate's writes. A shadow's
+    /// writes are never kept.
+    pub writes: Vec<sluice_engine::state::StateWrites>,
 }
 
 /// Everything a request handler or worker needs; shared by all of them.
@@ -118,6 +122,8 @@ pub struct Settings {
     pub body_timeout: Duration,
     /// Time to finish in-flight work on shutdown.
     pub shutdown_grace: Duration,
+    /// Caps on transform state.
+    pub state_quota: sluice_engine::state::StateQuota,
 }
 
 impl Settings {
@@ -130,6 +136,7 @@ impl Settings {
             header_timeout: Duration::from_millis(config.header_timeout_ms),
             body_timeout: Duration::from_millis(config.body_timeout_ms),
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+            state_quota: config.state_quota,
         }
     }
 }
@@ -393,6 +400,7 @@ impl App {
         pipeline: Pipeline,
         events: Vec<EventJson>,
         path: &'static str,
+        context: Option<sluice_engine::state::RunContext>,
     ) -> Result<Ran, tokio::task::JoinError> {
         let permit = self.transform_permit(&channel.tenant).await.ok().flatten();
         let started = Instant::now();
@@ -402,27 +410,45 @@ impl App {
             .as_ref()
             .and_then(|d| self.destinations.get(d))
             .map(|d| d.entity_key.clone());
-        let inline =
-            if shadow.is_none() && !events.is_empty() && events.len() <= self.settings.inline_batch_events {
-                pipeline.try_run_inline(&events).ok()
-            } else {
-                None
-            };
+        let inline = if context.is_none()
+            && shadow.is_none()
+            && !events.is_empty()
+            && events.len() <= self.settings.inline_batch_events
+        {
+            pipeline.try_run_inline(&events).ok()
+        } else {
+            None
+        };
         self.metrics.transform_placement(&channel.name, inline.is_some());
-        let (events, outcomes, canary) = match inline {
+        let (events, outcomes, canary, writes) = match inline {
             Some(outcomes) => {
                 drop(permit);
-                (events, outcomes, None)
+                let writes = vec![Default::default(); outcomes.len()];
+                (events, outcomes, None, writes)
             }
             None => {
                 tokio::task::spawn_blocking(move || {
-                    let mut outcomes = pipeline.run(&events);
+                    let context = context.unwrap_or_default();
+                    let run = pipeline.run_in(&events, &context);
+                    let (mut outcomes, mut writes) = (run.outcomes, run.writes);
                     let canary = shadow.and_then(|shadow| {
-                        let candidate = shadow.pipeline.run(&events);
-                        shadow.apply(&events, &mut outcomes, candidate, entity_key.as_deref())
+                        // Its own run: what it writes is seen by no one.
+                        let candidate = shadow.pipeline.run_in(&events, &context);
+                        let pick =
+                            shadow.apply(&events, &mut outcomes, candidate.outcomes, entity_key.as_deref());
+                        if let Some(pick) = &pick {
+                            for ((kept, chosen), theirs) in
+                                writes.iter_mut().zip(&pick.from_candidate).zip(candidate.writes)
+                            {
+                                if *chosen {
+                                    *kept = theirs;
+                                }
+                            }
+                        }
+                        pick
                     });
                     drop(permit);
-                    (events, outcomes, canary)
+                    (events, outcomes, canary, writes)
                 })
                 .await?
             }
@@ -447,7 +473,28 @@ impl App {
             events,
             outcomes,
             canary,
+            writes,
         })
+    }
+
+    /// What a run of `pipeline` for `channel` reads its state from
+    /// (contract 0.2), or `None` when no step keeps state.
+    pub async fn state_context(
+        &self,
+        channel: &Channel,
+        pipeline: &Pipeline,
+    ) -> Result<Option<sluice_engine::state::RunContext>, String> {
+        if !pipeline.stateful() {
+            return Ok(None);
+        }
+        let (queue, tenant, name) = (self.queue.clone(), channel.tenant.clone(), channel.name.clone());
+        let (store, usage) = crate::store::in_store(move || queue.state(&tenant, &name)).await?;
+        Ok(Some(sluice_engine::state::RunContext {
+            store: Some(store),
+            usage,
+            quota: self.settings.state_quota,
+            lookups: Default::default(),
+        }))
     }
 
     /// A tenant's state, if the tenant exists.
@@ -507,7 +554,7 @@ impl App {
                 })?;
             steps.push(Step {
                 module: Arc::new(module),
-                config: step.config.to_string(),
+                config: step.config_text(),
             });
         }
         Ok(Pipeline::new(steps))

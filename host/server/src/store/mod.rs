@@ -144,6 +144,8 @@ pub struct Transformed {
     pub versions: Vec<String>,
     /// The result.
     pub disposition: Disposition,
+    /// The state the event's steps wrote (contract 0.2), stored in the same commit.
+    pub state: sluice_engine::state::StateWrites,
 }
 
 /// Where a transformed event goes next.
@@ -160,6 +162,33 @@ pub enum Disposition {
         /// The violations, or the fault.
         detail: Value,
     },
+    /// Both: these deliveries, and a dead letter (reason `rejected`) of
+    /// the input with the violations of what was left out.
+    Partial {
+        /// One delivery per emitted event.
+        deliveries: Vec<NewDelivery>,
+        /// The violations.
+        detail: Value,
+    },
+}
+
+impl Disposition {
+    /// The deliveries it makes.
+    pub fn deliveries(&self) -> &[NewDelivery] {
+        match self {
+            Disposition::Deliver(deliveries) | Disposition::Partial { deliveries, .. } => deliveries,
+            Disposition::Dropped | Disposition::DeadLetter { .. } => &[],
+        }
+    }
+
+    /// The dead letter it makes, as (reason, detail).
+    pub fn dead_letter(&self) -> Option<(&str, &Value)> {
+        match self {
+            Disposition::DeadLetter { reason, detail } => Some((reason, detail)),
+            Disposition::Partial { detail, .. } => Some(("rejected", detail)),
+            Disposition::Deliver(_) | Disposition::Dropped => None,
+        }
+    }
 }
 
 /// One emitted event to deliver.
@@ -536,6 +565,30 @@ pub trait Queue: Send + Sync {
     /// Moves every event `channel` (of `tenant`) still holds (to transform
     /// or to deliver) into dead letters (reason `discarded`); how many.
     fn discard_channel(&self, tenant: &str, channel: &str) -> Result<u64, StoreError>;
+    /// The durable state of `channel`'s steps (contract 0.2), for one
+    /// pipeline run to read, and what `tenant`'s state holds for its quota.
+    /// Writes come back with [`Transformed::state`].
+    fn state(
+        &self,
+        tenant: &str,
+        channel: &str,
+    ) -> Result<
+        (
+            std::sync::Arc<dyn sluice_engine::state::StateStore>,
+            sluice_engine::state::StateUsage,
+        ),
+        StoreError,
+    > {
+        let _ = (tenant, channel);
+        Err(StoreError::Unsupported(
+            "keep transform state (contract 0.2) yet: run a stateful pipeline on the SQLite store",
+        ))
+    }
+    /// Forgets the state (contract 0.2) of a deleted channel.
+    fn forget_state(&self, tenant: &str, channel: &str) -> Result<(), StoreError> {
+        let _ = (tenant, channel);
+        Ok(())
+    }
     /// Forgets the fingerprints kept for `skip-unchanged` of a deleted
     /// destination or channel (whichever is given), so one made again
     /// under the name starts with none.

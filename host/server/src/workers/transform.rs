@@ -5,7 +5,8 @@
 //!
 //! A crash between the pipeline and the commit re-runs the batch after
 //! restart; the pipeline is deterministic, so the outputs and their
-//! idempotency keys are the same.
+//! idempotency keys are the same. State a step writes (contract 0.2) is
+//! committed with the outcomes, so a re-run reads what the first run read.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,8 @@ use sluice_engine::event::{EventJson, OutcomeJson};
 const BATCH: usize = 128;
 /// Longest wait for new work before looking again.
 const IDLE: Duration = Duration::from_millis(250);
+/// Wait before trying again a batch whose state could not be read.
+const STATE_RETRY: Duration = Duration::from_secs(2);
 
 /// Runs until `stopped` turns true; the batch in hand is finished first.
 ///
@@ -86,7 +89,27 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         if pending.len() == BATCH {
             read_ahead = Some(read(last));
         }
-        let results = transform(&app, &channel, pending).await;
+        // A stateful pipeline reads what the previous batch wrote: its
+        // commit must land first.
+        if channel.pipeline().stateful()
+            && let Some(commit) = committing.take()
+        {
+            let committed = finish_commit(&name, commit).await;
+            app.wake_channel(&channel);
+            if !committed {
+                read_ahead = None;
+                after = 0;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        let Some(results) = transform(&app, &channel, pending).await else {
+            // The state cannot be read: nothing was decided; the batch stays queued.
+            read_ahead = None;
+            after = 0;
+            tokio::time::sleep(STATE_RETRY).await;
+            continue;
+        };
         if let Some(commit) = committing.take() {
             let committed = finish_commit(&name, commit).await;
             app.wake_channel(&channel);
@@ -120,8 +143,20 @@ const INLINE_BYTES: usize = 64 << 10;
 /// Runs one batch through the channel's pipeline and decides where each
 /// goes. The batch takes the active pipeline once: an activation meanwhile
 /// applies from the next batch, and the versions recorded are the ones that ran.
-async fn transform(app: &Arc<App>, channel: &Arc<Channel>, pending: Vec<Pending>) -> Vec<Transformed> {
+/// `None` when the pipeline keeps state and the state cannot be read.
+async fn transform(
+    app: &Arc<App>,
+    channel: &Arc<Channel>,
+    pending: Vec<Pending>,
+) -> Option<Vec<Transformed>> {
     let pipeline = channel.pipeline();
+    let context = match app.state_context(channel, &pipeline).await {
+        Ok(context) => context,
+        Err(err) => {
+            tracing::error!(channel = %channel.name, error = %err, "cannot read the channel's state; the batch waits");
+            return None;
+        }
+    };
     let versions = crate::state::versions(&pipeline);
     let bytes: usize = pending.iter().map(|p| p.event.len()).sum();
     let (runnable, inputs, mut results) = off_async_if_large(bytes, {
@@ -129,7 +164,10 @@ async fn transform(app: &Arc<App>, channel: &Arc<Channel>, pending: Vec<Pending>
         move || parse_batch(&name, &tenant, pending, &versions)
     })
     .await;
-    let ran = match app.run_pipeline(channel, pipeline, inputs, "ingest").await {
+    let ran = match app
+        .run_pipeline(channel, pipeline, inputs, "ingest", context)
+        .await
+    {
         Ok(ran) => ran,
         // The pipeline isolates module faults; a panic here is a host bug.
         // Let it end this worker: the supervisor logs, counts and restarts
@@ -137,7 +175,7 @@ async fn transform(app: &Arc<App>, channel: &Arc<Channel>, pending: Vec<Pending>
         Err(join) if join.is_panic() => std::panic::resume_unwind(join.into_panic()),
         Err(join) => {
             tracing::error!(channel = %channel.name, error = %join, "the pipeline task was cancelled");
-            return results;
+            return Some(results);
         }
     };
     let faults: Vec<Option<String>> = ran
@@ -157,7 +195,7 @@ async fn transform(app: &Arc<App>, channel: &Arc<Channel>, pending: Vec<Pending>
     })
     .await;
     results.extend(decided);
-    results
+    Some(results)
 }
 
 /// Runs `work` here if `bytes` is small, else on a blocking thread.
@@ -203,6 +241,7 @@ fn parse_batch(
                     reason: "invalid-event".into(),
                     detail: Value::String(err.to_string()),
                 },
+                state: Default::default(),
             }),
         }
     }
@@ -231,18 +270,25 @@ fn dispositions(
         .and_then(|d| app.destinations.get(d))
         .filter(|d| channel.owned.is_none() || d.owned.as_ref().is_some_and(|o| o.tenant == channel.tenant));
     let mut results = Vec::with_capacity(runnable.len());
+    let mut writes = ran.writes.into_iter();
     for (index, ((item, input), outcome)) in runnable
         .into_iter()
         .zip(&ran.events)
         .zip(&ran.outcomes)
         .enumerate()
     {
+        let state = writes.next().unwrap_or_default();
         let disposition = match outcome {
             OutcomeJson::Drop { .. } => Disposition::Dropped,
             OutcomeJson::Reject { violations } => dead_letter(app, channel, input, "rejected", violations),
             OutcomeJson::Error { error } => dead_letter(app, channel, input, "fault", error),
             // A channel for synchronous transforms only delivers nothing.
             OutcomeJson::Emit { .. } if channel.destination.is_none() => Disposition::Dropped,
+            OutcomeJson::Partial { violations, .. }
+                if channel.destination.is_none() || destination.is_none() =>
+            {
+                dead_letter(app, channel, input, "rejected", violations)
+            }
             // Its destination is gone: kept as a dead letter, never dropped.
             OutcomeJson::Emit { .. } if destination.is_none() => dead_letter(
                 app,
@@ -262,6 +308,22 @@ fn dispositions(
                 });
                 Disposition::Deliver(deliveries(destination, channel, input, events))
             }
+            OutcomeJson::Partial { events, violations } => {
+                let destination = destination.as_ref().expect("checked by the arm above");
+                app.emit(Emitted {
+                    channel: &channel.name,
+                    count: events.len(),
+                });
+                let Disposition::DeadLetter { detail, .. } =
+                    dead_letter(app, channel, input, "rejected", violations)
+                else {
+                    unreachable!("dead_letter makes a dead letter")
+                };
+                Disposition::Partial {
+                    deliveries: deliveries(destination, channel, input, events),
+                    detail,
+                }
+            }
         };
         results.push(Transformed {
             seq: item.seq,
@@ -272,6 +334,7 @@ fn dispositions(
             received_ms: item.received_ms,
             versions: from_candidate(index).unwrap_or_else(|| versions.to_vec()),
             disposition,
+            state,
         });
     }
     results

@@ -207,7 +207,8 @@ impl NatsStore {
     }
 
     /// Adds what one result (the `index`th of the batch at `stream_seq`)
-    /// stores to `messages`: a delivery per output, or a dead letter.
+    /// stores to `messages`: a delivery per output, and a dead letter of
+    /// what was rejected.
     fn result_messages(
         &self,
         result: &Transformed,
@@ -217,38 +218,34 @@ impl NatsStore {
         messages: &mut Vec<Outgoing>,
     ) {
         let dead_subject = names::dead(Some(&result.tenant), Some(&result.channel));
-        match &result.disposition {
-            Disposition::Dropped => {}
-            Disposition::Deliver(deliveries) => {
-                for (output, new) in deliveries.iter().enumerate() {
-                    let record = out_record(result, new, now);
-                    let payload = serde_json::to_vec(&record).expect("a record serialises");
-                    if payload.len() + HEADROOM > self.max_payload {
-                        // Never stored as a delivery: it would stop the channel for good.
-                        let detail = serde_json::json!({"output-bytes": payload.len(), "max-payload": self.max_payload});
-                        let letter = transform_dead_letter(result, "too-large-for-queue", detail, now);
-                        let id = format!("t.{stream_seq}.{index}.{output}");
-                        messages.push((dead_subject.clone(), msg_id(id), self.fit(letter)));
-                        continue;
-                    }
-                    let subject = names::outbound(
-                        &new.destination,
-                        names::partition(&new.entity_key),
-                        &result.channel,
-                    );
-                    // The same batch redone yields the same ids; a replay is a new batch.
-                    let id = format!("{}.{stream_seq}", new.idempotency_key);
-                    messages.push((subject, msg_id(id), payload.into()));
-                }
+        for (output, new) in result.disposition.deliveries().iter().enumerate() {
+            let record = out_record(result, new, now);
+            let payload = serde_json::to_vec(&record).expect("a record serialises");
+            if payload.len() + HEADROOM > self.max_payload {
+                // Never stored as a delivery: it would stop the channel for good.
+                let detail =
+                    serde_json::json!({"output-bytes": payload.len(), "max-payload": self.max_payload});
+                let letter = transform_dead_letter(result, "too-large-for-queue", detail, now);
+                let id = format!("t.{stream_seq}.{index}.{output}");
+                messages.push((dead_subject.clone(), msg_id(id), self.fit(letter)));
+                continue;
             }
-            Disposition::DeadLetter { reason, detail } => {
-                let letter = transform_dead_letter(result, reason, detail.clone(), now);
-                messages.push((
-                    dead_subject,
-                    msg_id(format!("t.{stream_seq}.{index}")),
-                    self.fit(letter),
-                ));
-            }
+            let subject = names::outbound(
+                &new.destination,
+                names::partition(&new.entity_key),
+                &result.channel,
+            );
+            // The same batch redone yields the same ids; a replay is a new batch.
+            let id = format!("{}.{stream_seq}", new.idempotency_key);
+            messages.push((subject, msg_id(id), payload.into()));
+        }
+        if let Some((reason, detail)) = result.disposition.dead_letter() {
+            let letter = transform_dead_letter(result, reason, detail.clone(), now);
+            messages.push((
+                dead_subject,
+                msg_id(format!("t.{stream_seq}.{index}")),
+                self.fit(letter),
+            ));
         }
     }
 

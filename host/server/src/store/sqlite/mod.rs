@@ -6,6 +6,7 @@
 mod queue;
 mod registry;
 pub mod schema;
+mod state;
 mod writer;
 
 use std::path::Path;
@@ -243,6 +244,7 @@ mod tests {
                 ),
                 kind: "product".into(),
             }]),
+            state: Default::default(),
         }
     }
 

@@ -1,7 +1,10 @@
 //! The durable queue on SQLite: ingest, the channels' inboxes, the outbox,
 //! attempts, dead letters and channel switches.
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, params};
+use sluice_engine::state::{StateStore, StateUsage};
 
 use super::{SqliteQueue, filter_clause, insert_outbox, json_or_text, summary_from_row, versions_text};
 use crate::store::*;
@@ -159,30 +162,26 @@ impl Queue for SqliteQueue {
                 if removed == 0 {
                     continue; // Already recorded: never queue its outputs twice.
                 }
-                match &result.disposition {
-                    Disposition::Dropped => {}
-                    Disposition::Deliver(deliveries) => {
-                        for delivery in deliveries {
-                            insert_outbox(db, result, delivery, now, result.received_ms)?;
-                        }
-                    }
-                    Disposition::DeadLetter { reason, detail } => {
-                        db.prepare_cached(
-                            "INSERT INTO dead_letters (tenant, channel, event_id, stage, reason, original,
-                                 detail, versions, attempts, created_ms)
-                             VALUES (?1, ?2, ?3, 'transform', ?4, ?5, ?6, ?7, '[]', ?8)",
-                        )?
-                        .execute(params![
-                            result.tenant,
-                            result.channel,
-                            result.event_id,
-                            reason,
-                            result.original,
-                            detail.to_string(),
-                            versions_text(&result.versions),
-                            now,
-                        ])?;
-                    }
+                for delivery in result.disposition.deliveries() {
+                    insert_outbox(db, result, delivery, now, result.received_ms)?;
+                }
+                super::state::write(db, &result.tenant, &result.channel, &result.state)?;
+                if let Some((reason, detail)) = result.disposition.dead_letter() {
+                    db.prepare_cached(
+                        "INSERT INTO dead_letters (tenant, channel, event_id, stage, reason, original,
+                             detail, versions, attempts, created_ms)
+                         VALUES (?1, ?2, ?3, 'transform', ?4, ?5, ?6, ?7, '[]', ?8)",
+                    )?
+                    .execute(params![
+                        result.tenant,
+                        result.channel,
+                        result.event_id,
+                        reason,
+                        result.original,
+                        detail.to_string(),
+                        versions_text(&result.versions),
+                        now,
+                    ])?;
                 }
             }
             Ok(())
@@ -629,6 +628,17 @@ impl Queue for SqliteQueue {
             }
             Ok(found)
         })
+    }
+
+    fn state(&self, tenant: &str, channel: &str) -> Result<(Arc<dyn StateStore>, StateUsage), StoreError> {
+        let usage = self.read(|db| super::state::usage(db, tenant))?;
+        let state = super::state::ChannelState::new(self.path.clone(), tenant, channel);
+        Ok((Arc::new(state), usage))
+    }
+
+    fn forget_state(&self, tenant: &str, channel: &str) -> Result<(), StoreError> {
+        let (tenant, channel) = (tenant.to_string(), channel.to_string());
+        self.call(move |db| super::state::forget(db, &tenant, &channel))
     }
 
     fn discard_channel(&self, _tenant: &str, channel: &str) -> Result<u64, StoreError> {

@@ -88,6 +88,23 @@ const MIGRATIONS: &[Migration] = &[
         "ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT '';
          CREATE INDEX outbox_kind ON outbox (destination, kind, seq);",
     ),
+    // 10: transform state (contract 0.2), per tenant, channel and step,
+    // and what each tenant holds, for its quota.
+    Migration::Sql(
+        "CREATE TABLE state (
+             tenant TEXT NOT NULL,
+             channel TEXT NOT NULL,
+             step TEXT NOT NULL,
+             key TEXT NOT NULL,
+             value TEXT NOT NULL,
+             PRIMARY KEY (tenant, channel, step, key)
+         ) WITHOUT ROWID;
+         CREATE TABLE state_usage (
+             tenant TEXT PRIMARY KEY,
+             keys INTEGER NOT NULL,
+             bytes INTEGER NOT NULL
+         ) WITHOUT ROWID;",
+    ),
 ];
 
 /// Why the schema cannot be brought up to date.

@@ -16,7 +16,7 @@ use crate::outbound::target::UrlTemplate;
 use crate::state::Destination;
 use crate::store::Delivery;
 use crate::workers::backoff::retry_after;
-use sluice_engine::event::EventJson;
+use sluice_engine::event::{DeliveryJson, EventJson};
 
 /// Most response bytes kept with an attempt.
 const SNIPPET: usize = 512;
@@ -56,14 +56,36 @@ impl Outbound {
     /// `None` if it cannot become a request (the send says why).
     pub fn fingerprint(&self, delivery: &Delivery) -> Option<String> {
         let (_, body) = stored_body(delivery).ok()?;
-        let uri = self.target.render(&body).ok()?;
-        let body: &[u8] = if self.method == Method::DELETE { &[] } else { &body };
-        Some(crate::store::fingerprint(
-            self.method.as_str(),
-            &uri.to_string(),
-            body,
-        ))
+        let hint = hint_of(delivery);
+        let uri = self.target.render(&body, &hint.params).ok()?;
+        let method = self.method_for(&hint);
+        let body: &[u8] = if method == Method::DELETE { &[] } else { &body };
+        Some(crate::store::fingerprint(method.as_str(), &uri.to_string(), body))
     }
+
+    /// The method of one delivery: the transform's choice, or the destination's.
+    fn method_for(&self, hint: &DeliveryJson) -> Method {
+        hint.method
+            .and_then(|method| Method::from_bytes(method.as_str().as_bytes()).ok())
+            .unwrap_or_else(|| self.method.clone())
+    }
+}
+
+/// The delivery hint a contract 0.2 step gave the emitted event, if any.
+/// Only an output that mentions one is parsed.
+fn hint_of(delivery: &Delivery) -> DeliveryJson {
+    #[derive(serde::Deserialize)]
+    struct Hinted {
+        #[serde(default)]
+        delivery: Option<DeliveryJson>,
+    }
+    if !delivery.output.contains("\"delivery\"") {
+        return DeliveryJson::default();
+    }
+    serde_json::from_str::<Hinted>(&delivery.output)
+        .ok()
+        .and_then(|hinted| hinted.delivery)
+        .unwrap_or_default()
 }
 
 /// What one request came back with.
@@ -104,13 +126,15 @@ pub(super) async fn send(
         Ok(found) => found,
         Err(err) => return finish(Some(0), None, format!("stored output is not an event: {err}")),
     };
+    let hint = hint_of(&delivery);
+    let method = out.method_for(&hint);
     // Not sent at all: a dead letter that names the placeholder.
-    let uri = match out.target.render(&body) {
+    let uri = match out.target.render(&body, &hint.params) {
         Ok(uri) => uri,
         Err(err) => return finish(Some(0), None, err.to_string()),
     };
     let mut request = Request::builder()
-        .method(out.method.clone())
+        .method(method.clone())
         .uri(uri)
         .header("idempotency-key", &delivery.idempotency_key)
         .header("x-correlation-id", &delivery.correlation_id)
@@ -121,7 +145,7 @@ pub(super) async fn send(
         .header("x-sluice-attempt", (delivery.attempts + 1).to_string())
         .header("x-sluice-module-versions", versions_header(&delivery.versions));
     // A DELETE carries no body (SP-API's deleteListingsItem, Magento's DELETE /V1/products/{sku}).
-    let body = if out.method == Method::DELETE {
+    let body = if method == Method::DELETE {
         Bytes::new()
     } else {
         request = request.header(CONTENT_TYPE, "application/json");

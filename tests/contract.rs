@@ -1,0 +1,509 @@
+//! Contract 0.2 (`wit/v0.2/`) beside 0.1, with real compiled components:
+//! a 0.1 component runs unchanged in a pipeline with 0.2 steps, topic,
+//! headers and delivery hints travel, state is kept only with the outcome
+//! of the event that wrote it, and every cap on state holds.
+
+use std::sync::Arc;
+
+use crate::support::{engine, event, guest};
+use serde_json::{Value, json};
+use sluice_engine::event::{EventJson, MethodJson, OutcomeJson};
+use sluice_engine::pipeline::{Pipeline, Step};
+use sluice_engine::state::{MemoryState, RunContext, StateQuota, StateUsage};
+use sluice_engine::{FaultKind, Limits, Module};
+
+fn step(name: &str, config: &str) -> Step {
+    let limits = Limits {
+        timeout: std::time::Duration::from_secs(10),
+        ..Limits::default()
+    };
+    let module: Arc<Module> = Arc::new(engine().load_file(&guest(name), limits).unwrap());
+    Step {
+        module,
+        config: config.into(),
+    }
+}
+
+fn counted(key: &str, attack: &str, id: &str) -> EventJson {
+    event(id, "product", json!({"key": key, "attack": attack}))
+}
+
+fn payload(outcome: &OutcomeJson) -> Value {
+    match outcome {
+        OutcomeJson::Emit { events } => serde_json::from_str(events[0].payload.get()).unwrap(),
+        other => panic!("expected an emit, got {other:?}"),
+    }
+}
+
+/// Runs `events` with `state` as the stored state, then applies what the
+/// run kept, as a sidecar commits it.
+fn run_with(pipeline: &Pipeline, state: &mut MemoryState, events: &[EventJson]) -> Vec<OutcomeJson> {
+    let context = RunContext {
+        store: Some(Arc::new(state.clone())),
+        usage: state.usage(),
+        ..RunContext::empty()
+    };
+    let run = pipeline.run_in(events, &context);
+    for writes in &run.writes {
+        state.apply(writes);
+    }
+    run.outcomes
+}
+
+#[test]
+fn a_0_1_component_runs_unchanged_beside_0_2_steps_and_keeps_the_topic_headers_and_hint() {
+    let old = step("contract-0-1", "{}");
+    assert_eq!(old.module.contract(), "0.1.0");
+    let new = step("changed-fields", "{}");
+    assert_eq!(new.module.contract(), "0.2.0");
+    assert!(new.module.stateful() && !old.module.stateful());
+
+    // 0.2 then 0.1: the hint chosen by the 0.2 step survives the 0.1 step,
+    // which cannot see it, and so do the topic and headers.
+    let pipeline = Pipeline::new(vec![new, old]);
+    let mut discontinued = event("e-1", "product", json!({"sku": "TEE-1", "active": false}));
+    discontinued.topic = "products/delete".into();
+    discontinued
+        .headers
+        .insert("x-shopify-shop-domain".into(), "acme.myshopify.com".into());
+    let outcomes = pipeline.run(&[discontinued]);
+    let OutcomeJson::Emit { events } = &outcomes[0] else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!(events[0].payload.get(), r#"{"v0.1":{"sku":"TEE-1"}}"#);
+    assert_eq!(events[0].topic, "products/delete");
+    assert_eq!(events[0].headers["x-shopify-shop-domain"], "acme.myshopify.com");
+    assert_eq!(
+        events[0].delivery.as_ref().unwrap().method,
+        Some(MethodJson::Delete)
+    );
+
+    // The 0.1 component's own outcomes, each in 0.2's form.
+    let alone = Pipeline::new(vec![step("contract-0-1", "{}")]);
+    let outcomes = alone.run(&[
+        event("d", "product", json!("drop")),
+        event("r", "product", json!("reject")),
+        event("p", "product", json!("panic")),
+        event("ok", "product", json!({"a": 1})),
+    ]);
+    assert!(matches!(&outcomes[0], OutcomeJson::Drop { reason } if reason == "dropped by the 0.1 guest"));
+    assert!(matches!(&outcomes[1], OutcomeJson::Reject { violations } if violations[0].code == "rejected"));
+    assert!(
+        matches!(&outcomes[2], OutcomeJson::Error { error } if error.to_string().contains("the 0.1 guest panics on purpose")),
+        "{:?}",
+        outcomes[2]
+    );
+    assert_eq!(payload(&outcomes[3]), json!({"v0.1": {"a": 1}}));
+}
+
+#[test]
+fn state_is_kept_only_with_an_outcome_that_is_delivered_or_dropped() {
+    let pipeline = Pipeline::new(vec![step("stateful", "{}")]);
+    let mut state = MemoryState::default();
+    let outcomes = run_with(
+        &pipeline,
+        &mut state,
+        &[
+            counted("a", "count", "1"),
+            counted("a", "count-then-reject", "2"),
+            counted("a", "count-then-panic", "3"),
+            counted("a", "count", "4"),
+            counted("b", "count", "5"),
+        ],
+    );
+    assert_eq!(payload(&outcomes[0])["n"], 1);
+    assert_eq!(outcomes[1].tag(), "reject");
+    assert_eq!(outcomes[2].tag(), "error");
+    // The rejected event's write was seen by the next event of the run (it
+    // is documented so), but the trapped call's write never was.
+    assert_eq!(payload(&outcomes[3])["n"], 3);
+    assert_eq!(payload(&outcomes[4])["n"], 1);
+    let kept = state.values();
+    assert_eq!(kept[&("stateful".to_string(), "n:a".to_string())], "3");
+    assert_eq!(kept.len(), 2, "{kept:?}");
+
+    // The next batch reads what the last one kept, and a delete forgets.
+    let outcomes = run_with(
+        &pipeline,
+        &mut state,
+        &[counted("a", "count", "6"), counted("b", "forget", "7")],
+    );
+    assert_eq!(payload(&outcomes[0])["n"], 4);
+    assert_eq!(outcomes[1].tag(), "drop");
+    assert!(
+        !state
+            .values()
+            .contains_key(&("stateful".to_string(), "n:b".to_string()))
+    );
+    assert_eq!(state.usage(), StateUsage { keys: 1, bytes: 4 });
+}
+
+#[test]
+fn a_run_without_a_store_starts_empty_and_keeps_nothing() {
+    let pipeline = Pipeline::new(vec![step("stateful", "{}")]);
+    for _ in 0..2 {
+        let outcomes = pipeline.run(&[counted("a", "count", "1"), counted("a", "count", "2")]);
+        assert_eq!(payload(&outcomes[0])["n"], 1);
+        assert_eq!(payload(&outcomes[1])["n"], 2, "a run sees its own writes");
+    }
+}
+
+#[test]
+fn a_guest_writing_state_in_a_loop_fails_its_own_event_and_keeps_nothing() {
+    let pipeline = Pipeline::new(vec![step("stateful", "{}")]);
+    let mut state = MemoryState::default();
+    let outcomes = run_with(
+        &pipeline,
+        &mut state,
+        &[counted("a", "write-loop", "1"), counted("a", "count", "2")],
+    );
+    match &outcomes[0] {
+        OutcomeJson::Error { error } => assert_eq!(
+            error.kind,
+            FaultKind::State {
+                detail: "wrote or deleted more than 1000 state keys for one event".into()
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(payload(&outcomes[1])["n"], 1);
+    assert_eq!(
+        state.values().len(),
+        1,
+        "only the counter: the loop's 1000 keys are gone"
+    );
+}
+
+#[test]
+fn huge_keys_huge_values_and_text_that_is_not_json_are_refused_to_the_guest() {
+    let pipeline = Pipeline::new(vec![step("stateful", "{}")]);
+    let mut state = MemoryState::default();
+    let outcomes = run_with(&pipeline, &mut state, &[counted("a", "huge", "1")]);
+    assert_eq!(
+        payload(&outcomes[0]),
+        json!({
+            "key": "Err(StateError::KeyTooLarge(512))",
+            "value": "Err(StateError::ValueTooLarge(65536))",
+            "not-json": "Err(StateError::NotJson)",
+        })
+    );
+    assert!(state.values().is_empty());
+}
+
+#[test]
+fn the_tenants_quota_refuses_new_keys_past_it_and_counts_what_the_run_wrote() {
+    let pipeline = Pipeline::new(vec![step("stateful", "{}")]);
+    let quota = StateQuota {
+        max_keys: 100,
+        ..StateQuota::default()
+    };
+    // The tenant already holds 90 keys elsewhere: ten more fit.
+    let context = RunContext {
+        usage: StateUsage { keys: 90, bytes: 900 },
+        quota,
+        ..RunContext::empty()
+    };
+    let run = pipeline.run_in(&[counted("x", "fill", "1"), counted("y", "fill", "2")], &context);
+    let refused = |outcome: &OutcomeJson| payload(outcome)["refused"].clone();
+    assert_eq!(
+        refused(&run.outcomes[0]),
+        json!("StateError::Quota(\"the tenant's state holds 100 keys, its quota\")")
+    );
+    assert_eq!(run.writes[0].len(), 10);
+    assert_eq!(
+        run.writes[1].len(),
+        0,
+        "the first event's writes count against the second"
+    );
+    assert!(refused(&run.outcomes[1]).is_string());
+}
+
+#[test]
+fn a_million_stored_keys_cost_a_read_nothing_more() {
+    let pipeline = Pipeline::new(vec![step("stateful", "{}")]);
+    let mut state = MemoryState::new(
+        (0..1_000_000).map(|n| (("stateful".to_string(), format!("n:k{n}")), n.to_string())),
+    );
+    let events = [counted("k999999", "count", "1"), counted("new", "count", "2")];
+    // The default quota is a million keys: the new one is refused, the
+    // existing one is updated.
+    let outcomes = run_with(&pipeline, &mut state, &events);
+    assert_eq!(payload(&outcomes[0])["n"], 1_000_000);
+    assert_eq!(payload(&outcomes[1])["written"], false);
+    assert_eq!(state.usage().keys, 1_000_000);
+    let context = RunContext {
+        store: Some(Arc::new(state.clone())),
+        usage: state.usage(),
+        quota: StateQuota {
+            max_keys: 2_000_000,
+            ..StateQuota::default()
+        },
+        ..RunContext::empty()
+    };
+    let run = pipeline.run_in(&events, &context);
+    assert_eq!(payload(&run.outcomes[0])["n"], 1_000_001);
+    assert_eq!(payload(&run.outcomes[1])["written"], true);
+    assert_eq!(run.writes[1].len(), 1);
+}
+
+#[test]
+fn a_partial_outcome_delivers_the_good_variants_and_names_the_bad_one() {
+    let dir = crate::support::workspace().join("transforms/channels/amazon-from-shopify");
+    let pipeline =
+        sluice_engine::locate::load_pipeline(&dir.join("pipeline.json"), engine(), &Limits::default())
+            .unwrap();
+    let input =
+        std::fs::read_to_string(dir.join("fixtures/one-variant-without-sku-is-left-out/input.json")).unwrap();
+    let events = sluice_engine::event::parse_events(&input).unwrap();
+    let outcomes = pipeline.run(&events);
+    let OutcomeJson::Partial { events, violations } = &outcomes[0] else {
+        panic!("{outcomes:?}")
+    };
+    assert_eq!(events.len(), 2);
+    assert_eq!(violations.len(), 1);
+    assert_eq!(violations[0].path, "$['sku']");
+    assert!(violations[0].event.as_deref().unwrap().starts_with("ch-amz-2#"));
+}
+
+mod sidecar {
+    //! The same through a real sidecar on SQLite, with a real destination
+    //! on loopback.
+
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+    use sluice_server::sink::{Reply, Responder, Sink};
+
+    use crate::support::guest;
+    use crate::support::sidecar::{Sidecar, wait_for};
+
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    fn sink() -> Sink {
+        let respond: Arc<Responder> = Arc::new(|_, _| Reply::status(200));
+        Sink::start("127.0.0.1:0".parse().unwrap(), respond).unwrap()
+    }
+
+    fn config(addr: std::net::SocketAddr, module: &str, extra: &str) -> String {
+        format!(
+            r#"
+[limits]
+timeout-ms = 10000
+
+[retry]
+initial-backoff-ms = 50
+max-backoff-ms = 500
+
+[[destination]]
+name = "portal"
+url = "http://{addr}/items/{{$.sku}}"
+method = "PUT"
+entity-key = "$.sku"
+{extra}
+
+[[channel]]
+name = "catalog"
+tenant = "acme"
+destination = "portal"
+[[channel.step]]
+module = "{}"
+"#,
+            guest(module).display()
+        )
+    }
+
+    fn post(sidecar: &Sidecar, events: &[Value]) {
+        let body: String = events.iter().map(|e| format!("{e}\n")).collect();
+        let (status, answer) = sidecar.post("/v1/events", &body);
+        assert_eq!(status, 202, "{answer}");
+    }
+
+    fn product(id: &str, payload: Value) -> Value {
+        json!({"id": id, "kind": "product", "tenant": "acme", "payload": payload})
+    }
+
+    #[test]
+    fn a_stateful_channel_sends_only_what_changed_and_a_discontinued_product_as_a_delete() {
+        let destination = sink();
+        let dir = tempfile::tempdir().unwrap();
+        let mut sidecar = Sidecar::start(dir.path(), &config(destination.addr, "changed-fields", ""));
+        let tee = json!({"sku": "TEE-1", "title": "Tee", "price": "9.99", "quantity": 4});
+        post(&sidecar, &[product("e-1", tee.clone())]);
+        wait_for("the first record", PATIENCE, || destination.count() == 1);
+        // A restart in between: the state is in the database, not the process.
+        sidecar.kill9();
+        sidecar.restart();
+        let cheaper = json!({"sku": "TEE-1", "title": "Tee", "price": "8.99", "quantity": 4});
+        post(
+            &sidecar,
+            &[product("e-2", cheaper.clone()), product("e-3", cheaper)],
+        );
+        post(
+            &sidecar,
+            &[product("e-4", json!({"sku": "TEE-1", "active": false}))],
+        );
+        wait_for("the change and the delete", PATIENCE, || destination.count() == 3);
+        std::thread::sleep(Duration::from_millis(500));
+        let received = destination.received();
+        assert_eq!(received.len(), 3, "the unchanged record was not sent");
+        assert_eq!(
+            (received[0].method.as_str(), received[0].path.as_str()),
+            ("PUT", "/items/TEE-1")
+        );
+        assert_eq!(received[0].json(), tee);
+        assert_eq!(received[1].json(), json!({"sku": "TEE-1", "price": "8.99"}));
+        assert_eq!(received[1].header("x-sluice-source-event-id"), Some("e-2"));
+        assert_eq!(
+            (received[2].method.as_str(), received[2].path.as_str()),
+            ("DELETE", "/items/TEE-1")
+        );
+        assert!(received[2].body.is_empty());
+        // The product is forgotten: sent again, it goes out whole.
+        post(
+            &sidecar,
+            &[product("e-5", json!({"sku": "TEE-1", "price": "8.99"}))],
+        );
+        wait_for("the product again", PATIENCE, || destination.count() == 4);
+        assert_eq!(
+            destination.received()[3].json(),
+            json!({"sku": "TEE-1", "price": "8.99"})
+        );
+    }
+
+    #[test]
+    fn a_partial_outcome_delivers_the_good_variants_and_dead_letters_the_rest() {
+        let destination = sink();
+        let dir = tempfile::tempdir().unwrap();
+        let channel = crate::support::workspace().join("transforms/channels/amazon-from-shopify");
+        let steps = json!(
+            serde_json::from_str::<Value>(&std::fs::read_to_string(channel.join("pipeline.json")).unwrap())
+                .unwrap()
+        );
+        let mut config = config(destination.addr, "shopify-source", "");
+        config = config.replace(
+            &format!("module = \"{}\"\n", guest("shopify-source").display()),
+            &format!(
+                "module = \"{}\"\nconfig = {}\n[[channel.step]]\nmodule = \"{}\"\nconfig = {}\n",
+                guest("shopify-source").display(),
+                toml_inline(&steps["steps"][0]["config"]),
+                guest("amazon-listing").display(),
+                toml_inline(&steps["steps"][1]["config"]),
+            ),
+        );
+        let sidecar = Sidecar::start(dir.path(), &config);
+        let input: Value = serde_json::from_str(
+            &std::fs::read_to_string(channel.join("fixtures/one-variant-without-sku-is-left-out/input.json"))
+                .unwrap(),
+        )
+        .unwrap();
+        let mut event = input.clone();
+        event["tenant"] = json!("acme");
+        post(&sidecar, &[event]);
+        wait_for("the two good variants", PATIENCE, || destination.count() == 2);
+        let paths: BTreeSet<String> = destination.received().iter().map(|r| r.path.clone()).collect();
+        assert_eq!(
+            paths,
+            BTreeSet::from(["/items/EX-TEE-M".to_string(), "/items/EX-TEE-S".to_string()])
+        );
+        let (status, letters) = sidecar.get("/v1/dead-letters?tenant=acme");
+        assert_eq!(status, 200, "{letters}");
+        let letters = letters.as_array().unwrap().clone();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0]["reason"], "rejected");
+        assert_eq!(letters[0]["event_id"], input["id"]);
+        let (_, letter) = sidecar.get(&format!("/v1/dead-letters/{}", letters[0]["id"]));
+        let violations = letter["detail"].as_array().unwrap();
+        assert_eq!(violations.len(), 1, "{letter}");
+        assert_eq!(violations[0]["path"], "$['sku']");
+        assert_eq!(violations[0]["code"], "required");
+    }
+
+    /// A TOML inline table for a JSON object (strings, numbers, arrays, tables).
+    fn toml_inline(value: &Value) -> String {
+        match value {
+            Value::Object(map) => format!(
+                "{{ {} }}",
+                map.iter()
+                    .map(|(k, v)| format!("\"{k}\" = {}", toml_inline(v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Value::Array(items) => format!(
+                "[{}]",
+                items.iter().map(toml_inline).collect::<Vec<_>>().join(", ")
+            ),
+            other => other.to_string(),
+        }
+    }
+
+    #[test]
+    fn state_commits_with_the_batch_across_kill_9_so_every_count_is_made_once() {
+        let destination = sink();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(destination.addr, "stateful", "")
+            .replace("/items/{$.sku}", "/count")
+            .replace("entity-key = \"$.sku\"", "entity-key = \"$.key\"");
+        let mut sidecar = Sidecar::start(dir.path(), &config);
+        let keys = ["a", "b", "c", "d"];
+        let mut accepted: BTreeMap<String, String> = BTreeMap::new();
+        let mut next = 0;
+        let mut killed_mid_way = 0;
+        for round in 0..4 {
+            for _ in 0..4 {
+                let events: Vec<Value> = (0..100)
+                    .map(|_| {
+                        next += 1;
+                        let key = keys[next % keys.len()];
+                        accepted.insert(format!("e-{next}"), key.to_string());
+                        json!({"id": format!("e-{next}"), "kind": "product", "tenant": "acme", "payload": {"key": key}})
+                    })
+                    .collect();
+                post(&sidecar, &events);
+            }
+            std::thread::sleep(Duration::from_millis(10 + 25 * round));
+            if destination.count() < accepted.len() {
+                killed_mid_way += 1;
+            }
+            sidecar.kill9();
+            sidecar.restart();
+        }
+        assert!(
+            killed_mid_way > 0,
+            "a kill should land before everything is delivered"
+        );
+        let delivered = || {
+            destination
+                .received()
+                .iter()
+                .map(|r| r.header("x-sluice-source-event-id").unwrap().to_string())
+                .collect::<BTreeSet<_>>()
+        };
+        wait_for(
+            "every event counted and delivered",
+            Duration::from_secs(120),
+            || delivered().len() == accepted.len(),
+        );
+        // Each event got one count (a redelivery repeats it), and each
+        // key's counts run 1..=its events with no gap and none twice.
+        let mut count_of: BTreeMap<String, u64> = BTreeMap::new();
+        for request in destination.received() {
+            let id = request.header("x-sluice-source-event-id").unwrap().to_string();
+            let n = request.json()["n"].as_u64().unwrap();
+            if let Some(before) = count_of.insert(id.clone(), n) {
+                assert_eq!(before, n, "event {id} was counted twice");
+            }
+        }
+        for key in keys {
+            let mut counts: Vec<u64> = count_of
+                .iter()
+                .filter(|(id, _)| accepted[*id] == key)
+                .map(|(_, n)| *n)
+                .collect();
+            counts.sort();
+            let events = accepted.values().filter(|k| *k == key).count() as u64;
+            assert_eq!(counts, (1..=events).collect::<Vec<_>>(), "key {key}");
+        }
+    }
+}
