@@ -417,6 +417,65 @@ fn the_source_transforms_accept_exactly_what_the_source_endpoints_make() {
     }
 }
 
+/// A transform sees the delivery's topic and the headers the source keeps
+/// (the shop's domain): a signed Shopify webhook, as Shopify's "Deliver
+/// webhooks through HTTPS" describes its headers, reaches a contract 0.2
+/// step, which reports them. Huge or control-character values are left out.
+#[test]
+fn the_topic_and_the_shop_domain_reach_the_transform() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("shop.secret"), "shpss_app_secret").unwrap();
+    let sink = Sink::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(|_, _| Reply::status(200)),
+    )
+    .unwrap();
+    let config = format!(
+        "[limits]\ntimeout-ms = 10000\n[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n\
+         [[destination]]\nname = \"out\"\nurl = \"http://{}/out\"\nentity-key = \"$.topic\"\n\
+         [[source]]\nname = \"shop\"\ntenant = \"acme\"\nkind = \"shopify\"\nsecret-file = \"shop.secret\"\n\
+         [[channel]]\nname = \"echo\"\ntenant = \"acme\"\ndestination = \"out\"\n\
+         [[channel.step]]\nmodule = \"{}\"\n",
+        token_hash(ACME),
+        sink.addr,
+        crate::support::guest("stateful").display(),
+    );
+    let sidecar = Sidecar::start(dir.path(), &config);
+    let body = br#"{"attack": "context", "id": 632910392}"#;
+    let signature = sign(b"shpss_app_secret", &[body]);
+    let long = "x".repeat(600);
+    let headers = [
+        ("X-Shopify-Hmac-Sha256", signature.as_str()),
+        ("X-Shopify-Topic", "products/update"),
+        ("X-Shopify-Event-Id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"),
+        ("X-Shopify-Webhook-Id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"),
+        ("X-Shopify-Shop-Domain", "acme.myshopify.com"),
+        ("X-Shopify-API-Version", "2025-10"),
+        ("X-Shopify-Triggered-At", long.as_str()),
+        ("X-Not-Kept", "secret-ish"),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, answer) = deliver(&sidecar, "/v1/sources/acme/shop", &headers, body);
+    assert_eq!(status, 202, "{answer}");
+    wait_for("the transform's report", Duration::from_secs(20), || {
+        sink.count() == 1
+    });
+    let report = sink.received()[0].json();
+    assert_eq!(report["topic"], "products/update");
+    assert_eq!(report["shop"], "acme.myshopify.com");
+    assert_eq!(
+        report["headers"],
+        json!([
+            ["x-shopify-api-version", "2025-10"],
+            ["x-shopify-event-id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"],
+            ["x-shopify-shop-domain", "acme.myshopify.com"],
+            ["x-shopify-topic", "products/update"],
+            ["x-shopify-webhook-id", "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"],
+        ]),
+        "the 600-byte value and headers no source keeps are left out"
+    );
+}
+
 /// The one channel `test` of `transform` with this step config, as TOML.
 fn channel_toml(transform: &str, config: &Value) -> String {
     let channel = json!({"channel": [{

@@ -1,5 +1,6 @@
 //! A contract 0.2 transform that keeps a counter per payload `key` in its
-//! state, or abuses the state, as the payload's `attack` says.
+//! state, or abuses the state, or reports the event's topic and headers,
+//! as the payload's `attack` says.
 
 use sluice_guest::prelude::*;
 
@@ -86,6 +87,15 @@ impl Transform for Stateful {
                 }
                 Outcome::emit(&event, &serde_json::json!({"refused": refused}))
             }
+            // What the source told the transform about the delivery.
+            "context" => Outcome::emit(
+                &event,
+                &serde_json::json!({
+                    "topic": event.topic,
+                    "shop": event.header("X-Shopify-Shop-Domain"),
+                    "headers": event.headers,
+                }),
+            ),
             other => Outcome::skip(format!("unknown attack `{other}`")),
         }
     }
