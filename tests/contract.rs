@@ -44,8 +44,8 @@ fn run_with(pipeline: &Pipeline, state: &mut MemoryState, events: &[EventJson]) 
         ..RunContext::empty()
     };
     let run = pipeline.run_in(events, &context);
-    for writes in &run.writes {
-        state.apply(writes);
+    for change in &run.writes {
+        state.apply(&change.writes);
     }
     run.outcomes
 }
@@ -209,9 +209,9 @@ fn the_tenants_quota_refuses_new_keys_past_it_and_counts_what_the_run_wrote() {
         refused(&run.outcomes[0]),
         json!("StateError::Quota(\"the tenant's state holds 100 keys, its quota\")")
     );
-    assert_eq!(run.writes[0].len(), 10);
+    assert_eq!(run.writes[0].writes.len(), 10);
     assert_eq!(
-        run.writes[1].len(),
+        run.writes[1].writes.len(),
         0,
         "the first event's writes count against the second"
     );
@@ -243,7 +243,7 @@ fn a_million_stored_keys_cost_a_read_nothing_more() {
     let run = pipeline.run_in(&events, &context);
     assert_eq!(payload(&run.outcomes[0])["n"], 1_000_001);
     assert_eq!(payload(&run.outcomes[1])["written"], true);
-    assert_eq!(run.writes[1].len(), 1);
+    assert_eq!(run.writes[1].writes.len(), 1);
 }
 
 #[test]
@@ -328,7 +328,8 @@ module = "{}"
     fn a_stateful_channel_sends_only_what_changed_and_a_discontinued_product_as_a_delete() {
         let destination = sink();
         let dir = tempfile::tempdir().unwrap();
-        let mut sidecar = Sidecar::start(dir.path(), &config(destination.addr, "changed-fields", ""));
+        let config = config(destination.addr, "changed-fields", "allow-methods = [\"DELETE\"]");
+        let mut sidecar = Sidecar::start(dir.path(), &config);
         let tee = json!({"sku": "TEE-1", "title": "Tee", "price": "9.99", "quantity": 4});
         post(&sidecar, &[product("e-1", tee.clone())]);
         wait_for("the first record", PATIENCE, || destination.count() == 1);
@@ -370,6 +371,33 @@ module = "{}"
             destination.received()[3].json(),
             json!({"sku": "TEE-1", "price": "8.99"})
         );
+    }
+
+    #[test]
+    fn a_hinted_method_the_destination_does_not_allow_is_a_dead_letter_and_nothing_is_sent() {
+        let destination = sink();
+        let dir = tempfile::tempdir().unwrap();
+        let sidecar = Sidecar::start(dir.path(), &config(destination.addr, "changed-fields", ""));
+        post(
+            &sidecar,
+            &[product("gone", json!({"sku": "TEE-1", "active": false}))],
+        );
+        wait_for("the dead letter", PATIENCE, || {
+            sidecar
+                .get("/v1/dead-letters?tenant=acme")
+                .1
+                .as_array()
+                .is_some_and(|l| !l.is_empty())
+        });
+        let (_, letters) = sidecar.get("/v1/dead-letters?tenant=acme");
+        let (_, letter) = sidecar.get(&format!("/v1/dead-letters/{}", letters[0]["id"]));
+        let said = letter.to_string();
+        assert!(
+            said.contains("the transform chose DELETE for this event"),
+            "{said}"
+        );
+        assert!(said.contains("allow-methods"), "{said}");
+        assert_eq!(destination.count(), 0);
     }
 
     #[test]
@@ -442,15 +470,44 @@ module = "{}"
     fn state_commits_with_the_batch_across_kill_9_so_every_count_is_made_once() {
         let destination = sink();
         let dir = tempfile::tempdir().unwrap();
-        let config = config(destination.addr, "stateful", "")
+        let config = counting_config(&destination);
+        let mut nodes = vec![Sidecar::start(dir.path(), &config)];
+        count_through_kills(&destination, &mut nodes);
+    }
+
+    #[test]
+    fn state_on_jetstream_commits_with_the_batch_across_kill_9_of_either_node() {
+        let destination = sink();
+        let dir = tempfile::tempdir().unwrap();
+        let nats = crate::support::nats::Nats::start(dir.path());
+        let config = format!("queue = \"{}\"\n{}", nats.url(), counting_config(&destination));
+        let mut nodes: Vec<Sidecar> = (0..2)
+            .map(|node| {
+                let folder = dir.path().join(format!("node{node}"));
+                std::fs::create_dir_all(&folder).unwrap();
+                Sidecar::start(&folder, &config)
+            })
+            .collect();
+        count_through_kills(&destination, &mut nodes);
+    }
+
+    /// The `stateful` guest counting events per key, to `/count`.
+    fn counting_config(destination: &Sink) -> String {
+        config(destination.addr, "stateful", "")
             .replace("/items/{$.sku}", "/count")
-            .replace("entity-key = \"$.sku\"", "entity-key = \"$.key\"");
-        let mut sidecar = Sidecar::start(dir.path(), &config);
+            .replace("entity-key = \"$.sku\"", "entity-key = \"$.key\"")
+    }
+
+    /// Sends 1,600 counted events over four keys to the nodes in turn,
+    /// killing one node with `kill -9` after each round; then every event
+    /// must have been counted exactly once, each key's counts running
+    /// 1..=its events with no gap and none twice.
+    fn count_through_kills(destination: &Sink, nodes: &mut [Sidecar]) {
         let keys = ["a", "b", "c", "d"];
         let mut accepted: BTreeMap<String, String> = BTreeMap::new();
         let mut next = 0;
         let mut killed_mid_way = 0;
-        for round in 0..4 {
+        for round in 0..4usize {
             for _ in 0..4 {
                 let events: Vec<Value> = (0..100)
                     .map(|_| {
@@ -460,14 +517,15 @@ module = "{}"
                         json!({"id": format!("e-{next}"), "kind": "product", "tenant": "acme", "payload": {"key": key}})
                     })
                     .collect();
-                post(&sidecar, &events);
+                post(&nodes[round % nodes.len()], &events);
             }
-            std::thread::sleep(Duration::from_millis(10 + 25 * round));
+            std::thread::sleep(Duration::from_millis(10 + 25 * round as u64));
             if destination.count() < accepted.len() {
                 killed_mid_way += 1;
             }
-            sidecar.kill9();
-            sidecar.restart();
+            let node = &mut nodes[(round + 1) % nodes.len()];
+            node.kill9();
+            node.restart();
         }
         assert!(
             killed_mid_way > 0,

@@ -101,11 +101,17 @@ pub enum FaultKind {
         /// What wasmtime said.
         detail: String,
     },
-    /// A state call ended the call: too many keys written for one event,
-    /// or the state store could not be read.
+    /// A state call ended the call: too many keys written for one event.
     #[error("state: {detail}")]
     State {
         /// What happened.
+        detail: String,
+    },
+    /// The state store could not be read in time: not the event's fault.
+    /// A host runs the batch again later instead of keeping this outcome.
+    #[error("state could not be read: {detail}")]
+    StateUnavailable {
+        /// What the store said.
         detail: String,
     },
     /// The module called an import that is linked but denied (an outgoing
@@ -126,10 +132,18 @@ impl FaultKind {
                 limit_bytes: exceeded.limit,
             };
         }
-        if let Some(fault) = err.downcast_ref::<crate::state::StateFault>() {
-            return FaultKind::State {
-                detail: fault.to_string(),
-            };
+        match err.downcast_ref::<crate::state::StateFault>() {
+            Some(crate::state::StateFault::Read(read)) => {
+                return FaultKind::StateUnavailable {
+                    detail: read.to_string(),
+                };
+            }
+            Some(fault) => {
+                return FaultKind::State {
+                    detail: fault.to_string(),
+                };
+            }
+            None => {}
         }
         if let Some(denied) = err.downcast_ref::<crate::deny::Denied>() {
             return FaultKind::Denied {

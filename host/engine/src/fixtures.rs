@@ -417,8 +417,8 @@ impl Case {
         let start = Arc::new(state.clone());
         context.store = Some(start);
         let (run, usage) = measure(|| pipeline.run_in(&self.inputs, &context));
-        for writes in &run.writes {
-            state.apply(writes);
+        for change in &run.writes {
+            state.apply(&change.writes);
         }
         let mut actual = serde_json::to_value(&run.outcomes).map_err(|err| err.to_string())?;
         forget_module_versions(&mut actual);

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::bindings::{Event, Outcome};
 use crate::event::{EventJson, OutcomeJson, ViolationJson};
 use crate::placement::{GiveUp, InlineAttempt, NeedsBlockingThread, Placement};
-use crate::state::{CallContext, RunContext, RunState, StateWrites};
+use crate::state::{CallContext, RunContext, RunState, StateChange};
 use crate::{Fault, FaultKind, Module};
 
 /// One step: a loaded module and the config its `init` receives.
@@ -93,7 +93,7 @@ struct Progress {
     /// What `partial` outcomes left out.
     left_out: Vec<ViolationJson>,
     fault: Option<Box<Fault>>,
-    writes: StateWrites,
+    writes: StateChange,
 }
 
 /// What a run made of its inputs: one outcome each, in order, and the
@@ -103,7 +103,7 @@ pub struct Run {
     /// One outcome per input.
     pub outcomes: Vec<OutcomeJson>,
     /// Per input, the state writes to keep with its outcome.
-    pub writes: Vec<StateWrites>,
+    pub writes: Vec<StateChange>,
 }
 
 impl Pipeline {
@@ -333,7 +333,12 @@ impl Pipeline {
                         state.fail(step, kind);
                         continue;
                     }
-                    state.writes.extend(staged.into_writes(name));
+                    // A branch left out keeps none of its writes: it is not delivered.
+                    let left_out =
+                        matches!(&result, Ok(Outcome::Partial(partial)) if partial.emit.is_empty());
+                    if !left_out {
+                        state.writes.add(name, staged);
+                    }
                     match result {
                         Ok(Outcome::Emit(events)) => match done {
                             Some(json) => state.done.extend(json),
@@ -423,11 +428,11 @@ impl Progress {
 }
 
 /// The final outcome for one input event, and the state writes kept with it.
-fn finish(mut state: Progress) -> (OutcomeJson, StateWrites) {
+fn finish(mut state: Progress) -> (OutcomeJson, StateChange) {
     let writes = std::mem::take(&mut state.writes);
     let outcome = outcome_of(state);
     match outcome {
-        OutcomeJson::Error { .. } | OutcomeJson::Reject { .. } => (outcome, StateWrites::new()),
+        OutcomeJson::Error { .. } | OutcomeJson::Reject { .. } => (outcome, StateChange::default()),
         _ => (outcome, writes),
     }
 }

@@ -99,14 +99,14 @@ impl v0_1::sluice::transform::host::Host for Sandbox {
 impl v0_2::sluice::transform::state::Host for Sandbox {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         match &self.call {
-            Some(call) => Ok(call.get(&key)?),
+            Some(call) => Ok(call.get(&key, self.deadline)?),
             None => Ok(None),
         }
     }
 
     fn set(&mut self, key: String, value: String) -> wasmtime::Result<Result<(), StateError>> {
         match &mut self.call {
-            Some(call) => Ok(call.set(key, value)?),
+            Some(call) => Ok(call.set(key, value, self.deadline)?),
             None => Ok(Err(StateError::Quota(
                 "state cannot be written during `init`".into(),
             ))),
@@ -115,7 +115,7 @@ impl v0_2::sluice::transform::state::Host for Sandbox {
 
     fn delete(&mut self, key: String) -> wasmtime::Result<()> {
         match &mut self.call {
-            Some(call) => Ok(call.delete(key)?),
+            Some(call) => Ok(call.delete(key, self.deadline)?),
             None => Ok(()),
         }
     }

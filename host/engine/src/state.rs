@@ -9,18 +9,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 /// Durable state a run reads from: one per tenant and channel, with a
 /// namespace per pipeline step.
 pub trait StateStore: Send + Sync {
-    /// The stored value of `key` in `step`'s state.
-    fn get(&self, step: &str, key: &str) -> Result<Option<String>, StateReadError>;
+    /// The stored value of `key` in `step`'s state, read by `deadline` (the
+    /// call's own: a read that would wait longer fails instead).
+    fn get(&self, step: &str, key: &str, deadline: Instant) -> Result<Option<String>, StateReadError>;
 }
 
-/// The store could not answer a read. The call fails as a fault, and the
-/// event is retried with its batch.
+/// The store could not answer a read in time. The event's outcome is a
+/// [`crate::FaultKind::StateUnavailable`] fault, which a host takes as a
+/// reason to run the batch again later, not as the event's answer.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("cannot read the step's state: {0}")]
 pub struct StateReadError(pub String);
@@ -65,6 +68,33 @@ pub struct StateUsage {
 /// Writes, by step and key: a value to store, or `None` to delete.
 pub type StateWrites = BTreeMap<(String, String), Option<String>>;
 
+/// What one event's steps did to state: the writes, and how they change
+/// what the tenant holds (as the run read it), for a store that keeps
+/// the tenant's usage without reading every old value again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateChange {
+    /// The writes, by step and key.
+    pub writes: StateWrites,
+    /// Keys added (negative: removed).
+    pub keys: i64,
+    /// Bytes added (negative: removed), keys and values.
+    pub bytes: i64,
+}
+
+impl StateChange {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Adds one call's writes, made by `step`.
+    pub(crate) fn add(&mut self, step: &str, staged: Staged) {
+        self.keys += staged.keys;
+        self.bytes += staged.bytes;
+        self.writes.extend(staged.into_writes(step));
+    }
+}
+
 /// Lookup tables by the name a step's configuration gives them.
 pub type StepLookups = HashMap<String, Arc<LookupTable>>;
 
@@ -102,7 +132,13 @@ pub(crate) struct RunState {
 struct RunWrites {
     usage: StateUsage,
     writes: HashMap<(Arc<str>, String), Option<String>>,
+    /// Bytes of every write staged in the run, overwrites included.
+    staged_bytes: usize,
 }
+
+/// Most bytes (keys and values, overwrites included) one run may stage:
+/// the writes wait in host memory until the run's outcomes are committed.
+pub const MAX_RUN_WRITE_BYTES: usize = 64 << 20;
 
 impl RunState {
     pub(crate) fn new(context: &RunContext) -> Arc<Self> {
@@ -112,6 +148,7 @@ impl RunState {
             inner: Mutex::new(RunWrites {
                 usage: context.usage,
                 writes: HashMap::new(),
+                staged_bytes: 0,
             }),
         })
     }
@@ -121,21 +158,23 @@ impl RunState {
     }
 
     /// The value as this run sees it: its own writes first, then the store.
-    fn read(&self, step: &Arc<str>, key: &str) -> Result<Option<String>, StateReadError> {
+    fn read(&self, step: &Arc<str>, key: &str, deadline: Instant) -> Result<Option<String>, StateReadError> {
         if let Some(written) = self.lock().writes.get(&(step.clone(), key.to_string())) {
             return Ok(written.clone());
         }
         match &self.store {
-            Some(store) => store.get(step, key),
+            Some(store) => store.get(step, key, deadline),
             None => Ok(None),
         }
     }
 
     /// Makes a finished call's writes visible to the rest of the run.
+    /// What it frees counts only once committed: the event that freed it
+    /// may still end rejected or faulted, and keep none of its writes.
     pub(crate) fn merge(&self, step: &Arc<str>, staged: &Staged) {
         let mut inner = self.lock();
-        inner.usage.keys = inner.usage.keys.saturating_add_signed(staged.keys);
-        inner.usage.bytes = inner.usage.bytes.saturating_add_signed(staged.bytes);
+        inner.usage.keys = inner.usage.keys.saturating_add_signed(staged.keys.max(0));
+        inner.usage.bytes = inner.usage.bytes.saturating_add_signed(staged.bytes.max(0));
         for (key, value) in &staged.writes {
             inner.writes.insert((step.clone(), key.clone()), value.clone());
         }
@@ -183,6 +222,12 @@ pub enum StateFault {
         /// The cap.
         limit: usize,
     },
+    /// More bytes written in one batch than the host holds for it.
+    #[error("wrote more than {limit} bytes of state in one batch")]
+    TooManyBytes {
+        /// The cap.
+        limit: usize,
+    },
     /// The store could not be read.
     #[error(transparent)]
     Read(#[from] StateReadError),
@@ -196,11 +241,11 @@ impl CallState {
         }
     }
 
-    pub(crate) fn get(&self, key: &str) -> Result<Option<String>, StateFault> {
+    pub(crate) fn get(&self, key: &str, deadline: Instant) -> Result<Option<String>, StateFault> {
         if let Some(staged) = self.staged.writes.get(key) {
             return Ok(staged.clone());
         }
-        Ok(self.context.run.read(&self.context.step, key)?)
+        Ok(self.context.run.read(&self.context.step, key, deadline)?)
     }
 
     /// Stages a write; `Ok(Err(_))` is a refusal the guest sees, `Err(_)`
@@ -209,6 +254,7 @@ impl CallState {
         &mut self,
         key: String,
         value: String,
+        deadline: Instant,
     ) -> Result<Result<(), crate::bindings::StateError>, StateFault> {
         use crate::bindings::StateError;
         let quota = self.context.run.quota;
@@ -222,7 +268,7 @@ impl CallState {
         if serde_json::from_str::<serde::de::IgnoredAny>(&value).is_err() {
             return Ok(Err(StateError::NotJson));
         }
-        let old = self.get(&key)?;
+        let old = self.get(&key, deadline)?;
         let keys = i64::from(old.is_none());
         let bytes =
             (key.len() + value.len()) as i64 - old.as_ref().map_or(0, |old| (key.len() + old.len()) as i64);
@@ -245,8 +291,8 @@ impl CallState {
         Ok(Ok(()))
     }
 
-    pub(crate) fn delete(&mut self, key: String) -> Result<(), StateFault> {
-        let Some(old) = self.get(&key)? else {
+    pub(crate) fn delete(&mut self, key: String, deadline: Instant) -> Result<(), StateFault> {
+        let Some(old) = self.get(&key, deadline)? else {
             return Ok(());
         };
         let bytes = (key.len() + old.len()) as i64;
@@ -257,6 +303,18 @@ impl CallState {
         let limit = self.context.run.quota.max_writes_per_event;
         if !self.staged.writes.contains_key(&key) && self.staged.writes.len() >= limit {
             return Err(StateFault::TooManyWrites { limit });
+        }
+        // Counted for the run whatever becomes of the call: overwriting
+        // one key again and again costs as much as new keys.
+        let size = key.len() + value.as_ref().map_or(0, String::len);
+        {
+            let mut inner = self.context.run.lock();
+            inner.staged_bytes += size;
+            if inner.staged_bytes > MAX_RUN_WRITE_BYTES {
+                return Err(StateFault::TooManyBytes {
+                    limit: MAX_RUN_WRITE_BYTES,
+                });
+            }
         }
         self.staged.writes.insert(key, value);
         self.staged.keys += keys;
@@ -323,7 +381,7 @@ impl MemoryState {
 }
 
 impl StateStore for MemoryState {
-    fn get(&self, step: &str, key: &str) -> Result<Option<String>, StateReadError> {
+    fn get(&self, step: &str, key: &str, _deadline: Instant) -> Result<Option<String>, StateReadError> {
         Ok(self.values.get(&(step.to_string(), key.to_string())).cloned())
     }
 }

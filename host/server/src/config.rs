@@ -221,6 +221,10 @@ pub struct DestinationConfig {
     /// The request's method: `POST`, `PUT` (create or replace), `PATCH` or `DELETE`.
     #[serde(default = "default_method")]
     pub method: String,
+    /// Other methods a transform's delivery hint (contract 0.2) may choose
+    /// for one event (`["DELETE"]`); a hint for any other is a dead letter.
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
     /// How Sluice authenticates to it.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -327,6 +331,14 @@ impl DestinationConfig {
         if self.coalesce && self.method.eq_ignore_ascii_case("PATCH") {
             return Err("`coalesce` sends only a key's latest output, so each must be a whole state: not with method PATCH".into());
         }
+        if let Some(bad) = self.allow_methods.iter().find(|m| method_named(m).is_none()) {
+            return Err(format!(
+                "allow-methods: `{bad}` is not POST, PUT, PATCH or DELETE"
+            ));
+        }
+        if self.coalesce && self.allow_methods.iter().any(|m| m.eq_ignore_ascii_case("PATCH")) {
+            return Err("`coalesce` sends only a key's latest output, so each must be a whole state: allow-methods may not hold PATCH".into());
+        }
         if let Some((kind, share)) = self
             .priority
             .iter()
@@ -358,13 +370,26 @@ impl DestinationConfig {
 
     /// The `method`, if it is one a destination may use.
     pub fn method(&self) -> Option<hyper::Method> {
-        match self.method.to_ascii_uppercase().as_str() {
-            "POST" => Some(hyper::Method::POST),
-            "PUT" => Some(hyper::Method::PUT),
-            "PATCH" => Some(hyper::Method::PATCH),
-            "DELETE" => Some(hyper::Method::DELETE),
-            _ => None,
-        }
+        method_named(&self.method)
+    }
+
+    /// The methods a delivery hint may choose: `method` and `allow-methods`.
+    pub fn allowed_methods(&self) -> Vec<hyper::Method> {
+        std::iter::once(&self.method)
+            .chain(&self.allow_methods)
+            .filter_map(|name| method_named(name))
+            .collect()
+    }
+}
+
+/// The HTTP method of a config name, in any case.
+fn method_named(name: &str) -> Option<hyper::Method> {
+    match name.to_ascii_uppercase().as_str() {
+        "POST" => Some(hyper::Method::POST),
+        "PUT" => Some(hyper::Method::PUT),
+        "PATCH" => Some(hyper::Method::PATCH),
+        "DELETE" => Some(hyper::Method::DELETE),
+        _ => None,
     }
 }
 

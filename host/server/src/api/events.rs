@@ -313,11 +313,12 @@ fn check_headers(number: usize, event: &sluice_engine::event::EventJson) -> Resu
     }
     for (name, value) in &event.headers {
         let path = format!("$['headers']['{}']", name.escape_default());
-        let token = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_';
+        // RFC 9110's token characters, in lower case.
+        let token = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "!#$%&'*+-.^_`|~".contains(c);
         if name.is_empty() || name.len() > 64 || !name.chars().all(token) {
             return bad(
                 path,
-                "a header name is 1 to 64 lower-case letters, digits, `-` or `_`".into(),
+                "a header name is 1 to 64 lower-case token characters (RFC 9110)".into(),
             );
         }
         if value.len() > MAX_HEADER_VALUE_BYTES || value.chars().any(char::is_control) {

@@ -249,8 +249,19 @@ impl UrlTemplate {
                 }
             }
         }
-        // Every value is encoded: the URL parses as the template did.
-        url.parse().map_err(|_| RenderError::NotJson)
+        // Every value is encoded: the URL parses as the template did. Two
+        // values side by side (`{param:a}{param:b}`) may still make `..`.
+        let uri: Uri = url.parse().map_err(|_| RenderError::NotJson)?;
+        if uri
+            .path()
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+        {
+            return Err(RenderError::DotSegment {
+                path: "the rendered path".into(),
+            });
+        }
+        Ok(uri)
     }
 }
 
@@ -377,6 +388,15 @@ mod tests {
         let dots = BTreeMap::from([("id".to_string(), "..".to_string())]);
         assert!(matches!(
             only_param.render(b"not json", &dots),
+            Err(RenderError::DotSegment { .. })
+        ));
+        let pair = UrlTemplate::parse("https://x.example/v1/{param:a}{param:b}/y", env).unwrap();
+        let dots = BTreeMap::from([
+            ("a".to_string(), ".".to_string()),
+            ("b".to_string(), ".".to_string()),
+        ]);
+        assert!(matches!(
+            pair.render(b"{}", &dots),
             Err(RenderError::DotSegment { .. })
         ));
         assert!(UrlTemplate::parse("https://{param:host}/x", env).is_err());

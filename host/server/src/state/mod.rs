@@ -56,7 +56,7 @@ pub struct Ran {
     /// Per event, the state its steps wrote (contract 0.2), to commit with
     /// its outcome; a canary's share has the candidate's writes. A shadow's
     /// writes are never kept.
-    pub writes: Vec<sluice_engine::state::StateWrites>,
+    pub writes: Vec<sluice_engine::state::StateChange>,
 }
 
 /// Everything a request handler or worker needs; shared by all of them.
@@ -478,13 +478,14 @@ impl App {
     }
 
     /// What a run of `pipeline` for `channel` reads its state from
-    /// (contract 0.2), or `None` when no step keeps state.
+    /// (contract 0.2), or `None` when no step keeps state, neither its own
+    /// nor a shadow's or canary's.
     pub async fn state_context(
         &self,
         channel: &Channel,
         pipeline: &Pipeline,
     ) -> Result<Option<sluice_engine::state::RunContext>, String> {
-        if !pipeline.stateful() {
+        if !pipeline.stateful() && !channel.shadow().is_some_and(|shadow| shadow.pipeline.stateful()) {
             return Ok(None);
         }
         let (queue, tenant, name) = (self.queue.clone(), channel.tenant.clone(), channel.name.clone());

@@ -145,7 +145,7 @@ pub struct Transformed {
     /// The result.
     pub disposition: Disposition,
     /// The state the event's steps wrote (contract 0.2), stored in the same commit.
-    pub state: sluice_engine::state::StateWrites,
+    pub state: sluice_engine::state::StateChange,
 }
 
 /// Where a transformed event goes next.

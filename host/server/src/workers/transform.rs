@@ -18,6 +18,7 @@ use crate::observe::events::{DeadLettered, Emitted, Stage};
 use crate::state::{App, Channel};
 use crate::store::in_store;
 use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key};
+use sluice_engine::FaultKind;
 use sluice_engine::event::{EventJson, OutcomeJson};
 
 /// Events taken from the queue per pipeline run.
@@ -91,9 +92,9 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         }
         // A stateful pipeline reads what the previous batch wrote: its
         // commit must land first.
-        if channel.pipeline().stateful()
-            && let Some(commit) = committing.take()
-        {
+        let stateful = channel.pipeline().stateful()
+            || channel.shadow().is_some_and(|shadow| shadow.pipeline.stateful());
+        if stateful && let Some(commit) = committing.take() {
             let committed = finish_commit(&name, commit).await;
             app.wake_channel(&channel);
             if !committed {
@@ -178,6 +179,17 @@ async fn transform(
             return Some(results);
         }
     };
+    // The state store did not answer in time: no event's answer, so
+    // nothing of the batch is kept, and it runs again.
+    if let Some(unavailable) = ran.outcomes.iter().find_map(|outcome| match outcome {
+        OutcomeJson::Error { error } if matches!(error.kind, FaultKind::StateUnavailable { .. }) => {
+            Some(error)
+        }
+        _ => None,
+    }) {
+        tracing::error!(channel = %channel.name, error = %unavailable, "the channel's state could not be read; the batch waits");
+        return None;
+    }
     let faults: Vec<Option<String>> = ran
         .outcomes
         .iter()
@@ -284,13 +296,11 @@ fn dispositions(
             OutcomeJson::Error { error } => dead_letter(app, channel, input, "fault", error),
             // A channel for synchronous transforms only delivers nothing.
             OutcomeJson::Emit { .. } if channel.destination.is_none() => Disposition::Dropped,
-            OutcomeJson::Partial { violations, .. }
-                if channel.destination.is_none() || destination.is_none() =>
-            {
+            OutcomeJson::Partial { violations, .. } if channel.destination.is_none() => {
                 dead_letter(app, channel, input, "rejected", violations)
             }
             // Its destination is gone: kept as a dead letter, never dropped.
-            OutcomeJson::Emit { .. } if destination.is_none() => dead_letter(
+            OutcomeJson::Emit { .. } | OutcomeJson::Partial { .. } if destination.is_none() => dead_letter(
                 app,
                 channel,
                 input,

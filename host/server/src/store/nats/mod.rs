@@ -13,6 +13,7 @@
 //! | tenants, tokens, module versions, activations | bucket `sluice-registry` | watched by every node |
 //! | coalescing: how far each entity key is settled | bucket `sluice-attempts`, `w.<destination>.<channel>.<key digest>` | written before the held message is acknowledged; a queued message at or below it is acknowledged unsent (see `latest`) |
 //! | what each destination last accepted per entity key (`skip-unchanged`) | bucket `sluice-fingerprints`, no age limit | written before the delivery is acknowledged |
+//! | transform state (contract 0.2) and each tenant's usage of it | bucket `sluice-transform-state` | a batch's writes are stored after its outputs and before it is acknowledged (see `state`) |
 //! | module bytes | object store `sluice-modules` | fetched by a node that does not have a version yet |
 //!
 //! Every publish carries a `Nats-Msg-Id` derived from what it says, so a
@@ -29,6 +30,7 @@ mod names;
 mod outbox;
 mod queue;
 mod registry;
+mod state;
 mod switches;
 
 use std::collections::{BTreeMap, HashMap};
@@ -119,6 +121,8 @@ pub struct NatsStore {
     registry: kv::Store,
     /// What each destination last accepted per (channel, entity key), for `skip-unchanged`.
     fingerprints: kv::Store,
+    /// Transform state (contract 0.2), see `state`.
+    transform_state: kv::Store,
     modules: object_store::ObjectStore,
     /// Deliveries superseded on this node, until their workers count them.
     superseded: super::Tally,
@@ -177,6 +181,7 @@ impl NatsStore {
             attempts: setup.attempts,
             registry: setup.registry,
             fingerprints: setup.fingerprints,
+            transform_state: setup.transform_state,
             modules: setup.modules,
             superseded: super::Tally::default(),
             consumers: Mutex::default(),
@@ -523,6 +528,7 @@ struct Setup {
     attempts: kv::Store,
     registry: kv::Store,
     fingerprints: kv::Store,
+    transform_state: kv::Store,
     modules: object_store::ObjectStore,
 }
 
@@ -589,6 +595,10 @@ async fn setup(url: &str, window: Duration) -> Result<Setup, NatsError> {
         .create_key_value(bucket(latest::FINGERPRINTS, Duration::ZERO))
         .await
         .map_err(|e| failed("create bucket sluice-fingerprints", e))?;
+    let transform_state = js
+        .create_key_value(bucket(state::BUCKET, Duration::ZERO))
+        .await
+        .map_err(|e| failed("create bucket sluice-transform-state", e))?;
     let modules = js
         .create_object_store(object_store::Config {
             bucket: "sluice-modules".into(),
@@ -607,6 +617,7 @@ async fn setup(url: &str, window: Duration) -> Result<Setup, NatsError> {
         attempts,
         registry,
         fingerprints,
+        transform_state,
         modules,
     })
 }

@@ -174,7 +174,10 @@ impl NatsStore {
         for (index, result) in results.iter().enumerate() {
             self.result_messages(result, index, stream_seq, now, &mut messages);
         }
-        self.block("store transform results", self.store_and_ack(messages, &message))?;
+        self.block(
+            "store transform results",
+            self.store_and_ack(messages, &results, stream_seq, &message),
+        )?;
         self.transform.lock().expect("transform lock").remove(&channel);
         Ok(())
     }
@@ -249,13 +252,21 @@ impl NatsStore {
         }
     }
 
-    /// Stores a batch's messages, then acknowledges the batch.
+    /// Stores a batch's messages, then its state writes and what they
+    /// change in usage, then acknowledges the batch.
     async fn store_and_ack(
         &self,
         messages: Vec<Outgoing>,
+        results: &[Transformed],
+        stream_seq: u64,
         message: &jetstream::Message,
     ) -> Result<(), NatsError> {
         self.store_in_order(messages).await?;
+        if results.iter().any(|result| !result.state.is_empty()) {
+            let state = self.state_messages(results, stream_seq).await?;
+            self.store_in_order(state).await?;
+            self.add_usage(results, stream_seq).await?;
+        }
         message
             .ack()
             .await

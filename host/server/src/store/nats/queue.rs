@@ -408,6 +408,24 @@ impl Queue for NatsStore {
             .filter(|until| *until > now_ms()))
     }
 
+    fn state(
+        &self,
+        tenant: &str,
+        channel: &str,
+    ) -> Result<
+        (
+            std::sync::Arc<dyn sluice_engine::state::StateStore>,
+            sluice_engine::state::StateUsage,
+        ),
+        StoreError,
+    > {
+        self.channel_state(tenant, channel)
+    }
+
+    fn forget_state(&self, tenant: &str, channel: &str) -> Result<(), StoreError> {
+        self.forget_channel_state(tenant, channel)
+    }
+
     fn discard_channel(&self, tenant: &str, channel: &str) -> Result<u64, StoreError> {
         self.discard_channel_events(tenant, channel)
     }

@@ -165,7 +165,7 @@ impl Queue for SqliteQueue {
                 for delivery in result.disposition.deliveries() {
                     insert_outbox(db, result, delivery, now, result.received_ms)?;
                 }
-                super::state::write(db, &result.tenant, &result.channel, &result.state)?;
+                super::state::write(db, &result.tenant, &result.channel, &result.state.writes)?;
                 if let Some((reason, detail)) = result.disposition.dead_letter() {
                     db.prepare_cached(
                         "INSERT INTO dead_letters (tenant, channel, event_id, stage, reason, original,

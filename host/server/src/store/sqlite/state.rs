@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use sluice_engine::state::{StateReadError, StateStore, StateUsage, StateWrites};
@@ -31,16 +32,22 @@ impl ChannelState {
 }
 
 impl StateStore for ChannelState {
-    fn get(&self, step: &str, key: &str) -> Result<Option<String>, StateReadError> {
+    fn get(&self, step: &str, key: &str, deadline: Instant) -> Result<Option<String>, StateReadError> {
         let failed = |err: rusqlite::Error| StateReadError(err.to_string());
         let mut connection = self.connection.lock().unwrap_or_else(|e| e.into_inner());
         if connection.is_none() {
             let opened = Connection::open(&self.path).map_err(failed)?;
-            opened.pragma_update(None, "busy_timeout", 1000).map_err(failed)?;
             opened.pragma_update(None, "query_only", true).map_err(failed)?;
             *connection = Some(opened);
         }
         let db = connection.as_ref().expect("opened above");
+        // A read waits for a lock at most until the call's deadline.
+        db.busy_timeout(
+            deadline
+                .saturating_duration_since(Instant::now())
+                .min(std::time::Duration::from_secs(1)),
+        )
+        .map_err(failed)?;
         db.prepare_cached(
             "SELECT value FROM state WHERE tenant = ?1 AND channel = ?2 AND step = ?3 AND key = ?4",
         )
@@ -151,10 +158,13 @@ mod tests {
             received_ms: 0,
             versions: vec![],
             disposition: Disposition::Dropped,
-            state: writes
-                .iter()
-                .map(|(key, value)| (("step".to_string(), key.to_string()), value.map(str::to_string)))
-                .collect(),
+            state: sluice_engine::state::StateChange {
+                writes: writes
+                    .iter()
+                    .map(|(key, value)| (("step".to_string(), key.to_string()), value.map(str::to_string)))
+                    .collect(),
+                ..Default::default()
+            },
         }
     }
 
@@ -186,8 +196,11 @@ mod tests {
             .transformed(vec![result(seqs[0], &[("a", Some("1")), ("b", Some("\"xy\""))])])
             .unwrap();
         let (state, usage) = queue.state("acme", "c").unwrap();
-        assert_eq!(state.get("step", "a").unwrap().as_deref(), Some("1"));
-        assert_eq!(state.get("other-step", "a").unwrap(), None);
+        assert_eq!(
+            state.get("step", "a", Instant::now()).unwrap().as_deref(),
+            Some("1")
+        );
+        assert_eq!(state.get("other-step", "a", Instant::now()).unwrap(), None);
         assert_eq!(usage, StateUsage { keys: 2, bytes: 7 });
         // Recorded twice (a retried commit): the queue row is gone, so the
         // writes are not applied again.
@@ -198,16 +211,24 @@ mod tests {
             .transformed(vec![result(seqs[1], &[("a", Some("22")), ("b", None)])])
             .unwrap();
         let (state, usage) = queue.state("acme", "c").unwrap();
-        assert_eq!(state.get("step", "a").unwrap().as_deref(), Some("22"));
-        assert_eq!(state.get("step", "b").unwrap(), None);
+        assert_eq!(
+            state.get("step", "a", Instant::now()).unwrap().as_deref(),
+            Some("22")
+        );
+        assert_eq!(state.get("step", "b", Instant::now()).unwrap(), None);
         assert_eq!(usage, StateUsage { keys: 1, bytes: 3 });
         assert_eq!(
-            queue.state("acme", "other").unwrap().0.get("step", "a").unwrap(),
+            queue
+                .state("acme", "other")
+                .unwrap()
+                .0
+                .get("step", "a", Instant::now())
+                .unwrap(),
             None
         );
         queue.forget_state("acme", "c").unwrap();
         let (state, usage) = queue.state("acme", "c").unwrap();
-        assert_eq!(state.get("step", "a").unwrap(), None);
+        assert_eq!(state.get("step", "a", Instant::now()).unwrap(), None);
         assert_eq!(usage, StateUsage::default());
     }
 
@@ -236,7 +257,10 @@ mod tests {
             .unwrap();
         assert!(plan.contains("USING PRIMARY KEY"), "{plan}");
         let (state, _) = queue.state("acme", "c").unwrap();
-        assert_eq!(state.get("step", "k999999").unwrap().as_deref(), Some("1"));
-        assert_eq!(state.get("step", "k1000000").unwrap(), None);
+        assert_eq!(
+            state.get("step", "k999999", Instant::now()).unwrap().as_deref(),
+            Some("1")
+        );
+        assert_eq!(state.get("step", "k1000000", Instant::now()).unwrap(), None);
     }
 }

@@ -189,6 +189,7 @@ impl<'a> Worker<'a> {
                 client,
                 target: destination.target.clone(),
                 method: destination.method.clone(),
+                allowed: config.allowed_methods(),
                 headers: Outbound::headers_of(&destination),
                 signer,
                 rate_header,

@@ -28,6 +28,8 @@ pub(super) struct Outbound {
     pub client: HttpClient,
     pub target: Arc<UrlTemplate>,
     pub method: Method,
+    /// What a delivery hint may choose: `method` and `allow-methods`.
+    pub allowed: Vec<Method>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub signer: Option<Signer>,
     pub rate_header: Option<HeaderName>,
@@ -58,16 +60,25 @@ impl Outbound {
         let (_, body) = stored_body(delivery).ok()?;
         let hint = hint_of(delivery);
         let uri = self.target.render(&body, &hint.params).ok()?;
-        let method = self.method_for(&hint);
+        let method = self.method_for(&hint).ok()?;
         let body: &[u8] = if method == Method::DELETE { &[] } else { &body };
         Some(crate::store::fingerprint(method.as_str(), &uri.to_string(), body))
     }
 
-    /// The method of one delivery: the transform's choice, or the destination's.
-    fn method_for(&self, hint: &DeliveryJson) -> Method {
-        hint.method
-            .and_then(|method| Method::from_bytes(method.as_str().as_bytes()).ok())
-            .unwrap_or_else(|| self.method.clone())
+    /// The method of one delivery: the transform's choice, if the
+    /// destination allows it, or the destination's.
+    fn method_for(&self, hint: &DeliveryJson) -> Result<Method, String> {
+        let Some(chosen) = hint.method else {
+            return Ok(self.method.clone());
+        };
+        let method = Method::from_bytes(chosen.as_str().as_bytes()).map_err(|err| err.to_string())?;
+        if self.allowed.contains(&method) {
+            Ok(method)
+        } else {
+            Err(format!(
+                "the transform chose {method} for this event, which the destination does not allow: add it to its `allow-methods`"
+            ))
+        }
     }
 }
 
@@ -127,7 +138,11 @@ pub(super) async fn send(
         Err(err) => return finish(Some(0), None, format!("stored output is not an event: {err}")),
     };
     let hint = hint_of(&delivery);
-    let method = out.method_for(&hint);
+    // Not sent at all: a dead letter that says which method was refused.
+    let method = match out.method_for(&hint) {
+        Ok(method) => method,
+        Err(err) => return finish(Some(0), None, err),
+    };
     // Not sent at all: a dead letter that names the placeholder.
     let uri = match out.target.render(&body, &hint.params) {
         Ok(uri) => uri,
