@@ -1,7 +1,7 @@
 // Write Sluice transforms in JavaScript.
 //
 // Register a function per event kind, return an outcome, and let this module
-// speak the component contract (wit/world.wit):
+// speak the component contract (sluice:transform@0.2.0, wit/v0.2/):
 //
 //   import * as sluice from './sluice.js';
 //   export { init, apply } from './sluice.js';
@@ -16,10 +16,17 @@
 // as BigInt, never rounded, and are written back as the same digits.
 // Events of a kind with no function pass through unchanged. A function may
 // return emit(...), skip(reason), reject(...), a Violations, or nothing
-// (the event passes unchanged). Written by `sluice new`; `sluice build`
-// keeps it up to date: do not edit.
+// (the event passes unchanged). A function may keep state across batches
+// (state.get, state.set, state.delete: JSON values), read lookup tables
+// (lookup(table, key)), read the source's topic and headers (event.topic,
+// header(event, name)), choose how an emitted event is delivered
+// (deliverAs, withParam), and leave out part of an input (leaveOut,
+// partial). Written by `sluice new`; `sluice build` keeps it up to date:
+// do not edit.
 
-import { log as hostLog } from 'sluice:transform/host@0.1.0';
+import { log as hostLog } from 'sluice:transform/host@0.2.0';
+import { get as stateGet, set as stateSet, delete as stateDelete } from 'sluice:transform/state@0.2.0';
+import { get as lookupGet } from 'sluice:transform/lookup@0.2.0';
 
 // --- JSON that keeps 64-bit integers ------------------------------------------
 
@@ -130,6 +137,76 @@ export function skip(reason) {
 /** Refuse the event: one violation at a JSON path (see path). */
 export function reject(at, code, message) {
   return { tag: 'reject', val: [{ path: at, code, message }] };
+}
+
+/** Send these events on and reject the rest of the input with these violations. */
+export function partial(events, violations) {
+  if (!violations.length) return { tag: 'emit', val: events };
+  return { tag: 'partial', val: { emit: events, reject: [...violations] } };
+}
+
+/** Leave this event out of its input's delivery; its siblings go on. */
+export function leaveOut(violations) {
+  return { tag: 'partial', val: { emit: [], reject: [...violations] } };
+}
+
+/** The emitted events of an outcome (emit or partial), to give them hints. */
+function emitted(outcome) {
+  return outcome.tag === 'partial' ? outcome.val.emit : outcome.val;
+}
+
+/** The outcome, its events delivered with `method` ('post', 'put', 'patch', 'delete'). */
+export function deliverAs(outcome, method) {
+  for (const event of emitted(outcome)) {
+    event.delivery = { method, params: event.delivery?.params ?? [] };
+  }
+  return outcome;
+}
+
+/** The outcome, its events' URL `{param:NAME}` set to `value`. */
+export function withParam(outcome, name, value) {
+  for (const event of emitted(outcome)) {
+    const params = (event.delivery?.params ?? []).filter(([key]) => key !== name);
+    params.push([name, String(value)]);
+    event.delivery = { method: event.delivery?.method, params };
+  }
+  return outcome;
+}
+
+/** A header the source kept (`x-shopify-shop-domain`), or undefined. */
+export function header(event, name) {
+  const wanted = name.toLowerCase();
+  const found = (event.headers ?? []).find(([key]) => key.toLowerCase() === wanted);
+  return found ? found[1] : undefined;
+}
+
+/** State that lasts across batches, per tenant, channel and step: JSON values. */
+export const state = {
+  /** The value under `key`, or undefined. */
+  get(key) {
+    const text = stateGet(key);
+    return text === undefined || text === null ? undefined : parse(text);
+  },
+  /** Stores `value` (as JSON) under `key`; false if the host refused it (a cap). */
+  set(key, value) {
+    try {
+      stateSet(key, stringify(value));
+      return true;
+    } catch (err) {
+      log(`state.set refused: ${JSON.stringify(err?.payload ?? String(err))}`, 'warn');
+      return false;
+    }
+  },
+  /** Forgets `key`. */
+  delete(key) {
+    stateDelete(key);
+  },
+};
+
+/** The value of `key` in lookup table `table`, or undefined. */
+export function lookup(table, key) {
+  const text = lookupGet(table, key);
+  return text === undefined || text === null ? undefined : parse(text);
 }
 
 /** Every problem of one event, to reject it with all of them at once. */
@@ -351,3 +428,6 @@ export function init(text) {
 export function apply(batch) {
   return batch.map(one);
 }
+
+/** The contract's `step` export (0.2): `sluice build` exports it for you. */
+export const step = { init, apply };

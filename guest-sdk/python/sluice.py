@@ -1,7 +1,7 @@
 """Write Sluice transforms in Python.
 
 Register a function per event kind, return an outcome, and let this module
-speak the component contract (`wit/world.wit`)::
+speak the component contract (`sluice:transform@0.2.0`, `wit/v0.2/`)::
 
     import sluice
 
@@ -16,8 +16,13 @@ speak the component contract (`wit/world.wit`)::
 
 Events of a kind with no function pass through unchanged. A function may
 return `emit(...)`, `skip(reason)`, `reject(...)`, a `Violations` list, or
-None (the event passes unchanged). Written by `sluice new`; `sluice build`
-keeps it up to date: do not edit.
+None (the event passes unchanged). A function may keep state across
+batches (`state.get`, `state.set`, `state.delete`: JSON values), read
+lookup tables (`lookup(table, key)`), read the source's topic and headers
+(`event.topic`, `header(event, name)`), choose how an emitted event is
+delivered (`deliver_as`, `with_param`), and leave out part of an input
+(`leave_out`, `partial`). Written by `sluice new`; `sluice build` keeps it
+up to date: do not edit.
 """
 
 import json
@@ -28,6 +33,8 @@ from typing import Any, Callable, Dict, List, Optional, TypedDict, Union
 
 from componentize_py_types import Err
 from wit_world.imports import host, types
+from wit_world.imports import lookup as _lookup
+from wit_world.imports import state as _state
 
 Event = types.Event
 
@@ -92,7 +99,16 @@ def emit(event: Event, *payloads: Any) -> types.Outcome:
         event_id = event.id if index == 0 else f"{event.id}-{index}"
         events.append(
             types.Event(
-                event_id, event.kind, event.tenant, event.channel, event.source, event.correlation_id, _dump(payload)
+                event_id,
+                event.kind,
+                event.tenant,
+                event.channel,
+                event.source,
+                event.correlation_id,
+                _dump(payload),
+                event.topic,
+                event.headers,
+                event.delivery,
             )
         )
     return types.Outcome_Emit(events)
@@ -106,6 +122,87 @@ def skip(reason: str) -> types.Outcome:
 def reject(at: str, code: str, message: str) -> types.Outcome:
     """Refuse the event: one violation at a JSON path (see `path`)."""
     return types.Outcome_Reject([types.Violation(at, code, message)])
+
+
+def partial(outcome: types.Outcome, violations: List[types.Violation]) -> types.Outcome:
+    """Send the events of `outcome` (an emit) on, and reject the rest of the input with `violations`."""
+    if not violations:
+        return outcome
+    return types.Outcome_Partial(types.Partial(list(_emitted(outcome)), list(violations)))
+
+
+def leave_out(violations: List[types.Violation]) -> types.Outcome:
+    """Leave this event out of its input's delivery; its siblings go on."""
+    return types.Outcome_Partial(types.Partial([], list(violations)))
+
+
+def _emitted(outcome: types.Outcome) -> List[Event]:
+    if isinstance(outcome, types.Outcome_Partial):
+        return outcome.value.emit
+    if isinstance(outcome, types.Outcome_Emit):
+        return outcome.value
+    return []
+
+
+_METHODS = {"post": types.Method.POST, "put": types.Method.PUT, "patch": types.Method.PATCH, "delete": types.Method.DELETE}
+
+
+def deliver_as(outcome: types.Outcome, method: str) -> types.Outcome:
+    """The outcome, its events delivered with `method` ("post", "put", "patch" or "delete")."""
+    for event in _emitted(outcome):
+        params = event.delivery.params if event.delivery else []
+        event.delivery = types.DeliveryHint(_METHODS[method.lower()], params)
+    return outcome
+
+
+def with_param(outcome: types.Outcome, name: str, value: Any) -> types.Outcome:
+    """The outcome, its events' URL `{param:NAME}` set to `value`."""
+    for event in _emitted(outcome):
+        method = event.delivery.method if event.delivery else None
+        params = [(k, v) for (k, v) in (event.delivery.params if event.delivery else []) if k != name]
+        params.append((name, str(value)))
+        event.delivery = types.DeliveryHint(method, params)
+    return outcome
+
+
+def header(event: Event, name: str) -> Optional[str]:
+    """A header the source kept (`x-shopify-shop-domain`), or None."""
+    wanted = name.lower()
+    for key, value in event.headers:
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+class state:
+    """State that lasts across batches, per tenant, channel and step: JSON values."""
+
+    @staticmethod
+    def get(key: str) -> Any:
+        """The value under `key`, or None."""
+        text = _state.get(key)
+        return None if text is None else json.loads(text)
+
+    @staticmethod
+    def set(key: str, value: Any) -> bool:
+        """Stores `value` (as JSON) under `key`; False if the host refused it (a cap)."""
+        try:
+            _state.set(key, _dump(value))
+            return True
+        except Err as refused:
+            log(f"state.set refused: {refused.value}", "warn")
+            return False
+
+    @staticmethod
+    def delete(key: str) -> None:
+        """Forgets `key`."""
+        _state.delete(key)
+
+
+def lookup(table: str, key: str) -> Any:
+    """The value of `key` in lookup table `table`, or None."""
+    text = _lookup.get(table, key)
+    return None if text is None else json.loads(text)
 
 
 class Violations(list):
@@ -341,8 +438,8 @@ def _one(event: Event) -> types.Outcome:
     return result
 
 
-class WitWorld:
-    """The component's exports: assign it in your module (`WitWorld = sluice.WitWorld`)."""
+class Step:
+    """The component's exports (the contract's `step` interface); `sluice build` exports it for you."""
 
     def init(self, config: str) -> None:
         global _config
@@ -353,3 +450,7 @@ class WitWorld:
 
     def apply(self, batch: List[Event]) -> List[types.Outcome]:
         return [_one(event) for event in batch]
+
+
+# Modules written for the first contract assign `WitWorld = sluice.WitWorld`.
+WitWorld = Step

@@ -15,9 +15,27 @@ pub const COMPONENTIZE_JS: &str = "0.23.0";
 
 /// The contract, as this `sluice` was built with it.
 const WIT: &[(&str, &str)] = &[
-    ("world.wit", include_str!("../../../wit/world.wit")),
-    ("types.wit", include_str!("../../../wit/types.wit")),
+    ("world.wit", include_str!("../../../wit/v0.2/world.wit")),
+    ("types.wit", include_str!("../../../wit/v0.2/types.wit")),
 ];
+
+/// The Python component's entry module, written next to its WIT: it runs
+/// `app.py` (which registers the handlers) and exports the helper's `Step`,
+/// so an `app.py` need not name the contract's exports.
+const PYTHON_ENTRY: (&str, &str) = (
+    "sluice_step.py",
+    "\"\"\"Written by `sluice build`: runs app.py and exports its step (sluice:transform@0.2.0).\"\"\"\n\n\
+     import app  # noqa: F401  (registers the handlers)\n\
+     from sluice import Step  # noqa: F401\n",
+);
+
+/// The JavaScript component's entry module, likewise.
+const JS_ENTRY: (&str, &str) = (
+    "entry.js",
+    "// Written by `sluice build`: runs app.js and exports its step (sluice:transform@0.2.0).\n\
+     import '../app.js';\n\
+     export { step } from '../sluice.js';\n",
+);
 
 /// The helper libraries, as this `sluice` ships them.
 pub const PYTHON_HELPER: (&str, &str) = ("sluice.py", include_str!("../../../guest-sdk/python/sluice.py"));
@@ -211,6 +229,13 @@ pub fn build(dir: &Path, tools: &Toolchains) -> anyhow::Result<Option<PathBuf>> 
         std::fs::write(wit.join(file), text)
             .with_context(|| format!("cannot write {}", wit.join(file).display()))?;
     }
+    let (entry_name, entry_text) = match language {
+        Language::Python => PYTHON_ENTRY,
+        _ => JS_ENTRY,
+    };
+    let entry = dir.join("build").join(entry_name);
+    refuse_link(&entry)?;
+    std::fs::write(&entry, entry_text).with_context(|| format!("cannot write {}", entry.display()))?;
     // Per process: two builds of one folder never share a half-written file.
     let partial = out.with_extension(format!("wasm.{}.partial", std::process::id()));
     let (tool, status) = match language {
@@ -222,7 +247,9 @@ pub fn build(dir: &Path, tools: &Toolchains) -> anyhow::Result<Option<PathBuf>> 
                 .arg(&wit)
                 .args(["-w", "transform", "componentize", "-p"])
                 .arg(dir)
-                .args(["app", "-o"])
+                .arg("-p")
+                .arg(dir.join("build"))
+                .args(["sluice_step", "-o"])
                 .arg(&partial)
                 .status()
                 .with_context(|| format!("cannot run {}", python.display()))?;
@@ -232,7 +259,7 @@ pub fn build(dir: &Path, tools: &Toolchains) -> anyhow::Result<Option<PathBuf>> 
             let cli = tools.componentize_js()?;
             let status = Command::new("node")
                 .arg(&cli)
-                .arg(dir.join("app.js"))
+                .arg(&entry)
                 .arg("--wit")
                 .arg(&wit)
                 .args(["-n", "transform", "-o"])
