@@ -21,6 +21,7 @@ fn step(name: &str, config: &str) -> Step {
     Step {
         module,
         config: config.into(),
+        lookups: Default::default(),
     }
 }
 
@@ -371,6 +372,60 @@ module = "{}"
             destination.received()[3].json(),
             json!({"sku": "TEE-1", "price": "8.99"})
         );
+    }
+
+    #[test]
+    fn lookup_tables_from_files_resolve_on_the_sidecar_and_a_tenant_cannot_name_one() {
+        let destination = sink();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("asin.csv"), "sku,asin\r\nTEE-1,B00TEE0001\r\n").unwrap();
+        let token = "acme-lookups-token";
+        let config = format!(
+            "[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n{}lookups = {{ asin = \"asin.csv\" }}\nconfig = {{ lookup = {{ table = \"asin\", field = \"asin\" }} }}\n",
+            crate::support::sidecar::token_hash(token),
+            config(destination.addr, "changed-fields", "").replace("/items/{$.sku}", "/items/{param:asin}"),
+        );
+        let sidecar = Sidecar::start(dir.path(), &config);
+        post(
+            &sidecar,
+            &[product("e-1", json!({"sku": "TEE-1", "price": "9.99"}))],
+        );
+        wait_for("the looked-up listing", PATIENCE, || destination.count() == 1);
+        let received = &destination.received()[0];
+        assert_eq!(
+            (received.method.as_str(), received.path.as_str()),
+            ("PUT", "/items/B00TEE0001")
+        );
+        assert_eq!(received.json()["asin"], "B00TEE0001");
+
+        // A tenant's pipeline may not name a file on the server.
+        let module = std::fs::read(guest("changed-fields")).unwrap();
+        let (status, uploaded) = sidecar.send(
+            "PUT",
+            "/v1/modules/delta",
+            Some(token),
+            &module,
+            "application/wasm",
+        );
+        assert_eq!(status, 201, "{uploaded}");
+        let pipeline = json!({"steps": [{
+            "module": "delta",
+            "version": uploaded["version"],
+            "lookups": {"secrets": "/etc/passwd"},
+        }]});
+        let (status, answer) = sidecar.send(
+            "POST",
+            "/v1/channels/catalog/activate",
+            Some(token),
+            pipeline.to_string().as_bytes(),
+            "",
+        );
+        assert!((400..500).contains(&status), "{status} {answer}");
+        assert!(
+            answer.to_string().contains("`lookups` name files on the server"),
+            "{answer}"
+        );
+        assert!(!answer.to_string().contains("root:"), "{answer}");
     }
 
     #[test]

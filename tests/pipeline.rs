@@ -20,6 +20,7 @@ fn step(name: &str, config: &str) -> Step {
     Step {
         module,
         config: config.into(),
+        lookups: Default::default(),
     }
 }
 

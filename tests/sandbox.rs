@@ -30,6 +30,7 @@ fn run(module: &Arc<Module>, events: &[EventJson]) -> Vec<OutcomeJson> {
     Pipeline::new(vec![Step {
         module: module.clone(),
         config: "{}".into(),
+        lookups: Default::default(),
     }])
     .run(events)
 }
@@ -312,6 +313,7 @@ fn init_errors_name_the_bad_config_field() {
     let outcomes = Pipeline::new(vec![Step {
         module: portal,
         config: r#"{"max-title": 0}"#.into(),
+        lookups: Default::default(),
     }])
     .run(&[event("evt-cfg", "product", magento_product())]);
     let OutcomeJson::Error { error } = &outcomes[0] else {
@@ -417,6 +419,7 @@ fn an_init_that_sleeps_returns_at_once() {
     let outcomes = Pipeline::new(vec![Step {
         module: hostile,
         config: json!({ "init": "sleep" }).to_string(),
+        lookups: Default::default(),
     }])
     .run(&[attack("evt-1", "none")]);
     assert!(matches!(&outcomes[0], OutcomeJson::Emit { .. }), "{outcomes:?}");
@@ -431,6 +434,7 @@ fn an_init_that_loops_fails_its_batch_once_not_per_event() {
         let outcomes = Pipeline::new(vec![Step {
             module: hostile.clone(),
             config: json!({ "init": attack_name }).to_string(),
+            lookups: Default::default(),
         }])
         .run(&batch);
         for outcome in &outcomes {
@@ -508,6 +512,7 @@ fn a_fan_out_that_multiplies_across_steps_is_capped_per_input_event() {
     let step = Step {
         module: hostile.clone(),
         config: "{}".into(),
+        lookups: Default::default(),
     };
     let outcomes = Pipeline::new(vec![step.clone(), step]).run(&[
         attack("evt-twice", "fan-out-twice"),
@@ -729,6 +734,7 @@ fn hostile_twice() -> Pipeline {
     let step = || Step {
         module: hostile.clone(),
         config: "{}".into(),
+        lookups: Default::default(),
     };
     Pipeline::new(vec![step(), step()])
 }

@@ -69,6 +69,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Pipeline::new(vec![Step {
                 module: Arc::new(module),
                 config,
+                lookups: Default::default(),
             }])
         }
         (None, Some(path)) => load_pipeline(path, &engine, &args.engine.limits())?,

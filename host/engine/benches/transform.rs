@@ -128,6 +128,7 @@ fn pipeline_with(fuel: bool, tune: Option<fn(&mut Config)>, component: &std::pat
     Pipeline::new(vec![Step {
         module: module.into(),
         config: CONFIG.into(),
+        lookups: Default::default(),
     }])
 }
 

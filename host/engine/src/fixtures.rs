@@ -250,6 +250,7 @@ impl Subject {
             Subject::Module(module) => Pipeline::new(vec![Step {
                 module: module.clone(),
                 config: config.unwrap_or_else(|| "{}".into()),
+                lookups: Default::default(),
             }]),
             Subject::Pipeline(pipeline) => pipeline.clone(),
         }

@@ -49,6 +49,7 @@ mod fault;
 pub mod fixtures;
 mod limits;
 pub mod locate;
+pub mod lookup;
 mod module;
 pub mod pipeline;
 mod placement;

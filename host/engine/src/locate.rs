@@ -73,6 +73,16 @@ pub enum LocateError {
         /// Why.
         error: LoadError,
     },
+    /// A step's lookup table cannot be loaded.
+    #[error("step {index} (`{module}`): {error}")]
+    Lookup {
+        /// The step's index.
+        index: usize,
+        /// The module it names.
+        module: String,
+        /// Why.
+        error: crate::lookup::LookupError,
+    },
     /// Something in a pipeline file is wrong.
     #[error("in {}: {error}", path.display())]
     InPipeline {
@@ -212,9 +222,20 @@ pub fn pipeline_from_steps(
                 module: step.module.clone(),
                 error,
             })?;
+        let mut lookups = crate::state::StepLookups::new();
+        for (table, file) in &step.lookups {
+            let loaded =
+                crate::lookup::load_table(table, file, base).map_err(|error| LocateError::Lookup {
+                    index,
+                    module: step.module.clone(),
+                    error,
+                })?;
+            lookups.insert(table.clone(), Arc::new(loaded));
+        }
         steps.push(Step {
             module: Arc::new(module),
             config: step.config_text(),
+            lookups: Arc::new(lookups),
         });
     }
     Ok(Pipeline::new(steps))

@@ -39,6 +39,9 @@ pub struct Step {
     pub module: Arc<Module>,
     /// The step's configuration, as JSON text.
     pub config: String,
+    /// Its lookup tables (contract 0.2), loaded with the pipeline; a run's
+    /// [`RunContext::lookups`] is used for a step that has none.
+    pub lookups: Arc<crate::state::StepLookups>,
 }
 
 /// A channel's pipeline as data (`pipeline.json`).
@@ -63,6 +66,10 @@ pub struct StepSpec {
     /// The step's configuration.
     #[serde(default)]
     pub config: serde_json::Value,
+    /// Lookup tables (contract 0.2): table name to a JSON or CSV file,
+    /// relative to the pipeline file (see [`crate::lookup`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lookups: std::collections::BTreeMap<String, String>,
 }
 
 impl StepSpec {
@@ -117,6 +124,7 @@ impl Pipeline {
         Self::new(vec![Step {
             module: module.into(),
             config: config.into(),
+            lookups: Default::default(),
         }])
     }
 
@@ -128,6 +136,7 @@ impl Pipeline {
                 .map(|step| Step {
                     module: Arc::new(step.module.isolated()),
                     config: step.config.clone(),
+                    lookups: step.lookups.clone(),
                 })
                 .collect(),
         )
@@ -258,7 +267,11 @@ impl Pipeline {
             let call = CallContext {
                 run: run_state.clone(),
                 step: name.as_str().into(),
-                lookups: context.lookups.get(name).cloned().map(std::sync::Arc::new),
+                lookups: if step.lookups.is_empty() {
+                    context.lookups.get(name).cloned().map(Arc::new)
+                } else {
+                    Some(step.lookups.clone())
+                },
             };
             // Payloads are checked once: a middle step's before the next
             // step reads them, the last step's as they become JSON values.

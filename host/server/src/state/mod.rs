@@ -538,6 +538,16 @@ impl App {
     pub fn load_uploaded(&self, channel: &Channel, spec: &PipelineSpec) -> Result<Pipeline, ActivationError> {
         let mut steps = Vec::with_capacity(spec.steps.len());
         for (index, step) in spec.steps.iter().enumerate() {
+            // Files name the server's own: a tenant's pipeline never may.
+            if !step.lookups.is_empty() {
+                return Err(ActivationError::Load {
+                    step: index,
+                    message:
+                        "`lookups` name files on the server, which only a pipeline in sluice.toml may do; \
+                              an activated pipeline cannot have them in this version"
+                            .into(),
+                });
+            }
             let version =
                 self.resolve_version(&channel.tenant, &step.module, step.version.as_deref(), index)?;
             let bytes =
@@ -556,6 +566,7 @@ impl App {
             steps.push(Step {
                 module: Arc::new(module),
                 config: step.config_text(),
+                lookups: Default::default(),
             });
         }
         Ok(Pipeline::new(steps))

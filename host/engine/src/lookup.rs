@@ -1,0 +1,235 @@
+//! Lookup tables from files (contract 0.2): a step's `lookups` name a JSON
+//! or CSV file per table, relative to the pipeline file or `sluice.toml`,
+//! loaded with the pipeline and versioned with it.
+//!
+//! - JSON: one object, key to any JSON value. A key given twice is an
+//!   error that names it.
+//! - CSV (`.csv`): a header row, then one row per key; the first column is
+//!   the key. With two columns the value is the second as a string; with
+//!   more, an object of the other columns by header. A BOM, CRLF and
+//!   quoted newlines are read as CSV has them; a ragged row, an empty or
+//!   repeated key is an error that names its line.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::Path;
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use crate::state::LookupTable;
+
+/// Largest lookup file read, in bytes: a table lives in memory with its
+/// pipeline.
+pub const MAX_TABLE_BYTES: u64 = 64 << 20;
+
+/// Why a lookup file cannot be a table. Names the file by its name as the
+/// step gave it, never a server path.
+#[derive(Debug, thiserror::Error)]
+pub enum LookupError {
+    /// It cannot be read.
+    #[error("lookup table `{table}` (`{file}`): cannot read it: {kind}")]
+    Read {
+        /// The table's name.
+        table: String,
+        /// The file as the step names it.
+        file: String,
+        /// Why.
+        kind: std::io::ErrorKind,
+    },
+    /// It is larger than [`MAX_TABLE_BYTES`].
+    #[error("lookup table `{table}` (`{file}`) is over the {MAX_TABLE_BYTES}-byte limit")]
+    TooLarge {
+        /// The table's name.
+        table: String,
+        /// The file as the step names it.
+        file: String,
+    },
+    /// It is not a table.
+    #[error("lookup table `{table}` (`{file}`): {detail}")]
+    Invalid {
+        /// The table's name.
+        table: String,
+        /// The file as the step names it.
+        file: String,
+        /// What is wrong, and where.
+        detail: String,
+    },
+}
+
+/// Loads table `table` from `file`, relative to `base`.
+pub fn load_table(table: &str, file: &str, base: &Path) -> Result<LookupTable, LookupError> {
+    let read_err = |err: std::io::Error| LookupError::Read {
+        table: table.into(),
+        file: file.into(),
+        kind: err.kind(),
+    };
+    let opened = std::fs::File::open(base.join(file)).map_err(read_err)?;
+    let mut bytes = Vec::new();
+    opened
+        .take(MAX_TABLE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    if bytes.len() as u64 > MAX_TABLE_BYTES {
+        return Err(LookupError::TooLarge {
+            table: table.into(),
+            file: file.into(),
+        });
+    }
+    let invalid = |detail: String| LookupError::Invalid {
+        table: table.into(),
+        file: file.into(),
+        detail,
+    };
+    if file.to_ascii_lowercase().ends_with(".csv") {
+        from_csv(&bytes).map_err(invalid)
+    } else {
+        from_json(&bytes).map_err(invalid)
+    }
+}
+
+/// A JSON object of key to value; a repeated key is an error.
+fn from_json(bytes: &[u8]) -> Result<LookupTable, String> {
+    struct Table;
+    impl<'de> Visitor<'de> for Table {
+        type Value = LookupTable;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object of key to value")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LookupTable, A::Error> {
+            let mut table = HashMap::new();
+            while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                if table.contains_key(&key) {
+                    return Err(serde::de::Error::custom(format!(
+                        "the key `{key}` is given twice"
+                    )));
+                }
+                table.insert(key, value.get().into());
+            }
+            Ok(table)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let table = de.deserialize_map(Table).map_err(|err| err.to_string())?;
+    de.end().map_err(|err| err.to_string())?;
+    Ok(table)
+}
+
+/// A CSV with a header row; the first column is the key.
+fn from_csv(bytes: &[u8]) -> Result<LookupTable, String> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes);
+    let headers = reader.headers().map_err(|err| err.to_string())?.clone();
+    if headers.len() < 2 {
+        return Err("the header row needs a key column and at least one value column".into());
+    }
+    let mut table = HashMap::new();
+    for record in reader.records() {
+        let record = record.map_err(|err| err.to_string())?;
+        let line = record.position().map_or(0, |p| p.line());
+        let key = record.get(0).unwrap_or_default();
+        if key.is_empty() {
+            return Err(format!("line {line}: the key is empty"));
+        }
+        let value = if headers.len() == 2 {
+            serde_json::Value::String(record.get(1).unwrap_or_default().to_string())
+        } else {
+            headers
+                .iter()
+                .zip(record.iter())
+                .skip(1)
+                .map(|(name, value)| (name.to_string(), serde_json::Value::String(value.to_string())))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        };
+        if table
+            .insert(key.to_string(), value.to_string().into_boxed_str())
+            .is_some()
+        {
+            return Err(format!("line {line}: the key `{key}` is given twice"));
+        }
+    }
+    Ok(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &[u8]) {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+
+    #[test]
+    fn json_and_csv_tables_load_and_every_bad_form_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        write(
+            base,
+            "asin.json",
+            br#"{"TEE-1": "B00TEE", "CAP-1": {"asin": "B00CAP", "n": 1}}"#,
+        );
+        let table = load_table("asin", "asin.json", base).unwrap();
+        assert_eq!(&*table["TEE-1"], r#""B00TEE""#);
+        assert_eq!(&*table["CAP-1"], r#"{"asin": "B00CAP", "n": 1}"#);
+
+        write(base, "dup.json", br#"{"A": 1, "A": 2}"#);
+        let err = load_table("t", "dup.json", base).unwrap_err().to_string();
+        assert!(err.contains("the key `A` is given twice"), "{err}");
+
+        // A BOM, CRLF line ends and a quoted newline.
+        write(
+            base,
+            "asin.csv",
+            b"\xEF\xBB\xBFsku,asin\r\nTEE-1,B00TEE\r\n\"CAP\n1\",B00CAP\r\n",
+        );
+        let table = load_table("asin", "asin.csv", base).unwrap();
+        assert_eq!(&*table["TEE-1"], r#""B00TEE""#);
+        assert_eq!(&*table["CAP\n1"], r#""B00CAP""#);
+
+        write(base, "members.csv", b"email,number,tier\na@x.example,1001,gold\n");
+        let table = load_table("members", "members.csv", base).unwrap();
+        assert_eq!(&*table["a@x.example"], r#"{"number":"1001","tier":"gold"}"#);
+
+        for (name, text, wanted) in [
+            (
+                "ragged.csv",
+                &b"sku,asin\nA,1\nB,2,3\n"[..],
+                "found record with 3 fields",
+            ),
+            (
+                "dup.csv",
+                b"sku,asin\nA,1\nA,2\n",
+                "line 3: the key `A` is given twice",
+            ),
+            ("empty-key.csv", b"sku,asin\n,1\n", "line 2: the key is empty"),
+            (
+                "one-column.csv",
+                b"sku\nA\n",
+                "needs a key column and at least one value column",
+            ),
+        ] {
+            write(base, name, text);
+            let err = load_table("t", name, base).unwrap_err().to_string();
+            assert!(err.contains(wanted), "{name}: {err}");
+            assert!(err.starts_with(&format!("lookup table `t` (`{name}`)")), "{err}");
+        }
+
+        let missing = load_table("t", "nowhere.json", base).unwrap_err().to_string();
+        assert!(
+            !missing.contains(&base.display().to_string()),
+            "no server path: {missing}"
+        );
+    }
+
+    #[test]
+    fn a_table_over_the_limit_is_refused_without_reading_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("huge.json")).unwrap();
+        file.set_len(MAX_TABLE_BYTES + 1000).unwrap();
+        assert!(matches!(
+            load_table("t", "huge.json", dir.path()),
+            Err(LookupError::TooLarge { .. })
+        ));
+    }
+}
