@@ -147,18 +147,25 @@ export function partial(events, violations) {
 
 /** Leave this event out of its input's delivery; its siblings go on. */
 export function leaveOut(violations) {
+  if (!violations.length) throw new Error('leaveOut needs at least one violation');
   return { tag: 'partial', val: { emit: [], reject: [...violations] } };
 }
 
 /** The emitted events of an outcome (emit or partial), to give them hints. */
 function emitted(outcome) {
-  return outcome.tag === 'partial' ? outcome.val.emit : outcome.val;
+  if (outcome?.tag === 'partial') return outcome.val.emit;
+  if (outcome?.tag === 'emit') return outcome.val;
+  return [];
 }
 
 /** The outcome, its events delivered with `method` ('post', 'put', 'patch', 'delete'). */
 export function deliverAs(outcome, method) {
+  const chosen = String(method).toLowerCase();
+  if (!['post', 'put', 'patch', 'delete'].includes(chosen)) {
+    throw new Error(`deliverAs: \`${method}\` is not post, put, patch or delete`);
+  }
   for (const event of emitted(outcome)) {
-    event.delivery = { method, params: event.delivery?.params ?? [] };
+    event.delivery = { method: chosen, params: event.delivery?.params ?? [] };
   }
   return outcome;
 }
@@ -189,11 +196,14 @@ export const state = {
   },
   /** Stores `value` (as JSON) under `key`; false if the host refused it (a cap). */
   set(key, value) {
+    const text = stringify(value);
     try {
-      stateSet(key, stringify(value));
+      stateSet(key, text);
       return true;
     } catch (err) {
-      log(`state.set refused: ${JSON.stringify(err?.payload ?? String(err))}`, 'warn');
+      // Only the host's refusal (a component error with its reason) is an answer.
+      if (err?.payload === undefined) throw err;
+      log(`state.set refused: ${JSON.stringify(err.payload)}`, 'warn');
       return false;
     }
   },

@@ -133,6 +133,8 @@ def partial(outcome: types.Outcome, violations: List[types.Violation]) -> types.
 
 def leave_out(violations: List[types.Violation]) -> types.Outcome:
     """Leave this event out of its input's delivery; its siblings go on."""
+    if not violations:
+        raise ValueError("leave_out needs at least one violation")
     return types.Outcome_Partial(types.Partial([], list(violations)))
 
 

@@ -229,6 +229,7 @@ pub fn build(dir: &Path, tools: &Toolchains) -> anyhow::Result<Option<PathBuf>> 
         std::fs::write(wit.join(file), text)
             .with_context(|| format!("cannot write {}", wit.join(file).display()))?;
     }
+    refuse_own_exports(dir, language)?;
     let (entry_name, entry_text) = match language {
         Language::Python => PYTHON_ENTRY,
         _ => JS_ENTRY,
@@ -238,6 +239,7 @@ pub fn build(dir: &Path, tools: &Toolchains) -> anyhow::Result<Option<PathBuf>> 
     std::fs::write(&entry, entry_text).with_context(|| format!("cannot write {}", entry.display()))?;
     // Per process: two builds of one folder never share a half-written file.
     let partial = out.with_extension(format!("wasm.{}.partial", std::process::id()));
+    refuse_link(&partial)?;
     let (tool, status) = match language {
         Language::Python => {
             let python = tools.componentize_py()?;
@@ -275,6 +277,30 @@ pub fn build(dir: &Path, tools: &Toolchains) -> anyhow::Result<Option<PathBuf>> 
     }
     std::fs::rename(&partial, &out).with_context(|| format!("cannot write {}", out.display()))?;
     Ok(Some(out))
+}
+
+/// Refuses an app that defines the component's exports itself: the entry
+/// module exports the helper's step, so its own would be silently unused.
+fn refuse_own_exports(dir: &Path, language: Language) -> anyhow::Result<()> {
+    let (file, own): (&str, &[&str]) = match language {
+        Language::Python => ("app.py", &["class WitWorld", "class Step"]),
+        _ => (
+            "app.js",
+            &[
+                "export function apply",
+                "export function init",
+                "export const step",
+            ],
+        ),
+    };
+    let text = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    if let Some(found) = own.iter().find(|own| text.contains(*own)) {
+        bail!(
+            "{file} defines `{found}`: the helper exports the component's step for you \
+             (sluice:transform@0.2.0); register functions with the helper instead"
+        );
+    }
+    Ok(())
 }
 
 /// Refuses to write through a symbolic link: a transform folder from

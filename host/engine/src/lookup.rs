@@ -23,6 +23,15 @@ use crate::state::LookupTable;
 /// pipeline.
 pub const MAX_TABLE_BYTES: u64 = 64 << 20;
 
+/// Most bytes a table may take in memory, counted as keys, values and a
+/// fixed cost per entry: a CSV with many columns repeats the header names
+/// in every row's value, and tiny rows cost more than their bytes.
+pub const MAX_DECODED_BYTES: usize = 256 << 20;
+
+/// What one entry costs beyond its key and value (two boxed strings and a
+/// hash-table slot), roughly.
+const ENTRY_OVERHEAD: usize = 64;
+
 /// Why a lookup file cannot be a table. Names the file by its name as the
 /// step gave it, never a server path.
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +73,19 @@ pub fn load_table(table: &str, file: &str, base: &Path) -> Result<LookupTable, L
         file: file.into(),
         kind: err.kind(),
     };
-    let opened = std::fs::File::open(base.join(file)).map_err(read_err)?;
+    let relative = Path::new(file);
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|part| !matches!(part, std::path::Component::Normal(_)))
+    {
+        return Err(LookupError::Invalid {
+            table: table.into(),
+            file: file.into(),
+            detail: "the file must be named by a relative path inside the folder, without `..`".into(),
+        });
+    }
+    let opened = std::fs::File::open(base.join(relative)).map_err(read_err)?;
     let mut bytes = Vec::new();
     opened
         .take(MAX_TABLE_BYTES + 1)
@@ -124,6 +145,7 @@ fn from_csv(bytes: &[u8]) -> Result<LookupTable, String> {
         return Err("the header row needs a key column and at least one value column".into());
     }
     let mut table = HashMap::new();
+    let mut decoded = 0usize;
     for record in reader.records() {
         let record = record.map_err(|err| err.to_string())?;
         let line = record.position().map_or(0, |p| p.line());
@@ -142,10 +164,14 @@ fn from_csv(bytes: &[u8]) -> Result<LookupTable, String> {
                 .collect::<serde_json::Map<_, _>>()
                 .into()
         };
-        if table
-            .insert(key.to_string(), value.to_string().into_boxed_str())
-            .is_some()
-        {
+        let value = value.to_string();
+        decoded += key.len() + value.len() + ENTRY_OVERHEAD;
+        if decoded > MAX_DECODED_BYTES {
+            return Err(format!(
+                "line {line}: the table would take over {MAX_DECODED_BYTES} bytes in memory (each row repeats the header names)"
+            ));
+        }
+        if table.insert(key.to_string(), value.into_boxed_str()).is_some() {
             return Err(format!("line {line}: the key `{key}` is given twice"));
         }
     }
@@ -215,6 +241,23 @@ mod tests {
             assert!(err.starts_with(&format!("lookup table `t` (`{name}`)")), "{err}");
         }
 
+        for outside in ["/etc/passwd", "../asin.json", "./asin.json"] {
+            let err = load_table("t", outside, base).unwrap_err().to_string();
+            assert!(
+                err.contains("relative path inside the folder"),
+                "{outside}: {err}"
+            );
+        }
+        // 2000 columns of 47-byte names and 3000 empty rows: 6 MB on disk,
+        // but each row's value would repeat every name.
+        let header: Vec<String> = (0..2000).map(|c| format!("column-{c:0>40}")).collect();
+        let mut wide = format!("key,{}\n", header.join(","));
+        for row in 0..3000 {
+            wide.push_str(&format!("k{row}{}\n", ",".repeat(2000)));
+        }
+        write(base, "wide.csv", wide.as_bytes());
+        let err = load_table("t", "wide.csv", base).unwrap_err().to_string();
+        assert!(err.contains("would take over"), "{err}");
         let missing = load_table("t", "nowhere.json", base).unwrap_err().to_string();
         assert!(
             !missing.contains(&base.display().to_string()),

@@ -270,7 +270,9 @@ impl NatsStore {
         message
             .ack()
             .await
-            .map_err(|e| failed("acknowledge a transformed batch", e))
+            .map_err(|e| failed("acknowledge a transformed batch", e))?;
+        self.purge_deleted(results, stream_seq).await;
+        Ok(())
     }
 
     /// [`Queue::due`]: holds what arrived in `destination`'s inbox, and

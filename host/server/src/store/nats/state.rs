@@ -217,58 +217,52 @@ impl NatsStore {
     }
 
     /// Adds `delta` to a channel's part unless batch `batch` already did;
-    /// whether it added. Only the node holding the channel's batch writes it.
+    /// whether it added. A node still finishing the batch and the node it
+    /// was redelivered to may both get here.
     async fn add_to_channel(
         &self,
         key: &str,
         (keys, bytes): (i64, i64),
         batch: u64,
     ) -> Result<bool, NatsError> {
-        let entry = self
-            .transform_state
-            .get(key)
-            .await
-            .map_err(|e| failed("read state usage", e))?;
-        let mut part: ChannelUsage = entry
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        if batch != 0 && part.b == batch {
-            return Ok(false);
-        }
-        part.usage.keys = part.usage.keys.saturating_add_signed(keys);
-        part.usage.bytes = part.usage.bytes.saturating_add_signed(bytes);
-        part.b = batch;
-        let value: Bytes = serde_json::to_vec(&part).expect("usage serialises").into();
-        self.transform_state
-            .put(key, value)
-            .await
-            .map_err(|e| failed("update state usage", e))?;
-        Ok(true)
+        self.compare_and_set(key, |stored| {
+            let mut part: ChannelUsage = stored
+                .and_then(|v| serde_json::from_slice(v).ok())
+                .unwrap_or_default();
+            if batch != 0 && part.b == batch {
+                return None;
+            }
+            part.usage.keys = part.usage.keys.saturating_add_signed(keys);
+            part.usage.bytes = part.usage.bytes.saturating_add_signed(bytes);
+            part.b = batch;
+            Some(serde_json::to_vec(&part).expect("usage serialises").into())
+        })
+        .await
     }
 
-    /// Adds `(keys, bytes)` to a tenant's usage by compare-and-set: several
-    /// channels of a tenant may commit at once, on several nodes.
-    async fn add_to_tenant(&self, key: &str, (keys, bytes): (i64, i64)) -> Result<(), NatsError> {
+    /// Replaces the value under `key` with what `change` makes of it (none:
+    /// leave it), by compare-and-set, retried when another writer came
+    /// first; whether it changed it.
+    async fn compare_and_set(
+        &self,
+        key: &str,
+        change: impl Fn(Option<&[u8]>) -> Option<Bytes>,
+    ) -> Result<bool, NatsError> {
         for attempt in 0u32.. {
             let entry = self
                 .transform_state
                 .entry(key)
                 .await
                 .map_err(|e| failed("read state usage", e))?;
-            let (before, revision) = match &entry {
-                Some(entry) if entry.operation == kv::Operation::Put => (
-                    serde_json::from_slice::<StateUsage>(&entry.value).unwrap_or_default(),
-                    entry.revision,
-                ),
-                Some(entry) => (StateUsage::default(), entry.revision),
-                None => (StateUsage::default(), 0),
+            let revision = entry.as_ref().map_or(0, |entry| entry.revision);
+            let stored = entry
+                .as_ref()
+                .filter(|entry| entry.operation == kv::Operation::Put)
+                .map(|entry| entry.value.as_ref());
+            let Some(value) = change(stored) else {
+                return Ok(false);
             };
-            let after = StateUsage {
-                keys: before.keys.saturating_add_signed(keys),
-                bytes: before.bytes.saturating_add_signed(bytes),
-            };
-            let value: Bytes = serde_json::to_vec(&after).expect("usage serialises").into();
-            let stored = if revision == 0 {
+            let written = if revision == 0 {
                 self.transform_state
                     .create(key, value)
                     .await
@@ -281,8 +275,8 @@ impl NatsStore {
                     .map(drop)
                     .map_err(|e| e.to_string())
             };
-            match stored {
-                Ok(()) => return Ok(()),
+            match written {
+                Ok(()) => return Ok(true),
                 Err(_) if attempt < 16 => {
                     tokio::time::sleep(Duration::from_millis(5 << attempt.min(5))).await
                 }
@@ -290,6 +284,52 @@ impl NatsStore {
             }
         }
         unreachable!("the loop returns")
+    }
+
+    /// After the batch at `stream_seq` is acknowledged: purges the keys it
+    /// deleted (stored as its stamp with the value from before, for a
+    /// re-run), unless a later batch has written them since. Best effort: a
+    /// crash here leaves one batch's deleted keys stored, outside the quota.
+    pub(super) async fn purge_deleted(&self, results: &[Transformed], stream_seq: u64) {
+        let mut deleted = Vec::new();
+        for result in results {
+            for ((step, key), value) in &result.state.writes {
+                if value.is_none() {
+                    deleted.push(state_key(&result.tenant, &result.channel, step, key));
+                }
+            }
+        }
+        for key in deleted {
+            let Ok(Some(entry)) = self.transform_state.entry(&key).await else {
+                continue;
+            };
+            let stamped = serde_json::from_slice::<Stamped>(&entry.value).ok();
+            if stamped.is_some_and(|s| s.b == stream_seq && s.v.is_none())
+                && let Err(err) = self
+                    .transform_state
+                    .purge_expect_revision(&key, Some(entry.revision))
+                    .await
+            {
+                tracing::debug!(error = %err, "a deleted state key stays stored until it is written again");
+            }
+        }
+    }
+
+    /// Adds `(keys, bytes)` to a tenant's usage: several channels of a
+    /// tenant may commit at once, on several nodes.
+    async fn add_to_tenant(&self, key: &str, (keys, bytes): (i64, i64)) -> Result<(), NatsError> {
+        self.compare_and_set(key, |stored| {
+            let before: StateUsage = stored
+                .and_then(|v| serde_json::from_slice(v).ok())
+                .unwrap_or_default();
+            let after = StateUsage {
+                keys: before.keys.saturating_add_signed(keys),
+                bytes: before.bytes.saturating_add_signed(bytes),
+            };
+            Some(serde_json::to_vec(&after).expect("usage serialises").into())
+        })
+        .await
+        .map(drop)
     }
 
     /// [`crate::store::Queue::forget_state`]: purges the channel's keys,
@@ -303,11 +343,8 @@ impl NatsStore {
                 .get_stream(format!("KV_{BUCKET}"))
                 .await
                 .map_err(|e| failed("forget a channel's state", e))?;
-            stream
-                .purge()
-                .filter(subject)
-                .await
-                .map_err(|e| failed("forget a channel's state", e))?;
+            // The tenant gets the channel's part back first: a crash before
+            // the purges errs on the side of the tenant, never against it.
             let held = self
                 .transform_state
                 .get(&channel_key)
@@ -315,15 +352,21 @@ impl NatsStore {
                 .map_err(|e| failed("read state usage", e))?
                 .and_then(|bytes| serde_json::from_slice::<ChannelUsage>(&bytes).ok())
                 .unwrap_or_default();
-            self.transform_state
-                .purge(&channel_key)
-                .await
-                .map_err(|e| failed("forget a channel's state", e))?;
             self.add_to_tenant(
                 &tenant_key,
                 (-(held.usage.keys as i64), -(held.usage.bytes as i64)),
             )
-            .await
+            .await?;
+            self.transform_state
+                .purge(&channel_key)
+                .await
+                .map_err(|e| failed("forget a channel's state", e))?;
+            stream
+                .purge()
+                .filter(subject)
+                .await
+                .map(drop)
+                .map_err(|e| failed("forget a channel's state", e))
         })
     }
 }
