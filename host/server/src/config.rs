@@ -724,7 +724,22 @@ impl ServerConfig {
         config.check_tenants()?;
         config.check_channels()?;
         config.check_sources()?;
+        config.check_state_quota()?;
         Ok(config)
+    }
+
+    /// A stored state value (with the value from before its batch, on
+    /// JetStream) must fit one message of the store.
+    fn check_state_quota(&self) -> Result<(), String> {
+        const MAX_VALUE: usize = 256 << 10;
+        let quota = &self.state_quota;
+        if quota.max_value_bytes > MAX_VALUE || quota.max_key_bytes > 4096 {
+            return Err(format!(
+                "state-quota: max-value-bytes is at most {MAX_VALUE} and max-key-bytes at most 4096 \
+                 (a stored value, with the one before it, must fit one message of the store)"
+            ));
+        }
+        Ok(())
     }
 
     /// Destination names are unique, and each one's URL, entity key,

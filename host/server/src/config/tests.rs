@@ -148,3 +148,14 @@ module = "b2b-portal"
         assert!(err.contains("both the admin and tenant `acme`"), "{err}");
     }
 }
+
+#[test]
+fn a_state_quota_whose_values_cannot_fit_a_message_is_refused() {
+    let config = ServerConfig::parse(GOOD).unwrap();
+    assert_eq!(config.state_quota, sluice_engine::state::StateQuota::default());
+    let err =
+        ServerConfig::parse(&format!("{GOOD}\n[state-quota]\nmax-value-bytes = 10000000\n")).unwrap_err();
+    assert!(err.contains("max-value-bytes is at most 262144"), "{err}");
+    let ok = ServerConfig::parse(&format!("{GOOD}\n[state-quota]\nmax-keys = 10\n")).unwrap();
+    assert_eq!(ok.state_quota.max_keys, 10);
+}
