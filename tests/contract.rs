@@ -5,25 +5,12 @@
 
 use std::sync::Arc;
 
-use crate::support::{engine, event, guest};
+use crate::support::{engine, event, step};
 use serde_json::{Value, json};
 use sluice_engine::event::{EventJson, MethodJson, OutcomeJson};
-use sluice_engine::pipeline::{Pipeline, Step};
+use sluice_engine::pipeline::Pipeline;
 use sluice_engine::state::{MemoryState, RunContext, StateQuota, StateUsage};
-use sluice_engine::{FaultKind, Limits, Module};
-
-fn step(name: &str, config: &str) -> Step {
-    let limits = Limits {
-        timeout: std::time::Duration::from_secs(10),
-        ..Limits::default()
-    };
-    let module: Arc<Module> = Arc::new(engine().load_file(&guest(name), limits).unwrap());
-    Step {
-        module,
-        config: config.into(),
-        lookups: Default::default(),
-    }
-}
+use sluice_engine::{FaultKind, Limits};
 
 fn counted(key: &str, attack: &str, id: &str) -> EventJson {
     event(id, "product", json!({"key": key, "attack": attack}))
@@ -334,6 +321,10 @@ module = "{}"
         let tee = json!({"sku": "TEE-1", "title": "Tee", "price": "9.99", "quantity": 4});
         post(&sidecar, &[product("e-1", tee.clone())]);
         wait_for("the first record", PATIENCE, || destination.count() == 1);
+        // Settled, so that the kill cannot make it go again (at least once).
+        wait_for("the first delivery settled", PATIENCE, || {
+            sidecar.get("/v1/channels/catalog").1["queued"]["delivery"] == 0
+        });
         // A restart in between: the state is in the database, not the process.
         sidecar.kill9();
         sidecar.restart();

@@ -1,28 +1,11 @@
 //! Pipelines: the output of one step feeds the next, and emit, drop,
 //! reject and faults compose as documented in `host/engine/src/pipeline.rs`.
 
-use std::sync::Arc;
-
-use crate::support::{engine, event, guest, magento_product};
+use crate::support::{event, magento_product, step};
 use serde_json::{Value, json};
+use sluice_engine::FaultKind;
 use sluice_engine::event::OutcomeJson;
-use sluice_engine::pipeline::{Pipeline, Step};
-use sluice_engine::{FaultKind, Limits, Module};
-
-fn step(name: &str, config: &str) -> Step {
-    // A generous deadline: these tests are about composition, not limits,
-    // and must not flake on a loaded CI machine.
-    let limits = Limits {
-        timeout: std::time::Duration::from_secs(10),
-        ..Limits::default()
-    };
-    let module: Arc<Module> = Arc::new(engine().load_file(&guest(name), limits).unwrap());
-    Step {
-        module,
-        config: config.into(),
-        lookups: Default::default(),
-    }
-}
+use sluice_engine::pipeline::Pipeline;
 
 fn attack(id: &str, attack: &str) -> sluice_engine::event::EventJson {
     event(id, "product", json!({ "attack": attack }))

@@ -71,3 +71,18 @@ pub fn magento_product() -> serde_json::Value {
     let event: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     event["payload"].clone()
 }
+
+/// The guest `name` as a pipeline step with `config`, under a generous
+/// deadline: tests of composition must not flake on a loaded machine.
+pub fn step(name: &str, config: &str) -> sluice_engine::pipeline::Step {
+    let limits = sluice_engine::Limits {
+        timeout: std::time::Duration::from_secs(10),
+        ..sluice_engine::Limits::default()
+    };
+    let module = std::sync::Arc::new(engine().load_file(&guest(name), limits).unwrap());
+    sluice_engine::pipeline::Step {
+        module,
+        config: config.into(),
+        lookups: Default::default(),
+    }
+}

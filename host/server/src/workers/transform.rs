@@ -94,15 +94,11 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         // commit must land first.
         let stateful = channel.pipeline().stateful()
             || channel.shadow().is_some_and(|shadow| shadow.pipeline.stateful());
-        if stateful && let Some(commit) = committing.take() {
-            let committed = finish_commit(&name, commit).await;
-            app.wake_channel(&channel);
-            if !committed {
-                read_ahead = None;
-                after = 0;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        if stateful && !settle(&app, &channel, &mut committing).await {
+            read_ahead = None;
+            after = 0;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
         let Some(results) = transform(&app, &channel, pending).await else {
             // The state cannot be read: nothing was decided; the batch stays queued.
@@ -111,20 +107,31 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
             tokio::time::sleep(STATE_RETRY).await;
             continue;
         };
-        if let Some(commit) = committing.take() {
-            let committed = finish_commit(&name, commit).await;
-            app.wake_channel(&channel);
-            if !committed {
-                read_ahead = None;
-                after = 0;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
+        if !settle(&app, &channel, &mut committing).await {
+            read_ahead = None;
+            after = 0;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
         }
         after = last;
         let queue = app.queue.clone();
         committing = Some(tokio::spawn(in_store(move || queue.transformed(results))));
     }
+}
+
+/// Waits for the commit in hand, if any, and wakes the channel's
+/// deliveries; false if it failed (the worker then reads from the start).
+async fn settle(
+    app: &App,
+    channel: &Channel,
+    committing: &mut Option<tokio::task::JoinHandle<Result<(), String>>>,
+) -> bool {
+    let Some(commit) = committing.take() else {
+        return true;
+    };
+    let committed = finish_commit(&channel.name, commit).await;
+    app.wake_channel(channel);
+    committed
 }
 
 /// Waits for a commit of transform results; false if it failed.
