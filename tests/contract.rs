@@ -366,32 +366,128 @@ module = "{}"
     }
 
     #[test]
-    fn lookup_tables_from_files_resolve_on_the_sidecar_and_a_tenant_cannot_name_one() {
+    fn lookup_tables_from_files_and_from_uploads_resolve_and_an_upload_is_pinned_by_version() {
         let destination = sink();
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("asin.csv"), "sku,asin\r\nTEE-1,B00TEE0001\r\n").unwrap();
-        let token = "acme-lookups-token";
-        let config = format!(
+        let folder = lookups_folder(dir.path());
+        let mut nodes = vec![Sidecar::start(&folder, &lookups_config(&destination))];
+        resolve_lookups(&destination, &mut nodes);
+    }
+
+    #[test]
+    fn a_lookup_table_uploaded_to_one_node_of_jetstream_reaches_the_other() {
+        let destination = sink();
+        let dir = tempfile::tempdir().unwrap();
+        let nats = crate::support::nats::Nats::start(dir.path());
+        let config = format!("queue = \"{}\"\n{}", nats.url(), lookups_config(&destination));
+        let mut nodes: Vec<Sidecar> = (0..2)
+            .map(|node| Sidecar::start(&lookups_folder(&dir.path().join(format!("node{node}"))), &config))
+            .collect();
+        resolve_lookups(&destination, &mut nodes);
+    }
+
+    const LOOKUPS_TOKEN: &str = "acme-lookups-token";
+
+    /// A folder with `asin.csv`, the table the config's step names.
+    fn lookups_folder(folder: &std::path::Path) -> std::path::PathBuf {
+        std::fs::create_dir_all(folder).unwrap();
+        std::fs::write(folder.join("asin.csv"), "sku,asin\r\nTEE-1,B00TEE0001\r\n").unwrap();
+        folder.to_path_buf()
+    }
+
+    /// `changed-fields` with the `asin` table from `asin.csv`, putting to
+    /// `/items/{param:asin}`; tenant acme has [`LOOKUPS_TOKEN`].
+    fn lookups_config(destination: &Sink) -> String {
+        format!(
             "[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n{}lookups = {{ asin = \"asin.csv\" }}\nconfig = {{ lookup = {{ table = \"asin\", field = \"asin\" }} }}\n",
-            crate::support::sidecar::token_hash(token),
+            crate::support::sidecar::token_hash(LOOKUPS_TOKEN),
             config(destination.addr, "changed-fields", "").replace("/items/{$.sku}", "/items/{param:asin}"),
-        );
-        let sidecar = Sidecar::start(dir.path(), &config);
+        )
+    }
+
+    /// The path of the first request whose body has `price`, once it came.
+    fn path_of_price(destination: &Sink, price: &str) -> String {
+        let mut path = String::new();
+        wait_for(&format!("the listing at {price}"), PATIENCE, || {
+            let found = destination
+                .received()
+                .into_iter()
+                .find(|r| r.json()["price"] == price);
+            found.map(|r| path = r.path.clone()).is_some()
+        });
+        path
+    }
+
+    /// The file's table resolves; uploads are checked, stored and named by
+    /// version on the first node; an activation pins one, on every node and
+    /// across a `kill -9` of the last, until another names a new version.
+    fn resolve_lookups(destination: &Sink, nodes: &mut [Sidecar]) {
+        let token = LOOKUPS_TOKEN;
         post(
-            &sidecar,
+            &nodes[0],
             &[product("e-1", json!({"sku": "TEE-1", "price": "9.99"}))],
         );
-        wait_for("the looked-up listing", PATIENCE, || destination.count() == 1);
-        let received = &destination.received()[0];
-        assert_eq!(
-            (received.method.as_str(), received.path.as_str()),
-            ("PUT", "/items/B00TEE0001")
-        );
-        assert_eq!(received.json()["asin"], "B00TEE0001");
+        assert_eq!(path_of_price(destination, "9.99"), "/items/B00TEE0001");
+        let listing = destination
+            .received()
+            .into_iter()
+            .find(|r| r.json()["price"] == "9.99")
+            .unwrap();
+        assert_eq!(listing.method, "PUT");
+        assert_eq!(listing.json()["asin"], "B00TEE0001");
 
-        // A tenant's pipeline may not name a file on the server.
+        let first_node = &nodes[0];
+        let put = |name: &str, body: &[u8], media: &str| {
+            first_node.send("PUT", &format!("/v1/lookups/{name}"), Some(token), body, media)
+        };
+        // What is not a table is refused, named, and nothing is stored.
+        let (status, answer) = put("sku-to-asin", b"sku,asin\nTEE-2,A\nTEE-2,B\n", "text/csv");
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (422, Some("invalid-table")),
+            "{answer}"
+        );
+        assert!(
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("line 3: the key `TEE-2` is given twice"),
+            "{answer}"
+        );
+        let (status, answer) = put("sku-to-asin", br#"{"A": 1, "A": 2}"#, "application/json");
+        assert_eq!(status, 422, "{answer}");
+        let (status, answer) = put("sku-to-asin", b"sku,asin\n", "application/wasm");
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (415, Some("unsupported-media-type")),
+            "{answer}"
+        );
+        // 100 MB: refused from its Content-Length, before a byte of it is read.
+        let answer = crate::support::sidecar::raw_request(
+            &first_node.base,
+            &format!(
+                "PUT /v1/lookups/sku-to-asin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: text/csv\r\nContent-Length: 100000000\r\n\r\n"
+            ),
+        );
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert_eq!(
+            first_node.send("GET", "/v1/lookups", Some(token), b"", "").1,
+            json!([])
+        );
+
+        let (status, first) = put("sku-to-asin", b"sku,asin\nTEE-2,B00TEE0002\n", "text/csv");
+        assert_eq!(status, 201, "{first}");
+        assert_eq!(first["table"]["entries"], 1);
+        let first_version = first["table"]["version"].as_str().unwrap().to_string();
+        let (status, again) = put("sku-to-asin", b"sku,asin\nTEE-2,B00TEE0002\n", "text/csv");
+        assert_eq!(
+            (status, again["created"].as_bool()),
+            (200, Some(false)),
+            "{again}"
+        );
+
         let module = std::fs::read(guest("changed-fields")).unwrap();
-        let (status, uploaded) = sidecar.send(
+        let (status, uploaded) = first_node.send(
             "PUT",
             "/v1/modules/delta",
             Some(token),
@@ -399,24 +495,90 @@ module = "{}"
             "application/wasm",
         );
         assert_eq!(status, 201, "{uploaded}");
-        let pipeline = json!({"steps": [{
-            "module": "delta",
-            "version": uploaded["version"],
-            "lookups": {"secrets": "/etc/passwd"},
-        }]});
-        let (status, answer) = sidecar.send(
-            "POST",
-            "/v1/channels/catalog/activate",
-            Some(token),
-            pipeline.to_string().as_bytes(),
-            "",
-        );
-        assert!((400..500).contains(&status), "{status} {answer}");
-        assert!(
-            answer.to_string().contains("`lookups` name files on the server"),
+        let activate = |sidecar: &Sidecar, lookups: Value| {
+            let pipeline = json!({"steps": [{
+                "module": "delta",
+                "version": uploaded["version"],
+                "lookups": lookups,
+                "config": {"lookup": {"table": "asin", "field": "asin"}},
+            }]});
+            sidecar.send(
+                "POST",
+                "/v1/channels/catalog/activate",
+                Some(token),
+                pipeline.to_string().as_bytes(),
+                "",
+            )
+        };
+        // A file on the server is not a table reference.
+        let (status, answer) = activate(first_node, json!({"asin": "/etc/passwd"}));
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (409, Some("unknown-lookup")),
             "{answer}"
         );
         assert!(!answer.to_string().contains("root:"), "{answer}");
+        let (status, answer) = activate(first_node, json!({"asin": "sku-to-asin@0000000000"}));
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (409, Some("unknown-lookup")),
+            "{answer}"
+        );
+        let (status, answer) = activate(
+            first_node,
+            json!({"asin": format!("sku-to-asin@{}", &first_version[..8])}),
+        );
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(
+            answer["lookups"],
+            json!([format!("sku-to-asin@{}", &first_version[..12])])
+        );
+        every_node_runs(nodes, &answer);
+
+        let last = nodes.len() - 1;
+        post(
+            &nodes[last],
+            &[product("e-2", json!({"sku": "TEE-2", "price": "5.00"}))],
+        );
+        assert_eq!(path_of_price(destination, "5.00"), "/items/B00TEE0002");
+
+        // A new version changes nothing until a pipeline names it; the
+        // activated one is pinned in full, across a kill -9.
+        let (status, second) = put("sku-to-asin", b"sku,asin\nTEE-2,B00NEW0002\n", "text/csv");
+        assert_eq!(status, 201, "{second}");
+        let listed = first_node
+            .send("GET", "/v1/lookups/sku-to-asin", Some(token), b"", "")
+            .1;
+        assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+        nodes[last].kill9();
+        nodes[last].restart();
+        post(
+            &nodes[last],
+            &[product("e-3", json!({"sku": "TEE-2", "price": "4.00"}))],
+        );
+        assert_eq!(path_of_price(destination, "4.00"), "/items/B00TEE0002");
+        let second_version = second["table"]["version"].as_str().unwrap();
+        let (status, answer) = activate(
+            &nodes[0],
+            json!({"asin": format!("sku-to-asin@{second_version}")}),
+        );
+        assert_eq!(status, 200, "{answer}");
+        every_node_runs(nodes, &answer);
+        post(
+            &nodes[last],
+            &[product("e-4", json!({"sku": "TEE-2", "price": "3.00"}))],
+        );
+        assert_eq!(path_of_price(destination, "3.00"), "/items/B00NEW0002");
+    }
+
+    /// Waits until every node runs the pipeline `activated` answered with.
+    fn every_node_runs(nodes: &[Sidecar], activated: &Value) {
+        for node in nodes {
+            wait_for("every node runs the activation", PATIENCE, || {
+                let channel = node.get("/v1/channels/catalog").1;
+                channel["lookups"] == activated["lookups"] && channel["modules"] == activated["modules"]
+            });
+        }
     }
 
     #[test]

@@ -197,6 +197,14 @@ fn tokens_are_required_and_tenants_see_only_their_own() {
     // missing resource gets.
     let (status, theirs) = upload(&sidecar, GLOBEX, "globex-mapper", &wasm("json-mapping"));
     assert_eq!(status, 201, "{theirs}");
+    let (status, table) = sidecar.send(
+        "PUT",
+        "/v1/lookups/globex-asin",
+        Some(GLOBEX),
+        b"sku,asin\nTEE-1,B00TEE\n",
+        "text/csv",
+    );
+    assert_eq!(status, 201, "{table}");
     let (probed, listed) = probe_every_route(&sidecar, &letter);
     // Every `/v1` route with a `{name}` but the upload (names are the caller's own).
     let named = sluice_server::api::routes::ROUTES
@@ -276,6 +284,8 @@ fn probe_every_route(sidecar: &Sidecar, letter: &str) -> (usize, usize) {
             letter
         } else if pattern.starts_with("/v1/modules/") {
             "globex-mapper"
+        } else if pattern.starts_with("/v1/lookups/") {
+            "globex-asin"
         } else if pattern.starts_with("/v1/sources/") {
             "globex-shop"
         } else {
@@ -320,6 +330,7 @@ fn probe_every_route(sidecar: &Sidecar, letter: &str) -> (usize, usize) {
             && matches!(
                 pattern,
                 "/v1/modules/{name}"
+                    | "/v1/lookups/{name}"
                     | "/v1/sources/{name}"
                     | "/v1/destinations/{name}"
                     | "/v1/channels/{name}"

@@ -144,6 +144,31 @@ enum ModulesCommand {
     List,
 }
 
+/// `sluice lookups`.
+#[derive(Debug, Args)]
+pub struct LookupsArgs {
+    #[command(subcommand)]
+    command: LookupsCommand,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum LookupsCommand {
+    /// Upload a lookup table: a `.csv` file (a header row; the first
+    /// column is the key) or a JSON object of key to value. The server
+    /// checks it before storing it; a step names it as `<name>@<version>`.
+    Push {
+        /// The table file.
+        file: PathBuf,
+        /// The table's name (default: the file name without its extension, `_` as `-`).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Your lookup tables and their versions.
+    List,
+}
+
 /// `sluice destinations`.
 #[derive(Debug, Args)]
 pub struct DestinationsArgs {
@@ -406,6 +431,34 @@ pub fn modules(args: ModulesArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&json)?);
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// Runs `sluice lookups …`.
+pub fn lookups(args: LookupsArgs) -> anyhow::Result<ExitCode> {
+    let server = &args.server;
+    match &args.command {
+        LookupsCommand::List => call(server, "GET", &server.url("/v1/lookups"), None),
+        LookupsCommand::Push { file, name } => {
+            let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let name = match name {
+                Some(name) => name.clone(),
+                None => file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().replace('_', "-"))
+                    .context("name the table with --name")?,
+            };
+            let csv = file
+                .extension()
+                .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));
+            let media = if csv { "text/csv" } else { "application/json" };
+            call(
+                server,
+                "PUT",
+                &server.url(&format!("/v1/lookups/{}", encode(&name))),
+                Some((media, bytes)),
+            )
         }
     }
 }

@@ -67,6 +67,9 @@ enum Command {
     DeadLetters(admin::DeadLettersArgs),
     /// Upload transform modules to a running sidecar, and list them.
     Modules(admin::ModulesArgs),
+    /// Upload lookup tables (CSV or JSON) for contract 0.2 steps to a
+    /// running sidecar, and list them.
+    Lookups(admin::LookupsArgs),
     /// Destinations on a running sidecar: list, show, and your own: create
     /// or replace from a JSON file, delete.
     Destinations(admin::DestinationsArgs),
@@ -155,6 +158,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Channels(args) => admin::channels(args),
         Command::DeadLetters(args) => admin::dead_letters(args),
         Command::Modules(args) => admin::modules(args),
+        Command::Lookups(args) => admin::lookups(args),
         Command::Sources(args) => admin::sources(args),
         Command::Destinations(args) => admin::destinations(args),
         Command::Token(args) => admin::token(args),

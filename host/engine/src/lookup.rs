@@ -102,16 +102,41 @@ pub fn load_table(table: &str, file: &str, base: &Path) -> Result<LookupTable, L
         file: file.into(),
         detail,
     };
-    if file.to_ascii_lowercase().ends_with(".csv") {
-        from_csv(&bytes).map_err(invalid)
+    let format = if file.to_ascii_lowercase().ends_with(".csv") {
+        TableFormat::Csv
     } else {
-        from_json(&bytes).map_err(invalid)
+        TableFormat::Json
+    };
+    parse_table(&bytes, format).map_err(invalid)
+}
+
+/// How a table's bytes are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TableFormat {
+    /// One JSON object, key to value.
+    Json,
+    /// A header row, then one row per key.
+    Csv,
+}
+
+/// Reads a table from its bytes (a file's, or an upload's); the error
+/// says what is wrong and where, and names no file.
+pub fn parse_table(bytes: &[u8], format: TableFormat) -> Result<LookupTable, String> {
+    parse_within(bytes, format, MAX_DECODED_BYTES)
+}
+
+/// [`parse_table`] with at most `max_decoded` bytes in memory.
+fn parse_within(bytes: &[u8], format: TableFormat, max_decoded: usize) -> Result<LookupTable, String> {
+    match format {
+        TableFormat::Csv => from_csv(bytes, max_decoded),
+        TableFormat::Json => from_json(bytes, max_decoded),
     }
 }
 
 /// A JSON object of key to value; a repeated key is an error.
-fn from_json(bytes: &[u8]) -> Result<LookupTable, String> {
-    struct Table;
+fn from_json(bytes: &[u8], max_decoded: usize) -> Result<LookupTable, String> {
+    struct Table(usize);
     impl<'de> Visitor<'de> for Table {
         type Value = LookupTable;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
@@ -119,7 +144,15 @@ fn from_json(bytes: &[u8]) -> Result<LookupTable, String> {
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LookupTable, A::Error> {
             let mut table = HashMap::new();
+            let mut decoded = 0usize;
             while let Some((key, value)) = map.next_entry::<String, Box<RawValue>>()? {
+                decoded += key.len() + value.get().len() + ENTRY_OVERHEAD;
+                if decoded > self.0 {
+                    return Err(serde::de::Error::custom(format!(
+                        "the table would take over {} bytes in memory (at `{key}`)",
+                        self.0
+                    )));
+                }
                 if table.contains_key(&key) {
                     return Err(serde::de::Error::custom(format!(
                         "the key `{key}` is given twice"
@@ -131,13 +164,15 @@ fn from_json(bytes: &[u8]) -> Result<LookupTable, String> {
         }
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let table = de.deserialize_map(Table).map_err(|err| err.to_string())?;
+    let table = de
+        .deserialize_map(Table(max_decoded))
+        .map_err(|err| err.to_string())?;
     de.end().map_err(|err| err.to_string())?;
     Ok(table)
 }
 
 /// A CSV with a header row; the first column is the key.
-fn from_csv(bytes: &[u8]) -> Result<LookupTable, String> {
+fn from_csv(bytes: &[u8], max_decoded: usize) -> Result<LookupTable, String> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(bytes);
     let headers = reader.headers().map_err(|err| err.to_string())?.clone();
@@ -166,9 +201,9 @@ fn from_csv(bytes: &[u8]) -> Result<LookupTable, String> {
         };
         let value = value.to_string();
         decoded += key.len() + value.len() + ENTRY_OVERHEAD;
-        if decoded > MAX_DECODED_BYTES {
+        if decoded > max_decoded {
             return Err(format!(
-                "line {line}: the table would take over {MAX_DECODED_BYTES} bytes in memory (each row repeats the header names)"
+                "line {line}: the table would take over {max_decoded} bytes in memory (each row repeats the header names)"
             ));
         }
         if table.insert(key.to_string(), value.into_boxed_str()).is_some() {
@@ -257,6 +292,17 @@ mod tests {
         }
         write(base, "wide.csv", wide.as_bytes());
         let err = load_table("t", "wide.csv", base).unwrap_err().to_string();
+        assert!(err.contains("would take over"), "{err}");
+        // Tiny JSON entries cost more in memory than their bytes: 5,000 of
+        // them are 40 kB of JSON and over 350 kB as a table.
+        let mut tiny = String::from("{");
+        for entry in 0..5_000 {
+            tiny.push_str(&format!("\"{entry:x}\":0,"));
+        }
+        tiny.push_str("\"end\":0}");
+        assert!(tiny.len() < 64_000);
+        assert!(parse_within(tiny.as_bytes(), TableFormat::Json, 1 << 20).is_ok());
+        let err = parse_within(tiny.as_bytes(), TableFormat::Json, 256 << 10).unwrap_err();
         assert!(err.contains("would take over"), "{err}");
         let missing = load_table("t", "nowhere.json", base).unwrap_err().to_string();
         assert!(

@@ -121,6 +121,13 @@ pub struct TenantConfig {
     /// Most bytes of modules the tenant may hold, all versions together.
     #[serde(default = "default_max_module_storage")]
     pub max_module_storage_bytes: u64,
+    /// Most lookup table versions the tenant may hold, all names together.
+    #[serde(default = "default_max_lookup_versions")]
+    pub max_lookup_versions: usize,
+    /// Most bytes of lookup tables the tenant may hold, all versions
+    /// together (one table is at most 64 MiB).
+    #[serde(default = "default_max_lookup_storage")]
+    pub max_lookup_storage_bytes: u64,
     /// Most events the tenant may keep stored at once: queued for a
     /// transform, queued for delivery, and dead letters. Ingest beyond it
     /// answers 429 until the queues drain or dead letters are purged.
@@ -161,6 +168,8 @@ impl TenantConfig {
             max_modules: default_max_modules(),
             max_module_versions: default_max_module_versions(),
             max_module_storage_bytes: default_max_module_storage(),
+            max_lookup_versions: default_max_lookup_versions(),
+            max_lookup_storage_bytes: default_max_lookup_storage(),
             max_stored_events: default_max_stored_events(),
             ingest_rate: None,
             transform_concurrency: default_transform_concurrency(),
@@ -512,6 +521,12 @@ fn default_max_module_versions() -> usize {
 }
 fn default_max_module_storage() -> u64 {
     1 << 30
+}
+fn default_max_lookup_versions() -> usize {
+    100
+}
+fn default_max_lookup_storage() -> u64 {
+    256 << 20
 }
 fn default_max_stored_events() -> u64 {
     1_000_000

@@ -28,6 +28,7 @@ pub(super) async fn describe(app: &App, channel: &Channel) -> Result<Value, ApiE
             crate::config::WhenOff::Skip => "skip",
         },
         "modules": versions(&channel.pipeline()),
+        "lookups": lookup_versions(channel),
         "circuit-breaker": channel.tripped(),
         "queued": {"transform": depth.to_transform, "delivery": depth.to_deliver},
         "dead-letters": depth.dead_letters,
@@ -39,6 +40,25 @@ pub(super) async fn describe(app: &App, channel: &Channel) -> Result<Value, ApiE
             .and_then(|text| serde_json::from_str::<crate::state::owned::StoredChannel>(text).ok())
             .map(|stored| stored.entry),
     }))
+}
+
+/// The uploaded lookup tables the activated pipeline names, as
+/// `name@version` with 12 characters of the version, step by step.
+fn lookup_versions(channel: &Channel) -> Vec<String> {
+    channel
+        .active_spec()
+        .and_then(|text| serde_json::from_str::<PipelineSpec>(&text).ok())
+        .map(|spec| {
+            spec.steps
+                .iter()
+                .flat_map(|step| step.lookups.values())
+                .map(|reference| match reference.split_once('@') {
+                    Some((name, version)) => format!("{name}@{}", version.get(..12).unwrap_or(version)),
+                    None => reference.clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `GET /v1/channels`: the caller's channels.
@@ -98,6 +118,9 @@ fn activation_error(err: ActivationError) -> ApiError {
         ActivationError::UnknownModule { .. } => {
             ApiError::new(StatusCode::CONFLICT, "unknown-module", err.to_string())
         }
+        ActivationError::UnknownLookup { .. } => {
+            ApiError::new(StatusCode::CONFLICT, "unknown-lookup", err.to_string())
+        }
         ActivationError::Load { .. } => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "cannot-load", err.to_string())
         }
@@ -146,10 +169,8 @@ pub(crate) async fn read_candidate(
         ));
     }
     for (index, step) in spec.steps.iter_mut().enumerate() {
-        let full = app
-            .resolve_version(&channel.tenant, &step.module, step.version.as_deref(), index)
+        app.pin_step(&channel.tenant, step, index)
             .map_err(activation_error)?;
-        step.version = Some(full);
     }
     let pipeline = {
         let loaded = tokio::task::block_in_place(|| app.load_uploaded(channel, &spec));

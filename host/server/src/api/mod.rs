@@ -8,6 +8,7 @@ mod destinations;
 pub(crate) mod events;
 mod health;
 pub(crate) mod http;
+mod lookups;
 pub(crate) mod modules;
 mod owned;
 pub mod routes;
@@ -127,6 +128,9 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
         E::ListModules => modules::list(app, &caller, None).await,
         E::ListModuleVersions => modules::list(app, &caller, Some(&name)).await,
         E::Upload => modules::upload(app, &caller, &name, request).await,
+        E::ListLookups => lookups::list(app, &caller, None).await,
+        E::ListLookupVersions => lookups::list(app, &caller, Some(&name)).await,
+        E::UploadLookup => lookups::upload(app, &caller, &name, request).await,
         E::ListDeadLetters => dead_letters::list_dead_letters(app, &caller, &request).await,
         E::PurgeDeadLetters => dead_letters::purge_dead_letters(app, &caller, &request).await,
         E::ShowDeadLetter => dead_letters::show_dead_letter(app, &caller, &name).await,

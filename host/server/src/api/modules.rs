@@ -162,7 +162,7 @@ pub async fn upload(
 /// Waits for the tenant's upload permit, after the cheap refusals: a
 /// tenant over its compile budget, or with too many uploads waiting, hears
 /// so before its body is kept (the body is drained so it hears it at all).
-async fn wait_for_turn(
+pub(crate) async fn wait_for_turn(
     app: &App,
     tenant: &crate::state::Tenant,
     tenant_name: &str,
@@ -230,7 +230,11 @@ impl Drop for Waiting {
 }
 
 /// The 429 of a tenant over its `compile-seconds-per-hour`.
-fn over_budget(tenant: &crate::state::Tenant, tenant_name: &str, wait: std::time::Duration) -> ApiError {
+pub(crate) fn over_budget(
+    tenant: &crate::state::Tenant,
+    tenant_name: &str,
+    wait: std::time::Duration,
+) -> ApiError {
     ApiError {
         code: "compile-budget-exhausted",
         ..ApiError::rate_limited(
@@ -304,7 +308,8 @@ async fn store_upload(
 ) -> Result<Response<Body>, ApiError> {
     let stored = {
         let (dir, version, bytes) = (app.modules_dir.clone(), version.clone(), bytes.clone());
-        tokio::task::spawn_blocking(move || store_file(&dir, &version, &bytes)).await
+        tokio::task::spawn_blocking(move || store_file(&dir, crate::modules::files::MODULE, &version, &bytes))
+            .await
     };
     stored.map_err(ApiError::internal)?.map_err(store_failed)?;
     {
@@ -410,7 +415,7 @@ async fn unchanged_upload(
 ) -> Result<Response<Body>, ApiError> {
     let size = bytes.len();
     let (dir, stored) = (app.modules_dir.clone(), version.to_string());
-    tokio::task::spawn_blocking(move || store_file(&dir, &stored, &bytes))
+    tokio::task::spawn_blocking(move || store_file(&dir, crate::modules::files::MODULE, &stored, &bytes))
         .await
         .map_err(ApiError::internal)?
         .map_err(store_failed)?;

@@ -226,10 +226,8 @@ pub async fn put_channel(
         )));
     }
     for (index, step) in entry.steps.iter_mut().enumerate() {
-        let full = app
-            .resolve_version(&tenant, &step.module, step.version.as_deref(), index)
+        app.pin_step(&tenant, step, index)
             .map_err(|err| invalid(err.to_string()))?;
-        step.version = Some(full);
     }
     if current.is_none() {
         let held = app

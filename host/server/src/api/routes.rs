@@ -37,6 +37,9 @@ pub(crate) enum Endpoint {
     ListModules,
     ListModuleVersions,
     Upload,
+    ListLookups,
+    ListLookupVersions,
+    UploadLookup,
     ListDeadLetters,
     PurgeDeadLetters,
     ShowDeadLetter,
@@ -118,6 +121,9 @@ pub const ROUTES: &[RouteEntry] = table! {
     GET "/v1/modules" => ListModules, "the caller's module versions";
     GET "/v1/modules/{name}" => ListModuleVersions, "the versions of one module";
     PUT "/v1/modules/{name}" => Upload, "upload a module (checked, and its fixtures run, before it is stored)";
+    GET "/v1/lookups" => ListLookups, "the caller's lookup table versions";
+    GET "/v1/lookups/{name}" => ListLookupVersions, "the versions of one lookup table";
+    PUT "/v1/lookups/{name}" => UploadLookup, "upload a lookup table (`application/json` or `text/csv`), checked before it is stored";
     GET "/v1/dead-letters" => ListDeadLetters, "dead letters, newest first";
     DELETE "/v1/dead-letters" => PurgeDeadLetters, "purge dead letters";
     GET "/v1/dead-letters/{name}" => ShowDeadLetter, "one dead letter in full";

@@ -1,17 +1,24 @@
-//! Module files: `data-dir/modules/<sha256>.wasm`, written durably and
-//! checked against their hash when read.
+//! Uploaded files named by their hash: modules as
+//! `data-dir/modules/<sha256>.wasm` and lookup tables as
+//! `data-dir/lookups/<sha256>.table`, written durably and checked against
+//! their hash when read.
 
 use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-/// Writes `modules/<version>.wasm` durably: a temporary file, fsynced, then
+/// Module files' extension.
+pub(crate) const MODULE: &str = "wasm";
+/// Lookup tables' extension.
+pub(crate) const LOOKUP: &str = "table";
+
+/// Writes `<version>.<ext>` in `dir` durably: a temporary file, fsynced, then
 /// renamed, then the folder fsynced. An existing file is kept only if its
 /// bytes still hash to its name; a damaged one is replaced.
-pub(crate) fn store_file(dir: &Path, version: &str, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn store_file(dir: &Path, ext: &str, version: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("{version}.wasm"));
-    if read_stored(dir, version).is_ok() {
+    let path = dir.join(format!("{version}.{ext}"));
+    if read_stored(dir, ext, version).is_ok() {
         return Ok(());
     }
     let mut temp = tempfile::NamedTempFile::new_in(dir)?;
@@ -21,37 +28,38 @@ pub(crate) fn store_file(dir: &Path, version: &str, bytes: &[u8]) -> std::io::Re
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Reads a stored module; one this node does not have yet (uploaded to
+/// Reads a stored file; one this node does not have yet (uploaded to
 /// another sidecar sharing the registry) is fetched and stored first.
 pub(crate) fn read_or_fetch(
     dir: &Path,
+    ext: &str,
     registry: &dyn crate::store::Registry,
     version: &str,
 ) -> Result<Vec<u8>, String> {
-    let local = read_stored(dir, version);
+    let local = read_stored(dir, ext, version);
     if local.is_ok() {
         return local;
     }
     match registry.shared_module(version) {
         Ok(Some(bytes)) if hex::encode(Sha256::digest(&bytes)) == version => {
-            store_file(dir, version, &bytes)
-                .map_err(|err| format!("cannot store the shared module ({})", err.kind()))?;
+            store_file(dir, ext, version, &bytes)
+                .map_err(|err| format!("cannot store the shared copy ({})", err.kind()))?;
             Ok(bytes)
         }
         Ok(_) => local,
-        Err(err) => Err(format!("cannot fetch the shared module: {err}")),
+        Err(err) => Err(format!("cannot fetch the shared copy: {err}")),
     }
 }
 
-/// Reads a stored module and checks that its bytes hash to its version.
+/// Reads a stored file and checks that its bytes hash to its version.
 /// The error says what is wrong without naming server paths.
-pub(crate) fn read_stored(dir: &Path, version: &str) -> Result<Vec<u8>, String> {
-    let bytes = std::fs::read(dir.join(format!("{version}.wasm")))
+pub(crate) fn read_stored(dir: &Path, ext: &str, version: &str) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(dir.join(format!("{version}.{ext}")))
         .map_err(|err| format!("the stored file cannot be read ({})", err.kind()))?;
     let actual = hex::encode(Sha256::digest(&bytes));
     if actual != version {
         return Err(format!(
-            "the stored file is damaged: its {} bytes hash to `{actual}`; upload the module again",
+            "the stored file is damaged: its {} bytes hash to `{actual}`; upload it again",
             bytes.len()
         ));
     }
@@ -67,14 +75,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = b"\0asm module bytes";
         let version = hex::encode(Sha256::digest(bytes));
-        store_file(dir.path(), &version, bytes).unwrap();
-        assert_eq!(read_stored(dir.path(), &version).unwrap(), bytes);
+        store_file(dir.path(), MODULE, &version, bytes).unwrap();
+        assert_eq!(read_stored(dir.path(), MODULE, &version).unwrap(), bytes);
         std::fs::write(dir.path().join(format!("{version}.wasm")), b"\0asm").unwrap();
-        let err = read_stored(dir.path(), &version).unwrap_err();
+        let err = read_stored(dir.path(), MODULE, &version).unwrap_err();
         assert!(err.contains("damaged") && !err.contains('/'), "{err}");
-        store_file(dir.path(), &version, bytes).unwrap();
+        store_file(dir.path(), MODULE, &version, bytes).unwrap();
         assert_eq!(
-            read_stored(dir.path(), &version).unwrap(),
+            read_stored(dir.path(), MODULE, &version).unwrap(),
             bytes,
             "storing again repairs it"
         );

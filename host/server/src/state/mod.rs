@@ -32,7 +32,7 @@ use crate::store::{Queue, Registry, StoreError};
 use crate::workers::supervisor::WorkerBoard;
 use sluice_engine::Engine;
 use sluice_engine::event::{EventJson, OutcomeJson};
-use sluice_engine::pipeline::{Pipeline, PipelineSpec, Step};
+use sluice_engine::pipeline::{Pipeline, PipelineSpec, Step, StepSpec};
 
 /// Why the shared state refused a request; `api/` turns it into an answer.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +93,10 @@ pub struct App {
     pub engine: Engine,
     /// Where uploaded components are kept, as `<sha256>.wasm`.
     pub modules_dir: PathBuf,
+    /// Where uploaded lookup tables are kept, as `<sha256>.table`.
+    pub lookups_dir: PathBuf,
+    /// Uploaded lookup tables in memory, shared by the steps that use them.
+    pub(crate) lookup_tables: crate::modules::lookups::LoadedTables,
     /// Whether the module cache is this sidecar's alone, so that it may
     /// delete the artifacts it does not use.
     pub collects_module_cache: bool,
@@ -147,6 +151,14 @@ pub enum ActivationError {
     /// A step names a module version the tenant does not have.
     #[error("step {step}: {message}")]
     UnknownModule {
+        /// The step's index.
+        step: usize,
+        /// What is missing.
+        message: String,
+    },
+    /// A step names a lookup table version the tenant does not have.
+    #[error("step {step}: {message}")]
+    UnknownLookup {
         /// The step's index.
         step: usize,
         /// What is missing.
@@ -207,6 +219,8 @@ impl App {
             registry,
             engine,
             modules_dir: data_dir.join("modules"),
+            lookups_dir: data_dir.join("lookups"),
+            lookup_tables: Default::default(),
             collects_module_cache: true,
             sources: Default::default(),
             network_policy: Arc::new(crate::outbound::guard::NetworkPolicy {
@@ -538,24 +552,18 @@ impl App {
     pub fn load_uploaded(&self, channel: &Channel, spec: &PipelineSpec) -> Result<Pipeline, ActivationError> {
         let mut steps = Vec::with_capacity(spec.steps.len());
         for (index, step) in spec.steps.iter().enumerate() {
-            // Files name the server's own: a tenant's pipeline never may.
-            if !step.lookups.is_empty() {
-                return Err(ActivationError::Load {
-                    step: index,
-                    message:
-                        "`lookups` name files on the server, which only a pipeline in sluice.toml may do; \
-                              an activated pipeline cannot have them in this version"
-                            .into(),
-                });
-            }
             let version =
                 self.resolve_version(&channel.tenant, &step.module, step.version.as_deref(), index)?;
-            let bytes =
-                crate::modules::files::read_or_fetch(&self.modules_dir, self.registry.as_ref(), &version)
-                    .map_err(|message| ActivationError::Load {
-                        step: index,
-                        message: format!("module `{}` version `{version}`: {message}", step.module),
-                    })?;
+            let bytes = crate::modules::files::read_or_fetch(
+                &self.modules_dir,
+                crate::modules::files::MODULE,
+                self.registry.as_ref(),
+                &version,
+            )
+            .map_err(|message| ActivationError::Load {
+                step: index,
+                message: format!("module `{}` version `{version}`: {message}", step.module),
+            })?;
             let module = self
                 .engine
                 .load(&step.module, &bytes, channel.limits.clone())
@@ -563,13 +571,94 @@ impl App {
                     step: index,
                     message: err.to_string(),
                 })?;
+            let mut lookups = sluice_engine::state::StepLookups::new();
+            for (table, reference) in &step.lookups {
+                lookups.insert(
+                    table.clone(),
+                    self.load_lookup(&channel.tenant, table, reference, index)?,
+                );
+            }
             steps.push(Step {
                 module: Arc::new(module),
                 config: step.config_text(),
-                lookups: Default::default(),
+                lookups: Arc::new(lookups),
             });
         }
         Ok(Pipeline::new(steps))
+    }
+
+    /// Resolves a step's module version and lookup table versions in full,
+    /// so that what is stored names exactly what ran.
+    pub fn pin_step(&self, tenant: &str, step: &mut StepSpec, index: usize) -> Result<(), ActivationError> {
+        step.version = Some(self.resolve_version(tenant, &step.module, step.version.as_deref(), index)?);
+        for (table, reference) in step.lookups.iter_mut() {
+            let found = self.resolve_lookup(tenant, table, reference, index)?;
+            *reference = found.entry_name();
+        }
+        Ok(())
+    }
+
+    /// The tenant's lookup table version that `reference`
+    /// (`<name>@<version>`, the version at least 8 characters of it) names
+    /// for the step's table `table`.
+    fn resolve_lookup(
+        &self,
+        tenant: &str,
+        table: &str,
+        reference: &str,
+        step: usize,
+    ) -> Result<crate::modules::lookups::LookupVersion, ActivationError> {
+        let unknown = |message: String| ActivationError::UnknownLookup {
+            step,
+            message: format!("lookup `{table}`: {message}"),
+        };
+        let Some((name, wanted)) = crate::modules::lookups::parse_reference(reference) else {
+            return Err(unknown(format!(
+                "`{reference}` does not name an uploaded table: give `<name>@<version>` (`sluice lookups list` shows them)"
+            )));
+        };
+        let mut matching: Vec<_> = crate::modules::lookups::held(self.registry.as_ref(), tenant, Some(name))?
+            .into_iter()
+            .filter(|held| held.version.starts_with(wanted))
+            .collect();
+        match matching.len() {
+            1 if wanted.len() >= 8 => Ok(matching.remove(0)),
+            1 => Err(unknown(format!(
+                "version `{wanted}` is too short: give at least 8 characters"
+            ))),
+            0 => Err(unknown(format!(
+                "there is no lookup table `{name}` with version `{wanted}`"
+            ))),
+            _ => Err(unknown(format!(
+                "version `{wanted}` of `{name}` is ambiguous: give more characters"
+            ))),
+        }
+    }
+
+    /// Loads the table a step names, or shares the one in memory. Blocks.
+    fn load_lookup(
+        &self,
+        tenant: &str,
+        table: &str,
+        reference: &str,
+        step: usize,
+    ) -> Result<Arc<sluice_engine::state::LookupTable>, ActivationError> {
+        let version = self.resolve_lookup(tenant, table, reference, step)?;
+        let failed = |message: String| ActivationError::Load {
+            step,
+            message: format!("lookup `{table}` (`{reference}`): {message}"),
+        };
+        self.lookup_tables
+            .get_or_load(&version, || {
+                let bytes = crate::modules::files::read_or_fetch(
+                    &self.lookups_dir,
+                    crate::modules::files::LOOKUP,
+                    self.registry.as_ref(),
+                    &version.version,
+                )?;
+                sluice_engine::lookup::parse_table(&bytes, version.format)
+            })
+            .map_err(failed)
     }
 
     /// The full version of the tenant's module `name` matching `wanted`.
