@@ -19,5 +19,6 @@ mod polling;
 mod sandbox;
 mod serve;
 mod sources;
+mod stories;
 mod tenants;
 mod ui;

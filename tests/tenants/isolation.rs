@@ -284,6 +284,8 @@ fn probe_every_route(sidecar: &Sidecar, letter: &str) -> (usize, usize) {
             letter
         } else if pattern.starts_with("/v1/modules/") {
             "globex-mapper"
+        } else if pattern.starts_with("/v1/events/") {
+            "g-1"
         } else if pattern.starts_with("/v1/lookups/") {
             "globex-asin"
         } else if pattern.starts_with("/v1/sources/") {
@@ -291,7 +293,11 @@ fn probe_every_route(sidecar: &Sidecar, letter: &str) -> (usize, usize) {
         } else {
             "globex"
         };
-        let path = pattern.replace("{name}", theirs);
+        let mut path = pattern.replace("{name}", theirs);
+        if (method, pattern) == ("GET", "/v1/events") {
+            // Stories are found by an entity key: globex's `G`.
+            path.push_str("?entity=G");
+        }
         let body = if pattern == "/v1/events" {
             event("probe", "globex", json!({"sku": "P"}))
         } else {

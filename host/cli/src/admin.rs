@@ -144,6 +144,41 @@ enum ModulesCommand {
     List,
 }
 
+/// `sluice events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    #[command(subcommand)]
+    command: EventsCommand,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// One event's story: when it was accepted, what each channel's
+    /// pipeline returned (with module versions), every delivery attempt
+    /// with its request and response (secrets masked), and where it is now.
+    Show {
+        /// The event's id.
+        id: String,
+        /// An admin names the tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// The newest events whose deliveries had an entity key ("where is SKU X?").
+    Find {
+        /// The entity key (the destination's `entity-key`, e.g. the SKU).
+        #[arg(long)]
+        entity: String,
+        /// Only this channel's.
+        #[arg(long)]
+        channel: Option<String>,
+        /// An admin names the tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
 /// `sluice lookups`.
 #[derive(Debug, Args)]
 pub struct LookupsArgs {
@@ -431,6 +466,35 @@ pub fn modules(args: ModulesArgs) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&json)?);
             }
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+    }
+}
+
+/// Runs `sluice events …`.
+pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
+    let server = &args.server;
+    let with_tenant = |mut url: String, tenant: &Option<String>| {
+        if let Some(tenant) = tenant {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("tenant={}", encode(tenant)));
+        }
+        url
+    };
+    match &args.command {
+        EventsCommand::Show { id, tenant } => {
+            let url = with_tenant(server.url(&format!("/v1/events/{}", encode(id))), tenant);
+            call(server, "GET", &url, None)
+        }
+        EventsCommand::Find {
+            entity,
+            channel,
+            tenant,
+        } => {
+            let mut url = server.url(&format!("/v1/events?entity={}", encode(entity)));
+            if let Some(channel) = channel {
+                url.push_str(&format!("&channel={}", encode(channel)));
+            }
+            call(server, "GET", &with_tenant(url, tenant), None)
         }
     }
 }

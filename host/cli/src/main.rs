@@ -67,6 +67,8 @@ enum Command {
     DeadLetters(admin::DeadLettersArgs),
     /// Upload transform modules to a running sidecar, and list them.
     Modules(admin::ModulesArgs),
+    /// Find any event: its story end to end by id, or the newest events of an entity key.
+    Events(admin::EventsArgs),
     /// Upload lookup tables (CSV or JSON) for contract 0.2 steps to a
     /// running sidecar, and list them.
     Lookups(admin::LookupsArgs),
@@ -159,6 +161,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::DeadLetters(args) => admin::dead_letters(args),
         Command::Modules(args) => admin::modules(args),
         Command::Lookups(args) => admin::lookups(args),
+        Command::Events(args) => admin::events(args),
         Command::Sources(args) => admin::sources(args),
         Command::Destinations(args) => admin::destinations(args),
         Command::Token(args) => admin::token(args),

@@ -39,6 +39,9 @@ pub struct ServerConfig {
     /// and bytes per tenant, keys written per event (`[server.state-quota]`).
     #[serde(default)]
     pub state_quota: sluice_engine::state::StateQuota,
+    /// Every event's story: how long and how much is kept (`[stories]`).
+    #[serde(default)]
+    pub stories: crate::observe::story::StoriesConfig,
     /// Largest synchronous transform answer, in bytes (larger: 413).
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,

@@ -14,6 +14,7 @@ mod owned;
 pub mod routes;
 mod server;
 mod sources;
+mod stories;
 mod tenants;
 mod timed_io;
 pub(crate) mod transform;
@@ -107,6 +108,8 @@ async fn route(app: &Arc<App>, request: Request<Incoming>) -> Result<Response<Bo
             response
         }
         E::Ingest => events::ingest(app, &caller, request).await,
+        E::FindEvents => stories::find(app, &caller, &request).await,
+        E::ShowEvent => stories::show(app, &caller, &name, &request).await,
         E::ListChannels => channels::list_channels(app, &caller).await,
         E::ShowChannel => channels::show_channel(app, &caller, &name).await,
         E::History => channels::channel_history(app, &caller, &name, &request),

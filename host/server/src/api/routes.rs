@@ -15,6 +15,8 @@ pub(crate) enum Endpoint {
     Readyz,
     Metrics,
     Ingest,
+    FindEvents,
+    ShowEvent,
     Transform,
     ListChannels,
     ShowChannel,
@@ -94,6 +96,8 @@ pub const ROUTES: &[RouteEntry] = table! {
     GET "/metrics" => Metrics, "Prometheus text";
     GET "/v1/whoami" => Whoami, "who the token is: `{\"admin\": true}` or `{\"tenant\": \"acme\"}`";
     POST "/v1/events" => Ingest, "stores events durably (one JSON event, an array, or JSONL); 202 after the commit";
+    GET "/v1/events" => FindEvents, "`?entity=SKU-1[&channel=]`: the newest events whose deliveries had that entity key";
+    GET "/v1/events/{name}" => ShowEvent, "one event's story: accepted, each channel's pipeline outcome, every delivery attempt with request and response, where it is now";
     POST "/v1/channels/{name}/transform" => Transform, "the channel pipeline's outcomes; nothing is stored";
     GET "/v1/channels" => ListChannels, "the caller's channels with their switch and queue depth";
     GET "/v1/channels/{name}" => ShowChannel, "one channel";

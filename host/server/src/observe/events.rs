@@ -5,19 +5,31 @@
 
 use std::time::Duration;
 
+use serde_json::json;
+
 use super::history::{Count, History};
 use super::metrics::Metrics;
+use super::story::{StoryEntry, StoryKind};
 use crate::state::App;
 use crate::store::now_ms;
 
 /// Something that happened, told to the log, the metrics and the history at once.
 pub(crate) trait InternalEvent {
     fn emit(self, metrics: &Metrics, history: &History);
+    /// Its entry in the event's story, if it makes one.
+    fn story(&self) -> Option<StoryEntry> {
+        None
+    }
 }
 
 impl App {
-    /// Logs, counts and records `event`.
+    /// Logs, counts and records `event`, and adds it to its event's story.
     pub(crate) fn emit(&self, event: impl InternalEvent) {
+        if self.stories.config().enabled
+            && let Some(entry) = event.story()
+        {
+            self.stories.record(entry);
+        }
         event.emit(&self.metrics, &self.history);
     }
 }
@@ -31,6 +43,15 @@ pub(crate) struct Accepted<'a> {
 }
 
 impl InternalEvent for Accepted<'_> {
+    fn story(&self) -> Option<StoryEntry> {
+        Some(StoryEntry::new(
+            self.tenant,
+            self.event_id,
+            StoryKind::Accepted,
+            json!({"correlation_id": self.correlation_id, "duplicate": self.duplicate}),
+        ))
+    }
+
     fn emit(self, metrics: &Metrics, _: &History) {
         metrics.event_in(self.tenant, self.duplicate);
         tracing::info!(
@@ -109,6 +130,19 @@ pub(crate) struct DeadLettered<'a> {
 }
 
 impl InternalEvent for DeadLettered<'_> {
+    /// A transform's dead letter is told by its `transformed` entry.
+    fn story(&self) -> Option<StoryEntry> {
+        matches!(self.stage, Stage::Delivery).then(|| {
+            StoryEntry::new(
+                self.tenant,
+                self.event_id,
+                StoryKind::DeadLettered,
+                json!({"stage": self.stage.label(), "destination": self.destination, "reason": self.reason}),
+            )
+            .on(self.channel)
+        })
+    }
+
     fn emit(self, metrics: &Metrics, history: &History) {
         metrics.dead_lettered(self.channel, self.stage.label());
         history.add(self.channel, Count::DeadLettered, 1, now_ms());

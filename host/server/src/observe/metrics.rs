@@ -131,6 +131,8 @@ pub struct Metrics {
     unchanged: Family<DestinationLabels, Counter>,
     /// Events moved to dead letters, by channel and stage.
     dead_lettered: Family<DeadLetterLabels, Counter>,
+    /// Story entries dropped (the writer behind, or the store failing).
+    story_dropped: Counter,
     /// Events waiting, by channel and queue.
     depth: Family<DepthLabels, Gauge>,
     /// 1 while a channel's circuit breaker holds it paused.
@@ -180,6 +182,7 @@ impl Default for Metrics {
             superseded: Family::default(),
             unchanged: Family::default(),
             dead_lettered: Family::default(),
+            story_dropped: Counter::default(),
             depth: Family::default(),
             circuit_open: Family::default(),
             rate_limited: Family::default(),
@@ -250,6 +253,11 @@ impl Default for Metrics {
             "deliveries_unchanged",
             "Deliveries not sent because the destination accepted the same output last (skip-unchanged)",
             m.unchanged.clone(),
+        );
+        registry.register(
+            "story_entries_dropped",
+            "Story entries not kept: the story writer was behind or the store failed; delivery is never held for them",
+            m.story_dropped.clone(),
         );
         registry.register(
             "dead_lettered",
@@ -506,6 +514,14 @@ impl Metrics {
         self.superseded
             .get_or_create(&destination(destination_name))
             .inc_by(n);
+    }
+
+    /// Brings the count of dropped story entries up to `total`.
+    pub fn set_story_dropped(&self, total: u64) {
+        let counted = self.story_dropped.get();
+        if total > counted {
+            self.story_dropped.inc_by(total - counted);
+        }
     }
 
     /// Counts deliveries not sent, being unchanged.

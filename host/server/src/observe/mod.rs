@@ -1,7 +1,9 @@
 //! What an operator sees: Prometheus [`metrics`], the per-minute
-//! [`history`] of each channel, and the typed [`events`] that feed both
-//! and the log.
+//! [`history`] of each channel, each event's [`story`] (its secrets
+//! [`mask`]ed), and the typed [`events`] that feed them and the log.
 
 pub(crate) mod events;
 pub(crate) mod history;
+pub mod mask;
 pub(crate) mod metrics;
+pub mod story;

@@ -83,6 +83,11 @@ pub struct App {
     pub workers: Arc<WorkerBoard>,
     /// The server's own limits and timeouts.
     pub settings: Settings,
+    /// Where events' story entries go (see [`crate::observe::story`]).
+    pub stories: Arc<crate::observe::story::StoryLog>,
+    /// Deliveries being sent by this node, by (tenant, event id), for a
+    /// story's "in flight".
+    pub(crate) in_flight: Mutex<std::collections::HashMap<(String, String), usize>>,
     /// Module uploads being checked at once are bounded by these permits.
     pub upload_permits: Arc<Semaphore>,
     /// The durable queue.
@@ -214,6 +219,8 @@ impl App {
             history: Default::default(),
             workers: Arc::default(),
             settings: Settings::from_config(config),
+            stories: Arc::new(crate::observe::story::StoryLog::new(config.stories)),
+            in_flight: Mutex::default(),
             upload_permits: Arc::new(Semaphore::new(config.upload_concurrency.max(1))),
             queue,
             registry,
@@ -510,6 +517,39 @@ impl App {
             quota: self.settings.state_quota,
             lookups: Default::default(),
         }))
+    }
+
+    /// Counts `delivery` as being sent by this node.
+    pub(crate) fn enter_flight(&self, delivery: &crate::store::Delivery) {
+        if self.stories.config().enabled {
+            let key = (delivery.tenant.clone(), delivery.event_id.clone());
+            *self
+                .in_flight
+                .lock()
+                .expect("flight lock")
+                .entry(key)
+                .or_default() += 1;
+        }
+    }
+
+    /// Counts `delivery` as sent.
+    pub(crate) fn leave_flight(&self, delivery: &crate::store::Delivery) {
+        let key = (delivery.tenant.clone(), delivery.event_id.clone());
+        let mut flying = self.in_flight.lock().expect("flight lock");
+        if let Some(count) = flying.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                flying.remove(&key);
+            }
+        }
+    }
+
+    /// Whether a delivery of the event is being sent by this node.
+    pub(crate) fn is_in_flight(&self, tenant: &str, event_id: &str) -> bool {
+        self.in_flight
+            .lock()
+            .expect("flight lock")
+            .contains_key(&(tenant.to_string(), event_id.to_string()))
     }
 
     /// A tenant's state, if the tenant exists.

@@ -285,13 +285,36 @@ pub struct Delivery {
 /// Superseded deliveries, per (destination, channel), counted by the store
 /// until the destination's worker takes them for its metrics.
 #[derive(Debug, Default)]
-pub(crate) struct Tally(std::sync::Mutex<std::collections::HashMap<(String, String), u64>>);
+pub(crate) struct Tally {
+    counts: std::sync::Mutex<std::collections::HashMap<(String, String), u64>>,
+    /// The superseded deliveries themselves, for their events' stories
+    /// (at most [`MAX_SUPERSEDED_KEPT`] waiting; past it only counted).
+    events: std::sync::Mutex<Vec<SupersededDelivery>>,
+}
+
+/// One delivery a newer one of its key replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupersededDelivery {
+    /// Its destination.
+    pub destination: String,
+    /// Its channel.
+    pub channel: String,
+    /// Its tenant.
+    pub tenant: String,
+    /// Its input event.
+    pub event_id: String,
+    /// Its entity key.
+    pub entity_key: String,
+}
+
+/// Most superseded deliveries kept waiting for their stories.
+const MAX_SUPERSEDED_KEPT: usize = 10_000;
 
 impl Tally {
     pub(crate) fn add(&self, destination: &str, channel: &str, n: u64) {
         if n > 0 {
             *self
-                .0
+                .counts
                 .lock()
                 .expect("tally lock")
                 .entry((destination.to_string(), channel.to_string()))
@@ -299,12 +322,30 @@ impl Tally {
         }
     }
 
+    /// Counts one superseded delivery and keeps it for its story.
+    pub(crate) fn add_one(&self, delivery: SupersededDelivery) {
+        self.add(&delivery.destination, &delivery.channel, 1);
+        let mut events = self.events.lock().expect("tally lock");
+        if events.len() < MAX_SUPERSEDED_KEPT {
+            events.push(delivery);
+        }
+    }
+
     pub(crate) fn take(&self, destination: &str) -> Vec<(String, u64)> {
-        let mut counts = self.0.lock().expect("tally lock");
+        let mut counts = self.counts.lock().expect("tally lock");
         let keys: Vec<_> = counts.keys().filter(|(d, _)| d == destination).cloned().collect();
         keys.into_iter()
             .filter_map(|key| counts.remove(&key).map(|n| (key.1, n)))
             .collect()
+    }
+
+    pub(crate) fn take_events(&self, destination: &str) -> Vec<SupersededDelivery> {
+        let mut events = self.events.lock().expect("tally lock");
+        let (taken, kept) = std::mem::take(&mut *events)
+            .into_iter()
+            .partition(|d| d.destination == destination);
+        *events = kept;
+        taken
     }
 }
 
@@ -565,6 +606,38 @@ pub trait Queue: Send + Sync {
     /// Moves every event `channel` (of `tenant`) still holds (to transform
     /// or to deliver) into dead letters (reason `discarded`); how many.
     fn discard_channel(&self, tenant: &str, channel: &str) -> Result<u64, StoreError>;
+    /// The deliveries of `destination` superseded since it was last asked,
+    /// for their events' stories (counted by [`Queue::take_superseded`] too).
+    fn take_superseded_deliveries(&self, destination: &str) -> Vec<SupersededDelivery>;
+    /// Appends entries to events' stories (see [`crate::observe::story`]);
+    /// `config` says how long and how much of them the store keeps.
+    fn append_stories(
+        &self,
+        entries: Vec<crate::observe::story::StoryEntry>,
+        config: &crate::observe::story::StoriesConfig,
+    ) -> Result<(), StoreError>;
+    /// One event's story entries, oldest first: its newest `limit`.
+    fn event_story(
+        &self,
+        tenant: &str,
+        event_id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::observe::story::StoryEntry>, StoreError>;
+    /// The newest entry of each of the newest `limit` events whose
+    /// deliveries had entity key `key` (in `channel`, if given), newest first.
+    fn entity_stories(
+        &self,
+        tenant: &str,
+        key: &str,
+        channel: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::observe::story::StoryEntry>, StoreError>;
+    /// Removes stories past `config`'s time and size; how many entries went.
+    /// A store whose streams keep their own limits removes nothing here.
+    fn prune_stories(&self, config: &crate::observe::story::StoriesConfig) -> Result<u64, StoreError> {
+        let _ = config;
+        Ok(0)
+    }
     /// The durable state of `channel`'s steps (contract 0.2), for one
     /// pipeline run to read, and what `tenant`'s state holds for its quota.
     /// Writes come back with [`Transformed::state`].

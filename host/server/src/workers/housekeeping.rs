@@ -1,5 +1,5 @@
 //! Housekeeping: queue-depth gauges, storage counts, forgetting old event
-//! ids and collecting unused compiled artifacts.
+//! ids, removing old stories and collecting unused compiled artifacts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +7,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::state::App;
+
+/// Seconds between removals of stories past `[stories]`' time and size.
+const STORY_PRUNE_TICKS: u64 = 5;
 
 /// Each second: refreshes the queue-depth gauges and each channel's stored
 /// count (for the storage quota); hourly: forgets old event ids and
@@ -22,6 +25,15 @@ pub(super) async fn run(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
                     work.metrics.set_depth(&channel.name, &depth);
                     channel.set_stored(depth.stored());
                 }
+            }
+            if ticks.is_multiple_of(STORY_PRUNE_TICKS) {
+                match work.queue.prune_stories(work.stories.config()) {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::debug!(removed, "old stories removed"),
+                    Err(err) => tracing::error!(error = %err, "cannot remove old stories"),
+                }
+                work.metrics
+                    .set_story_dropped(work.stories.dropped.load(std::sync::atomic::Ordering::Relaxed));
             }
             if hourly {
                 let before = crate::store::now_ms() - work.idempotency_window.as_millis() as i64;

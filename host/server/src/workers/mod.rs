@@ -60,6 +60,19 @@ pub(crate) fn start(app: &Arc<App>, stopped: &watch::Receiver<bool>) -> JoinSet<
     {
         let (app, stopped) = (app.clone(), stopped.clone());
         start(
+            "stories".into(),
+            Box::new(move || {
+                Box::pin(crate::observe::story::run_writer(
+                    app.stories.clone(),
+                    app.queue.clone(),
+                    stopped.clone(),
+                ))
+            }),
+        );
+    }
+    {
+        let (app, stopped) = (app.clone(), stopped.clone());
+        start(
             "housekeeping".into(),
             Box::new(move || Box::pin(housekeeping::run(app.clone(), stopped.clone()))),
         );

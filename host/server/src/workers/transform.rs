@@ -11,10 +11,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use crate::observe::events::{DeadLettered, Emitted, Stage};
+use crate::observe::story::{StoryEntry, StoryKind};
 use crate::state::{App, Channel};
 use crate::store::in_store;
 use crate::store::{Disposition, NewDelivery, Pending, Transformed, idempotency_key};
@@ -342,6 +343,9 @@ fn dispositions(
                 }
             }
         };
+        if app.stories.config().enabled {
+            record_transformed(app, channel, input, outcome, &disposition, versions);
+        }
         results.push(Transformed {
             seq: item.seq,
             channel: channel.name.clone(),
@@ -355,6 +359,62 @@ fn dispositions(
         });
     }
     results
+}
+
+/// Most emitted events or violations one story entry lists.
+const STORY_LIST: usize = 50;
+
+/// The event's story entries of this run: what the pipeline returned
+/// (with every step's version), and each delivery it queued, by entity key.
+fn record_transformed(
+    app: &App,
+    channel: &Channel,
+    input: &EventJson,
+    outcome: &OutcomeJson,
+    disposition: &Disposition,
+    versions: &[String],
+) {
+    let listed = |events: &[EventJson]| -> Value {
+        events
+            .iter()
+            .take(STORY_LIST)
+            .map(|e| json!({"id": e.id, "kind": e.kind, "payload": app.stories.body(e.payload.get().as_bytes(), true)}))
+            .collect()
+    };
+    let capped = |value: Value| match value {
+        Value::Array(mut items) => {
+            items.truncate(STORY_LIST);
+            Value::Array(items)
+        }
+        other => other,
+    };
+    let mut detail = json!({"outcome": outcome.tag(), "versions": versions});
+    match outcome {
+        OutcomeJson::Emit { events } => detail["events"] = listed(events),
+        OutcomeJson::Drop { reason } => detail["reason"] = json!(reason),
+        OutcomeJson::Reject { violations } => {
+            detail["violations"] = capped(serde_json::to_value(violations).unwrap_or_default());
+        }
+        OutcomeJson::Partial { events, violations } => {
+            detail["events"] = listed(events);
+            detail["violations"] = capped(serde_json::to_value(violations).unwrap_or_default());
+        }
+        OutcomeJson::Error { error } => detail["fault"] = serde_json::to_value(error).unwrap_or_default(),
+    }
+    app.stories
+        .record(StoryEntry::new(&input.tenant, &input.id, StoryKind::Transformed, detail).on(&channel.name));
+    for delivery in disposition.deliveries() {
+        app.stories.record(
+            StoryEntry::new(
+                &input.tenant,
+                &input.id,
+                StoryKind::Queued,
+                json!({"destination": delivery.destination, "output_id": delivery.output_id, "idempotency_key": delivery.idempotency_key}),
+            )
+            .on(&channel.name)
+            .about(&delivery.entity_key),
+        );
+    }
 }
 
 /// The outbox entries of one input event's emitted events.

@@ -31,6 +31,7 @@ mod outbox;
 mod queue;
 mod registry;
 mod state;
+mod stories;
 mod switches;
 
 use std::collections::{BTreeMap, HashMap};
@@ -126,6 +127,8 @@ pub struct NatsStore {
     modules: object_store::ObjectStore,
     /// Deliveries superseded on this node, until their workers count them.
     superseded: super::Tally,
+    /// Tenants whose story streams this process has made or updated.
+    story_streams: Mutex<std::collections::HashSet<String>>,
     consumers: Mutex<HashMap<String, PullConsumer>>,
     transform: Arc<Mutex<HashMap<String, HeldBatch>>>,
     deliveries: Arc<Mutex<HashMap<String, BTreeMap<u64, HeldDelivery>>>>,
@@ -184,6 +187,7 @@ impl NatsStore {
             transform_state: setup.transform_state,
             modules: setup.modules,
             superseded: super::Tally::default(),
+            story_streams: Mutex::default(),
             consumers: Mutex::default(),
             transform: Arc::default(),
             deliveries: Arc::default(),

@@ -61,6 +61,19 @@ pub(super) struct OutRecord {
     pub(super) kind: String,
 }
 
+impl OutRecord {
+    /// It, as a superseded delivery.
+    fn superseded(&self) -> crate::store::SupersededDelivery {
+        crate::store::SupersededDelivery {
+            destination: self.destination.clone(),
+            channel: self.channel.clone(),
+            tenant: self.tenant.clone(),
+            event_id: self.event_id.clone(),
+            entity_key: self.entity_key.clone(),
+        }
+    }
+}
+
 /// A message to store: its subject, headers and payload.
 type Outgoing = (String, HeaderMap, Bytes);
 
@@ -390,7 +403,7 @@ impl NatsStore {
             {
                 // Counted once acknowledged; one that fails comes back and is counted then.
                 match message.ack().await {
-                    Ok(()) if seq < up_to => self.superseded.add(&record.destination, &record.channel, 1),
+                    Ok(()) if seq < up_to => self.superseded.add_one(record.superseded()),
                     Ok(()) => {}
                     Err(err) => tracing::warn!(seq, error = %err, "cannot acknowledge a superseded delivery"),
                 }
@@ -519,7 +532,7 @@ impl NatsStore {
         };
         // Counted once acknowledged: the held message itself was superseded by the one sent.
         if replaced_up_to.is_some() && matches!(finished, Ok(true)) {
-            self.superseded.add(&record.destination, &record.channel, 1);
+            self.superseded.add_one(record.superseded());
         }
         finished
     }

@@ -198,6 +198,10 @@ impl Queue for NatsStore {
         self.superseded.take(destination)
     }
 
+    fn take_superseded_deliveries(&self, destination: &str) -> Vec<crate::store::SupersededDelivery> {
+        self.superseded.take_events(destination)
+    }
+
     fn fingerprints(
         &self,
         destination: &str,
@@ -406,6 +410,33 @@ impl Queue for NatsStore {
         Ok(value
             .and_then(|v| std::str::from_utf8(&v).ok().and_then(|v| v.parse().ok()))
             .filter(|until| *until > now_ms()))
+    }
+
+    fn append_stories(
+        &self,
+        entries: Vec<crate::observe::story::StoryEntry>,
+        config: &crate::observe::story::StoriesConfig,
+    ) -> Result<(), StoreError> {
+        self.append_story_entries(entries, config)
+    }
+
+    fn event_story(
+        &self,
+        tenant: &str,
+        event_id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::observe::story::StoryEntry>, StoreError> {
+        self.read_event_story(tenant, event_id, limit)
+    }
+
+    fn entity_stories(
+        &self,
+        tenant: &str,
+        key: &str,
+        channel: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::observe::story::StoryEntry>, StoreError> {
+        self.read_entity_stories(tenant, key, channel, limit)
     }
 
     fn state(

@@ -7,6 +7,7 @@ mod queue;
 mod registry;
 pub mod schema;
 mod state;
+mod stories;
 mod writer;
 
 use std::path::Path;

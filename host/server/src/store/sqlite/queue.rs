@@ -281,6 +281,10 @@ impl Queue for SqliteQueue {
         self.superseded.take(destination)
     }
 
+    fn take_superseded_deliveries(&self, destination: &str) -> Vec<crate::store::SupersededDelivery> {
+        self.superseded.take_events(destination)
+    }
+
     fn fingerprints(
         &self,
         destination: &str,
@@ -354,15 +358,15 @@ impl Queue for SqliteQueue {
                     }
                 }
                 if !matches!(result, AttemptResult::Retry { .. }) {
-                    superseded.push((delivery.clone(), supersede_older(db, delivery)?));
+                    superseded.push(supersede_older(db, delivery)?);
                 }
             }
             // Counted once the commit holds.
             Ok(superseded)
         })
         .map(|superseded| {
-            for (delivery, n) in superseded {
-                tally.add(&delivery.destination, &delivery.channel, n);
+            for replaced in superseded.into_iter().flatten() {
+                tally.add_one(replaced);
             }
         })
     }
@@ -636,6 +640,38 @@ impl Queue for SqliteQueue {
         Ok((Arc::new(state), usage))
     }
 
+    fn append_stories(
+        &self,
+        entries: Vec<crate::observe::story::StoryEntry>,
+        _config: &crate::observe::story::StoriesConfig,
+    ) -> Result<(), StoreError> {
+        self.call(move |db| super::stories::append(db, &entries))
+    }
+
+    fn event_story(
+        &self,
+        tenant: &str,
+        event_id: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::observe::story::StoryEntry>, StoreError> {
+        self.read(|db| super::stories::of_event(db, tenant, event_id, limit))
+    }
+
+    fn entity_stories(
+        &self,
+        tenant: &str,
+        key: &str,
+        channel: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<crate::observe::story::StoryEntry>, StoreError> {
+        self.read(|db| super::stories::of_entity(db, tenant, key, channel, limit))
+    }
+
+    fn prune_stories(&self, config: &crate::observe::story::StoriesConfig) -> Result<u64, StoreError> {
+        let config = *config;
+        self.call(move |db| super::stories::prune(db, &config, now_ms()))
+    }
+
     fn forget_state(&self, tenant: &str, channel: &str) -> Result<(), StoreError> {
         let (tenant, channel) = (tenant.to_string(), channel.to_string());
         self.call(move |db| super::state::forget(db, &tenant, &channel))
@@ -705,10 +741,13 @@ fn remove_delivery(db: &Connection, seq: i64) -> rusqlite::Result<()> {
 /// Removes the deliveries of `settled`'s key and kind queued before it
 /// (only coalescing leaves any; never a resend by hand): the latest won.
 /// How many.
-fn supersede_older(db: &Connection, settled: &Delivery) -> rusqlite::Result<u64> {
+fn supersede_older(
+    db: &Connection,
+    settled: &Delivery,
+) -> rusqlite::Result<Vec<crate::store::SupersededDelivery>> {
     // A resend by hand replaces nothing, and nothing replaces one.
     if settled.replayed {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let keys = params![
         settled.destination,
@@ -723,10 +762,19 @@ fn supersede_older(db: &Connection, settled: &Delivery) -> rusqlite::Result<u64>
         "DELETE FROM attempts WHERE outbox_seq IN (SELECT seq FROM outbox WHERE {older})"
     ))?
     .execute(keys)?;
-    let removed = db
-        .prepare_cached(&format!("DELETE FROM outbox WHERE {older}"))?
-        .execute(keys)?;
-    Ok(removed as u64)
+    let mut removed = db.prepare_cached(&format!(
+        "DELETE FROM outbox WHERE {older} RETURNING tenant, event_id"
+    ))?;
+    let rows = removed.query_map(keys, |row| {
+        Ok(crate::store::SupersededDelivery {
+            destination: settled.destination.clone(),
+            channel: settled.channel.clone(),
+            tenant: row.get(0)?,
+            event_id: row.get(1)?,
+            entity_key: settled.entity_key.clone(),
+        })
+    })?;
+    rows.collect()
 }
 
 fn record_attempt(db: &Connection, seq: i64, attempt: &Attempt) -> rusqlite::Result<()> {

@@ -32,6 +32,7 @@ use tokio::task::JoinSet;
 
 use crate::config::InlineSecrets;
 use crate::observe::events::{AttemptOutcome, DeadLettered, DeliveryAttempted, NotSent, Stage};
+use crate::observe::story::{StoryEntry, StoryKind};
 use crate::outbound::auth::{AuthError, Authenticator};
 use crate::outbound::sign::Signer;
 use crate::state::{App, Destination};
@@ -39,6 +40,7 @@ use crate::store::in_store;
 use crate::store::{Attempt, AttemptResult, Delivery, now_ms};
 use crate::workers::backoff::{TokenBucket, backoff};
 use send::{Outbound, Sent, send};
+use serde_json::{Value, json};
 
 /// The most a followed rate may be without a `rate-limit`, per second.
 const UNCONFIGURED_RATE: f64 = 1000.0;
@@ -116,6 +118,16 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
         let mut not_sent: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         for delivery in unchanged {
             not_sent.entry(delivery.channel.clone()).or_default().1 += 1;
+            app.stories.record(
+                StoryEntry::new(
+                    &delivery.tenant,
+                    &delivery.event_id,
+                    StoryKind::Unchanged,
+                    json!({"destination": name, "output_id": delivery.output_id}),
+                )
+                .on(&delivery.channel)
+                .about(&delivery.entity_key),
+            );
             results.push((delivery, AttemptResult::Unchanged));
         }
         let queue = app.queue.clone();
@@ -134,6 +146,18 @@ pub async fn run(app: Arc<App>, name: String, mut stopped: watch::Receiver<bool>
 fn report_not_sent(app: &App, destination: &str, mut not_sent: BTreeMap<String, (u64, u64)>) {
     for (channel, n) in app.queue.take_superseded(destination) {
         not_sent.entry(channel).or_default().0 += n;
+    }
+    for replaced in app.queue.take_superseded_deliveries(destination) {
+        app.stories.record(
+            StoryEntry::new(
+                &replaced.tenant,
+                &replaced.event_id,
+                StoryKind::Superseded,
+                json!({"destination": destination}),
+            )
+            .on(&replaced.channel)
+            .about(&replaced.entity_key),
+        );
     }
     for (channel, (superseded, unchanged)) in not_sent {
         app.emit(NotSent {
@@ -193,6 +217,7 @@ impl<'a> Worker<'a> {
                 headers: Outbound::headers_of(&destination),
                 signer,
                 rate_header,
+                stories: app.stories.config().enabled.then(|| app.stories.clone()),
             };
             Ok((out, auth))
         };
@@ -328,6 +353,7 @@ impl<'a> Worker<'a> {
             // Only a token that can be renewed is taken for expired on a 401.
             let renews = self.auth.as_ref().is_some_and(Authenticator::renews);
             let credential = credential.map(|c| (c, renews));
+            self.app.enter_flight(&delivery);
             in_flight.spawn(send(
                 self.out.clone(),
                 delivery,
@@ -476,8 +502,10 @@ fn settle(
         detail,
         elapsed,
         expired,
+        exchange,
         ..
     } = sent;
+    app.leave_flight(&delivery);
     let name = destination.config.name.as_str();
     let attempt_number = delivery.attempts + 1;
     let now = now_ms();
@@ -530,6 +558,31 @@ fn settle(
         elapsed,
         outcome,
     });
+    if let Some(exchange) = exchange.or_else(|| app.stories.config().enabled.then(|| json!({}))) {
+        let (result_name, next_ms) = match &result {
+            AttemptResult::Delivered { .. } => ("delivered", None),
+            AttemptResult::Retry { next_ms, .. } => ("retry", Some(*next_ms)),
+            _ => ("dead-letter", None),
+        };
+        let mut detail = json!({
+            "destination": name,
+            "attempt": attempt_number,
+            "result": result_name,
+            "status": status,
+            "elapsed_ms": elapsed.as_millis() as u64,
+            "next_ms": next_ms,
+            "request": exchange.get("request"),
+            "response": exchange.get("response"),
+        });
+        if !matches!(status, Some(200..=299)) && exchange.get("response").is_none_or(Value::is_null) {
+            detail["error"] = json!(attempt_detail(&result));
+        }
+        app.stories.record(
+            StoryEntry::new(&delivery.tenant, &delivery.event_id, StoryKind::Attempt, detail)
+                .on(&delivery.channel)
+                .about(&delivery.entity_key),
+        );
+    }
     if let AttemptResult::DeadLetter { reason, .. } = &result {
         app.emit(DeadLettered {
             stage: Stage::Delivery,
@@ -542,6 +595,14 @@ fn settle(
         });
     }
     (delivery, result)
+}
+
+/// What an attempt's record says (a connection error, a refusal to send).
+fn attempt_detail(result: &AttemptResult) -> &str {
+    match result {
+        AttemptResult::Retry { attempt, .. } | AttemptResult::DeadLetter { attempt, .. } => &attempt.detail,
+        _ => "",
+    }
 }
 
 fn dead_letter(attempt: Attempt, reason: &str) -> AttemptResult {

@@ -5,11 +5,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request};
+use serde_json::{Value, json};
 
 use crate::config::RetryPolicy;
+use crate::observe::mask;
+use crate::observe::story::StoryLog;
 use crate::outbound::HttpClient;
 use crate::outbound::sign::Signer;
 use crate::outbound::target::UrlTemplate;
@@ -33,6 +36,9 @@ pub(super) struct Outbound {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub signer: Option<Signer>,
     pub rate_header: Option<HeaderName>,
+    /// Where the request and answer of each attempt are kept, for the
+    /// event's story; `None` keeps nothing.
+    pub stories: Option<Arc<StoryLog>>,
 }
 
 impl Outbound {
@@ -111,6 +117,9 @@ pub(super) struct Sent {
     pub expired: Option<HeaderValue>,
     /// The rate the destination announced in `rate-limit-header`, per second.
     pub announced_rate: Option<f64>,
+    /// The request as sent and the answer as received, masked and capped,
+    /// when stories are kept.
+    pub exchange: Option<Value>,
 }
 
 /// Sends one delivery and reports what came back. A `Retry-After` counts
@@ -132,6 +141,7 @@ pub(super) async fn send(
         delivery: delivery.clone(),
         expired: None,
         announced_rate: None,
+        exchange: None,
     };
     let (event_id, body) = match stored_body(&delivery) {
         Ok(found) => found,
@@ -182,10 +192,20 @@ pub(super) async fn send(
     if let Some(((key, value), _)) = credential {
         request = request.header(key, value);
     }
-    let request = match request.body(Full::new(body)) {
+    let request = match request.body(Full::new(body.clone())) {
         Ok(request) => request,
         Err(err) => return finish(Some(0), None, format!("cannot build the request: {err}")),
     };
+    let stories = out.stories.as_ref();
+    let sent_request = stories.map(|log| {
+        json!({
+            "method": request.method().as_str(),
+            "url": mask::url(&request.uri().to_string()),
+            "headers": masked_headers(request.headers()),
+            "body": log.body(&body, true),
+        })
+    });
+    let keep = stories.map_or(0, |log| log.config().body_bytes);
     let exchange = async {
         let response = out
             .client
@@ -207,25 +227,68 @@ pub(super) async fn send(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
             .filter(|rate| rate.is_finite() && *rate > 0.0);
-        let body = Limited::new(response.into_body(), READ_BYTES)
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let answer_headers = stories.map(|_| masked_headers(headers));
+        let (body, complete) = read_capped(response.into_body(), READ_BYTES.max(keep)).await;
         let text = String::from_utf8_lossy(&body);
         let expired = status == 401 || (status == 403 && text.to_ascii_lowercase().contains("expired"));
         let snippet: String = text.chars().take(SNIPPET).collect();
-        Ok::<_, String>((status, wait, snippet, expired, announced))
+        let answer = stories.map(
+            |log| json!({"status": status, "headers": answer_headers, "body": log.body(&body, complete)}),
+        );
+        Ok::<_, String>((status, wait, snippet, expired, announced, answer))
+    };
+    let with_exchange = |sent: Sent, answer: Option<Value>| Sent {
+        exchange: sent_request
+            .clone()
+            .map(|request| json!({"request": request, "response": answer})),
+        ..sent
     };
     match tokio::time::timeout(Duration::from_millis(timeout_ms), exchange).await {
-        Ok(Ok((status, wait, snippet, expired, announced))) => Sent {
-            expired: used.filter(|_| expired),
-            announced_rate: announced,
-            ..finish(Some(status), wait, snippet)
-        },
-        Ok(Err(err)) => finish(None, None, format!("connection failed: {err}")),
-        Err(_) => finish(None, None, format!("no response within {timeout_ms} ms")),
+        Ok(Ok((status, wait, snippet, expired, announced, answer))) => with_exchange(
+            Sent {
+                expired: used.filter(|_| expired),
+                announced_rate: announced,
+                ..finish(Some(status), wait, snippet)
+            },
+            answer,
+        ),
+        Ok(Err(err)) => with_exchange(finish(None, None, format!("connection failed: {err}")), None),
+        Err(_) => with_exchange(
+            finish(None, None, format!("no response within {timeout_ms} ms")),
+            None,
+        ),
     }
+}
+
+/// Reads at most `cap` bytes of a body, then stops (a 1 GB answer is never
+/// read past it); the bytes, and whether that was the whole body.
+async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> (Vec<u8>, bool) {
+    let mut kept = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return (kept, false);
+        };
+        if let Ok(data) = frame.into_data() {
+            let room = cap - kept.len();
+            if data.len() > room {
+                kept.extend_from_slice(&data[..room]);
+                return (kept, false);
+            }
+            kept.extend_from_slice(&data);
+        }
+    }
+    (kept, true)
+}
+
+/// Headers as a story keeps them: secrets masked.
+fn masked_headers(headers: &hyper::HeaderMap) -> Value {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes());
+            json!([name.as_str(), mask::header_value(name.as_str(), &value)])
+        })
+        .collect()
 }
 
 /// The emitted event's id and the request body: the payload's stored
