@@ -21,4 +21,5 @@ mod serve;
 mod sources;
 mod stories;
 mod tenants;
+mod traces;
 mod ui;

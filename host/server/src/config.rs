@@ -39,6 +39,9 @@ pub struct ServerConfig {
     /// and bytes per tenant, keys written per event (`[server.state-quota]`).
     #[serde(default)]
     pub state_quota: sluice_engine::state::StateQuota,
+    /// Where traces are exported (`[telemetry]`).
+    #[serde(default)]
+    pub telemetry: crate::observe::trace::TelemetryConfig,
     /// Every event's story: how long and how much is kept (`[stories]`).
     #[serde(default)]
     pub stories: crate::observe::story::StoriesConfig,

@@ -25,6 +25,13 @@ pub async fn ingest(
     caller: &Caller,
     request: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
+    // A caller's trace is continued (W3C Trace Context); a malformed one is ignored.
+    let traceparent = request
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| crate::observe::trace::parse_traceparent(v).is_some())
+        .map(str::to_string);
     let body = read_body(request, app.max_body_bytes, app.settings.body_timeout).await?;
 
     // Events naming no tenant belong to the caller's (or, for an admin, the only one).
@@ -40,9 +47,10 @@ pub async fn ingest(
         tenants.into_iter().filter(|t| caller.may_act_for(t)).collect();
     // Parsing and checking are linear, but a body holds up to
     // `max-body-bytes` of events: keep them off the async threads.
-    let parsed = tokio::task::spawn_blocking(move || prepare(&body, default_tenant, &allowed))
-        .await
-        .map_err(|join| ApiError::internal(format!("the ingest task failed: {join}")))??;
+    let parsed =
+        tokio::task::spawn_blocking(move || prepare(&body, default_tenant, &allowed, traceparent.as_deref()))
+            .await
+            .map_err(|join| ApiError::internal(format!("the ingest task failed: {join}")))??;
 
     accept(app, parsed).await
 }
@@ -64,9 +72,10 @@ pub(crate) async fn ingest_from_source(
 pub(crate) async fn ingest_text(app: &App, tenant: &str, text: String) -> Result<Vec<Receipt>, ApiError> {
     let allowed = std::collections::BTreeSet::from([tenant.to_string()]);
     let default_tenant = Some(tenant.to_string());
-    let parsed = tokio::task::spawn_blocking(move || prepare(text.as_bytes(), default_tenant, &allowed))
-        .await
-        .map_err(|join| ApiError::internal(format!("the ingest task failed: {join}")))??;
+    let parsed =
+        tokio::task::spawn_blocking(move || prepare(text.as_bytes(), default_tenant, &allowed, None))
+            .await
+            .map_err(|join| ApiError::internal(format!("the ingest task failed: {join}")))??;
     store(app, parsed).await
 }
 
@@ -79,6 +88,7 @@ async fn accept(app: &App, parsed: Vec<Prepared>) -> Result<Response<Body>, ApiE
 
 /// Stores checked events (see [`accept`]) and says what became of each.
 async fn store(app: &App, parsed: Vec<Prepared>) -> Result<Vec<Receipt>, ApiError> {
+    let started = std::time::SystemTime::now();
     let (batch, logged, woken) = fan_out(app, parsed);
     admit(app, &batch)?;
     let queue = app.queue.clone();
@@ -86,12 +96,16 @@ async fn store(app: &App, parsed: Vec<Prepared>) -> Result<Vec<Receipt>, ApiErro
     for channel in woken {
         app.wake_channel(&channel);
     }
-    for (receipt, (tenant, correlation_id)) in receipts.iter().zip(&logged) {
+    for (receipt, (tenant, correlation_id, traceparent)) in receipts.iter().zip(&logged) {
+        let trace =
+            crate::observe::trace::TraceContext::of_event(tenant, &receipt.id, traceparent.as_deref());
         app.emit(crate::observe::events::Accepted {
             tenant,
             event_id: &receipt.id,
             correlation_id,
             duplicate: receipt.duplicate,
+            trace,
+            started,
         });
     }
     Ok(receipts)
@@ -113,7 +127,7 @@ fn accepted_response(receipts: &[Receipt]) -> Response<Body> {
 /// names (tenant, correlation id), and the channels to wake.
 type FannedOut = (
     Vec<Ingest>,
-    Vec<(String, String)>,
+    Vec<(String, String, Option<String>)>,
     Vec<std::sync::Arc<crate::state::Channel>>,
 );
 
@@ -139,7 +153,7 @@ fn fan_out(app: &App, parsed: Vec<Prepared>) -> FannedOut {
                 app.metrics.skipped(&channel.name);
             }
         }
-        logged.push((event.tenant.clone(), event.correlation_id));
+        logged.push((event.tenant.clone(), event.correlation_id, event.traceparent));
         batch.push(Ingest {
             tenant: event.tenant,
             id: event.id,
@@ -180,6 +194,8 @@ fn admit(app: &App, batch: &[Ingest]) -> Result<(), ApiError> {
 
 /// One event ready to store: checked, stamped with its tenant, serialised.
 struct Prepared {
+    /// The event's `traceparent` header, which continues a caller's trace.
+    traceparent: Option<String>,
     tenant: String,
     id: String,
     source: String,
@@ -197,6 +213,7 @@ fn prepare(
     body: &[u8],
     default_tenant: Option<String>,
     allowed: &std::collections::BTreeSet<String>,
+    traceparent: Option<&str>,
 ) -> Result<Vec<Prepared>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| ApiError::bad_request("invalid-json", "the body is not UTF-8", None))?;
@@ -240,7 +257,20 @@ fn prepare(
                 Some("$['tenant']"),
             ));
         }
+        // The request's trace, kept with each event that has none of its own.
+        if let Some(traceparent) = traceparent
+            && event.headers.len() < MAX_HEADERS
+            && event
+                .headers
+                .get("traceparent")
+                .is_none_or(|own| crate::observe::trace::parse_traceparent(own).is_none())
+        {
+            event
+                .headers
+                .insert("traceparent".into(), traceparent.to_string());
+        }
         prepared.push(Prepared {
+            traceparent: event.headers.get("traceparent").cloned(),
             stored: serde_json::to_string(&event).map_err(ApiError::internal)?,
             correlation_id: event.correlation_id.clone().unwrap_or_else(|| event.id.clone()),
             tenant: event.tenant,
@@ -395,15 +425,15 @@ mod tests {
     fn ids_with_control_characters_are_refused_and_named() {
         let allowed = ["acme".to_string()].into_iter().collect();
         let body = br#"{"id":"evt\u0000x","kind":"product","tenant":"acme","payload":{}}"#;
-        let err = prepare(body, None, &allowed).err().unwrap();
+        let err = prepare(body, None, &allowed, None).err().unwrap();
         assert_eq!(err.path.as_deref(), Some("$['id']"));
         assert!(err.message.contains("U+0000"), "{}", err.message);
         let body = br#"{"id":"evt-1","kind":"product","tenant":"acme","correlation_id":"a\nb","payload":{}}"#;
-        let err = prepare(body, None, &allowed).err().unwrap();
+        let err = prepare(body, None, &allowed, None).err().unwrap();
         assert_eq!(err.path.as_deref(), Some("$['correlation_id']"));
         let body = br#"{"id":"evt-1","kind":"product","payload":{}}"#;
         assert_eq!(
-            prepare(body, Some("acme".into()), &allowed).unwrap()[0].tenant,
+            prepare(body, Some("acme".into()), &allowed, None).unwrap()[0].tenant,
             "acme"
         );
     }

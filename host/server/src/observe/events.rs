@@ -10,6 +10,7 @@ use serde_json::json;
 use super::history::{Count, History};
 use super::metrics::Metrics;
 use super::story::{StoryEntry, StoryKind};
+use super::trace::{SpanKind, SpanRecord, TraceContext, span_id};
 use crate::state::App;
 use crate::store::now_ms;
 
@@ -18,6 +19,10 @@ pub(crate) trait InternalEvent {
     fn emit(self, metrics: &Metrics, history: &History);
     /// Its entry in the event's story, if it makes one.
     fn story(&self) -> Option<StoryEntry> {
+        None
+    }
+    /// Its span in the event's trace, if it is one.
+    fn span_record(&self) -> Option<SpanRecord> {
         None
     }
 }
@@ -30,6 +35,11 @@ impl App {
         {
             self.stories.record(entry);
         }
+        if self.telemetry.enabled()
+            && let Some(span) = event.span_record()
+        {
+            self.telemetry.record(span);
+        }
         event.emit(&self.metrics, &self.history);
     }
 }
@@ -40,6 +50,15 @@ pub(crate) struct Accepted<'a> {
     pub event_id: &'a str,
     pub correlation_id: &'a str,
     pub duplicate: bool,
+    /// Its trace, and when its request began (its ingest span's start).
+    pub trace: TraceContext,
+    pub started: std::time::SystemTime,
+}
+
+impl Accepted<'_> {
+    fn span(&self) -> [u8; 8] {
+        span_id(&["ingest", self.tenant, self.event_id])
+    }
 }
 
 impl InternalEvent for Accepted<'_> {
@@ -52,6 +71,25 @@ impl InternalEvent for Accepted<'_> {
         ))
     }
 
+    fn span_record(&self) -> Option<SpanRecord> {
+        Some(SpanRecord {
+            trace_id: self.trace.trace_id,
+            span_id: self.span(),
+            parent: self.trace.remote_parent,
+            name: "ingest".into(),
+            kind: SpanKind::Server,
+            start: self.started,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("sluice.tenant", self.tenant.into()),
+                ("sluice.event_id", self.event_id.into()),
+                ("sluice.correlation_id", self.correlation_id.into()),
+                ("sluice.duplicate", self.duplicate.to_string()),
+            ],
+            error: false,
+        })
+    }
+
     fn emit(self, metrics: &Metrics, _: &History) {
         metrics.event_in(self.tenant, self.duplicate);
         tracing::info!(
@@ -59,6 +97,8 @@ impl InternalEvent for Accepted<'_> {
             event_id = %self.event_id,
             correlation_id = %self.correlation_id,
             duplicate = self.duplicate,
+            trace_id = %self.trace.trace_hex(),
+            span_id = %hex::encode(self.span()),
             "event accepted"
         );
     }
@@ -73,9 +113,39 @@ pub(crate) struct Transformed<'a> {
     pub correlation_id: &'a str,
     pub outcome: &'static str,
     pub path: &'static str,
+    /// Its trace; when its batch ran; every step's `module@version`.
+    pub trace: TraceContext,
+    pub started: std::time::SystemTime,
+    pub versions: &'a [String],
+}
+
+/// The span id of an event's transform in a channel.
+pub(crate) fn transform_span(tenant: &str, event_id: &str, channel: &str) -> [u8; 8] {
+    span_id(&["transform", tenant, event_id, channel])
 }
 
 impl InternalEvent for Transformed<'_> {
+    /// The transform's span only: [`App::emit`] adds one per step.
+    fn span_record(&self) -> Option<SpanRecord> {
+        (self.path == "ingest").then(|| SpanRecord {
+            trace_id: self.trace.trace_id,
+            span_id: transform_span(self.tenant, self.event_id, self.channel),
+            parent: Some(span_id(&["ingest", self.tenant, self.event_id])),
+            name: format!("transform {}", self.channel),
+            kind: SpanKind::Internal,
+            start: self.started,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                ("sluice.tenant", self.tenant.into()),
+                ("sluice.channel", self.channel.into()),
+                ("sluice.event_id", self.event_id.into()),
+                ("sluice.outcome", self.outcome.into()),
+                ("sluice.module_versions", self.versions.join(",")),
+            ],
+            error: self.outcome == "error",
+        })
+    }
+
     fn emit(self, metrics: &Metrics, history: &History) {
         metrics.outcome(self.channel, self.outcome, self.path);
         // The durable path is what the page's history shows; a synchronous
@@ -96,6 +166,8 @@ impl InternalEvent for Transformed<'_> {
             event_id = %self.event_id,
             correlation_id = %self.correlation_id,
             outcome = self.outcome,
+            trace_id = %self.trace.trace_hex(),
+            span_id = %hex::encode(transform_span(self.tenant, self.event_id, self.channel)),
             "event transformed"
         );
     }
@@ -182,9 +254,39 @@ pub(crate) struct DeliveryAttempted<'a> {
     pub status: Option<u16>,
     pub elapsed: Duration,
     pub outcome: AttemptOutcome,
+    /// Its trace and its own span (the one its `traceparent` named).
+    pub trace: TraceContext,
+    pub span: [u8; 8],
+    pub entity_key: &'a str,
 }
 
 impl InternalEvent for DeliveryAttempted<'_> {
+    fn span_record(&self) -> Option<SpanRecord> {
+        let end = std::time::SystemTime::now();
+        Some(SpanRecord {
+            trace_id: self.trace.trace_id,
+            span_id: self.span,
+            parent: Some(transform_span(self.tenant, self.event_id, self.channel)),
+            name: format!("deliver {}", self.destination),
+            kind: SpanKind::Client,
+            start: end.checked_sub(self.elapsed).unwrap_or(end),
+            end,
+            attributes: vec![
+                ("sluice.tenant", self.tenant.into()),
+                ("sluice.channel", self.channel.into()),
+                ("sluice.destination", self.destination.into()),
+                ("sluice.event_id", self.event_id.into()),
+                ("sluice.entity_key", self.entity_key.into()),
+                ("sluice.attempt", self.attempt.to_string()),
+                (
+                    "http.response.status_code",
+                    self.status.map_or_else(String::new, |s| s.to_string()),
+                ),
+            ],
+            error: !matches!(self.outcome, AttemptOutcome::Delivered { .. }),
+        })
+    }
+
     fn emit(self, metrics: &Metrics, history: &History) {
         metrics.delivery_time(self.destination, self.elapsed.as_secs_f64());
         match self.outcome {
@@ -205,6 +307,8 @@ impl InternalEvent for DeliveryAttempted<'_> {
             attempt = self.attempt,
             status = self.status.unwrap_or(0),
             elapsed_ms = self.elapsed.as_millis() as u64,
+            trace_id = %self.trace.trace_hex(),
+            span_id = %hex::encode(self.span),
             "delivery attempt"
         );
     }

@@ -133,6 +133,10 @@ pub struct Metrics {
     dead_lettered: Family<DeadLetterLabels, Counter>,
     /// Story entries dropped (the writer behind, or the store failing).
     story_dropped: Counter,
+    /// Spans dropped (the exporter behind, or the OTLP endpoint failing).
+    spans_dropped: Counter,
+    /// Spans the OTLP endpoint accepted.
+    spans_exported: Counter,
     /// Events waiting, by channel and queue.
     depth: Family<DepthLabels, Gauge>,
     /// 1 while a channel's circuit breaker holds it paused.
@@ -183,6 +187,8 @@ impl Default for Metrics {
             unchanged: Family::default(),
             dead_lettered: Family::default(),
             story_dropped: Counter::default(),
+            spans_dropped: Counter::default(),
+            spans_exported: Counter::default(),
             depth: Family::default(),
             circuit_open: Family::default(),
             rate_limited: Family::default(),
@@ -258,6 +264,16 @@ impl Default for Metrics {
             "story_entries_dropped",
             "Story entries not kept: the story writer was behind or the store failed; delivery is never held for them",
             m.story_dropped.clone(),
+        );
+        registry.register(
+            "spans_dropped",
+            "Spans not exported: the exporter's queue was full, or the OTLP endpoint was down, slow or failing",
+            m.spans_dropped.clone(),
+        );
+        registry.register(
+            "spans_exported",
+            "Spans the OTLP endpoint accepted",
+            m.spans_exported.clone(),
         );
         registry.register(
             "dead_lettered",
@@ -516,11 +532,18 @@ impl Metrics {
             .inc_by(n);
     }
 
-    /// Brings the count of dropped story entries up to `total`.
-    pub fn set_story_dropped(&self, total: u64) {
-        let counted = self.story_dropped.get();
-        if total > counted {
-            self.story_dropped.inc_by(total - counted);
+    /// Brings the counts of dropped story entries, and of dropped and
+    /// exported spans, up to these totals.
+    pub fn set_observed(&self, story_dropped: u64, spans_dropped: u64, spans_exported: u64) {
+        for (counter, total) in [
+            (&self.story_dropped, story_dropped),
+            (&self.spans_dropped, spans_dropped),
+            (&self.spans_exported, spans_exported),
+        ] {
+            let counted = counter.get();
+            if total > counted {
+                counter.inc_by(total - counted);
+            }
         }
     }
 

@@ -7,3 +7,4 @@ pub(crate) mod history;
 pub mod mask;
 pub(crate) mod metrics;
 pub mod story;
+pub mod trace;

@@ -85,6 +85,8 @@ pub struct App {
     pub settings: Settings,
     /// Where events' story entries go (see [`crate::observe::story`]).
     pub stories: Arc<crate::observe::story::StoryLog>,
+    /// Where spans go (see [`crate::observe::trace`]).
+    pub telemetry: Arc<crate::observe::trace::Telemetry>,
     /// Deliveries being sent by this node, by (tenant, event id), for a
     /// story's "in flight".
     pub(crate) in_flight: Mutex<std::collections::HashMap<(String, String), usize>>,
@@ -221,6 +223,7 @@ impl App {
             settings: Settings::from_config(config),
             stories: Arc::new(crate::observe::story::StoryLog::new(config.stories)),
             in_flight: Mutex::default(),
+            telemetry: Arc::new(crate::observe::trace::Telemetry::new(config.telemetry.clone())),
             upload_permits: Arc::new(Semaphore::new(config.upload_concurrency.max(1))),
             queue,
             registry,
@@ -425,6 +428,8 @@ impl App {
     ) -> Result<Ran, tokio::task::JoinError> {
         let permit = self.transform_permit(&channel.tenant).await.ok().flatten();
         let started = Instant::now();
+        let started_at = std::time::SystemTime::now();
+        let versions = crate::state::channel::versions(&pipeline);
         let shadow = channel.shadow();
         let entity_key = channel
             .destination
@@ -481,6 +486,11 @@ impl App {
             recording.capture(&events);
         }
         for (event, outcome) in events.iter().zip(&outcomes) {
+            let trace = crate::observe::trace::TraceContext::of_event(
+                &event.tenant,
+                &event.id,
+                event.headers.get("traceparent").map(String::as_str),
+            );
             self.emit(crate::observe::events::Transformed {
                 tenant: &event.tenant,
                 channel: &channel.name,
@@ -488,7 +498,13 @@ impl App {
                 correlation_id: event.correlation_id.as_deref().unwrap_or(&event.id),
                 outcome: outcome.tag(),
                 path,
+                trace,
+                started: started_at,
+                versions: &versions,
             });
+            if path == "ingest" && self.telemetry.enabled() {
+                self.record_step_spans(&channel.name, event, trace, started_at, &versions);
+            }
         }
         Ok(Ran {
             events,
@@ -496,6 +512,47 @@ impl App {
             canary,
             writes,
         })
+    }
+
+    /// One span per pipeline step, under the event's transform span. The
+    /// engine runs a batch's steps as one call, so each step's span covers
+    /// the batch's run; it carries the step's position and module version.
+    fn record_step_spans(
+        &self,
+        channel: &str,
+        event: &EventJson,
+        trace: crate::observe::trace::TraceContext,
+        started: std::time::SystemTime,
+        versions: &[String],
+    ) {
+        let parent = crate::observe::events::transform_span(&event.tenant, &event.id, channel);
+        let end = std::time::SystemTime::now();
+        for (index, version) in versions.iter().enumerate() {
+            let position = index.to_string();
+            self.telemetry.record(crate::observe::trace::SpanRecord {
+                trace_id: trace.trace_id,
+                span_id: crate::observe::trace::span_id(&[
+                    "step",
+                    &event.tenant,
+                    &event.id,
+                    channel,
+                    &position,
+                ]),
+                parent: Some(parent),
+                name: format!("step {version}"),
+                kind: crate::observe::trace::SpanKind::Internal,
+                start: started,
+                end,
+                attributes: vec![
+                    ("sluice.tenant", event.tenant.clone()),
+                    ("sluice.channel", channel.to_string()),
+                    ("sluice.event_id", event.id.clone()),
+                    ("sluice.step", position),
+                    ("sluice.module_version", version.clone()),
+                ],
+                error: false,
+            });
+        }
     }
 
     /// What a run of `pipeline` for `channel` reads its state from

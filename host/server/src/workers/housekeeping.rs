@@ -32,8 +32,14 @@ pub(super) async fn run(app: Arc<App>, mut stopped: watch::Receiver<bool>) {
                     Ok(removed) => tracing::debug!(removed, "old stories removed"),
                     Err(err) => tracing::error!(error = %err, "cannot remove old stories"),
                 }
-                work.metrics
-                    .set_story_dropped(work.stories.dropped.load(std::sync::atomic::Ordering::Relaxed));
+            }
+            {
+                use std::sync::atomic::Ordering::Relaxed;
+                work.metrics.set_observed(
+                    work.stories.dropped.load(Relaxed),
+                    work.telemetry.dropped.load(Relaxed),
+                    work.telemetry.exported.load(Relaxed),
+                );
             }
             if hourly {
                 let before = crate::store::now_ms() - work.idempotency_window.as_millis() as i64;

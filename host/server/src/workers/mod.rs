@@ -73,6 +73,18 @@ pub(crate) fn start(app: &Arc<App>, stopped: &watch::Receiver<bool>) -> JoinSet<
     {
         let (app, stopped) = (app.clone(), stopped.clone());
         start(
+            "telemetry".into(),
+            Box::new(move || {
+                Box::pin(crate::observe::trace::run_exporter(
+                    app.telemetry.clone(),
+                    stopped.clone(),
+                ))
+            }),
+        );
+    }
+    {
+        let (app, stopped) = (app.clone(), stopped.clone());
+        start(
             "housekeeping".into(),
             Box::new(move || Box::pin(housekeeping::run(app.clone(), stopped.clone()))),
         );

@@ -425,10 +425,19 @@ fn deliveries(
     events: &[EventJson],
 ) -> Vec<NewDelivery> {
     let correlation_id = input.correlation_id.clone().unwrap_or_else(|| input.id.clone());
+    // A trace the event continues goes with its outputs, for their deliveries.
+    let traceparent = input.headers.get("traceparent");
     events
         .iter()
         .map(|emitted| {
-            let output = serde_json::to_string(emitted).unwrap_or_default();
+            let output = match traceparent {
+                Some(trace) if emitted.headers.get("traceparent") != Some(trace) => {
+                    let mut traced = emitted.clone();
+                    traced.headers.insert("traceparent".into(), trace.clone());
+                    serde_json::to_string(&traced).unwrap_or_default()
+                }
+                _ => serde_json::to_string(emitted).unwrap_or_default(),
+            };
             NewDelivery {
                 payload_at: NewDelivery::payload_offset(&output, emitted.payload.get()),
                 output_id: emitted.id.clone(),

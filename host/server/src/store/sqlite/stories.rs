@@ -205,7 +205,12 @@ mod tests {
     fn entry(tenant: &str, event: &str, at_ms: i64) -> StoryEntry {
         StoryEntry {
             at_ms,
-            ..StoryEntry::new(tenant, event, StoryKind::Accepted, json!({"pad": "x".repeat(100)}))
+            ..StoryEntry::new(
+                tenant,
+                event,
+                StoryKind::Accepted,
+                json!({"pad": "x".repeat(100)}),
+            )
         }
         .about("SKU-1")
     }
@@ -226,10 +231,18 @@ mod tests {
         queue.append_stories(entries, &config).unwrap();
 
         let removed = queue.prune_stories(&config).unwrap();
-        assert!(queue.event_story("small", "old", 10).unwrap().is_empty(), "too old");
+        assert!(
+            queue.event_story("small", "old", 10).unwrap().is_empty(),
+            "too old"
+        );
         assert_eq!(queue.event_story("small", "new", 10).unwrap().len(), 1);
         let kept: Vec<usize> = (0..100)
-            .filter(|n| !queue.event_story("big", &format!("e-{n}"), 10).unwrap().is_empty())
+            .filter(|n| {
+                !queue
+                    .event_story("big", &format!("e-{n}"), 10)
+                    .unwrap()
+                    .is_empty()
+            })
             .collect();
         // Down to nine tenths of 20 entries of `e-0`'s size: the newest 17
         // (each a byte longer than `e-0`'s).
@@ -239,7 +252,12 @@ mod tests {
         let found = queue.entity_stories("big", "SKU-1", None, 3).unwrap();
         let ids: Vec<&str> = found.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(ids, ["e-99", "e-98", "e-97"]);
-        assert!(queue.entity_stories("other", "SKU-1", None, 3).unwrap().is_empty());
+        assert!(
+            queue
+                .entity_stories("other", "SKU-1", None, 3)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(queue.prune_stories(&config).unwrap(), 0, "nothing more to remove");
     }
 }

@@ -503,6 +503,8 @@ fn settle(
         elapsed,
         expired,
         exchange,
+        trace,
+        span,
         ..
     } = sent;
     app.leave_flight(&delivery);
@@ -557,6 +559,9 @@ fn settle(
         status,
         elapsed,
         outcome,
+        trace,
+        span,
+        entity_key: &delivery.entity_key,
     });
     if let Some(exchange) = exchange.or_else(|| app.stories.config().enabled.then(|| json!({}))) {
         let (result_name, next_ms) = match &result {

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use crate::config::RetryPolicy;
 use crate::observe::mask;
 use crate::observe::story::StoryLog;
+use crate::observe::trace::TraceContext;
 use crate::outbound::HttpClient;
 use crate::outbound::sign::Signer;
 use crate::outbound::target::UrlTemplate;
@@ -120,6 +121,31 @@ pub(super) struct Sent {
     /// The request as sent and the answer as received, masked and capped,
     /// when stories are kept.
     pub exchange: Option<Value>,
+    /// The event's trace, and this attempt's span in it.
+    pub trace: TraceContext,
+    pub span: [u8; 8],
+}
+
+/// The event's trace and this attempt's span: the same on every node, so
+/// a repeat after a crash sends the same `traceparent`.
+fn attempt_trace(delivery: &Delivery) -> (TraceContext, [u8; 8]) {
+    let traceparent = crate::observe::trace::traceparent_of_output(&delivery.output);
+    let trace = TraceContext::of_event(&delivery.tenant, &delivery.event_id, traceparent.as_deref());
+    let attempt = (delivery.attempts + 1).to_string();
+    let output = delivery
+        .output_id
+        .clone()
+        .unwrap_or_else(|| delivery.seq.to_string());
+    let span = crate::observe::trace::span_id(&[
+        "attempt",
+        &delivery.tenant,
+        &delivery.event_id,
+        &delivery.channel,
+        &delivery.destination,
+        &output,
+        &attempt,
+    ]);
+    (trace, span)
 }
 
 /// Sends one delivery and reports what came back. A `Retry-After` counts
@@ -133,7 +159,10 @@ pub(super) async fn send(
     let timeout_ms = policy.timeout_ms;
     let longest = Duration::from_millis(policy.max_backoff_ms);
     let started = Instant::now();
+    let (trace, span) = attempt_trace(&delivery);
     let finish = |status, retry_after, detail: String| Sent {
+        trace,
+        span,
         status,
         retry_after,
         detail,
@@ -168,6 +197,7 @@ pub(super) async fn send(
         .header("x-sluice-event-id", &event_id)
         .header("x-sluice-source-event-id", &delivery.event_id)
         .header("x-sluice-attempt", (delivery.attempts + 1).to_string())
+        .header("traceparent", trace.traceparent(span))
         .header("x-sluice-module-versions", versions_header(&delivery.versions));
     // A DELETE carries no body (SP-API's deleteListingsItem, Magento's DELETE /V1/products/{sku}).
     let body = if method == Method::DELETE {
