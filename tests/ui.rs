@@ -515,3 +515,110 @@ fn a_tenant_makes_edits_and_deletes_its_own_destination_and_channel_in_a_real_br
     assert_eq!(api(&sidecar, ACME, "GET", "/v1/destinations/shop", "").0, 404);
     assert_eq!(api(&sidecar, ACME, "GET", "/v1/channels/shop-stock", "").0, 404);
 }
+
+#[test]
+fn an_operator_finds_an_event_by_its_sku_and_reads_its_timeline_in_a_real_browser() {
+    // The first request of each SKU is refused with 503, the next accepted.
+    let respond: Arc<Responder> = Arc::new(|request, before| {
+        let sku = request.json()["sku"].clone();
+        if before.iter().any(|r| r.json()["sku"] == sku) {
+            Reply {
+                body: r#"{"status":"ACCEPTED"}"#.into(),
+                ..Reply::status(200)
+            }
+        } else {
+            Reply {
+                body: r#"{"errors":[{"code":"InvalidInput","message":"Invalid Data"}]}"#.into(),
+                ..Reply::status(503)
+            }
+        }
+    });
+    let destination = Sink::start("127.0.0.1:0".parse().unwrap(), respond).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sidecar = Sidecar::start(
+        dir.path(),
+        &config(&destination).replace(
+            "/stock\"\n",
+            "/stock\"\n[destination.retry]\ninitial-backoff-ms = 50\nmax-backoff-ms = 200\n",
+        ),
+    );
+    let shots = target_dir().join("ui-test");
+    let tee = event("tee-1", "acme", json!({"sku": "TEE-1", "qty": 4}));
+    assert_eq!(api(&sidecar, ACME, "POST", "/v1/events", &tee).0, 202);
+    wait_for("the story to say delivered", PATIENCE, || {
+        api(&sidecar, ACME, "GET", "/v1/events/tee-1", "").1["now"]["stock"] == "delivered"
+    });
+
+    let browser = Browser::start();
+    browser.open(&format!("{}/ui#token={ACME}", sidecar.base));
+    browser.find("body[data-ready='true']");
+    // Found by its SKU, then opened from the results.
+    browser.fill("#find-query", "TEE-1");
+    browser.click_on("#find-form button");
+    browser.click_on("#find-results tr[data-event='tee-1']");
+    browser.find("#story[data-event='tee-1']");
+    let kinds =
+        browser.run("return [...document.querySelectorAll('#timeline > li')].map((li) => li.dataset.kind)");
+    assert_eq!(
+        kinds,
+        json!(["accepted", "transformed", "queued", "attempt", "attempt"])
+    );
+    let panes = browser.run(
+        "return [...document.querySelectorAll(\"#timeline > li[data-kind='attempt'] .exchange pre\")].map((p) => p.textContent)",
+    );
+    let texts: Vec<&str> = panes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 4, "a request and a response for each attempt");
+    assert!(
+        texts[0].starts_with(&format!("POST http://{}/stock", destination.addr)),
+        "{}",
+        texts[0]
+    );
+    assert!(
+        texts[0].contains("\"sku\": \"TEE-1\""),
+        "the body as sent: {}",
+        texts[0]
+    );
+    assert!(
+        texts[1].starts_with("503") && texts[1].contains("Invalid Data"),
+        "{}",
+        texts[1]
+    );
+    assert!(
+        texts[3].starts_with("200") && texts[3].contains("ACCEPTED"),
+        "{}",
+        texts[3]
+    );
+    assert_eq!(
+        browser.text_of("#story-now").as_deref(),
+        Some("Now: stock: delivered")
+    );
+    browser.screenshot(&shots.join("6-event-timeline.png"));
+
+    // By its id, straight to the timeline.
+    browser.fill("#find-query", "tee-1");
+    browser.click_on("#find-form button");
+    browser.find("#story[data-event='tee-1']");
+
+    // Another tenant finds nothing of it.
+    browser.click_on("#sign-out");
+    let input = browser.find("#token");
+    browser.type_into(&input, GLOBEX);
+    browser.click_on("#sign-in-form button");
+    browser.find("body[data-ready='true']");
+    browser.fill("#find-query", "tee-1");
+    browser.click_on("#find-form button");
+    browser.wait("the search to answer", || {
+        browser
+            .text_of("#find-error")
+            .filter(|t| t.contains("no event tee-1"))
+    });
+    assert_eq!(
+        browser.run("return document.getElementById('story').hidden"),
+        true
+    );
+}

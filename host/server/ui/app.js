@@ -13,6 +13,7 @@ const state = {
   letterPages: [],      // the `before` id of each page opened, newest first
   letterBefore: null,
   openLetter: null,
+  isTenant: true,
   confirming: null,     // "kind:name" of the entry whose delete asks to be confirmed
   timer: null,
   generation: 0,
@@ -60,7 +61,9 @@ async function api(path, options = {}) {
   if (!response.ok) {
     let message = body && body.message ? body.message : `${response.status}`;
     if (body && body.path) message += ` (at ${body.path})`;
-    throw new Error(message);
+    const error = new Error(message);
+    error.code = body && body.code;
+    throw error;
   }
   return body;
 }
@@ -89,6 +92,12 @@ function signOut(reason = "") {
   $("sign-in").hidden = false;
   $("who").textContent = "";
   $("sign-in-error").textContent = reason;
+  // Nothing of the last tenant's stays on the page.
+  $("story").hidden = true;
+  $("timeline").replaceChildren();
+  $("find-results").hidden = true;
+  $("find-results").tBodies[0].replaceChildren();
+  $("find-error").textContent = "";
 }
 
 async function start() {
@@ -597,6 +606,120 @@ function renderSetup(channels, destinations, isTenant) {
 
 // ---- the loop ------------------------------------------------------------
 
+// ---- find an event ------------------------------------------------------
+
+// Most timeline entries drawn, and most characters of one body shown.
+const STORY_ENTRIES = 500;
+
+function tenantQuery(prefix) {
+  const tenant = state.isTenant ? "" : $("find-tenant").value.trim();
+  return tenant ? `${prefix}tenant=${encodeURIComponent(tenant)}` : "";
+}
+
+async function findEvent() {
+  const query = $("find-query").value.trim();
+  $("find-error").textContent = "";
+  $("find-results").hidden = true;
+  if (!query) return;
+  // An event id first; else the newest events of that entity key.
+  try {
+    await openStory(query);
+    return;
+  } catch (err) {
+    if (err.code !== "unknown-event") {
+      $("find-error").textContent = err.message;
+      return;
+    }
+  }
+  let found;
+  try {
+    found = await api(`/v1/events?entity=${encodeURIComponent(query)}${tenantQuery("&")}`);
+  } catch (err) {
+    $("find-error").textContent = err.message;
+    return;
+  }
+  const events = (found && found.events) || [];
+  $("story").hidden = true;
+  if (!events.length) {
+    $("find-error").textContent = `no event ${query}, and no event of entity key ${query}`;
+    return;
+  }
+  $("find-results").hidden = false;
+  $("find-results").tBodies[0].replaceChildren(...events.map((e) => {
+    const row = el("tr", { class: "clickable", "data-event": String(e.event_id) },
+      el("td", {}, shortText(String(e.event_id))),
+      el("td", {}, shortText(String(e.channel ?? ""))),
+      el("td", {}, new Date(e.at_ms).toLocaleString()),
+      el("td", {}, String(e.latest)));
+    row.addEventListener("click", () => openStory(e.event_id).catch((err) => { $("find-error").textContent = err.message; }));
+    return row;
+  }));
+}
+
+function headerLines(headers) {
+  return (Array.isArray(headers) ? headers : []).map((h) => `${h[0]}: ${h[1]}`).join("\n");
+}
+
+function bodyText(body) {
+  if (!body || typeof body.text !== "string") return "";
+  let text = body.text;
+  try { text = JSON.stringify(JSON.parse(text), null, 2); } catch { /* shown as sent */ }
+  if (body.truncated) text += `\n… cut (${body.bytes_seen} bytes seen)`;
+  return shortText(text, TEXT_BYTES);
+}
+
+function exchangePane(title, lines) {
+  return el("div", {}, el("h5", {}, title), el("pre", {}, lines.filter((l) => l !== "").join("\n\n")));
+}
+
+function timelineEntry(entry) {
+  const d = entry.detail || {};
+  let summary = "";
+  let kindClass = "";
+  switch (entry.kind) {
+    case "accepted": summary = d.duplicate ? "a duplicate of one already stored" : ""; break;
+    case "transformed":
+      summary = `${d.outcome} by ${(d.versions || []).join(" → ")}`;
+      kindClass = d.outcome === "reject" || d.outcome === "error" ? "failed" : "ok";
+      break;
+    case "queued": summary = `for ${d.destination}, entity ${entry.entity_key ?? ""}`; break;
+    case "attempt":
+      summary = `#${d.attempt} to ${d.destination}: ${d.status ?? "no answer"} (${d.result}) in ${d.elapsed_ms} ms`;
+      kindClass = d.result === "delivered" ? "ok" : "failed";
+      break;
+    case "dead-lettered": summary = `${d.reason}`; kindClass = "failed"; break;
+    default: summary = d.destination ? `at ${d.destination}` : "";
+  }
+  const item = el("li", { "data-kind": entry.kind },
+    el("span", { class: "when" }, new Date(entry.at_ms).toLocaleString()),
+    el("span", { class: `kind ${kindClass}` }, entry.kind),
+    entry.channel ? el("span", { class: "modules" }, `${entry.channel} `) : "",
+    shortText(summary));
+  if (entry.kind === "transformed") {
+    const parsed = (body) => { try { return JSON.parse(body.text); } catch { return body && body.text; } };
+    const shown = d.violations ?? d.fault ?? (d.events || []).map((e) => ({ id: e.id, payload: e.payload && parsed(e.payload) }));
+    if (shown != null) item.append(el("pre", { class: "json" }, compactJson(shown)));
+  }
+  if (entry.kind === "attempt") {
+    const request = d.request || {};
+    const response = d.response || {};
+    item.append(el("div", { class: "exchange" },
+      exchangePane("Request", [`${request.method ?? ""} ${request.url ?? ""}`, headerLines(request.headers), bodyText(request.body)]),
+      exchangePane("Response", [d.response ? `${response.status}` : String(d.error ?? "no answer"), headerLines(response.headers), bodyText(response.body)])));
+  }
+  return item;
+}
+
+async function openStory(id) {
+  const story = await api(`/v1/events/${encodeURIComponent(id)}${tenantQuery("?")}`);
+  $("story").hidden = false;
+  $("story-title").textContent = `Event ${story.event_id} of ${story.tenant}`;
+  const now = Object.entries(story.now || {}).map(([channel, where]) => `${channel}: ${where}`).join(", ");
+  $("story-now").textContent = now ? `Now: ${now}` : "Now: waiting for its transform";
+  $("story").dataset.event = String(story.event_id);
+  $("timeline").replaceChildren(...(story.entries || []).slice(-STORY_ENTRIES).map(timelineEntry));
+}
+
 let modulesShownFor = null;
 
 async function refresh() {
@@ -608,6 +731,8 @@ async function refresh() {
   try {
     const [who, channels, destinations] = await Promise.all([api("/v1/whoami"), api("/v1/channels"), api("/v1/destinations")]);
     const isTenant = who.tenant != null;
+    state.isTenant = isTenant;
+    $("find-tenant-label").hidden = isTenant;
     $("who").textContent = `signed in: ${isTenant ? `tenant ${who.tenant}` : "admin"}`;
     await renderChannels(channels);
     renderDestinations(destinations);
@@ -640,6 +765,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("sign-out").addEventListener("click", () => signOut());
   $("dl-filter").addEventListener("submit", (event) => event.preventDefault());
+  $("find-form").addEventListener("submit", (event) => { event.preventDefault(); findEvent(); });
   $("dl-channel").addEventListener("change", () => { state.letterPages = []; state.letterBefore = null; loadLetters(); });
   $("dl-search").addEventListener("input", () => loadLetters());
   $("dl-replay").addEventListener("click", () => letterAction("replay"));
