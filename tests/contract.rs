@@ -387,6 +387,7 @@ module = "{}"
     }
 
     const LOOKUPS_TOKEN: &str = "acme-lookups-token";
+    const OTHER_TOKEN: &str = "globex-lookups-token";
 
     /// A folder with `asin.csv`, the table the config's step names.
     fn lookups_folder(folder: &std::path::Path) -> std::path::PathBuf {
@@ -399,8 +400,9 @@ module = "{}"
     /// `/items/{param:asin}`; tenant acme has [`LOOKUPS_TOKEN`].
     fn lookups_config(destination: &Sink) -> String {
         format!(
-            "[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n{}lookups = {{ asin = \"asin.csv\" }}\nconfig = {{ lookup = {{ table = \"asin\", field = \"asin\" }} }}\n",
+            "[[tenant]]\nname = \"acme\"\ntoken-sha256 = [\"{}\"]\n[[tenant]]\nname = \"globex\"\ntoken-sha256 = [\"{}\"]\n{}lookups = {{ asin = \"asin.csv\" }}\nconfig = {{ lookup = {{ table = \"asin\", field = \"asin\" }} }}\n",
             crate::support::sidecar::token_hash(LOOKUPS_TOKEN),
+            crate::support::sidecar::token_hash(OTHER_TOKEN),
             config(destination.addr, "changed-fields", "").replace("/items/{$.sku}", "/items/{param:asin}"),
         )
     }
@@ -524,15 +526,27 @@ module = "{}"
             (409, Some("unknown-lookup")),
             "{answer}"
         );
+        // Another tenant's table is not the caller's to name, even by its full version.
+        let (status, theirs) = first_node.send(
+            "PUT",
+            "/v1/lookups/globex-asin",
+            Some(OTHER_TOKEN),
+            b"sku,asin\nTEE-2,B00GLOBEX\n",
+            "text/csv",
+        );
+        assert_eq!(status, 201, "{theirs}");
+        let (status, answer) = activate(
+            first_node,
+            json!({"asin": format!("globex-asin@{}", theirs["table"]["version"].as_str().unwrap())}),
+        );
+        assert_eq!((status, answer["code"].as_str()), (409, Some("unknown-lookup")), "{answer}");
         let (status, answer) = activate(
             first_node,
             json!({"asin": format!("sku-to-asin@{}", &first_version[..8])}),
         );
         assert_eq!(status, 200, "{answer}");
-        assert_eq!(
-            answer["lookups"],
-            json!([format!("sku-to-asin@{}", &first_version[..12])])
-        );
+        // Stored pinned in full, not as the prefix it was given.
+        assert_eq!(answer["lookups"], json!([format!("sku-to-asin@{first_version}")]));
         every_node_runs(nodes, &answer);
 
         let last = nodes.len() - 1;
@@ -552,6 +566,8 @@ module = "{}"
         assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
         nodes[last].kill9();
         nodes[last].restart();
+        let pinned = nodes[0].get("/v1/channels/catalog").1;
+        every_node_runs(nodes, &pinned);
         post(
             &nodes[last],
             &[product("e-3", json!({"sku": "TEE-2", "price": "4.00"}))],

@@ -165,8 +165,9 @@ fn each_event_is_one_trace_of_ingest_transform_step_and_delivery_and_the_destina
         .unwrap();
     assert_eq!(attempt["trace_id"], CALLER_TRACE);
     assert_eq!(attempt["span_id"].as_str().unwrap().len(), 16);
-    let metrics = sidecar.metrics();
-    assert!(metrics.contains("sluice_spans_exported_total"), "{metrics}");
+    wait_for("the exported spans counted", PATIENCE, || {
+        crate::consistency::counter(&sidecar.metrics(), "sluice_spans_exported_total") >= 8
+    });
 }
 
 #[test]

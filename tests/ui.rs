@@ -561,7 +561,7 @@ fn an_operator_finds_an_event_by_its_sku_and_reads_its_timeline_in_a_real_browse
         browser.run("return [...document.querySelectorAll('#timeline > li')].map((li) => li.dataset.kind)");
     assert_eq!(
         kinds,
-        json!(["accepted", "transformed", "queued", "attempt", "attempt"])
+        json!(["accepted", "transformed", "attempt", "attempt"])
     );
     let panes = browser.run(
         "return [...document.querySelectorAll(\"#timeline > li[data-kind='attempt'] .exchange pre\")].map((p) => p.textContent)",

@@ -19,12 +19,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use b2b_portal::B2bPortal;
-use magento_source::MagentoSource;
-use sluice_guest::native::NativeRunner;
-use sluice_guest::source::Source;
 use sluice_server::sink::{Reply, Sink};
-use support::{RawClient, Server, TOKEN, env_number, ingest_to_delivery, percentile, root};
+use support::{
+    RawClient, Server, TOKEN, env_number, ingest_to_delivery, native_magento_to_portal, percentile, root,
+};
 
 mod support;
 
@@ -36,36 +34,8 @@ fn main() {
     let event = std::fs::read_to_string(channel.join("fixtures/simple-product/input.json")).unwrap();
 
     // Native baseline: the same two steps, in process, one thread.
-    let pipeline_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(channel.join("pipeline.json")).unwrap()).unwrap();
-    let mut source =
-        NativeRunner::<Source<MagentoSource>>::new(&pipeline_json["steps"][0]["config"].to_string()).unwrap();
-    let mut portal =
-        NativeRunner::<B2bPortal>::new(&pipeline_json["steps"][1]["config"].to_string()).unwrap();
+    let native_rate = native_magento_to_portal(&channel, &event);
     let parsed: serde_json::Value = serde_json::from_str(&event).unwrap();
-    let wit_event = sluice_guest::Event {
-        id: parsed["id"].as_str().unwrap().into(),
-        kind: sluice_guest::EventKind::Product,
-        tenant: "acme".into(),
-        channel: "b2b-portal".into(),
-        source: "magento".into(),
-        correlation_id: "c".into(),
-        payload: parsed["payload"].to_string(),
-        topic: String::new(),
-        headers: Vec::new(),
-        delivery: None,
-    };
-    let native_started = Instant::now();
-    let mut native_count = 0u64;
-    while native_started.elapsed() < Duration::from_secs(2) {
-        let sluice_guest::Outcome::Emit(events) = source.apply(vec![wit_event.clone()]).remove(0) else {
-            panic!("magento-source should emit");
-        };
-        let out = portal.apply(events);
-        assert!(matches!(out[0], sluice_guest::Outcome::Emit(_)));
-        native_count += 1;
-    }
-    let native_rate = native_count as f64 / native_started.elapsed().as_secs_f64();
 
     // The real sidecar, delivering to a local sink.
     let sink = Sink::start(

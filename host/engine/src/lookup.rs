@@ -149,13 +149,18 @@ fn from_json(bytes: &[u8], max_decoded: usize) -> Result<LookupTable, String> {
                 decoded += key.len() + value.get().len() + ENTRY_OVERHEAD;
                 if decoded > self.0 {
                     return Err(serde::de::Error::custom(format!(
-                        "the table would take over {} bytes in memory (at `{key}`)",
-                        self.0
+                        "the table would take over {} bytes in memory (at `{}`)",
+                        self.0,
+                        shown(&key)
                     )));
+                }
+                if key.is_empty() {
+                    return Err(serde::de::Error::custom("a key is empty"));
                 }
                 if table.contains_key(&key) {
                     return Err(serde::de::Error::custom(format!(
-                        "the key `{key}` is given twice"
+                        "the key `{}` is given twice",
+                        shown(&key)
                     )));
                 }
                 table.insert(key, value.get().into());
@@ -169,6 +174,14 @@ fn from_json(bytes: &[u8], max_decoded: usize) -> Result<LookupTable, String> {
         .map_err(|err| err.to_string())?;
     de.end().map_err(|err| err.to_string())?;
     Ok(table)
+}
+
+/// A key as an error shows it: at most 64 characters of it.
+fn shown(key: &str) -> String {
+    match key.char_indices().nth(64) {
+        Some((end, _)) => format!("{}…", &key[..end]),
+        None => key.to_string(),
+    }
 }
 
 /// A CSV with a header row; the first column is the key.
@@ -207,7 +220,7 @@ fn from_csv(bytes: &[u8], max_decoded: usize) -> Result<LookupTable, String> {
             ));
         }
         if table.insert(key.to_string(), value.into_boxed_str()).is_some() {
-            return Err(format!("line {line}: the key `{key}` is given twice"));
+            return Err(format!("line {line}: the key `{}` is given twice", shown(key)));
         }
     }
     Ok(table)
@@ -234,6 +247,11 @@ mod tests {
         assert_eq!(&*table["TEE-1"], r#""B00TEE""#);
         assert_eq!(&*table["CAP-1"], r#"{"asin": "B00CAP", "n": 1}"#);
 
+        let err = parse_table(br#"{"": 1}"#, TableFormat::Json).unwrap_err();
+        assert!(err.contains("a key is empty"), "{err}");
+        let long = format!(r#"{{"{k}": 1, "{k}": 2}}"#, k = "K".repeat(10_000));
+        let err = parse_table(long.as_bytes(), TableFormat::Json).unwrap_err();
+        assert!(err.len() < 200, "a huge key is not echoed whole: {} bytes", err.len());
         write(base, "dup.json", br#"{"A": 1, "A": 2}"#);
         let err = load_table("t", "dup.json", base).unwrap_err().to_string();
         assert!(err.contains("the key `A` is given twice"), "{err}");

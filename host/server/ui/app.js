@@ -14,6 +14,7 @@ const state = {
   letterBefore: null,
   openLetter: null,
   isTenant: true,
+  session: 0,
   confirming: null,     // "kind:name" of the entry whose delete asks to be confirmed
   timer: null,
   generation: 0,
@@ -92,7 +93,8 @@ function signOut(reason = "") {
   $("sign-in").hidden = false;
   $("who").textContent = "";
   $("sign-in-error").textContent = reason;
-  // Nothing of the last tenant's stays on the page.
+  // Nothing of the last tenant's stays on the page, nor arrives after.
+  state.session += 1;
   $("story").hidden = true;
   $("timeline").replaceChildren();
   $("find-results").hidden = true;
@@ -632,12 +634,14 @@ async function findEvent() {
     }
   }
   let found;
+  const session = state.session;
   try {
     found = await api(`/v1/events?entity=${encodeURIComponent(query)}${tenantQuery("&")}`);
   } catch (err) {
     $("find-error").textContent = err.message;
     return;
   }
+  if (session !== state.session) return;
   const events = (found && found.events) || [];
   $("story").hidden = true;
   if (!events.length) {
@@ -696,8 +700,7 @@ function timelineEntry(entry) {
     entry.channel ? el("span", { class: "modules" }, `${entry.channel} `) : "",
     shortText(summary));
   if (entry.kind === "transformed") {
-    const parsed = (body) => { try { return JSON.parse(body.text); } catch { return body && body.text; } };
-    const shown = d.violations ?? d.fault ?? (d.events || []).map((e) => ({ id: e.id, payload: e.payload && parsed(e.payload) }));
+    const shown = d.violations ?? d.fault ?? d.deliveries ?? d.events;
     if (shown != null) item.append(el("pre", { class: "json" }, compactJson(shown)));
   }
   if (entry.kind === "attempt") {
@@ -711,7 +714,10 @@ function timelineEntry(entry) {
 }
 
 async function openStory(id) {
+  const session = state.session;
   const story = await api(`/v1/events/${encodeURIComponent(id)}${tenantQuery("?")}`);
+  // Signed out (or in as another) while it was asked: not drawn.
+  if (session !== state.session) return;
   $("story").hidden = false;
   $("story-title").textContent = `Event ${story.event_id} of ${story.tenant}`;
   const now = Object.entries(story.now || {}).map(([channel, where]) => `${channel}: ${where}`).join(", ");

@@ -264,3 +264,43 @@ pub fn ingest_to_delivery(
         p99: percentile(&latencies, 0.99),
     }
 }
+
+/// Events per second of the `b2b-portal-from-magento` channel's two steps
+/// (magento-source, then b2b-portal) run natively in process on one
+/// thread for 2 s, on the event in `event` (its fixture's `input.json`).
+pub fn native_magento_to_portal(channel: &Path, event: &str) -> f64 {
+    use b2b_portal::B2bPortal;
+    use magento_source::MagentoSource;
+    use sluice_guest::native::NativeRunner;
+    use sluice_guest::source::Source;
+
+    let pipeline_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(channel.join("pipeline.json")).unwrap()).unwrap();
+    let mut source =
+        NativeRunner::<Source<MagentoSource>>::new(&pipeline_json["steps"][0]["config"].to_string()).unwrap();
+    let mut portal = NativeRunner::<B2bPortal>::new(&pipeline_json["steps"][1]["config"].to_string()).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(event).unwrap();
+    let wit_event = sluice_guest::Event {
+        id: parsed["id"].as_str().unwrap().into(),
+        kind: sluice_guest::EventKind::Product,
+        tenant: "acme".into(),
+        channel: "b2b-portal".into(),
+        source: "magento".into(),
+        correlation_id: "c".into(),
+        payload: parsed["payload"].to_string(),
+        topic: String::new(),
+        headers: Vec::new(),
+        delivery: None,
+    };
+    let started = Instant::now();
+    let mut count = 0u64;
+    while started.elapsed() < Duration::from_secs(2) {
+        let sluice_guest::Outcome::Emit(events) = source.apply(vec![wit_event.clone()]).remove(0) else {
+            panic!("magento-source should emit");
+        };
+        let out = portal.apply(events);
+        assert!(matches!(out[0], sluice_guest::Outcome::Emit(_)));
+        count += 1;
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}

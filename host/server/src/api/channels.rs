@@ -42,8 +42,8 @@ pub(super) async fn describe(app: &App, channel: &Channel) -> Result<Value, ApiE
     }))
 }
 
-/// The uploaded lookup tables the activated pipeline names, as
-/// `name@version` with 12 characters of the version, step by step.
+/// The uploaded lookup tables the activated pipeline names, as pinned:
+/// `name@version`, the version in full, step by step.
 fn lookup_versions(channel: &Channel) -> Vec<String> {
     channel
         .active_spec()
@@ -51,11 +51,7 @@ fn lookup_versions(channel: &Channel) -> Vec<String> {
         .map(|spec| {
             spec.steps
                 .iter()
-                .flat_map(|step| step.lookups.values())
-                .map(|reference| match reference.split_once('@') {
-                    Some((name, version)) => format!("{name}@{}", version.get(..12).unwrap_or(version)),
-                    None => reference.clone(),
-                })
+                .flat_map(|step| step.lookups.values().cloned())
                 .collect()
         })
         .unwrap_or_default()

@@ -47,7 +47,8 @@ pub async fn upload(
         ));
     }
     let format = format?;
-    let bytes = body.to_vec();
+    // One copy of the body from here on: `Bytes` clones share it.
+    let bytes = body;
     let (version, bytes) = tokio::task::spawn_blocking(move || (hex::encode(Sha256::digest(&bytes)), bytes))
         .await
         .map_err(ApiError::internal)?;
@@ -65,7 +66,7 @@ pub async fn upload(
                 ),
             ));
         }
-        keep_file(app, &version, bytes).await?;
+        keep_file(app.lookups_dir.clone(), &version, bytes).await?;
         return Ok(json_response(
             StatusCode::OK,
             &json!({"created": false, "table": same}),
@@ -103,24 +104,28 @@ pub async fn upload(
         )
     })?;
 
-    keep_file(app, &version, bytes.clone()).await?;
-    {
-        let (registry, version) = (app.registry.clone(), version.clone());
-        blocking(move || registry.share_module(&version, &bytes)).await?;
-    }
     let record = LookupVersion {
         name: name.to_string(),
-        version,
+        version: version.clone(),
         format,
-        size: body.len() as u64,
+        size: bytes.len() as u64,
         entries: entries as u64,
         created_ms: now_ms(),
     };
-    {
-        let (registry, tenant, record) = (app.registry.clone(), tenant_name.clone(), record.clone());
-        let spec = serde_json::to_string(&record).map_err(ApiError::internal)?;
-        blocking(move || registry.put_setting(KIND, &tenant, &record.entry_name(), &spec)).await?;
-    }
+    // The record first, so that what is stored is always counted in the
+    // quotas; then the file and the shared copy, in a task of their own so
+    // that a client that leaves cannot stop it half way. A record whose file
+    // is missing (a crash in between) names its version in the error, and
+    // uploading the same bytes again writes it.
+    let spec = serde_json::to_string(&record).map_err(ApiError::internal)?;
+    let (registry, tenant, entry) = (app.registry.clone(), tenant_name.clone(), record.entry_name());
+    let (dir, shared) = (app.lookups_dir.clone(), app.registry.clone());
+    let stored = tokio::spawn(async move {
+        blocking(move || registry.put_setting(KIND, &tenant, &entry, &spec)).await?;
+        keep_file(dir, &version, bytes.clone()).await?;
+        blocking(move || shared.share_module(&version, &bytes)).await
+    });
+    stored.await.map_err(ApiError::internal)??;
     drop(one_at_a_time);
     tracing::info!(tenant = %tenant_name, lookup = %name, version = %record.version, entries, size = record.size, "lookup table stored");
     Ok(json_response(
@@ -151,9 +156,9 @@ fn format_of(request: &Request<Incoming>) -> Result<TableFormat, ApiError> {
     }
 }
 
-/// Writes (or repairs) the table's file.
-async fn keep_file(app: &App, version: &str, bytes: Vec<u8>) -> Result<(), ApiError> {
-    let (dir, version) = (app.lookups_dir.clone(), version.to_string());
+/// Writes (or repairs) the table's file in `dir`.
+async fn keep_file(dir: std::path::PathBuf, version: &str, bytes: bytes::Bytes) -> Result<(), ApiError> {
+    let version = version.to_string();
     tokio::task::spawn_blocking(move || store_file(&dir, LOOKUP, &version, &bytes))
         .await
         .map_err(ApiError::internal)?

@@ -12,8 +12,9 @@ use crate::observe::story::{MAX_ENTRIES, MAX_FOUND, view};
 use crate::state::App;
 use crate::state::auth::Caller;
 
-/// Longest entity key or event id looked up, in bytes: no key an entity-key
-/// path makes is longer, and a longer one finds nothing anyway.
+/// Longest entity key or event id looked up, in bytes (an event id is at
+/// most 512; a longer entity key, which a payload may make, cannot be
+/// looked up here).
 const MAX_LOOKUP_BYTES: usize = 4096;
 
 /// The tenant whose stories the caller reads.
@@ -65,7 +66,7 @@ pub async fn show(
     }
     Ok(json_response(
         StatusCode::OK,
-        &view(&entries, app.is_in_flight(&tenant, id)),
+        &view(&entries, |channel| app.is_in_flight(&tenant, id, channel)),
     ))
 }
 

@@ -4,42 +4,59 @@
 //! answers as received, so an OAuth token endpoint's answer or a
 //! destination echoing a signature keeps nothing usable.
 
-use serde_json::Value;
-
 /// What a masked value reads as.
 pub const MASK: &str = "***";
 
-/// Whether a header, query parameter or field name holds a secret.
+/// The words that make a name a secret's, in lower case.
+const WORDS: [&str; 12] = [
+    "authorization",
+    "hmac",
+    "cookie",
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "signature",
+    "api-key",
+    "api_key",
+    "apikey",
+    "credential",
+];
+
+/// Whether `name` holds one of [`WORDS`], in any case, without allocating.
+fn names_a_secret(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    WORDS.iter().any(|word| {
+        let word = word.as_bytes();
+        bytes.len() >= word.len() && bytes.windows(word.len()).any(|at| at.eq_ignore_ascii_case(word))
+    })
+}
+
+/// Whether a JSON field or form key holds a secret.
 pub fn is_secret_name(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    if matches!(
-        name.as_str(),
-        "idempotency-key" | "x-idempotency-key" | "key" | "sku"
-    ) {
-        return false;
+    names_a_secret(name)
+}
+
+/// Whether a header holds a secret: a secret's name, or any `…-key` but
+/// `Idempotency-Key` (`X-Vtex-Api-AppKey` is caught by its value being
+/// marked sensitive, where Sluice set it).
+pub fn is_secret_header(name: &str) -> bool {
+    names_a_secret(name) || {
+        let lower = name.to_ascii_lowercase();
+        lower.ends_with("-key") && lower != "idempotency-key" && lower != "x-idempotency-key"
     }
-    const WORDS: [&str; 11] = [
-        "authorization",
-        "cookie",
-        "token",
-        "secret",
-        "password",
-        "passwd",
-        "signature",
-        "api-key",
-        "api_key",
-        "apikey",
-        "credential",
-    ];
-    WORDS.iter().any(|word| name.contains(word))
-        || name.ends_with("-key")
-        || name.ends_with("_key")
-        || matches!(name.as_str(), "sig" | "client_id")
+}
+
+/// Whether a URL query parameter holds a secret: a secret's name, or the
+/// bare `key`, `code`, `auth` and `sig` that Google, Azure Functions and
+/// Firebase put API keys in.
+pub fn is_secret_query(name: &str) -> bool {
+    names_a_secret(name) || matches!(name.to_ascii_lowercase().as_str(), "key" | "code" | "auth" | "sig")
 }
 
 /// A header's value as a story keeps it.
 pub fn header_value(name: &str, value: &str) -> String {
-    if is_secret_name(name) {
+    if is_secret_header(name) {
         MASK.into()
     } else {
         value.into()
@@ -77,7 +94,7 @@ fn authority_of(authority: &str) -> String {
 fn form(text: &str) -> String {
     text.split('&')
         .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if is_secret_name(&percent_decoded(name)) => format!("{name}={MASK}"),
+            Some((name, _)) if is_secret_query(&percent_decoded(name)) => format!("{name}={MASK}"),
             _ => pair.to_string(),
         })
         .collect::<Vec<_>>()
@@ -90,60 +107,62 @@ fn percent_decoded(name: &str) -> String {
         .into_owned()
 }
 
-/// A body with its secrets masked: a JSON document's secret-named fields
-/// at any depth, or a form's secret values. A body that names none of the
-/// words is returned as it is, unparsed.
+/// A body with its secrets masked: a form's secret values, or the string
+/// value of every secret-named field of JSON, whole or cut short, at any
+/// depth (found by scanning, not parsing). A body that names none of the
+/// words is returned as it is.
 pub fn body(text: &str) -> String {
-    let lower = text.to_ascii_lowercase();
-    let suspicious = [
-        "token",
-        "secret",
-        "password",
-        "passwd",
-        "key",
-        "signature",
-        "authorization",
-        "cookie",
-        "credential",
-        "sig",
-        "client_id",
-    ]
-    .iter()
-    .any(|word| lower.contains(word));
-    if !suspicious {
+    if !names_a_secret(text) {
         return text.to_string();
     }
-    match serde_json::from_str::<Value>(text) {
-        Ok(mut value) => {
-            mask_json(&mut value, 0);
-            value.to_string()
-        }
-        Err(_) if !text.contains(char::is_whitespace) && text.contains('=') => form(text),
-        Err(_) => text.to_string(),
+    let form_like = text.trim_end();
+    if !form_like.contains(char::is_whitespace) && form_like.contains('=') && !form_like.starts_with(['{', '[']) {
+        return form(form_like);
     }
+    json_pairs(text)
 }
 
-/// Deepest nesting masked; a document deeper than serde_json parses
-/// (128) never gets here.
-const MAX_DEPTH: usize = 128;
-
-fn mask_json(value: &mut Value, depth: usize) {
-    if depth > MAX_DEPTH {
-        return;
-    }
-    match value {
-        Value::Object(map) => {
-            for (name, field) in map.iter_mut() {
-                if is_secret_name(name) {
-                    *field = Value::String(MASK.into());
-                } else {
-                    mask_json(field, depth + 1);
-                }
-            }
+/// `text` with the string value of every secret-named `"name": "value"`
+/// pair masked, found by scanning strings (escapes included), not by
+/// parsing, so a body cut short keeps none either.
+fn json_pairs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..open + 1]);
+        let after = &rest[open + 1..];
+        let Some(close) = string_end(after) else {
+            out.push_str(after);
+            return out;
+        };
+        let name = &after[..close];
+        out.push_str(name);
+        out.push('"');
+        rest = &after[close + 1..];
+        if !is_secret_name(name) {
+            continue;
         }
-        Value::Array(items) => items.iter_mut().for_each(|item| mask_json(item, depth + 1)),
-        _ => {}
+        let Some(colon) = rest.trim_start().strip_prefix(':') else { continue };
+        let Some(value) = colon.trim_start().strip_prefix('"') else { continue };
+        out.push_str(&format!(": \"{MASK}\""));
+        rest = string_end(value).map_or("", |end| &value[end + 1..]);
     }
+    out.push_str(rest);
+    out
+}
+
+/// Where the JSON string that `text` starts inside ends: its first quote
+/// not escaped by a backslash.
+fn string_end(text: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (at, byte) in text.bytes().enumerate() {
+        match byte {
+            b'\\' if !escaped => escaped = true,
+            b'"' if !escaped => return Some(at),
+            _ => escaped = false,
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -181,13 +200,24 @@ mod tests {
             r#"{"sku":"A","auth":{"client_secret":"x","refresh_token":"y"},"items":[{"password":"p"}]}"#,
         );
         assert_eq!(
-            serde_json::from_str::<Value>(&masked).unwrap(),
+            serde_json::from_str::<serde_json::Value>(&masked).unwrap(),
             serde_json::json!({"sku": "A", "auth": {"client_secret": "***", "refresh_token": "***"}, "items": [{"password": "***"}]})
         );
         assert_eq!(
             body("grant_type=refresh_token&refresh_token=Atzr|abc&client_id=amzn1"),
-            "grant_type=refresh_token&refresh_token=***&client_id=***"
+            "grant_type=refresh_token&refresh_token=***&client_id=amzn1"
         );
+        assert_eq!(url("https://maps.example/x?key=AIza123&code=fn-key&sku=A"), "https://maps.example/x?key=***&code=***&sku=A");
+        assert_eq!(header_value("X-Shopify-Hmac-Sha256", "abc="), MASK);
+        // A body cut short is not JSON: its pairs are masked in place.
+        let cut = body(r#"{"items": [{"sku": "A"}], "access_token": "Atza|se\"cret", "refresh_token": "Atzr|abc"#);
+        assert!(!cut.contains("se\\\"cret") && !cut.contains("Atza") && !cut.contains("Atzr"), "{cut}");
+        assert!(cut.contains(r#""sku": "A""#), "{cut}");
+        assert_eq!(body("grant_type=refresh_token&refresh_token=x\n"), "grant_type=refresh_token&refresh_token=***");
+        // Escaped quotes do not throw the scan off.
+        let tricky = body(r#"{"title": "5\" nail \\", "token": "t0k\"en", "x": "\"token\": \"no\""}"#);
+        assert!(!tricky.contains("t0k"), "{tricky}");
+        assert!(tricky.contains(r#""title": "5\" nail \\""#), "{tricky}");
         let plain = r#"{"sku": "A",  "qty": 4}"#;
         assert_eq!(body(plain), plain, "nothing secret: kept byte for byte");
     }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::store::Queue;
@@ -39,7 +40,7 @@ pub enum StoryKind {
 }
 
 /// One entry of an event's story.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoryEntry {
     /// The event's tenant.
     pub tenant: String,
@@ -55,8 +56,9 @@ pub struct StoryEntry {
     pub at_ms: i64,
     /// What happened.
     pub kind: StoryKind,
-    /// Its details, as the API shows them.
-    pub detail: Value,
+    /// Its details, as the API shows them: JSON text, written once when
+    /// the entry is made and stored as it is.
+    pub detail: Box<RawValue>,
 }
 
 impl StoryEntry {
@@ -69,8 +71,21 @@ impl StoryEntry {
             entity_key: None,
             at_ms: crate::store::now_ms(),
             kind,
-            detail,
+            detail: serde_json::value::to_raw_value(&detail).expect("a JSON value serialises"),
         }
+    }
+
+    /// The same without its details: what an index of entries needs.
+    pub fn without_detail(&self) -> Self {
+        Self {
+            detail: RawValue::from_string("null".into()).expect("null is JSON"),
+            ..self.clone()
+        }
+    }
+
+    /// Its details, parsed.
+    pub fn detail_value(&self) -> Value {
+        serde_json::from_str(self.detail.get()).unwrap_or_default()
     }
 
     /// The same, for `channel`.
@@ -91,7 +106,7 @@ impl StoryEntry {
             + self.event_id.len()
             + self.channel.as_deref().map_or(0, str::len)
             + self.entity_key.as_deref().map_or(0, str::len)
-            + self.detail.to_string().len()
+            + self.detail.get().len()
             + 32) as u64
     }
 }
@@ -128,7 +143,14 @@ impl Default for StoriesConfig {
 impl StoriesConfig {
     /// How long a story is kept.
     pub fn keep(&self) -> Duration {
-        Duration::try_from_secs_f64(self.keep_hours * 3600.0).unwrap_or(Duration::from_secs(3600))
+        // At most ten years (what a store's `max_age` takes); a negative or
+        // unreadable value keeps an hour.
+        const LONGEST: f64 = 10.0 * 365.0 * 24.0 * 3600.0;
+        let seconds = self.keep_hours * 3600.0;
+        if seconds.is_nan() || seconds < 0.0 {
+            return Duration::from_secs(3600);
+        }
+        Duration::from_secs_f64(seconds.min(LONGEST))
     }
 }
 
@@ -147,14 +169,23 @@ fn default_body_bytes() -> usize {
 
 /// Most entries waiting for the writer; past it new ones are dropped.
 const QUEUED: usize = 20_000;
+/// Most bytes of entries waiting for the writer; past it new ones are dropped.
+const QUEUED_BYTES: u64 = 64 << 20;
 /// Most entries written in one store call.
-const BATCH: usize = 1_000;
+const BATCH: usize = 256;
+/// Largest entry kept; a larger one keeps its kind and size only (each
+/// body is capped, but an entry listing many is not), so that every entry
+/// fits one message of a store.
+const MAX_ENTRY_BYTES: u64 = 512 << 10;
 
 /// Where entries go: a bounded queue to the writer.
 pub struct StoryLog {
     config: StoriesConfig,
     sender: tokio::sync::mpsc::Sender<StoryEntry>,
-    receiver: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<StoryEntry>>>,
+    /// Held by the one writer; a writer restarted after a panic takes it again.
+    receiver: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<StoryEntry>>,
+    /// Bytes of the entries waiting for the writer.
+    queued_bytes: AtomicU64,
     /// Entries dropped because the queue was full or the store failed.
     pub dropped: AtomicU64,
 }
@@ -166,7 +197,8 @@ impl StoryLog {
         Self {
             config,
             sender,
-            receiver: std::sync::Mutex::new(Some(receiver)),
+            receiver: tokio::sync::Mutex::new(receiver),
+            queued_bytes: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
         }
     }
@@ -177,11 +209,23 @@ impl StoryLog {
     }
 
     /// Records `entry`, or drops and counts it when the writer is behind.
-    pub fn record(&self, entry: StoryEntry) {
+    pub fn record(&self, mut entry: StoryEntry) {
         if !self.config.enabled {
             return;
         }
+        let mut size = entry.size();
+        if size > MAX_ENTRY_BYTES {
+            entry.detail = serde_json::value::to_raw_value(&json!({"too_large": size}))
+                .expect("a JSON value serialises");
+            size = entry.size();
+        }
+        if self.queued_bytes.fetch_add(size, Ordering::AcqRel) + size > QUEUED_BYTES {
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if self.sender.try_send(entry).is_err() {
+            self.queued_bytes.fetch_sub(size, Ordering::AcqRel);
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -214,11 +258,7 @@ pub async fn run_writer(
     queue: Arc<dyn Queue>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Some(mut receiver) = log.receiver.lock().expect("receiver lock").take() else {
-        // Restarted by the supervisor after a panic: the receiver went with it.
-        let _ = stopped.wait_for(|stop| *stop).await;
-        return;
-    };
+    let mut receiver = log.receiver.lock().await;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
         let stopping = tokio::select! {
@@ -233,6 +273,8 @@ pub async fn run_writer(
         if !batch.is_empty() {
             let entries = std::mem::take(&mut batch);
             let count = entries.len() as u64;
+            let bytes: u64 = entries.iter().map(StoryEntry::size).sum();
+            log.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
             let (queue, config) = (queue.clone(), log.config);
             let stored = crate::store::in_store(move || queue.append_stories(entries, &config)).await;
             if let Err(err) = stored {
@@ -252,8 +294,9 @@ pub const MAX_ENTRIES: usize = 500;
 pub const MAX_FOUND: usize = 100;
 
 /// The API's view of one event's entries (oldest first): the entries, and
-/// per channel where it is now.
-pub fn view(entries: &[StoryEntry], in_flight: bool) -> Value {
+/// per channel where it is now; `in_flight` says whether this node is
+/// sending one of the event's deliveries of a channel.
+pub fn view(entries: &[StoryEntry], in_flight: impl Fn(&str) -> bool) -> Value {
     let accepted = entries
         .iter()
         .find(|e| e.kind == StoryKind::Accepted)
@@ -263,14 +306,18 @@ pub fn view(entries: &[StoryEntry], in_flight: bool) -> Value {
         let Some(channel) = &entry.channel else { continue };
         let now = match entry.kind {
             StoryKind::Accepted => continue,
-            StoryKind::Transformed => match entry.detail["outcome"].as_str() {
-                Some("drop") => "dropped",
-                // On the durable path both become dead letters.
-                Some("reject") | Some("error") => "dead-lettered",
-                _ => "transformed",
-            },
+            StoryKind::Transformed => {
+                let detail = entry.detail_value();
+                match detail["outcome"].as_str() {
+                    Some("drop") => "dropped",
+                    // On the durable path both become dead letters.
+                    Some("reject") | Some("error") => "dead-lettered",
+                    _ if detail.get("deliveries").is_some() => "queued",
+                    _ => "transformed",
+                }
+            }
             StoryKind::Queued => "queued",
-            StoryKind::Attempt => match entry.detail["result"].as_str() {
+            StoryKind::Attempt => match entry.detail_value()["result"].as_str() {
                 Some("delivered") => "delivered",
                 Some("retry") => "waiting-for-retry",
                 _ => "failed",
@@ -281,11 +328,9 @@ pub fn view(entries: &[StoryEntry], in_flight: bool) -> Value {
         };
         channels.insert(channel.clone(), json!(now));
     }
-    if in_flight {
-        for now in channels.values_mut() {
-            if now == "queued" || now == "waiting-for-retry" {
-                *now = json!("in-flight");
-            }
+    for (channel, now) in channels.iter_mut() {
+        if (now == "queued" || now == "waiting-for-retry") && in_flight(channel) {
+            *now = json!("in-flight");
         }
     }
     let first = entries.first();
@@ -337,10 +382,10 @@ mod tests {
             entry(StoryKind::Attempt, Some("a"), json!({"result": "retry"})),
             entry(StoryKind::Attempt, Some("a"), json!({"result": "delivered"})),
         ];
-        let shown = view(&entries, false);
+        let shown = view(&entries, |_| false);
         assert_eq!(shown["now"], json!({"a": "delivered", "b": "dead-lettered"}));
         assert_eq!(shown["entries"].as_array().unwrap().len(), 5);
-        let waiting = view(&entries[..4], true);
+        let waiting = view(&entries[..4], |channel| channel == "a");
         assert_eq!(waiting["now"]["a"], "in-flight");
     }
 }

@@ -194,7 +194,8 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Telemetry {
     config: TelemetryConfig,
     sender: Option<tokio::sync::mpsc::Sender<SpanRecord>>,
-    receiver: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<SpanRecord>>>,
+    /// Held by the one exporter; one restarted after a panic takes it again.
+    receiver: tokio::sync::Mutex<Option<tokio::sync::mpsc::Receiver<SpanRecord>>>,
     /// Spans dropped: the queue full, or the export failed.
     pub dropped: AtomicU64,
     /// Spans the endpoint accepted.
@@ -214,7 +215,7 @@ impl Telemetry {
         Self {
             config,
             sender,
-            receiver: std::sync::Mutex::new(receiver),
+            receiver: tokio::sync::Mutex::new(receiver),
             dropped: AtomicU64::new(0),
             exported: AtomicU64::new(0),
         }
@@ -236,11 +237,12 @@ impl Telemetry {
 }
 
 /// The exporter: sends queued spans in batches until told to stop, then
-/// what is queued. A failed or slow export drops its batch, counted.
+/// one more batch of what is queued (up to 512). A failed or slow export
+/// drops its batch, counted.
 pub async fn run_exporter(telemetry: Arc<Telemetry>, mut stopped: tokio::sync::watch::Receiver<bool>) {
     let endpoint = telemetry.config.otlp_endpoint.clone();
-    let receiver = telemetry.receiver.lock().expect("receiver lock").take();
-    let (Some(endpoint), Some(mut receiver)) = (endpoint, receiver) else {
+    let mut held = telemetry.receiver.lock().await;
+    let (Some(endpoint), Some(receiver)) = (endpoint, held.as_mut()) else {
         let _ = stopped.wait_for(|stop| *stop).await;
         return;
     };

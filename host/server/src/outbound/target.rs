@@ -60,6 +60,9 @@ enum Part {
 #[derive(Debug, Clone)]
 pub struct UrlTemplate {
     parts: Vec<Part>,
+    /// The `{env:…}` values, as they stand in the URL: masked where a
+    /// URL is shown (a webhook URL's token is a secret of the operator).
+    secrets: Vec<String>,
 }
 
 /// Why an event has no URL.
@@ -95,10 +98,16 @@ pub enum RenderError {
 }
 
 impl UrlTemplate {
+    /// The `{env:…}` values in the URL, as they stand in it.
+    pub fn secrets(&self) -> &[String] {
+        &self.secrets
+    }
+
     /// Compiles `template`; `env` reads the environment. The error names
     /// the placeholder or variable that is wrong.
     pub fn parse(template: &str, env: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let mut parts = Vec::new();
+        let mut secrets = Vec::new();
         let mut so_far = String::new();
         let mut rest = template;
         while let Some(open) = rest.find('{') {
@@ -113,6 +122,9 @@ impl UrlTemplate {
                     env(name).ok_or_else(|| format!("the environment variable `{name}` is not set"))?;
                 let value = encode(&value);
                 so_far.push_str(&value);
+                if !value.is_empty() {
+                    secrets.push(value.clone());
+                }
                 parts.push(Part::Text(text.to_string() + &value));
             } else if let Some(name) = inner.strip_prefix("param:") {
                 let in_path = so_far
@@ -166,7 +178,7 @@ impl UrlTemplate {
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(format!("`{template}` must be an http:// or https:// URL"));
         }
-        Ok(Self { parts })
+        Ok(Self { parts, secrets })
     }
 
     /// The host it names (no payload value can stand there).

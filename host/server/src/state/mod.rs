@@ -89,7 +89,7 @@ pub struct App {
     pub telemetry: Arc<crate::observe::trace::Telemetry>,
     /// Deliveries being sent by this node, by (tenant, event id), for a
     /// story's "in flight".
-    pub(crate) in_flight: Mutex<std::collections::HashMap<(String, String), usize>>,
+    pub(crate) in_flight: Mutex<std::collections::HashMap<(String, String, String), usize>>,
     /// Module uploads being checked at once are bounded by these permits.
     pub upload_permits: Arc<Semaphore>,
     /// The durable queue.
@@ -579,7 +579,7 @@ impl App {
     /// Counts `delivery` as being sent by this node.
     pub(crate) fn enter_flight(&self, delivery: &crate::store::Delivery) {
         if self.stories.config().enabled {
-            let key = (delivery.tenant.clone(), delivery.event_id.clone());
+            let key = (delivery.tenant.clone(), delivery.event_id.clone(), delivery.channel.clone());
             *self
                 .in_flight
                 .lock()
@@ -591,7 +591,7 @@ impl App {
 
     /// Counts `delivery` as sent.
     pub(crate) fn leave_flight(&self, delivery: &crate::store::Delivery) {
-        let key = (delivery.tenant.clone(), delivery.event_id.clone());
+        let key = (delivery.tenant.clone(), delivery.event_id.clone(), delivery.channel.clone());
         let mut flying = self.in_flight.lock().expect("flight lock");
         if let Some(count) = flying.get_mut(&key) {
             *count -= 1;
@@ -601,12 +601,12 @@ impl App {
         }
     }
 
-    /// Whether a delivery of the event is being sent by this node.
-    pub(crate) fn is_in_flight(&self, tenant: &str, event_id: &str) -> bool {
+    /// Whether this node is sending a delivery of the event in `channel`.
+    pub(crate) fn is_in_flight(&self, tenant: &str, event_id: &str, channel: &str) -> bool {
         self.in_flight
             .lock()
             .expect("flight lock")
-            .contains_key(&(tenant.to_string(), event_id.to_string()))
+            .contains_key(&(tenant.to_string(), event_id.to_string(), channel.to_string()))
     }
 
     /// A tenant's state, if the tenant exists.
@@ -714,10 +714,20 @@ impl App {
                 "`{reference}` does not name an uploaded table: give `<name>@<version>` (`sluice lookups list` shows them)"
             )));
         };
-        let mut matching: Vec<_> = crate::modules::lookups::held(self.registry.as_ref(), tenant, Some(name))?
-            .into_iter()
-            .filter(|held| held.version.starts_with(wanted))
-            .collect();
+        // A pinned (full) version is one read of the tenant's own record;
+        // a prefix is matched among the tenant's versions of the table.
+        let mut matching: Vec<_> = if wanted.len() == 64 {
+            self.registry
+                .setting(crate::modules::lookups::KIND, tenant, reference)?
+                .and_then(|spec| serde_json::from_str::<crate::modules::lookups::LookupVersion>(&spec).ok())
+                .into_iter()
+                .collect()
+        } else {
+            crate::modules::lookups::held(self.registry.as_ref(), tenant, Some(name))?
+                .into_iter()
+                .filter(|held| held.version.starts_with(wanted))
+                .collect()
+        };
         match matching.len() {
             1 if wanted.len() >= 8 => Ok(matching.remove(0)),
             1 => Err(unknown(format!(

@@ -364,8 +364,11 @@ fn dispositions(
 /// Most emitted events or violations one story entry lists.
 const STORY_LIST: usize = 50;
 
-/// The event's story entries of this run: what the pipeline returned
-/// (with every step's version), and each delivery it queued, by entity key.
+/// The event's story entry of this run: what the pipeline returned (with
+/// every step's version, the events it emitted by id, or its violations or
+/// fault) and the deliveries it queued, found by the first one's entity
+/// key; a delivery of another key adds a `queued` entry for that key. The
+/// bodies are kept once, with the attempts that send them.
 fn record_transformed(
     app: &App,
     channel: &Channel,
@@ -378,7 +381,7 @@ fn record_transformed(
         events
             .iter()
             .take(STORY_LIST)
-            .map(|e| json!({"id": e.id, "kind": e.kind, "payload": app.stories.body(e.payload.get().as_bytes(), true)}))
+            .map(|e| json!({"id": e.id, "kind": e.kind}))
             .collect()
     };
     let capped = |value: Value| match value {
@@ -388,6 +391,7 @@ fn record_transformed(
         }
         other => other,
     };
+    let deliveries = disposition.deliveries();
     let mut detail = json!({"outcome": outcome.tag(), "versions": versions});
     match outcome {
         OutcomeJson::Emit { events } => detail["events"] = listed(events),
@@ -401,9 +405,24 @@ fn record_transformed(
         }
         OutcomeJson::Error { error } => detail["fault"] = serde_json::to_value(error).unwrap_or_default(),
     }
-    app.stories
-        .record(StoryEntry::new(&input.tenant, &input.id, StoryKind::Transformed, detail).on(&channel.name));
-    for delivery in disposition.deliveries() {
+    if !deliveries.is_empty() {
+        detail["deliveries"] = deliveries
+            .iter()
+            .take(STORY_LIST)
+            .map(|d| json!({"destination": d.destination, "output_id": d.output_id, "entity_key": d.entity_key, "idempotency_key": d.idempotency_key}))
+            .collect();
+    }
+    let mut entry = StoryEntry::new(&input.tenant, &input.id, StoryKind::Transformed, detail).on(&channel.name);
+    if let Some(first) = deliveries.first() {
+        entry = entry.about(&first.entity_key);
+    }
+    app.stories.record(entry);
+    let mut keys: Vec<&str> = deliveries.first().map(|d| d.entity_key.as_str()).into_iter().collect();
+    for delivery in deliveries {
+        if keys.contains(&delivery.entity_key.as_str()) || keys.len() > STORY_LIST {
+            continue;
+        }
+        keys.push(&delivery.entity_key);
         app.stories.record(
             StoryEntry::new(
                 &input.tenant,

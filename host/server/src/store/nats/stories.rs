@@ -3,7 +3,8 @@
 //! `keep-hours` (`max_age`) and `max-bytes-per-tenant` (`max_bytes`),
 //! dropping the oldest. An entry goes to `sluice.story.<t>.e.<event>`;
 //! one that names an entity key also to `sluice.story.<t>.k.<key>`, as the
-//! index a search by key reads. Events and keys are hashed into subjects,
+//! index a search by key reads (without the entry's details). Events and
+//! keys are hashed into subjects,
 //! so a huge or odd id costs one token; entries are checked against the
 //! exact id when read. Each subject keeps its newest
 //! [`MAX_ENTRIES`](crate::observe::story::MAX_ENTRIES) messages: an event
@@ -79,8 +80,12 @@ impl NatsStore {
             for entry in &entries {
                 let payload: bytes::Bytes = serde_json::to_vec(entry).expect("an entry serialises").into();
                 if let Some(key) = &entry.entity_key {
+                    // The key's index holds the entry without its details.
+                    let index: bytes::Bytes = serde_json::to_vec(&entry.without_detail())
+                        .expect("an entry serialises")
+                        .into();
                     acks.push(
-                        js.publish(key_subject(&entry.tenant, key), payload.clone())
+                        js.publish(key_subject(&entry.tenant, key), index)
                             .await
                             .map_err(|e| failed("append a story entry", e))?,
                     );

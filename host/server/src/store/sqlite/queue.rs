@@ -365,8 +365,13 @@ impl Queue for SqliteQueue {
             Ok(superseded)
         })
         .map(|superseded| {
-            for replaced in superseded.into_iter().flatten() {
-                tally.add_one(replaced);
+            for (told, more) in superseded {
+                if let Some(first) = told.first() {
+                    tally.add(&first.destination, &first.channel, more);
+                }
+                for replaced in told {
+                    tally.add_one(replaced);
+                }
             }
         })
     }
@@ -741,13 +746,18 @@ fn remove_delivery(db: &Connection, seq: i64) -> rusqlite::Result<()> {
 /// Removes the deliveries of `settled`'s key and kind queued before it
 /// (only coalescing leaves any; never a resend by hand): the latest won.
 /// How many.
+/// Most superseded deliveries of one settled delivery told to their stories.
+const MAX_SUPERSEDED_TOLD: usize = 1000;
+
+/// Deletes the queued deliveries `settled` supersedes: the first of them,
+/// and how many more.
 fn supersede_older(
     db: &Connection,
     settled: &Delivery,
-) -> rusqlite::Result<Vec<crate::store::SupersededDelivery>> {
+) -> rusqlite::Result<(Vec<crate::store::SupersededDelivery>, u64)> {
     // A resend by hand replaces nothing, and nothing replaces one.
     if settled.replayed {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     let keys = params![
         settled.destination,
@@ -774,7 +784,20 @@ fn supersede_older(
             entity_key: settled.entity_key.clone(),
         })
     })?;
-    rows.collect()
+    // Every row is deleted; the first thousand are kept for their stories
+    // (a key coalesced while its destination was down for a day may have
+    // many more), the rest only counted.
+    let mut kept = Vec::new();
+    let mut more = 0u64;
+    for row in rows {
+        let row = row?;
+        if kept.len() < MAX_SUPERSEDED_TOLD {
+            kept.push(row);
+        } else {
+            more += 1;
+        }
+    }
+    Ok((kept, more))
 }
 
 fn record_attempt(db: &Connection, seq: i64, attempt: &Attempt) -> rusqlite::Result<()> {

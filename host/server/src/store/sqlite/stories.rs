@@ -2,27 +2,27 @@
 //! (tenant, event id) and by (tenant, entity key); `story_usage` keeps
 //! each tenant's bytes so that retention needs no scan to know who is over.
 
+use std::collections::{HashMap, HashSet};
+
 use rusqlite::{Connection, params};
+use serde_json::value::RawValue;
 
 use crate::observe::story::{StoriesConfig, StoryEntry, StoryKind};
 use crate::store::StoreError;
 
-/// Rows removed per statement while pruning, so one prune never holds the
-/// writer for long.
+/// Rows read per step while pruning.
 const PRUNE_BATCH: i64 = 5_000;
-/// Statements of each kind one prune runs at most.
-const MAX_BATCHES: usize = 20;
+/// Most rows one prune removes, so that it never holds the writer long.
+const MAX_PRUNED: u64 = 20_000;
 
-/// Appends `entries`, counting their bytes to their tenants.
+/// Appends `entries`, counting their bytes to their tenants (one update
+/// per tenant).
 pub(super) fn append(db: &Connection, entries: &[StoryEntry]) -> Result<(), StoreError> {
     let mut insert = db.prepare_cached(
         "INSERT INTO stories (tenant, event_id, channel, entity_key, at_ms, kind, detail, bytes)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
-    let mut usage = db.prepare_cached(
-        "INSERT INTO story_usage (tenant, bytes) VALUES (?1, ?2)
-         ON CONFLICT (tenant) DO UPDATE SET bytes = bytes + excluded.bytes",
-    )?;
+    let mut per_tenant: HashMap<&str, i64> = HashMap::new();
     for entry in entries {
         let bytes = entry.size() as i64;
         insert.execute(params![
@@ -32,36 +32,35 @@ pub(super) fn append(db: &Connection, entries: &[StoryEntry]) -> Result<(), Stor
             entry.entity_key,
             entry.at_ms,
             kind_text(entry.kind),
-            entry.detail.to_string(),
+            entry.detail.get(),
             bytes,
         ])?;
-        usage.execute(params![entry.tenant, bytes])?;
+        *per_tenant.entry(&entry.tenant).or_default() += bytes;
+    }
+    let mut usage = db.prepare_cached(
+        "INSERT INTO story_usage (tenant, bytes) VALUES (?1, ?2)
+         ON CONFLICT (tenant) DO UPDATE SET bytes = bytes + excluded.bytes",
+    )?;
+    for (tenant, bytes) in per_tenant {
+        usage.execute(params![tenant, bytes])?;
     }
     Ok(())
 }
 
-fn kind_text(kind: StoryKind) -> String {
-    serde_json::to_value(kind)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+fn kind_text(kind: StoryKind) -> &'static str {
+    match kind {
+        StoryKind::Accepted => "accepted",
+        StoryKind::Transformed => "transformed",
+        StoryKind::Queued => "queued",
+        StoryKind::Attempt => "attempt",
+        StoryKind::Superseded => "superseded",
+        StoryKind::Unchanged => "unchanged",
+        StoryKind::DeadLettered => "dead-lettered",
+    }
 }
 
-fn entry_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Option<StoryEntry>> {
-    let kind: String = row.get(5)?;
-    let detail: String = row.get(6)?;
-    let Ok(kind) = serde_json::from_value::<StoryKind>(serde_json::Value::String(kind)) else {
-        return Ok(None);
-    };
-    Ok(Some(StoryEntry {
-        tenant: row.get(0)?,
-        event_id: row.get(1)?,
-        channel: row.get(2)?,
-        entity_key: row.get(3)?,
-        at_ms: row.get(4)?,
-        kind,
-        detail: serde_json::from_str(&detail).unwrap_or_default(),
-    }))
+fn kind_of(text: &str) -> Option<StoryKind> {
+    serde_json::from_value(serde_json::Value::String(text.to_string())).ok()
 }
 
 /// One event's entries, oldest first: its newest `limit`.
@@ -75,17 +74,33 @@ pub(super) fn of_event(
         "SELECT tenant, event_id, channel, entity_key, at_ms, kind, detail FROM stories
          WHERE tenant = ?1 AND event_id = ?2 ORDER BY id DESC LIMIT ?3",
     )?;
-    let mut entries: Vec<StoryEntry> = query
-        .query_map(params![tenant, event_id, limit as i64], entry_from_row)?
-        .filter_map(|row| row.transpose())
-        .collect::<Result<_, _>>()?;
+    let rows = query.query_map(params![tenant, event_id, limit as i64], |row| {
+        let kind: String = row.get(5)?;
+        let detail: String = row.get(6)?;
+        Ok(kind_of(&kind).map(|kind| StoryEntry {
+            tenant: row.get(0).unwrap_or_default(),
+            event_id: row.get(1).unwrap_or_default(),
+            channel: row.get(2).unwrap_or_default(),
+            entity_key: row.get(3).unwrap_or_default(),
+            at_ms: row.get(4).unwrap_or_default(),
+            kind,
+            detail: RawValue::from_string(detail)
+                .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null is JSON")),
+        }))
+    })?;
+    let mut entries: Vec<StoryEntry> = rows.filter_map(|row| row.transpose()).collect::<Result<_, _>>()?;
     entries.reverse();
     Ok(entries)
 }
 
-/// The newest entries naming entity `key` (of `channel`, if given), one
-/// per event, newest first, at most `limit`. Only the key's newest
-/// entries are read, so a key with millions of events costs no more.
+/// Rows of one entity key read to find its newest events.
+const ENTITY_SCAN: i64 = 2_000;
+
+/// The newest entry of each of the newest `limit` events naming entity
+/// `key` (of `channel`, if given), newest first, without details. Only the
+/// key's newest [`ENTITY_SCAN`] entries are read (by index, newest first),
+/// so a key with millions of events costs no more; a channel filter looks
+/// among them.
 pub(super) fn of_entity(
     db: &Connection,
     tenant: &str,
@@ -94,104 +109,107 @@ pub(super) fn of_entity(
     limit: usize,
 ) -> Result<Vec<StoryEntry>, StoreError> {
     let mut query = db.prepare_cached(
-        "SELECT tenant, event_id, channel, entity_key, at_ms, kind, detail FROM stories
-         WHERE tenant = ?1 AND entity_key = ?2 AND (?3 IS NULL OR channel = ?3)
-         ORDER BY id DESC LIMIT ?4",
+        "SELECT event_id, channel, at_ms, kind FROM stories
+         WHERE tenant = ?1 AND entity_key = ?2 ORDER BY id DESC LIMIT ?3",
     )?;
-    let scanned = (limit * 20) as i64;
-    let rows = query.query_map(params![tenant, key, channel, scanned], entry_from_row)?;
-    let mut seen = std::collections::HashSet::new();
+    let rows = query.query_map(params![tenant, key, ENTITY_SCAN], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, Option<String>>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, String>(3)?,
+        ))
+    })?;
+    let mut seen = HashSet::new();
     let mut found = Vec::new();
     for row in rows {
-        let Some(entry) = row? else { continue };
-        if seen.insert(entry.event_id.clone()) {
-            found.push(entry);
-            if found.len() == limit {
-                break;
-            }
+        let (event_id, in_channel, at_ms, kind) = row?;
+        let Some(kind) = kind_of(&kind) else { continue };
+        if channel.is_some_and(|wanted| in_channel.as_deref() != Some(wanted)) || !seen.insert(event_id.clone()) {
+            continue;
+        }
+        found.push(StoryEntry {
+            at_ms,
+            channel: in_channel,
+            entity_key: Some(key.to_string()),
+            ..StoryEntry::new(tenant, &event_id, kind, serde_json::Value::Null)
+        });
+        if found.len() == limit {
+            break;
         }
     }
     Ok(found)
 }
 
 /// Removes entries older than `keep-hours`, then each tenant's oldest
-/// while it holds more than `max-bytes-per-tenant`; how many went.
+/// while it holds more than `max-bytes-per-tenant`; how many went. At
+/// most [`MAX_PRUNED`] rows a call, deleted by id range: the next tick
+/// goes on.
 pub(super) fn prune(db: &Connection, config: &StoriesConfig, now_ms: i64) -> Result<u64, StoreError> {
     let cutoff = now_ms - config.keep().as_millis() as i64;
     let mut removed = 0u64;
-    // Entries are appended in time order: the oldest rows come first. At
-    // most `MAX_BATCHES` per call; the next tick goes on.
-    for _ in 0..MAX_BATCHES {
-        let n = remove(
-            db,
-            "SELECT id, tenant, bytes FROM stories WHERE at_ms < ?1 ORDER BY id LIMIT ?2",
-            params![cutoff, PRUNE_BATCH],
-        )?;
-        removed += n;
-        if n < PRUNE_BATCH as u64 {
+    // Entries are appended in time order: the oldest rows by id come
+    // first, and only they are read, never the whole table.
+    while removed < MAX_PRUNED {
+        let oldest: Vec<(i64, String, i64, i64)> = db
+            .prepare_cached("SELECT id, tenant, bytes, at_ms FROM stories ORDER BY id LIMIT ?1")?
+            .query_map([PRUNE_BATCH], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
+            .collect::<Result<_, _>>()?;
+        let expired = oldest.iter().take_while(|(.., at_ms)| *at_ms < cutoff).count();
+        let Some(last) = oldest[..expired].last() else { break };
+        db.prepare_cached("DELETE FROM stories WHERE id <= ?1")?.execute([last.0])?;
+        let mut freed: HashMap<&str, i64> = HashMap::new();
+        for (_, tenant, bytes, _) in &oldest[..expired] {
+            *freed.entry(tenant).or_default() += bytes;
+        }
+        take_usage(db, freed)?;
+        removed += expired as u64;
+        if expired < oldest.len() || oldest.len() < PRUNE_BATCH as usize {
             break;
         }
     }
     let over: Vec<(String, i64)> = db
         .prepare_cached("SELECT tenant, bytes FROM story_usage WHERE bytes > ?1")?
-        .query_map([config.max_bytes_per_tenant as i64], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })?
+        .query_map([config.max_bytes_per_tenant as i64], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<Result<_, _>>()?;
     for (tenant, mut bytes) in over {
         // Down to nine tenths, so that a tenant at its cap is not pruned on every tick.
         let target = (config.max_bytes_per_tenant as i64) / 10 * 9;
-        for _ in 0..MAX_BATCHES {
-            if bytes <= target {
-                break;
-            }
-            let ids: Vec<(i64, i64)> = db
+        while bytes > target && removed < MAX_PRUNED {
+            let rows: Vec<(i64, i64)> = db
                 .prepare_cached("SELECT id, bytes FROM stories WHERE tenant = ?1 ORDER BY id LIMIT ?2")?
                 .query_map(params![tenant, PRUNE_BATCH], |row| Ok((row.get(0)?, row.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            if ids.is_empty() {
+            if rows.is_empty() {
                 db.execute("UPDATE story_usage SET bytes = 0 WHERE tenant = ?1", [&tenant])?;
                 break;
             }
-            let mut last = 0;
-            let mut freed = 0;
-            for (id, size) in ids {
+            let (mut last, mut freed, mut count) = (0, 0, 0u64);
+            for (id, size) in rows {
                 last = id;
                 freed += size;
+                count += 1;
                 if bytes - freed <= target {
                     break;
                 }
             }
-            let n = db.execute(
-                "DELETE FROM stories WHERE tenant = ?1 AND id <= ?2",
-                params![tenant, last],
-            )?;
-            db.execute(
-                "UPDATE story_usage SET bytes = max(0, bytes - ?2) WHERE tenant = ?1",
-                params![tenant, freed],
-            )?;
-            removed += n as u64;
+            db.prepare_cached("DELETE FROM stories WHERE tenant = ?1 AND id <= ?2")?
+                .execute(params![tenant, last])?;
+            take_usage(db, HashMap::from([(tenant.as_str(), freed)]))?;
+            removed += count;
             bytes -= freed;
         }
     }
     Ok(removed)
 }
 
-/// Deletes the rows `select` (id, tenant, bytes) names and takes their
-/// bytes off their tenants; how many.
-fn remove(db: &Connection, select: &str, args: impl rusqlite::Params) -> Result<u64, StoreError> {
-    let rows: Vec<(i64, String, i64)> = db
-        .prepare_cached(select)?
-        .query_map(args, |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
-        .collect::<Result<_, _>>()?;
-    let mut delete = db.prepare_cached("DELETE FROM stories WHERE id = ?1")?;
-    let mut usage =
-        db.prepare_cached("UPDATE story_usage SET bytes = max(0, bytes - ?2) WHERE tenant = ?1")?;
-    for (id, tenant, bytes) in &rows {
-        delete.execute([id])?;
+/// Takes `freed` bytes off each tenant's usage.
+fn take_usage(db: &Connection, freed: HashMap<&str, i64>) -> Result<(), StoreError> {
+    let mut usage = db.prepare_cached("UPDATE story_usage SET bytes = max(0, bytes - ?2) WHERE tenant = ?1")?;
+    for (tenant, bytes) in freed {
         usage.execute(params![tenant, bytes])?;
     }
-    Ok(rows.len() as u64)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -259,5 +277,54 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(queue.prune_stories(&config).unwrap(), 0, "nothing more to remove");
+    }
+
+    #[test]
+    fn a_key_with_a_hundred_thousand_events_is_read_through_its_index_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sluice.db");
+        let queue = SqliteQueue::open(&path).unwrap();
+        let mut db = rusqlite::Connection::open(&path).unwrap();
+        let tx = db.transaction().unwrap();
+        {
+            let mut insert = tx
+                .prepare(
+                    "INSERT INTO stories (tenant, event_id, channel, entity_key, at_ms, kind, detail, bytes)
+                     VALUES ('acme', ?1, 'c', 'SKU-1', ?2, 'queued', '{}', 40)",
+                )
+                .unwrap();
+            for n in 0..100_000i64 {
+                insert.execute(rusqlite::params![format!("e-{n}"), n]).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        for (sql, index) in [
+            (
+                "SELECT event_id, channel, at_ms, kind FROM stories WHERE tenant = ?1 AND entity_key = ?2 ORDER BY id DESC LIMIT ?3",
+                "stories_entity",
+            ),
+            (
+                "SELECT * FROM stories WHERE tenant = ?1 AND event_id = ?2 ORDER BY id DESC LIMIT ?3",
+                "stories_event",
+            ),
+            ("SELECT id, bytes FROM stories WHERE tenant = ?1 ORDER BY id LIMIT ?3", "stories_tenant"),
+        ] {
+            let mut explain = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let plan: Vec<String> = explain
+                .query_map(rusqlite::params!["acme", "SKU-1", 100], |row| row.get(3))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let plan = plan.join("; ");
+            assert!(plan.contains(index) && !plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+        }
+        let found = queue.entity_stories("acme", "SKU-1", None, 100).unwrap();
+        assert_eq!(found.len(), 100);
+        assert_eq!(found[0].event_id, "e-99999");
+        // A channel filter looks among the key's newest entries only.
+        assert_eq!(queue.entity_stories("acme", "SKU-1", Some("c"), 3).unwrap().len(), 3);
+        assert!(queue.entity_stories("acme", "SKU-1", Some("rare"), 3).unwrap().is_empty());
+        let huge = "K".repeat(1 << 20);
+        assert!(queue.entity_stories("acme", &huge, None, 100).unwrap().is_empty());
     }
 }

@@ -44,17 +44,17 @@ pub(super) struct Outbound {
 
 impl Outbound {
     /// The destination's configured headers, parsed once per worker (they
-    /// were checked when the config was loaded).
+    /// were checked when the config was loaded). Each is marked sensitive,
+    /// as the API shows them (`"set"`): a story never shows one.
     pub fn headers_of(destination: &Destination) -> Vec<(HeaderName, HeaderValue)> {
         destination
             .config
             .headers
             .iter()
             .filter_map(|(key, value)| {
-                Some((
-                    HeaderName::try_from(key.as_str()).ok()?,
-                    HeaderValue::try_from(value.as_str()).ok()?,
-                ))
+                let mut value = HeaderValue::try_from(value.as_str()).ok()?;
+                value.set_sensitive(true);
+                Some((HeaderName::try_from(key.as_str()).ok()?, value))
             })
             .collect()
     }
@@ -210,7 +210,9 @@ pub(super) async fn send(
         request = request.header(key, value);
     }
     if let Some(signer) = &out.signer {
-        for (key, value) in signer.headers(&delivery.idempotency_key, &body, SystemTime::now()) {
+        for (key, mut value) in signer.headers(&delivery.idempotency_key, &body, SystemTime::now()) {
+            // A signature is a credential for its body: never shown.
+            value.set_sensitive(true);
             request = request.header(key, value);
         }
     }
@@ -230,7 +232,7 @@ pub(super) async fn send(
     let sent_request = stories.map(|log| {
         json!({
             "method": request.method().as_str(),
-            "url": mask::url(&request.uri().to_string()),
+            "url": mask::url(&hide_all(request.uri().to_string(), out.target.secrets())),
             "headers": masked_headers(request.headers()),
             "body": log.body(&body, true),
         })
@@ -310,15 +312,28 @@ async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> (Vec<u8>, b
     (kept, true)
 }
 
-/// Headers as a story keeps them: secrets masked.
+/// Headers as a story keeps them: a credential (a value marked
+/// sensitive: the destination's auth, its signature) or a secret-named
+/// header masked.
 fn masked_headers(headers: &hyper::HeaderMap) -> Value {
     headers
         .iter()
         .map(|(name, value)| {
+            if value.is_sensitive() {
+                return json!([name.as_str(), mask::MASK]);
+            }
             let value = String::from_utf8_lossy(value.as_bytes());
             json!([name.as_str(), mask::header_value(name.as_str(), &value)])
         })
         .collect()
+}
+
+/// `text` with every one of `secrets` masked.
+fn hide_all(mut text: String, secrets: &[String]) -> String {
+    for secret in secrets {
+        text = text.replace(secret.as_str(), mask::MASK);
+    }
+    text
 }
 
 /// The emitted event's id and the request body: the payload's stored
