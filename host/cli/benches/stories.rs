@@ -13,7 +13,8 @@
 //! dir; the best of each is compared (the machines are shared and noisy),
 //! and all against the same two steps run natively in process.
 //!
-//! Run with `cargo bench -p sluice-cli --bench stories`.
+//! Run with `cargo bench -p sluice-cli --bench stories`
+//! (`SLUICE_STORY_VARIANT=1` runs only the second, to profile it).
 //! `SLUICE_LOAD_CLIENTS` and `SLUICE_LOAD_EVENTS` change the defaults
 //! (4 clients, 20,000 events).
 
@@ -50,6 +51,10 @@ fn main() {
     println!("ingest to delivery: {total} events in JSONL batches of 100 by {clients} clients, {rounds} rounds");
     for round in 0..rounds {
         for (index, variant) in variants.iter().enumerate() {
+            // `SLUICE_STORY_VARIANT=N` runs only the Nth (to profile one).
+            if std::env::var("SLUICE_STORY_VARIANT").is_ok_and(|only| only != index.to_string()) {
+                continue;
+            }
             let sink = Sink::start("127.0.0.1:0".parse().unwrap(), Arc::new(|_, _| Reply::status(200))).unwrap();
             let config = format!(
                 "[stories]\nenabled = {}\n{}\
@@ -77,6 +82,9 @@ fn main() {
                 best[index] = Some(result);
             }
         }
+    }
+    if best.iter().any(Option::is_none) {
+        return;
     }
     let best: Vec<IngestResult> = best.into_iter().map(Option::unwrap).collect();
     let off = best[0].rate;

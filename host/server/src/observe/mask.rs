@@ -23,13 +23,18 @@ const WORDS: [&str; 12] = [
     "credential",
 ];
 
-/// Whether `name` holds one of [`WORDS`], in any case, without allocating.
+/// Finds any of [`WORDS`] in any case in one pass (a profile of the
+/// stories benchmark showed a word-by-word search as its top symbol).
+static SECRET_WORDS: std::sync::LazyLock<aho_corasick::AhoCorasick> = std::sync::LazyLock::new(|| {
+    aho_corasick::AhoCorasick::builder()
+        .ascii_case_insensitive(true)
+        .build(WORDS)
+        .expect("the words make a searcher")
+});
+
+/// Whether `name` (or a whole body) holds one of [`WORDS`], in any case.
 fn names_a_secret(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    WORDS.iter().any(|word| {
-        let word = word.as_bytes();
-        bytes.len() >= word.len() && bytes.windows(word.len()).any(|at| at.eq_ignore_ascii_case(word))
-    })
+    SECRET_WORDS.is_match(name)
 }
 
 /// Whether a JSON field or form key holds a secret.

@@ -232,21 +232,44 @@ impl StoryLog {
 
     /// A body as a story keeps it: masked, then cut at `body-bytes` on a
     /// character boundary, the cut marked with how long it was.
-    pub fn body(&self, bytes: &[u8], complete: bool) -> Value {
+    pub fn body(&self, bytes: &[u8], complete: bool) -> KeptBody {
         let limit = self.config.body_bytes;
         let text = String::from_utf8_lossy(&bytes[..bytes.len().min(limit.saturating_mul(2))]);
-        let masked = super::mask::body(&text);
+        let mut masked = super::mask::body(&text);
         let mut end = masked.len().min(limit);
         while !masked.is_char_boundary(end) {
             end -= 1;
         }
         let truncated = end < masked.len() || !complete;
-        let mut value = json!({"text": &masked[..end]});
-        if truncated {
-            value["truncated"] = json!(true);
-            value["bytes_seen"] = json!(bytes.len());
+        masked.truncate(end);
+        KeptBody {
+            text: masked,
+            truncated: truncated.then_some(true),
+            bytes_seen: truncated.then_some(bytes.len()),
         }
-        value
+    }
+}
+
+/// A request's or response's body as a story keeps it.
+#[derive(Debug, Serialize)]
+pub struct KeptBody {
+    /// The text, masked and cut.
+    pub text: String,
+    /// Set when it was cut (or the read stopped early).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<bool>,
+    /// How many bytes there were, when it was cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes_seen: Option<usize>,
+}
+
+impl StoryEntry {
+    /// An entry of `kind` now whose details are already JSON text.
+    pub fn with_detail(tenant: &str, event_id: &str, kind: StoryKind, detail: Box<RawValue>) -> Self {
+        Self {
+            detail,
+            ..Self::new(tenant, event_id, kind, Value::Null)
+        }
     }
 }
 
@@ -354,18 +377,19 @@ mod tests {
             body_bytes: 8,
             ..Default::default()
         });
-        let kept = log.body("ééééé-and-more".as_bytes(), true);
+        let body = |bytes: &[u8], complete| serde_json::to_value(log.body(bytes, complete)).unwrap();
+        let kept = body("ééééé-and-more".as_bytes(), true);
         assert_eq!(kept["text"], "éééé");
         assert_eq!(kept["truncated"], true);
         assert_eq!(kept["bytes_seen"], 19);
-        let whole = log.body(b"{\"a\":1}", true);
+        let whole = body(b"{\"a\":1}", true);
         assert_eq!(whole, json!({"text": "{\"a\":1}"}));
         assert_eq!(
-            log.body(b"{}", false)["truncated"],
+            body(b"{}", false)["truncated"],
             true,
             "a read that stopped early is marked"
         );
-        let secret = log.body(br#"{"token":"abc"}"#, true);
+        let secret = body(br#"{"token":"abc"}"#, true);
         assert!(!secret.to_string().contains("abc"), "{secret}");
     }
 

@@ -89,7 +89,8 @@ pub struct App {
     pub telemetry: Arc<crate::observe::trace::Telemetry>,
     /// Deliveries being sent by this node, by (tenant, event id), for a
     /// story's "in flight".
-    pub(crate) in_flight: Mutex<std::collections::HashMap<(String, String, String), usize>>,
+    /// Keyed by a hash of the three, so that counting costs no allocation.
+    pub(crate) in_flight: Mutex<std::collections::HashMap<u64, usize>>,
     /// Module uploads being checked at once are bounded by these permits.
     pub upload_permits: Arc<Semaphore>,
     /// The durable queue.
@@ -579,7 +580,7 @@ impl App {
     /// Counts `delivery` as being sent by this node.
     pub(crate) fn enter_flight(&self, delivery: &crate::store::Delivery) {
         if self.stories.config().enabled {
-            let key = (delivery.tenant.clone(), delivery.event_id.clone(), delivery.channel.clone());
+            let key = flight_key(&delivery.tenant, &delivery.event_id, &delivery.channel);
             *self
                 .in_flight
                 .lock()
@@ -591,7 +592,7 @@ impl App {
 
     /// Counts `delivery` as sent.
     pub(crate) fn leave_flight(&self, delivery: &crate::store::Delivery) {
-        let key = (delivery.tenant.clone(), delivery.event_id.clone(), delivery.channel.clone());
+        let key = flight_key(&delivery.tenant, &delivery.event_id, &delivery.channel);
         let mut flying = self.in_flight.lock().expect("flight lock");
         if let Some(count) = flying.get_mut(&key) {
             *count -= 1;
@@ -606,7 +607,7 @@ impl App {
         self.in_flight
             .lock()
             .expect("flight lock")
-            .contains_key(&(tenant.to_string(), event_id.to_string(), channel.to_string()))
+            .contains_key(&flight_key(tenant, event_id, channel))
     }
 
     /// A tenant's state, if the tenant exists.
@@ -931,4 +932,12 @@ impl App {
             destination.wake.notify_one();
         }
     }
+}
+
+/// The key of a delivery in [`App::in_flight`].
+fn flight_key(tenant: &str, event_id: &str, channel: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (tenant, event_id, channel).hash(&mut hasher);
+    hasher.finish()
 }

@@ -28,6 +28,8 @@ pub struct SqliteQueue {
     path: std::path::PathBuf,
     readers: Mutex<Vec<Connection>>,
     superseded: std::sync::Arc<crate::store::Tally>,
+    /// `stories.db`, beside the file.
+    stories: stories::StoryDb,
 }
 
 /// Idle read connections kept.
@@ -44,6 +46,7 @@ impl SqliteQueue {
         // 64 MiB of page cache: the working set (recent events, queues) stays in memory.
         connection.pragma_update(None, "cache_size", -65536)?;
         schema::migrate(&mut connection).map_err(|err| StoreError::Commit(err.to_string()))?;
+        let stories = stories::StoryDb::open(&path.with_file_name("stories.db"))?;
         let (jobs, receiver) = std::sync::mpsc::channel();
         let writer = std::thread::Builder::new()
             .name("sluice-store".into())
@@ -55,6 +58,7 @@ impl SqliteQueue {
             path: path.to_path_buf(),
             readers: Mutex::new(Vec::new()),
             superseded: std::sync::Arc::default(),
+            stories,
         })
     }
 

@@ -650,7 +650,7 @@ impl Queue for SqliteQueue {
         entries: Vec<crate::observe::story::StoryEntry>,
         _config: &crate::observe::story::StoriesConfig,
     ) -> Result<(), StoreError> {
-        self.call(move |db| super::stories::append(db, &entries))
+        self.stories.write(|db| super::stories::append(db, &entries))
     }
 
     fn event_story(
@@ -659,7 +659,7 @@ impl Queue for SqliteQueue {
         event_id: &str,
         limit: usize,
     ) -> Result<Vec<crate::observe::story::StoryEntry>, StoreError> {
-        self.read(|db| super::stories::of_event(db, tenant, event_id, limit))
+        self.stories.read(|db| super::stories::of_event(db, tenant, event_id, limit))
     }
 
     fn entity_stories(
@@ -669,12 +669,11 @@ impl Queue for SqliteQueue {
         channel: Option<&str>,
         limit: usize,
     ) -> Result<Vec<crate::observe::story::StoryEntry>, StoreError> {
-        self.read(|db| super::stories::of_entity(db, tenant, key, channel, limit))
+        self.stories.read(|db| super::stories::of_entity(db, tenant, key, channel, limit))
     }
 
     fn prune_stories(&self, config: &crate::observe::story::StoriesConfig) -> Result<u64, StoreError> {
-        let config = *config;
-        self.call(move |db| super::stories::prune(db, &config, now_ms()))
+        self.stories.write(|db| super::stories::prune(db, config, now_ms()))
     }
 
     fn forget_state(&self, tenant: &str, channel: &str) -> Result<(), StoreError> {

@@ -105,28 +105,6 @@ const MIGRATIONS: &[Migration] = &[
              bytes INTEGER NOT NULL
          ) WITHOUT ROWID;",
     ),
-    // 11: every event's story (see `observe::story`), and each tenant's
-    // bytes of it, for retention.
-    Migration::Sql(
-        "CREATE TABLE stories (
-             id INTEGER PRIMARY KEY,
-             tenant TEXT NOT NULL,
-             event_id TEXT NOT NULL,
-             channel TEXT,
-             entity_key TEXT,
-             at_ms INTEGER NOT NULL,
-             kind TEXT NOT NULL,
-             detail TEXT NOT NULL,
-             bytes INTEGER NOT NULL
-         );
-         CREATE INDEX stories_event ON stories (tenant, event_id);
-         CREATE INDEX stories_entity ON stories (tenant, entity_key) WHERE entity_key IS NOT NULL;
-         CREATE INDEX stories_tenant ON stories (tenant);
-         CREATE TABLE story_usage (
-             tenant TEXT PRIMARY KEY,
-             bytes INTEGER NOT NULL
-         ) WITHOUT ROWID;",
-    ),
 ];
 
 /// Why the schema cannot be brought up to date.

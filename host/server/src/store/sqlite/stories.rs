@@ -1,6 +1,70 @@
-//! Event stories in SQLite (migration 11): one row per entry, found by
-//! (tenant, event id) and by (tenant, entity key); `story_usage` keeps
-//! each tenant's bytes so that retention needs no scan to know who is over.
+//! Event stories in SQLite: a database file of their own, `stories.db`
+//! beside `sluice.db`, with its own connection, so that they never wait
+//! for or hold the events' writer, and with `synchronous = NORMAL`: a
+//! story is a diagnostic, and a power cut may lose its last entries (the
+//! events are committed with FULL in `sluice.db`). One row per entry,
+//! found by (tenant, event id) and by (tenant, entity key); `story_usage`
+//! keeps each tenant's bytes so that retention needs no scan to know who
+//! is over.
+
+/// The stories database's schema.
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS stories (
+        id INTEGER PRIMARY KEY,
+        tenant TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        channel TEXT,
+        entity_key TEXT,
+        at_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS stories_event ON stories (tenant, event_id);
+    CREATE INDEX IF NOT EXISTS stories_entity ON stories (tenant, entity_key) WHERE entity_key IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS story_usage (
+        tenant TEXT PRIMARY KEY,
+        bytes INTEGER NOT NULL
+    ) WITHOUT ROWID;";
+
+/// `stories.db`: one connection that writes (the one story writer and
+/// the prune take turns) and one that reads.
+pub(super) struct StoryDb {
+    writer: std::sync::Mutex<Connection>,
+    reader: std::sync::Mutex<Connection>,
+}
+
+impl StoryDb {
+    /// Opens (or makes) the file.
+    pub(super) fn open(path: &std::path::Path) -> Result<Self, StoreError> {
+        let writer = Connection::open(path)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        writer.pragma_update(None, "synchronous", "NORMAL")?;
+        writer.pragma_update(None, "busy_timeout", 5000)?;
+        writer.execute_batch(SCHEMA)?;
+        let reader = Connection::open(path)?;
+        reader.pragma_update(None, "busy_timeout", 5000)?;
+        reader.pragma_update(None, "query_only", true)?;
+        Ok(Self {
+            writer: std::sync::Mutex::new(writer),
+            reader: std::sync::Mutex::new(reader),
+        })
+    }
+
+    /// Runs `work` in one transaction of the writer.
+    pub(super) fn write<T>(&self, work: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut db = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let transaction = db.transaction()?;
+        let value = work(&transaction)?;
+        transaction.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `work` on the reader.
+    pub(super) fn read<T>(&self, work: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        work(&self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
 
 use std::collections::{HashMap, HashSet};
 
@@ -282,9 +346,8 @@ mod tests {
     #[test]
     fn a_key_with_a_hundred_thousand_events_is_read_through_its_index_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sluice.db");
-        let queue = SqliteQueue::open(&path).unwrap();
-        let mut db = rusqlite::Connection::open(&path).unwrap();
+        let queue = SqliteQueue::open(&dir.path().join("sluice.db")).unwrap();
+        let mut db = rusqlite::Connection::open(dir.path().join("stories.db")).unwrap();
         let tx = db.transaction().unwrap();
         {
             let mut insert = tx
@@ -307,7 +370,6 @@ mod tests {
                 "SELECT * FROM stories WHERE tenant = ?1 AND event_id = ?2 ORDER BY id DESC LIMIT ?3",
                 "stories_event",
             ),
-            ("SELECT id, bytes FROM stories WHERE tenant = ?1 ORDER BY id LIMIT ?3", "stories_tenant"),
         ] {
             let mut explain = db.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let plan: Vec<String> = explain

@@ -40,7 +40,7 @@ use crate::store::in_store;
 use crate::store::{Attempt, AttemptResult, Delivery, now_ms};
 use crate::workers::backoff::{TokenBucket, backoff};
 use send::{Outbound, Sent, send};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The most a followed rate may be without a `rate-limit`, per second.
 const UNCONFIGURED_RATE: f64 = 1000.0;
@@ -563,27 +563,33 @@ fn settle(
         span,
         entity_key: &delivery.entity_key,
     });
-    if let Some(exchange) = exchange.or_else(|| app.stories.config().enabled.then(|| json!({}))) {
+    if app.stories.config().enabled {
+        let (request, response) = match &exchange {
+            Some((request, response)) => (Some(&**request), response.as_deref()),
+            None => (None, None),
+        };
         let (result_name, next_ms) = match &result {
             AttemptResult::Delivered { .. } => ("delivered", None),
             AttemptResult::Retry { next_ms, .. } => ("retry", Some(*next_ms)),
             _ => ("dead-letter", None),
         };
-        let mut detail = json!({
-            "destination": name,
-            "attempt": attempt_number,
-            "result": result_name,
-            "status": status,
-            "elapsed_ms": elapsed.as_millis() as u64,
-            "next_ms": next_ms,
-            "request": exchange.get("request"),
-            "response": exchange.get("response"),
-        });
-        if !matches!(status, Some(200..=299)) && exchange.get("response").is_none_or(Value::is_null) {
-            detail["error"] = json!(attempt_detail(&result));
-        }
+        let detail = AttemptDetail {
+            destination: name,
+            attempt: attempt_number,
+            result: result_name,
+            status,
+            elapsed_ms: elapsed.as_millis() as u64,
+            next_ms,
+            request,
+            response,
+            error: response
+                .is_none()
+                .then(|| attempt_detail(&result))
+                .filter(|_| !matches!(status, Some(200..=299))),
+        };
+        let detail = serde_json::value::to_raw_value(&detail).expect("an attempt serialises");
         app.stories.record(
-            StoryEntry::new(&delivery.tenant, &delivery.event_id, StoryKind::Attempt, detail)
+            StoryEntry::with_detail(&delivery.tenant, &delivery.event_id, StoryKind::Attempt, detail)
                 .on(&delivery.channel)
                 .about(&delivery.entity_key),
         );
@@ -600,6 +606,21 @@ fn settle(
         });
     }
     (delivery, result)
+}
+
+/// One attempt as its event's story tells it.
+#[derive(serde::Serialize)]
+struct AttemptDetail<'a> {
+    destination: &'a str,
+    attempt: u32,
+    result: &'a str,
+    status: Option<u16>,
+    elapsed_ms: u64,
+    next_ms: Option<i64>,
+    request: Option<&'a serde_json::value::RawValue>,
+    response: Option<&'a serde_json::value::RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }
 
 /// What an attempt's record says (a connection error, a refusal to send).

@@ -8,11 +8,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use hyper::{Method, Request};
-use serde_json::{Value, json};
+use serde_json::value::RawValue;
 
 use crate::config::RetryPolicy;
 use crate::observe::mask;
-use crate::observe::story::StoryLog;
+use crate::observe::story::{KeptBody, StoryLog};
 use crate::observe::trace::TraceContext;
 use crate::outbound::HttpClient;
 use crate::outbound::sign::Signer;
@@ -118,9 +118,9 @@ pub(super) struct Sent {
     pub expired: Option<HeaderValue>,
     /// The rate the destination announced in `rate-limit-header`, per second.
     pub announced_rate: Option<f64>,
-    /// The request as sent and the answer as received, masked and capped,
-    /// when stories are kept.
-    pub exchange: Option<Value>,
+    /// The request as sent and the answer as received (if one came),
+    /// masked, capped and written as JSON once, when stories are kept.
+    pub exchange: Option<(Box<RawValue>, Option<Box<RawValue>>)>,
     /// The event's trace, and this attempt's span in it.
     pub trace: TraceContext,
     pub span: [u8; 8],
@@ -230,11 +230,11 @@ pub(super) async fn send(
     };
     let stories = out.stories.as_ref();
     let sent_request = stories.map(|log| {
-        json!({
-            "method": request.method().as_str(),
-            "url": mask::url(&hide_all(request.uri().to_string(), out.target.secrets())),
-            "headers": masked_headers(request.headers()),
-            "body": log.body(&body, true),
+        raw(&KeptRequest {
+            method: request.method().as_str(),
+            url: mask::url(&hide_all(request.uri().to_string(), out.target.secrets())),
+            headers: masked_headers(request.headers()),
+            body: log.body(&body, true),
         })
     });
     let keep = stories.map_or(0, |log| log.config().body_bytes);
@@ -264,15 +264,17 @@ pub(super) async fn send(
         let text = String::from_utf8_lossy(&body);
         let expired = status == 401 || (status == 403 && text.to_ascii_lowercase().contains("expired"));
         let snippet: String = text.chars().take(SNIPPET).collect();
-        let answer = stories.map(
-            |log| json!({"status": status, "headers": answer_headers, "body": log.body(&body, complete)}),
-        );
+        let answer = stories.map(|log| {
+            raw(&KeptResponse {
+                status,
+                headers: answer_headers.unwrap_or_default(),
+                body: log.body(&body, complete),
+            })
+        });
         Ok::<_, String>((status, wait, snippet, expired, announced, answer))
     };
-    let with_exchange = |sent: Sent, answer: Option<Value>| Sent {
-        exchange: sent_request
-            .clone()
-            .map(|request| json!({"request": request, "response": answer})),
+    let with_exchange = |sent: Sent, answer: Option<Box<RawValue>>| Sent {
+        exchange: sent_request.clone().map(|request| (request, answer)),
         ..sent
     };
     match tokio::time::timeout(Duration::from_millis(timeout_ms), exchange).await {
@@ -312,18 +314,40 @@ async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> (Vec<u8>, b
     (kept, true)
 }
 
-/// Headers as a story keeps them: a credential (a value marked
-/// sensitive: the destination's auth, its signature) or a secret-named
-/// header masked.
-fn masked_headers(headers: &hyper::HeaderMap) -> Value {
+/// A request as a story keeps it.
+#[derive(serde::Serialize)]
+struct KeptRequest<'a> {
+    method: &'a str,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: KeptBody,
+}
+
+/// A response as a story keeps it.
+#[derive(serde::Serialize)]
+struct KeptResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: KeptBody,
+}
+
+/// `value` as JSON text, written once.
+fn raw(value: &impl serde::Serialize) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).expect("a capture serialises")
+}
+
+/// Headers as a story keeps them, as `[name, value]` pairs: a credential
+/// (a value marked sensitive: the destination's auth, its signature, its
+/// configured headers) or a secret-named header masked.
+fn masked_headers(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
         .map(|(name, value)| {
             if value.is_sensitive() {
-                return json!([name.as_str(), mask::MASK]);
+                return (name.to_string(), mask::MASK.to_string());
             }
             let value = String::from_utf8_lossy(value.as_bytes());
-            json!([name.as_str(), mask::header_value(name.as_str(), &value)])
+            (name.to_string(), mask::header_value(name.as_str(), &value))
         })
         .collect()
 }
