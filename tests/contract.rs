@@ -539,7 +539,11 @@ module = "{}"
             first_node,
             json!({"asin": format!("globex-asin@{}", theirs["table"]["version"].as_str().unwrap())}),
         );
-        assert_eq!((status, answer["code"].as_str()), (409, Some("unknown-lookup")), "{answer}");
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (409, Some("unknown-lookup")),
+            "{answer}"
+        );
         let (status, answer) = activate(
             first_node,
             json!({"asin": format!("sku-to-asin@{}", &first_version[..8])}),

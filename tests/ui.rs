@@ -559,10 +559,7 @@ fn an_operator_finds_an_event_by_its_sku_and_reads_its_timeline_in_a_real_browse
     browser.find("#story[data-event='tee-1']");
     let kinds =
         browser.run("return [...document.querySelectorAll('#timeline > li')].map((li) => li.dataset.kind)");
-    assert_eq!(
-        kinds,
-        json!(["accepted", "transformed", "attempt", "attempt"])
-    );
+    assert_eq!(kinds, json!(["accepted", "transformed", "attempt", "attempt"]));
     let panes = browser.run(
         "return [...document.querySelectorAll(\"#timeline > li[data-kind='attempt'] .exchange pre\")].map((p) => p.textContent)",
     );

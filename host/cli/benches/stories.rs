@@ -41,21 +41,43 @@ fn main() {
     let parsed: serde_json::Value = serde_json::from_str(&event).unwrap();
     let native = native_magento_to_portal(&channel, &event);
 
-    let otlp = Sink::start("127.0.0.1:0".parse().unwrap(), Arc::new(|_, _| Reply::status(200))).unwrap();
+    let otlp = Sink::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(|_, _| Reply::status(200)),
+    )
+    .unwrap();
     let variants = [
-        Variant { name: "stories off, no traces", stories: false, traces: false },
-        Variant { name: "stories on (default)", stories: true, traces: false },
-        Variant { name: "stories on, traces over OTLP", stories: true, traces: true },
+        Variant {
+            name: "stories off, no traces",
+            stories: false,
+            traces: false,
+        },
+        Variant {
+            name: "stories on (default)",
+            stories: true,
+            traces: false,
+        },
+        Variant {
+            name: "stories on, traces over OTLP",
+            stories: true,
+            traces: true,
+        },
     ];
     let mut best: Vec<Option<IngestResult>> = variants.iter().map(|_| None).collect();
-    println!("ingest to delivery: {total} events in JSONL batches of 100 by {clients} clients, {rounds} rounds");
+    println!(
+        "ingest to delivery: {total} events in JSONL batches of 100 by {clients} clients, {rounds} rounds"
+    );
     for round in 0..rounds {
         for (index, variant) in variants.iter().enumerate() {
             // `SLUICE_STORY_VARIANT=N` runs only the Nth (to profile one).
             if std::env::var("SLUICE_STORY_VARIANT").is_ok_and(|only| only != index.to_string()) {
                 continue;
             }
-            let sink = Sink::start("127.0.0.1:0".parse().unwrap(), Arc::new(|_, _| Reply::status(200))).unwrap();
+            let sink = Sink::start(
+                "127.0.0.1:0".parse().unwrap(),
+                Arc::new(|_, _| Reply::status(200)),
+            )
+            .unwrap();
             let config = format!(
                 "[stories]\nenabled = {}\n{}\
                  [[tenant]]\nname = \"acme\"\ntransform-concurrency = 2\n\
@@ -72,7 +94,8 @@ fn main() {
             );
             let dir = tempfile::tempdir().unwrap();
             let server = Server::start(dir.path(), &config);
-            let result = ingest_to_delivery(std::slice::from_ref(&server.base), &parsed, &sink, clients, total);
+            let result =
+                ingest_to_delivery(std::slice::from_ref(&server.base), &parsed, &sink, clients, total);
             drop(server);
             println!(
                 "  round {round}: {:<30} {:>8.0} events/s   p50 {:?}   p99 {:?}",

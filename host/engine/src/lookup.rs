@@ -251,7 +251,11 @@ mod tests {
         assert!(err.contains("a key is empty"), "{err}");
         let long = format!(r#"{{"{k}": 1, "{k}": 2}}"#, k = "K".repeat(10_000));
         let err = parse_table(long.as_bytes(), TableFormat::Json).unwrap_err();
-        assert!(err.len() < 200, "a huge key is not echoed whole: {} bytes", err.len());
+        assert!(
+            err.len() < 200,
+            "a huge key is not echoed whole: {} bytes",
+            err.len()
+        );
         write(base, "dup.json", br#"{"A": 1, "A": 2}"#);
         let err = load_table("t", "dup.json", base).unwrap_err().to_string();
         assert!(err.contains("the key `A` is given twice"), "{err}");

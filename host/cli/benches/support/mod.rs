@@ -278,7 +278,8 @@ pub fn native_magento_to_portal(channel: &Path, event: &str) -> f64 {
         serde_json::from_str(&std::fs::read_to_string(channel.join("pipeline.json")).unwrap()).unwrap();
     let mut source =
         NativeRunner::<Source<MagentoSource>>::new(&pipeline_json["steps"][0]["config"].to_string()).unwrap();
-    let mut portal = NativeRunner::<B2bPortal>::new(&pipeline_json["steps"][1]["config"].to_string()).unwrap();
+    let mut portal =
+        NativeRunner::<B2bPortal>::new(&pipeline_json["steps"][1]["config"].to_string()).unwrap();
     let parsed: serde_json::Value = serde_json::from_str(event).unwrap();
     let wit_event = sluice_guest::Event {
         id: parsed["id"].as_str().unwrap().into(),

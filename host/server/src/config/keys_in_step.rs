@@ -55,6 +55,8 @@ fn accepted() -> BTreeMap<&'static str, BTreeSet<String>> {
         ("limits", fields_of::<Limits>()),
         ("retry", fields_of::<RetryPolicy>()),
         ("state-quota", fields_of::<sluice_engine::state::StateQuota>()),
+        ("stories", fields_of::<crate::observe::story::StoriesConfig>()),
+        ("telemetry", fields_of::<crate::observe::trace::TelemetryConfig>()),
         ("tenant", fields_of::<TenantConfig>()),
         ("tenant.limits", fields_of::<Limits>()),
         ("destination", fields_of::<DestinationConfig>()),

@@ -56,7 +56,11 @@ pub fn is_secret_header(name: &str) -> bool {
 /// bare `key`, `code`, `auth` and `sig` that Google, Azure Functions and
 /// Firebase put API keys in.
 pub fn is_secret_query(name: &str) -> bool {
-    names_a_secret(name) || matches!(name.to_ascii_lowercase().as_str(), "key" | "code" | "auth" | "sig")
+    names_a_secret(name)
+        || matches!(
+            name.to_ascii_lowercase().as_str(),
+            "key" | "code" | "auth" | "sig"
+        )
 }
 
 /// A header's value as a story keeps it.
@@ -121,7 +125,10 @@ pub fn body(text: &str) -> String {
         return text.to_string();
     }
     let form_like = text.trim_end();
-    if !form_like.contains(char::is_whitespace) && form_like.contains('=') && !form_like.starts_with(['{', '[']) {
+    if !form_like.contains(char::is_whitespace)
+        && form_like.contains('=')
+        && !form_like.starts_with(['{', '['])
+    {
         return form(form_like);
     }
     json_pairs(text)
@@ -147,8 +154,12 @@ fn json_pairs(text: &str) -> String {
         if !is_secret_name(name) {
             continue;
         }
-        let Some(colon) = rest.trim_start().strip_prefix(':') else { continue };
-        let Some(value) = colon.trim_start().strip_prefix('"') else { continue };
+        let Some(colon) = rest.trim_start().strip_prefix(':') else {
+            continue;
+        };
+        let Some(value) = colon.trim_start().strip_prefix('"') else {
+            continue;
+        };
         out.push_str(&format!(": \"{MASK}\""));
         rest = string_end(value).map_or("", |end| &value[end + 1..]);
     }
@@ -212,13 +223,23 @@ mod tests {
             body("grant_type=refresh_token&refresh_token=Atzr|abc&client_id=amzn1"),
             "grant_type=refresh_token&refresh_token=***&client_id=amzn1"
         );
-        assert_eq!(url("https://maps.example/x?key=AIza123&code=fn-key&sku=A"), "https://maps.example/x?key=***&code=***&sku=A");
+        assert_eq!(
+            url("https://maps.example/x?key=AIza123&code=fn-key&sku=A"),
+            "https://maps.example/x?key=***&code=***&sku=A"
+        );
         assert_eq!(header_value("X-Shopify-Hmac-Sha256", "abc="), MASK);
         // A body cut short is not JSON: its pairs are masked in place.
-        let cut = body(r#"{"items": [{"sku": "A"}], "access_token": "Atza|se\"cret", "refresh_token": "Atzr|abc"#);
-        assert!(!cut.contains("se\\\"cret") && !cut.contains("Atza") && !cut.contains("Atzr"), "{cut}");
+        let cut =
+            body(r#"{"items": [{"sku": "A"}], "access_token": "Atza|se\"cret", "refresh_token": "Atzr|abc"#);
+        assert!(
+            !cut.contains("se\\\"cret") && !cut.contains("Atza") && !cut.contains("Atzr"),
+            "{cut}"
+        );
         assert!(cut.contains(r#""sku": "A""#), "{cut}");
-        assert_eq!(body("grant_type=refresh_token&refresh_token=x\n"), "grant_type=refresh_token&refresh_token=***");
+        assert_eq!(
+            body("grant_type=refresh_token&refresh_token=x\n"),
+            "grant_type=refresh_token&refresh_token=***"
+        );
         // Escaped quotes do not throw the scan off.
         let tricky = body(r#"{"title": "5\" nail \\", "token": "t0k\"en", "x": "\"token\": \"no\""}"#);
         assert!(!tricky.contains("t0k"), "{tricky}");

@@ -412,12 +412,17 @@ fn record_transformed(
             .map(|d| json!({"destination": d.destination, "output_id": d.output_id, "entity_key": d.entity_key, "idempotency_key": d.idempotency_key}))
             .collect();
     }
-    let mut entry = StoryEntry::new(&input.tenant, &input.id, StoryKind::Transformed, detail).on(&channel.name);
+    let mut entry =
+        StoryEntry::new(&input.tenant, &input.id, StoryKind::Transformed, detail).on(&channel.name);
     if let Some(first) = deliveries.first() {
         entry = entry.about(&first.entity_key);
     }
     app.stories.record(entry);
-    let mut keys: Vec<&str> = deliveries.first().map(|d| d.entity_key.as_str()).into_iter().collect();
+    let mut keys: Vec<&str> = deliveries
+        .first()
+        .map(|d| d.entity_key.as_str())
+        .into_iter()
+        .collect();
     for delivery in deliveries {
         if keys.contains(&delivery.entity_key.as_str()) || keys.len() > STORY_LIST {
             continue;

@@ -659,7 +659,8 @@ impl Queue for SqliteQueue {
         event_id: &str,
         limit: usize,
     ) -> Result<Vec<crate::observe::story::StoryEntry>, StoreError> {
-        self.stories.read(|db| super::stories::of_event(db, tenant, event_id, limit))
+        self.stories
+            .read(|db| super::stories::of_event(db, tenant, event_id, limit))
     }
 
     fn entity_stories(
@@ -669,11 +670,13 @@ impl Queue for SqliteQueue {
         channel: Option<&str>,
         limit: usize,
     ) -> Result<Vec<crate::observe::story::StoryEntry>, StoreError> {
-        self.stories.read(|db| super::stories::of_entity(db, tenant, key, channel, limit))
+        self.stories
+            .read(|db| super::stories::of_entity(db, tenant, key, channel, limit))
     }
 
     fn prune_stories(&self, config: &crate::observe::story::StoriesConfig) -> Result<u64, StoreError> {
-        self.stories.write(|db| super::stories::prune(db, config, now_ms()))
+        self.stories
+            .write(|db| super::stories::prune(db, config, now_ms()))
     }
 
     fn forget_state(&self, tenant: &str, channel: &str) -> Result<(), StoreError> {

@@ -52,8 +52,14 @@ impl StoryDb {
     }
 
     /// Runs `work` in one transaction of the writer.
-    pub(super) fn write<T>(&self, work: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let mut db = self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pub(super) fn write<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut db = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let transaction = db.transaction()?;
         let value = work(&transaction)?;
         transaction.commit()?;
@@ -61,8 +67,16 @@ impl StoryDb {
     }
 
     /// Runs `work` on the reader.
-    pub(super) fn read<T>(&self, work: impl FnOnce(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        work(&self.reader.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    pub(super) fn read<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        work(
+            &self
+                .reader
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 }
 
@@ -189,7 +203,9 @@ pub(super) fn of_entity(
     for row in rows {
         let (event_id, in_channel, at_ms, kind) = row?;
         let Some(kind) = kind_of(&kind) else { continue };
-        if channel.is_some_and(|wanted| in_channel.as_deref() != Some(wanted)) || !seen.insert(event_id.clone()) {
+        if channel.is_some_and(|wanted| in_channel.as_deref() != Some(wanted))
+            || !seen.insert(event_id.clone())
+        {
             continue;
         }
         found.push(StoryEntry {
@@ -217,11 +233,16 @@ pub(super) fn prune(db: &Connection, config: &StoriesConfig, now_ms: i64) -> Res
     while removed < MAX_PRUNED {
         let oldest: Vec<(i64, String, i64, i64)> = db
             .prepare_cached("SELECT id, tenant, bytes, at_ms FROM stories ORDER BY id LIMIT ?1")?
-            .query_map([PRUNE_BATCH], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)))?
+            .query_map([PRUNE_BATCH], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
             .collect::<Result<_, _>>()?;
         let expired = oldest.iter().take_while(|(.., at_ms)| *at_ms < cutoff).count();
-        let Some(last) = oldest[..expired].last() else { break };
-        db.prepare_cached("DELETE FROM stories WHERE id <= ?1")?.execute([last.0])?;
+        let Some(last) = oldest[..expired].last() else {
+            break;
+        };
+        db.prepare_cached("DELETE FROM stories WHERE id <= ?1")?
+            .execute([last.0])?;
         let mut freed: HashMap<&str, i64> = HashMap::new();
         for (_, tenant, bytes, _) in &oldest[..expired] {
             *freed.entry(tenant).or_default() += bytes;
@@ -234,7 +255,9 @@ pub(super) fn prune(db: &Connection, config: &StoriesConfig, now_ms: i64) -> Res
     }
     let over: Vec<(String, i64)> = db
         .prepare_cached("SELECT tenant, bytes FROM story_usage WHERE bytes > ?1")?
-        .query_map([config.max_bytes_per_tenant as i64], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .query_map([config.max_bytes_per_tenant as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
         .collect::<Result<_, _>>()?;
     for (tenant, mut bytes) in over {
         // Down to nine tenths, so that a tenant at its cap is not pruned on every tick.
@@ -269,7 +292,8 @@ pub(super) fn prune(db: &Connection, config: &StoriesConfig, now_ms: i64) -> Res
 
 /// Takes `freed` bytes off each tenant's usage.
 fn take_usage(db: &Connection, freed: HashMap<&str, i64>) -> Result<(), StoreError> {
-    let mut usage = db.prepare_cached("UPDATE story_usage SET bytes = max(0, bytes - ?2) WHERE tenant = ?1")?;
+    let mut usage =
+        db.prepare_cached("UPDATE story_usage SET bytes = max(0, bytes - ?2) WHERE tenant = ?1")?;
     for (tenant, bytes) in freed {
         usage.execute(params![tenant, bytes])?;
     }
@@ -378,14 +402,25 @@ mod tests {
                 .map(Result::unwrap)
                 .collect();
             let plan = plan.join("; ");
-            assert!(plan.contains(index) && !plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+            assert!(
+                plan.contains(index) && !plan.contains("TEMP B-TREE"),
+                "{sql}: {plan}"
+            );
         }
         let found = queue.entity_stories("acme", "SKU-1", None, 100).unwrap();
         assert_eq!(found.len(), 100);
         assert_eq!(found[0].event_id, "e-99999");
         // A channel filter looks among the key's newest entries only.
-        assert_eq!(queue.entity_stories("acme", "SKU-1", Some("c"), 3).unwrap().len(), 3);
-        assert!(queue.entity_stories("acme", "SKU-1", Some("rare"), 3).unwrap().is_empty());
+        assert_eq!(
+            queue.entity_stories("acme", "SKU-1", Some("c"), 3).unwrap().len(),
+            3
+        );
+        assert!(
+            queue
+                .entity_stories("acme", "SKU-1", Some("rare"), 3)
+                .unwrap()
+                .is_empty()
+        );
         let huge = "K".repeat(1 << 20);
         assert!(queue.entity_stories("acme", &huge, None, 100).unwrap().is_empty());
     }
