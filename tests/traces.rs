@@ -171,7 +171,7 @@ fn each_event_is_one_trace_of_ingest_transform_step_and_delivery_and_the_destina
 }
 
 #[test]
-fn an_otlp_endpoint_that_fails_drops_spans_counted_and_delivery_goes_on() {
+fn an_otlp_endpoint_that_fails_or_is_down_drops_spans_counted_and_delivery_goes_on() {
     let (destination, receiver) = (sink(200), sink(500));
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
@@ -188,11 +188,31 @@ fn an_otlp_endpoint_that_fails_drops_spans_counted_and_delivery_goes_on() {
         crate::consistency::counter(&sidecar.metrics(), "sluice_spans_dropped_total") > 0
     });
     assert!(receiver.count() > 0, "the endpoint was tried");
+    // An endpoint that is down (nothing listens): the same.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down_dir = tempfile::tempdir().unwrap();
+    let down = Sidecar::start(
+        down_dir.path(),
+        &format!(
+            "[telemetry]\notlp-endpoint = \"http://{closed}\"\n{}",
+            stock_config(destination.addr, "", "qty")
+        ),
+    );
+    ingest(&down, "D-1", None);
+    wait_for("the delivery with the endpoint down", PATIENCE, || {
+        destination.count() == 21
+    });
+    wait_for("the spans dropped with the endpoint down", PATIENCE, || {
+        crate::consistency::counter(&down.metrics(), "sluice_spans_dropped_total") > 0
+    });
     // Without an endpoint nothing is exported and nothing is counted.
     let quiet = tempfile::tempdir().unwrap();
     let plain = Sidecar::start(quiet.path(), &stock_config(destination.addr, "", "qty"));
     ingest(&plain, "Q-1", None);
-    wait_for("the plain delivery", PATIENCE, || destination.count() == 21);
+    wait_for("the plain delivery", PATIENCE, || destination.count() == 22);
     let metrics = plain.metrics();
     assert_eq!(
         crate::consistency::counter(&metrics, "sluice_spans_exported_total"),
