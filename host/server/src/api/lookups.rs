@@ -198,15 +198,15 @@ fn check_quotas(
     Ok(())
 }
 
-/// `GET /v1/lookups[/{name}]`: the caller's lookup table versions, oldest first.
-pub async fn list(app: &App, caller: &Caller, name: Option<&str>) -> Result<Response<Body>, ApiError> {
-    let Some(tenant) = caller.tenant().map(str::to_string) else {
-        return Err(ApiError::bad_request(
-            "missing-tenant",
-            "lookup tables belong to tenants: call with a tenant's token",
-            None,
-        ));
-    };
+/// `GET /v1/lookups[/{name}]`: the caller's lookup table versions, oldest
+/// first (an admin names the tenant with `?tenant=`, as for uploads).
+pub async fn list(
+    app: &App,
+    caller: &Caller,
+    name: Option<&str>,
+    request: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let tenant = acting_tenant(app, caller, request)?;
     let (registry, wanted) = (app.registry.clone(), name.map(str::to_string));
     let tables = blocking(move || held(registry.as_ref(), &tenant, wanted.as_deref())).await?;
     if let Some(name) = name

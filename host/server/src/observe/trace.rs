@@ -31,6 +31,9 @@ pub struct TraceContext {
     pub trace_id: [u8; 16],
     /// The caller's span, when a `traceparent` came with the event.
     pub remote_parent: Option<[u8; 8]>,
+    /// The trace flags to pass on: the caller's (its sampling decision),
+    /// or `01` (sampled) for a trace Sluice began.
+    pub flags: u8,
 }
 
 impl TraceContext {
@@ -46,6 +49,7 @@ impl TraceContext {
         Self {
             trace_id,
             remote_parent: None,
+            flags: 1,
         }
     }
 
@@ -56,7 +60,7 @@ impl TraceContext {
 
     /// The `traceparent` that makes `span` the parent of what receives it.
     pub fn traceparent(&self, span: [u8; 8]) -> String {
-        format!("00-{}-{}-01", self.trace_hex(), hex::encode(span))
+        format!("00-{}-{}-{:02x}", self.trace_hex(), hex::encode(span), self.flags)
     }
 }
 
@@ -104,6 +108,8 @@ pub fn parse_traceparent(text: &str) -> Option<TraceContext> {
     }
     let mut trace_id = [0u8; 16];
     let mut parent_id = [0u8; 8];
+    let mut flag_byte = [0u8; 1];
+    hex::decode_to_slice(flags, &mut flag_byte).ok()?;
     hex::decode_to_slice(trace, &mut trace_id).ok()?;
     hex::decode_to_slice(parent, &mut parent_id).ok()?;
     if trace_id == [0; 16] || parent_id == [0; 8] {
@@ -112,6 +118,7 @@ pub fn parse_traceparent(text: &str) -> Option<TraceContext> {
     Some(TraceContext {
         trace_id,
         remote_parent: Some(parent_id),
+        flags: flag_byte[0],
     })
 }
 
@@ -423,6 +430,14 @@ mod tests {
         ] {
             assert_eq!(parse_traceparent(bad), None, "{bad}");
         }
+        // The caller's sampling decision is passed on.
+        let unsampled = TraceContext::of_event(
+            "t",
+            "e-1",
+            Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
+        );
+        assert!(unsampled.traceparent([1; 8]).ends_with("-00"));
+        assert!(derived.traceparent([1; 8]).ends_with("-01"));
         // A later version: its first four fields.
         assert!(parse_traceparent("01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-what").is_some());
         assert_eq!(derived.traceparent(span_id(&["attempt", "t", "e-1"])).len(), 55);
