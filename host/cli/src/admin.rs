@@ -433,13 +433,7 @@ pub fn modules(args: ModulesArgs) -> anyhow::Result<ExitCode> {
         ModulesCommand::List => call(server, "GET", &server.url("/v1/modules"), None),
         ModulesCommand::Push { file, name, fixtures } => {
             let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let name = match name {
-                Some(name) => name.clone(),
-                None => file
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().replace('_', "-"))
-                    .context("name the module with --name")?,
-            };
+            let name = name_or_file_stem(name, file, "module")?;
             let body = match fixtures {
                 None => ("application/wasm", bytes),
                 Some(dir) => {
@@ -499,6 +493,17 @@ pub fn events(args: EventsArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The name given, or the file's name without its extension, `_` as `-`.
+fn name_or_file_stem(name: &Option<String>, file: &Path, what: &str) -> anyhow::Result<String> {
+    match name {
+        Some(name) => Ok(name.clone()),
+        None => file
+            .file_stem()
+            .map(|s| s.to_string_lossy().replace('_', "-"))
+            .with_context(|| format!("name the {what} with --name")),
+    }
+}
+
 /// Runs `sluice lookups …`.
 pub fn lookups(args: LookupsArgs) -> anyhow::Result<ExitCode> {
     let server = &args.server;
@@ -506,13 +511,7 @@ pub fn lookups(args: LookupsArgs) -> anyhow::Result<ExitCode> {
         LookupsCommand::List => call(server, "GET", &server.url("/v1/lookups"), None),
         LookupsCommand::Push { file, name } => {
             let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-            let name = match name {
-                Some(name) => name.clone(),
-                None => file
-                    .file_stem()
-                    .map(|s| s.to_string_lossy().replace('_', "-"))
-                    .context("name the table with --name")?,
-            };
+            let name = name_or_file_stem(name, file, "table")?;
             let csv = file
                 .extension()
                 .is_some_and(|ext| ext.eq_ignore_ascii_case("csv"));

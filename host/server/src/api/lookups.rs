@@ -175,27 +175,21 @@ fn check_quotas(
     size: usize,
     held: &[LookupVersion],
 ) -> Result<(), ApiError> {
-    let over = |code, message: String| Err(ApiError::new(StatusCode::CONFLICT, code, message));
-    if held.len() >= config.max_lookup_versions {
-        return over(
+    let quota = crate::api::modules::StorageQuota {
+        versions: (
+            "lookup table versions",
+            config.max_lookup_versions,
+            "max-lookup-versions",
             "too-many-lookup-versions",
-            format!(
-                "tenant `{tenant}` holds {} lookup table versions, its limit (max-lookup-versions)",
-                held.len()
-            ),
-        );
-    }
-    let bytes: u64 = held.iter().map(|t| t.size).sum::<u64>() + size as u64;
-    if bytes > config.max_lookup_storage_bytes {
-        return over(
+        ),
+        bytes: (
+            "lookup tables",
+            config.max_lookup_storage_bytes,
+            "max-lookup-storage-bytes",
             "lookup-storage-full",
-            format!(
-                "tenant `{tenant}` would hold {bytes} bytes of lookup tables, over its {}-byte limit (max-lookup-storage-bytes)",
-                config.max_lookup_storage_bytes
-            ),
-        );
-    }
-    Ok(())
+        ),
+    };
+    quota.check(tenant, held.len(), held.iter().map(|t| t.size).sum(), size)
 }
 
 /// `GET /v1/lookups[/{name}]`: the caller's lookup table versions, oldest

@@ -479,26 +479,60 @@ fn check_quotas(
             format!("tenant `{tenant}` holds {} modules, its limit", names.len()),
         );
     }
-    if held.len() >= config.max_module_versions {
-        return over(
+    let quota = StorageQuota {
+        versions: (
+            "module versions",
+            config.max_module_versions,
+            "max-module-versions",
             "too-many-module-versions",
-            format!(
-                "tenant `{tenant}` holds {} module versions, its limit (max-module-versions)",
-                held.len()
-            ),
-        );
-    }
-    let bytes: u64 = held.iter().map(|m| m.size).sum::<u64>() + size as u64;
-    if bytes > config.max_module_storage_bytes {
-        return over(
+        ),
+        bytes: (
+            "modules",
+            config.max_module_storage_bytes,
+            "max-module-storage-bytes",
             "module-storage-full",
-            format!(
-                "tenant `{tenant}` would hold {bytes} bytes of modules, over its {}-byte limit (max-module-storage-bytes)",
-                config.max_module_storage_bytes
-            ),
-        );
+        ),
+    };
+    let held_bytes = held.iter().map(|m| m.size).sum::<u64>();
+    quota.check(tenant, held.len(), held_bytes, size)
+}
+
+/// What a tenant's uploads of one kind may hold: versions and bytes, each
+/// as (what they are, the limit, its config key, the error code).
+pub(crate) struct StorageQuota {
+    pub versions: (&'static str, usize, &'static str, &'static str),
+    pub bytes: (&'static str, u64, &'static str, &'static str),
+}
+
+impl StorageQuota {
+    /// Refuses (409) one more upload of `size` bytes past either limit.
+    pub(crate) fn check(
+        &self,
+        tenant: &str,
+        held: usize,
+        held_bytes: u64,
+        size: usize,
+    ) -> Result<(), ApiError> {
+        let over = |code, message: String| Err(ApiError::new(StatusCode::CONFLICT, code, message));
+        let (what, max, key, code) = self.versions;
+        if held >= max {
+            return over(
+                code,
+                format!("tenant `{tenant}` holds {held} {what}, its limit ({key})"),
+            );
+        }
+        let (what, max, key, code) = self.bytes;
+        let bytes = held_bytes + size as u64;
+        if bytes > max {
+            return over(
+                code,
+                format!(
+                    "tenant `{tenant}` would hold {bytes} bytes of {what}, over its {max}-byte limit ({key})"
+                ),
+            );
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Loads the component with every check (compiling it, but caching nothing

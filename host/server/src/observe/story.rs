@@ -284,15 +284,7 @@ pub async fn run_writer(
     let mut receiver = log.receiver.lock().await;
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let stopping = tokio::select! {
-            n = receiver.recv_many(&mut batch, BATCH) => n == 0,
-            _ = stopped.wait_for(|stop| *stop) => true,
-        };
-        if stopping {
-            while let Ok(entry) = receiver.try_recv() {
-                batch.push(entry);
-            }
-        }
+        let stopping = super::next_batch(&mut receiver, &mut batch, BATCH, usize::MAX, &mut stopped).await;
         if !batch.is_empty() {
             let entries = std::mem::take(&mut batch);
             let count = entries.len() as u64;

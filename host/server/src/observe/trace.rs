@@ -264,17 +264,7 @@ pub async fn run_exporter(telemetry: Arc<Telemetry>, mut stopped: tokio::sync::w
     };
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        let stopping = tokio::select! {
-            n = receiver.recv_many(&mut batch, BATCH) => n == 0,
-            _ = stopped.wait_for(|stop| *stop) => true,
-        };
-        if stopping {
-            while batch.len() < BATCH
-                && let Ok(span) = receiver.try_recv()
-            {
-                batch.push(span);
-            }
-        }
+        let stopping = super::next_batch(receiver, &mut batch, BATCH, BATCH, &mut stopped).await;
         if !batch.is_empty() {
             let spans = std::mem::take(&mut batch);
             let count = spans.len() as u64;

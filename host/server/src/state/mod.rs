@@ -430,7 +430,12 @@ impl App {
         let permit = self.transform_permit(&channel.tenant).await.ok().flatten();
         let started = Instant::now();
         let started_at = std::time::SystemTime::now();
-        let versions = crate::state::channel::versions(&pipeline);
+        // Only spans carry them (the worker has its own for dispositions).
+        let versions = if self.telemetry.enabled() {
+            crate::state::channel::versions(&pipeline)
+        } else {
+            Vec::new()
+        };
         let shadow = channel.shadow();
         let entity_key = channel
             .destination
